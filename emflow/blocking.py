@@ -1,0 +1,140 @@
+"""Regular blockings of an n-dimensional volume.
+
+All coordinates are integer voxel indices in the array's axis order
+(``(z, y, x)`` for 3D volumes); ``end`` is exclusive.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+def _as_index_tuple(values, name: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(value) for value in values)
+    except TypeError as error:
+        raise TypeError(f"{name} must be a sequence of integers, got {values!r}") from error
+
+
+@dataclass(frozen=True)
+class Box:
+    """Axis-aligned box ``[begin, end)`` in voxel coordinates."""
+
+    begin: tuple[int, ...]
+    end: tuple[int, ...]
+
+    def __post_init__(self):
+        begin = _as_index_tuple(self.begin, "begin")
+        end = _as_index_tuple(self.end, "end")
+        if len(begin) != len(end):
+            raise ValueError(f"begin and end must have the same length, got {begin} and {end}")
+        if any(b < 0 or e < b for b, e in zip(begin, end)):
+            raise ValueError(f"box needs 0 <= begin <= end per axis, got begin={begin}, end={end}")
+        # Normalised to plain int tuples so that boxes compare and hash by value.
+        object.__setattr__(self, "begin", begin)
+        object.__setattr__(self, "end", end)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Extent of the box per axis, in voxels."""
+        return tuple(e - b for b, e in zip(self.begin, self.end))
+
+    @property
+    def slicing(self) -> tuple[slice, ...]:
+        """Slices that cut this box out of the array it refers to."""
+        return tuple(slice(b, e) for b, e in zip(self.begin, self.end))
+
+    def local_to(self, outer: Box) -> Box:
+        """This box in the coordinates of ``outer``, which must contain it."""
+        if len(outer.begin) != len(self.begin):
+            raise ValueError(f"boxes have different ndim: {self} and {outer}")
+        if any(ob > b or e > oe for b, e, ob, oe in zip(self.begin, self.end, outer.begin, outer.end)):
+            raise ValueError(f"{self} is not contained in {outer}")
+        return Box(
+            tuple(b - ob for b, ob in zip(self.begin, outer.begin)),
+            tuple(e - ob for e, ob in zip(self.end, outer.begin)),
+        )
+
+
+@dataclass(frozen=True)
+class Blocking:
+    """Tiling of a volume of ``shape`` into blocks of ``block_shape``.
+
+    Blocks are numbered in C order over the block grid (last axis fastest).
+    Blocks at the upper border are clipped to the volume, so they may be
+    smaller than ``block_shape``.
+    """
+
+    shape: tuple[int, ...]
+    block_shape: tuple[int, ...]
+
+    def __post_init__(self):
+        shape = _as_index_tuple(self.shape, "shape")
+        block_shape = _as_index_tuple(self.block_shape, "block_shape")
+        if len(shape) != len(block_shape):
+            raise ValueError(
+                f"shape and block_shape must have the same ndim, got {shape} and {block_shape}"
+            )
+        for axis, (size, block_size) in enumerate(zip(shape, block_shape)):
+            if size <= 0 or block_size <= 0:
+                raise ValueError(
+                    f"shape and block_shape must be positive, got {size} and {block_size} "
+                    f"along axis {axis}"
+                )
+            if block_size > size:
+                raise ValueError(
+                    f"block_shape {block_size} is larger than the volume ({size}) along axis {axis}"
+                )
+        object.__setattr__(self, "shape", shape)
+        object.__setattr__(self, "block_shape", block_shape)
+
+    @property
+    def blocks_per_axis(self) -> tuple[int, ...]:
+        """Number of blocks along each axis."""
+        return tuple(math.ceil(s / b) for s, b in zip(self.shape, self.block_shape))
+
+    @property
+    def number_of_blocks(self) -> int:
+        """Total number of blocks."""
+        return math.prod(self.blocks_per_axis)
+
+    def block_grid_position(self, block_id: int) -> tuple[int, ...]:
+        """Position of block ``block_id`` in the block grid (C order)."""
+        block_id = int(block_id)
+        if not 0 <= block_id < self.number_of_blocks:
+            raise IndexError(
+                f"block_id {block_id} out of range for {self.number_of_blocks} blocks"
+            )
+        position = []
+        for blocks in reversed(self.blocks_per_axis):
+            block_id, index = divmod(block_id, blocks)
+            position.append(index)
+        return tuple(reversed(position))
+
+    def block(self, block_id: int) -> Box:
+        """Inner box of block ``block_id``, clipped to the volume."""
+        position = self.block_grid_position(block_id)
+        begin = tuple(p * b for p, b in zip(position, self.block_shape))
+        end = tuple(min(start + b, s) for start, b, s in zip(begin, self.block_shape, self.shape))
+        return Box(begin, end)
+
+    def block_with_halo(self, block_id: int, halo) -> tuple[Box, Box]:
+        """Block ``block_id`` enlarged by ``halo`` voxels on both sides.
+
+        Returns ``(outer, inner_local)``: ``outer`` is the haloed box clipped
+        to the volume, in volume coordinates; ``inner_local`` is the block's
+        inner box in the coordinates of ``outer`` (i.e. its position inside
+        an array read with ``outer.slicing``).
+        """
+        halo = _as_index_tuple(halo, "halo")
+        if len(halo) != len(self.shape):
+            raise ValueError(f"halo must have ndim {len(self.shape)}, got {halo}")
+        if any(h < 0 for h in halo):
+            raise ValueError(f"halo must be non-negative, got {halo}")
+        inner = self.block(block_id)
+        outer = Box(
+            tuple(max(b - h, 0) for b, h in zip(inner.begin, halo)),
+            tuple(min(e + h, s) for e, h, s in zip(inner.end, halo, self.shape)),
+        )
+        return outer, inner.local_to(outer)

@@ -1,0 +1,92 @@
+"""Label-id bookkeeping: consecutive relabeling, lookup tables, block offsets.
+
+Label arrays hold non-negative integer ids of any shape; results are
+``uint64``. Id ``0`` is background unless stated otherwise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from bioimage_cpp.segmentation import relabel_sequential
+
+
+def _as_label_array(labels) -> np.ndarray:
+    array = np.asarray(labels)
+    # An empty list arrives as float64 and has no ids to check.
+    if array.size and not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(f"labels must have an integer dtype, got {array.dtype}")
+    if np.issubdtype(array.dtype, np.signedinteger) and array.size and array.min() < 0:
+        raise ValueError("labels must not contain negative ids")
+    return array.astype(np.uint64, copy=False)
+
+
+def relabel_consecutive(labels, keep_zero: bool = True) -> tuple[np.ndarray, int]:
+    """Map the ids of ``labels`` to ``1..n`` in increasing order of the old ids.
+
+    With ``keep_zero=True`` id 0 stays 0; with ``keep_zero=False`` 0 is an
+    ordinary id (and, being the smallest, becomes 1). Returns the relabeled
+    ``uint64`` array (same shape) and ``n``, its largest id.
+    """
+    array = _as_label_array(labels)
+    if array.size == 0:
+        return array.copy(), 0
+    if not keep_zero and array.min() == 0:
+        relabeled, max_id = relabel_consecutive(array, keep_zero=True)
+        relabeled += np.uint64(1)
+        return relabeled, max_id + 1
+
+    max_id = int(array.max())
+    # relabel_sequential allocates a lookup table of length max_id + 1, which is
+    # the fast path for dense ids but explodes for sparse global ids.
+    if max_id <= 4 * array.size:
+        relabeled, _, inverse_map = relabel_sequential(array)
+        return relabeled, len(inverse_map) - 1
+    old_ids = np.unique(array)
+    old_ids = old_ids[old_ids != 0]
+    new_ids = np.arange(1, len(old_ids) + 1, dtype=np.uint64)
+    return map_labels(array, old_ids, new_ids), len(old_ids)
+
+
+def map_labels(labels, keys, values) -> np.ndarray:
+    """Replace every id ``keys[i]`` in ``labels`` by ``values[i]``.
+
+    ``keys`` must be sorted, unique ``uint64`` ids and ``values`` a ``uint64``
+    array of the same length. Id 0 maps to 0 unless 0 is in ``keys``; any
+    other id missing from ``keys`` raises ``ValueError``. Returns a ``uint64``
+    array with the shape of ``labels``.
+    """
+    array = _as_label_array(labels)
+    keys = _as_label_array(keys)
+    values = _as_label_array(values)
+    if keys.ndim != 1 or keys.shape != values.shape:
+        raise ValueError(
+            f"keys and values must be 1D of the same length, got {keys.shape} and {values.shape}"
+        )
+    if np.any(keys[1:] <= keys[:-1]):
+        raise ValueError("keys must be sorted and unique")
+    if keys.size == 0 or keys[0] != 0:
+        keys = np.concatenate([np.zeros(1, np.uint64), keys])
+        values = np.concatenate([np.zeros(1, np.uint64), values])
+
+    positions = np.searchsorted(keys, array)
+    np.minimum(positions, len(keys) - 1, out=positions)
+    found = keys[positions] == array
+    if not found.all():
+        missing = np.unique(array[~found])
+        raise ValueError(f"{len(missing)} ids have no mapping, e.g. {missing[:5].tolist()}")
+    return values[positions]
+
+
+def block_offsets(counts) -> np.ndarray:
+    """Exclusive cumulative sum of per-block label counts.
+
+    ``counts[b]`` is the number of ids block ``b`` uses (its local ids are
+    ``1..counts[b]``). Returns ``uint64`` offsets of the same length such that
+    ``offsets[b] + local_id`` are unique, consecutive global ids.
+    """
+    counts = _as_label_array(counts)
+    if counts.ndim != 1:
+        raise ValueError(f"counts must be 1D, got shape {counts.shape}")
+    offsets = np.zeros(len(counts), dtype=np.uint64)
+    np.cumsum(counts[:-1], out=offsets[1:])
+    return offsets

@@ -1,0 +1,34 @@
+"""Shared fixtures: the real EM data under ``<repo>/../shared/data``."""
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# A crop of the FlyEM medulla cube (isotropic 10 nm) small enough for fast tests.
+FLYEM_CROP = np.s_[:64, :128, :128]
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not DATA_DIR.is_dir():
+        raise FileNotFoundError(f"test data folder {DATA_DIR} is missing")
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def flyem_crop(data_dir) -> dict[str, np.ndarray]:
+    """raw (uint8), neuron_ids (uint32 GT) and oversegmentation (uint32) of a (64, 128, 128) crop."""
+    with h5py.File(data_dir / "flyem_medulla_dev" / "volume.h5", "r") as f:
+        crop = {
+            "raw": f["raw"][FLYEM_CROP],
+            "neuron_ids": f["labels/neuron_ids"][FLYEM_CROP],
+            "oversegmentation": f["labels/oversegmentation"][FLYEM_CROP],
+        }
+    # Session-wide arrays: a test that modifies them in place fails loudly.
+    for array in crop.values():
+        array.flags.writeable = False
+    return crop

@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+
+from emflow.boundaries import boundaries_from_labels
+from emflow.costs import edge_costs_from_features, probabilities_to_costs
+from emflow.graph import FEATURE_NAMES, in_core_graph_features
+from emflow.labels import relabel_consecutive
+
+
+@pytest.fixture(scope="module")
+def graph_features(flyem_crop):
+    supervoxels, _ = relabel_consecutive(flyem_crop["oversegmentation"])
+    _, features, _ = in_core_graph_features(supervoxels, boundaries_from_labels(flyem_crop["neuron_ids"]))
+    return features
+
+
+@pytest.fixture(scope="module")
+def edge_features(graph_features):
+    return graph_features[:, FEATURE_NAMES.index("mean")], graph_features[:, FEATURE_NAMES.index("size")]
+
+
+def test_costs_are_log_odds_with_boundary_bias(edge_features):
+    probabilities, _ = edge_features
+    for beta in (0.3, 0.5, 0.7):
+        costs = probabilities_to_costs(probabilities, beta=beta)
+        assert costs.dtype == np.float64 and costs.shape == probabilities.shape
+        p = np.clip(probabilities, 1e-3, 1 - 1e-3)
+        np.testing.assert_allclose(costs, np.log((1 - p) / p) + np.log((1 - beta) / beta), rtol=1e-12)
+
+    costs = probabilities_to_costs(probabilities)
+    # Positive = attractive: low boundary evidence merges, high evidence cuts.
+    assert ((costs > 0) == (probabilities < 0.5)).all()
+    order = np.argsort(probabilities, kind="stable")
+    assert (np.diff(costs[order]) <= 0).all()
+    assert (probabilities_to_costs(probabilities, beta=0.7) < costs).all()
+
+
+def test_extreme_probabilities_stay_finite():
+    costs = probabilities_to_costs(np.array([0.0, 0.5, 1.0]))
+    assert np.isfinite(costs).all()
+    np.testing.assert_allclose(costs, [np.log(999.0), 0.0, -np.log(999.0)], rtol=1e-9, atol=1e-12)
+
+
+def test_size_weighting_scales_by_relative_edge_size(edge_features):
+    probabilities, sizes = edge_features
+    weighted = probabilities_to_costs(probabilities, edge_sizes=sizes, weighting="size")
+    unweighted = probabilities_to_costs(probabilities)
+    np.testing.assert_allclose(weighted, unweighted * sizes / sizes.max(), rtol=1e-12)
+    largest = np.argmax(sizes)
+    assert weighted[largest] == unweighted[largest]
+    assert (np.abs(weighted) <= np.abs(unweighted)).all()
+
+
+def test_invalid_cost_parameters():
+    probabilities = np.array([0.2, 0.8])
+    for beta in (0.0, 1.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="beta"):
+            probabilities_to_costs(probabilities, beta=beta)
+    with pytest.raises(ValueError, match="NaN"):
+        probabilities_to_costs(np.array([0.2, np.nan]))
+    with pytest.raises(ValueError, match="weighting"):
+        probabilities_to_costs(probabilities, weighting="area")
+    with pytest.raises(ValueError, match="edge_sizes"):
+        probabilities_to_costs(probabilities, weighting="size")
+    with pytest.raises(ValueError, match="edge_sizes"):
+        probabilities_to_costs(probabilities, edge_sizes=np.array([1.0]), weighting="size")
+    with pytest.raises(ValueError, match="edge_sizes"):
+        probabilities_to_costs(probabilities, edge_sizes=np.array([1.0, 0.0]), weighting="size")
+
+
+@pytest.mark.parametrize("weighting", ["none", "size"])
+def test_costs_from_graph_features_use_mean_and_size(graph_features, edge_features, weighting):
+    probabilities, sizes = edge_features
+    np.testing.assert_array_equal(
+        edge_costs_from_features(graph_features, beta=0.4, weighting=weighting),
+        probabilities_to_costs(probabilities, beta=0.4, edge_sizes=sizes, weighting=weighting),
+    )
+    with pytest.raises(ValueError, match="shape"):
+        edge_costs_from_features(graph_features[:, :4])
