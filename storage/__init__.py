@@ -1,0 +1,25 @@
+"""Volume I/O for emflow: locations, opening zarr/HDF5 arrays, importing/writing, OME-Zarr metadata."""
+
+from .volumes import (
+    IMPORT_COMPLETE_ATTRIBUTE,
+    RESOLUTION_ATTRIBUTE,
+    HDF5Volume,
+    import_volume,
+    open_volume,
+    parse_location,
+    read_resolution,
+    write_ome_zarr_metadata,
+    write_volume,
+)
+
+__all__ = [
+    "IMPORT_COMPLETE_ATTRIBUTE",
+    "RESOLUTION_ATTRIBUTE",
+    "HDF5Volume",
+    "import_volume",
+    "open_volume",
+    "parse_location",
+    "read_resolution",
+    "write_ome_zarr_metadata",
+    "write_volume",
+]

@@ -1,0 +1,536 @@
+"""Opening, importing and annotating the volumes emflow reads and writes (I/O only, no algorithms).
+
+Locations are written ``path:key``: a zarr store (v2 or v3) or an HDF5 file, and the path of an
+array inside it. Axes are z, y, x; resolutions are nanometres per voxel in that order.
+"""
+
+import itertools
+import math
+import re
+from contextlib import ExitStack
+from pathlib import Path
+
+import h5py
+import numpy as np
+import tifffile
+import zarr
+
+ZARR_SUFFIXES = (".zarr",)
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+# Set on an imported array after its last block is written; an array without it is the leftover
+# of an interrupted import.
+IMPORT_COMPLETE_ATTRIBUTE = "emflow_import_complete"
+RESOLUTION_ATTRIBUTE = "resolution_nm_zyx"
+
+# Nanometres per unit, for the OME-Zarr space units this module reads and writes.
+_NANOMETERS_PER_UNIT = {
+    "picometer": 1e-3,
+    "angstrom": 0.1,
+    "nanometer": 1.0,
+    "micrometer": 1e3,
+    "millimeter": 1e6,
+    "centimeter": 1e7,
+    "meter": 1e9,
+}
+# 64**3 voxels per default chunk, spread evenly over the axes (64^3 in 3D, 512^2 in 2D).
+_DEFAULT_CHUNK_VOXELS = 64**3
+# Largest block copied at once by import_volume.
+_COPY_BLOCK_BYTES = 256 * 2**20
+
+_LOCATION_PATTERN = re.compile(
+    r"^(?P<path>.+?(?:" + "|".join(re.escape(s) for s in ZARR_SUFFIXES + HDF5_SUFFIXES) + r"))"
+    r"(?::(?P<key>.*))?$",
+    re.IGNORECASE,
+)
+
+
+def parse_location(text: str) -> tuple[str, str]:
+    """Split ``"path:key"`` into ``(path, key)``.
+
+    The split happens after the first ``.zarr``/``.h5``/``.hdf5``/``.hdf`` path component that is
+    followed by ``:``, so keys may contain ``:`` and ``/``; other paths split at their last ``:``.
+    The key is returned as written (``"/abs/f.hdf5:/group/ds"`` -> ``("/abs/f.hdf5", "/group/ds")``).
+
+    Raises:
+        ValueError: if there is no key (or only slashes) after the path.
+    """
+    match = _LOCATION_PATTERN.match(text)
+    if match is not None:
+        path, key = match.group("path"), match.group("key")
+    else:
+        path, separator, key = text.rpartition(":")
+        if not separator:
+            path, key = text, None
+    if not key or not key.strip("/"):
+        raise ValueError(
+            f"location {text!r} names no dataset: write it as 'volume.zarr:key' or "
+            "'volume.h5:group/dataset'"
+        )
+    return path, key
+
+
+class HDF5Volume:
+    """An HDF5 dataset that keeps its file open until ``close()`` (or the end of a ``with``).
+
+    Supports ``shape``, ``dtype``, ``ndim``, ``chunks``, ``attrs`` and numpy-style slicing for
+    reading and, if opened with mode ``"r+"``, writing.
+    """
+
+    def __init__(self, file: h5py.File, dataset: h5py.Dataset):
+        self.file = file
+        self.dataset = dataset
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.dataset.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.dataset.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.dataset.ndim
+
+    @property
+    def chunks(self) -> tuple[int, ...] | None:
+        return self.dataset.chunks
+
+    @property
+    def attrs(self) -> h5py.AttributeManager:
+        return self.dataset.attrs
+
+    def __getitem__(self, selection):
+        return self.dataset[selection]
+
+    def __setitem__(self, selection, values):
+        self.dataset[selection] = values
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> "HDF5Volume":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if not self.file.id.valid:
+            return "<HDF5Volume (closed)>"
+        return (
+            f"<HDF5Volume {self.file.filename}:{self.dataset.name} "
+            f"shape={self.shape} dtype={self.dtype}>"
+        )
+
+
+def _is_zarr_path(path: Path) -> bool:
+    if path.suffix.lower() in ZARR_SUFFIXES:
+        return True
+    # Stores without the .zarr suffix are recognised by their root metadata file.
+    return any((path / name).is_file() for name in ("zarr.json", ".zgroup", ".zarray"))
+
+
+def _check_volume_path(path: Path) -> str:
+    """The container format of ``path`` ("zarr" or "hdf5"); raises if unsupported or missing."""
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        raise ValueError(
+            f"{path}: TIFF files are not opened directly; convert them with import_volume first"
+        )
+    if not path.exists():
+        raise FileNotFoundError(f"volume file not found: {path}")
+    if path.suffix.lower() in HDF5_SUFFIXES:
+        return "hdf5"
+    if _is_zarr_path(path):
+        return "zarr"
+    raise ValueError(
+        f"{path}: unsupported volume format; expected a zarr store "
+        f"({', '.join(ZARR_SUFFIXES)}) or an HDF5 file ({', '.join(HDF5_SUFFIXES)})"
+    )
+
+
+def _walk_to(root, key: str, path: Path, is_group):
+    """The node at ``key`` below ``root``, one component at a time for a precise KeyError."""
+    node = root
+    walked = []
+    for part in [p for p in key.split("/") if p]:
+        level = "/".join(walked) or "/"
+        if not is_group(node):
+            raise KeyError(f"key {key!r} not found in {path}: {level!r} is an array, not a group")
+        if part not in node:
+            available = ", ".join(sorted(node.keys())) or "nothing"
+            raise KeyError(
+                f"key {key!r} not found in {path}: no {part!r} under {level!r}, "
+                f"which contains: {available}"
+            )
+        node = node[part]
+        walked.append(part)
+    return node
+
+
+def _ome_multiscales(attributes) -> list | None:
+    """The OME-Zarr ``multiscales`` list of a group's attributes: 0.5 (``ome``) or 0.4."""
+    if "ome" in attributes and "multiscales" in attributes["ome"]:
+        return attributes["ome"]["multiscales"]
+    return attributes.get("multiscales")
+
+
+def _open_zarr(path: Path, key: str, mode: str):
+    root = zarr.open(store=str(path), mode=mode)
+    node = _walk_to(root, key, path, lambda n: isinstance(n, zarr.Group))
+    if isinstance(node, zarr.Group):
+        multiscales = _ome_multiscales(node.attrs)
+        if not multiscales:
+            members = ", ".join(sorted(node.keys())) or "nothing"
+            raise ValueError(
+                f"{path}:{key} is a zarr group without OME-Zarr multiscales metadata, not an "
+                f"array; it contains: {members}"
+            )
+        # The first dataset of the first multiscale is the full-resolution level.
+        node = node[multiscales[0]["datasets"][0]["path"]]
+    return node
+
+
+def _open_hdf5(path: Path, key: str, mode: str) -> HDF5Volume:
+    file = h5py.File(path, mode)
+    try:
+        node = _walk_to(file, key, path, lambda n: isinstance(n, h5py.Group))
+        if not isinstance(node, h5py.Dataset):
+            members = ", ".join(sorted(node.keys())) or "nothing"
+            raise ValueError(
+                f"{path}:{key} is an HDF5 group, not a dataset; it contains: {members}"
+            )
+    except BaseException:
+        file.close()
+        raise
+    return HDF5Volume(file, node)
+
+
+def open_volume(path, key: str, mode: str = "r"):
+    """Open the array at ``path:key`` for numpy-style slicing.
+
+    Args:
+        path: zarr store (v2 or v3; ``.zarr`` or any folder with zarr metadata) or HDF5 file
+            (``.h5``, ``.hdf5``, ``.hdf``).
+        key: path of the array inside; ``""`` opens a zarr store that is itself an array. A zarr
+            group with OME-Zarr multiscales metadata (0.5 ``ome.multiscales`` or 0.4
+            ``multiscales``) opens its first (full-resolution) dataset.
+        mode: ``"r"`` (read only) or ``"r+"`` (read and write existing data).
+
+    Returns:
+        ``zarr.Array`` for zarr (nothing to close), ``HDF5Volume`` for HDF5 (close it, or use it as
+        a context manager). Both have ``shape``, ``dtype``, ``ndim``, ``attrs`` and slicing.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        KeyError: if ``key`` does not exist (the message lists what exists at the level where the
+            lookup failed).
+        ValueError: for an unsupported format (TIFF included: import it first), an unsupported
+            mode, or a key that names a group rather than an array.
+    """
+    if mode not in ("r", "r+"):
+        raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
+    path = Path(path)
+    if _check_volume_path(path) == "zarr":
+        return _open_zarr(path, key, mode)
+    return _open_hdf5(path, key, mode)
+
+
+def _nanometers_per(unit: str | None) -> float:
+    if unit is None:
+        # OME-Zarr allows axes without unit; emflow's convention is nanometres.
+        return 1.0
+    if unit not in _NANOMETERS_PER_UNIT:
+        raise ValueError(
+            f"unsupported space unit {unit!r}; expected one of {', '.join(_NANOMETERS_PER_UNIT)}"
+        )
+    return _NANOMETERS_PER_UNIT[unit]
+
+
+def _scale_of(transformations) -> np.ndarray | None:
+    for transformation in transformations or ():
+        if transformation.get("type") == "scale" and "scale" in transformation:
+            return np.asarray(transformation["scale"], dtype=np.float64)
+    return None
+
+
+def _ome_resolution(array) -> tuple[float, ...] | None:
+    """Resolution of a zarr array from the OME-Zarr multiscales of its parent group."""
+    if not isinstance(array, zarr.Array) or not array.path:
+        return None
+    parent_path, _, name = array.path.rpartition("/")
+    try:
+        parent = zarr.open_group(store=array.store, path=parent_path, mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        return None
+    for multiscale in _ome_multiscales(parent.attrs) or ():
+        for dataset in multiscale.get("datasets", ()):
+            if dataset.get("path") != name:
+                continue
+            scale = _scale_of(dataset.get("coordinateTransformations"))
+            if scale is None:
+                return None
+            # A multiscale-level scale applies on top of every dataset's own scale.
+            overall_scale = _scale_of(multiscale.get("coordinateTransformations"))
+            if overall_scale is not None:
+                scale = scale * overall_scale
+            axes = multiscale.get("axes") or [{"type": "space"}] * scale.size
+            return tuple(
+                float(value) * _nanometers_per(axis.get("unit"))
+                for value, axis in zip(scale, axes)
+                if axis.get("type", "space") == "space"
+            )
+    return None
+
+
+def read_resolution(volume) -> tuple[float, ...] | None:
+    """Voxel size of ``volume`` in nanometres, z,y,x order, or None if it is not recorded.
+
+    Looked up, first match wins, in the attributes ``resolution_nm_zyx``, then ``resolution``
+    (taken as nanometres z,y,x too), then, for a zarr array inside an OME-Zarr multiscale group, the
+    ``scale`` transformations of its dataset (converted from the axes' units; non-space axes such as
+    channels are dropped).
+
+    Args:
+        volume: array from ``open_volume`` (``zarr.Array`` or ``HDF5Volume``) or an h5py dataset.
+    """
+    for name in (RESOLUTION_ATTRIBUTE, "resolution"):
+        if name in volume.attrs:
+            return tuple(float(value) for value in np.ravel(volume.attrs[name]))
+    return _ome_resolution(volume)
+
+
+class _TiffStack:
+    """A TIFF file read lazily as a (z, y, x) stack, one page per z plane where possible."""
+
+    def __init__(self, path: Path):
+        self._file = tifffile.TiffFile(path)
+        series = self._file.series[0]
+        self.shape = tuple(series.shape)
+        self.dtype = series.dtype
+        self.ndim = len(self.shape)
+        self._one_page_per_plane = (
+            self.ndim >= 3
+            and len(series.pages) == self.shape[0]
+            and tuple(series.keyframe.shape) == self.shape[1:]
+        )
+        self._whole = None
+
+    def __getitem__(self, selection: tuple[slice, ...]) -> np.ndarray:
+        if self._one_page_per_plane:
+            planes = selection[0]
+            stack = self._file.asarray(key=planes, series=0)
+            stack = stack.reshape((planes.stop - planes.start,) + self.shape[1:])
+            return stack[(slice(None),) + tuple(selection[1:])]
+        # Other layouts (a single image, interleaved channels) are small enough to read at once.
+        if self._whole is None:
+            self._whole = self._file.series[0].asarray()
+        return self._whole[selection]
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _default_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
+    edge = max(1, round(_DEFAULT_CHUNK_VOXELS ** (1 / len(shape))))
+    return tuple(max(1, min(edge, extent)) for extent in shape)
+
+
+def _copy_blocks(shape, chunks, itemsize):
+    """Chunk-aligned blocks covering ``shape``: whole slabs of ``chunks[0]`` planes if they fit in
+    ``_COPY_BLOCK_BYTES``, else single chunks."""
+    slab = (chunks[0],) + tuple(shape[1:])
+    block = slab if math.prod(slab) * itemsize <= _COPY_BLOCK_BYTES else tuple(chunks)
+    starts = [range(0, extent, step) for extent, step in zip(shape, block)]
+    for corner in itertools.product(*starts):
+        yield tuple(
+            slice(start, min(start + step, extent))
+            for start, step, extent in zip(corner, block, shape)
+        )
+
+
+def _open_destination_group(destination: Path) -> zarr.Group:
+    if not destination.exists():
+        return zarr.open_group(str(destination), mode="a", zarr_format=3)
+    # Opening without zarr_format so that an existing v2 store is detected rather than
+    # silently given v3 metadata next to its v2 metadata.
+    group = zarr.open_group(str(destination), mode="a")
+    if group.metadata.zarr_format != 3:
+        raise ValueError(f"{destination} is a zarr v2 store; import_volume writes zarr v3 only")
+    return group
+
+
+def _write_zarr_array(source_volume, destination: Path, key: str, resolution, chunks) -> None:
+    """Copy ``source_volume`` block by block into a new zarr v3 array at ``destination:key``.
+
+    Shared by import_volume and write_volume: refuses a completed array or a group at the key,
+    recreates an incomplete one, and sets the completion flag after the last block.
+    """
+    key = key.strip("/")
+    shape = tuple(source_volume.shape)
+    chunks = _default_chunks(shape) if chunks is None else tuple(int(c) for c in chunks)
+    group = _open_destination_group(destination)
+    overwrite = False
+    if key in group:
+        existing = group[key]
+        if isinstance(existing, zarr.Group):
+            raise FileExistsError(f"{destination}:{key} already exists and is a group")
+        if existing.attrs.get(IMPORT_COMPLETE_ATTRIBUTE, False):
+            raise FileExistsError(
+                f"{destination}:{key} already exists (a completed import); delete it to "
+                "write it again"
+            )
+        overwrite = True
+
+    target = group.create_array(
+        name=key,
+        shape=shape,
+        dtype=source_volume.dtype,
+        chunks=chunks,
+        dimension_names=("z", "y", "x")[-len(shape):] if len(shape) <= 3 else None,
+        overwrite=overwrite,
+    )
+    if resolution is not None:
+        target.attrs[RESOLUTION_ATTRIBUTE] = [float(value) for value in resolution]
+    for block in _copy_blocks(shape, chunks, np.dtype(source_volume.dtype).itemsize):
+        target[block] = source_volume[block]
+    target.attrs[IMPORT_COMPLETE_ATTRIBUTE] = True
+
+
+def import_volume(
+    source,
+    destination,
+    key: str,
+    *,
+    source_key: str | None = None,
+    resolution=None,
+    chunks=None,
+) -> None:
+    """Copy a TIFF stack or an HDF5 (or zarr) dataset into a chunked zarr v3 array.
+
+    The copy is streamed block by block (slabs of ``chunks[0]`` planes), so sources larger than
+    memory are fine. The array at ``destination:key`` gets the attribute ``resolution_nm_zyx``
+    (when known) and, written last, ``emflow_import_complete = True``. A complete array is never
+    overwritten; an array without that flag is the leftover of an interrupted import and is
+    recreated from scratch.
+
+    Args:
+        source: multi-page TIFF (``.tif``/``.tiff``; pages become z, giving (z, y, x)) or a
+            volume ``open_volume`` accepts.
+        destination: zarr store, created as zarr v3 if missing (an existing store must be v3).
+        key: array path inside ``destination``; intermediate groups are created.
+        source_key: dataset inside ``source``; required for HDF5/zarr, not allowed for TIFF.
+        resolution: voxel size in nanometres, one value per axis (z, y, x). Default: the source's
+            ``read_resolution``; omitted if unknown (TIFF metadata is not interpreted).
+        chunks: chunk shape of the new array. Default: about 64**3 voxels (64^3 for 3D, 512^2
+            for 2D), clipped to the shape.
+
+    Raises:
+        FileExistsError: if a completely imported array, or a group, exists at ``destination:key``.
+        ValueError: for a missing/superfluous ``source_key``, a v2 destination store, or
+            ``resolution``/``chunks`` whose length differs from the source's ndim.
+        FileNotFoundError, KeyError: as ``open_volume`` for a missing source or source key.
+    """
+    source = Path(source)
+    with ExitStack() as stack:
+        if source.suffix.lower() in TIFF_SUFFIXES:
+            if source_key is not None:
+                raise ValueError(f"{source} is a TIFF file; it has no source_key to select")
+            if not source.exists():
+                raise FileNotFoundError(f"volume file not found: {source}")
+            source_volume = _TiffStack(source)
+            stack.callback(source_volume.close)
+        else:
+            if source_key is None:
+                raise ValueError(f"source_key is required to import from {source}")
+            source_volume = open_volume(source, source_key)
+            if isinstance(source_volume, HDF5Volume):
+                stack.enter_context(source_volume)
+            if resolution is None:
+                resolution = read_resolution(source_volume)
+
+        shape = tuple(source_volume.shape)
+        for name, value in (("chunks", chunks), ("resolution", resolution)):
+            if value is not None and len(value) != len(shape):
+                raise ValueError(
+                    f"{name} {tuple(value)} has {len(value)} values for a "
+                    f"{len(shape)}-dimensional volume of shape {shape}"
+                )
+        _write_zarr_array(source_volume, Path(destination), key, resolution, chunks)
+
+
+def write_volume(path, key: str, data, *, resolution=None, chunks=None) -> None:
+    """Write an in-memory array as a new zarr v3 array at ``path:key``.
+
+    Same storage rules as ``import_volume`` (store created as v3 if missing, default chunks,
+    ``resolution_nm_zyx`` attribute, completion flag, no overwriting a completed array), but
+    ``resolution`` is recorded as given, without checking it against ``data.ndim``, so that tests
+    can write deliberately inconsistent inputs.
+
+    Args:
+        path: zarr store.
+        key: array path inside it.
+        data: array of any shape and dtype.
+        resolution: voxel size in nanometres (z, y, x), or None to omit it.
+        chunks: chunk shape, default as in ``import_volume``.
+
+    Raises:
+        FileExistsError: if a completed array, or a group, exists at ``path:key``.
+        ValueError: if ``path`` is a zarr v2 store.
+    """
+    _write_zarr_array(np.asarray(data), Path(path), key, resolution, chunks)
+
+
+def write_ome_zarr_metadata(
+    group: zarr.Group,
+    dataset_path: str,
+    resolution,
+    unit: str = "nanometer",
+    name: str | None = None,
+) -> None:
+    """Describe a (z, y, x) array of a zarr v3 group as a single-scale OME-Zarr 0.5 image.
+
+    Sets the group attribute ``ome`` = ``{"version": "0.5", "multiscales": [{"name": name,
+    "axes": [z, y, x as type "space" with unit], "datasets": [{"path": dataset_path,
+    "coordinateTransformations": [{"type": "scale", "scale": resolution}]}]}]}``, leaving other
+    attributes alone (``name`` is left out when None).
+
+    Args:
+        group: zarr v3 group holding the array.
+        dataset_path: path of the array relative to ``group``.
+        resolution: voxel size (z, y, x) in ``unit``.
+        unit: OME-Zarr space unit, one of picometer, angstrom, nanometer, micrometer, millimeter,
+            centimeter, meter.
+        name: optional image name.
+
+    Raises:
+        ValueError: for a zarr v2 group (OME-Zarr 0.5 requires v3), an unknown unit, a resolution
+            that is not three positive numbers, or a dataset that is not a 3D array.
+        KeyError: if ``dataset_path`` does not exist in ``group``.
+    """
+    if group.metadata.zarr_format != 3:
+        raise ValueError("OME-Zarr 0.5 metadata needs a zarr v3 group; this group is zarr v2")
+    if unit not in _NANOMETERS_PER_UNIT:
+        raise ValueError(
+            f"unsupported space unit {unit!r}; expected one of {', '.join(_NANOMETERS_PER_UNIT)}"
+        )
+    scale = [float(value) for value in resolution]
+    if len(scale) != 3 or min(scale) <= 0:
+        raise ValueError(f"resolution must be three positive numbers (z, y, x), got {resolution}")
+    if dataset_path not in group:
+        raise KeyError(f"no dataset {dataset_path!r} in group {group.path or '/'!r}")
+    dataset = group[dataset_path]
+    if not isinstance(dataset, zarr.Array) or dataset.ndim != 3:
+        raise ValueError(f"{dataset_path!r} must be a 3D (z, y, x) array")
+
+    multiscale = {} if name is None else {"name": name}
+    multiscale["axes"] = [{"name": axis, "type": "space", "unit": unit} for axis in "zyx"]
+    multiscale["datasets"] = [
+        {
+            "path": dataset_path,
+            "coordinateTransformations": [{"type": "scale", "scale": scale}],
+        }
+    ]
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [multiscale]}

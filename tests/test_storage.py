@@ -1,0 +1,316 @@
+"""emflow.storage: locations, opening zarr v2/v3, OME-Zarr and HDF5, imports, and their errors."""
+
+import h5py
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from emflow.storage import (
+    IMPORT_COMPLETE_ATTRIBUTE,
+    HDF5Volume,
+    import_volume,
+    open_volume,
+    parse_location,
+    read_resolution,
+    write_ome_zarr_metadata,
+    write_volume,
+)
+from emflow.storage import volumes
+
+
+@pytest.fixture
+def flyem_h5(tmp_path, flyem_crop):
+    """A temporary HDF5 file with the FlyEM raw crop at /volumes/raw (with resolution attribute)."""
+    path = tmp_path / "crop.h5"
+    with h5py.File(path, "w") as file:
+        dataset = file.create_dataset("volumes/raw", data=flyem_crop["raw"], chunks=(16, 32, 32))
+        dataset.attrs["resolution_nm_zyx"] = [10, 10, 10]
+    return path
+
+
+# -- parse_location ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("file.zarr:key", ("file.zarr", "key")),
+        ("out/seg.zarr:a/b", ("out/seg.zarr", "a/b")),
+        ("file.h5:key", ("file.h5", "key")),
+        ("/abs/path.hdf5:/group/ds", ("/abs/path.hdf5", "/group/ds")),
+        ("/data/x.h5.d/volume.zarr:raw", ("/data/x.h5.d/volume.zarr", "raw")),
+        ("store_without_suffix:raw", ("store_without_suffix", "raw")),
+    ],
+)
+def test_parse_location(text, expected):
+    assert parse_location(text) == expected
+
+
+@pytest.mark.parametrize("text", ["file.zarr", "file.h5:", "file.hdf5:/", "no_key_at_all"])
+def test_parse_location_without_key(text):
+    with pytest.raises(ValueError, match="names no dataset"):
+        parse_location(text)
+
+
+# -- open_volume ------------------------------------------------------------------------------
+
+
+def test_open_zarr_v3_and_v2_arrays(tmp_path, flyem_crop):
+    labels = flyem_crop["neuron_ids"][:16, :32, :32]
+    v3 = zarr.open_group(tmp_path / "v3.zarr", mode="w", zarr_format=3)
+    v3.create_array("labels/ids", data=labels, chunks=(8, 16, 16))
+    v2 = zarr.open_group(tmp_path / "v2.zarr", mode="w", zarr_format=2)
+    v2.create_array("ids", data=labels, chunks=(8, 16, 16))
+    zarr.create_array(tmp_path / "root_array.zarr", data=labels, chunks=(8, 16, 16), zarr_format=2)
+
+    for path, key in [("v3.zarr", "labels/ids"), ("v3.zarr", "/labels/ids/"), ("v2.zarr", "ids"), ("root_array.zarr", "")]:
+        volume = open_volume(tmp_path / path, key)
+        assert (volume.shape, volume.dtype, volume.ndim) == (labels.shape, labels.dtype, 3)
+        np.testing.assert_array_equal(volume[2:5, :, 7], labels[2:5, :, 7])
+
+
+def test_write_through_zarr_in_r_plus_mode(tmp_path):
+    write_volume(tmp_path / "v.zarr", "a", np.zeros((4, 4, 4), np.uint8))
+    open_volume(tmp_path / "v.zarr", "a", mode="r+")[1, 2, 3] = 7
+    assert open_volume(tmp_path / "v.zarr", "a")[1, 2, 3] == 7
+
+
+def test_open_hdf5_keeps_the_file_open_until_closed(flyem_h5, flyem_crop):
+    with open_volume(flyem_h5, "volumes/raw") as volume:
+        assert isinstance(volume, HDF5Volume)
+        assert (volume.shape, volume.dtype, volume.ndim) == ((64, 128, 128), np.uint8, 3)
+        np.testing.assert_array_equal(volume[10:20, 5], flyem_crop["raw"][10:20, 5])
+        assert read_resolution(volume) == (10.0, 10.0, 10.0)
+    assert "closed" in repr(volume)
+    with pytest.raises(Exception):
+        volume[0, 0, 0]
+
+
+def test_open_real_hdf5_dataset_by_absolute_key(data_dir):
+    path, key = parse_location(f"{data_dir / 'flyem_medulla_dev' / 'volume.h5'}:/labels/neuron_ids")
+    with open_volume(path, key) as volume:
+        assert volume.shape == (125, 250, 250) and volume.dtype == np.uint32
+        assert read_resolution(volume) == (10.0, 10.0, 10.0)
+
+
+def test_ome_zarr_0_5_group_opens_its_first_dataset(tmp_path, flyem_crop):
+    group = zarr.open_group(tmp_path / "image.zarr", mode="w", zarr_format=3)
+    image = group.create_group("raw")
+    image.create_array("s0", data=flyem_crop["raw"], chunks=(32, 64, 64))
+    image.create_array("s1", data=flyem_crop["raw"][::2, ::2, ::2], chunks=(32, 64, 64))
+    image.attrs["unrelated"] = 1
+    write_ome_zarr_metadata(image, "s0", (0.04, 0.008, 0.008), unit="micrometer", name="raw")
+
+    ome = zarr.open_group(tmp_path / "image.zarr", mode="r")["raw"].attrs["ome"]
+    assert ome == {
+        "version": "0.5",
+        "multiscales": [
+            {
+                "name": "raw",
+                "axes": [{"name": axis, "type": "space", "unit": "micrometer"} for axis in "zyx"],
+                "datasets": [
+                    {"path": "s0", "coordinateTransformations": [{"type": "scale", "scale": [0.04, 0.008, 0.008]}]}
+                ],
+            }
+        ],
+    }
+    assert zarr.open_group(tmp_path / "image.zarr", mode="r")["raw"].attrs["unrelated"] == 1
+
+    volume = open_volume(*parse_location(f"{tmp_path / 'image.zarr'}:raw"))
+    assert volume.shape == (64, 128, 128)
+    assert read_resolution(volume) == pytest.approx((40.0, 8.0, 8.0))
+
+
+def test_ome_zarr_0_4_group_on_zarr_v2(tmp_path, flyem_crop):
+    group = zarr.open_group(tmp_path / "image.zarr", mode="w", zarr_format=2)
+    group.create_array("0", data=flyem_crop["raw"][:, ::2, ::2], chunks=(32, 64, 64))
+    group.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "axes": [
+                {"name": "c", "type": "channel"},
+                *({"name": axis, "type": "space", "unit": "nanometer"} for axis in "zyx"),
+            ],
+            "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1, 10, 20, 20]}]}],
+            "coordinateTransformations": [{"type": "scale", "scale": [1, 2, 1, 1]}],
+        }
+    ]
+
+    volume = open_volume(tmp_path / "image.zarr", "")
+    assert volume.shape == (64, 64, 64)
+    # The multiscale-level scale multiplies the dataset's; the channel axis is dropped.
+    assert read_resolution(volume) == (20.0, 20.0, 20.0)
+
+
+def test_resolution_is_none_when_not_recorded(tmp_path):
+    write_volume(tmp_path / "v.zarr", "a", np.zeros((2, 2, 2), np.uint8))
+    assert read_resolution(open_volume(tmp_path / "v.zarr", "a")) is None
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.zarr"):
+        open_volume(tmp_path / "nothing.zarr", "raw")
+    with pytest.raises(FileNotFoundError, match="nothing.h5"):
+        open_volume(tmp_path / "nothing.h5", "raw")
+
+
+def test_missing_key_lists_what_exists(tmp_path, flyem_h5):
+    write_volume(tmp_path / "v.zarr", "labels/ids", np.zeros((2, 2, 2), np.uint8))
+    write_volume(tmp_path / "v.zarr", "raw", np.zeros((2, 2, 2), np.uint8))
+
+    with pytest.raises(KeyError, match=r"'labels/nope'.*v\.zarr.*'nope'.*'labels'.*contains: ids"):
+        open_volume(tmp_path / "v.zarr", "labels/nope")
+    with pytest.raises(KeyError, match=r"'membranes'.*contains: labels, raw"):
+        open_volume(tmp_path / "v.zarr", "membranes")
+    with pytest.raises(KeyError, match="'raw' is an array, not a group"):
+        open_volume(tmp_path / "v.zarr", "raw/s0")
+    with pytest.raises(KeyError, match=r"'volumes/labels'.*crop\.h5.*contains: raw"):
+        open_volume(flyem_h5, "volumes/labels")
+
+
+def test_group_without_ome_metadata_is_not_a_volume(tmp_path, flyem_h5):
+    write_volume(tmp_path / "v.zarr", "labels/ids", np.zeros((2, 2, 2), np.uint8))
+    with pytest.raises(ValueError, match="without OME-Zarr multiscales.*contains: ids"):
+        open_volume(tmp_path / "v.zarr", "labels")
+    with pytest.raises(ValueError, match="HDF5 group, not a dataset.*contains: raw"):
+        open_volume(flyem_h5, "volumes")
+
+
+def test_unsupported_formats_and_modes(tmp_path, data_dir):
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("not a volume")
+    with pytest.raises(ValueError, match="unsupported volume format"):
+        open_volume(text_file, "raw")
+    with pytest.raises(ValueError, match="import_volume"):
+        open_volume(data_dir / "isbi2012" / "train-labels.tif", "")
+    write_volume(tmp_path / "v.zarr", "a", np.zeros((2, 2, 2), np.uint8))
+    with pytest.raises(ValueError, match="mode"):
+        open_volume(tmp_path / "v.zarr", "a", mode="w")
+
+
+# -- import_volume ----------------------------------------------------------------------------
+
+
+def test_import_hdf5_crop(tmp_path, flyem_h5, flyem_crop):
+    destination = tmp_path / "imported.zarr"
+    import_volume(flyem_h5, destination, "volumes/raw", source_key="volumes/raw")
+
+    volume = open_volume(destination, "volumes/raw")
+    assert volume.metadata.zarr_format == 3
+    assert volume.chunks == (64, 64, 64)
+    assert volume.metadata.dimension_names == ("z", "y", "x")
+    assert dict(volume.attrs) == {"resolution_nm_zyx": [10.0, 10.0, 10.0], IMPORT_COMPLETE_ATTRIBUTE: True}
+    np.testing.assert_array_equal(volume[...], flyem_crop["raw"])
+
+
+def test_import_streams_in_chunk_blocks(tmp_path, flyem_h5, flyem_crop, monkeypatch):
+    # A tiny block budget forces one block per chunk instead of whole slabs.
+    monkeypatch.setattr(volumes, "_COPY_BLOCK_BYTES", 1024)
+    reads = []
+    original_getitem = HDF5Volume.__getitem__
+    monkeypatch.setattr(HDF5Volume, "__getitem__", lambda self, s: reads.append(s) or original_getitem(self, s))
+
+    import_volume(flyem_h5, tmp_path / "i.zarr", "raw", source_key="volumes/raw", chunks=(32, 48, 48), resolution=(1, 2, 3))
+
+    volume = open_volume(tmp_path / "i.zarr", "raw")
+    np.testing.assert_array_equal(volume[...], flyem_crop["raw"])
+    assert volume.chunks == (32, 48, 48)
+    assert read_resolution(volume) == (1.0, 2.0, 3.0)
+    assert len(reads) == 2 * 3 * 3
+    assert max(np.prod([s.stop - s.start for s in block]) for block in reads) == 32 * 48 * 48
+
+
+def test_import_tiff_stack(tmp_path, data_dir):
+    source = data_dir / "isbi2012" / "train-labels-instances-2d.tif"
+    import_volume(source, tmp_path / "isbi.zarr", "labels", resolution=[50, 4, 4])
+
+    volume = open_volume(tmp_path / "isbi.zarr", "labels")
+    expected = tifffile.imread(source)
+    assert volume.shape == (30, 512, 512) and volume.dtype == np.uint16
+    np.testing.assert_array_equal(volume[...], expected)
+    assert read_resolution(volume) == (50.0, 4.0, 4.0)
+
+
+def test_import_single_image_tiff_and_no_resolution(tmp_path, data_dir):
+    image = tifffile.imread(data_dir / "isbi2012" / "train-labels.tif", key=0)[:100, :200]
+    tifffile.imwrite(tmp_path / "slice.tiff", image)
+
+    import_volume(tmp_path / "slice.tiff", tmp_path / "s.zarr", "slice")
+
+    volume = open_volume(tmp_path / "s.zarr", "slice")
+    np.testing.assert_array_equal(volume[...], image)
+    assert volume.chunks == (100, 200)
+    assert "resolution_nm_zyx" not in volume.attrs
+
+
+def test_import_refuses_to_overwrite_a_completed_array(tmp_path, flyem_h5):
+    import_volume(flyem_h5, tmp_path / "i.zarr", "raw", source_key="volumes/raw")
+    with pytest.raises(FileExistsError, match=r"i\.zarr:raw"):
+        import_volume(flyem_h5, tmp_path / "i.zarr", "raw", source_key="volumes/raw")
+    with pytest.raises(FileExistsError, match="is a group"):
+        import_volume(flyem_h5, tmp_path / "i.zarr", "", source_key="volumes/raw")
+
+
+def test_import_redoes_an_interrupted_import(tmp_path, flyem_h5, flyem_crop):
+    group = zarr.open_group(tmp_path / "i.zarr", mode="w", zarr_format=3)
+    leftover = group.create_array("raw", shape=(3, 3), dtype=np.float32)
+    leftover[...] = 1
+
+    import_volume(flyem_h5, tmp_path / "i.zarr", "raw", source_key="volumes/raw")
+
+    volume = open_volume(tmp_path / "i.zarr", "raw")
+    np.testing.assert_array_equal(volume[...], flyem_crop["raw"])
+    assert volume.attrs[IMPORT_COMPLETE_ATTRIBUTE] is True
+
+
+def test_import_errors(tmp_path, flyem_h5, data_dir):
+    tiff = data_dir / "isbi2012" / "train-labels.tif"
+    with pytest.raises(ValueError, match="source_key is required"):
+        import_volume(flyem_h5, tmp_path / "i.zarr", "raw")
+    with pytest.raises(ValueError, match="TIFF"):
+        import_volume(tiff, tmp_path / "i.zarr", "raw", source_key="x")
+    with pytest.raises(ValueError, match=r"resolution \(10, 10\) has 2 values.*\(64, 128, 128\)"):
+        import_volume(flyem_h5, tmp_path / "i.zarr", "raw", source_key="volumes/raw", resolution=(10, 10))
+    with pytest.raises(KeyError, match="'volumes/nope'"):
+        import_volume(flyem_h5, tmp_path / "i.zarr", "raw", source_key="volumes/nope")
+    with pytest.raises(FileNotFoundError, match="missing.tif"):
+        import_volume(tmp_path / "missing.tif", tmp_path / "i.zarr", "raw")
+    assert not (tmp_path / "i.zarr").exists()
+
+
+def test_import_refuses_a_zarr_v2_destination_and_leaves_it_alone(tmp_path, flyem_h5):
+    zarr.open_group(tmp_path / "old.zarr", mode="w", zarr_format=2)
+    with pytest.raises(ValueError, match="zarr v2"):
+        import_volume(flyem_h5, tmp_path / "old.zarr", "raw", source_key="volumes/raw")
+    assert not (tmp_path / "old.zarr" / "zarr.json").exists()
+
+
+def test_write_volume_round_trip(tmp_path, flyem_crop):
+    write_volume(tmp_path / "w.zarr", "labels/ids", flyem_crop["neuron_ids"], resolution=[10, 10, 10], chunks=(32, 64, 64))
+    volume = open_volume(tmp_path / "w.zarr", "labels/ids")
+    np.testing.assert_array_equal(volume[...], flyem_crop["neuron_ids"])
+    assert volume.chunks == (32, 64, 64)
+    assert read_resolution(volume) == (10.0, 10.0, 10.0)
+
+
+# -- write_ome_zarr_metadata errors -----------------------------------------------------------
+
+
+def test_ome_metadata_errors(tmp_path):
+    group = zarr.open_group(tmp_path / "g.zarr", mode="w", zarr_format=3)
+    group.create_array("s0", shape=(4, 4, 4), dtype=np.uint8)
+    group.create_array("flat", shape=(4, 4), dtype=np.uint8)
+    with pytest.raises(ValueError, match="unsupported space unit 'nm'"):
+        write_ome_zarr_metadata(group, "s0", (1, 1, 1), unit="nm")
+    with pytest.raises(KeyError, match="'s1'"):
+        write_ome_zarr_metadata(group, "s1", (1, 1, 1))
+    with pytest.raises(ValueError, match="3D"):
+        write_ome_zarr_metadata(group, "flat", (1, 1, 1))
+    with pytest.raises(ValueError, match="three positive numbers"):
+        write_ome_zarr_metadata(group, "s0", (1, 1))
+    v2 = zarr.open_group(tmp_path / "v2.zarr", mode="w", zarr_format=2)
+    v2.create_array("s0", shape=(4, 4, 4), dtype=np.uint8)
+    with pytest.raises(ValueError, match="zarr v3"):
+        write_ome_zarr_metadata(v2, "s0", (1, 1, 1))
+    assert "ome" not in group.attrs
