@@ -66,7 +66,7 @@ def edge_costs_from_features(
     features: np.ndarray,
     *,
     beta: float = 0.5,
-    weighting: str = "none",
+    weighting: str = "size",
 ) -> np.ndarray:
     """Edge costs from ``(E, 5)`` edge features with columns :data:`emflow.graph.FEATURE_NAMES`.
 

@@ -35,7 +35,7 @@ def distance_transform_watershed(
     resolution=(1.0, 1.0, 1.0),
     threshold: float = 0.5,
     sigma_seeds: float = 2.0,
-    sigma_weights: float = 2.0,
+    sigma_weights: float = 1.0,
     min_size: int = 25,
     alpha: float = 0.8,
     two_d: bool = False,

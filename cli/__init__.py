@@ -1,0 +1,1 @@
+"""The `emflow` command line."""

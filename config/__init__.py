@@ -1,0 +1,184 @@
+"""Configuration: the documented defaults, loading a user's TOML file, and validation.
+
+`defaults.toml` beside this module is the single source of truth for which keys exist, their types
+and their defaults; `emflow config defaults` prints it verbatim.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import tomllib
+from copy import deepcopy
+from pathlib import Path
+from typing import Any, Callable
+
+DEFAULTS_PATH = Path(__file__).with_name("defaults.toml")
+
+REQUIRED_KEYS = (
+    ("input", "path"),
+    ("input", "boundaries_key"),
+    ("input", "resolution"),
+    ("output", "path"),
+    ("blocking", "block_shape"),
+    ("blocking", "halo"),
+    ("multicut", "beta"),
+    ("multicut", "solver"),
+)
+
+# Keys of a pluggable section that emflow consumes itself instead of passing to the function.
+RESERVED_KEYS = {
+    "supervoxels": {"function", "dimensionality", "anisotropy_threshold"},
+    "costs": {"function"},
+    "multicut": {"function", "beta"},
+}
+
+CHOICES = {
+    ("supervoxels", "dimensionality"): ("auto", "2d", "3d"),
+    ("costs", "weighting"): ("none", "size"),
+    ("multicut", "solver"): ("greedy-additive", "kernighan-lin", "fusion-moves"),
+}
+
+THREE_POSITIVE = {("input", "resolution"), ("blocking", "block_shape")}
+
+
+class ConfigError(ValueError):
+    """A config file is unreadable, names an unknown key, or holds a value of the wrong type."""
+
+
+def default_config_text() -> str:
+    return DEFAULTS_PATH.read_text()
+
+
+def default_config() -> dict[str, dict[str, Any]]:
+    return tomllib.loads(default_config_text())
+
+
+def load_config(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Read a TOML config, merge it over the defaults and validate it.
+
+    Relative paths in `[input] path`, `[output] path` and `[output] work_dir` are resolved against
+    the config file's folder, so a config means the same thing from any working directory.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        user = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path} is not valid TOML: {error}") from error
+    config = merge_config(user)
+    base = path.resolve().parent
+    for section, key in (("input", "path"), ("output", "path"), ("output", "work_dir")):
+        if config[section][key]:
+            config[section][key] = str((base / config[section][key]).resolve())
+    return config
+
+
+def merge_config(user: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Merge a parsed user config over the defaults and validate it (see `load_config`)."""
+    config = default_config()
+    defaults = deepcopy(config)
+    for section, values in user.items():
+        if section not in defaults:
+            raise ConfigError(f"unknown config section [{section}]; known: {', '.join(defaults)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{section}] must be a table")
+        function = values.get("function", defaults[section].get("function"))
+        if function != defaults[section].get("function"):
+            accepted = _plugin_keywords(section, function)
+            # A plugin takes only what the user gives it, not the default function's parameters.
+            config[section] = {key: config[section][key] for key in RESERVED_KEYS[section]}
+        for key, value in values.items():
+            name = f"{section}.{key}"
+            if key in RESERVED_KEYS.get(section, ()) or (key in defaults[section] and function == defaults[section].get("function")):
+                config[section][key] = _checked_value(name, value, defaults[section][key])
+            elif function != defaults[section].get("function"):
+                if accepted is not None and key not in accepted:
+                    raise ConfigError(f"unknown config key {name}: not a parameter of {function}")
+                config[section][key] = value
+            else:
+                raise ConfigError(f"unknown config key {name}; known in [{section}]: {', '.join(defaults[section])}")
+    _check_required(config)
+    _check_semantics(config)
+    return config
+
+
+def _checked_value(name: str, value: Any, default: Any) -> Any:
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, list):
+        ok = isinstance(value, list) and len(value) == len(default) and all(
+            isinstance(item, (int, float)) and not isinstance(item, bool) for item in value
+        )
+    else:
+        ok = type(value) is type(default)
+    if not ok:
+        expected = f"a list of {len(default)} numbers" if isinstance(default, list) else type(default).__name__
+        raise ConfigError(f"config key {name} must be {expected}, got {value!r}")
+    return value
+
+
+def _check_required(config: dict[str, dict[str, Any]]) -> None:
+    for section, key in REQUIRED_KEYS:
+        if key not in config[section]:
+            continue  # a plugin replaced the default function and its parameters
+        if config[section][key] == "":
+            raise ConfigError(f"config key {section}.{key} is required")
+
+
+def _check_semantics(config: dict[str, dict[str, Any]]) -> None:
+    for (section, key), choices in CHOICES.items():
+        if key in config[section] and config[section][key] not in choices:
+            raise ConfigError(f"config key {section}.{key} must be one of {', '.join(map(repr, choices))}, got {config[section][key]!r}")
+    for section, key in THREE_POSITIVE:
+        if any(value <= 0 for value in config[section][key]):
+            raise ConfigError(f"config key {section}.{key} must be positive, got {config[section][key]}")
+    for key in ("block_shape", "halo"):
+        values = config["blocking"][key]
+        if any(not float(value).is_integer() or value < 0 for value in values):
+            raise ConfigError(f"config key blocking.{key} must be non-negative integers, got {values}")
+        config["blocking"][key] = [int(value) for value in values]
+    beta = config["multicut"]["beta"]
+    if not 0.0 < beta < 1.0:
+        raise ConfigError(f"config key multicut.beta must lie strictly between 0 and 1, got {beta}")
+    for section in RESERVED_KEYS:
+        resolve_function(config[section]["function"], f"{section}.function")
+
+
+def resolve_function(spec: str, name: str = "function") -> Callable:
+    """Import a plugin given as "package.module:function"."""
+    module_name, separator, attribute = spec.partition(":")
+    if not separator or not module_name or not attribute:
+        raise ConfigError(f"config key {name} must look like 'package.module:function', got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ConfigError(f"config key {name}: cannot import module {module_name!r}: {error}") from error
+    function = getattr(module, attribute, None)
+    if not callable(function):
+        raise ConfigError(f"config key {name}: {module_name} has no function {attribute!r}")
+    return function
+
+
+def _plugin_keywords(section: str, spec: str) -> set[str] | None:
+    """Keyword arguments a plugin accepts; None means it takes **kwargs (anything goes)."""
+    if section not in RESERVED_KEYS:
+        raise ConfigError(f"config key {section}.function: section [{section}] is not pluggable")
+    function = resolve_function(spec, f"{section}.function")
+    parameters = inspect.signature(function).parameters.values()
+    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters):
+        return None
+    return {parameter.name for parameter in parameters}
+
+
+def function_parameters(config: dict[str, dict[str, Any]], section: str) -> dict[str, Any]:
+    """The keyword arguments a pluggable stage passes to its function."""
+    return {key: value for key, value in config[section].items() if key not in RESERVED_KEYS[section]}

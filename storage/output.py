@@ -1,0 +1,84 @@
+"""The output zarr group: creating its arrays and reading and writing whole (global) arrays.
+
+Block-wise arrays are chunked with the block shape, so that each block writes whole chunks and no
+two blocks ever write the same chunk file. zarr's local store writes each chunk to a temporary
+name and renames it, so a killed writer never leaves a torn chunk.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+# Marks a zarr group as created by emflow, so that emflow never writes into anyone else's data.
+OWNER_ATTRIBUTE = "emflow"
+
+
+class ForeignOutputError(FileExistsError):
+    """The output path holds data that emflow did not create."""
+
+
+def open_output_group(path: str | Path, *, create: bool = False) -> zarr.Group:
+    """Open emflow's output group; with `create`, make it if the path does not exist yet.
+
+    Refuses (ForeignOutputError) a path that exists but is not a group emflow created.
+    """
+    path = Path(path)
+    if path.exists():
+        try:
+            group = zarr.open_group(str(path), mode="r+")
+        except Exception as error:  # zarr raises several types for "not a group here"
+            raise ForeignOutputError(f"output path {path} exists and is not a zarr group; choose another output path") from error
+        if OWNER_ATTRIBUTE not in group.attrs:
+            raise ForeignOutputError(f"output path {path} holds a zarr group that emflow did not create; refusing to write into it")
+        return group
+    if not create:
+        raise FileNotFoundError(f"output group {path} does not exist (the workflow has not run yet)")
+    group = zarr.open_group(str(path), mode="w-", zarr_format=3)
+    group.attrs[OWNER_ATTRIBUTE] = {"created": True}
+    return group
+
+
+def create_block_array(group: zarr.Group, name: str, shape, block_shape, dtype) -> zarr.Array:
+    """(Re)create a block-wise array chunked by `block_shape`, filled with zeros."""
+    return group.create_array(
+        name,
+        shape=tuple(int(size) for size in shape),
+        chunks=tuple(int(size) for size in block_shape),
+        dtype=dtype,
+        fill_value=0,
+        overwrite=True,
+    )
+
+
+def write_global_array(path: str | Path, name: str, data: np.ndarray, attributes: dict[str, Any] | None = None) -> None:
+    """Write a whole array (graph, features, costs, node labels) as `name` in the output group."""
+    group = open_output_group(path)
+    # Canonical dtype: C extensions may hand back uint64 as 'Q' (unsigned long long), which zarr
+    # does not recognise although it is the same type as numpy's 'L' on 64-bit Linux.
+    data = np.ascontiguousarray(data, dtype=np.dtype(data.dtype.str))
+    # One chunk of up to ~64 MiB along the first axis keeps graph-sized arrays in few files.
+    rows = max(1, min(max(data.shape[0], 1), (64 << 20) // max(1, data.itemsize * int(np.prod(data.shape[1:])))))
+    array = group.create_array(
+        name,
+        shape=data.shape,
+        chunks=(rows, *data.shape[1:]),
+        dtype=data.dtype,
+        fill_value=0,
+        overwrite=True,
+    )
+    if data.size:
+        array[...] = data
+    if attributes:
+        array.attrs.update(attributes)
+
+
+def read_global_array(path: str | Path, name: str) -> np.ndarray:
+    return np.asarray(open_output_group(path)[name][...])
+
+
+def block_array(path: str | Path, name: str) -> zarr.Array:
+    return open_output_group(path)[name]

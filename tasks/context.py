@@ -1,0 +1,155 @@
+"""What every task of one run shares: the validated config, the volume's geometry and the paths.
+
+Built once per process from the config file and cached, so that the many per-block tasks of a run
+(possibly on other hosts) agree on it without passing it around.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emflow.blocking import Blocking
+from emflow.config import ConfigError, load_config
+from emflow.storage.volumes import open_volume
+
+
+@dataclass(frozen=True, eq=False)  # hashed by identity: one cached instance per config text
+class RunContext:
+    config_path: str
+    config: dict[str, dict[str, Any]]
+    shape: tuple[int, ...]
+    blocking: Blocking
+    work_dir: Path
+    output_path: Path
+    inputs: dict[str, dict[str, Any]]
+
+    def record_path(self, stage: str, block_id: int | None) -> Path:
+        return self.work_dir / "status" / (f"{stage}.json" if block_id is None else f"{stage}/{block_id}.json")
+
+    def failure_path(self, stage: str, block_id: int | None) -> Path:
+        return self.work_dir / "failed" / (f"{stage}.json" if block_id is None else f"{stage}/{block_id}.json")
+
+    def log_path(self, stage: str, block_id: int | None) -> Path:
+        return self.work_dir / "logs" / (f"{stage}.log" if block_id is None else f"{stage}/{block_id}.log")
+
+    def partial_path(self, stage: str, block_id: int) -> Path:
+        return self.work_dir / "blocks" / stage / f"{block_id}.npz"
+
+    def input_volume(self, role: str):
+        """Open the input dataset playing `role` ("boundaries", "supervoxels", "mask", "raw")."""
+        return open_volume(self.config["input"]["path"], self.config["input"][f"{role}_key"])
+
+    def read_input(self, role: str, box) -> np.ndarray:
+        volume = self.input_volume(role)
+        try:
+            return np.asarray(volume[box.slicing])
+        finally:
+            close = getattr(volume, "close", None)
+            if close is not None:
+                close()
+
+    def read_boundaries(self, box) -> np.ndarray:
+        """The boundary map inside `box` as float32, checked for NaNs and the [0, 1] range."""
+        boundaries = self.read_input("boundaries", box).astype(np.float32, copy=False)
+        if not np.isfinite(boundaries).all():
+            raise ValueError(f"boundary map {self.config['input']['boundaries_key']!r} holds NaN or infinite values in {box}")
+        if boundaries.size and (boundaries.min() < 0 or boundaries.max() > 1):
+            raise ValueError(
+                f"boundary map {self.config['input']['boundaries_key']!r} has values outside [0, 1] in {box} "
+                f"(min {boundaries.min()}, max {boundaries.max()})"
+            )
+        return boundaries
+
+    def read_mask(self, box) -> np.ndarray | None:
+        if not self.config["input"]["mask_key"]:
+            return None
+        return self.read_input("mask", box).astype(bool, copy=False)
+
+
+class InputError(ValueError):
+    """An input dataset cannot be used: wrong shape, dtype, dimensionality, or empty."""
+
+
+def load_context(config_path: str) -> RunContext:
+    """The context of a config file, cached per process while the file's text stays the same.
+
+    Raises ConfigError for a bad config and InputError, FileNotFoundError or KeyError for
+    unusable inputs, each naming the problem.
+    """
+    if not Path(config_path).is_file():
+        raise ConfigError(f"config file not found: {config_path}")
+    return _context_for_text(str(config_path), Path(config_path).read_text())
+
+
+@functools.lru_cache(maxsize=8)
+def _context_for_text(config_path: str, config_text: str) -> RunContext:
+    config = load_config(config_path)
+    inputs = describe_inputs(config)
+    validate_inputs(inputs)
+    shape = tuple(inputs["boundaries"]["shape"])
+    output_path = Path(config["output"]["path"])
+    work_dir = Path(config["output"]["work_dir"] or f"{output_path}.work")
+    return RunContext(
+        config_path=str(config_path),
+        config=config,
+        shape=shape,
+        blocking=Blocking(shape, tuple(config["blocking"]["block_shape"])),
+        work_dir=work_dir,
+        output_path=output_path,
+        inputs=inputs,
+    )
+
+
+def describe_inputs(config: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Identity of each configured input dataset: path, key, shape, dtype.
+
+    This is what the fingerprints record about the input (not its content, which would cost a
+    full read of the volume on every completeness check).
+    """
+    described = {}
+    for role in ("boundaries", "supervoxels", "mask", "raw"):
+        key = config["input"][f"{role}_key"]
+        if not key:
+            continue
+        volume = open_volume(config["input"]["path"], key)
+        try:
+            described[role] = {
+                "path": str(Path(config["input"]["path"]).resolve()),
+                "key": key,
+                "shape": [int(size) for size in volume.shape],
+                "dtype": str(volume.dtype),
+            }
+        finally:
+            close = getattr(volume, "close", None)
+            if close is not None:
+                close()
+    return described
+
+
+def validate_inputs(inputs: dict[str, dict[str, Any]]) -> None:
+    """Raise InputError naming the first problem with the input datasets (see `describe_inputs`)."""
+    boundaries = inputs["boundaries"]
+    name = f"{boundaries['path']}:{boundaries['key']}"
+    if len(boundaries["shape"]) != 3:
+        raise InputError(f"boundary map {name} must be 3D (z, y, x), got shape {tuple(boundaries['shape'])}")
+    if 0 in boundaries["shape"]:
+        raise InputError(f"boundary map {name} is empty (shape {tuple(boundaries['shape'])})")
+    if not np.issubdtype(np.dtype(boundaries["dtype"]), np.floating):
+        raise InputError(f"boundary map {name} must be float with values in [0, 1], got dtype {boundaries['dtype']}")
+    for role, description in inputs.items():
+        if description["shape"] != boundaries["shape"]:
+            raise InputError(
+                f"{role} dataset {description['key']} has shape {tuple(description['shape'])}, "
+                f"but the boundary map has shape {tuple(boundaries['shape'])}"
+            )
+    if "supervoxels" in inputs and not np.issubdtype(np.dtype(inputs["supervoxels"]["dtype"]), np.integer):
+        raise InputError(f"supervoxels dataset {inputs['supervoxels']['key']} must hold integer ids, got dtype {inputs['supervoxels']['dtype']}")
+    if "mask" in inputs and not (
+        np.issubdtype(np.dtype(inputs["mask"]["dtype"]), np.integer) or np.dtype(inputs["mask"]["dtype"]) == bool
+    ):
+        raise InputError(f"mask dataset {inputs['mask']['key']} must be boolean or integer, got dtype {inputs['mask']['dtype']}")

@@ -1,0 +1,46 @@
+"""Stage 5: the global multicut, giving each supervoxel (graph node) its segment id."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from emflow.config import function_parameters, resolve_function
+from emflow.multicut import multicut_energy
+from emflow.storage.output import block_array, read_global_array, write_global_array
+
+from .base import GlobalTask
+from .context import RunContext
+from .edge_costs import EdgeCosts
+
+
+class Multicut(GlobalTask):
+    stage = "multicut"
+    upstream = (EdgeCosts,)
+
+    @classmethod
+    def stage_parameters(cls, context: RunContext) -> dict:
+        return {key: value for key, value in context.config["multicut"].items() if key != "beta"}
+
+    def run_stage(self, logger: logging.Logger) -> dict:
+        context = self.context
+        edges_array = block_array(context.output_path, "graph/edges")
+        number_of_nodes = int(edges_array.attrs["number_of_nodes"])
+        edges = np.asarray(edges_array[...])
+        edge_costs = read_global_array(context.output_path, "graph/edge_costs")
+        function = resolve_function(context.config["multicut"]["function"], "multicut.function")
+        node_labels = np.asarray(function(number_of_nodes, edges, edge_costs, **function_parameters(context.config, "multicut")))
+        if node_labels.shape != (number_of_nodes,) or not np.issubdtype(node_labels.dtype, np.integer):
+            raise ValueError(
+                f"{context.config['multicut']['function']} must return {number_of_nodes} integer node labels, "
+                f"got {node_labels.dtype} of shape {node_labels.shape}"
+            )
+        node_labels = node_labels.astype(np.uint64)
+        if number_of_nodes and node_labels[0] != 0:
+            raise ValueError(f"{context.config['multicut']['function']} must keep node 0 (background) at label 0")
+        energy = multicut_energy(edges, edge_costs, node_labels)
+        write_global_array(context.output_path, "graph/node_labels", node_labels, {"energy": energy})
+        number_of_segments = int(np.unique(node_labels[1:]).size)
+        logger.info("%d segments, energy %.6g", number_of_segments, energy)
+        return {"number_of_segments": number_of_segments, "energy": energy}

@@ -1,0 +1,39 @@
+"""Stage 0: create the output group and its block-wise arrays (inputs are checked when the config loads)."""
+
+from __future__ import annotations
+
+import logging
+
+from emflow import __version__
+from emflow.storage.output import create_block_array, open_output_group
+from emflow.storage.volumes import write_ome_zarr_metadata
+
+from .base import GlobalTask
+from .context import RunContext
+
+
+class PrepareOutput(GlobalTask):
+    stage = "prepare_output"
+
+    @classmethod
+    def stage_parameters(cls, context: RunContext) -> dict:
+        return {
+            "inputs": context.inputs,
+            "resolution": context.config["input"]["resolution"],
+            "block_shape": context.config["blocking"]["block_shape"],
+            "output": str(context.output_path),
+        }
+
+    def run_stage(self, logger: logging.Logger) -> dict:
+        context = self.context
+        group = open_output_group(context.output_path, create=True)
+        group.attrs["emflow"] = {"version": __version__, "config": context.config}
+        block_shape = context.blocking.block_shape
+        if not context.config["input"]["supervoxels_key"]:
+            create_block_array(group, "supervoxels_block_local", context.shape, block_shape, "uint64")
+        create_block_array(group, "supervoxels", context.shape, block_shape, "uint64")
+        segmentation = group.require_group("segmentation")
+        create_block_array(segmentation, "s0", context.shape, block_shape, "uint64")
+        write_ome_zarr_metadata(segmentation, "s0", context.config["input"]["resolution"], name="segmentation")
+        logger.info("created output arrays of shape %s, chunks %s in %s", context.shape, block_shape, context.output_path)
+        return {"shape": list(context.shape), "number_of_blocks": context.blocking.number_of_blocks}

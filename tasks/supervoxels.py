@@ -1,0 +1,131 @@
+"""Stage 1: supervoxels with ids unique across the volume.
+
+Three tasks: per block, the watershed (or the given supervoxels) inside the block; globally, the id
+ranges of all blocks; per block, the final ids written to `supervoxels`. Supervoxels never cross a
+block face: the halo gives the watershed context, but only the block's own box is kept.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from emflow.config import function_parameters, resolve_function
+from emflow.labels import block_offsets, map_labels, relabel_consecutive
+from emflow.storage.output import block_array
+from emflow.supervoxels import use_two_d
+from emflow.targets import atomic_save_npz
+
+from .base import BlockTask, GlobalTask, register_block_stage
+from .context import RunContext
+from .prepare import PrepareOutput
+
+
+def _given_supervoxels(context: RunContext) -> bool:
+    return bool(context.config["input"]["supervoxels_key"])
+
+
+def _masked_input_supervoxels(context: RunContext, box) -> np.ndarray:
+    labels = context.read_input("supervoxels", box)
+    if np.issubdtype(labels.dtype, np.signedinteger) and labels.size and labels.min() < 0:
+        raise ValueError(f"supervoxels dataset holds negative ids in {box}")
+    labels = labels.astype(np.uint64, copy=False)
+    mask = context.read_mask(box)
+    if mask is not None:
+        labels = np.where(mask, labels, np.uint64(0))
+    return labels
+
+
+@register_block_stage
+class SupervoxelBlock(BlockTask):
+    stage = "supervoxels"
+    upstream = (PrepareOutput,)
+
+    @classmethod
+    def stage_parameters(cls, context: RunContext) -> dict:
+        if _given_supervoxels(context):
+            return {"given": context.inputs["supervoxels"]}
+        return {"supervoxels": context.config["supervoxels"], "halo": context.config["blocking"]["halo"]}
+
+    def run_stage(self, logger: logging.Logger) -> dict:
+        context = self.context
+        inner = context.blocking.block(self.block_id)
+        if _given_supervoxels(context):
+            ids = np.unique(_masked_input_supervoxels(context, inner))
+            ids = ids[ids != 0]
+            atomic_save_npz(context.partial_path(self.stage, self.block_id), ids=ids)
+            return {"number_of_supervoxels": int(ids.size)}
+
+        section = context.config["supervoxels"]
+        outer, inner_local = context.blocking.block_with_halo(self.block_id, tuple(context.config["blocking"]["halo"]))
+        resolution = tuple(context.config["input"]["resolution"])
+        if section["dimensionality"] == "auto":
+            two_d = use_two_d(resolution, section["anisotropy_threshold"])
+        else:
+            two_d = section["dimensionality"] == "2d"
+        function = resolve_function(section["function"], "supervoxels.function")
+        mask = context.read_mask(outer)
+        labels = function(
+            context.read_boundaries(outer),
+            resolution=resolution,
+            two_d=two_d,
+            mask=mask,
+            **function_parameters(context.config, "supervoxels"),
+        )
+        labels = np.asarray(labels)
+        if labels.shape != outer.shape or not np.issubdtype(labels.dtype, np.integer):
+            raise TypeError(
+                f"{section['function']} returned {labels.dtype} labels of shape {labels.shape}; "
+                f"expected integer labels of shape {outer.shape}"
+            )
+        labels = labels[inner_local.slicing]
+        if mask is not None:
+            labels = np.where(mask[inner_local.slicing], labels, 0)
+        labels, number_of_supervoxels = relabel_consecutive(labels)
+        block_array(context.output_path, "supervoxels_block_local")[inner.slicing] = labels
+        logger.info("%d supervoxels (%s)", number_of_supervoxels, "2D per slice" if two_d else "3D")
+        return {"number_of_supervoxels": int(number_of_supervoxels)}
+
+
+class SupervoxelIds(GlobalTask):
+    """Where each block's supervoxels go in the global id range 1..number_of_supervoxels."""
+
+    stage = "supervoxel_ids"
+    upstream = (SupervoxelBlock,)
+
+    def run_stage(self, logger: logging.Logger) -> dict:
+        context = self.context
+        blocks = range(context.blocking.number_of_blocks)
+        if _given_supervoxels(context):
+            ids = np.unique(np.concatenate([np.load(context.partial_path("supervoxels", block_id))["ids"] for block_id in blocks]))
+            atomic_save_npz(context.work_dir / "global" / f"{self.stage}.npz", ids=ids.astype(np.uint64))
+            number_of_supervoxels = int(ids.size)
+        else:
+            counts = [SupervoxelBlock(config_path=self.config_path, block_id=block_id).output().result()["number_of_supervoxels"] for block_id in blocks]
+            offsets = block_offsets(np.asarray(counts, dtype=np.uint64))
+            atomic_save_npz(context.work_dir / "global" / f"{self.stage}.npz", offsets=offsets)
+            number_of_supervoxels = int(sum(counts))
+        logger.info("%d supervoxels in %d blocks", number_of_supervoxels, len(blocks))
+        return {"number_of_supervoxels": number_of_supervoxels}
+
+
+@register_block_stage
+class RelabelSupervoxelBlock(BlockTask):
+    stage = "relabel_supervoxels"
+    upstream = (SupervoxelIds,)
+
+    def run_stage(self, logger: logging.Logger) -> dict:
+        context = self.context
+        inner = context.blocking.block(self.block_id)
+        ids = np.load(context.work_dir / "global" / f"{SupervoxelIds.stage}.npz")
+        if _given_supervoxels(context):
+            global_ids = ids["ids"]
+            labels = map_labels(
+                _masked_input_supervoxels(context, inner), global_ids, np.arange(1, global_ids.size + 1, dtype=np.uint64)
+            )
+        else:
+            local = np.asarray(block_array(context.output_path, "supervoxels_block_local")[inner.slicing])
+            labels = np.where(local != 0, local + ids["offsets"][self.block_id], np.uint64(0))
+        block_array(context.output_path, "supervoxels")[inner.slicing] = labels
+        return {}

@@ -1,0 +1,61 @@
+"""Run a workflow from its config file: checks first, then the task graph."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from emflow.cluster import RunReport, run_tasks
+from emflow.storage.output import open_output_group
+from emflow.tasks.context import load_context
+
+from .multicut import MulticutSegmentation, progress_reporter, workflow_status
+
+
+class StaleOutputError(RuntimeError):
+    """The output holds results of another config; recomputing them needs the user's consent."""
+
+
+def check_run(config_path: str | Path, *, update: bool = False) -> str:
+    """Validate config, inputs and output before any task runs; return the canonical config path.
+
+    Raises ConfigError, InputError, FileNotFoundError, KeyError, ForeignOutputError or
+    StaleOutputError with a message naming the problem. Stale results are only recomputed
+    (replaced) with `update=True`.
+    """
+    config_path = str(Path(config_path).resolve())
+    context = load_context(config_path)
+    if context.output_path.exists():
+        open_output_group(context.output_path)
+    if not update:
+        stale = [status for status in workflow_status(config_path) if status.stale]
+        if stale:
+            listing = ", ".join(f"{status.stage} ({status.stale} of {status.total})" for status in stale)
+            raise StaleOutputError(
+                f"{context.output_path} holds results computed with another config or input: {listing}. "
+                "Run again with --update to recompute them (replacing those results), or choose another output path."
+            )
+    return config_path
+
+
+def run_workflow(
+    config_path: str | Path,
+    *,
+    workers: int = 1,
+    scheduler_host: str | None = None,
+    scheduler_port: int | None = None,
+    update: bool = False,
+    progress_interval: float = 5.0,
+) -> RunReport:
+    config_path = check_run(config_path, update=update)
+    started = time.time()
+    statuses = workflow_status(config_path)
+    return run_tasks(
+        [MulticutSegmentation(config_path=config_path)],
+        failure_dir=load_context(config_path).work_dir / "failed",
+        workers=workers,
+        scheduler_host=scheduler_host,
+        scheduler_port=scheduler_port,
+        progress=progress_reporter(config_path, statuses, started),
+        progress_interval=progress_interval,
+    )
