@@ -1,0 +1,190 @@
+"""End-to-end runs of the block-wise workflow on real FIB-SEM data, through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from emflow.evaluation import adapted_rand_error, evaluate
+from emflow.graph import in_core_graph_features
+from emflow.workflows import workflow_status
+from workflow_helpers import read, run_cli, write_config, write_inputs
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, flyem_crop):
+    return write_inputs(tmp_path_factory.mktemp("inputs"), flyem_crop)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, inputs):
+    """One complete block-wise run (8 blocks) that several tests inspect without modifying."""
+    folder = tmp_path_factory.mktemp("run")
+    config = write_config(folder / "config.toml", inputs, folder / "out.zarr")
+    assert run_cli("run", config, "--workers", "2") == 0
+    return config, folder / "out.zarr"
+
+
+def test_blockwise_graph_equals_in_core_graph(finished_run, inputs):
+    _, output = finished_run
+    supervoxels = read(output, "supervoxels")
+    edges, features, number_of_nodes = in_core_graph_features(supervoxels, read(inputs, "boundaries").astype(np.float32))
+    assert np.array_equal(read(output, "graph/edges"), edges)
+    np.testing.assert_allclose(read(output, "graph/edge_features"), features, rtol=1e-10, atol=1e-12)
+    assert number_of_nodes == supervoxels.max() + 1
+
+
+def test_supervoxels_are_consecutive_and_cover_the_volume(finished_run):
+    _, output = finished_run
+    supervoxels = read(output, "supervoxels")
+    ids = np.unique(supervoxels)
+    assert ids[0] == 1, "no voxel may keep id 0 without a mask"
+    assert np.array_equal(ids, np.arange(1, ids.size + 1))
+
+
+def test_segmentation_matches_node_labels_and_is_ome_zarr(finished_run):
+    _, output = finished_run
+    segmentation = read(output, "segmentation")
+    node_labels = read(output, "graph/node_labels")
+    assert np.array_equal(segmentation, node_labels[read(output, "supervoxels")])
+    import zarr
+
+    group = zarr.open_group(str(output / "segmentation"), mode="r")
+    multiscale = group.attrs["ome"]["multiscales"][0]
+    assert group.attrs["ome"]["version"] == "0.5"
+    assert multiscale["datasets"][0]["coordinateTransformations"][0]["scale"] == [10.0, 10.0, 10.0]
+    assert group["s0"].dtype == np.uint64
+    assert group["s0"].chunks == (32, 64, 64)
+
+
+def test_rerun_of_a_finished_run_is_a_no_op(finished_run):
+    config, output = finished_run
+    records = sorted((output.parent / "out.zarr.work" / "status").rglob("*.json"))
+    before = {path: path.stat().st_mtime_ns for path in records}
+    assert run_cli("run", config) == 0
+    assert {path: path.stat().st_mtime_ns for path in records} == before
+
+
+def test_status_reports_every_stage_done(finished_run, capsys):
+    config, _ = finished_run
+    assert run_cli("status", config) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split() == ["stage", "done", "stale", "pending", "total"]
+    rows = {line.split()[0]: [int(value) for value in line.split()[1:]] for line in lines[1:]}
+    assert rows["supervoxels"] == [8, 0, 0, 8]
+    assert rows["multicut"] == [1, 0, 0, 1]
+    assert len(rows) == 9
+
+
+def test_evaluate_cli_prints_the_metrics_of_the_arrays(finished_run, inputs, capsys):
+    _, output = finished_run
+    assert run_cli("evaluate", f"{output}:segmentation", f"{inputs}:neuron_ids") == 0
+    printed = json.loads(capsys.readouterr().out)
+    expected = evaluate(read(output, "segmentation"), read(inputs, "neuron_ids"))
+    assert printed == pytest.approx(expected)
+
+
+def test_quality_on_the_whole_dev_cube_with_several_blocks_per_axis(tmp_path, data_dir):
+    """The issue's quality bar: adapted Rand error <= 0.05 on the FlyEM dev cube, 3 x 3 x 3 blocks."""
+    with h5py.File(data_dir / "flyem_medulla_dev" / "volume.h5", "r") as volume:
+        cube = {key: volume[path][...] for key, path in (("raw", "raw"), ("neuron_ids", "labels/neuron_ids"), ("oversegmentation", "labels/oversegmentation"))}
+    inputs = write_inputs(tmp_path, cube, chunks=(64, 128, 128))
+    config = write_config(tmp_path / "config.toml", inputs, tmp_path / "out.zarr", block_shape=(48, 96, 96), halo=(8, 16, 16))
+    assert run_cli("run", config, "--workers", "2") == 0
+    error, _, _ = adapted_rand_error(read(tmp_path / "out.zarr", "segmentation"), cube["neuron_ids"])
+    assert error <= 0.05
+
+
+def test_given_supervoxels_blockwise_equals_single_block(tmp_path, inputs):
+    """With the same supervoxels, several blocks and one block give the same graph, costs and result."""
+    outputs = {}
+    for name, block_shape in (("blocks", (24, 48, 40)), ("single", (64, 128, 128))):
+        config = write_config(
+            tmp_path / f"{name}.toml", inputs, tmp_path / f"{name}.zarr", block_shape=block_shape, input={"supervoxels_key": "oversegmentation"}
+        )
+        assert run_cli("run", config) == 0
+        outputs[name] = tmp_path / f"{name}.zarr"
+    blocks, single = outputs["blocks"], outputs["single"]
+    assert np.array_equal(read(blocks, "supervoxels"), read(single, "supervoxels"))
+    assert np.array_equal(read(blocks, "graph/edges"), read(single, "graph/edges"))
+    np.testing.assert_allclose(read(blocks, "graph/edge_features"), read(single, "graph/edge_features"), rtol=1e-12)
+    np.testing.assert_allclose(read(blocks, "graph/edge_costs"), read(single, "graph/edge_costs"), rtol=1e-12)
+    assert np.array_equal(read(blocks, "segmentation"), read(single, "segmentation"))
+
+
+def _record_times(work_dir: Path) -> dict[Path, int]:
+    return {path: path.stat().st_mtime_ns for path in (work_dir / "status").rglob("*.json")}
+
+
+def test_deleted_block_records_rerun_only_those_blocks(tmp_path, inputs):
+    config = write_config(tmp_path / "config.toml", inputs, tmp_path / "out.zarr")
+    assert run_cli("run", config) == 0
+    reference = read(tmp_path / "out.zarr", "segmentation")
+    work_dir = tmp_path / "out.zarr.work"
+    deleted = [work_dir / "status" / "supervoxels" / "3.json", work_dir / "status" / "block_graph" / "5.json"]
+    for path in deleted:
+        path.unlink()
+    before = _record_times(work_dir)
+    time.sleep(0.01)
+    assert run_cli("run", config) == 0
+    after = _record_times(work_dir)
+    assert set(after) == set(before) | set(deleted)
+    rewritten = {path for path in after if path not in before or after[path] != before[path]}
+    assert rewritten == set(deleted)
+    assert np.array_equal(read(tmp_path / "out.zarr", "segmentation"), reference)
+
+
+def test_changed_parameter_makes_exactly_the_downstream_stages_stale(tmp_path, inputs, capsys):
+    config = write_config(tmp_path / "config.toml", inputs, tmp_path / "out.zarr")
+    assert run_cli("run", config) == 0
+    write_config(tmp_path / "config.toml", inputs, tmp_path / "out.zarr", multicut={"beta": 0.4})
+    stale = {status.stage for status in workflow_status(str(config)) if status.stale}
+    assert stale == {"edge_costs", "multicut", "write_segmentation"}
+    assert all(status.pending == 0 for status in workflow_status(str(config)))
+
+    capsys.readouterr()
+    assert run_cli("run", config) == 2, "stale results are only replaced with --update"
+    message = capsys.readouterr().err
+    assert "edge_costs" in message and "--update" in message
+
+    work_dir = tmp_path / "out.zarr.work"
+    before = _record_times(work_dir)
+    assert run_cli("run", config, "--update") == 0
+    after = _record_times(work_dir)
+    rewritten = {path.relative_to(work_dir / "status").parts[0].removesuffix(".json") for path in after if after[path] != before[path]}
+    assert rewritten == stale
+    assert all(status.done == status.total for status in workflow_status(str(config)))
+
+
+def test_killed_run_resumes_to_the_identical_result(tmp_path, inputs):
+    """SIGKILL a real `emflow run` mid-way, run again, and compare with an uninterrupted run."""
+    reference_config = write_config(tmp_path / "reference.toml", inputs, tmp_path / "reference.zarr")
+    assert run_cli("run", reference_config) == 0
+
+    config = write_config(tmp_path / "config.toml", inputs, tmp_path / "out.zarr")
+    status_dir = tmp_path / "out.zarr.work" / "status"
+    # Its own session, so that the kill reaches Luigi's worker processes too.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "emflow", "run", str(config), "--workers", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(status_dir.glob("relabel_supervoxels/*.json"))) < 2:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert len(list(status_dir.rglob("*.json"))) < 9 * 8, "the run was killed before it finished"
+    assert run_cli("run", config) == 0
+    for key in ("supervoxels", "graph/edges", "graph/edge_costs", "segmentation"):
+        assert np.array_equal(read(tmp_path / "out.zarr", key), read(tmp_path / "reference.zarr", key)), key

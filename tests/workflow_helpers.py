@@ -1,0 +1,46 @@
+"""Helpers for the workflow tests: write real-data inputs and configs, run the CLI in-process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tomli_w
+
+from emflow.boundaries import boundaries_from_labels
+from emflow.cli.main import main
+from emflow.storage.volumes import open_volume, write_volume
+
+RESOLUTION = [10.0, 10.0, 10.0]
+
+
+def write_inputs(folder: Path, crop: dict[str, np.ndarray], chunks=(32, 64, 64)) -> Path:
+    """An input zarr group with raw, ground truth, oversegmentation and a GT-derived boundary map."""
+    path = folder / "input.zarr"
+    write_volume(path, "raw", crop["raw"], resolution=RESOLUTION, chunks=chunks)
+    write_volume(path, "neuron_ids", crop["neuron_ids"], resolution=RESOLUTION, chunks=chunks)
+    write_volume(path, "oversegmentation", crop["oversegmentation"], resolution=RESOLUTION, chunks=chunks)
+    boundaries = boundaries_from_labels(crop["neuron_ids"], sigma=1.0, noise=0.1, seed=0)
+    write_volume(path, "boundaries", boundaries, resolution=RESOLUTION, chunks=chunks)
+    return path
+
+
+def write_config(path: Path, input_path: Path, output_path: Path, *, block_shape=(32, 64, 64), halo=(4, 8, 8), **sections) -> Path:
+    config = {
+        "input": {"path": str(input_path), "boundaries_key": "boundaries", "raw_key": "raw", "resolution": RESOLUTION},
+        "output": {"path": str(output_path)},
+        "blocking": {"block_shape": list(block_shape), "halo": list(halo)},
+        "multicut": {"beta": 0.5, "solver": "kernighan-lin"},
+    }
+    for section, values in sections.items():
+        config.setdefault(section, {}).update(values)
+    path.write_text(tomli_w.dumps(config))
+    return path
+
+
+def run_cli(*arguments: str) -> int:
+    return main([str(argument) for argument in arguments])
+
+
+def read(path: Path, key: str) -> np.ndarray:
+    return np.asarray(open_volume(path, key)[...])
