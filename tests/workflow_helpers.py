@@ -26,6 +26,7 @@ def write_inputs(folder: Path, crop: dict[str, np.ndarray], chunks=(32, 64, 64))
 
 
 def write_config(path: Path, input_path: Path, output_path: Path, *, block_shape=(32, 64, 64), halo=(4, 8, 8), **sections) -> Path:
+    """A config for the tests; `sections` update the defaults below, and a value of None removes a key."""
     config = {
         "input": {"path": str(input_path), "boundaries_key": "boundaries", "raw_key": "raw", "resolution": RESOLUTION},
         "output": {"path": str(output_path)},
@@ -34,6 +35,7 @@ def write_config(path: Path, input_path: Path, output_path: Path, *, block_shape
     }
     for section, values in sections.items():
         config.setdefault(section, {}).update(values)
+        config[section] = {key: value for key, value in config[section].items() if value is not None}
     path.write_text(tomli_w.dumps(config))
     return path
 

@@ -1,0 +1,141 @@
+"""The CLI contract: config defaults, plugins, import, demo, and runs through a real luigid."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+
+import h5py
+import networkx as nx
+import numpy as np
+import pytest
+import tifffile
+
+from emflow.config import default_config
+from emflow.evaluation import evaluate
+from emflow.workflows.demo import demo_data_path
+from workflow_helpers import read, run_cli, write_config, write_inputs
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, flyem_crop):
+    return write_inputs(tmp_path_factory.mktemp("inputs"), flyem_crop)
+
+
+def test_config_defaults_prints_the_complete_documented_config(capsys):
+    assert run_cli("config", "defaults") == 0
+    text = capsys.readouterr().out
+    assert tomllib.loads(text) == default_config()
+    lines = text.splitlines()
+    for index, line in enumerate(lines):
+        if "=" in line and not line.startswith("#"):
+            previous = lines[index - 1]
+            assert previous.startswith("#") or previous.startswith("[") or "=" in previous and lines[index - 2].startswith("#"), f"undocumented key: {line}"
+    for section in ("input", "output", "blocking", "supervoxels", "costs", "multicut"):
+        assert f"[{section}]" in text
+
+
+def test_plugins_replace_supervoxels_costs_and_multicut(tmp_path, inputs):
+    config = write_config(
+        tmp_path / "config.toml",
+        inputs,
+        tmp_path / "out.zarr",
+        supervoxels={"function": "plugin_functions:slab_supervoxels", "slab_thickness": 8},
+        costs={"function": "plugin_functions:mean_boundary_costs"},
+        multicut={"function": "plugin_functions:attractive_components", "minimum_cost": 1.0, "solver": None},
+    )
+    assert run_cli("run", config) == 0
+    output = tmp_path / "out.zarr"
+    supervoxels = read(output, "supervoxels")
+    # The slab plugin cuts supervoxels every 8 slices of its (haloed) input; the first block's
+    # input starts at z = 0, so there no supervoxel crosses from z = 8k - 1 to z = 8k.
+    for z in (8, 16, 24):
+        assert not np.intersect1d(supervoxels[z - 1], supervoxels[z]).size
+    assert np.intersect1d(supervoxels[3], supervoxels[4]).size, "without a cut, supervoxels do cross slices"
+    features = read(output, "graph/edge_features")
+    probabilities = np.clip(features[:, 0], 1e-3, 1 - 1e-3)
+    assert np.allclose(read(output, "graph/edge_costs"), np.log((1 - probabilities) / probabilities))
+    edges, costs, node_labels = read(output, "graph/edges"), read(output, "graph/edge_costs"), read(output, "graph/node_labels")
+    graph = nx.Graph(edges[costs > 1.0].tolist())
+    for u, v in graph.edges:
+        assert node_labels[u] == node_labels[v]
+    assert len(np.unique(node_labels[1:])) == nx.number_connected_components(graph) + (len(node_labels) - 1 - graph.number_of_nodes())
+
+
+def test_plugin_parameters_are_checked_against_its_signature(tmp_path, inputs, capsys):
+    config = write_config(tmp_path / "config.toml", inputs, tmp_path / "out.zarr", multicut={"function": "plugin_functions:attractive_components", "minimum_costs": 1.0, "solver": None})
+    assert run_cli("run", config) == 2
+    assert "multicut.minimum_costs" in capsys.readouterr().err
+    config = write_config(tmp_path / "config.toml", inputs, tmp_path / "out.zarr", multicut={"function": "plugin_functions:label_everything", "anything": [1, 2]})
+    assert run_cli("run", config) == 0
+    assert len(np.unique(read(tmp_path / "out.zarr", "segmentation"))) == read(tmp_path / "out.zarr", "supervoxels").max()
+
+
+def test_import_tiff_and_hdf5_then_run(tmp_path, flyem_crop, data_dir):
+    tifffile.imwrite(tmp_path / "raw.tif", flyem_crop["raw"])
+    destination = tmp_path / "imported.zarr"
+    assert run_cli("import", tmp_path / "raw.tif", destination, "--key", "raw", "--resolution", "10", "10", "10") == 0
+    assert np.array_equal(read(destination, "raw"), flyem_crop["raw"])
+    with h5py.File(tmp_path / "source.h5", "w") as source:
+        # Membranes are dark in this FIB-SEM data: inverted raw intensity is a (poor) boundary map.
+        source["membranes"] = 1.0 - flyem_crop["raw"].astype(np.float32) / 255.0
+        boundaries = source["membranes"][...]
+    assert run_cli("import", f"{tmp_path / 'source.h5'}:membranes", destination, "--key", "boundaries") == 0
+    assert np.array_equal(read(destination, "boundaries"), boundaries)
+    assert run_cli("import", tmp_path / "raw.tif", destination, "--key", "raw") == 2, "an existing array is never overwritten"
+    config = write_config(tmp_path / "config.toml", destination, tmp_path / "out.zarr")
+    assert run_cli("run", config) == 0
+
+
+def test_demo_runs_from_the_shipped_crop_and_scores_it(tmp_path):
+    started = time.perf_counter()
+    completed = subprocess.run(
+        [sys.executable, "-m", "emflow", "demo", "--out", str(tmp_path / "demo")], capture_output=True, text=True, timeout=600
+    )
+    seconds = time.perf_counter() - started
+    assert completed.returncode == 0, completed.stderr
+    printed = json.loads(completed.stdout[: completed.stdout.rindex("}") + 1])
+    assert str(tmp_path / "demo" / "demo_segmentation.zarr") in completed.stdout
+    with h5py.File(demo_data_path(), "r") as demo:
+        groundtruth = demo["neuron_ids"][...]
+    assert printed == pytest.approx(evaluate(read(tmp_path / "demo" / "demo_segmentation.zarr", "segmentation"), groundtruth))
+    assert seconds < 120
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_run_through_a_real_central_scheduler(tmp_path, inputs):
+    port = _free_port()
+    pidfile = tmp_path / "luigid.pid"
+    server = subprocess.Popen(
+        ["luigid", "--address", "127.0.0.1", "--port", str(port), "--pidfile", str(pidfile), "--logdir", str(tmp_path), "--state-path", str(tmp_path / "state.pickle")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.time() < deadline, "luigid did not start"
+                time.sleep(0.2)
+        config = write_config(tmp_path / "central.toml", inputs, tmp_path / "central.zarr")
+        assert run_cli("run", config, "--workers", "2", "--scheduler-host", "127.0.0.1", "--scheduler-port", str(port)) == 0
+    finally:
+        os.kill(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    local = write_config(tmp_path / "local.toml", inputs, tmp_path / "local.zarr")
+    assert run_cli("run", local) == 0
+    assert np.array_equal(read(tmp_path / "central.zarr", "segmentation"), read(tmp_path / "local.zarr", "segmentation"))
