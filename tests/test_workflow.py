@@ -16,6 +16,7 @@ import pytest
 
 from emflow.evaluation import adapted_rand_error, evaluate
 from emflow.graph import in_core_graph_features
+from emflow.storage.volumes import write_volume
 from emflow.workflows import workflow_status
 from workflow_helpers import read, run_cli, write_config, write_inputs
 
@@ -188,3 +189,33 @@ def test_killed_run_resumes_to_the_identical_result(tmp_path, inputs):
     assert run_cli("run", config) == 0
     for key in ("supervoxels", "graph/edges", "graph/edge_costs", "segmentation"):
         assert np.array_equal(read(tmp_path / "out.zarr", key), read(tmp_path / "reference.zarr", key)), key
+
+
+def test_mask_keeps_background_out_of_supervoxels_graph_and_segmentation(tmp_path, flyem_crop):
+    inputs = write_inputs(tmp_path, flyem_crop)
+    mask = np.ones(flyem_crop["raw"].shape, dtype=np.uint8)
+    mask[:, :, :40] = 0  # a region without data, as at the edge of a real acquisition
+    write_volume(inputs, "mask", mask, chunks=(32, 64, 64))
+    config = write_config(tmp_path / "config.toml", inputs, tmp_path / "out.zarr", input={"mask_key": "mask"})
+    assert run_cli("run", config) == 0
+    output = tmp_path / "out.zarr"
+    supervoxels, segmentation = read(output, "supervoxels"), read(output, "segmentation")
+    assert np.all((supervoxels == 0) == (mask == 0))
+    assert np.all((segmentation == 0) == (mask == 0))
+    assert read(output, "graph/edges")[:, 0].min() > 0, "no edge touches the background"
+    ids = np.unique(supervoxels[mask == 1])
+    assert np.array_equal(ids, np.arange(1, ids.size + 1))
+
+
+def test_anisotropic_voxels_choose_two_dimensional_supervoxels(tmp_path, data_dir):
+    """The SOURCE.md's CREMI-like subsampling: every 4th slice, 10 x 10 x 40 nm."""
+    with h5py.File(data_dir / "flyem_medulla_dev" / "volume.h5", "r") as volume:
+        crop = {key: volume[path][::4, :128, :128] for key, path in (("raw", "raw"), ("neuron_ids", "labels/neuron_ids"), ("oversegmentation", "labels/oversegmentation"))}
+    inputs = write_inputs(tmp_path, crop, chunks=(16, 64, 64))
+    config = write_config(tmp_path / "config.toml", inputs, tmp_path / "out.zarr", block_shape=(16, 64, 64), halo=(2, 8, 8), input={"resolution": [40.0, 10.0, 10.0]})
+    assert run_cli("run", config) == 0
+    supervoxels = read(tmp_path / "out.zarr", "supervoxels")
+    for z in range(1, supervoxels.shape[0]):
+        assert not np.intersect1d(supervoxels[z - 1], supervoxels[z]).size, f"a supervoxel spans slices {z - 1} and {z}"
+    segmentation = read(tmp_path / "out.zarr", "segmentation")
+    assert any(np.intersect1d(segmentation[z - 1], segmentation[z]).size for z in range(1, segmentation.shape[0])), "the multicut links slices"
