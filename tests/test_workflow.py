@@ -185,7 +185,7 @@ def test_killed_run_resumes_to_the_identical_result(tmp_path, inputs):
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    assert len(list(status_dir.rglob("*.json"))) < 9 * 8, "the run was killed before it finished"
+    assert sum(status.pending for status in workflow_status(str(config))) > 0, "the run was killed before it finished"
     assert run_cli("run", config) == 0
     for key in ("supervoxels", "graph/edges", "graph/edge_costs", "segmentation"):
         assert np.array_equal(read(tmp_path / "out.zarr", key), read(tmp_path / "reference.zarr", key)), key
