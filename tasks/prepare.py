@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from emflow import __version__
-from emflow.storage.output import create_block_array, open_output_group
+from emflow.storage.output import OWNER_ATTRIBUTE, create_block_array, open_output_group
 from emflow.storage.volumes import write_ome_zarr_metadata
 
 from .base import GlobalTask
@@ -27,7 +27,7 @@ class PrepareOutput(GlobalTask):
     def run_stage(self, logger: logging.Logger) -> dict:
         context = self.context
         group = open_output_group(context.output_path, create=True)
-        group.attrs["emflow"] = {"version": __version__, "config": context.config}
+        group.attrs[OWNER_ATTRIBUTE] = {"version": __version__, "config": context.config}
         block_shape = context.blocking.block_shape
         if not context.config["input"]["supervoxels_key"]:
             create_block_array(group, "supervoxels_block_local", context.shape, block_shape, "uint64")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import zarr
@@ -137,3 +139,13 @@ def test_run_with_different_input_on_existing_output_is_refused(tmp_path, inputs
     _fails_with(capsys, ["run", config], "another config", "supervoxels", "--update")
     after = np.asarray(zarr.open_group(str(tmp_path / "out.zarr"), mode="r")["segmentation/s0"][...])
     assert np.array_equal(before, after)
+
+
+def test_output_of_another_config_is_refused_even_without_its_work_folder(tmp_path, inputs, capsys):
+    config = write_config(tmp_path / "config.toml", inputs, tmp_path / "out.zarr")
+    assert run_cli("run", config) == 0
+    shutil.rmtree(tmp_path / "out.zarr.work")
+    before = np.asarray(zarr.open_group(str(tmp_path / "out.zarr"), mode="r")["segmentation/s0"][...])
+    write_config(tmp_path / "config.toml", inputs, tmp_path / "out.zarr", multicut={"beta": 0.45})
+    _fails_with(capsys, ["run", config], "another config", "--update")
+    assert np.array_equal(np.asarray(zarr.open_group(str(tmp_path / "out.zarr"), mode="r")["segmentation/s0"][...]), before)

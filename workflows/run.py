@@ -6,8 +6,9 @@ import time
 from pathlib import Path
 
 from emflow.cluster import RunReport, run_tasks
-from emflow.storage.output import open_output_group
-from emflow.tasks.context import load_context
+from emflow.storage.output import OWNER_ATTRIBUTE, open_output_group
+from emflow.targets import fingerprint
+from emflow.tasks.context import RunContext, load_context
 
 from .multicut import MulticutSegmentation, progress_reporter, workflow_status
 
@@ -25,8 +26,9 @@ def check_run(config_path: str | Path, *, update: bool = False) -> str:
     """
     config_path = str(Path(config_path).resolve())
     context = load_context(config_path)
+    recorded = None
     if context.output_path.exists():
-        open_output_group(context.output_path)
+        recorded = open_output_group(context.output_path).attrs[OWNER_ATTRIBUTE].get("finished_with")
     if not update:
         stale = [status for status in workflow_status(config_path) if status.stale]
         if stale:
@@ -34,6 +36,12 @@ def check_run(config_path: str | Path, *, update: bool = False) -> str:
             raise StaleOutputError(
                 f"{context.output_path} holds results computed with another config or input: {listing}. "
                 "Run again with --update to recompute them (replacing those results), or choose another output path."
+            )
+        # The output's own record catches a config change even when the work folder is gone.
+        if recorded is not None and recorded != _run_fingerprint(context):
+            raise StaleOutputError(
+                f"{context.output_path} was written with another config or input. Run again with --update to "
+                "recompute it (replacing its results), or choose another output path."
             )
     return config_path
 
@@ -50,7 +58,7 @@ def run_workflow(
     config_path = check_run(config_path, update=update)
     started = time.time()
     statuses = workflow_status(config_path)
-    return run_tasks(
+    report = run_tasks(
         [MulticutSegmentation(config_path=config_path)],
         failure_dir=load_context(config_path).work_dir / "failed",
         workers=workers,
@@ -59,3 +67,13 @@ def run_workflow(
         progress=progress_reporter(config_path, statuses, started),
         progress_interval=progress_interval,
     )
+    if report.succeeded:
+        context = load_context(config_path)
+        group = open_output_group(context.output_path)
+        group.attrs[OWNER_ATTRIBUTE] = {**group.attrs[OWNER_ATTRIBUTE], "finished_with": _run_fingerprint(context)}
+    return report
+
+
+def _run_fingerprint(context: RunContext) -> str:
+    """Everything a finished output depends on: the whole config and the inputs' identity."""
+    return fingerprint({"config": context.config, "inputs": context.inputs})
