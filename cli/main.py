@@ -92,7 +92,7 @@ def _report_failures(report) -> None:
         block = "global task" if failure["block_id"] is None else f"block {failure['block_id']}"
         print(f"  {failure['stage']} {block}: {failure['error']}\n    log: {failure['log']}", file=sys.stderr)
     if not report.failures:
-        print("  no task failure was recorded: check the scheduler and worker logs", file=sys.stderr)
+        print(f"  no task recorded a failure (a worker may have died): see {report.scheduler_log}", file=sys.stderr)
 
 
 def _run(arguments) -> int:

@@ -8,6 +8,7 @@ collected from the failure records that each task writes next to its log.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import threading
 import time
@@ -23,6 +24,7 @@ from luigi.execution_summary import LuigiStatusCode
 class RunReport:
     succeeded: bool
     luigi_status: str
+    scheduler_log: Path
     failures: list[dict] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -35,6 +37,7 @@ def run_tasks(
     tasks: Sequence[luigi.Task],
     *,
     failure_dir: Path,
+    scheduler_log: Path,
     workers: int = 1,
     scheduler_host: str | None = None,
     scheduler_port: int | None = None,
@@ -44,7 +47,8 @@ def run_tasks(
     """Build `tasks` with Luigi; with no scheduler host, the embedded local scheduler is used.
 
     `progress`, if given, is called every `progress_interval` seconds from a background thread and
-    its line printed to stderr when it changes.
+    its line printed to stderr when it changes. Luigi's own log (scheduling, worker deaths) goes to
+    `scheduler_log`, not to the terminal: failed tasks are reported from their failure records.
     """
     started = time.time()
     stop = threading.Event()
@@ -57,16 +61,27 @@ def run_tasks(
         "scheduler_host": scheduler_host,
         "scheduler_port": int(scheduler_port or 8082),
     }
+    scheduler_log.parent.mkdir(parents=True, exist_ok=True)
+    # Luigi would otherwise add its own terminal handler on the first build of the process.
+    luigi.configuration.get_config().set("core", "no_configure_logging", "true")
+    luigi_logger = logging.getLogger("luigi-interface")
+    handler = logging.FileHandler(scheduler_log)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    luigi_logger.addHandler(handler)
+    luigi_logger.setLevel(logging.INFO)
+    propagate, luigi_logger.propagate = luigi_logger.propagate, False
     try:
         result = luigi.build(
             list(tasks),
             workers=int(workers),
             detailed_summary=True,
-            log_level="WARNING",
             no_lock=True,
             **scheduler,
         )
     finally:
+        luigi_logger.removeHandler(handler)
+        luigi_logger.propagate = propagate
+        handler.close()
         stop.set()
         if reporter is not None:
             reporter.join()
@@ -76,6 +91,7 @@ def run_tasks(
     return RunReport(
         succeeded=succeeded,
         luigi_status=status.name,
+        scheduler_log=scheduler_log,
         failures=[] if succeeded else collect_failures(failure_dir, since=started),
         seconds=time.time() - started,
     )

@@ -61,6 +61,7 @@ def run_workflow(
     report = run_tasks(
         [MulticutSegmentation(config_path=config_path)],
         failure_dir=load_context(config_path).work_dir / "failed",
+        scheduler_log=load_context(config_path).work_dir / "logs" / "luigi.log",
         workers=workers,
         scheduler_host=scheduler_host,
         scheduler_port=scheduler_port,
