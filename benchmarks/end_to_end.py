@@ -1,0 +1,409 @@
+"""End-to-end throughput (MVox/s) and peak memory of emflow, side by side with elf's in-core multicut.
+
+The volume is the FlyEM medulla dev cube (../shared/data/flyem_medulla_dev/volume.h5, 125x250x250,
+10 nm isotropic; see its SOURCE.md) tiled `--scale` times along each axis (default 2: 250x500x500 =
+62.5 MVox). Every other copy is mirrored, so that neighbouring copies meet face to face and neurons
+continue across the joins instead of being cut off mid-object; the groundtruth is tiled the same way
+with ids made unique per copy, and the boundary map is derived from the tiled groundtruth
+(`boundaries_from_labels(gt, sigma=1.0, noise=0.1, seed=0)`). Because ids differ across a join, the
+join is a membrane in both the groundtruth and the boundary map.
+
+Contenders, each in a child process of its own and with the same CPU budget (`--workers`):
+- emflow: `python -m emflow run CONFIG --workers N`, blockwise through Luigi (N worker processes).
+- elf: `simple_multicut_workflow` of python-elf (the `bench` extra) on the whole volume in memory,
+  with N threads and emflow's default parameters (benchmarks/elf_multicut.py). If elf cannot be
+  imported, it is reported as unavailable with the reason, and emflow still runs.
+
+Each contender runs `--repeats` times (default 3), alternating with the other. Its time is the
+median over the runs of the wall time of its process, from start to exit, including interpreter
+start-up, reading the boundary map and writing the segmentation. Memory, the largest over the runs,
+is reported two ways:
+- max RSS: the largest peak resident set of any single process of the run (the child and every
+  descendant it waited for, such as Luigi's forked task processes), exact, from wait4's rusage
+  (ru_maxrss on Linux covers the waited-for descendants).
+- peak PSS of the process tree: the largest sum of proportional set sizes over all processes of
+  the run alive at the same time, sampled from /proc every 0.2 s. It counts pages that forked
+  processes share once; being sampled, it can miss peaks shorter than the interval.
+Quality is scored against the tiled groundtruth with emflow.evaluation.evaluate (groundtruth label 0
+ignored), so that the speed comparison is read together with what each contender delivers.
+
+Usage: python benchmarks/end_to_end.py [--scale 2] [--workers 2] [--block-shape Z Y X] [--repeats 3]
+                                      [--out DIR] [--skip-elf] [--json PATH]
+Prints a table and writes benchmarks/results/end_to_end.json. Needs the `bench` extra for elf
+(pip install -e '.[bench]'); Linux only (/proc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import h5py
+import numpy as np
+import tomli_w
+
+from emflow.boundaries import boundaries_from_labels
+from emflow.config import default_config
+from emflow.evaluation import evaluate
+from emflow.storage.volumes import open_volume, read_resolution, write_volume
+from emflow.workflows.multicut import STAGES
+
+BENCHMARKS_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = BENCHMARKS_DIR / "results"
+SOURCE_PATH = BENCHMARKS_DIR.parents[1] / "shared" / "data" / "flyem_medulla_dev" / "volume.h5"
+ELF_SCRIPT = BENCHMARKS_DIR / "elf_multicut.py"
+EXIT_ELF_UNAVAILABLE = 3
+MEMORY_SAMPLE_SECONDS = 0.2
+QUALITY_KEYS = ("adapted_rand_error", "rand_precision", "rand_recall", "voi_split", "voi_merge")
+
+
+@dataclass
+class Measurement:
+    """One child process run to completion; memory in bytes."""
+
+    exit_code: int
+    wall_seconds: float
+    max_rss_bytes: int
+    peak_tree_pss_bytes: int
+
+
+def mirrored_groundtruth_tiling(neuron_ids: np.ndarray, factor: int) -> np.ndarray:
+    """`neuron_ids` repeated `factor` times along each axis, odd-numbered copies mirrored along that axis.
+
+    Each copy's non-zero ids are shifted by copy number * (max id + 1), so that no id occurs in two
+    copies; 0 (unlabelled) stays 0. The dtype widens if the shifted ids need it.
+    """
+    id_stride = int(neuron_ids.max()) + 1
+    dtype = np.promote_types(neuron_ids.dtype, np.min_scalar_type(factor**neuron_ids.ndim * id_stride))
+    tiled = np.empty(tuple(extent * factor for extent in neuron_ids.shape), dtype=dtype)
+    for copy_number, copy_index in enumerate(np.ndindex(*(factor,) * neuron_ids.ndim)):
+        copy = neuron_ids[tuple(slice(None, None, -1) if index % 2 else slice(None) for index in copy_index)]
+        target = tuple(slice(index * extent, (index + 1) * extent) for index, extent in zip(copy_index, neuron_ids.shape))
+        tiled[target] = np.where(copy != 0, copy.astype(dtype) + dtype.type(copy_number * id_stride), dtype.type(0))
+    return tiled
+
+
+def prepare_input(out_dir: Path, scale: int, chunks: tuple[int, ...]) -> Path:
+    """The tiled groundtruth and its boundary map as a zarr group (reused if already in `out_dir`)."""
+    input_path = out_dir / f"input_x{scale}_chunks{'x'.join(map(str, chunks))}.zarr"
+    if input_path.exists():
+        return input_path
+    with h5py.File(SOURCE_PATH, "r") as source:
+        neuron_ids = source["labels/neuron_ids"][...]
+        resolution = [float(value) for value in source["labels/neuron_ids"].attrs["resolution_nm_zyx"]]
+    groundtruth = mirrored_groundtruth_tiling(neuron_ids, scale)
+    boundaries = boundaries_from_labels(groundtruth, sigma=1.0, noise=0.1, seed=0)
+    # Written under a temporary name and renamed, so that an interrupted run never leaves half an input.
+    partial = out_dir / f".{input_path.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    write_volume(partial, "neuron_ids", groundtruth, resolution=resolution, chunks=chunks)
+    write_volume(partial, "boundaries", boundaries, resolution=resolution, chunks=chunks)
+    os.replace(partial, input_path)
+    return input_path
+
+
+def _process_tree(root_pid: int) -> list[int]:
+    pids, pending = [], [root_pid]
+    while pending:
+        pid = pending.pop()
+        pids.append(pid)
+        try:
+            for thread in Path(f"/proc/{pid}/task").iterdir():
+                pending.extend(int(child) for child in (thread / "children").read_text().split())
+        except OSError:  # the process exited while we looked
+            continue
+    return pids
+
+
+def _pss_bytes(pid: int) -> int:
+    try:
+        rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0
+    match = re.search(r"^Pss:\s+(\d+) kB", rollup, re.MULTILINE)
+    return int(match.group(1)) * 1024 if match else 0
+
+
+# Runs the measured command in a process forked from this small launcher and writes that
+# process's rusage ru_maxrss (KiB) to a file. The benchmark does not exec the command itself
+# because Linux carries ru_maxrss across execve: a child started straight from this (large)
+# process would report this process's own peak if that were higher.
+_MEASURING_LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as report:
+    report.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def run_measured(command: list[str], log_path: Path) -> Measurement:
+    """Run `command` with stdout and stderr to `log_path`; see the module docstring for what is measured."""
+    peak_tree_pss = 0
+    finished = threading.Event()
+
+    def sample_memory(launcher_pid: int) -> None:
+        nonlocal peak_tree_pss
+        while not finished.wait(MEMORY_SAMPLE_SECONDS):
+            measured_pids = _process_tree(launcher_pid)[1:]
+            peak_tree_pss = max(peak_tree_pss, sum(_pss_bytes(pid) for pid in measured_pids))
+
+    rss_report = log_path.with_suffix(".maxrss")
+    with open(log_path, "w") as log:
+        started = time.perf_counter()
+        launcher = subprocess.Popen(
+            [sys.executable, "-c", _MEASURING_LAUNCHER, str(rss_report), *command], stdout=log, stderr=subprocess.STDOUT
+        )
+        sampler = threading.Thread(target=sample_memory, args=(launcher.pid,), daemon=True)
+        sampler.start()
+        exit_code = launcher.wait()
+        wall_seconds = time.perf_counter() - started
+        finished.set()
+        sampler.join()
+    return Measurement(
+        exit_code=exit_code,
+        wall_seconds=wall_seconds,
+        max_rss_bytes=int(rss_report.read_text()) * 1024,
+        peak_tree_pss_bytes=peak_tree_pss,
+    )
+
+
+def emflow_task_seconds(work_dir: Path) -> dict[str, float]:
+    """Seconds spent inside each stage's tasks, summed over blocks, from the task logs; in stage order."""
+    seconds: dict[str, float] = defaultdict(float)
+    logs = work_dir / "logs"
+    for log in logs.rglob("*.log"):
+        match = re.search(r"done in ([0-9.]+) s", log.read_text())
+        if match:
+            seconds[log.relative_to(logs).parts[0].removesuffix(".log")] += float(match.group(1))
+    return {stage.stage: seconds[stage.stage] for stage in STAGES if stage.stage in seconds}
+
+
+def emflow_command(input_path: Path, run_dir: Path, block_shape: list[int], workers: int) -> tuple[list[str], dict]:
+    """The command of an emflow run, and its config (written to `run_dir`)."""
+    defaults = default_config()
+    config = {
+        "input": {
+            "path": str(input_path),
+            "boundaries_key": "boundaries",
+            "resolution": list(read_resolution(open_volume(input_path, "boundaries"))),
+        },
+        "output": {"path": str(run_dir / "emflow.zarr")},
+        "blocking": {"block_shape": block_shape, "halo": defaults["blocking"]["halo"]},
+        "multicut": {"beta": defaults["multicut"]["beta"], "solver": defaults["multicut"]["solver"]},
+    }
+    config_path = run_dir / "emflow.toml"
+    config_path.write_text(tomli_w.dumps(config))
+    return [sys.executable, "-m", "emflow", "run", str(config_path), "--workers", str(workers)], config
+
+
+def run_emflow_once(command: list[str], run_dir: Path) -> dict:
+    # A finished output would make the run a no-op, so every run starts from none.
+    for path in (run_dir / "emflow.zarr", run_dir / "emflow.zarr.work"):
+        shutil.rmtree(path, ignore_errors=True)
+    measurement = run_measured(command, run_dir / "emflow.log")
+    if measurement.exit_code != 0:
+        raise SystemExit(f"emflow run failed (exit code {measurement.exit_code}); see {run_dir / 'emflow.log'}")
+    return {"measurement": asdict(measurement), "task_seconds_by_stage": emflow_task_seconds(run_dir / "emflow.zarr.work")}
+
+
+class ElfUnavailable(RuntimeError):
+    """elf, or a dependency it imports, cannot be imported here."""
+
+
+def elf_command(input_path: Path, run_dir: Path, chunks: list[int], workers: int) -> list[str]:
+    return [
+        sys.executable, str(ELF_SCRIPT), f"{input_path}:boundaries", f"{run_dir / 'elf.zarr'}:segmentation",
+        str(run_dir / "elf_report.json"), "--threads", str(workers), "--chunks", *map(str, chunks),
+    ]
+
+
+def run_elf_once(command: list[str], run_dir: Path) -> dict:
+    shutil.rmtree(run_dir / "elf.zarr", ignore_errors=True)
+    measurement = run_measured(command, run_dir / "elf.log")
+    report_path = run_dir / "elf_report.json"
+    if measurement.exit_code == EXIT_ELF_UNAVAILABLE:
+        raise ElfUnavailable(json.loads(report_path.read_text())["reason"])
+    if measurement.exit_code != 0:
+        raise SystemExit(f"elf run failed (exit code {measurement.exit_code}); see {run_dir / 'elf.log'}")
+    report = json.loads(report_path.read_text())
+    return {"measurement": asdict(measurement), "phase_seconds": report["seconds"], "version": report["version"], "parameters": report["parameters"]}
+
+
+def summarize(runs: list[dict], segmentation, input_path: Path) -> dict:
+    """Median wall time and throughput of the runs, their largest memory, and the segmentation's quality.
+
+    The quality is that of the last run's segmentation; both contenders are deterministic.
+    """
+    measurements = [run["measurement"] for run in runs]
+    wall_seconds = statistics.median(measurement["wall_seconds"] for measurement in measurements)
+    metrics = evaluate(segmentation, open_volume(input_path, "neuron_ids"))
+    return {
+        "status": "ok",
+        "wall_seconds_median": wall_seconds,
+        "mvox_per_second": math.prod(segmentation.shape) / 1e6 / wall_seconds,
+        "max_rss_bytes": max(measurement["max_rss_bytes"] for measurement in measurements),
+        "peak_tree_pss_bytes": max(measurement["peak_tree_pss_bytes"] for measurement in measurements),
+        "quality": {key: metrics[key] for key in QUALITY_KEYS},
+        "runs": runs,
+    }
+
+
+def machine_description() -> dict:
+    cpu_model = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
+    memory_kb = re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.MULTILINE)
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model.group(1) if cpu_model else platform.processor(),
+        "memory_gib": round(int(memory_kb.group(1)) / 2**20, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": {name: metadata.version(name) for name in ("numpy", "bioimage-cpp", "luigi", "zarr")},
+    }
+
+
+def _gib(size_bytes: int) -> str:
+    return f"{size_bytes / 2**30:.2f}"
+
+
+def print_table(results: dict) -> None:
+    volume = results["volume"]
+    print(
+        f"\nend to end on {'x'.join(map(str, volume['shape']))} = {volume['megavoxels']:.1f} MVox "
+        f"(FlyEM dev cube tiled {volume['scale']}x per axis, mirrored), {results['workers']} workers/threads, "
+        f"emflow blocks {'x'.join(map(str, results['block_shape']))}; median of {results['repeats']} runs, memory the largest"
+    )
+    print(f"{'contender':<10} {'wall s':>8} {'MVox/s':>8} {'max RSS GiB':>12} {'tree PSS GiB':>13} {'ARAND':>7} {'VOI split':>10} {'VOI merge':>10}")
+    for name in ("emflow", "elf"):
+        result = results[name]
+        if result["status"] != "ok":
+            print(f"{name:<10} {result['status']}")
+            continue
+        quality = result["quality"]
+        print(
+            f"{name:<10} {result['wall_seconds_median']:>8.1f} {result['mvox_per_second']:>8.3f} "
+            f"{_gib(result['max_rss_bytes']):>12} {_gib(result['peak_tree_pss_bytes']):>13} "
+            f"{quality['adapted_rand_error']:>7.4f} {quality['voi_split']:>10.3f} {quality['voi_merge']:>10.3f}"
+        )
+    if "ratios" in results:
+        ratios = results["ratios"]
+        print(
+            f"emflow / elf: speed (MVox/s) {ratios['speed']:.2f}, max RSS {ratios['max_rss']:.2f}, "
+            f"tree PSS {ratios['peak_tree_pss']:.2f}"
+        )
+    for name in ("emflow", "elf"):
+        if results[name]["status"] == "ok":
+            print(f"{name} wall s of each run: " + ", ".join(f"{run['measurement']['wall_seconds']:.1f}" for run in results[name]["runs"]))
+    stages = results["emflow"]["runs"][-1]["task_seconds_by_stage"]
+    print("emflow task s per stage, summed over blocks (last run): " + ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in stages.items()))
+    if results["elf"]["status"] == "ok":
+        phases = results["elf"]["runs"][-1]["phase_seconds"]
+        print("elf phase s (last run): " + ", ".join(f"{phase} {seconds:.1f}" for phase, seconds in phases.items()))
+
+
+def main() -> None:
+    defaults = default_config()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=int, default=2, help="copies of the dev cube per axis (default 2: 62.5 MVox)")
+    parser.add_argument("--workers", type=int, default=2, help="emflow worker processes and elf threads (default 2)")
+    parser.add_argument(
+        "--block-shape", type=int, nargs=3, metavar=("Z", "Y", "X"), default=defaults["blocking"]["block_shape"],
+        help="emflow block shape, also the input's chunk shape (default: emflow's default)",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="runs per contender, alternating; the median time is reported (default 3)")
+    parser.add_argument("--out", type=Path, help="folder for inputs and outputs, kept (default: a temporary folder under benchmarks/results, removed)")
+    parser.add_argument("--skip-elf", action="store_true", help="run emflow only")
+    parser.add_argument("--json", type=Path, default=RESULTS_DIR / "end_to_end.json", help="where to write the results (default benchmarks/results/end_to_end.json)")
+    arguments = parser.parse_args()
+    if min(arguments.scale, arguments.workers, arguments.repeats) < 1:
+        parser.error("--scale, --workers and --repeats must be at least 1")
+
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    out_dir = (arguments.out or Path(tempfile.mkdtemp(prefix="end_to_end-", dir=RESULTS_DIR))).resolve()
+    run_dir = out_dir / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        started = time.perf_counter()
+        input_path = prepare_input(out_dir, arguments.scale, tuple(arguments.block_shape))
+        print(f"input ready in {time.perf_counter() - started:.1f} s: {input_path}", flush=True)
+        shape = tuple(open_volume(input_path, "neuron_ids").shape)
+        results = {
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine_description(),
+            "volume": {"shape": shape, "megavoxels": math.prod(shape) / 1e6, "scale": arguments.scale, "source": str(SOURCE_PATH)},
+            "workers": arguments.workers,
+            "block_shape": arguments.block_shape,
+            "repeats": arguments.repeats,
+            "measures": {
+                "wall_seconds_median": "median over the runs of the wall time of the contender's process tree, start to exit",
+                "max_rss_bytes": "largest peak RSS of any single process of a run (wait4 rusage), largest over the runs",
+                "peak_tree_pss_bytes": f"largest sum of PSS over a run's processes, sampled every {MEMORY_SAMPLE_SECONDS} s, largest over the runs",
+            },
+        }
+        emflow, emflow_config = emflow_command(input_path, run_dir, list(arguments.block_shape), arguments.workers)
+        elf = None if arguments.skip_elf else elf_command(input_path, run_dir, list(arguments.block_shape), arguments.workers)
+        elf_status = "skipped" if arguments.skip_elf else "ok"
+        runs = {"emflow": [], "elf": []}
+        # Alternating the contenders spreads slow phases of a shared machine over both.
+        for repeat in range(1, arguments.repeats + 1):
+            print(f"run {repeat}/{arguments.repeats}: emflow ...", flush=True)
+            runs["emflow"].append(run_emflow_once(emflow, run_dir))
+            if elf_status == "ok":
+                print(f"run {repeat}/{arguments.repeats}: elf ...", flush=True)
+                try:
+                    runs["elf"].append(run_elf_once(elf, run_dir))
+                except ElfUnavailable as error:
+                    elf_status = f"unavailable: {error}"
+                    print(f"elf: {elf_status}", flush=True)
+
+        print("scoring ...", flush=True)
+        results["emflow"] = {
+            "version": metadata.version("emflow"),
+            "command": " ".join(emflow),
+            "config": emflow_config,
+            **summarize(runs["emflow"], open_volume(run_dir / "emflow.zarr", "segmentation"), input_path),
+        }
+        if elf_status == "ok":
+            results["elf"] = {
+                "version": runs["elf"][-1]["version"],
+                "command": " ".join(elf),
+                "parameters": runs["elf"][-1]["parameters"],
+                **summarize(runs["elf"], open_volume(run_dir / "elf.zarr", "segmentation"), input_path),
+            }
+            results["ratios"] = {
+                "speed": results["emflow"]["mvox_per_second"] / results["elf"]["mvox_per_second"],
+                "max_rss": results["emflow"]["max_rss_bytes"] / results["elf"]["max_rss_bytes"],
+                "peak_tree_pss": results["emflow"]["peak_tree_pss_bytes"] / results["elf"]["peak_tree_pss_bytes"],
+            }
+        else:
+            results["elf"] = {"status": elf_status}
+    finally:
+        if arguments.out is None:
+            shutil.rmtree(out_dir)
+    print_table(results)
+    arguments.json.parent.mkdir(parents=True, exist_ok=True)
+    arguments.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"results written to {arguments.json}")
+
+
+if __name__ == "__main__":
+    main()
