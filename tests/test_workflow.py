@@ -86,12 +86,16 @@ def test_status_reports_every_stage_done(finished_run, capsys):
     assert len(rows) == 9
 
 
-def test_evaluate_cli_prints_the_metrics_of_the_arrays(finished_run, inputs, capsys):
+def test_evaluate_cli_prints_the_metrics_of_the_arrays(finished_run, inputs, tmp_path, capsys):
     _, output = finished_run
-    assert run_cli("evaluate", f"{output}:segmentation", f"{inputs}:neuron_ids") == 0
-    printed = json.loads(capsys.readouterr().out)
     expected = evaluate(read(output, "segmentation"), read(inputs, "neuron_ids"))
-    assert printed == pytest.approx(expected)
+    assert run_cli("evaluate", f"{output}:segmentation", f"{inputs}:neuron_ids") == 0
+    assert json.loads(capsys.readouterr().out) == pytest.approx(expected)
+    with h5py.File(tmp_path / "groundtruth.h5", "w") as groundtruth:
+        groundtruth["labels/neuron_ids"] = read(inputs, "neuron_ids")
+    assert run_cli("evaluate", f"{output}:segmentation", f"{tmp_path / 'groundtruth.h5'}:labels/neuron_ids") == 0
+    assert json.loads(capsys.readouterr().out) == pytest.approx(expected)
+    assert run_cli("evaluate", f"{output}:segmentation", f"{tmp_path / 'groundtruth.h5'}:labels/missing") == 2
 
 
 def test_quality_on_the_whole_dev_cube_with_several_blocks_per_axis(tmp_path, data_dir):
