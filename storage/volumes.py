@@ -333,6 +333,43 @@ class _TiffStack:
         self._file.close()
 
 
+class _TiffFolder:
+    """A folder of single-plane TIFF files read lazily as a (z, y, x) stack, one file per z plane.
+
+    Files are ordered by the numbers in their names (so `2.tif` comes before `10.tif`).
+    """
+
+    def __init__(self, path: Path):
+        self._paths = sorted(
+            (candidate for candidate in path.iterdir() if candidate.suffix.lower() in TIFF_SUFFIXES),
+            key=_natural_key,
+        )
+        if not self._paths:
+            raise FileNotFoundError(f"no TIFF files (.tif, .tiff) in folder {path}")
+        with tifffile.TiffFile(self._paths[0]) as first:
+            plane_shape, self.dtype = tuple(first.series[0].shape), first.series[0].dtype
+        if len(plane_shape) != 2:
+            raise ValueError(f"{self._paths[0]}: a TIFF folder needs one 2D image per file, got shape {plane_shape}")
+        self.shape = (len(self._paths),) + plane_shape
+        self.ndim = 3
+
+    def __getitem__(self, selection: tuple[slice, ...]) -> np.ndarray:
+        planes = []
+        for path in self._paths[selection[0]]:
+            plane = tifffile.imread(path)
+            if plane.shape != self.shape[1:] or plane.dtype != self.dtype:
+                raise ValueError(f"{path}: {plane.dtype} image of shape {plane.shape}, expected {self.dtype} {self.shape[1:]} like the first file")
+            planes.append(plane[tuple(selection[1:])])
+        return np.stack(planes)
+
+    def close(self) -> None:
+        pass
+
+
+def _natural_key(path: Path) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+
+
 def _default_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
     edge = max(1, round(_DEFAULT_CHUNK_VOXELS ** (1 / len(shape))))
     return tuple(max(1, min(edge, extent)) for extent in shape)
@@ -417,8 +454,9 @@ def import_volume(
     recreated from scratch.
 
     Args:
-        source: multi-page TIFF (``.tif``/``.tiff``; pages become z, giving (z, y, x)) or a
-            volume ``open_volume`` accepts.
+        source: multi-page TIFF (``.tif``/``.tiff``; pages become z, giving (z, y, x)), a folder
+            of single-plane TIFF files (one per z plane, in the numeric order of their names), or
+            a volume ``open_volume`` accepts.
         destination: zarr store, created as zarr v3 if missing (an existing store must be v3).
         key: array path inside ``destination``; intermediate groups are created.
         source_key: dataset inside ``source``; required for HDF5/zarr, not allowed for TIFF.
@@ -435,12 +473,12 @@ def import_volume(
     """
     source = Path(source)
     with ExitStack() as stack:
-        if source.suffix.lower() in TIFF_SUFFIXES:
+        if source.suffix.lower() in TIFF_SUFFIXES or (source.is_dir() and not _is_zarr_path(source)):
             if source_key is not None:
-                raise ValueError(f"{source} is a TIFF file; it has no source_key to select")
+                raise ValueError(f"{source} is a TIFF stack; it has no source_key to select")
             if not source.exists():
                 raise FileNotFoundError(f"volume file not found: {source}")
-            source_volume = _TiffStack(source)
+            source_volume = _TiffFolder(source) if source.is_dir() else _TiffStack(source)
             stack.callback(source_volume.close)
         else:
             if source_key is None:

@@ -314,3 +314,15 @@ def test_ome_metadata_errors(tmp_path):
     with pytest.raises(ValueError, match="zarr v3"):
         write_ome_zarr_metadata(v2, "s0", (1, 1, 1))
     assert "ome" not in group.attrs
+
+
+def test_import_folder_of_tiff_planes_in_numeric_order(tmp_path, data_dir):
+    stack = tifffile.imread(data_dir / "isbi2012" / "train-volume.tif")[:12, :64, :96]
+    folder = tmp_path / "planes"
+    folder.mkdir()
+    for z, plane in enumerate(stack):
+        tifffile.imwrite(folder / f"slice_{z}.tif", plane)
+    import_volume(folder, tmp_path / "out.zarr", "raw", resolution=(50, 4, 4))
+    imported = open_volume(tmp_path / "out.zarr", "raw")
+    assert np.array_equal(imported[...], stack), "slice_10 must follow slice_9, not slice_1"
+    assert read_resolution(imported) == (50.0, 4.0, 4.0)
