@@ -3,6 +3,7 @@ import pytest
 from scipy import ndimage
 
 from emflow.boundaries import boundaries_from_labels
+from bioimage_cpp.segmentation import watershed
 from emflow.supervoxels import distance_transform_watershed, size_filter, use_two_d
 
 MIN_SIZE = 25
@@ -143,3 +144,17 @@ def test_use_two_d():
     assert not use_two_d((20.0, 10.0, 10.0), anisotropy_threshold=3.0)
     with pytest.raises(ValueError):
         use_two_d((0.0, 1.0, 1.0))
+
+
+def test_size_filter_equals_flooding_the_whole_block(flyem_crop, boundaries):
+    """The restricted re-flooding gives what a watershed from every kept voxel gives."""
+    segmentation = flyem_crop["oversegmentation"].astype(np.uint64)
+    min_size = 5000
+    sizes = np.bincount(segmentation.ravel())
+    kept = np.where(sizes[segmentation] >= min_size, segmentation, 0).astype(np.uint64)
+    reference = watershed(boundaries, kept)
+    assert (reference != 0).all()
+    filtered = size_filter(segmentation, boundaries, min_size)
+    # Same partition of the volume (ids are renumbered by size_filter).
+    pairs = np.unique(np.stack([reference.ravel(), filtered.ravel()]), axis=1)
+    assert pairs.shape[1] == len(np.unique(reference)) == len(np.unique(filtered))
