@@ -84,22 +84,23 @@ def merge_config(user: dict[str, Any]) -> dict[str, dict[str, Any]]:
             raise ConfigError(f"unknown config section [{section}]; known: {', '.join(defaults)}")
         if not isinstance(values, dict):
             raise ConfigError(f"[{section}] must be a table")
-        function = values.get("function", defaults[section].get("function"))
-        if function != defaults[section].get("function"):
+        default_function = defaults[section].get("function")
+        function = values.get("function", default_function)
+        if function != default_function:
             accepted = _plugin_keywords(section, function)
             # A plugin takes only what the user gives it, not the default function's parameters.
             config[section] = {key: config[section][key] for key in RESERVED_KEYS[section]}
         for key, value in values.items():
             name = f"{section}.{key}"
-            if key in RESERVED_KEYS.get(section, ()) or (key in defaults[section] and function == defaults[section].get("function")):
+            if key in RESERVED_KEYS.get(section, ()) or (function == default_function and key in defaults[section]):
                 config[section][key] = _checked_value(name, value, defaults[section][key])
-            elif function != defaults[section].get("function"):
-                if accepted is not None and key not in accepted:
-                    raise ConfigError(f"unknown config key {name}: not a parameter of {function}")
-                config[section][key] = value
-            else:
+            elif function == default_function:
                 raise ConfigError(f"unknown config key {name}; known in [{section}]: {', '.join(defaults[section])}")
-    _check_required(config)
+            elif accepted is not None and key not in accepted:
+                raise ConfigError(f"unknown config key {name}: not a parameter of {function}")
+            else:
+                config[section][key] = value
+    _check_required(user, config)
     _check_semantics(config)
     return config
 
@@ -126,17 +127,22 @@ def _checked_value(name: str, value: Any, default: Any) -> Any:
     return value
 
 
-def _check_required(config: dict[str, dict[str, Any]]) -> None:
+def _check_required(user: dict[str, Any], config: dict[str, dict[str, Any]]) -> None:
+    """Required keys must be written in the user's file; their defaults only document a typical value."""
     for section, key in REQUIRED_KEYS:
         if key not in config[section]:
             continue  # a plugin replaced the default function and its parameters
-        if config[section][key] == "":
+        if user.get(section, {}).get(key, "") == "":
             raise ConfigError(f"config key {section}.{key} is required")
 
 
 def _check_semantics(config: dict[str, dict[str, Any]]) -> None:
+    defaults = default_config()
     for (section, key), choices in CHOICES.items():
-        if key in config[section] and config[section][key] not in choices:
+        uses_default_function = config[section].get("function") == defaults[section].get("function")
+        if key not in config[section] or not (uses_default_function or key in RESERVED_KEYS.get(section, ())):
+            continue  # a plugin's own parameters are the plugin's to check
+        if config[section][key] not in choices:
             raise ConfigError(f"config key {section}.{key} must be one of {', '.join(map(repr, choices))}, got {config[section][key]!r}")
     for section, key in THREE_POSITIVE:
         if any(value <= 0 for value in config[section][key]):

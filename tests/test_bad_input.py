@@ -149,3 +149,9 @@ def test_output_of_another_config_is_refused_even_without_its_work_folder(tmp_pa
     write_config(tmp_path / "config.toml", inputs, tmp_path / "out.zarr", multicut={"beta": 0.45})
     _fails_with(capsys, ["run", config], "another config", "--update")
     assert np.array_equal(np.asarray(zarr.open_group(str(tmp_path / "out.zarr"), mode="r")["segmentation/s0"][...]), before)
+
+
+@pytest.mark.parametrize("section, key", [("blocking", "block_shape"), ("blocking", "halo"), ("multicut", "beta"), ("multicut", "solver"), ("input", "resolution")])
+def test_required_keys_must_be_written(tmp_path, inputs, capsys, section, key):
+    config = write_config(tmp_path / "config.toml", inputs, tmp_path / "out.zarr", **{section: {key: None}})
+    _fails_with(capsys, ["run", config], f"{section}.{key} is required")
