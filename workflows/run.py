@@ -10,27 +10,28 @@ from emflow.storage.output import OWNER_ATTRIBUTE, open_output_group
 from emflow.targets import fingerprint
 from emflow.tasks.context import RunContext, load_context
 
-from .multicut import MulticutSegmentation, progress_reporter, workflow_status
+from .multicut import MulticutSegmentation, StageStatus, progress_reporter, workflow_status
 
 
 class StaleOutputError(RuntimeError):
     """The output holds results of another config; recomputing them needs the user's consent."""
 
 
-def check_run(config_path: str | Path, *, update: bool = False) -> str:
-    """Validate config, inputs and output before any task runs; return the canonical config path.
+def check_run(config_path: str | Path, *, update: bool = False) -> tuple[str, list[StageStatus]]:
+    """Validate config, inputs and output before any task runs.
 
-    Raises ConfigError, InputError, FileNotFoundError, KeyError, ForeignOutputError or
-    StaleOutputError with a message naming the problem. Stale results are only recomputed
-    (replaced) with `update=True`.
+    Returns the canonical config path and the status of each stage. Raises ConfigError,
+    InputError, FileNotFoundError, KeyError, ForeignOutputError or StaleOutputError with a message
+    naming the problem. Stale results are only recomputed (replaced) with `update=True`.
     """
     config_path = str(Path(config_path).resolve())
     context = load_context(config_path)
     recorded = None
     if context.output_path.exists():
         recorded = open_output_group(context.output_path).attrs[OWNER_ATTRIBUTE].get("finished_with")
+    statuses = workflow_status(config_path)
     if not update:
-        stale = [status for status in workflow_status(config_path) if status.stale]
+        stale = [status for status in statuses if status.stale]
         if stale:
             listing = ", ".join(f"{status.stage} ({status.stale} of {status.total})" for status in stale)
             raise StaleOutputError(
@@ -43,7 +44,7 @@ def check_run(config_path: str | Path, *, update: bool = False) -> str:
                 f"{context.output_path} was written with another config or input. Run again with --update to "
                 "recompute it (replacing its results), or choose another output path."
             )
-    return config_path
+    return config_path, statuses
 
 
 def run_workflow(
@@ -55,13 +56,13 @@ def run_workflow(
     update: bool = False,
     progress_interval: float = 5.0,
 ) -> RunReport:
-    config_path = check_run(config_path, update=update)
+    config_path, statuses = check_run(config_path, update=update)
+    context = load_context(config_path)
     started = time.time()
-    statuses = workflow_status(config_path)
     report = run_tasks(
         [MulticutSegmentation(config_path=config_path)],
-        failure_dir=load_context(config_path).work_dir / "failed",
-        scheduler_log=load_context(config_path).work_dir / "logs" / "luigi.log",
+        failure_dir=context.work_dir / "failed",
+        scheduler_log=context.work_dir / "logs" / "luigi.log",
         workers=workers,
         scheduler_host=scheduler_host,
         scheduler_port=scheduler_port,
@@ -69,7 +70,6 @@ def run_workflow(
         progress_interval=progress_interval,
     )
     if report.succeeded:
-        context = load_context(config_path)
         group = open_output_group(context.output_path)
         group.attrs[OWNER_ATTRIBUTE] = {**group.attrs[OWNER_ATTRIBUTE], "finished_with": _run_fingerprint(context)}
     return report
