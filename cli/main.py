@@ -144,16 +144,20 @@ def _import(arguments) -> int:
 
 
 def _evaluate(arguments) -> int:
-    import numpy as np
+    from contextlib import ExitStack
 
     from emflow.evaluation import evaluate
     from emflow.storage.volumes import open_volume, parse_location
 
-    arrays = []
-    for location in (arguments.segmentation, arguments.groundtruth):
-        volume = open_volume(*parse_location(location))
-        arrays.append(np.asarray(volume[...]))
-    print(json.dumps(evaluate(*arrays), indent=2, sort_keys=True))
+    with ExitStack() as stack:
+        volumes = []
+        for location in (arguments.segmentation, arguments.groundtruth):
+            volume = open_volume(*parse_location(location))
+            if hasattr(volume, "close"):
+                stack.callback(volume.close)
+            volumes.append(volume)
+        # The volumes go in as they are: evaluation reads them in slabs, never whole.
+        print(json.dumps(evaluate(*volumes), indent=2, sort_keys=True))
     return EXIT_OK
 
 
