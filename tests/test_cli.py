@@ -118,7 +118,8 @@ def test_run_through_a_real_central_scheduler(tmp_path, inputs):
     port = _free_port()
     pidfile = tmp_path / "luigid.pid"
     server = subprocess.Popen(
-        ["luigid", "--address", "127.0.0.1", "--port", str(port), "--pidfile", str(pidfile), "--logdir", str(tmp_path), "--state-path", str(tmp_path / "state.pickle")],
+        # luigid's entry point run by this interpreter, so the test does not depend on PATH.
+        [sys.executable, "-c", "from luigi.cmdline import luigid; luigid()", "--address", "127.0.0.1", "--port", str(port), "--pidfile", str(pidfile), "--logdir", str(tmp_path), "--state-path", str(tmp_path / "state.pickle")],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
