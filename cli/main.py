@@ -147,15 +147,13 @@ def _evaluate(arguments) -> int:
     from contextlib import ExitStack
 
     from emflow.evaluation import evaluate
-    from emflow.storage.volumes import open_volume, parse_location
+    from emflow.storage.volumes import opened_volume, parse_location
 
     with ExitStack() as stack:
-        volumes = []
-        for location in (arguments.segmentation, arguments.groundtruth):
-            volume = open_volume(*parse_location(location))
-            if hasattr(volume, "close"):
-                stack.callback(volume.close)
-            volumes.append(volume)
+        volumes = [
+            stack.enter_context(opened_volume(*parse_location(location)))
+            for location in (arguments.segmentation, arguments.groundtruth)
+        ]
         # The volumes go in as they are: evaluation reads them in slabs, never whole.
         print(json.dumps(evaluate(*volumes), indent=2, sort_keys=True))
     return EXIT_OK

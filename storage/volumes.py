@@ -7,7 +7,7 @@ array inside it. Axes are z, y, x; resolutions are nanometres per voxel in that 
 import itertools
 import math
 import re
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import h5py
@@ -236,6 +236,17 @@ def open_volume(path, key: str, mode: str = "r"):
     if _check_volume_path(path) == "zarr":
         return _open_zarr(path, key, mode)
     return _open_hdf5(path, key, mode)
+
+
+@contextmanager
+def opened_volume(path, key: str, mode: str = "r"):
+    """``open_volume`` as a context manager: HDF5 files are closed on exit (zarr needs nothing)."""
+    volume = open_volume(path, key, mode)
+    try:
+        yield volume
+    finally:
+        if isinstance(volume, HDF5Volume):
+            volume.close()
 
 
 def _nanometers_per(unit: str | None) -> float:

@@ -15,7 +15,7 @@ import numpy as np
 
 from emflow.blocking import Blocking
 from emflow.config import ConfigError, load_config
-from emflow.storage.volumes import open_volume
+from emflow.storage.volumes import opened_volume
 
 
 @dataclass(frozen=True, eq=False)  # hashed by identity: one cached instance per config text
@@ -37,21 +37,16 @@ class RunContext:
     def log_path(self, stage: str, block_id: int | None) -> Path:
         return self.work_dir / "logs" / (f"{stage}.log" if block_id is None else f"{stage}/{block_id}.log")
 
-    def partial_path(self, stage: str, block_id: int) -> Path:
+    def partial_path(self, stage: str, block_id: int | None) -> Path:
+        """Where a task keeps its partial result (None: a global stage)."""
+        if block_id is None:
+            return self.work_dir / "global" / f"{stage}.npz"
         return self.work_dir / "blocks" / stage / f"{block_id}.npz"
 
-    def input_volume(self, role: str):
-        """Open the input dataset playing `role` ("boundaries", "supervoxels", "mask", "raw")."""
-        return open_volume(self.config["input"]["path"], self.config["input"][f"{role}_key"])
-
     def read_input(self, role: str, box) -> np.ndarray:
-        volume = self.input_volume(role)
-        try:
+        """The input dataset playing `role` ("boundaries", "supervoxels", "mask", "raw") inside `box`."""
+        with opened_volume(self.config["input"]["path"], self.config["input"][f"{role}_key"]) as volume:
             return np.asarray(volume[box.slicing])
-        finally:
-            close = getattr(volume, "close", None)
-            if close is not None:
-                close()
 
     def read_boundaries(self, box) -> np.ndarray:
         """The boundary map inside `box` as float32, checked for NaNs and the [0, 1] range."""
@@ -116,18 +111,13 @@ def describe_inputs(config: dict[str, dict[str, Any]]) -> dict[str, dict[str, An
         key = config["input"][f"{role}_key"]
         if not key:
             continue
-        volume = open_volume(config["input"]["path"], key)
-        try:
+        with opened_volume(config["input"]["path"], key) as volume:
             described[role] = {
                 "path": str(Path(config["input"]["path"]).resolve()),
                 "key": key,
                 "shape": [int(size) for size in volume.shape],
                 "dtype": str(volume.dtype),
             }
-        finally:
-            close = getattr(volume, "close", None)
-            if close is not None:
-                close()
     return described
 
 

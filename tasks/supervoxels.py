@@ -99,12 +99,12 @@ class SupervoxelIds(GlobalTask):
         blocks = range(context.blocking.number_of_blocks)
         if _given_supervoxels(context):
             ids = np.unique(np.concatenate([np.load(context.partial_path("supervoxels", block_id))["ids"] for block_id in blocks]))
-            atomic_save_npz(context.work_dir / "global" / f"{self.stage}.npz", ids=ids.astype(np.uint64))
+            atomic_save_npz(context.partial_path(self.stage, None), ids=ids.astype(np.uint64))
             number_of_supervoxels = int(ids.size)
         else:
             counts = [SupervoxelBlock(config_path=self.config_path, block_id=block_id).output().result()["number_of_supervoxels"] for block_id in blocks]
             offsets = block_offsets(np.asarray(counts, dtype=np.uint64))
-            atomic_save_npz(context.work_dir / "global" / f"{self.stage}.npz", offsets=offsets)
+            atomic_save_npz(context.partial_path(self.stage, None), offsets=offsets)
             number_of_supervoxels = int(sum(counts))
         logger.info("%d supervoxels in %d blocks", number_of_supervoxels, len(blocks))
         return {"number_of_supervoxels": number_of_supervoxels}
@@ -118,7 +118,7 @@ class RelabelSupervoxelBlock(BlockTask):
     def run_stage(self, logger: logging.Logger) -> dict:
         context = self.context
         inner = context.blocking.block(self.block_id)
-        ids = np.load(context.work_dir / "global" / f"{SupervoxelIds.stage}.npz")
+        ids = np.load(context.partial_path(SupervoxelIds.stage, None))
         if _given_supervoxels(context):
             global_ids = ids["ids"]
             labels = map_labels(
