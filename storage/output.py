@@ -80,5 +80,6 @@ def read_global_array(path: str | Path, name: str) -> np.ndarray:
     return np.asarray(open_output_group(path)[name][...])
 
 
-def block_array(path: str | Path, name: str) -> zarr.Array:
+def output_array(path: str | Path, name: str) -> zarr.Array:
+    """An array of the output group, open for block reads and writes and for its attributes."""
     return open_output_group(path)[name]

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 
 from emflow.graph import block_edge_statistics
-from emflow.storage.output import block_array
+from emflow.storage.output import output_array
 from emflow.targets import atomic_save_npz
 
 from .base import BlockTask, register_block_stage
@@ -25,7 +25,7 @@ class BlockGraph(BlockTask):
     def run_stage(self, logger: logging.Logger) -> dict:
         context = self.context
         outer, inner_local = context.blocking.block_with_halo(self.block_id, GRAPH_HALO)
-        supervoxels = np.asarray(block_array(context.output_path, "supervoxels")[outer.slicing])
+        supervoxels = np.asarray(output_array(context.output_path, "supervoxels")[outer.slicing])
         edges, statistics = block_edge_statistics(supervoxels, context.read_boundaries(outer), inner_local)
         atomic_save_npz(context.partial_path(self.stage, self.block_id), edges=edges, statistics=statistics)
         return {"number_of_edges": int(edges.shape[0])}

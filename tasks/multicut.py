@@ -8,7 +8,7 @@ import numpy as np
 
 from emflow.config import function_parameters, resolve_function
 from emflow.multicut import multicut_energy
-from emflow.storage.output import block_array, read_global_array, write_global_array
+from emflow.storage.output import output_array, read_global_array, write_global_array
 
 from .base import GlobalTask
 from .context import RunContext
@@ -25,7 +25,7 @@ class Multicut(GlobalTask):
 
     def run_stage(self, logger: logging.Logger) -> dict:
         context = self.context
-        edges_array = block_array(context.output_path, "graph/edges")
+        edges_array = output_array(context.output_path, "graph/edges")
         number_of_nodes = int(edges_array.attrs["number_of_nodes"])
         edges = np.asarray(edges_array[...])
         edge_costs = read_global_array(context.output_path, "graph/edge_costs")

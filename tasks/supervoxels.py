@@ -13,7 +13,7 @@ import numpy as np
 
 from emflow.config import function_parameters, resolve_function
 from emflow.labels import block_offsets, map_labels, relabel_consecutive
-from emflow.storage.output import block_array
+from emflow.storage.output import output_array
 from emflow.supervoxels import use_two_d
 from emflow.targets import atomic_save_npz
 
@@ -83,7 +83,7 @@ class SupervoxelBlock(BlockTask):
         if mask is not None:
             labels = np.where(mask[inner_local.slicing], labels, 0)
         labels, number_of_supervoxels = relabel_consecutive(labels)
-        block_array(context.output_path, "supervoxels_block_local")[inner.slicing] = labels
+        output_array(context.output_path, "supervoxels_block_local")[inner.slicing] = labels
         logger.info("%d supervoxels (%s)", number_of_supervoxels, "2D per slice" if two_d else "3D")
         return {"number_of_supervoxels": int(number_of_supervoxels)}
 
@@ -125,7 +125,7 @@ class RelabelSupervoxelBlock(BlockTask):
                 _masked_input_supervoxels(context, inner), global_ids, np.arange(1, global_ids.size + 1, dtype=np.uint64)
             )
         else:
-            local = np.asarray(block_array(context.output_path, "supervoxels_block_local")[inner.slicing])
+            local = np.asarray(output_array(context.output_path, "supervoxels_block_local")[inner.slicing])
             labels = np.where(local != 0, local + ids["offsets"][self.block_id], np.uint64(0))
-        block_array(context.output_path, "supervoxels")[inner.slicing] = labels
+        output_array(context.output_path, "supervoxels")[inner.slicing] = labels
         return {}

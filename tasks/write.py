@@ -7,7 +7,7 @@ import logging
 
 import numpy as np
 
-from emflow.storage.output import block_array, read_global_array
+from emflow.storage.output import output_array, read_global_array
 
 from .base import BlockTask, register_block_stage
 from .multicut import Multicut
@@ -28,6 +28,6 @@ class WriteSegmentation(BlockTask):
         context = self.context
         box = context.blocking.block(self.block_id)
         node_labels = _node_labels(str(context.output_path), Multicut(config_path=self.config_path).stage_fingerprint())
-        supervoxels = np.asarray(block_array(context.output_path, "supervoxels")[box.slicing])
-        block_array(context.output_path, "segmentation/s0")[box.slicing] = node_labels[supervoxels]
+        supervoxels = np.asarray(output_array(context.output_path, "supervoxels")[box.slicing])
+        output_array(context.output_path, "segmentation/s0")[box.slicing] = node_labels[supervoxels]
         return {}
