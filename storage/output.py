@@ -77,7 +77,7 @@ def write_global_array(path: str | Path, name: str, data: np.ndarray, attributes
 
 
 def read_global_array(path: str | Path, name: str) -> np.ndarray:
-    return np.asarray(open_output_group(path)[name][...])
+    return np.asarray(output_array(path, name)[...])
 
 
 def output_array(path: str | Path, name: str) -> zarr.Array:
