@@ -1,4 +1,22 @@
-"""Base classes shared by the stage modules: fingerprints, completion records, per-task logs.
+"""Base classes shared by the stage modules: fingerprints, completion records, logs, block groups.
+
+Stages and tasks. A stage is one step of a workflow. A global stage is one task. A block-wise stage
+is one `BlockTask` per block, each with its own completion record and log, plus one `BlockStage`
+task that stands for the whole stage: later stages depend on it, never on single blocks, so the
+dependency graph has O(number of blocks) edges.
+
+Block groups. Luigi's scheduler does work proportional to every task it knows, for every task it
+hands out, so a run that gives it one task per block is quadratic in the number of blocks (see the
+README's design section for measurements). `BlockStage` therefore requires at most
+`[scheduling] block_groups` `BlockGroup` tasks, each running a contiguous range of block tasks one
+after the other in its worker. The scheduler sees a graph whose size does not grow with the volume,
+and the run stays linear. Block tasks stay ordinary Luigi tasks: one can be built on its own, and
+with `block_groups` at least the number of blocks every group is one block.
+
+Completion. A block task is done when its record holds the expected fingerprint. A `BlockStage` is
+done when its own record holds the stage fingerprint and the record of every block is present: one
+directory listing, so a finished run is checked in milliseconds however many blocks it has, and a
+block record removed by hand (to recompute that block) still reopens its stage.
 
 Fingerprints. A stage's fingerprint hashes the stage's name and algorithm version, the config
 values the stage reads (`stage_parameters`), and the fingerprints of the stages it reads from
@@ -18,10 +36,14 @@ import traceback
 from typing import Any, ClassVar
 
 import luigi
+from luigi.task_register import Register
 
-from emflow.targets import CompletionTarget, atomic_write_text, fingerprint
+from emflow.targets import CompletionTarget, StageCompletionTarget, atomic_write_text, fingerprint
 
 from .context import RunContext, load_context
+
+# Seconds between two progress messages a block group sends to the scheduler (an HTTP call with luigid).
+STATUS_INTERVAL = 2.0
 
 
 class EmflowTask(luigi.Task):
@@ -38,6 +60,10 @@ class EmflowTask(luigi.Task):
         """The config values this stage's result depends on."""
         return {}
 
+    def upstream_stages(self) -> list[luigi.Task]:
+        """The stage tasks (global tasks or `BlockStage`s) whose results this stage reads."""
+        return [stage_task(task_class, self.config_path) for task_class in self.upstream]
+
     @property
     def context(self) -> RunContext:
         return load_context(self.config_path)
@@ -46,11 +72,15 @@ class EmflowTask(luigi.Task):
     def block_key(self) -> int | None:
         return None
 
+    def stage_task(self) -> luigi.Task:
+        """The task standing for this task's whole stage."""
+        return self
+
     def stage_fingerprint(self) -> str:
-        return stage_fingerprint(type(self), self.config_path)
+        return _stage_fingerprint(self.stage_task(), self.context)
 
     def requires(self):
-        return [upstream_done(stage, self.config_path) for stage in self.upstream]
+        return self.upstream_stages()
 
     def output(self) -> CompletionTarget:
         expected = fingerprint([self.stage_fingerprint(), self.block_key])
@@ -80,6 +110,8 @@ class EmflowTask(luigi.Task):
         finally:
             logger.removeHandler(handler)
             handler.close()
+            # One logger per block would otherwise stay in logging's registry for the whole run.
+            logging.Logger.manager.loggerDict.pop(logger.name, None)
         failure_path.unlink(missing_ok=True)
         self.output().write(result)
 
@@ -93,7 +125,11 @@ class GlobalTask(EmflowTask):
 
 
 class BlockTask(EmflowTask):
-    """One block of a block-wise stage."""
+    """One block of a block-wise stage.
+
+    Parameters other than `config_path` and `block_id` (such as a scale) belong to the stage: every
+    block of one `BlockStage` has the same values.
+    """
 
     block_id = luigi.IntParameter()
 
@@ -101,48 +137,134 @@ class BlockTask(EmflowTask):
     def block_key(self) -> int:
         return self.block_id
 
+    def number_of_blocks(self, context: RunContext) -> int:
+        """How many blocks this stage has."""
+        return context.blocking.number_of_blocks
 
-class BlocksDone(luigi.WrapperTask):
-    """All blocks of one block-wise stage: the barrier the next stage waits for.
+    def stage_task(self) -> "BlockStage":
+        parameters = {name: value for name, value in self.param_kwargs.items() if name not in ("config_path", "block_id")}
+        return BlockStage(config_path=self.config_path, family=self.get_task_family(), parameters=parameters)
 
-    Block tasks depend on this one task instead of on each upstream block, so the dependency
-    graph has O(number of blocks) edges rather than O(number of blocks squared).
-    """
+
+class BlockStage(luigi.Task):
+    """All blocks of one block-wise stage, run as block groups: what later stages depend on."""
 
     config_path = luigi.Parameter()
-    stage = luigi.Parameter()
+    family = luigi.Parameter()
+    parameters = luigi.DictParameter(default={})
+
+    def block_task(self, block_id: int) -> BlockTask:
+        return Register.get_task_cls(self.family)(config_path=self.config_path, block_id=block_id, **self.parameters)
+
+    @functools.cached_property
+    def prototype(self) -> BlockTask:
+        """Block 0, asked for what all blocks of the stage share: name, parameters, upstream, count."""
+        return self.block_task(0)
+
+    @property
+    def stage(self) -> str:
+        return self.prototype.stage
+
+    @property
+    def number_of_blocks(self) -> int:
+        return self.prototype.number_of_blocks(load_context(self.config_path))
 
     def requires(self):
-        task_class = BLOCK_STAGES[self.stage]
-        number_of_blocks = load_context(self.config_path).blocking.number_of_blocks
-        return [task_class(config_path=self.config_path, block_id=block_id) for block_id in range(number_of_blocks)]
+        context = load_context(self.config_path)
+        return [
+            BlockGroup(config_path=self.config_path, family=self.family, parameters=self.parameters, first_block=first, stop_block=stop)
+            for first, stop in block_groups(self.number_of_blocks, context.config["scheduling"]["block_groups"])
+        ]
+
+    def output(self) -> StageCompletionTarget:
+        context = load_context(self.config_path)
+        return StageCompletionTarget(
+            context.record_path(self.stage, None),
+            _stage_fingerprint(self, context),
+            block_folder=context.record_path(self.stage, 0).parent,
+            number_of_blocks=self.number_of_blocks,
+        )
+
+    def run(self) -> None:
+        self.output().write({"number_of_blocks": self.number_of_blocks})
 
 
-BLOCK_STAGES: dict[str, type[BlockTask]] = {}
+class BlockGroup(luigi.Task):
+    """Blocks `first_block` to `stop_block - 1` of one stage, run one after the other in one worker."""
+
+    config_path = luigi.Parameter()
+    family = luigi.Parameter()
+    parameters = luigi.DictParameter(default={})
+    first_block = luigi.IntParameter()
+    stop_block = luigi.IntParameter()
+
+    @property
+    def block_stage(self) -> BlockStage:
+        return BlockStage(config_path=self.config_path, family=self.family, parameters=self.parameters)
+
+    def block_tasks(self) -> list[BlockTask]:
+        block_stage = self.block_stage
+        return [block_stage.block_task(block_id) for block_id in range(self.first_block, self.stop_block)]
+
+    def requires(self):
+        return self.block_stage.prototype.upstream_stages()
+
+    def complete(self) -> bool:
+        return all(task.complete() for task in self.block_tasks())
+
+    def run(self) -> None:
+        pending = [task for task in self.block_tasks() if not task.complete()]
+        failed = []
+        last_report = time.monotonic()
+        for position, task in enumerate(pending, start=1):
+            try:
+                task.run()
+            except Exception:
+                failed.append(task)  # its failure record and log name the problem; go on with the others
+            if time.monotonic() - last_report > STATUS_INTERVAL or position == len(pending):
+                self.set_status_message(f"{position} of {len(pending)} blocks run, {len(failed)} failed")
+                self.set_progress_percentage(round(100 * position / len(pending)))
+                last_report = time.monotonic()
+        if failed:
+            context = load_context(self.config_path)
+            listing = "; ".join(f"block {task.block_id} (log: {context.log_path(task.stage, task.block_id)})" for task in failed)
+            raise BlockFailures(f"{failed[0].stage}: {len(failed)} of {len(pending)} blocks failed: {listing}")
 
 
-def register_block_stage(task_class: type[BlockTask]) -> type[BlockTask]:
-    BLOCK_STAGES[task_class.stage] = task_class
-    return task_class
+class BlockFailures(RuntimeError):
+    """Some blocks of a group failed; each left a failure record and a log."""
 
 
-def upstream_done(task_class: type[EmflowTask], config_path: str) -> luigi.Task:
+def block_groups(number_of_blocks: int, max_groups: int) -> list[tuple[int, int]]:
+    """Split blocks 0..number_of_blocks-1 into at most `max_groups` contiguous, near-equal ranges.
+
+    Returns (first, stop) pairs. Sizes differ by at most one block, so the groups balance.
+    """
+    count = max(1, min(number_of_blocks, max_groups))
+    bounds = [round(index * number_of_blocks / count) for index in range(count + 1)]
+    return [(first, stop) for first, stop in zip(bounds[:-1], bounds[1:]) if stop > first]
+
+
+def stage_task(task_class: type[EmflowTask], config_path: str, **parameters: Any) -> luigi.Task:
+    """The task standing for a whole stage: the task itself for a global stage, else its `BlockStage`."""
     if issubclass(task_class, BlockTask):
-        return BlocksDone(config_path=config_path, stage=task_class.stage)
-    return task_class(config_path=config_path)
+        return BlockStage(config_path=config_path, family=task_class.get_task_family(), parameters=parameters)
+    return task_class(config_path=config_path, **parameters)
 
 
-def stage_fingerprint(task_class: type[EmflowTask], config_path: str) -> str:
-    return _stage_fingerprint(task_class, load_context(config_path))
+def stage_fingerprint(stage: luigi.Task) -> str:
+    """The fingerprint of a stage task (see `stage_task`)."""
+    return _stage_fingerprint(stage, load_context(stage.config_path))
 
 
-@functools.lru_cache(maxsize=256)
-def _stage_fingerprint(task_class: type[EmflowTask], context: RunContext) -> str:
+@functools.lru_cache(maxsize=1024)
+def _stage_fingerprint(stage: luigi.Task, context: RunContext) -> str:
+    definition = stage.prototype if isinstance(stage, BlockStage) else stage
     return fingerprint(
         {
-            "stage": task_class.stage,
-            "version": task_class.version,
-            "parameters": task_class.stage_parameters(context),
-            "upstream": [_stage_fingerprint(upstream, context) for upstream in task_class.upstream],
+            "stage": definition.stage,
+            "version": definition.version,
+            "parameters": definition.stage_parameters(context),
+            "upstream": [_stage_fingerprint(upstream, context) for upstream in definition.upstream_stages()],
         }
     )

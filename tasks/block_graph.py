@@ -10,14 +10,13 @@ from emflow.graph import block_edge_statistics
 from emflow.storage.output import output_array
 from emflow.targets import atomic_save_npz
 
-from .base import BlockTask, register_block_stage
+from .base import BlockTask
 from .supervoxels import RelabelSupervoxelBlock
 
 # The graph looks at voxel pairs one step apart, so one voxel of context is all a block needs.
 GRAPH_HALO = (1, 1, 1)
 
 
-@register_block_stage
 class BlockGraph(BlockTask):
     stage = "block_graph"
     upstream = (RelabelSupervoxelBlock,)

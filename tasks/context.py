@@ -16,6 +16,7 @@ import numpy as np
 from emflow.blocking import Blocking
 from emflow.config import ConfigError, load_config
 from emflow.storage.volumes import opened_volume
+from emflow.targets import block_record_name
 
 
 @dataclass(frozen=True, eq=False)  # hashed by identity: one cached instance per config text
@@ -29,7 +30,8 @@ class RunContext:
     inputs: dict[str, dict[str, Any]]
 
     def record_path(self, stage: str, block_id: int | None) -> Path:
-        return self.work_dir / "status" / (f"{stage}.json" if block_id is None else f"{stage}/{block_id}.json")
+        """A block's completion record, or with `block_id` None the record of the stage as a whole."""
+        return self.work_dir / "status" / (f"{stage}.json" if block_id is None else f"{stage}/{block_record_name(block_id)}")
 
     def failure_path(self, stage: str, block_id: int | None) -> Path:
         return self.work_dir / "failed" / (f"{stage}.json" if block_id is None else f"{stage}/{block_id}.json")

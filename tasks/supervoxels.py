@@ -17,7 +17,7 @@ from emflow.storage.output import output_array
 from emflow.supervoxels import use_two_d
 from emflow.targets import atomic_save_npz
 
-from .base import BlockTask, GlobalTask, register_block_stage
+from .base import BlockTask, GlobalTask
 from .context import RunContext
 from .prepare import PrepareOutput
 
@@ -37,7 +37,6 @@ def _masked_input_supervoxels(context: RunContext, box) -> np.ndarray:
     return labels
 
 
-@register_block_stage
 class SupervoxelBlock(BlockTask):
     stage = "supervoxels"
     upstream = (PrepareOutput,)
@@ -110,7 +109,6 @@ class SupervoxelIds(GlobalTask):
         return {"number_of_supervoxels": number_of_supervoxels}
 
 
-@register_block_stage
 class RelabelSupervoxelBlock(BlockTask):
     stage = "relabel_supervoxels"
     upstream = (SupervoxelIds,)

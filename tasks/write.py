@@ -9,7 +9,7 @@ import numpy as np
 
 from emflow.storage.output import output_array, read_global_array
 
-from .base import BlockTask, register_block_stage
+from .base import BlockTask
 from .multicut import Multicut
 
 
@@ -19,7 +19,6 @@ def _node_labels(output_path: str, multicut_fingerprint: str) -> np.ndarray:
     return read_global_array(output_path, "graph/node_labels")
 
 
-@register_block_stage
 class WriteSegmentation(BlockTask):
     stage = "write_segmentation"
     upstream = (Multicut,)

@@ -1,5 +1,5 @@
 """Workflows: chains of stages, and what a user asks of them (run, status)."""
 
-from .multicut import STAGES, MulticutSegmentation, StageStatus, progress_reporter, stage_tasks, workflow_status
+from .multicut import MulticutSegmentation, StageStatus, progress_reporter, stage_status, workflow_stages, workflow_status
 
-__all__ = ["STAGES", "MulticutSegmentation", "StageStatus", "progress_reporter", "stage_tasks", "workflow_status"]
+__all__ = ["MulticutSegmentation", "StageStatus", "progress_reporter", "stage_status", "workflow_stages", "workflow_status"]

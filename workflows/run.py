@@ -76,5 +76,6 @@ def run_workflow(
 
 
 def _run_fingerprint(context: RunContext) -> str:
-    """Everything a finished output depends on: the whole config and the inputs' identity."""
-    return fingerprint({"config": context.config, "inputs": context.inputs})
+    """Everything a finished output depends on: the config (less how it is scheduled) and the inputs' identity."""
+    config = {section: values for section, values in context.config.items() if section != "scheduling"}
+    return fingerprint({"config": config, "inputs": context.inputs})
