@@ -53,7 +53,7 @@ def solve_multicut(
     graph = undirected_graph(number_of_nodes, edges[foreground])
     objective = bic_multicut.MulticutObjective(graph, edge_costs[foreground])
     solution = _solver(solver, seed).optimize(objective)
-    return _canonical_labels(solution)
+    return canonical_labels(solution)
 
 
 def multicut_energy(edges: np.ndarray, edge_costs: np.ndarray, node_labels: np.ndarray) -> float:
@@ -68,18 +68,29 @@ def multicut_energy(edges: np.ndarray, edge_costs: np.ndarray, node_labels: np.n
     return float(edge_costs[cut].sum())
 
 
-def _as_problem(edges, edge_costs) -> tuple[np.ndarray, np.ndarray]:
+def _as_problem(edges, edge_costs, names=("edges", "edge_costs")) -> tuple[np.ndarray, np.ndarray]:
+    edges_name, costs_name = names
     edges = np.asarray(edges, dtype=np.uint64)
     if edges.size == 0:
         edges = edges.reshape(0, 2)
     if edges.ndim != 2 or edges.shape[1] != 2:
-        raise ValueError(f"edges must have shape (E, 2), got {edges.shape}")
+        raise ValueError(f"{edges_name} must have shape (E, 2), got {edges.shape}")
     edge_costs = np.asarray(edge_costs, dtype=np.float64)
     if edge_costs.shape != (len(edges),):
-        raise ValueError(f"edge_costs must have shape ({len(edges)},), got {edge_costs.shape}")
+        raise ValueError(f"{costs_name} must have shape ({len(edges)},), got {edge_costs.shape}")
     if not np.isfinite(edge_costs).all():
-        raise ValueError("edge_costs contain NaN or infinite values")
+        raise ValueError(f"{costs_name} contain NaN or infinite values")
     return edges, edge_costs
+
+
+def _check_edges(edges: np.ndarray, number_of_nodes: int, name: str = "edges") -> None:
+    # The form of merge_edges: u < v, sorted lexicographically, unique, nodes < number_of_nodes.
+    u, v = edges[:, 0], edges[:, 1]
+    increasing = (u[1:] > u[:-1]) | ((u[1:] == u[:-1]) & (v[1:] > v[:-1]))
+    if not ((u < v).all() and increasing.all()):
+        raise ValueError(f"{name} must have u < v and be sorted lexicographically without duplicates")
+    if edges.size and int(v.max()) >= number_of_nodes:
+        raise ValueError(f"{name} reference node {int(v.max())} >= number_of_nodes {number_of_nodes}")
 
 
 def _solver(name: str, seed: int) -> bic_multicut.MulticutSolver:
@@ -96,9 +107,16 @@ def _solver(name: str, seed: int) -> bic_multicut.MulticutSolver:
     return bic_multicut.ChainedMulticutSolvers([greedy, fusion_moves, kernighan_lin])
 
 
-def _canonical_labels(solution: np.ndarray) -> np.ndarray:
-    # Solver label values are arbitrary; numbering segments by their smallest
-    # node makes the output independent of them.
+def canonical_labels(solution: np.ndarray) -> np.ndarray:
+    """Renumber a node labeling so that it depends only on the partition it encodes.
+
+    ``solution`` is an ``(N,)`` integer labeling (any label values). Returns
+    ``(N,)`` ``uint64``: 0 for node 0 (background, whatever its input label),
+    ``1..k`` for the segments of nodes ``1..N - 1``, numbered in the order of
+    each segment's smallest node. Solver label values are arbitrary; this
+    makes results comparable and deterministic.
+    """
+    solution = np.asarray(solution)
     labels = np.zeros(len(solution), dtype=np.uint64)
     _, first_node, inverse = np.unique(solution[1:], return_index=True, return_inverse=True)
     rank = np.empty(len(first_node), dtype=np.uint64)
