@@ -187,13 +187,12 @@ def run_measured(command: list[str], log_path: Path) -> Measurement:
 
 
 def emflow_task_seconds(work_dir: Path) -> dict[str, float]:
-    """Seconds spent inside each stage's tasks, summed over blocks, from the task logs."""
+    """Seconds spent inside each stage's tasks, summed over blocks, from the completion records."""
     seconds: dict[str, float] = defaultdict(float)
-    logs = work_dir / "logs"
-    for log in logs.rglob("*.log"):
-        match = re.search(r"done in ([0-9.]+) s", log.read_text())
-        if match:
-            seconds[log.relative_to(logs).parts[0].removesuffix(".log")] += float(match.group(1))
+    status = work_dir / "status"
+    for record in status.rglob("*.json"):
+        stage = record.relative_to(status).parts[0].removesuffix(".json")
+        seconds[stage] += json.loads(record.read_text())["result"].get("seconds", 0.0)
     return dict(seconds)
 
 

@@ -62,8 +62,12 @@ def run_tasks(
         "scheduler_port": int(scheduler_port or 8082),
     }
     scheduler_log.parent.mkdir(parents=True, exist_ok=True)
+    luigi_config = luigi.configuration.get_config()
     # Luigi would otherwise add its own terminal handler on the first build of the process.
-    luigi.configuration.get_config().set("core", "no_configure_logging", "true")
+    luigi_config.set("core", "no_configure_logging", "true")
+    # The scheduler hands out a task only once its dependencies are done; checking them again in
+    # the worker would re-read every block record of a stage before the stage's own task runs.
+    luigi_config.set("worker", "check_unfulfilled_deps", "false")
     luigi_logger = logging.getLogger("luigi-interface")
     handler = logging.FileHandler(scheduler_log)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))

@@ -3,18 +3,22 @@
 This package is the only code that knows what a finished (stage, block) looks like on disk.
 """
 
-from .atomic import atomic_write_bytes, atomic_write_text, atomic_save_npz
+from .atomic import atomic_save_npz, atomic_write_bytes, atomic_write_text
+from .completion import BlockTarget, CompletionState, CompletionTarget, StageCompletionTarget, record_state
 from .fingerprint import fingerprint
-from .completion import CompletionState, CompletionTarget, StageCompletionTarget, block_record_name, recorded_block_ids
+from .journal import BlockJournal, BlockRecord, JournalReader
 
 __all__ = [
+    "BlockJournal",
+    "BlockRecord",
+    "BlockTarget",
     "CompletionState",
     "CompletionTarget",
+    "JournalReader",
     "StageCompletionTarget",
     "atomic_save_npz",
     "atomic_write_bytes",
     "atomic_write_text",
-    "block_record_name",
     "fingerprint",
-    "recorded_block_ids",
+    "record_state",
 ]

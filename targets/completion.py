@@ -1,20 +1,20 @@
-"""Completion records: one small JSON file per (stage, block), written last and atomically.
+"""Completion records: written last, so a result without its record is never taken as done.
 
-A record holds the fingerprint of everything the result depends on (see the tasks' `fingerprint`)
-and a small `result` dict (e.g. the number of supervoxels a block produced). A task is complete
-only if its record exists *and* carries the expected fingerprint; a record with another
-fingerprint marks the block stale (its output came from another config or input).
+A record holds the fingerprint of everything the result depends on (see the tasks'
+`stage_fingerprint`) and a small `result` dict (e.g. the number of supervoxels a block produced). A
+task is complete only if its record exists *and* carries the expected fingerprint; a record with
+another fingerprint marks the task stale (its output came from another config or input).
 
-A block-wise stage also has a record of its own, written once all its blocks are done. With the
-listing of its block records' folder it answers "is the whole stage done?" without opening one
-file per block.
+Global tasks have a JSON file each, written atomically. Blocks have a line each in their stage's
+journals (`journal.py`). A block-wise stage also has a file of its own, written once all its blocks
+are done, which notes the size of every journal of the stage: while no journal has grown since,
+the whole stage is done, which costs one directory listing to check however many blocks it has.
 """
 
 from __future__ import annotations
 
 import enum
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,7 @@ from typing import Any
 import luigi
 
 from .atomic import atomic_write_text
-
-RECORD_SUFFIX = ".json"
+from .journal import BlockJournal, BlockRecord, JournalReader
 
 
 class CompletionState(enum.Enum):
@@ -32,21 +31,15 @@ class CompletionState(enum.Enum):
     PENDING = "pending"
 
 
-def block_record_name(block_id: int) -> str:
-    return f"{block_id}{RECORD_SUFFIX}"
-
-
-def recorded_block_ids(folder: str | Path) -> set[int]:
-    """Ids of the blocks that have a record in `folder` (whatever its fingerprint); one listing."""
-    try:
-        entries = os.listdir(folder)
-    except FileNotFoundError:
-        return set()
-    # Temporary files of atomic writes start with a dot and never count.
-    return {int(name[: -len(RECORD_SUFFIX)]) for name in entries if name.endswith(RECORD_SUFFIX) and name[0].isdigit()}
+def record_state(fingerprint: str | None, expected_fingerprint: str) -> CompletionState:
+    if fingerprint is None:
+        return CompletionState.PENDING
+    return CompletionState.DONE if fingerprint == expected_fingerprint else CompletionState.STALE
 
 
 class CompletionTarget(luigi.Target):
+    """The record of a global task: one JSON file."""
+
     def __init__(self, path: str | Path, expected_fingerprint: str):
         self.path = Path(path)
         self.expected_fingerprint = expected_fingerprint
@@ -62,11 +55,7 @@ class CompletionTarget(luigi.Target):
 
     def state(self) -> CompletionState:
         record = self.read()
-        if record is None:
-            return CompletionState.PENDING
-        if record.get("fingerprint") != self.expected_fingerprint:
-            return CompletionState.STALE
-        return CompletionState.DONE
+        return record_state(None if record is None else record.get("fingerprint"), self.expected_fingerprint)
 
     def exists(self) -> bool:
         return self.state() is CompletionState.DONE
@@ -85,12 +74,42 @@ class CompletionTarget(luigi.Target):
         self.path.unlink(missing_ok=True)
 
 
-class StageCompletionTarget(CompletionTarget):
-    """The record of a whole block-wise stage, valid only while every block's record is present.
+class BlockTarget(luigi.Target):
+    """The record of one block: its latest line in the journals of its stage's folder."""
 
-    Block records are only ever replaced by a run of the same stage fingerprint (which rewrites
-    this record too) or removed; so presence is all that needs checking per block.
-    """
+    def __init__(self, folder: str | Path, block_id: int, expected_fingerprint: str):
+        self.folder = Path(folder)
+        self.block_id = block_id
+        self.expected_fingerprint = expected_fingerprint
+
+    def read(self) -> BlockRecord | None:
+        return JournalReader(self.folder, (self.block_id, self.block_id + 1)).refresh().get(self.block_id)
+
+    def state(self) -> CompletionState:
+        record = self.read()
+        return record_state(None if record is None else record.fingerprint, self.expected_fingerprint)
+
+    def exists(self) -> bool:
+        return self.state() is CompletionState.DONE
+
+    def result(self) -> dict[str, Any]:
+        record = self.read()
+        if record is None or record.fingerprint != self.expected_fingerprint:
+            raise FileNotFoundError(f"no record of block {self.block_id} with the expected fingerprint in {self.folder}")
+        return record.result
+
+    def write(self, result: dict[str, Any] | None = None) -> None:
+        with BlockJournal(self.folder, self.block_id, self.block_id + 1) as journal:
+            journal.append(self.block_id, self.expected_fingerprint, result)
+
+    def remove(self) -> None:
+        """Invalidate the block: a line without fingerprint overrides its earlier records."""
+        with BlockJournal(self.folder, self.block_id, self.block_id + 1) as journal:
+            journal.append(self.block_id, None)
+
+
+class StageCompletionTarget(CompletionTarget):
+    """The record of a whole block-wise stage, valid while the stage's journals have not grown."""
 
     def __init__(self, path: str | Path, expected_fingerprint: str, *, block_folder: str | Path, number_of_blocks: int):
         super().__init__(path, expected_fingerprint)
@@ -98,7 +117,24 @@ class StageCompletionTarget(CompletionTarget):
         self.number_of_blocks = number_of_blocks
 
     def exists(self) -> bool:
-        if not super().exists():
+        record = self.read()
+        if record is None or record.get("fingerprint") != self.expected_fingerprint:
             return False
-        recorded = recorded_block_ids(self.block_folder)
-        return all(block_id in recorded for block_id in range(self.number_of_blocks))
+        return record["result"].get("journals") == JournalReader(self.block_folder).snapshot()
+
+    def block_states(self) -> dict[int, CompletionState]:
+        """State of every block of the stage that has a record (one read of all journals)."""
+        records = JournalReader(self.block_folder).refresh()
+        return {
+            block_id: record_state(record.fingerprint, self.expected_fingerprint)
+            for block_id, record in records.items()
+            if block_id < self.number_of_blocks
+        }
+
+    def write(self, result: dict[str, Any] | None = None) -> None:
+        """Record the stage as done; raises if a block of it is not."""
+        states = self.block_states()
+        missing = [block_id for block_id in range(self.number_of_blocks) if states.get(block_id) is not CompletionState.DONE]
+        if missing:
+            raise RuntimeError(f"{len(missing)} blocks of the stage in {self.block_folder} are not done, e.g. {missing[:10]}")
+        super().write({**(result or {}), "journals": JournalReader(self.block_folder).snapshot()})

@@ -13,15 +13,16 @@ after the other in its worker. The scheduler sees a graph whose size does not gr
 and the run stays linear. Block tasks stay ordinary Luigi tasks: one can be built on its own, and
 with `block_groups` at least the number of blocks every group is one block.
 
-Completion. A block task is done when its record holds the expected fingerprint. A `BlockStage` is
-done when its own record holds the stage fingerprint and the record of every block is present: one
-directory listing, so a finished run is checked in milliseconds however many blocks it has, and a
-block record removed by hand (to recompute that block) still reopens its stage.
+Completion. A block task is done when its latest record (a line in its stage's journals, see
+`emflow.targets.journal`) holds the stage fingerprint. A `BlockStage` is done when its own record
+holds the stage fingerprint and no journal of the stage has grown since it was written: one
+directory listing, so a finished run is checked in milliseconds however many blocks it has, while
+invalidating a block (`BlockTarget.remove`) reopens its stage.
 
 Fingerprints. A stage's fingerprint hashes the stage's name and algorithm version, the config
 values the stage reads (`stage_parameters`), and the fingerprints of the stages it reads from
 (`upstream`). The first stage also records the identity of the input datasets (path, key, shape,
-dtype). A (stage, block) fingerprint adds the block id. So changing a parameter makes exactly that
+dtype). A block's record holds its stage's fingerprint and its block id. So changing a parameter makes exactly that
 stage and everything downstream of it stale, and nothing upstream; re-running an unchanged config
 is a no-op. Input *content* is not hashed: overwriting an input in place is not detected.
 """
@@ -38,7 +39,7 @@ from typing import Any, ClassVar
 import luigi
 from luigi.task_register import Register
 
-from emflow.targets import CompletionTarget, StageCompletionTarget, atomic_write_text, fingerprint
+from emflow.targets import BlockJournal, BlockTarget, CompletionTarget, JournalReader, StageCompletionTarget, atomic_write_text, fingerprint
 
 from .context import RunContext, load_context
 
@@ -83,27 +84,31 @@ class EmflowTask(luigi.Task):
         return self.upstream_stages()
 
     def output(self) -> CompletionTarget:
-        expected = fingerprint([self.stage_fingerprint(), self.block_key])
-        return CompletionTarget(self.context.record_path(self.stage, self.block_key), expected)
+        context = self.context
+        return CompletionTarget(context.record_path(self.stage), self.stage_fingerprint())
 
     def run(self) -> None:
+        self.output().write(self.execute())
+
+    def execute(self) -> dict[str, Any]:
+        """Run the stage's work with its own log and failure record; return its result summary."""
         context = self.context
         log_path = context.log_path(self.stage, self.block_key)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         logger = logging.getLogger(f"emflow.{self.stage}.{self.block_key}")
         logger.setLevel(logging.INFO)
         logger.propagate = False
-        handler = logging.FileHandler(log_path, mode="w")
+        # The log file is created by the first message only: most blocks have nothing to say, and
+        # creating a file costs more than the rest of a block's bookkeeping.
+        handler = logging.FileHandler(log_path, mode="w", delay=True)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logger.addHandler(handler)
         failure_path = context.failure_path(self.stage, self.block_key)
         started = time.perf_counter()
         try:
-            logger.info("start %s block %s", self.stage, self.block_key)
             result = self.run_stage(logger) or {}
-            logger.info("done in %.2f s: %s", time.perf_counter() - started, result)
         except BaseException as error:
-            logger.error("failed:\n%s", traceback.format_exc())
+            logger.error("%s block %s failed:\n%s", self.stage, self.block_key, traceback.format_exc())
             record = {"stage": self.stage, "block_id": self.block_key, "error": f"{type(error).__name__}: {error}", "log": str(log_path)}
             atomic_write_text(failure_path, json.dumps(record))
             raise
@@ -112,8 +117,9 @@ class EmflowTask(luigi.Task):
             handler.close()
             # One logger per block would otherwise stay in logging's registry for the whole run.
             logging.Logger.manager.loggerDict.pop(logger.name, None)
-        failure_path.unlink(missing_ok=True)
-        self.output().write(result)
+        if failure_path.exists():
+            failure_path.unlink()
+        return {**result, "seconds": round(time.perf_counter() - started, 6)}
 
     def run_stage(self, logger: logging.Logger) -> dict[str, Any] | None:
         """Compute and write this task's result; return a small JSON-able summary."""
@@ -137,13 +143,21 @@ class BlockTask(EmflowTask):
     def block_key(self) -> int:
         return self.block_id
 
+    def output(self) -> BlockTarget:
+        context = self.context
+        return BlockTarget(context.block_record_folder(self.stage), self.block_id, self.stage_fingerprint())
+
     def number_of_blocks(self, context: RunContext) -> int:
         """How many blocks this stage has."""
         return context.blocking.number_of_blocks
 
-    def stage_task(self) -> "BlockStage":
+    @functools.cached_property  # parameters only, so it cannot go stale
+    def _block_stage(self) -> "BlockStage":
         parameters = {name: value for name, value in self.param_kwargs.items() if name not in ("config_path", "block_id")}
         return BlockStage(config_path=self.config_path, family=self.get_task_family(), parameters=parameters)
+
+    def stage_task(self) -> "BlockStage":
+        return self._block_stage
 
 
 class BlockStage(luigi.Task):
@@ -154,7 +168,10 @@ class BlockStage(luigi.Task):
     parameters = luigi.DictParameter(default={})
 
     def block_task(self, block_id: int) -> BlockTask:
-        return Register.get_task_cls(self.family)(config_path=self.config_path, block_id=block_id, **self.parameters)
+        task = Register.get_task_cls(self.family)(config_path=self.config_path, block_id=block_id, **self.parameters)
+        # Spares each block building its stage task again (Luigi task construction is not cheap).
+        task.__dict__.setdefault("_block_stage", self)
+        return task
 
     @functools.cached_property
     def prototype(self) -> BlockTask:
@@ -179,11 +196,24 @@ class BlockStage(luigi.Task):
     def output(self) -> StageCompletionTarget:
         context = load_context(self.config_path)
         return StageCompletionTarget(
-            context.record_path(self.stage, None),
+            context.record_path(self.stage),
             _stage_fingerprint(self, context),
-            block_folder=context.record_path(self.stage, 0).parent,
+            block_folder=context.block_record_folder(self.stage),
             number_of_blocks=self.number_of_blocks,
         )
+
+    def block_results(self) -> dict[int, dict[str, Any]]:
+        """The result summary of every block, read at once (the stage must be done)."""
+        context = load_context(self.config_path)
+        expected = _stage_fingerprint(self, context)
+        records = JournalReader(context.block_record_folder(self.stage)).refresh()
+        results = {}
+        for block_id in range(self.number_of_blocks):
+            record = records.get(block_id)
+            if record is None or record.fingerprint != expected:
+                raise FileNotFoundError(f"{self.stage}: block {block_id} has no record with the expected fingerprint")
+            results[block_id] = record.result
+        return results
 
     def run(self) -> None:
         self.output().write({"number_of_blocks": self.number_of_blocks})
@@ -202,6 +232,7 @@ class BlockGroup(luigi.Task):
     def block_stage(self) -> BlockStage:
         return BlockStage(config_path=self.config_path, family=self.family, parameters=self.parameters)
 
+    @functools.cached_property  # parameters only, so it cannot go stale
     def block_tasks(self) -> list[BlockTask]:
         block_stage = self.block_stage
         return [block_stage.block_task(block_id) for block_id in range(self.first_block, self.stop_block)]
@@ -210,23 +241,37 @@ class BlockGroup(luigi.Task):
         return self.block_stage.prototype.upstream_stages()
 
     def complete(self) -> bool:
-        return all(task.complete() for task in self.block_tasks())
+        return not self._pending_blocks()
+
+    def _pending_blocks(self) -> list[BlockTask]:
+        """Blocks of the group without a current record (one read of the group's journals)."""
+        tasks = self.block_tasks
+        if not tasks:
+            return []
+        context = load_context(self.config_path)
+        expected = tasks[0].stage_fingerprint()
+        records = JournalReader(context.block_record_folder(tasks[0].stage), (self.first_block, self.stop_block)).refresh()
+        return [task for task in tasks if task.block_id not in records or records[task.block_id].fingerprint != expected]
 
     def run(self) -> None:
-        pending = [task for task in self.block_tasks() if not task.complete()]
+        pending = self._pending_blocks()
         failed = []
         last_report = time.monotonic()
-        for position, task in enumerate(pending, start=1):
-            try:
-                task.run()
-            except Exception:
-                failed.append(task)  # its failure record and log name the problem; go on with the others
-            if time.monotonic() - last_report > STATUS_INTERVAL or position == len(pending):
-                self.set_status_message(f"{position} of {len(pending)} blocks run, {len(failed)} failed")
-                self.set_progress_percentage(round(100 * position / len(pending)))
-                last_report = time.monotonic()
+        context = load_context(self.config_path)
+        folder = context.block_record_folder(self.block_stage.stage)
+        with BlockJournal(folder, self.first_block, self.stop_block) as journal:
+            for position, task in enumerate(pending, start=1):
+                try:
+                    result = task.execute()
+                except Exception:
+                    failed.append(task)  # its failure record and log name the problem; go on with the others
+                else:
+                    journal.append(task.block_id, task.stage_fingerprint(), result)
+                if time.monotonic() - last_report > STATUS_INTERVAL or position == len(pending):
+                    self.set_status_message(f"{position} of {len(pending)} blocks run, {len(failed)} failed")
+                    self.set_progress_percentage(round(100 * position / len(pending)))
+                    last_report = time.monotonic()
         if failed:
-            context = load_context(self.config_path)
             listing = "; ".join(f"block {task.block_id} (log: {context.log_path(task.stage, task.block_id)})" for task in failed)
             raise BlockFailures(f"{failed[0].stage}: {len(failed)} of {len(pending)} blocks failed: {listing}")
 

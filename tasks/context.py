@@ -7,6 +7,8 @@ Built once per process from the config file and cached, so that the many per-blo
 from __future__ import annotations
 
 import functools
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,6 @@ import numpy as np
 from emflow.blocking import Blocking
 from emflow.config import ConfigError, load_config
 from emflow.storage.volumes import opened_volume
-from emflow.targets import block_record_name
 
 
 @dataclass(frozen=True, eq=False)  # hashed by identity: one cached instance per config text
@@ -29,9 +30,13 @@ class RunContext:
     output_path: Path
     inputs: dict[str, dict[str, Any]]
 
-    def record_path(self, stage: str, block_id: int | None) -> Path:
-        """A block's completion record, or with `block_id` None the record of the stage as a whole."""
-        return self.work_dir / "status" / (f"{stage}.json" if block_id is None else f"{stage}/{block_record_name(block_id)}")
+    def record_path(self, stage: str) -> Path:
+        """The completion record of a global stage, or of a block-wise stage as a whole."""
+        return self.work_dir / "status" / f"{stage}.json"
+
+    def block_record_folder(self, stage: str) -> Path:
+        """Where the records of a block-wise stage's blocks are kept (see emflow.targets.journal)."""
+        return self.work_dir / "status" / stage
 
     def failure_path(self, stage: str, block_id: int | None) -> Path:
         return self.work_dir / "failed" / (f"{stage}.json" if block_id is None else f"{stage}/{block_id}.json")
@@ -73,14 +78,24 @@ class InputError(ValueError):
 
 
 def load_context(config_path: str) -> RunContext:
-    """The context of a config file, cached per process while the file's text stays the same.
+    """The context of a config file, cached per process while the file stays the same.
 
     Raises ConfigError for a bad config and InputError, FileNotFoundError or KeyError for
     unusable inputs, each naming the problem.
     """
-    if not Path(config_path).is_file():
+    try:
+        status = os.stat(config_path)
+    except FileNotFoundError:
+        status = None
+    if status is None or not stat.S_ISREG(status.st_mode):
         raise ConfigError(f"config file not found: {config_path}")
-    return _context_for_text(str(config_path), Path(config_path).read_text())
+    # Every block task asks for its context several times; a stat is much cheaper than a read.
+    return _context_for_file(str(config_path), status.st_ino, status.st_size, status.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _context_for_file(config_path: str, inode: int, size: int, modified_ns: int) -> RunContext:
+    return _context_for_text(config_path, Path(config_path).read_text())
 
 
 @functools.lru_cache(maxsize=8)

@@ -17,7 +17,7 @@ from emflow.storage.output import output_array
 from emflow.supervoxels import use_two_d
 from emflow.targets import atomic_save_npz
 
-from .base import BlockTask, GlobalTask
+from .base import BlockTask, GlobalTask, stage_task
 from .context import RunContext
 from .prepare import PrepareOutput
 
@@ -101,7 +101,8 @@ class SupervoxelIds(GlobalTask):
             atomic_save_npz(context.partial_path(self.stage, None), ids=ids.astype(np.uint64))
             number_of_supervoxels = int(ids.size)
         else:
-            counts = [SupervoxelBlock(config_path=self.config_path, block_id=block_id).output().result()["number_of_supervoxels"] for block_id in blocks]
+            results = stage_task(SupervoxelBlock, self.config_path).block_results()
+            counts = [results[block_id]["number_of_supervoxels"] for block_id in blocks]
             offsets = block_offsets(np.asarray(counts, dtype=np.uint64))
             atomic_save_npz(context.partial_path(self.stage, None), offsets=offsets)
             number_of_supervoxels = int(sum(counts))

@@ -17,6 +17,9 @@ import pytest
 from emflow.evaluation import adapted_rand_error, evaluate
 from emflow.graph import in_core_graph_features
 from emflow.storage.volumes import write_volume
+from emflow.targets import JournalReader
+from emflow.tasks.block_graph import BlockGraph
+from emflow.tasks.supervoxels import SupervoxelBlock
 from emflow.workflows import workflow_status
 from workflow_helpers import read, run_cli, write_config, write_inputs
 
@@ -126,27 +129,32 @@ def test_given_supervoxels_blockwise_equals_single_block(tmp_path, inputs):
     assert np.array_equal(read(blocks, "segmentation"), read(single, "segmentation"))
 
 
-def _record_times(work_dir: Path) -> dict[Path, int]:
-    return {path: path.stat().st_mtime_ns for path in (work_dir / "status").rglob("*.json")}
+def _records_since(work_dir: Path, since: float) -> set[tuple[str, int | None]]:
+    """(stage, block id) of every block record, and (stage, None) of every stage record, written after `since`."""
+    written = set()
+    for path in (work_dir / "status").iterdir():
+        if path.is_dir():
+            records = JournalReader(path).refresh()
+            written |= {(path.name, block_id) for block_id, record in records.items() if record.finished > since}
+        elif json.loads(path.read_text())["finished"] > since:
+            written.add((path.stem, None))
+    return written
 
 
-def test_deleted_block_records_rerun_only_those_blocks(tmp_path, inputs):
+def test_invalidated_blocks_rerun_only_those_blocks(tmp_path, inputs):
     config = write_config(tmp_path / "config.toml", inputs, tmp_path / "out.zarr")
     assert run_cli("run", config) == 0
     reference = read(tmp_path / "out.zarr", "segmentation")
-    work_dir = tmp_path / "out.zarr.work"
-    deleted = [work_dir / "status" / "supervoxels" / "3.json", work_dir / "status" / "block_graph" / "5.json"]
-    for path in deleted:
-        path.unlink()
-    before = _record_times(work_dir)
-    time.sleep(0.01)
+    config_path = str(config.resolve())
+    SupervoxelBlock(config_path=config_path, block_id=3).output().remove()
+    BlockGraph(config_path=config_path, block_id=5).output().remove()
+    assert [status.pending for status in workflow_status(config_path) if status.pending] == [1, 1]
+    invalidated = time.time()
     assert run_cli("run", config) == 0
-    after = _record_times(work_dir)
-    assert set(after) == set(before) | set(deleted)
-    rewritten = {path for path in after if path not in before or after[path] != before[path]}
-    # The two blocks, and the records of their two stages as a whole (reopened by the deletion).
-    stage_records = {work_dir / "status" / "supervoxels.json", work_dir / "status" / "block_graph.json"}
-    assert rewritten == set(deleted) | stage_records
+    # The two blocks, and the records of their two stages as a whole (reopened by the invalidation).
+    assert _records_since(tmp_path / "out.zarr.work", invalidated) == {
+        ("supervoxels", 3), ("block_graph", 5), ("supervoxels", None), ("block_graph", None)
+    }
     assert np.array_equal(read(tmp_path / "out.zarr", "segmentation"), reference)
 
 
@@ -163,11 +171,9 @@ def test_changed_parameter_makes_exactly_the_downstream_stages_stale(tmp_path, i
     message = capsys.readouterr().err
     assert "edge_costs" in message and "--update" in message
 
-    work_dir = tmp_path / "out.zarr.work"
-    before = _record_times(work_dir)
+    updated = time.time()
     assert run_cli("run", config, "--update") == 0
-    after = _record_times(work_dir)
-    rewritten = {path.relative_to(work_dir / "status").parts[0].removesuffix(".json") for path in after if after[path] != before[path]}
+    rewritten = {stage for stage, _ in _records_since(tmp_path / "out.zarr.work", updated)}
     assert rewritten == stale
     assert all(status.done == status.total for status in workflow_status(str(config)))
 
@@ -187,7 +193,7 @@ def test_killed_run_resumes_to_the_identical_result(tmp_path, inputs):
         start_new_session=True,
     )
     deadline = time.time() + 120
-    while time.time() < deadline and len(list(status_dir.glob("relabel_supervoxels/*.json"))) < 2:
+    while time.time() < deadline and len(JournalReader(status_dir / "relabel_supervoxels").refresh()) < 2:
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import luigi
 
-from emflow.targets import CompletionState, recorded_block_ids
+from emflow.targets import CompletionState, JournalReader
 from emflow.tasks.base import BlockStage, stage_task
 from emflow.tasks.block_graph import BlockGraph
 from emflow.tasks.context import load_context
@@ -54,7 +54,6 @@ class StageStatus:
     done: int
     stale: int
     pending: int
-    stale_blocks: frozenset[int] = frozenset()
 
     @property
     def total(self) -> int:
@@ -65,7 +64,7 @@ def stage_status(stage: luigi.Task) -> StageStatus:
     """How many tasks of one stage are done, stale (from another config) or pending.
 
     A finished block-wise stage is answered from its stage record and one directory listing;
-    otherwise each block record present is read.
+    otherwise from one read of the stage's block journals.
     """
     if not isinstance(stage, BlockStage):
         state = stage.output().state()
@@ -73,11 +72,9 @@ def stage_status(stage: luigi.Task) -> StageStatus:
     total = stage.number_of_blocks
     if stage.complete():
         return StageStatus(stage.stage, done=total, stale=0, pending=0)
-    recorded = recorded_block_ids(stage.output().block_folder)
-    states = {block_id: stage.block_task(block_id).output().state() for block_id in recorded if block_id < total}
-    done = sum(state is CompletionState.DONE for state in states.values())
-    stale_blocks = frozenset(block_id for block_id, state in states.items() if state is CompletionState.STALE)
-    return StageStatus(stage.stage, done=done, stale=len(stale_blocks), pending=total - done - len(stale_blocks), stale_blocks=stale_blocks)
+    states = list(stage.output().block_states().values())
+    done, stale = states.count(CompletionState.DONE), states.count(CompletionState.STALE)
+    return StageStatus(stage.stage, done=done, stale=stale, pending=total - done - stale)
 
 
 def workflow_status(config_path: str) -> list[StageStatus]:
@@ -85,29 +82,25 @@ def workflow_status(config_path: str) -> list[StageStatus]:
     return [stage_status(stage) for stage in workflow_stages(config_path)]
 
 
-def progress_reporter(config_path: str, statuses: list[StageStatus], started: float):
-    """A callable giving one line of per-stage progress, from one directory listing per stage.
+def progress_reporter(config_path: str):
+    """A callable giving one line of per-stage progress: blocks done out of all blocks.
 
-    A block counts as done if it was done before the run, or if it has a record now that is not a
-    stale one from before the run; a stale record counts once it has been rewritten during the run.
+    Block journals are read incrementally, so each line costs only the records added since the last.
     """
     stages = workflow_stages(config_path)
-    before = {status.stage: status for status in statuses}
+    readers = {stage.stage: JournalReader(stage.output().block_folder) for stage in stages if isinstance(stage, BlockStage)}
 
     def line() -> str:
         parts = []
         for stage in stages:
-            status = before[stage.stage]
+            target = stage.output()
             if isinstance(stage, BlockStage):
-                target = stage.output()
-                recorded = recorded_block_ids(target.block_folder)
-                rewritten = sum(
-                    1 for block_id in status.stale_blocks & recorded if stage.block_task(block_id).output().path.stat().st_mtime >= started
-                )
-                done = len(recorded - status.stale_blocks) + rewritten
+                records = readers[stage.stage].refresh()
+                total = stage.number_of_blocks
+                done = sum(1 for block_id, record in records.items() if block_id < total and record.fingerprint == target.expected_fingerprint)
             else:
-                done = int(stage.output().path.exists() and stage.output().path.stat().st_mtime >= started) or status.done
-            parts.append(f"{stage.stage} {min(done, status.total)}/{status.total}")
+                total, done = 1, int(target.exists())
+            parts.append(f"{stage.stage} {done}/{total}")
         return "progress: " + ", ".join(parts)
 
     return line

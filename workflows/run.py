@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from emflow.cluster import RunReport, run_tasks
@@ -56,9 +55,8 @@ def run_workflow(
     update: bool = False,
     progress_interval: float = 5.0,
 ) -> RunReport:
-    config_path, statuses = check_run(config_path, update=update)
+    config_path, _ = check_run(config_path, update=update)
     context = load_context(config_path)
-    started = time.time()
     report = run_tasks(
         [MulticutSegmentation(config_path=config_path)],
         failure_dir=context.work_dir / "failed",
@@ -66,7 +64,7 @@ def run_workflow(
         workers=workers,
         scheduler_host=scheduler_host,
         scheduler_port=scheduler_port,
-        progress=progress_reporter(config_path, statuses, started),
+        progress=progress_reporter(config_path),
         progress_interval=progress_interval,
     )
     if report.succeeded:
