@@ -166,7 +166,7 @@ def benchmark(block_counts: list[int], plain_block_counts: list[int], workers: i
     try:
         for number_of_blocks in block_counts:
             for contender, port_arguments in (("emflow local scheduler", []), ("emflow luigid, 2 worker processes", ["--scheduler-port", str(port)])):
-                folder = scratch / f"{contender.split()[1]}-{number_of_blocks}"
+                folder = scratch / f"{'luigid' if port_arguments else 'local'}-{number_of_blocks}"
                 config = write_trivial_config(folder, number_of_blocks)
                 child_workers = 2 if port_arguments else workers
                 run = measure_in_child("--child-emflow", str(config), "--workers", str(child_workers), *port_arguments)

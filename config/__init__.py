@@ -30,7 +30,7 @@ REQUIRED_KEYS = (
 RESERVED_KEYS = {
     "supervoxels": {"function", "dimensionality", "anisotropy_threshold"},
     "costs": {"function"},
-    "multicut": {"function", "beta"},
+    "multicut": {"function", "beta", "n_scales"},
 }
 
 CHOICES = {
@@ -157,6 +157,13 @@ def _check_semantics(config: dict[str, dict[str, Any]]) -> None:
     beta = config["multicut"]["beta"]
     if not 0.0 < beta < 1.0:
         raise ConfigError(f"config key multicut.beta must lie strictly between 0 and 1, got {beta}")
+    if config["multicut"]["n_scales"] < 0:
+        raise ConfigError(f"config key multicut.n_scales must be 0 or more, got {config['multicut']['n_scales']}")
+    if config["multicut"]["n_scales"] and config["multicut"]["function"] != defaults["multicut"]["function"]:
+        raise ConfigError(
+            "config key multicut.n_scales > 0 solves sub-problems with the built-in solvers; "
+            f"it cannot be combined with multicut.function = {config['multicut']['function']!r}"
+        )
     for section in RESERVED_KEYS:
         resolve_function(config[section]["function"], f"{section}.function")
 

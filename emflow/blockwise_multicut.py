@@ -105,6 +105,32 @@ def coarse_block_ids(block_ids, blocks_per_axis: Sequence[int], scale: int) -> n
 # --- sub-problems -------------------------------------------------------------------------------
 
 
+def node_block_ids_from_counts(counts) -> np.ndarray:
+    """Base block of every node when block ``b`` holds the ``counts[b]`` ids after those of blocks ``< b``.
+
+    That is emflow's numbering of supervoxels (:func:`emflow.labels.block_offsets`). ``counts`` is
+    ``(B,)`` integer; returns ``(1 + sum(counts),)`` ``int64``, -1 for node 0 (background).
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    return np.concatenate([[-1], np.repeat(np.arange(len(counts), dtype=np.int64), counts)])
+
+
+def first_block_of_nodes(number_of_nodes: int, nodes_by_block) -> np.ndarray:
+    """Base block of every node when nodes may span blocks (supervoxels given by the user).
+
+    ``nodes_by_block`` yields, for blocks ``0, 1, ...`` in order, the integer ids of the nodes
+    each block holds. A node is assigned to the first block that holds it. Returns
+    ``(number_of_nodes,)`` ``int64``; -1 for node 0 and for nodes no block holds.
+    """
+    block_ids = np.full(number_of_nodes, -1, dtype=np.int64)
+    for block_id, nodes in enumerate(nodes_by_block):
+        nodes = np.asarray(nodes, dtype=np.int64)
+        nodes = nodes[block_ids[nodes] < 0]
+        block_ids[nodes] = block_id
+    block_ids[0] = -1
+    return block_ids
+
+
 def inner_edge_ids_by_block(
     edges: np.ndarray,
     node_block_ids: np.ndarray,

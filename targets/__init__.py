@@ -3,7 +3,7 @@
 This package is the only code that knows what a finished (stage, block) looks like on disk.
 """
 
-from .atomic import atomic_save_npz, atomic_write_bytes, atomic_write_text
+from .atomic import atomic_save_npy, atomic_save_npz, atomic_write_bytes, atomic_write_text
 from .completion import BlockTarget, CompletionState, CompletionTarget, StageCompletionTarget, record_state
 from .fingerprint import fingerprint
 from .journal import BlockJournal, BlockRecord, JournalReader
@@ -16,6 +16,7 @@ __all__ = [
     "CompletionTarget",
     "JournalReader",
     "StageCompletionTarget",
+    "atomic_save_npy",
     "atomic_save_npz",
     "atomic_write_bytes",
     "atomic_write_text",

@@ -36,6 +36,13 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
+    """Save one array as a .npy file (readable memory-mapped, a slice at a time), atomically."""
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 def atomic_save_npz(path: str | Path, **arrays: np.ndarray) -> None:
     """Save arrays as one uncompressed .npz file, atomically."""
     buffer = io.BytesIO()

@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import resource
 import time
 import traceback
 from typing import Any, ClassVar
@@ -119,7 +120,10 @@ class EmflowTask(luigi.Task):
             logging.Logger.manager.loggerDict.pop(logger.name, None)
         if failure_path.exists():
             failure_path.unlink()
-        return {**result, "seconds": round(time.perf_counter() - started, 6)}
+        # The process's peak so far: with worker processes (forked per task) the peak of this task's
+        # process, the figure a job system's memory limit must cover.
+        peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return {**result, "seconds": round(time.perf_counter() - started, 6), "peak_rss_bytes": peak_rss_bytes}
 
     def run_stage(self, logger: logging.Logger) -> dict[str, Any] | None:
         """Compute and write this task's result; return a small JSON-able summary."""

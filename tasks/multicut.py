@@ -4,33 +4,49 @@ from __future__ import annotations
 
 import logging
 
+import luigi
 import numpy as np
 
+from emflow.blockwise_multicut import project_node_labels
 from emflow.config import function_parameters, resolve_function
 from emflow.multicut import multicut_energy
 from emflow.storage.output import output_array, read_global_array, write_global_array
 
-from .base import GlobalTask
+from .base import GlobalTask, stage_task
 from .context import RunContext
 from .edge_costs import EdgeCosts
+from .hierarchical_multicut import MulticutProblem, problem_array
 
 
 class Multicut(GlobalTask):
+    """The multicut of the whole graph; with `n_scales` > 0, of the problem the hierarchy reduced it to."""
+
     stage = "multicut"
-    upstream = (EdgeCosts,)
 
     @classmethod
     def stage_parameters(cls, context: RunContext) -> dict:
         return {key: value for key, value in context.config["multicut"].items() if key != "beta"}
 
+    def upstream_stages(self) -> list[luigi.Task]:
+        n_scales = self.context.config["multicut"]["n_scales"]
+        if n_scales:
+            return [stage_task(MulticutProblem, self.config_path, scale=n_scales)]
+        return [stage_task(EdgeCosts, self.config_path)]
+
     def run_stage(self, logger: logging.Logger) -> dict:
         context = self.context
+        n_scales = context.config["multicut"]["n_scales"]
         edges_array = output_array(context.output_path, "graph/edges")
-        number_of_nodes = int(edges_array.attrs["number_of_nodes"])
         edges = np.asarray(edges_array[...])
         edge_costs = read_global_array(context.output_path, "graph/edge_costs")
+        if n_scales:
+            problem = (problem_array(context, n_scales, name) for name in ("node_block_ids", "edges", "edge_costs"))
+            node_block_ids, solved_edges, solved_costs = problem
+            number_of_nodes = len(node_block_ids)
+        else:
+            number_of_nodes, solved_edges, solved_costs = int(edges_array.attrs["number_of_nodes"]), edges, edge_costs
         function = resolve_function(context.config["multicut"]["function"], "multicut.function")
-        node_labels = np.asarray(function(number_of_nodes, edges, edge_costs, **function_parameters(context.config, "multicut")))
+        node_labels = np.asarray(function(number_of_nodes, solved_edges, solved_costs, **function_parameters(context.config, "multicut")))
         if node_labels.shape != (number_of_nodes,) or not np.issubdtype(node_labels.dtype, np.integer):
             raise ValueError(
                 f"{context.config['multicut']['function']} must return {number_of_nodes} integer node labels, "
@@ -39,6 +55,9 @@ class Multicut(GlobalTask):
         node_labels = node_labels.astype(np.uint64)
         if number_of_nodes and node_labels[0] != 0:
             raise ValueError(f"{context.config['multicut']['function']} must keep node 0 (background) at label 0")
+        if n_scales:
+            logger.info("solved the problem reduced to %d nodes, %d edges", number_of_nodes, len(solved_edges))
+            node_labels = project_node_labels(node_labels, [problem_array(context, scale, "node_mapping") for scale in range(1, n_scales + 1)])
         energy = multicut_energy(edges, edge_costs, node_labels)
         write_global_array(context.output_path, "graph/node_labels", node_labels, {"energy": energy})
         number_of_segments = int(np.unique(node_labels[1:]).size)

@@ -22,7 +22,7 @@ from .context import RunContext
 from .prepare import PrepareOutput
 
 
-def _given_supervoxels(context: RunContext) -> bool:
+def given_supervoxels(context: RunContext) -> bool:
     return bool(context.config["input"]["supervoxels_key"])
 
 
@@ -43,14 +43,14 @@ class SupervoxelBlock(BlockTask):
 
     @classmethod
     def stage_parameters(cls, context: RunContext) -> dict:
-        if _given_supervoxels(context):
+        if given_supervoxels(context):
             return {"given": context.inputs["supervoxels"]}
         return {"supervoxels": context.config["supervoxels"], "halo": context.config["blocking"]["halo"]}
 
     def run_stage(self, logger: logging.Logger) -> dict:
         context = self.context
         inner = context.blocking.block(self.block_id)
-        if _given_supervoxels(context):
+        if given_supervoxels(context):
             ids = np.unique(_masked_input_supervoxels(context, inner))
             ids = ids[ids != 0]
             atomic_save_npz(context.partial_path(self.stage, self.block_id), ids=ids)
@@ -96,7 +96,7 @@ class SupervoxelIds(GlobalTask):
     def run_stage(self, logger: logging.Logger) -> dict:
         context = self.context
         blocks = range(context.blocking.number_of_blocks)
-        if _given_supervoxels(context):
+        if given_supervoxels(context):
             ids = np.unique(np.concatenate([np.load(context.partial_path("supervoxels", block_id))["ids"] for block_id in blocks]))
             atomic_save_npz(context.partial_path(self.stage, None), ids=ids.astype(np.uint64))
             number_of_supervoxels = int(ids.size)
@@ -118,7 +118,7 @@ class RelabelSupervoxelBlock(BlockTask):
         context = self.context
         inner = context.blocking.block(self.block_id)
         ids = np.load(context.partial_path(SupervoxelIds.stage, None))
-        if _given_supervoxels(context):
+        if given_supervoxels(context):
             global_ids = ids["ids"]
             labels = map_labels(
                 _masked_input_supervoxels(context, inner), global_ids, np.arange(1, global_ids.size + 1, dtype=np.uint64)

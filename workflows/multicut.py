@@ -11,28 +11,25 @@ from emflow.tasks.base import BlockStage, stage_task
 from emflow.tasks.block_graph import BlockGraph
 from emflow.tasks.context import load_context
 from emflow.tasks.edge_costs import EdgeCosts
+from emflow.tasks.hierarchical_multicut import MulticutProblem, SubproblemBlock
 from emflow.tasks.merge_graph import MergeGraph
 from emflow.tasks.multicut import Multicut
 from emflow.tasks.prepare import PrepareOutput
 from emflow.tasks.supervoxels import RelabelSupervoxelBlock, SupervoxelBlock, SupervoxelIds
 from emflow.tasks.write import WriteSegmentation
 
-STAGE_CLASSES = (
-    PrepareOutput,
-    SupervoxelBlock,
-    SupervoxelIds,
-    RelabelSupervoxelBlock,
-    BlockGraph,
-    MergeGraph,
-    EdgeCosts,
-    Multicut,
-    WriteSegmentation,
-)
+GRAPH_STAGES = (PrepareOutput, SupervoxelBlock, SupervoxelIds, RelabelSupervoxelBlock, BlockGraph, MergeGraph, EdgeCosts)
 
 
 def workflow_stages(config_path: str) -> list[luigi.Task]:
     """The stage tasks of the workflow in the order they run (see `emflow.tasks.base.stage_task`)."""
-    return [stage_task(task_class, config_path) for task_class in STAGE_CLASSES]
+    stages = [stage_task(task_class, config_path) for task_class in GRAPH_STAGES]
+    n_scales = load_context(config_path).config["multicut"]["n_scales"]
+    for scale in range(n_scales):
+        stages += [stage_task(MulticutProblem, config_path, scale=scale), stage_task(SubproblemBlock, config_path, scale=scale)]
+    if n_scales:
+        stages.append(stage_task(MulticutProblem, config_path, scale=n_scales))
+    return stages + [stage_task(Multicut, config_path), stage_task(WriteSegmentation, config_path)]
 
 
 class MulticutSegmentation(luigi.WrapperTask):
