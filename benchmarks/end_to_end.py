@@ -62,6 +62,7 @@ from emflow.boundaries import boundaries_from_labels
 from emflow.config import default_config
 from emflow.evaluation import evaluate
 from emflow.storage.volumes import open_volume, read_resolution, write_volume
+from emflow.targets import JournalReader
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCHMARKS_DIR / "results"
@@ -186,14 +187,31 @@ def run_measured(command: list[str], log_path: Path) -> Measurement:
     )
 
 
+def _task_results(work_dir: Path):
+    """(stage, result) of every task of an emflow run, from its completion records."""
+    status = work_dir / "status"
+    for path in status.iterdir():
+        if path.is_dir():
+            for record in JournalReader(path).refresh().values():
+                yield path.name, record.result
+        else:
+            yield path.stem, json.loads(path.read_text())["result"]
+
+
 def emflow_task_seconds(work_dir: Path) -> dict[str, float]:
     """Seconds spent inside each stage's tasks, summed over blocks, from the completion records."""
     seconds: dict[str, float] = defaultdict(float)
-    status = work_dir / "status"
-    for record in status.rglob("*.json"):
-        stage = record.relative_to(status).parts[0].removesuffix(".json")
-        seconds[stage] += json.loads(record.read_text())["result"].get("seconds", 0.0)
+    for stage, result in _task_results(work_dir):
+        seconds[stage] += result.get("seconds", 0.0)
     return dict(seconds)
+
+
+def emflow_peak_rss_by_stage(work_dir: Path) -> dict[str, int]:
+    """Largest peak RSS (bytes) of a process while running a task of each stage, from the records."""
+    peaks: dict[str, int] = defaultdict(int)
+    for stage, result in _task_results(work_dir):
+        peaks[stage] = max(peaks[stage], result.get("peak_rss_bytes", 0))
+    return {stage: peak for stage, peak in peaks.items() if peak}
 
 
 def emflow_command(input_path: Path, run_dir: Path, block_shape: list[int], workers: int) -> tuple[list[str], dict]:
@@ -221,7 +239,12 @@ def run_emflow_once(command: list[str], run_dir: Path) -> dict:
     measurement = run_measured(command, run_dir / "emflow.log")
     if measurement.exit_code != 0:
         raise SystemExit(f"emflow run failed (exit code {measurement.exit_code}); see {run_dir / 'emflow.log'}")
-    return {"measurement": asdict(measurement), "task_seconds_by_stage": emflow_task_seconds(run_dir / "emflow.zarr.work")}
+    work_dir = run_dir / "emflow.zarr.work"
+    return {
+        "measurement": asdict(measurement),
+        "task_seconds_by_stage": emflow_task_seconds(work_dir),
+        "peak_rss_bytes_by_stage": emflow_peak_rss_by_stage(work_dir),
+    }
 
 
 class ElfUnavailable(RuntimeError):
@@ -318,55 +341,52 @@ def print_table(results: dict) -> None:
         print("elf phase s (last run): " + ", ".join(f"{phase} {seconds:.1f}" for phase, seconds in phases.items()))
 
 
-def main() -> None:
-    defaults = default_config()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", type=int, default=2, help="copies of the dev cube per axis (default 2: 62.5 MVox)")
-    parser.add_argument("--workers", type=int, default=2, help="emflow worker processes and elf threads (default 2)")
-    parser.add_argument(
-        "--block-shape", type=int, nargs=3, metavar=("Z", "Y", "X"), default=defaults["blocking"]["block_shape"],
-        help="emflow block shape, also the input's chunk shape (default: emflow's default)",
-    )
-    parser.add_argument("--repeats", type=int, default=3, help="runs per contender, alternating; the median time is reported (default 3)")
-    parser.add_argument("--out", type=Path, help="folder for inputs and outputs, kept (default: a temporary folder under benchmarks/results, removed)")
-    parser.add_argument("--skip-elf", action="store_true", help="run emflow only")
-    parser.add_argument("--json", type=Path, default=RESULTS_DIR / "end_to_end.json", help="where to write the results (default benchmarks/results/end_to_end.json)")
-    arguments = parser.parse_args()
-    if min(arguments.scale, arguments.workers, arguments.repeats) < 1:
-        parser.error("--scale, --workers and --repeats must be at least 1")
-
+def run(
+    *,
+    scale: int = 2,
+    workers: int = 2,
+    block_shape: list[int] | None = None,
+    repeats: int = 3,
+    out: Path | None = None,
+    skip_elf: bool = False,
+) -> dict:
+    """Run the benchmark (see the module docstring) and return its results."""
+    block_shape = list(block_shape or default_config()["blocking"]["block_shape"])
+    if min(scale, workers, repeats) < 1:
+        raise ValueError("scale, workers and repeats must be at least 1")
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    out_dir = (arguments.out or Path(tempfile.mkdtemp(prefix="end_to_end-", dir=RESULTS_DIR))).resolve()
+    out_dir = (out or Path(tempfile.mkdtemp(prefix="end_to_end-", dir=RESULTS_DIR))).resolve()
     run_dir = out_dir / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         started = time.perf_counter()
-        input_path = prepare_input(out_dir, arguments.scale, tuple(arguments.block_shape))
+        input_path = prepare_input(out_dir, scale, tuple(block_shape))
         print(f"input ready in {time.perf_counter() - started:.1f} s: {input_path}", flush=True)
         shape = tuple(open_volume(input_path, "neuron_ids").shape)
         results = {
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machine": machine_description(),
-            "volume": {"shape": shape, "megavoxels": math.prod(shape) / 1e6, "scale": arguments.scale, "source": str(SOURCE_PATH)},
-            "workers": arguments.workers,
-            "block_shape": arguments.block_shape,
-            "repeats": arguments.repeats,
+            "volume": {"shape": shape, "megavoxels": math.prod(shape) / 1e6, "scale": scale, "source": str(SOURCE_PATH)},
+            "workers": workers,
+            "block_shape": block_shape,
+            "repeats": repeats,
             "measures": {
                 "wall_seconds_median": "median over the runs of the wall time of the contender's process tree, start to exit",
                 "max_rss_bytes": "largest peak RSS of any single process of a run (wait4 rusage), largest over the runs",
                 "peak_tree_pss_bytes": f"largest sum of PSS over a run's processes, sampled every {MEMORY_SAMPLE_SECONDS} s, largest over the runs",
+                "peak_rss_bytes_by_stage": "emflow, last run: largest peak RSS of a process while it ran a task of the stage (from the completion records)",
             },
         }
-        emflow, emflow_config = emflow_command(input_path, run_dir, list(arguments.block_shape), arguments.workers)
-        elf = None if arguments.skip_elf else elf_command(input_path, run_dir, list(arguments.block_shape), arguments.workers)
-        elf_status = "skipped" if arguments.skip_elf else "ok"
+        emflow, emflow_config = emflow_command(input_path, run_dir, block_shape, workers)
+        elf = None if skip_elf else elf_command(input_path, run_dir, block_shape, workers)
+        elf_status = "skipped" if skip_elf else "ok"
         runs = {"emflow": [], "elf": []}
         # Alternating the contenders spreads slow phases of a shared machine over both.
-        for repeat in range(1, arguments.repeats + 1):
-            print(f"run {repeat}/{arguments.repeats}: emflow ...", flush=True)
+        for repeat in range(1, repeats + 1):
+            print(f"run {repeat}/{repeats}: emflow ...", flush=True)
             runs["emflow"].append(run_emflow_once(emflow, run_dir))
             if elf_status == "ok":
-                print(f"run {repeat}/{arguments.repeats}: elf ...", flush=True)
+                print(f"run {repeat}/{repeats}: elf ...", flush=True)
                 try:
                     runs["elf"].append(run_elf_once(elf, run_dir))
                 except ElfUnavailable as error:
@@ -395,8 +415,65 @@ def main() -> None:
         else:
             results["elf"] = {"status": elf_status}
     finally:
-        if arguments.out is None:
+        if out is None:
             shutil.rmtree(out_dir)
+    return results
+
+
+def markdown(results: dict) -> str:
+    """A Markdown section with the table of `results`."""
+    volume = results["volume"]
+    lines = [
+        "### End to end: boundary map to segmentation",
+        "",
+        f"{'x'.join(map(str, volume['shape']))} = {volume['megavoxels']:.1f} MVox (FlyEM dev cube tiled {volume['scale']}x per axis, "
+        f"mirrored), {results['workers']} workers/threads, emflow blocks {'x'.join(map(str, results['block_shape']))}; "
+        f"median wall time of {results['repeats']} runs, process start to exit; memory the largest.",
+        "",
+        "| contender | wall s | MVox/s | max RSS GiB | tree PSS GiB | ARAND | VOI split | VOI merge |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in ("emflow", "elf"):
+        result = results[name]
+        if result["status"] != "ok":
+            lines.append(f"| {name} | {result['status']} | | | | | | |")
+            continue
+        quality = result["quality"]
+        lines.append(
+            f"| {name} {result.get('version', '')} | {result['wall_seconds_median']:.1f} | {result['mvox_per_second']:.3f} | "
+            f"{_gib(result['max_rss_bytes'])} | {_gib(result['peak_tree_pss_bytes'])} | {quality['adapted_rand_error']:.4f} | "
+            f"{quality['voi_split']:.3f} | {quality['voi_merge']:.3f} |"
+        )
+    if "ratios" in results:
+        ratios = results["ratios"]
+        lines += ["", f"emflow / elf: speed {ratios['speed']:.2f}x, max RSS {ratios['max_rss']:.2f}x, tree PSS {ratios['peak_tree_pss']:.2f}x."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    defaults = default_config()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=int, default=2, help="copies of the dev cube per axis (default 2: 62.5 MVox)")
+    parser.add_argument("--workers", type=int, default=2, help="emflow worker processes and elf threads (default 2)")
+    parser.add_argument(
+        "--block-shape", type=int, nargs=3, metavar=("Z", "Y", "X"), default=defaults["blocking"]["block_shape"],
+        help="emflow block shape, also the input's chunk shape (default: emflow's default)",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="runs per contender, alternating; the median time is reported (default 3)")
+    parser.add_argument("--out", type=Path, help="folder for inputs and outputs, kept (default: a temporary folder under benchmarks/results, removed)")
+    parser.add_argument("--skip-elf", action="store_true", help="run emflow only")
+    parser.add_argument("--json", type=Path, default=RESULTS_DIR / "end_to_end.json", help="where to write the results (default benchmarks/results/end_to_end.json)")
+    arguments = parser.parse_args(argv)
+    if min(arguments.scale, arguments.workers, arguments.repeats) < 1:
+        parser.error("--scale, --workers and --repeats must be at least 1")
+    results = run(
+        scale=arguments.scale,
+        workers=arguments.workers,
+        block_shape=arguments.block_shape,
+        repeats=arguments.repeats,
+        out=arguments.out,
+        skip_elf=arguments.skip_elf,
+    )
     print_table(results)
     arguments.json.parent.mkdir(parents=True, exist_ok=True)
     arguments.json.write_text(json.dumps(results, indent=2) + "\n")

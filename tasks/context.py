@@ -50,6 +50,22 @@ class RunContext:
             return self.work_dir / "global" / f"{stage}.npz"
         return self.work_dir / "blocks" / stage / f"{block_id}.npz"
 
+    def global_array_path(self, stage: str, name: str) -> Path:
+        """Where a global stage keeps one array as .npy, which block tasks read memory-mapped.
+
+        A block task then reads only the entries it needs, so its memory does not grow with the
+        volume (as it would loading an array with an entry per block or per supervoxel).
+        """
+        return self.work_dir / "global" / stage / f"{name}.npy"
+
+    def read_global_array(self, stage: str, name: str, *, mmap: bool = False) -> np.ndarray:
+        return np.load(self.global_array_path(stage, name), mmap_mode="r" if mmap else None)
+
+    def read_partial(self, stage: str, block_id: int | None, name: str) -> np.ndarray:
+        """One array of a partial result (see `partial_path`), closing the file at once."""
+        with np.load(self.partial_path(stage, block_id)) as partial:
+            return partial[name]
+
     def read_input(self, role: str, box) -> np.ndarray:
         """The input dataset playing `role` ("boundaries", "supervoxels", "mask", "raw") inside `box`."""
         with opened_volume(self.config["input"]["path"], self.config["input"][f"{role}_key"]) as volume:

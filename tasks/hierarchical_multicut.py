@@ -39,7 +39,7 @@ from .supervoxels import SupervoxelBlock, SupervoxelIds, given_supervoxels
 
 def problem_array(context: RunContext, scale: int, name: str, *, mmap: bool = False) -> np.ndarray:
     """One array of the problem at `scale`, memory-mapped with `mmap` (for reading a block's rows)."""
-    return np.load(context.partial_path(f"multicut_problem_s{scale}", None).with_suffix("") / f"{name}.npy", mmap_mode="r" if mmap else None)
+    return context.read_global_array(f"multicut_problem_s{scale}", name, mmap=mmap)
 
 
 def number_of_blocks_at_scale(context: RunContext, scale: int) -> int:
@@ -77,7 +77,7 @@ class MulticutProblem(GlobalTask):
             cut_edge_ids = np.concatenate(
                 [np.empty(0, dtype=np.int64)]
                 + [
-                    np.load(context.partial_path(f"subproblems_s{previous}", block_id))["cut_edge_ids"]
+                    context.read_partial(f"subproblems_s{previous}", block_id, "cut_edge_ids")
                     for block_id in range(number_of_blocks_at_scale(context, previous))
                 ]
             )
@@ -102,9 +102,8 @@ class MulticutProblem(GlobalTask):
             inner_edges=edges[inner_edge_ids],
             inner_edge_costs=edge_costs[inner_edge_ids],
         )
-        folder = context.partial_path(self.stage, None).with_suffix("")
         for name, array in arrays.items():
-            atomic_save_npy(folder / f"{name}.npy", array)
+            atomic_save_npy(context.global_array_path(self.stage, name), array)
         logger.info("scale %d: %d nodes, %d edges, %d of them inside blocks", self.scale, number_of_nodes, len(edges), len(inner_edge_ids))
         return {"number_of_nodes": int(number_of_nodes), "number_of_edges": int(len(edges)), "inner_edges": int(len(inner_edge_ids))}
 
@@ -113,9 +112,9 @@ class MulticutProblem(GlobalTask):
         if not given_supervoxels(context):
             results = stage_task(SupervoxelBlock, self.config_path).block_results()
             return node_block_ids_from_counts([results[block_id]["number_of_supervoxels"] for block_id in sorted(results)])
-        global_ids = np.load(context.partial_path(SupervoxelIds.stage, None))["ids"]
+        global_ids = context.read_global_array(SupervoxelIds.stage, "ids")
         nodes_by_block = (
-            np.searchsorted(global_ids, np.load(context.partial_path(SupervoxelBlock.stage, block_id))["ids"]) + 1
+            np.searchsorted(global_ids, context.read_partial(SupervoxelBlock.stage, block_id, "ids")) + 1
             for block_id in range(context.blocking.number_of_blocks)
         )
         return first_block_of_nodes(number_of_nodes, nodes_by_block)

@@ -11,6 +11,7 @@ from emflow.blockwise_multicut import project_node_labels
 from emflow.config import function_parameters, resolve_function
 from emflow.multicut import multicut_energy
 from emflow.storage.output import output_array, read_global_array, write_global_array
+from emflow.targets import atomic_save_npy
 
 from .base import GlobalTask, stage_task
 from .context import RunContext
@@ -60,6 +61,7 @@ class Multicut(GlobalTask):
             node_labels = project_node_labels(node_labels, [problem_array(context, scale, "node_mapping") for scale in range(1, n_scales + 1)])
         energy = multicut_energy(edges, edge_costs, node_labels)
         write_global_array(context.output_path, "graph/node_labels", node_labels, {"energy": energy})
+        atomic_save_npy(context.global_array_path(self.stage, "node_labels"), node_labels)
         number_of_segments = int(np.unique(node_labels[1:]).size)
         logger.info("%d segments, energy %.6g", number_of_segments, energy)
         return {"number_of_segments": number_of_segments, "energy": energy}

@@ -15,7 +15,7 @@ from emflow.config import function_parameters, resolve_function
 from emflow.labels import block_offsets, map_labels, relabel_consecutive
 from emflow.storage.output import output_array
 from emflow.supervoxels import use_two_d
-from emflow.targets import atomic_save_npz
+from emflow.targets import atomic_save_npy, atomic_save_npz
 
 from .base import BlockTask, GlobalTask, stage_task
 from .context import RunContext
@@ -97,14 +97,14 @@ class SupervoxelIds(GlobalTask):
         context = self.context
         blocks = range(context.blocking.number_of_blocks)
         if given_supervoxels(context):
-            ids = np.unique(np.concatenate([np.load(context.partial_path("supervoxels", block_id))["ids"] for block_id in blocks]))
-            atomic_save_npz(context.partial_path(self.stage, None), ids=ids.astype(np.uint64))
+            ids = np.unique(np.concatenate([context.read_partial(SupervoxelBlock.stage, block_id, "ids") for block_id in blocks]))
+            atomic_save_npy(context.global_array_path(self.stage, "ids"), ids.astype(np.uint64))
             number_of_supervoxels = int(ids.size)
         else:
             results = stage_task(SupervoxelBlock, self.config_path).block_results()
             counts = [results[block_id]["number_of_supervoxels"] for block_id in blocks]
             offsets = block_offsets(np.asarray(counts, dtype=np.uint64))
-            atomic_save_npz(context.partial_path(self.stage, None), offsets=offsets)
+            atomic_save_npy(context.global_array_path(self.stage, "offsets"), offsets)
             number_of_supervoxels = int(sum(counts))
         logger.info("%d supervoxels in %d blocks", number_of_supervoxels, len(blocks))
         return {"number_of_supervoxels": number_of_supervoxels}
@@ -117,14 +117,16 @@ class RelabelSupervoxelBlock(BlockTask):
     def run_stage(self, logger: logging.Logger) -> dict:
         context = self.context
         inner = context.blocking.block(self.block_id)
-        ids = np.load(context.partial_path(SupervoxelIds.stage, None))
         if given_supervoxels(context):
-            global_ids = ids["ids"]
-            labels = map_labels(
-                _masked_input_supervoxels(context, inner), global_ids, np.arange(1, global_ids.size + 1, dtype=np.uint64)
-            )
+            given = _masked_input_supervoxels(context, inner)
+            block_ids = np.unique(given)
+            block_ids = block_ids[block_ids != 0]
+            # Only this block's ids are looked up in the memory-mapped global list.
+            global_ids = context.read_global_array(SupervoxelIds.stage, "ids", mmap=True)
+            labels = map_labels(given, block_ids, (np.searchsorted(global_ids, block_ids) + 1).astype(np.uint64))
         else:
+            offset = context.read_global_array(SupervoxelIds.stage, "offsets", mmap=True)[self.block_id]
             local = np.asarray(output_array(context.output_path, "supervoxels_block_local")[inner.slicing])
-            labels = np.where(local != 0, local + ids["offsets"][self.block_id], np.uint64(0))
+            labels = np.where(local != 0, local + offset, np.uint64(0))
         output_array(context.output_path, "supervoxels")[inner.slicing] = labels
         return {}

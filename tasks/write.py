@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 
 import numpy as np
 
-from emflow.storage.output import output_array, read_global_array
+from emflow.storage.output import output_array
 
 from .base import BlockTask
 from .multicut import Multicut
-
-
-@functools.lru_cache(maxsize=2)
-def _node_labels(output_path: str, multicut_fingerprint: str) -> np.ndarray:
-    # Keyed by the multicut fingerprint so that a worker process never reuses labels of an older solve.
-    return read_global_array(output_path, "graph/node_labels")
 
 
 class WriteSegmentation(BlockTask):
@@ -26,7 +19,8 @@ class WriteSegmentation(BlockTask):
     def run_stage(self, logger: logging.Logger) -> dict:
         context = self.context
         box = context.blocking.block(self.block_id)
-        node_labels = _node_labels(str(context.output_path), Multicut(config_path=self.config_path).stage_fingerprint())
         supervoxels = np.asarray(output_array(context.output_path, "supervoxels")[box.slicing])
+        # Memory-mapped: indexing touches only the pages of this block's supervoxel ids.
+        node_labels = context.read_global_array(Multicut.stage, "node_labels", mmap=True)
         output_array(context.output_path, "segmentation/s0")[box.slicing] = node_labels[supervoxels]
         return {}

@@ -1,0 +1,82 @@
+"""The benchmark suite: `python -m benchmarks [--quick] [--skip-elf] [--only NAME ...]`.
+
+Runs, in one process tree and one sitting so that contenders share the machine's state:
+- end_to_end: boundary map → segmentation, MVox/s, memory and ARAND, emflow vs elf's in-memory
+  `simple_multicut_workflow` (62.5 MVox; `--quick`: 7.8 MVox, one repeat);
+- memory: peak RSS per stage at two volume sizes 8x apart (reuses end_to_end's large run);
+- orchestration: overhead per block-stage at 5,000 and 20,000 blocks, local scheduler and luigid,
+  plain Luigi beside it, and a no-op rerun (`--quick`: 500 and 2,000 blocks);
+- hierarchical_multicut: hierarchical vs global multicut energy and time, with elf's blockwise_multicut.
+Writes benchmarks/results/benchmarks.json and the Markdown tables to docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from . import end_to_end, hierarchical_multicut, memory, orchestration
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMES = ("end_to_end", "memory", "orchestration", "hierarchical_multicut")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, one repeat: a look in a few minutes, not figures to quote")
+    parser.add_argument("--skip-elf", action="store_true", help="end_to_end without elf")
+    parser.add_argument("--only", nargs="+", choices=NAMES, default=list(NAMES))
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "benchmarks.json")
+    parser.add_argument("--markdown", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    arguments = parser.parse_args(argv)
+
+    results: dict = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": end_to_end.machine_description(),
+        "python": platform.python_version(),
+        "emflow": metadata.version("emflow"),
+        "quick": arguments.quick,
+        "seconds": {},
+    }
+    sections = []
+    for name in arguments.only:
+        print(f"== {name} ...", flush=True)
+        started = time.perf_counter()
+        if name == "end_to_end":
+            results[name] = end_to_end.run(scale=1 if arguments.quick else 2, repeats=1 if arguments.quick else 3, skip_elf=arguments.skip_elf)
+            section = end_to_end.markdown(results[name])
+        elif name == "memory":
+            results[name] = memory.run(arguments.quick, large_run=results.get("end_to_end"))
+            section = memory.markdown(results[name])
+        else:
+            module = orchestration if name == "orchestration" else hierarchical_multicut
+            results[name] = module.run(arguments.quick)
+            section = module.markdown(results[name])
+        results["seconds"][name] = time.perf_counter() - started
+        print(section + "\n", flush=True)
+        sections.append(section)
+
+    arguments.json.parent.mkdir(parents=True, exist_ok=True)
+    arguments.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    machine = results["machine"]
+    header = [
+        "# Benchmarks",
+        "",
+        f"Written by `python -m benchmarks{' --quick' if arguments.quick else ''}` on {results['date']}: "
+        f"{machine['cpu_model']}, {machine['cpu_count']} cores, {machine['memory_gib']} GiB, Python {results['python']}, emflow {results['emflow']}. "
+        "Figures are from that one run; rerun to reproduce. Raw results: `benchmarks/results/benchmarks.json` (not committed).",
+        "",
+    ]
+    arguments.markdown.parent.mkdir(parents=True, exist_ok=True)
+    arguments.markdown.write_text("\n".join(header) + "\n\n".join(sections) + "\n")
+    print(f"written: {arguments.json}, {arguments.markdown}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
