@@ -3,7 +3,7 @@
 Runs, in one process tree and one sitting so that contenders share the machine's state:
 - end_to_end: boundary map → segmentation, MVox/s, memory and ARAND, emflow vs elf's in-memory
   `simple_multicut_workflow` (62.5 MVox; `--quick`: 7.8 MVox, one repeat);
-- memory: peak RSS per stage at two volume sizes 8x apart (reuses end_to_end's large run);
+- memory: peak RSS per stage at two volume sizes 8x apart, same block shape;
 - orchestration: overhead per block-stage at 5,000 and 20,000 blocks, local scheduler and luigid,
   plain Luigi beside it, and a no-op rerun (`--quick`: 500 and 2,000 blocks);
 - hierarchical_multicut: hierarchical vs global multicut energy and time, with elf's blockwise_multicut.
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = end_to_end.run(scale=1 if arguments.quick else 2, repeats=1 if arguments.quick else 3, skip_elf=arguments.skip_elf)
             section = end_to_end.markdown(results[name])
         elif name == "memory":
-            results[name] = memory.run(arguments.quick, large_run=results.get("end_to_end"))
+            results[name] = memory.run(arguments.quick)
             section = memory.markdown(results[name])
         else:
             module = orchestration if name == "orchestration" else hierarchical_multicut

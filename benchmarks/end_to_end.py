@@ -206,12 +206,16 @@ def emflow_task_seconds(work_dir: Path) -> dict[str, float]:
     return dict(seconds)
 
 
-def emflow_peak_rss_by_stage(work_dir: Path) -> dict[str, int]:
-    """Largest peak RSS (bytes) of a process while running a task of each stage, from the records."""
-    peaks: dict[str, int] = defaultdict(int)
+def emflow_peak_rss_by_stage(work_dir: Path) -> dict[str, dict[str, int]]:
+    """Per stage, from the records: the largest peak RSS (bytes) of a process running a task of it,
+    and the largest growth of a process's RSS above what it had when the task started."""
+    peaks: dict[str, dict[str, int]] = defaultdict(lambda: {"peak": 0, "growth": 0})
     for stage, result in _task_results(work_dir):
-        peaks[stage] = max(peaks[stage], result.get("peak_rss_bytes", 0))
-    return {stage: peak for stage, peak in peaks.items() if peak}
+        if "peak_rss_bytes" in result:
+            peaks[stage]["peak"] = max(peaks[stage]["peak"], result["peak_rss_bytes"])
+            growth = result["peak_rss_bytes"] - (result.get("rss_at_start_bytes") or result["peak_rss_bytes"])
+            peaks[stage]["growth"] = max(peaks[stage]["growth"], growth)
+    return dict(peaks)
 
 
 def emflow_command(input_path: Path, run_dir: Path, block_shape: list[int], workers: int) -> tuple[list[str], dict]:

@@ -32,9 +32,11 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import resource
 import time
 import traceback
+from pathlib import Path
 from typing import Any, ClassVar
 
 import luigi
@@ -105,6 +107,7 @@ class EmflowTask(luigi.Task):
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logger.addHandler(handler)
         failure_path = context.failure_path(self.stage, self.block_key)
+        rss_at_start = current_rss_bytes()
         started = time.perf_counter()
         try:
             result = self.run_stage(logger) or {}
@@ -121,9 +124,15 @@ class EmflowTask(luigi.Task):
         if failure_path.exists():
             failure_path.unlink()
         # The process's peak so far: with worker processes (forked per task) the peak of this task's
-        # process, the figure a job system's memory limit must cover.
+        # process, the figure a job system's memory limit must cover. The resident set at the start
+        # tells what the process inherited (a forked worker counts its parent's pages too).
         peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        return {**result, "seconds": round(time.perf_counter() - started, 6), "peak_rss_bytes": peak_rss_bytes}
+        return {
+            **result,
+            "seconds": round(time.perf_counter() - started, 6),
+            "peak_rss_bytes": peak_rss_bytes,
+            "rss_at_start_bytes": rss_at_start,
+        }
 
     def run_stage(self, logger: logging.Logger) -> dict[str, Any] | None:
         """Compute and write this task's result; return a small JSON-able summary."""
@@ -236,41 +245,43 @@ class BlockGroup(luigi.Task):
     def block_stage(self) -> BlockStage:
         return BlockStage(config_path=self.config_path, family=self.family, parameters=self.parameters)
 
-    @functools.cached_property  # parameters only, so it cannot go stale
-    def block_tasks(self) -> list[BlockTask]:
-        block_stage = self.block_stage
-        return [block_stage.block_task(block_id) for block_id in range(self.first_block, self.stop_block)]
-
     def requires(self):
         return self.block_stage.prototype.upstream_stages()
 
     def complete(self) -> bool:
-        return not self._pending_blocks()
+        return not self._pending_block_ids()
 
-    def _pending_blocks(self) -> list[BlockTask]:
-        """Blocks of the group without a current record (one read of the group's journals)."""
-        tasks = self.block_tasks
-        if not tasks:
-            return []
+    def _pending_block_ids(self) -> list[int]:
+        """Blocks of the group without a current record (one read of the group's journals).
+
+        Block ids, not tasks: the scheduling process checks every group, and a Luigi task per
+        block would stay in Luigi's instance cache for the whole run.
+        """
+        block_stage = self.block_stage
         context = load_context(self.config_path)
-        expected = tasks[0].stage_fingerprint()
-        records = JournalReader(context.block_record_folder(tasks[0].stage), (self.first_block, self.stop_block)).refresh()
-        return [task for task in tasks if task.block_id not in records or records[task.block_id].fingerprint != expected]
+        expected = _stage_fingerprint(block_stage, context)
+        records = JournalReader(context.block_record_folder(block_stage.stage), (self.first_block, self.stop_block)).refresh()
+        return [
+            block_id
+            for block_id in range(self.first_block, self.stop_block)
+            if block_id not in records or records[block_id].fingerprint != expected
+        ]
 
     def run(self) -> None:
-        pending = self._pending_blocks()
+        block_stage = self.block_stage
+        pending = self._pending_block_ids()
         failed = []
         last_report = time.monotonic()
         context = load_context(self.config_path)
-        folder = context.block_record_folder(self.block_stage.stage)
-        with BlockJournal(folder, self.first_block, self.stop_block) as journal:
-            for position, task in enumerate(pending, start=1):
+        with BlockJournal(context.block_record_folder(block_stage.stage), self.first_block, self.stop_block) as journal:
+            for position, block_id in enumerate(pending, start=1):
+                task = block_stage.block_task(block_id)
                 try:
                     result = task.execute()
                 except Exception:
                     failed.append(task)  # its failure record and log name the problem; go on with the others
                 else:
-                    journal.append(task.block_id, task.stage_fingerprint(), result)
+                    journal.append(block_id, task.stage_fingerprint(), result)
                 if time.monotonic() - last_report > STATUS_INTERVAL or position == len(pending):
                     self.set_status_message(f"{position} of {len(pending)} blocks run, {len(failed)} failed")
                     self.set_progress_percentage(round(100 * position / len(pending)))
@@ -278,6 +289,14 @@ class BlockGroup(luigi.Task):
         if failed:
             listing = "; ".join(f"block {task.block_id} (log: {context.log_path(task.stage, task.block_id)})" for task in failed)
             raise BlockFailures(f"{failed[0].stage}: {len(failed)} of {len(pending)} blocks failed: {listing}")
+
+
+def current_rss_bytes() -> int | None:
+    """This process's resident set size now (Linux); None where /proc is not available."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return None
 
 
 class BlockFailures(RuntimeError):

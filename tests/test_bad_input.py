@@ -48,6 +48,13 @@ def test_invalid_toml(tmp_path, capsys):
         ({"supervoxels": {"min_size": "ten"}}, ["supervoxels.min_size", "int"]),
         ({"supervoxels": {"function": "no_such_module:f"}}, ["supervoxels.function", "no_such_module"]),
         ({"input": {"resolution": [10, 10]}}, ["input.resolution"]),
+        ({"scheduling": {"block_groups": 0}}, ["scheduling.block_groups", "at least 1"]),
+        ({"multicut": {"n_scales": -1}}, ["multicut.n_scales", "0 or more"]),
+        ({"multicut": {"n_scales": 1.5}}, ["multicut.n_scales", "int"]),
+        (
+            {"multicut": {"n_scales": 1, "function": "plugin_functions:attractive_components", "solver": None}},
+            ["multicut.n_scales", "built-in solvers"],
+        ),
     ],
 )
 def test_config_errors_name_the_key(tmp_path, inputs, capsys, sections, fragments):

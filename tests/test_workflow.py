@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import h5py
+import luigi
 import numpy as np
 import pytest
 
@@ -20,6 +21,7 @@ from emflow.storage.volumes import write_volume
 from emflow.targets import JournalReader
 from emflow.tasks.block_graph import BlockGraph
 from emflow.tasks.supervoxels import SupervoxelBlock
+from emflow.tasks.write import WriteSegmentation
 from emflow.workflows import workflow_status
 from workflow_helpers import read, run_cli, write_config, write_inputs
 
@@ -231,3 +233,20 @@ def test_anisotropic_voxels_choose_two_dimensional_supervoxels(tmp_path, data_di
         assert not np.intersect1d(supervoxels[z - 1], supervoxels[z]).size, f"a supervoxel spans slices {z - 1} and {z}"
     segmentation = read(tmp_path / "out.zarr", "segmentation")
     assert any(np.intersect1d(segmentation[z - 1], segmentation[z]).size for z in range(1, segmentation.shape[0])), "the multicut links slices"
+
+
+def test_a_block_task_runs_on_its_own_as_a_luigi_task(tmp_path, inputs):
+    config = write_config(tmp_path / "config.toml", inputs, tmp_path / "out.zarr", scheduling={"block_groups": 2})
+    assert run_cli("run", config) == 0
+    reference = read(tmp_path / "out.zarr", "segmentation")
+    task = WriteSegmentation(config_path=str(config.resolve()), block_id=3)
+    task.output().remove()
+    assert not task.complete()
+    assert luigi.build([task], local_scheduler=True, log_level="WARNING")
+    assert task.complete()
+    assert (tmp_path / "out.zarr.work" / "status" / "write_segmentation" / "3-4.jsonl").exists(), "a lone block keeps its own journal"
+    # Its stage was reopened by the invalidation; the next run only closes it again.
+    invalidated = time.time()
+    assert run_cli("run", config) == 0
+    assert _records_since(tmp_path / "out.zarr.work", invalidated) == {("write_segmentation", None)}
+    assert np.array_equal(read(tmp_path / "out.zarr", "segmentation"), reference)
