@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -151,6 +152,8 @@ def run_plain(folder: Path, number_of_blocks: int, workers: int) -> dict:
 
 def measure_in_child(*arguments: str) -> dict:
     """Run this module with `arguments` in a fresh interpreter; its JSON result plus its wall time."""
+    # Write back what earlier runs (or benchmarks) left dirty, so that this run does not pay for it.
+    os.sync()
     started = time.perf_counter()
     completed = subprocess.run([sys.executable, "-m", "benchmarks.orchestration", *arguments], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     wall = time.perf_counter() - started

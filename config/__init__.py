@@ -164,6 +164,15 @@ def _check_semantics(config: dict[str, dict[str, Any]]) -> None:
             "config key multicut.n_scales > 0 solves sub-problems with the built-in solvers; "
             f"it cannot be combined with multicut.function = {config['multicut']['function']!r}"
         )
+    if config["input"]["lifted_labels_key"] and config["multicut"]["function"] != defaults["multicut"]["function"]:
+        raise ConfigError(
+            "config key input.lifted_labels_key asks for a lifted multicut, solved with the built-in solvers; "
+            f"it cannot be combined with multicut.function = {config['multicut']['function']!r}"
+        )
+    if config["lifted"]["graph_depth"] < 2:
+        raise ConfigError(f"config key lifted.graph_depth must be at least 2 (neighbours are local edges), got {config['lifted']['graph_depth']}")
+    if config["lifted"]["weight"] <= 0:
+        raise ConfigError(f"config key lifted.weight must be positive, got {config['lifted']['weight']}")
     for section in RESERVED_KEYS:
         resolve_function(config[section]["function"], f"{section}.function")
 

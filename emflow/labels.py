@@ -90,3 +90,42 @@ def block_offsets(counts) -> np.ndarray:
     offsets = np.zeros(len(counts), dtype=np.uint64)
     np.cumsum(counts[:-1], out=offsets[1:])
     return offsets
+
+
+def label_overlaps(supervoxels, labels) -> tuple[np.ndarray, np.ndarray]:
+    """How many voxels each supervoxel shares with each label.
+
+    ``supervoxels`` and ``labels`` are integer arrays of the same shape.
+    Returns ``(pairs, counts)``: ``(K, 2)`` ``uint64`` (supervoxel, label)
+    pairs with both ids non-zero, sorted and unique, and their ``(K,)``
+    ``int64`` voxel counts.
+    """
+    supervoxels = _as_label_array(supervoxels).ravel()
+    labels = _as_label_array(labels).ravel()
+    if supervoxels.shape != labels.shape:
+        raise ValueError(f"supervoxels and labels must have the same shape, got {supervoxels.size} and {labels.size} voxels")
+    both = (supervoxels != 0) & (labels != 0)
+    pairs, counts = np.unique(np.stack([supervoxels[both], labels[both]], axis=1), axis=0, return_counts=True)
+    return pairs.reshape(-1, 2).astype(np.uint64), counts.astype(np.int64)
+
+
+def majority_labels(number_of_nodes: int, pairs: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The label covering most voxels of each node (supervoxel), from overlap counts.
+
+    ``pairs`` ``(K, 2)`` (node, label) and ``counts`` ``(K,)`` as returned by
+    :func:`label_overlaps`, possibly concatenated over blocks (repeated pairs
+    are summed). Ties go to the smaller label. Returns ``(number_of_nodes,)``
+    ``uint64``, 0 for nodes without any labelled voxel.
+    """
+    pairs = np.asarray(pairs, dtype=np.uint64).reshape(-1, 2)
+    counts = np.asarray(counts, dtype=np.int64)
+    unique_pairs, inverse = np.unique(pairs, axis=0, return_inverse=True)
+    totals = np.bincount(inverse.ravel(), weights=counts, minlength=len(unique_pairs))
+    # Sort by node, then by count descending, then by label: the first row per node wins.
+    order = np.lexsort((unique_pairs[:, 1], -totals, unique_pairs[:, 0]))
+    nodes = unique_pairs[order, 0]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = nodes[1:] != nodes[:-1]
+    node_labels = np.zeros(number_of_nodes, dtype=np.uint64)
+    node_labels[nodes[first]] = unique_pairs[order[first], 1]
+    return node_labels

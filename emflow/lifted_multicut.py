@@ -80,6 +80,41 @@ def solve_lifted_multicut(
     return canonical_labels(solution)
 
 
+def lifted_edges_from_node_labels(
+    number_of_nodes: int,
+    edges: np.ndarray,
+    node_labels: np.ndarray,
+    *,
+    graph_depth: int,
+    weight: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lifted edges carrying the evidence of a labelling of the nodes.
+
+    Every pair of nodes 2 to ``graph_depth`` hops apart in the graph of
+    ``edges`` whose ``node_labels`` are both non-zero gets a lifted edge,
+    with cost ``+weight`` (attractive) when the labels agree and
+    ``-weight`` (repulsive) when they differ. ``node_labels`` is
+    ``(number_of_nodes,)`` integer, 0 = no evidence (as for node 0).
+    Returns ``(L, 2)`` ``uint64`` lifted edges (sorted, unique) and their
+    ``(L,)`` ``float64`` costs.
+    """
+    if graph_depth < 2:
+        raise ValueError(f"graph_depth must be at least 2 (neighbours are local edges), got {graph_depth}")
+    node_labels = np.asarray(node_labels, dtype=np.uint64)
+    if node_labels.shape != (number_of_nodes,):
+        raise ValueError(f"node_labels must have shape ({number_of_nodes},), got {node_labels.shape}")
+    edges, _ = _as_problem(edges, np.zeros(len(edges)))
+    _check_edges(edges, number_of_nodes)
+    graph = undirected_graph(number_of_nodes, edges)
+    lifted_edges = np.asarray(
+        bic_lifted.lifted_edges_from_node_labels(graph, node_labels, graph_depth, mode="all", ignore_label=0, number_of_threads=1),
+        dtype=np.uint64,
+    ).reshape(-1, 2)
+    lifted_edges = np.unique(np.sort(lifted_edges, axis=1), axis=0).reshape(-1, 2)
+    same = node_labels[lifted_edges[:, 0]] == node_labels[lifted_edges[:, 1]]
+    return lifted_edges, np.where(same, float(weight), -float(weight))
+
+
 def lifted_multicut_energy(
     edges: np.ndarray,
     edge_costs: np.ndarray,

@@ -67,7 +67,7 @@ class RunContext:
             return partial[name]
 
     def read_input(self, role: str, box) -> np.ndarray:
-        """The input dataset playing `role` ("boundaries", "supervoxels", "mask", "raw") inside `box`."""
+        """The input dataset playing `role` ("boundaries", "supervoxels", "mask", "raw", "lifted_labels") inside `box`."""
         with opened_volume(self.config["input"]["path"], self.config["input"][f"{role}_key"]) as volume:
             return np.asarray(volume[box.slicing])
 
@@ -140,7 +140,7 @@ def describe_inputs(config: dict[str, dict[str, Any]]) -> dict[str, dict[str, An
     full read of the volume on every completeness check).
     """
     described = {}
-    for role in ("boundaries", "supervoxels", "mask", "raw"):
+    for role in ("boundaries", "supervoxels", "mask", "raw", "lifted_labels"):
         key = config["input"][f"{role}_key"]
         if not key:
             continue
@@ -170,8 +170,9 @@ def validate_inputs(inputs: dict[str, dict[str, Any]]) -> None:
                 f"{role} dataset {description['key']} has shape {tuple(description['shape'])}, "
                 f"but the boundary map has shape {tuple(boundaries['shape'])}"
             )
-    if "supervoxels" in inputs and not np.issubdtype(np.dtype(inputs["supervoxels"]["dtype"]), np.integer):
-        raise InputError(f"supervoxels dataset {inputs['supervoxels']['key']} must hold integer ids, got dtype {inputs['supervoxels']['dtype']}")
+    for role in ("supervoxels", "lifted_labels"):
+        if role in inputs and not np.issubdtype(np.dtype(inputs[role]["dtype"]), np.integer):
+            raise InputError(f"{role.replace('_', ' ')} dataset {inputs[role]['key']} must hold integer ids, got dtype {inputs[role]['dtype']}")
     if "mask" in inputs and not (
         np.issubdtype(np.dtype(inputs["mask"]["dtype"]), np.integer) or np.dtype(inputs["mask"]["dtype"]) == bool
     ):

@@ -8,7 +8,9 @@ labels back (see `emflow.blockwise_multicut`, whose in-memory `hierarchical_mult
 reproduces exactly).
 
 A block task memory-maps its problem and reads only its own block's rows, so its memory depends on
-the block, not on the volume; the global tasks hold O(edges).
+the block, not on the volume; the global tasks hold O(edges). With lifted edges (`[input]
+lifted_labels_key`), a sub-problem keeps the lifted edges with both nodes inside its block, and the
+reduction sums the lifted costs between contracted nodes like the local ones.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from emflow.blockwise_multicut import (
     first_block_of_nodes,
     inner_edge_ids_by_block,
     node_block_ids_from_counts,
+    reduce_lifted_problem,
     reduce_problem,
+    solve_lifted_subproblem,
     solve_subproblem,
 )
 from emflow.storage.output import output_array, read_global_array
@@ -34,6 +38,7 @@ from emflow.targets import atomic_save_npy, atomic_save_npz
 from .base import BlockTask, GlobalTask, stage_task
 from .context import RunContext
 from .edge_costs import EdgeCosts
+from .lifted_edges import LiftedEdges, lifted
 from .supervoxels import SupervoxelBlock, SupervoxelIds, given_supervoxels
 
 
@@ -57,7 +62,8 @@ class MulticutProblem(GlobalTask):
 
     def upstream_stages(self) -> list[luigi.Task]:
         if self.scale == 0:
-            return [stage_task(EdgeCosts, self.config_path), stage_task(SupervoxelIds, self.config_path)]
+            stages = [stage_task(EdgeCosts, self.config_path), stage_task(SupervoxelIds, self.config_path)]
+            return stages + ([stage_task(LiftedEdges, self.config_path)] if lifted(self.context) else [])
         return [
             stage_task(MulticutProblem, self.config_path, scale=self.scale - 1),
             stage_task(SubproblemBlock, self.config_path, scale=self.scale - 1),
@@ -72,6 +78,9 @@ class MulticutProblem(GlobalTask):
             edges = np.asarray(edges_array[...])
             edge_costs = read_global_array(context.output_path, "graph/edge_costs")
             node_block_ids = self._base_node_block_ids(number_of_nodes)
+            if lifted(context):
+                lifted_edges = context.read_global_array(LiftedEdges.stage, "lifted_edges")
+                lifted_costs = context.read_global_array(LiftedEdges.stage, "lifted_costs")
         else:
             previous = self.scale - 1
             cut_edge_ids = np.concatenate(
@@ -81,17 +90,28 @@ class MulticutProblem(GlobalTask):
                     for block_id in range(number_of_blocks_at_scale(context, previous))
                 ]
             )
-            reduced = reduce_problem(
-                int(problem_array(context, previous, "node_block_ids").shape[0]),
-                problem_array(context, previous, "edges"),
-                problem_array(context, previous, "edge_costs"),
-                cut_edge_ids,
-                problem_array(context, previous, "node_block_ids"),
-            )
+            problem = [problem_array(context, previous, name) for name in ("edges", "edge_costs")]
+            previous_block_ids = problem_array(context, previous, "node_block_ids")
+            if lifted(context):
+                lifted_problem = [problem_array(context, previous, name) for name in ("lifted_edges", "lifted_costs")]
+                reduced = reduce_lifted_problem(len(previous_block_ids), *problem, *lifted_problem, cut_edge_ids, previous_block_ids)
+                lifted_edges, lifted_costs = reduced.lifted_edges, reduced.lifted_costs
+            else:
+                reduced = reduce_problem(len(previous_block_ids), *problem, cut_edge_ids, previous_block_ids)
             number_of_nodes, edges, edge_costs = reduced.number_of_nodes, reduced.edges, reduced.edge_costs
             node_block_ids = coarse_block_ids(reduced.node_block_ids, coarse_blocks_per_axis(context.blocking.blocks_per_axis, previous), 1)
             arrays["node_mapping"] = reduced.node_mapping
-        inner_edge_ids, block_offsets = inner_edge_ids_by_block(edges, node_block_ids, number_of_blocks_at_scale(context, self.scale))
+        number_of_blocks = number_of_blocks_at_scale(context, self.scale)
+        inner_edge_ids, block_offsets = inner_edge_ids_by_block(edges, node_block_ids, number_of_blocks)
+        if lifted(context):
+            inner_lifted_edge_ids, lifted_block_offsets = inner_edge_ids_by_block(lifted_edges, node_block_ids, number_of_blocks)
+            arrays.update(
+                lifted_edges=lifted_edges,
+                lifted_costs=lifted_costs,
+                lifted_block_offsets=lifted_block_offsets,
+                inner_lifted_edges=lifted_edges[inner_lifted_edge_ids],
+                inner_lifted_costs=lifted_costs[inner_lifted_edge_ids],
+            )
         arrays.update(
             edges=edges,
             edge_costs=edge_costs,
@@ -141,12 +161,22 @@ class SubproblemBlock(BlockTask):
 
     def run_stage(self, logger: logging.Logger) -> dict:
         context = self.context
-        offsets = problem_array(context, self.scale, "block_offsets", mmap=True)
-        rows = slice(int(offsets[self.block_id]), int(offsets[self.block_id + 1]))
+        block_offsets = problem_array(context, self.scale, "block_offsets", mmap=True)
+        rows = slice(int(block_offsets[self.block_id]), int(block_offsets[self.block_id + 1]))
         edges = np.asarray(problem_array(context, self.scale, "inner_edges", mmap=True)[rows])
         edge_costs = np.asarray(problem_array(context, self.scale, "inner_edge_costs", mmap=True)[rows])
         edge_ids = np.asarray(problem_array(context, self.scale, "inner_edge_ids", mmap=True)[rows])
         section = context.config["multicut"]
-        cut = solve_subproblem(edges, edge_costs, np.arange(len(edges)), solver=section["solver"], seed=section["seed"])
+        if lifted(context):
+            offsets = problem_array(context, self.scale, "lifted_block_offsets", mmap=True)
+            lifted_rows = slice(int(offsets[self.block_id]), int(offsets[self.block_id + 1]))
+            lifted_edges = np.asarray(problem_array(context, self.scale, "inner_lifted_edges", mmap=True)[lifted_rows])
+            lifted_costs = np.asarray(problem_array(context, self.scale, "inner_lifted_costs", mmap=True)[lifted_rows])
+            cut = solve_lifted_subproblem(
+                edges, edge_costs, np.arange(len(edges)), lifted_edges, lifted_costs, np.arange(len(lifted_edges)),
+                solver=section["solver"], seed=section["seed"],
+            )
+        else:
+            cut = solve_subproblem(edges, edge_costs, np.arange(len(edges)), solver=section["solver"], seed=section["seed"])
         atomic_save_npz(context.partial_path(self.stage, self.block_id), cut_edge_ids=edge_ids[cut])
         return {"inner_edges": int(len(edges)), "cut_edges": int(len(cut))}

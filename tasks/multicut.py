@@ -9,6 +9,7 @@ import numpy as np
 
 from emflow.blockwise_multicut import project_node_labels
 from emflow.config import function_parameters, resolve_function
+from emflow.lifted_multicut import lifted_multicut_energy, solve_lifted_multicut
 from emflow.multicut import multicut_energy
 from emflow.storage.output import output_array, read_global_array, write_global_array
 from emflow.targets import atomic_save_npy
@@ -17,6 +18,7 @@ from .base import GlobalTask, stage_task
 from .context import RunContext
 from .edge_costs import EdgeCosts
 from .hierarchical_multicut import MulticutProblem, problem_array
+from .lifted_edges import LiftedEdges, lifted
 
 
 class Multicut(GlobalTask):
@@ -32,7 +34,7 @@ class Multicut(GlobalTask):
         n_scales = self.context.config["multicut"]["n_scales"]
         if n_scales:
             return [stage_task(MulticutProblem, self.config_path, scale=n_scales)]
-        return [stage_task(EdgeCosts, self.config_path)]
+        return [stage_task(EdgeCosts, self.config_path)] + ([stage_task(LiftedEdges, self.config_path)] if lifted(self.context) else [])
 
     def run_stage(self, logger: logging.Logger) -> dict:
         context = self.context
@@ -40,28 +42,43 @@ class Multicut(GlobalTask):
         edges_array = output_array(context.output_path, "graph/edges")
         edges = np.asarray(edges_array[...])
         edge_costs = read_global_array(context.output_path, "graph/edge_costs")
+        lifted_problem = [context.read_global_array(LiftedEdges.stage, name) for name in ("lifted_edges", "lifted_costs")] if lifted(context) else []
         if n_scales:
-            problem = (problem_array(context, n_scales, name) for name in ("node_block_ids", "edges", "edge_costs"))
-            node_block_ids, solved_edges, solved_costs = problem
-            number_of_nodes = len(node_block_ids)
+            # The problem the hierarchy reduced the graph to, solved here and mapped back below.
+            number_of_nodes = len(problem_array(context, n_scales, "node_block_ids"))
+            names = ("edges", "edge_costs", "lifted_edges", "lifted_costs")[: 4 if lifted_problem else 2]
+            problem = [problem_array(context, n_scales, name) for name in names]
+            logger.info("solving the problem reduced to %d nodes, %d edges", number_of_nodes, len(problem[0]))
         else:
-            number_of_nodes, solved_edges, solved_costs = int(edges_array.attrs["number_of_nodes"]), edges, edge_costs
-        function = resolve_function(context.config["multicut"]["function"], "multicut.function")
-        node_labels = np.asarray(function(number_of_nodes, solved_edges, solved_costs, **function_parameters(context.config, "multicut")))
-        if node_labels.shape != (number_of_nodes,) or not np.issubdtype(node_labels.dtype, np.integer):
-            raise ValueError(
-                f"{context.config['multicut']['function']} must return {number_of_nodes} integer node labels, "
-                f"got {node_labels.dtype} of shape {node_labels.shape}"
-            )
-        node_labels = node_labels.astype(np.uint64)
-        if number_of_nodes and node_labels[0] != 0:
-            raise ValueError(f"{context.config['multicut']['function']} must keep node 0 (background) at label 0")
+            number_of_nodes, problem = int(edges_array.attrs["number_of_nodes"]), [edges, edge_costs, *lifted_problem]
+        node_labels = self._solve(number_of_nodes, problem)
         if n_scales:
-            logger.info("solved the problem reduced to %d nodes, %d edges", number_of_nodes, len(solved_edges))
             node_labels = project_node_labels(node_labels, [problem_array(context, scale, "node_mapping") for scale in range(1, n_scales + 1)])
-        energy = multicut_energy(edges, edge_costs, node_labels)
+        if lifted_problem:
+            energy = lifted_multicut_energy(edges, edge_costs, *lifted_problem, node_labels)
+        else:
+            energy = multicut_energy(edges, edge_costs, node_labels)
         write_global_array(context.output_path, "graph/node_labels", node_labels, {"energy": energy})
         atomic_save_npy(context.global_array_path(self.stage, "node_labels"), node_labels)
         number_of_segments = int(np.unique(node_labels[1:]).size)
         logger.info("%d segments, energy %.6g", number_of_segments, energy)
         return {"number_of_segments": number_of_segments, "energy": energy}
+
+    def _solve(self, number_of_nodes: int, problem: list[np.ndarray]) -> np.ndarray:
+        """Node labels of `problem`: (edges, costs) for the configured function, or with lifted
+        (edges, costs) appended, the built-in lifted solver."""
+        config = self.context.config
+        if len(problem) == 4:
+            section = config["multicut"]
+            return solve_lifted_multicut(number_of_nodes, *problem, solver=section["solver"], seed=section["seed"])
+        function = resolve_function(config["multicut"]["function"], "multicut.function")
+        node_labels = np.asarray(function(number_of_nodes, *problem, **function_parameters(config, "multicut")))
+        if node_labels.shape != (number_of_nodes,) or not np.issubdtype(node_labels.dtype, np.integer):
+            raise ValueError(
+                f"{config['multicut']['function']} must return {number_of_nodes} integer node labels, "
+                f"got {node_labels.dtype} of shape {node_labels.shape}"
+            )
+        node_labels = node_labels.astype(np.uint64)
+        if number_of_nodes and node_labels[0] != 0:
+            raise ValueError(f"{config['multicut']['function']} must keep node 0 (background) at label 0")
+        return node_labels

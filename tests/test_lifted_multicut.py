@@ -1,3 +1,4 @@
+import networkx as nx
 import numpy as np
 import pytest
 from bioimage_cpp.graph.lifted_multicut import (
@@ -11,12 +12,13 @@ from scipy.sparse.csgraph import connected_components
 from emflow.boundaries import boundaries_from_labels
 from emflow.costs import probabilities_to_costs
 from emflow.graph import FEATURE_NAMES, in_core_graph_features, undirected_graph
-from emflow.labels import relabel_consecutive
+from emflow.labels import label_overlaps, majority_labels, relabel_consecutive
+from emflow.lifted_multicut import lifted_edges_from_node_labels as lifted_edges_from_labels
 from emflow.lifted_multicut import lifted_multicut_energy, solve_lifted_multicut
 from emflow.multicut import SOLVERS, multicut_energy, solve_multicut
 
 
-def majority_labels(supervoxels, labels, number_of_nodes):
+def reference_majority_labels(supervoxels, labels, number_of_nodes):
     """``(number_of_nodes,)`` the ground-truth id overlapping each supervoxel most (ties: smallest id)."""
     supervoxels = supervoxels.ravel().astype(np.uint64)
     labels = labels.ravel().astype(np.uint64)
@@ -43,7 +45,7 @@ def lifted_problem_from_ground_truth(number_of_nodes, edges, supervoxels, ground
         graph, np.zeros(number_of_nodes, np.uint64), graph_depth, number_of_threads=1
     )
     lifted_edges = lifted_edges[(lifted_edges != 0).all(axis=1)]
-    majority = majority_labels(supervoxels, ground_truth, number_of_nodes)
+    majority = reference_majority_labels(supervoxels, ground_truth, number_of_nodes)
     same = majority[lifted_edges[:, 0]] == majority[lifted_edges[:, 1]]
     noise = 0.4 * np.random.default_rng(seed).standard_normal(len(lifted_edges))
     probabilities = np.clip(np.where(same, 0.3, 0.7) + noise, 0.0, 1.0)
@@ -201,3 +203,29 @@ def test_invalid_lifted_input(problem):
                               edge_costs[edges[:, 1] < lifted_edges.max()], lifted_edges, lifted_costs)
     with pytest.raises(ValueError, match="NaN"):
         solve_lifted_multicut(number_of_nodes, edges, edge_costs, lifted_edges, np.full(len(lifted_edges), np.nan))
+
+
+def test_majority_labels_from_block_overlaps_equal_those_of_the_whole_volume(flyem_crop):
+    supervoxels, max_id = relabel_consecutive(flyem_crop["oversegmentation"])
+    labels = flyem_crop["neuron_ids"].astype(np.uint64) + 1  # no unlabelled voxel, so both definitions apply
+    halves = [label_overlaps(supervoxels[:32], labels[:32]), label_overlaps(supervoxels[32:], labels[32:])]
+    pairs = np.concatenate([pairs for pairs, _ in halves])
+    counts = np.concatenate([counts for _, counts in halves])
+    assert np.array_equal(majority_labels(max_id + 1, pairs, counts), reference_majority_labels(supervoxels, labels, max_id + 1))
+
+
+def test_lifted_edges_from_node_labels_join_labelled_nodes_two_to_depth_hops_apart(problem, flyem_crop):
+    number_of_nodes, edges = problem[0], problem[1]
+    supervoxels, _ = relabel_consecutive(flyem_crop["oversegmentation"])
+    node_labels = reference_majority_labels(supervoxels, flyem_crop["neuron_ids"], number_of_nodes)
+    node_labels[::5] = 0  # unlabelled nodes get no lifted edge
+    lifted_edges, lifted_costs = lifted_edges_from_labels(number_of_nodes, edges, node_labels, graph_depth=3, weight=2.0)
+    assert len(lifted_edges) > 100
+    assert (node_labels[lifted_edges] != 0).all()
+    same = node_labels[lifted_edges[:, 0]] == node_labels[lifted_edges[:, 1]]
+    assert np.array_equal(lifted_costs, np.where(same, 2.0, -2.0))
+    graph = nx.Graph([tuple(edge) for edge in edges.tolist()])
+    for u, v in lifted_edges[:: max(1, len(lifted_edges) // 200)].tolist():
+        assert 2 <= nx.shortest_path_length(graph, u, v) <= 3
+    with pytest.raises(ValueError, match="graph_depth"):
+        lifted_edges_from_labels(number_of_nodes, edges, node_labels, graph_depth=1, weight=1.0)

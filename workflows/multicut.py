@@ -12,6 +12,7 @@ from emflow.tasks.block_graph import BlockGraph
 from emflow.tasks.context import load_context
 from emflow.tasks.edge_costs import EdgeCosts
 from emflow.tasks.hierarchical_multicut import MulticutProblem, SubproblemBlock
+from emflow.tasks.lifted_edges import LabelOverlapBlock, LiftedEdges, lifted
 from emflow.tasks.merge_graph import MergeGraph
 from emflow.tasks.multicut import Multicut
 from emflow.tasks.prepare import PrepareOutput
@@ -24,7 +25,10 @@ GRAPH_STAGES = (PrepareOutput, SupervoxelBlock, SupervoxelIds, RelabelSupervoxel
 def workflow_stages(config_path: str) -> list[luigi.Task]:
     """The stage tasks of the workflow in the order they run (see `emflow.tasks.base.stage_task`)."""
     stages = [stage_task(task_class, config_path) for task_class in GRAPH_STAGES]
-    n_scales = load_context(config_path).config["multicut"]["n_scales"]
+    context = load_context(config_path)
+    if lifted(context):
+        stages += [stage_task(LabelOverlapBlock, config_path), stage_task(LiftedEdges, config_path)]
+    n_scales = context.config["multicut"]["n_scales"]
     for scale in range(n_scales):
         stages += [stage_task(MulticutProblem, config_path, scale=scale), stage_task(SubproblemBlock, config_path, scale=scale)]
     if n_scales:
