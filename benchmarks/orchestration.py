@@ -40,7 +40,7 @@ import zarr
 from emflow.cluster import run_tasks
 from emflow.cluster.luigid import start_luigid, stop_luigid
 from emflow.targets import CompletionTarget
-from emflow.tasks.base import BlockTask, stage_task
+from emflow.tasks.base import BlockTask, stage_task, use_workers
 
 NUMBER_OF_STAGES = 3
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -126,6 +126,7 @@ def run_emflow(config_path: Path, workers: int, scheduler_port: int | None) -> d
     """Build the trivial workflow once in this process; seconds of the build only."""
     config_path = config_path.resolve()
     work_dir = Path(f"{config_path.parent / 'output.zarr'}.work")
+    use_workers(workers)
     started = time.perf_counter()
     report = run_tasks(
         [TrivialWorkflow(config_path=str(config_path))],

@@ -152,8 +152,8 @@ def _check_semantics(config: dict[str, dict[str, Any]]) -> None:
         if any(not float(value).is_integer() or value < 0 for value in values):
             raise ConfigError(f"config key blocking.{key} must be non-negative integers, got {values}")
         config["blocking"][key] = [int(value) for value in values]
-    if config["scheduling"]["block_groups"] < 1:
-        raise ConfigError(f"config key scheduling.block_groups must be at least 1, got {config['scheduling']['block_groups']}")
+    if config["scheduling"]["block_groups"] < 0:
+        raise ConfigError(f"config key scheduling.block_groups must be 0 (auto) or more, got {config['scheduling']['block_groups']}")
     beta = config["multicut"]["beta"]
     if not 0.0 < beta < 1.0:
         raise ConfigError(f"config key multicut.beta must lie strictly between 0 and 1, got {beta}")

@@ -6,12 +6,13 @@ task that stands for the whole stage: later stages depend on it, never on single
 dependency graph has O(number of blocks) edges.
 
 Block groups. Luigi's scheduler does work proportional to every task it knows, for every task it
-hands out, so a run that gives it one task per block is quadratic in the number of blocks (see the
-README's design section for measurements). `BlockStage` therefore requires at most
-`[scheduling] block_groups` `BlockGroup` tasks, each running a contiguous range of block tasks one
-after the other in its worker. The scheduler sees a graph whose size does not grow with the volume,
-and the run stays linear. Block tasks stay ordinary Luigi tasks: one can be built on its own, and
-with `block_groups` at least the number of blocks every group is one block.
+hands out, so a run that gives it one task per block is quadratic in the number of blocks; and with
+several workers Luigi forks a process per task (see the README's design section for measurements).
+`BlockStage` therefore requires at most `[scheduling] block_groups` `BlockGroup` tasks (0: 4 per
+worker process, see `use_workers`), each running a contiguous range of block tasks one after the
+other in its worker. The scheduler sees a graph whose size does not grow with the volume, and the
+run stays linear. Block tasks stay ordinary Luigi tasks: one can be built on its own, and with
+`block_groups` at least the number of blocks every group is one block.
 
 Completion. A block task is done when its latest record (a line in its stage's journals, see
 `emflow.targets.journal`) holds the stage fingerprint. A `BlockStage` is done when its own record
@@ -48,6 +49,20 @@ from .context import RunContext, load_context
 
 # Seconds between two progress messages a block group sends to the scheduler (an HTTP call with luigid).
 STATUS_INTERVAL = 2.0
+# Block groups per stage and worker process when `[scheduling] block_groups` is 0: enough that the
+# workers stay busy until the end of a stage, few enough that forks and scheduling stay cheap.
+GROUPS_PER_WORKER = 4
+
+
+class block_scheduling(luigi.Config):
+    """Luigi config section [block_scheduling], set by `use_workers` before a build."""
+
+    auto_block_groups = luigi.IntParameter(default=GROUPS_PER_WORKER)
+
+
+def use_workers(workers: int) -> None:
+    """Tell the block stages how many worker processes this build has (for `block_groups` = 0)."""
+    luigi.configuration.get_config().set("block_scheduling", "auto_block_groups", str(GROUPS_PER_WORKER * max(1, int(workers))))
 
 
 class EmflowTask(luigi.Task):
@@ -200,10 +215,11 @@ class BlockStage(luigi.Task):
         return self.prototype.number_of_blocks(load_context(self.config_path))
 
     def requires(self):
-        context = load_context(self.config_path)
+        configured = load_context(self.config_path).config["scheduling"]["block_groups"]
+        groups = configured or block_scheduling().auto_block_groups
         return [
             BlockGroup(config_path=self.config_path, family=self.family, parameters=self.parameters, first_block=first, stop_block=stop)
-            for first, stop in block_groups(self.number_of_blocks, context.config["scheduling"]["block_groups"])
+            for first, stop in block_groups(self.number_of_blocks, groups)
         ]
 
     def output(self) -> StageCompletionTarget:

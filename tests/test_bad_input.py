@@ -48,7 +48,7 @@ def test_invalid_toml(tmp_path, capsys):
         ({"supervoxels": {"min_size": "ten"}}, ["supervoxels.min_size", "int"]),
         ({"supervoxels": {"function": "no_such_module:f"}}, ["supervoxels.function", "no_such_module"]),
         ({"input": {"resolution": [10, 10]}}, ["input.resolution"]),
-        ({"scheduling": {"block_groups": 0}}, ["scheduling.block_groups", "at least 1"]),
+        ({"scheduling": {"block_groups": -1}}, ["scheduling.block_groups", "0 (auto) or more"]),
         ({"multicut": {"n_scales": -1}}, ["multicut.n_scales", "0 or more"]),
         ({"multicut": {"n_scales": 1.5}}, ["multicut.n_scales", "int"]),
         (

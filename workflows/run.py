@@ -7,6 +7,7 @@ from pathlib import Path
 from emflow.cluster import RunReport, run_tasks
 from emflow.storage.output import OWNER_ATTRIBUTE, open_output_group
 from emflow.targets import fingerprint
+from emflow.tasks.base import use_workers
 from emflow.tasks.context import RunContext, load_context
 
 from .multicut import MulticutSegmentation, StageStatus, progress_reporter, workflow_status
@@ -57,6 +58,7 @@ def run_workflow(
 ) -> RunReport:
     config_path, _ = check_run(config_path, update=update)
     context = load_context(config_path)
+    use_workers(workers)
     report = run_tasks(
         [MulticutSegmentation(config_path=config_path)],
         failure_dir=context.work_dir / "failed",
