@@ -122,13 +122,17 @@ class StageCompletionTarget(CompletionTarget):
             return False
         return record["result"].get("journals") == JournalReader(self.block_folder).snapshot()
 
-    def block_states(self) -> dict[int, CompletionState]:
-        """State of every block of the stage that has a record (one read of all journals)."""
-        records = JournalReader(self.block_folder).refresh()
+    def block_records(self, block_range: tuple[int, int] | None = None) -> dict[int, BlockRecord]:
+        """The latest record of every block of the stage (or of `block_range`) that has one."""
+        records = JournalReader(self.block_folder, block_range).refresh()
+        first, stop = block_range or (0, self.number_of_blocks)
+        return {block_id: record for block_id, record in records.items() if first <= block_id < stop}
+
+    def block_states(self, block_range: tuple[int, int] | None = None) -> dict[int, CompletionState]:
+        """State of every block of the stage (or of `block_range`) that has a record."""
         return {
             block_id: record_state(record.fingerprint, self.expected_fingerprint)
-            for block_id, record in records.items()
-            if block_id < self.number_of_blocks
+            for block_id, record in self.block_records(block_range).items()
         }
 
     def write(self, result: dict[str, Any] | None = None) -> None:

@@ -43,7 +43,7 @@ from typing import Any, ClassVar
 import luigi
 from luigi.task_register import Register
 
-from emflow.targets import BlockJournal, BlockTarget, CompletionTarget, JournalReader, StageCompletionTarget, atomic_write_text, fingerprint
+from emflow.targets import BlockJournal, BlockTarget, CompletionState, CompletionTarget, StageCompletionTarget, atomic_write_text, fingerprint
 
 from .context import RunContext, load_context
 
@@ -233,16 +233,12 @@ class BlockStage(luigi.Task):
 
     def block_results(self) -> dict[int, dict[str, Any]]:
         """The result summary of every block, read at once (the stage must be done)."""
-        context = load_context(self.config_path)
-        expected = _stage_fingerprint(self, context)
-        records = JournalReader(context.block_record_folder(self.stage)).refresh()
-        results = {}
-        for block_id in range(self.number_of_blocks):
-            record = records.get(block_id)
-            if record is None or record.fingerprint != expected:
-                raise FileNotFoundError(f"{self.stage}: block {block_id} has no record with the expected fingerprint")
-            results[block_id] = record.result
-        return results
+        target = self.output()
+        records = target.block_records()
+        missing = [block_id for block_id in range(self.number_of_blocks) if block_id not in records or records[block_id].fingerprint != target.expected_fingerprint]
+        if missing:
+            raise FileNotFoundError(f"{self.stage}: {len(missing)} blocks have no record with the expected fingerprint, e.g. {missing[:10]}")
+        return {block_id: records[block_id].result for block_id in range(self.number_of_blocks)}
 
     def run(self) -> None:
         self.output().write({"number_of_blocks": self.number_of_blocks})
@@ -273,15 +269,8 @@ class BlockGroup(luigi.Task):
         Block ids, not tasks: the scheduling process checks every group, and a Luigi task per
         block would stay in Luigi's instance cache for the whole run.
         """
-        block_stage = self.block_stage
-        context = load_context(self.config_path)
-        expected = _stage_fingerprint(block_stage, context)
-        records = JournalReader(context.block_record_folder(block_stage.stage), (self.first_block, self.stop_block)).refresh()
-        return [
-            block_id
-            for block_id in range(self.first_block, self.stop_block)
-            if block_id not in records or records[block_id].fingerprint != expected
-        ]
+        states = self.block_stage.output().block_states((self.first_block, self.stop_block))
+        return [block_id for block_id in range(self.first_block, self.stop_block) if states.get(block_id) is not CompletionState.DONE]
 
     def run(self) -> None:
         block_stage = self.block_stage

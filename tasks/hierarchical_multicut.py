@@ -84,11 +84,7 @@ class MulticutProblem(GlobalTask):
         else:
             previous = self.scale - 1
             cut_edge_ids = np.concatenate(
-                [np.empty(0, dtype=np.int64)]
-                + [
-                    context.read_partial(f"subproblems_s{previous}", block_id, "cut_edge_ids")
-                    for block_id in range(number_of_blocks_at_scale(context, previous))
-                ]
+                [context.read_partial(f"subproblems_s{previous}", block_id, "cut_edge_ids") for block_id in range(number_of_blocks_at_scale(context, previous))]
             )
             problem = [problem_array(context, previous, name) for name in ("edges", "edge_costs")]
             previous_block_ids = problem_array(context, previous, "node_block_ids")

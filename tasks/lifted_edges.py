@@ -61,8 +61,8 @@ class LiftedEdges(GlobalTask):
         edges_array = output_array(context.output_path, "graph/edges")
         number_of_nodes = int(edges_array.attrs["number_of_nodes"])
         blocks = range(context.blocking.number_of_blocks)
-        pairs = np.concatenate([np.zeros((0, 2), np.uint64)] + [context.read_partial(LabelOverlapBlock.stage, block, "pairs") for block in blocks])
-        counts = np.concatenate([np.zeros(0, np.int64)] + [context.read_partial(LabelOverlapBlock.stage, block, "counts") for block in blocks])
+        pairs = np.concatenate([context.read_partial(LabelOverlapBlock.stage, block, "pairs") for block in blocks])
+        counts = np.concatenate([context.read_partial(LabelOverlapBlock.stage, block, "counts") for block in blocks])
         node_labels = majority_labels(number_of_nodes, pairs, counts)
         section = context.config["lifted"]
         lifted_edges, lifted_costs = lifted_edges_from_node_labels(
