@@ -325,11 +325,6 @@ def stage_task(task_class: type[EmflowTask], config_path: str, **parameters: Any
     return task_class(config_path=config_path, **parameters)
 
 
-def stage_fingerprint(stage: luigi.Task) -> str:
-    """The fingerprint of a stage task (see `stage_task`)."""
-    return _stage_fingerprint(stage, load_context(stage.config_path))
-
-
 @functools.lru_cache(maxsize=1024)
 def _stage_fingerprint(stage: luigi.Task, context: RunContext) -> str:
     definition = stage.prototype if isinstance(stage, BlockStage) else stage

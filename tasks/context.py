@@ -44,10 +44,8 @@ class RunContext:
     def log_path(self, stage: str, block_id: int | None) -> Path:
         return self.work_dir / "logs" / (f"{stage}.log" if block_id is None else f"{stage}/{block_id}.log")
 
-    def partial_path(self, stage: str, block_id: int | None) -> Path:
-        """Where a task keeps its partial result (None: a global stage)."""
-        if block_id is None:
-            return self.work_dir / "global" / f"{stage}.npz"
+    def partial_path(self, stage: str, block_id: int) -> Path:
+        """Where a block task keeps its partial result (global stages: `global_array_path`)."""
         return self.work_dir / "blocks" / stage / f"{block_id}.npz"
 
     def global_array_path(self, stage: str, name: str) -> Path:
@@ -61,7 +59,7 @@ class RunContext:
     def read_global_array(self, stage: str, name: str, *, mmap: bool = False) -> np.ndarray:
         return np.load(self.global_array_path(stage, name), mmap_mode="r" if mmap else None)
 
-    def read_partial(self, stage: str, block_id: int | None, name: str) -> np.ndarray:
+    def read_partial(self, stage: str, block_id: int, name: str) -> np.ndarray:
         """One array of a partial result (see `partial_path`), closing the file at once."""
         with np.load(self.partial_path(stage, block_id)) as partial:
             return partial[name]
