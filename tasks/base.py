@@ -117,7 +117,9 @@ class EmflowTask(luigi.Task):
         logger.setLevel(logging.INFO)
         logger.propagate = False
         # The log file is created by the first message only: most blocks have nothing to say, and
-        # creating a file costs more than the rest of a block's bookkeeping.
+        # creating a file costs more than the rest of a block's bookkeeping. A log of an earlier
+        # attempt goes, so that a block's log is always about its last run.
+        log_path.unlink(missing_ok=True)
         handler = logging.FileHandler(log_path, mode="w", delay=True)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logger.addHandler(handler)
