@@ -60,9 +60,13 @@ class RunContext:
         return np.load(self.global_array_path(stage, name), mmap_mode="r" if mmap else None)
 
     def read_partial(self, stage: str, block_id: int, name: str) -> np.ndarray:
-        """One array of a partial result (see `partial_path`), closing the file at once."""
+        """One array of a block's partial result (see `partial_path`), closing the file at once."""
+        return self.read_partials(stage, block_id, name)[0]
+
+    def read_partials(self, stage: str, block_id: int, *names: str) -> tuple[np.ndarray, ...]:
+        """Several arrays of a block's partial result, from one opening of its file."""
         with np.load(self.partial_path(stage, block_id)) as partial:
-            return partial[name]
+            return tuple(partial[name] for name in names)
 
     def read_input(self, role: str, box) -> np.ndarray:
         """The input dataset playing `role` ("boundaries", "supervoxels", "mask", "raw", "lifted_labels") inside `box`."""

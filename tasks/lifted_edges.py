@@ -61,8 +61,9 @@ class LiftedEdges(GlobalTask):
         edges_array = output_array(context.output_path, "graph/edges")
         number_of_nodes = int(edges_array.attrs["number_of_nodes"])
         blocks = range(context.blocking.number_of_blocks)
-        pairs = np.concatenate([context.read_partial(LabelOverlapBlock.stage, block, "pairs") for block in blocks])
-        counts = np.concatenate([context.read_partial(LabelOverlapBlock.stage, block, "counts") for block in blocks])
+        partials = [context.read_partials(LabelOverlapBlock.stage, block, "pairs", "counts") for block in blocks]
+        pairs = np.concatenate([pairs for pairs, _ in partials])
+        counts = np.concatenate([counts for _, counts in partials])
         node_labels = majority_labels(number_of_nodes, pairs, counts)
         section = context.config["lifted"]
         lifted_edges, lifted_costs = lifted_edges_from_node_labels(

@@ -28,7 +28,7 @@ class MergeGraph(GlobalTask):
         features = merge_edge_features(
             number_of_nodes,
             edges,
-            ((context.read_partial(BlockGraph.stage, block_id, "edges"), context.read_partial(BlockGraph.stage, block_id, "statistics")) for block_id in blocks),
+            (context.read_partials(BlockGraph.stage, block_id, "edges", "statistics") for block_id in blocks),
         )
         write_global_array(context.output_path, "graph/edges", edges, {"number_of_nodes": number_of_nodes})
         write_global_array(context.output_path, "graph/edge_features", features, {"feature_names": list(FEATURE_NAMES)})

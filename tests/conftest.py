@@ -6,6 +6,11 @@ import h5py
 import numpy as np
 import pytest
 
+from emflow.boundaries import boundaries_from_labels
+from emflow.costs import probabilities_to_costs
+from emflow.graph import FEATURE_NAMES, in_core_graph_features
+from emflow.labels import relabel_consecutive
+
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 # A crop of the FlyEM medulla cube (isotropic 10 nm) small enough for fast tests.
@@ -32,3 +37,16 @@ def flyem_crop(data_dir) -> dict[str, np.ndarray]:
     for array in crop.values():
         array.flags.writeable = False
     return crop
+
+
+@pytest.fixture(scope="session")
+def noisy_multicut_problem(flyem_crop) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """(number_of_nodes, edges, edge_costs, supervoxels) of a multicut problem on the crop's real
+    supervoxels; noisy boundaries make it hard enough for local search to matter."""
+    supervoxels, _ = relabel_consecutive(flyem_crop["oversegmentation"])
+    boundaries = boundaries_from_labels(flyem_crop["neuron_ids"], noise=0.6, seed=0)
+    edges, features, number_of_nodes = in_core_graph_features(supervoxels, boundaries)
+    edge_costs = probabilities_to_costs(features[:, FEATURE_NAMES.index("mean")])
+    for array in (edges, edge_costs, supervoxels):
+        array.flags.writeable = False
+    return number_of_nodes, edges, edge_costs, supervoxels

@@ -9,9 +9,8 @@ from bioimage_cpp.graph.lifted_multicut import (
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from emflow.boundaries import boundaries_from_labels
 from emflow.costs import probabilities_to_costs
-from emflow.graph import FEATURE_NAMES, in_core_graph_features, undirected_graph
+from emflow.graph import undirected_graph
 from emflow.labels import label_overlaps, majority_labels, relabel_consecutive
 from emflow.lifted_multicut import lifted_edges_from_node_labels as lifted_edges_from_labels
 from emflow.lifted_multicut import lifted_multicut_energy, solve_lifted_multicut
@@ -53,12 +52,9 @@ def lifted_problem_from_ground_truth(number_of_nodes, edges, supervoxels, ground
 
 
 @pytest.fixture(scope="module")
-def problem(flyem_crop):
+def problem(noisy_multicut_problem, flyem_crop):
     """A lifted multicut problem on the crop's real supervoxels, with noisy boundaries and lifted edges up to 3 hops."""
-    supervoxels, _ = relabel_consecutive(flyem_crop["oversegmentation"])
-    boundaries = boundaries_from_labels(flyem_crop["neuron_ids"], noise=0.6, seed=0)
-    edges, features, number_of_nodes = in_core_graph_features(supervoxels, boundaries)
-    edge_costs = probabilities_to_costs(features[:, FEATURE_NAMES.index("mean")])
+    number_of_nodes, edges, edge_costs, supervoxels = noisy_multicut_problem
     lifted_edges, lifted_costs = lifted_problem_from_ground_truth(
         number_of_nodes, edges, supervoxels, flyem_crop["neuron_ids"], graph_depth=3
     )

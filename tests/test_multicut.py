@@ -4,21 +4,13 @@ from bioimage_cpp.graph.multicut import MulticutObjective
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from emflow.boundaries import boundaries_from_labels
-from emflow.costs import probabilities_to_costs
-from emflow.graph import FEATURE_NAMES, in_core_graph_features, undirected_graph
-from emflow.labels import relabel_consecutive
+from emflow.graph import undirected_graph
 from emflow.multicut import SOLVERS, multicut_energy, solve_multicut
 
 
 @pytest.fixture(scope="module")
-def problem(flyem_crop):
-    """A multicut problem on real supervoxels; noisy boundaries make it hard enough for local search to matter."""
-    supervoxels, _ = relabel_consecutive(flyem_crop["oversegmentation"])
-    boundaries = boundaries_from_labels(flyem_crop["neuron_ids"], noise=0.6, seed=0)
-    edges, features, number_of_nodes = in_core_graph_features(supervoxels, boundaries)
-    edge_costs = probabilities_to_costs(features[:, FEATURE_NAMES.index("mean")])
-    return number_of_nodes, edges, edge_costs
+def problem(noisy_multicut_problem):
+    return noisy_multicut_problem[:3]
 
 
 @pytest.fixture(scope="module")
