@@ -17,7 +17,6 @@ DEFAULTS_PATH = Path(__file__).with_name("defaults.toml")
 
 REQUIRED_KEYS = (
     ("input", "path"),
-    ("input", "boundaries_key"),
     ("input", "resolution"),
     ("output", "path"),
     ("blocking", "block_shape"),
@@ -37,6 +36,8 @@ CHOICES = {
     ("supervoxels", "dimensionality"): ("auto", "2d", "3d"),
     ("costs", "weighting"): ("none", "size"),
     ("multicut", "solver"): ("greedy-additive", "kernighan-lin", "fusion-moves"),
+    ("predict", "precision"): ("auto", "float32", "bfloat16", "float16"),
+    ("predict", "output_dtype"): ("float32", "uint8"),
 }
 
 THREE_POSITIVE = {("input", "resolution"), ("blocking", "block_shape")}
@@ -69,7 +70,7 @@ def load_config(path: str | Path) -> dict[str, dict[str, Any]]:
         raise ConfigError(f"{path} is not valid TOML: {error}") from error
     config = merge_config(user)
     base = path.resolve().parent
-    for section, key in (("input", "path"), ("output", "path"), ("output", "work_dir")):
+    for section, key in (("input", "path"), ("output", "path"), ("output", "work_dir"), ("predict", "model")):
         if config[section][key]:
             config[section][key] = str((base / config[section][key]).resolve())
     return config
@@ -115,6 +116,12 @@ def _checked_value(name: str, value: Any, default: Any) -> Any:
         value = float(value) if ok else value
     elif isinstance(default, str):
         ok = isinstance(value, str)
+    elif isinstance(default, list) and default and isinstance(default[0], list):
+        # A list of integer vectors (offsets, pooling factors): any number of them, each as long as the default's.
+        ok = isinstance(value, list) and all(
+            isinstance(item, list) and len(item) == len(default[0]) and all(isinstance(step, int) and not isinstance(step, bool) for step in item)
+            for item in value
+        )
     elif isinstance(default, list):
         ok = isinstance(value, list) and len(value) == len(default) and all(
             isinstance(item, (int, float)) and not isinstance(item, bool) for item in value
@@ -122,7 +129,12 @@ def _checked_value(name: str, value: Any, default: Any) -> Any:
     else:
         ok = type(value) is type(default)
     if not ok:
-        expected = f"a list of {len(default)} numbers" if isinstance(default, list) else type(default).__name__
+        if isinstance(default, list) and default and isinstance(default[0], list):
+            expected = f"a list of lists of {len(default[0])} integers"
+        elif isinstance(default, list):
+            expected = f"a list of {len(default)} numbers"
+        else:
+            expected = type(default).__name__
         raise ConfigError(f"config key {name} must be {expected}, got {value!r}")
     return value
 
@@ -152,6 +164,15 @@ def _check_semantics(config: dict[str, dict[str, Any]]) -> None:
         if any(not float(value).is_integer() or value < 0 for value in values):
             raise ConfigError(f"config key blocking.{key} must be non-negative integers, got {values}")
         config["blocking"][key] = [int(value) for value in values]
+    if not config["input"]["boundaries_key"] and not config["input"]["raw_key"]:
+        raise ConfigError("config key input.boundaries_key or input.raw_key is required (without a boundary map, boundaries are predicted from raw data)")
+    for key in ("patch_shape", "overlap"):
+        values = config["predict"][key]
+        if any(not float(value).is_integer() or value < 0 for value in values):
+            raise ConfigError(f"config key predict.{key} must be non-negative integers, got {values}")
+        config["predict"][key] = [int(value) for value in values]
+    if config["predict"]["batch_size"] < 1:
+        raise ConfigError(f"config key predict.batch_size must be at least 1, got {config['predict']['batch_size']}")
     if config["scheduling"]["block_groups"] < 0:
         raise ConfigError(f"config key scheduling.block_groups must be 0 (auto) or more, got {config['scheduling']['block_groups']}")
     beta = config["multicut"]["beta"]
@@ -206,3 +227,78 @@ def _plugin_keywords(section: str, spec: str) -> set[str] | None:
 def function_parameters(config: dict[str, dict[str, Any]], section: str) -> dict[str, Any]:
     """The keyword arguments a pluggable stage passes to its function."""
     return {key: value for key, value in config[section].items() if key not in RESERVED_KEYS[section]}
+
+
+TRAINING_DEFAULTS_PATH = Path(__file__).with_name("training.toml")
+
+TRAINING_REQUIRED_KEYS = (("data", "path"), ("data", "raw_key"), ("data", "labels_key"), ("training", "output"))
+
+TRAINING_CHOICES = {
+    ("model", "target"): ("affinities", "boundaries"),
+    ("model", "norm"): ("group", "none"),
+    ("training", "loss"): ("bce", "malis", "bce+malis"),
+}
+
+
+def training_config_text() -> str:
+    return TRAINING_DEFAULTS_PATH.read_text()
+
+
+def load_training_config(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Read an `emflow train` config, merged over `training.toml`'s defaults and validated.
+
+    Relative paths (`[data] path`, `[training] output`) are resolved against the config's folder.
+    Raises ConfigError naming the first problem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"training config file not found: {path}")
+    try:
+        user = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path} is not valid TOML: {error}") from error
+    config = tomllib.loads(training_config_text())
+    for section, values in user.items():
+        if section not in config:
+            raise ConfigError(f"unknown training config section [{section}]; known: {', '.join(config)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{section}] must be a table")
+        for key, value in values.items():
+            if key not in config[section]:
+                raise ConfigError(f"unknown training config key {section}.{key}; known in [{section}]: {', '.join(config[section])}")
+            config[section][key] = _checked_value(f"{section}.{key}", value, config[section][key])
+    for section, key in TRAINING_REQUIRED_KEYS:
+        if user.get(section, {}).get(key, "") == "":
+            raise ConfigError(f"training config key {section}.{key} is required")
+    _check_training_semantics(config)
+    base = path.resolve().parent
+    for section, key in (("data", "path"), ("training", "output")):
+        config[section][key] = str((base / config[section][key]).resolve())
+    return config
+
+
+def _check_training_semantics(config: dict[str, dict[str, Any]]) -> None:
+    for (section, key), choices in TRAINING_CHOICES.items():
+        if config[section][key] not in choices:
+            raise ConfigError(f"training config key {section}.{key} must be one of {', '.join(map(repr, choices))}, got {config[section][key]!r}")
+    for key in ("train_start", "train_stop", "validation_start", "validation_stop"):
+        if any(not float(value).is_integer() or value < 0 for value in config["data"][key]):
+            raise ConfigError(f"training config key data.{key} must be non-negative integers, got {config['data'][key]}")
+        config["data"][key] = [int(value) for value in config["data"][key]]
+    model, training = config["model"], config["training"]
+    if any(not float(value).is_integer() or value <= 0 for value in training["patch_shape"]):
+        raise ConfigError(f"training config key training.patch_shape must be positive integers, got {training['patch_shape']}")
+    training["patch_shape"] = [int(value) for value in training["patch_shape"]]
+    if model["target"] == "affinities" and not model["offsets"]:
+        raise ConfigError("training config key model.offsets must name at least one offset for an affinity model")
+    if "malis" in training["loss"]:
+        missing = [offset for offset in ([-1, 0, 0], [0, -1, 0], [0, 0, -1]) if offset not in model["offsets"]]
+        if model["target"] != "affinities" or missing:
+            raise ConfigError("training config key training.loss: MALIS needs model.target = 'affinities' with the nearest-neighbour offsets [-1, 0, 0], [0, -1, 0], [0, 0, -1]")
+    for key in ("iterations", "batch_size", "checkpoint_every", "log_every", "validate_every", "validation_patches"):
+        if training[key] < 1:
+            raise ConfigError(f"training config key training.{key} must be at least 1, got {training[key]}")
+    if training["learning_rate"] <= 0 or training["malis_weight"] < 0 or training["malis_start"] < 0 or training["threads"] < 0:
+        raise ConfigError("training config keys training.learning_rate must be positive and malis_weight, malis_start, threads non-negative")
+    if len(model["pooling"]) != model["depth"] - 1:
+        raise ConfigError(f"training config key model.pooling must hold depth - 1 = {model['depth'] - 1} factor triples, got {len(model['pooling'])}")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 
 def _as_index_tuple(values, name: str) -> tuple[int, ...]:
     try:
@@ -138,3 +140,14 @@ class Blocking:
             tuple(min(e + h, s) for e, h, s in zip(inner.end, halo, self.shape)),
         )
         return outer, inner.local_to(outer)
+
+    def blocks_intersecting(self, begin, end) -> list[int]:
+        """Ids (ascending) of the blocks whose box intersects [begin, end), which may reach past the volume."""
+        ranges = []
+        for first, last, size, block_size in zip(begin, end, self.shape, self.block_shape):
+            first, last = max(int(first), 0), min(int(last), size)
+            if last <= first:
+                return []
+            ranges.append(range(first // block_size, (last - 1) // block_size + 1))
+        ids = np.ravel_multi_index(np.meshgrid(*ranges, indexing="ij"), self.blocks_per_axis)
+        return sorted(int(block_id) for block_id in ids.ravel())

@@ -50,3 +50,24 @@ def noisy_multicut_problem(flyem_crop) -> tuple[int, np.ndarray, np.ndarray, np.
     for array in (edges, edge_costs, supervoxels):
         array.flags.writeable = False
     return number_of_nodes, edges, edge_costs, supervoxels
+
+
+@pytest.fixture(scope="session")
+def small_affinity_model(tmp_path_factory):
+    """Path of a seeded, untrained affinity U-Net small enough for fast tests (1, 8, 8 downsampling).
+
+    Equalities of block-wise and whole-volume prediction hold for any weights, trained or not.
+    """
+    import torch
+
+    from emflow.model import TrainedModel
+    from emflow.storage.models import save_model
+    from emflow.unet import UNet3D, UNetConfig
+
+    torch.manual_seed(0)
+    offsets = ((-1, 0, 0), (0, -1, 0), (0, 0, -1), (0, -4, 0))
+    network = UNet3D(UNetConfig(out_channels=len(offsets), depth=3, width=4, pooling=((1, 2, 2), (1, 2, 2)), two_d_levels=1))
+    model = TrainedModel(network=network.eval(), target="affinities", offsets=offsets, input_mean=0.5, input_std=0.2, patch_shape=(16, 32, 32))
+    path = tmp_path_factory.mktemp("models") / "small_affinities.pt"
+    save_model(path, model)
+    return path

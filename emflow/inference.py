@@ -1,0 +1,192 @@
+"""Sliding-window inference with blending, block by block, equal to a whole-volume prediction.
+
+Patches lie on one grid fixed by the volume (not by the block being predicted): along each axis
+they start at -overlap // 2 + k * (patch - overlap), and the grid runs until the volume plus that
+margin is covered. A voxel's prediction is the blending-weighted mean over every grid patch that
+covers it. Outside the volume, raw data are mirrored (numpy's "reflect"), so voxels at the border
+see context like any other and every block reads the same mirrored values.
+
+Block-wise, without computing any patch twice (overlap-add): each patch belongs to the block that
+holds its centre (`PatchGrid.patches_of_block`). A block runs its own patches and keeps the
+weighted sums and weight sums over their span (`accumulate_patches`), which reaches past the
+block by up to a patch; the final value of a voxel adds the accumulations of every block whose
+span covers it and divides (`blend`). Letting each block instead run every patch that touches
+it would repeat the patches along block faces: for 64×128×128 blocks and 32×96×96 patches, about
+4× the network evaluations of a whole-volume run.
+
+The blending weight is a Gaussian per axis with sigma patch / 8 (as in nnU-Net): patch centres,
+which see the most context, dominate, and seams between patches vanish.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def blending_weights(patch_shape: Sequence[int]) -> np.ndarray:
+    """Product of per-axis Gaussians (sigma = size / 8) centred on the patch; float32, max 1.
+
+    The smallest weight (a corner) is about exp(-24) ≈ 4e-11, still a normal float32, so every
+    covered voxel has a positive weight sum.
+    """
+    weights = np.ones((), dtype=np.float64)
+    for size in patch_shape:
+        centres = np.arange(size) + 0.5 - size / 2
+        axis_weights = np.exp(-0.5 * (centres / (size / 8)) ** 2)
+        weights = np.multiply.outer(weights, axis_weights / axis_weights.max())
+    return weights.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class PatchGrid:
+    """The patch grid of a volume: shapes (z, y, x) in voxels; overlap < patch along every axis."""
+
+    volume_shape: tuple[int, int, int]
+    patch_shape: tuple[int, int, int]
+    overlap: tuple[int, int, int]
+
+    def __post_init__(self):
+        for name in ("volume_shape", "patch_shape", "overlap"):
+            object.__setattr__(self, name, tuple(int(value) for value in getattr(self, name)))
+        if any(size <= 0 for size in self.volume_shape + self.patch_shape):
+            raise ValueError(f"volume shape {self.volume_shape} and patch shape {self.patch_shape} must be positive")
+        if any(not 0 <= overlap < patch for overlap, patch in zip(self.overlap, self.patch_shape)):
+            raise ValueError(f"overlap {self.overlap} must be at least 0 and less than the patch shape {self.patch_shape}")
+
+    @property
+    def stride(self) -> tuple[int, ...]:
+        return tuple(patch - overlap for patch, overlap in zip(self.patch_shape, self.overlap))
+
+    def origins(self, axis: int) -> np.ndarray:
+        """All patch origins along one axis (int64; the first is -overlap // 2, possibly outside)."""
+        margin = self.overlap[axis] // 2
+        span = self.volume_shape[axis] + 2 * margin
+        count = max(1, math.ceil((span - self.patch_shape[axis]) / self.stride[axis]) + 1)
+        return -margin + self.stride[axis] * np.arange(count, dtype=np.int64)
+
+    def covering(self, start: Sequence[int], stop: Sequence[int]) -> list[np.ndarray]:
+        """Per axis, the origins of the patches that overlap [start, stop)."""
+        covering = []
+        for axis in range(3):
+            origins = self.origins(axis)
+            keep = (origins < stop[axis]) & (origins + self.patch_shape[axis] > start[axis])
+            covering.append(origins[keep])
+        return covering
+
+    def patches_of_block(self, begin: Sequence[int], end: Sequence[int]) -> list[np.ndarray]:
+        """Per axis, the origins of the patches that belong to the block [begin, end): those whose
+        centre, clamped into the volume, lies inside it. Every patch belongs to exactly one block."""
+        owned = []
+        for axis in range(3):
+            origins = self.origins(axis)
+            centres = np.clip(origins + self.patch_shape[axis] // 2, 0, self.volume_shape[axis] - 1)
+            owned.append(origins[(centres >= begin[axis]) & (centres < end[axis])])
+        return owned
+
+    def number_of_patches(self) -> int:
+        return math.prod(len(self.origins(axis)) for axis in range(3))
+
+
+def reflect_indices(coordinates: np.ndarray, size: int) -> np.ndarray:
+    """Map coordinates outside 0..size-1 into the volume by mirroring without repeating the edge
+    (numpy.pad's "reflect", applied as often as needed)."""
+    if size == 1:
+        return np.zeros_like(coordinates)
+    period = 2 * (size - 1)
+    folded = np.mod(coordinates, period)
+    return np.where(folded >= size, period - folded, folded)
+
+
+def read_mirrored(volume, start: Sequence[int], stop: Sequence[int]) -> np.ndarray:
+    """volume[start:stop] for a box that may extend past the volume, mirrored there.
+
+    volume: any 3D array-like that supports slicing (numpy, zarr, h5py); only the bounding box of
+    the voxels needed is read.
+    """
+    indices = [reflect_indices(np.arange(first, last), size) for first, last, size in zip(start, stop, volume.shape)]
+    low = [int(axis_indices.min()) for axis_indices in indices]
+    high = [int(axis_indices.max()) + 1 for axis_indices in indices]
+    region = np.asarray(volume[tuple(slice(first, last) for first, last in zip(low, high))])
+    return region[np.ix_(*(axis_indices - first for axis_indices, first in zip(indices, low)))]
+
+
+PredictPatches = Callable[[np.ndarray], np.ndarray]
+
+
+def accumulate_patches(
+    predict_patches: PredictPatches,
+    volume,
+    grid: PatchGrid,
+    origins: Sequence[np.ndarray],
+    *,
+    batch_size: int = 1,
+) -> tuple[tuple[int, int, int], np.ndarray]:
+    """Run the patches at every combination of the per-axis `origins` and add them up, weighted.
+
+    predict_patches: maps float32 (N, 1, *patch_shape) network input to float32 (N, C,
+    *patch_shape) probabilities. volume: 3D array-like of network input (already normalised),
+    read once over the patches' span, mirrored outside.
+    Returns (span_start, accumulated): accumulated is float32 (C + 1, *span shape), the weighted
+    sums of the C channels followed by the sum of weights, over the box the patches span, which
+    starts at span_start (volume coordinates, possibly negative).
+    """
+    span_start = tuple(int(axis_origins[0]) for axis_origins in origins)
+    span_stop = [int(axis_origins[-1]) + size for axis_origins, size in zip(origins, grid.patch_shape)]
+    region = read_mirrored(volume, span_start, span_stop).astype(np.float32, copy=False)
+    weights = blending_weights(grid.patch_shape)
+    span_shape = tuple(last - first for first, last in zip(span_start, span_stop))
+    accumulated = None
+    patch_origins = list(itertools.product(*origins))
+    for first in range(0, len(patch_origins), batch_size):
+        slicings = [
+            tuple(slice(origin - offset, origin - offset + size) for origin, offset, size in zip(patch_origin, span_start, grid.patch_shape))
+            for patch_origin in patch_origins[first : first + batch_size]
+        ]
+        predictions = predict_patches(np.stack([region[slicing] for slicing in slicings])[:, None])
+        if accumulated is None:
+            accumulated = np.zeros((predictions.shape[1] + 1,) + span_shape, dtype=np.float32)
+        for slicing, prediction in zip(slicings, predictions):
+            accumulated[(slice(None, -1),) + slicing] += prediction * weights
+            accumulated[(-1,) + slicing] += weights
+    return span_start, accumulated
+
+
+def add_overlap(total: np.ndarray, total_start: Sequence[int], part: np.ndarray, part_start: Sequence[int]) -> None:
+    """Add the part of `part` (channels first, placed at `part_start`) that overlaps `total` (placed at `total_start`) into it."""
+    total_slicing, part_slicing = [], []
+    for first_total, size_total, first_part, size_part in zip(total_start, total.shape[1:], part_start, part.shape[1:]):
+        first = max(first_total, first_part)
+        last = min(first_total + size_total, first_part + size_part)
+        if last <= first:
+            return
+        total_slicing.append(slice(first - first_total, last - first_total))
+        part_slicing.append(slice(first - first_part, last - first_part))
+    total[(slice(None),) + tuple(total_slicing)] += part[(slice(None),) + tuple(part_slicing)]
+
+
+def blend(accumulated: np.ndarray) -> np.ndarray:
+    """Probabilities (C, ...) from accumulated weighted sums and weight sum (C + 1, ...), float32."""
+    return accumulated[:-1] / accumulated[-1]
+
+
+def predict_box(
+    predict_patches: PredictPatches,
+    volume,
+    grid: PatchGrid,
+    start: Sequence[int],
+    stop: Sequence[int],
+    *,
+    batch_size: int = 1,
+) -> np.ndarray:
+    """Blended prediction of the box [start, stop) in one go, running every patch that covers it.
+
+    Returns float32 (C, *box shape), the values a prediction of the whole volume has there.
+    """
+    span_start, accumulated = accumulate_patches(predict_patches, volume, grid, grid.covering(start, stop), batch_size=batch_size)
+    inner = tuple(slice(first - offset, last - offset) for first, last, offset in zip(start, stop, span_start))
+    return blend(accumulated[(slice(None),) + inner])

@@ -1,0 +1,105 @@
+"""Model files and training checkpoints: atomic writes, safe loads, the shipped model.
+
+Files are written under a temporary name in the same folder and renamed, so a killed training run
+never leaves a torn checkpoint or model; loads use `weights_only=True`, so opening a model file
+runs no pickled code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from emflow.model import TrainedModel
+
+SHIPPED_MODEL_NAME = "flyem_fib_affinities.pt"
+CHECKPOINT_PATTERN = re.compile(r"^iteration_(\d{8})\.pt$")
+
+
+def shipped_model_path() -> Path:
+    """The model trained by emflow on the FlyEM medulla dev cube and shipped with the package (see its model card)."""
+    return Path(str(resources.files("emflow") / "data" / "models" / SHIPPED_MODEL_NAME))
+
+
+def atomic_torch_save(path: str | Path, payload: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        torch.save(payload, temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def save_model(path: str | Path, model: TrainedModel) -> None:
+    atomic_torch_save(path, model.state())
+
+
+def read_model_state(path: str | Path) -> dict[str, Any]:
+    """The raw content of a model file (`TrainedModel.state`), without building the network.
+
+    Deserialising runs no torch computation, so a scheduling process can describe a model this way
+    and still fork worker processes safely (forking after torch's OpenMP threads ran can hang the child).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for a file that is not a model
+        raise ValueError(f"{path} is not an emflow model file: {error}") from error
+    if not isinstance(state, dict) or "network_state" not in state:
+        raise ValueError(f"{path} is not an emflow model file (no network weights in it)")
+    return state
+
+
+def load_model(path: str | Path) -> TrainedModel:
+    """A model file written by `save_model` (`emflow train`); errors name the file and the problem."""
+    state = read_model_state(path)
+    try:
+        return TrainedModel.from_state(state)
+    except (KeyError, TypeError, RuntimeError) as error:
+        raise ValueError(f"{path} is not a usable emflow model file: {error}") from error
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's content: what identifies a model in fingerprints."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checkpoint_path(folder: str | Path, iteration: int) -> Path:
+    return Path(folder) / f"iteration_{iteration:08d}.pt"
+
+
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    """The checkpoint with the highest iteration in `folder`, or None."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    found = sorted(path for path in folder.iterdir() if CHECKPOINT_PATTERN.match(path.name))
+    return found[-1] if found else None
+
+
+def save_checkpoint(folder: str | Path, iteration: int, payload: dict[str, Any], *, keep: int = 2) -> Path:
+    """Write a checkpoint atomically, then drop all but the `keep` newest."""
+    path = checkpoint_path(folder, iteration)
+    atomic_torch_save(path, payload)
+    found = sorted(p for p in Path(folder).iterdir() if CHECKPOINT_PATTERN.match(p.name))
+    for old in found[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,110 @@
+"""Sliding-window inference: the patch grid, mirroring, blending, and block-wise = whole-volume prediction."""
+
+import numpy as np
+import pytest
+import torch
+
+from emflow.blocking import Blocking
+from emflow.inference import (
+    PatchGrid,
+    accumulate_patches,
+    add_overlap,
+    blend,
+    blending_weights,
+    predict_box,
+    read_mirrored,
+    reflect_indices,
+)
+from emflow.storage.models import load_model
+from emflow.unet import UNet3D, UNetConfig, check_patch_shape
+
+
+def test_blending_weights_peak_in_the_centre_and_stay_positive():
+    weights = blending_weights((8, 32, 48))
+    assert weights.dtype == np.float32 and weights.shape == (8, 32, 48)
+    assert weights.min() > 0
+    assert weights.max() == pytest.approx(1, abs=0.01)
+    np.testing.assert_allclose(weights, weights[::-1, ::-1, ::-1], rtol=1e-6)
+    assert weights[4, 16, 24] > weights[4, 16, 0] > weights[0, 0, 0]
+
+
+@pytest.mark.parametrize("size", [1, 2, 7])
+def test_mirrored_reads_equal_numpys_reflect_padding_even_past_a_whole_period(size):
+    volume = np.arange(size * 5 * 6).reshape(size, 5, 6)
+    pad = ((9, 11), (4, 13), (0, 2))
+    expected = np.pad(volume, pad, mode="reflect")
+    start = [-before for before, _ in pad]
+    stop = [shape + after for shape, (_, after) in zip(volume.shape, pad)]
+    np.testing.assert_array_equal(read_mirrored(volume, start, stop), expected)
+    np.testing.assert_array_equal(reflect_indices(np.arange(-3, 3), 1), np.zeros(6, dtype=int))
+
+
+def test_every_voxel_is_covered_and_every_patch_belongs_to_one_block():
+    grid = PatchGrid((50, 70, 33), (16, 32, 32), (4, 8, 8))
+    coverage = np.zeros(grid.volume_shape, dtype=int)
+    for origin_z in grid.origins(0):
+        for origin_y in grid.origins(1):
+            for origin_x in grid.origins(2):
+                begin = np.maximum([origin_z, origin_y, origin_x], 0)
+                end = np.minimum(np.array([origin_z, origin_y, origin_x]) + grid.patch_shape, grid.volume_shape)
+                coverage[tuple(slice(first, last) for first, last in zip(begin, end))] += 1
+    assert coverage.min() >= 1
+    blocking = Blocking(grid.volume_shape, (20, 30, 16))
+    owners = [0] * grid.number_of_patches()
+    for block_id in range(blocking.number_of_blocks):
+        box = blocking.block(block_id)
+        owned = grid.patches_of_block(box.begin, box.end)
+        for origin in np.stack(np.meshgrid(*owned, indexing="ij"), -1).reshape(-1, 3):
+            index = np.ravel_multi_index([list(grid.origins(axis)).index(origin[axis]) for axis in range(3)], [len(grid.origins(a)) for a in range(3)])
+            owners[index] += 1
+    assert owners == [1] * grid.number_of_patches()
+
+
+@pytest.mark.parametrize("overlap", [(0, 0, 0), (4, 12, 12)])
+def test_overlap_add_over_blocks_equals_a_whole_volume_prediction(flyem_crop, small_affinity_model, overlap):
+    model = load_model(small_affinity_model)
+    volume = model.normalize(flyem_crop["raw"][:40, :72, :60])
+    grid = PatchGrid(volume.shape, model.patch_shape, overlap)
+    predictor = model.predictor("cpu")
+    whole = predict_box(predictor, volume, grid, (0, 0, 0), volume.shape, batch_size=3)
+    assert whole.shape == (model.out_channels,) + volume.shape and np.isfinite(whole).all()
+
+    blocking = Blocking(volume.shape, (16, 32, 24))
+    total = np.zeros((model.out_channels + 1,) + volume.shape, dtype=np.float32)
+    for block_id in range(blocking.number_of_blocks):
+        box = blocking.block(block_id)
+        origins = grid.patches_of_block(box.begin, box.end)
+        if all(len(axis_origins) for axis_origins in origins):
+            span_start, accumulated = accumulate_patches(predictor, volume, grid, origins)
+            add_overlap(total, (0, 0, 0), accumulated, span_start)
+    np.testing.assert_allclose(blend(total), whole, rtol=1e-5, atol=1e-6)
+
+
+def test_patch_shapes_must_fit_the_networks_downsampling():
+    config = UNetConfig(depth=3, pooling=((1, 2, 2), (2, 2, 2)))
+    assert check_patch_shape((8, 16, 32), config) == (8, 16, 32)
+    with pytest.raises(ValueError, match=r"downsampling \(2, 4, 4\)"):
+        check_patch_shape((8, 18, 32), config)
+    with pytest.raises(ValueError, match="overlap"):
+        PatchGrid((10, 10, 10), (8, 8, 8), (8, 0, 0))
+
+
+def test_anisotropic_hybrid_unet_keeps_the_patch_shape_and_is_batch_independent():
+    torch.manual_seed(0)
+    network = UNet3D(UNetConfig(out_channels=3, depth=3, width=4, pooling=((1, 2, 2), (2, 2, 2)), two_d_levels=1)).eval()
+    assert network.encoders[0][0].kernel_size == (1, 3, 3) and network.encoders[1][0].kernel_size == (3, 3, 3)
+    patches = torch.randn(2, 1, 8, 16, 24)
+    with torch.inference_mode():
+        together = network(patches)
+        alone = network(patches[1:])
+    assert together.shape == (2, 3, 8, 16, 24)
+    torch.testing.assert_close(together[1:], alone, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "keywords, message",
+    [({"depth": 2, "pooling": ()}, "pooling"), ({"norm": "batch"}, "norm"), ({"two_d_levels": 4}, "two_d_levels"), ({"width": 0}, "positive")],
+)
+def test_bad_network_configs_are_named(keywords, message):
+    with pytest.raises(ValueError, match=message):
+        UNetConfig(**keywords)

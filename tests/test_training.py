@@ -1,0 +1,150 @@
+"""Training: targets and weights, the MALIS term's gradient, resumable and reproducible runs, config errors."""
+
+import json
+
+import numpy as np
+import pytest
+import tomli_w
+import torch
+
+from emflow import malis
+from emflow.cli.main import main
+from emflow.config import ConfigError
+from emflow.storage.models import latest_checkpoint, load_model
+from emflow.training import balanced_weights, malis_loss, training_targets
+from emflow.workflows.train import train
+
+from conftest import DATA_DIR
+
+VOLUME = DATA_DIR / "flyem_medulla_dev" / "volume.h5"
+
+
+def write_training_config(path, output, **sections):
+    config = {
+        "data": {
+            "path": str(VOLUME),
+            "raw_key": "raw",
+            "labels_key": "labels/neuron_ids",
+            "train_start": [0, 128, 0],
+            "train_stop": [40, 0, 0],
+            "validation_stop": [40, 128, 0],
+        },
+        "model": {"depth": 2, "width": 4, "pooling": [[1, 2, 2]], "offsets": [[-1, 0, 0], [0, -1, 0], [0, 0, -1], [0, -4, 0]]},
+        "training": {
+            "output": str(output),
+            "iterations": 4,
+            "patch_shape": [8, 32, 32],
+            "checkpoint_every": 2,
+            "log_every": 1,
+            "validate_every": 2,
+            "validation_patches": 2,
+            "threads": 1,
+        },
+        "augmentation": {"missing_section_probability": 0.1, "misalignment_probability": 0.5, "blur_probability": 0.1},
+    }
+    for section, values in sections.items():
+        config.setdefault(section, {}).update(values)
+    path.write_text(tomli_w.dumps(config))
+    return path
+
+
+def _losses(output):
+    return [{key: value for key, value in json.loads(line).items() if key != "seconds"} for line in (output / "training_log.jsonl").read_text().splitlines()]
+
+
+def test_balanced_weights_give_each_class_half_of_the_valid_weight(flyem_crop):
+    labels = flyem_crop["neuron_ids"][:16, :32, :32].astype(np.int64)
+    target, mask = training_targets(labels, "affinities", [(-1, 0, 0), (0, -9, 0)])
+    weights = balanced_weights(target, mask)
+    for channel in range(2):
+        valid = mask[channel] > 0
+        positive = valid & (target[channel] > 0.5)
+        assert 0 < positive.sum() < valid.sum()
+        assert weights[channel][positive].sum() == pytest.approx(valid.sum() / 2, rel=1e-5)
+        assert weights[channel][valid & ~positive].sum() == pytest.approx(valid.sum() / 2, rel=1e-5)
+        assert not weights[channel][~valid].any()
+
+
+def test_malis_term_backpropagates_the_core_gradient(flyem_crop):
+    labels = flyem_crop["neuron_ids"][:6, :10, :12].astype(np.int64)
+    rng = np.random.default_rng(3)
+    affinities = rng.random((3,) + labels.shape)
+    tensor = torch.tensor(affinities, requires_grad=True)
+    loss = malis_loss(tensor, labels)
+    loss.backward()
+    expected_loss, expected_gradient = malis.malis_loss(affinities, labels, constrained=True)
+    assert loss.item() == pytest.approx(expected_loss, rel=1e-12)
+    np.testing.assert_allclose(tensor.grad.numpy(), expected_gradient, rtol=1e-10, atol=1e-15)
+
+
+def test_a_resumed_run_takes_the_same_steps_as_an_uninterrupted_one(tmp_path):
+    straight = write_training_config(tmp_path / "straight.toml", tmp_path / "straight")
+    report = train(straight, log=lambda line: None)
+    assert report.resumed_from == 0 and report.validation_loss is not None
+
+    interrupted = write_training_config(tmp_path / "interrupted.toml", tmp_path / "interrupted", training={"iterations": 3})
+    train(interrupted, log=lambda line: None)
+    # A run killed after iteration 3, before its checkpoint: only iteration 2's checkpoint is left,
+    # and the log already has iteration 3.
+    (tmp_path / "interrupted" / "checkpoints" / "iteration_00000003.pt").unlink()
+    assert latest_checkpoint(tmp_path / "interrupted" / "checkpoints").name == "iteration_00000002.pt"
+    write_training_config(tmp_path / "interrupted.toml", tmp_path / "interrupted")
+    messages = []
+    resumed = train(interrupted, log=messages.append)
+    assert resumed.resumed_from == 2 and "resuming" in messages[0]
+
+    first, second = load_model(report.model_path), load_model(resumed.model_path)
+    for name, tensor in first.network.state_dict().items():
+        torch.testing.assert_close(second.network.state_dict()[name], tensor, rtol=0, atol=0)
+    assert _losses(tmp_path / "straight") == _losses(tmp_path / "interrupted")
+    assert first.metadata["iterations"] == 4 and first.target == "affinities" and first.patch_shape == (8, 32, 32)
+    assert not list((tmp_path / "straight" / "checkpoints").glob("*.partial"))
+
+
+def test_log_lines_past_the_checkpoint_are_dropped_on_resume(tmp_path):
+    config = write_training_config(tmp_path / "config.toml", tmp_path / "out", training={"iterations": 2})
+    train(config, log=lambda line: None)
+    log = tmp_path / "out" / "training_log.jsonl"
+    # What a run killed after logging iteration 3, before its checkpoint, leaves behind.
+    log.write_text(log.read_text() + json.dumps({"iteration": 3, "loss": 9.0}) + "\n" + '{"iteration": 4, "lo')
+    write_training_config(tmp_path / "config.toml", tmp_path / "out", training={"iterations": 3})
+    train(config, log=lambda line: None)
+    iterations = [entry["iteration"] for entry in _losses(tmp_path / "out")]
+    assert iterations == [1, 2, 3]
+    assert _losses(tmp_path / "out")[-1]["loss"] != 9.0
+
+
+def test_malis_joins_the_loss_at_malis_start(tmp_path):
+    config = write_training_config(tmp_path / "config.toml", tmp_path / "out", training={"loss": "bce+malis", "malis_start": 3})
+    train(config, log=lambda line: None)
+    entries = _losses(tmp_path / "out")
+    assert ["malis" in entry for entry in entries] == [False, False, True, True]
+    assert all(entry["malis"] >= 0 for entry in entries[2:])
+
+
+def test_resuming_with_another_config_is_refused(tmp_path):
+    config = write_training_config(tmp_path / "config.toml", tmp_path / "out", training={"iterations": 2})
+    train(config, log=lambda line: None)
+    write_training_config(tmp_path / "config.toml", tmp_path / "out", training={"learning_rate": 0.01})
+    with pytest.raises(ConfigError, match="another config"):
+        train(config, log=lambda line: None)
+
+
+@pytest.mark.parametrize(
+    "sections, message",
+    [
+        ({"training": {"patience": 3}}, "unknown training config key training.patience"),
+        ({"model": {"target": "boundaries"}, "training": {"loss": "malis"}}, "MALIS needs"),
+        ({"model": {"offsets": [[0, -4, 0]]}, "training": {"loss": "bce+malis"}}, "MALIS needs"),
+        ({"training": {"patch_shape": [8, 31, 32]}}, "downsampling"),
+        ({"training": {"patch_shape": [64, 32, 32]}}, "smaller than the patch shape"),
+        ({"data": {"labels_key": "labels/missing"}}, "labels/missing"),
+        ({"model": {"pooling": [[1, 2]]}}, "lists of 3 integers"),
+        ({"training": {"loss": "dice"}}, "training.loss"),
+    ],
+)
+def test_bad_training_configs_exit_2_naming_the_problem(tmp_path, capsys, sections, message):
+    config = write_training_config(tmp_path / "config.toml", tmp_path / "out", **sections)
+    assert main(["train", str(config)]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out" / "model.pt").exists()
