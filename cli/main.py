@@ -1,4 +1,4 @@
-"""`emflow run | status | config defaults | import | evaluate | demo`.
+"""`emflow run | predict | train | status | config defaults | config training-defaults | import | evaluate | demo`.
 
 Exit codes: 0 success; 1 a task failed (the failed blocks and their logs are named); 2 bad input,
 config or output (one message naming the problem, nothing written).
@@ -48,14 +48,18 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run the workflow of a config file (resumes where it stopped)")
-    run.add_argument("config", help="TOML config file")
-    run.add_argument("--workers", type=int, default=1, help="tasks run in parallel (default 1)")
-    scheduler = run.add_mutually_exclusive_group()
-    scheduler.add_argument("--local-scheduler", action="store_true", help="embedded scheduler (the default)")
-    scheduler.add_argument("--scheduler-host", help="host of a running luigid central scheduler")
-    run.add_argument("--scheduler-port", type=int, default=8082, help="port of the central scheduler (default 8082)")
-    run.add_argument("--update", action="store_true", help="recompute results that came from another config, replacing them")
-    run.set_defaults(handler=_run)
+    _add_run_arguments(run)
+    run.set_defaults(handler=_run, until="")
+
+    predict = commands.add_parser(
+        "predict", help="run only the CNN prediction of a config without boundaries_key (writes predictions and boundaries)"
+    )
+    _add_run_arguments(predict)
+    predict.set_defaults(handler=_run, until="blend_predictions")
+
+    train = commands.add_parser("train", help="train a boundary or affinity U-Net (resumes from its last checkpoint)")
+    train.add_argument("config", help="training TOML config file (see `emflow config training-defaults`)")
+    train.set_defaults(handler=_train)
 
     status = commands.add_parser("status", help="per stage: blocks done / stale / pending")
     status.add_argument("config", help="TOML config file")
@@ -65,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     config_commands = config.add_subparsers(dest="config_command", required=True)
     defaults = config_commands.add_parser("defaults", help="print the complete default config, documented")
     defaults.set_defaults(handler=_config_defaults)
+    training_defaults = config_commands.add_parser("training-defaults", help="print the complete default training config, documented")
+    training_defaults.set_defaults(handler=_training_defaults)
 
     importer = commands.add_parser("import", help="convert a TIFF stack or HDF5 dataset to a zarr array")
     importer.add_argument("source", help="TIFF stack, or HDF5 file (with --source-key or SOURCE as file.h5:key)")
@@ -84,6 +90,16 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--workers", type=int, default=2, help="tasks run in parallel (default 2)")
     demo.set_defaults(handler=_demo)
     return parser
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="TOML config file")
+    parser.add_argument("--workers", type=int, default=1, help="tasks run in parallel (default 1)")
+    scheduler = parser.add_mutually_exclusive_group()
+    scheduler.add_argument("--local-scheduler", action="store_true", help="embedded scheduler (the default)")
+    scheduler.add_argument("--scheduler-host", help="host of a running luigid central scheduler")
+    parser.add_argument("--scheduler-port", type=int, default=8082, help="port of the central scheduler (default 8082)")
+    parser.add_argument("--update", action="store_true", help="recompute results that came from another config, replacing them")
 
 
 def _report_failures(report) -> None:
@@ -106,11 +122,21 @@ def _run(arguments) -> int:
         scheduler_host=arguments.scheduler_host,
         scheduler_port=arguments.scheduler_port,
         update=arguments.update,
+        until=arguments.until,
     )
     if not report.succeeded:
         _report_failures(report)
         return EXIT_TASK_FAILED
-    print(f"emflow: run complete in {report.seconds:.1f} s")
+    print(f"emflow: {'prediction' if arguments.until else 'run'} complete in {report.seconds:.1f} s")
+    return EXIT_OK
+
+
+def _train(arguments) -> int:
+    from emflow.workflows.train import train
+
+    report = train(arguments.config, log=lambda line: print(line, flush=True))
+    validation = "" if report.validation_loss is None else f", validation loss {report.validation_loss:.4f}"
+    print(f"emflow train: {report.iterations} iterations in {report.seconds:.0f} s{validation}; model written to {report.model_path}")
     return EXIT_OK
 
 
@@ -129,6 +155,13 @@ def _config_defaults(arguments) -> int:
     from emflow.config import default_config_text
 
     print(default_config_text(), end="")
+    return EXIT_OK
+
+
+def _training_defaults(arguments) -> int:
+    from emflow.config import training_config_text
+
+    print(training_config_text(), end="")
     return EXIT_OK
 
 

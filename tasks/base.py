@@ -58,11 +58,16 @@ class block_scheduling(luigi.Config):
     """Luigi config section [block_scheduling], set by `use_workers` before a build."""
 
     auto_block_groups = luigi.IntParameter(default=GROUPS_PER_WORKER)
+    worker_processes = luigi.IntParameter(default=1)
 
 
 def use_workers(workers: int) -> None:
-    """Tell the block stages how many worker processes this build has (for `block_groups` = 0)."""
-    luigi.configuration.get_config().set("block_scheduling", "auto_block_groups", str(GROUPS_PER_WORKER * max(1, int(workers))))
+    """Tell the tasks how many worker processes this build has (for `block_groups` = 0, and for
+    stages that split the cores among the processes)."""
+    workers = max(1, int(workers))
+    configuration = luigi.configuration.get_config()
+    configuration.set("block_scheduling", "auto_block_groups", str(GROUPS_PER_WORKER * workers))
+    configuration.set("block_scheduling", "worker_processes", str(workers))
 
 
 class EmflowTask(luigi.Task):

@@ -17,6 +17,7 @@ import numpy as np
 
 from emflow.blocking import Blocking
 from emflow.config import ConfigError, load_config
+from emflow.storage.output import output_array
 from emflow.storage.volumes import opened_volume
 
 
@@ -48,6 +49,10 @@ class RunContext:
         """Where a block task keeps its partial result (global stages: `global_array_path`)."""
         return self.work_dir / "blocks" / stage / f"{block_id}.npz"
 
+    def block_array_path(self, stage: str, block_id: int) -> Path:
+        """Where a block task keeps one array as .npy, which other blocks read memory-mapped, a slab at a time."""
+        return self.work_dir / "blocks" / stage / f"{block_id}.npy"
+
     def global_array_path(self, stage: str, name: str) -> Path:
         """Where a global stage keeps one array as .npy, which block tasks read memory-mapped.
 
@@ -73,8 +78,19 @@ class RunContext:
         with opened_volume(self.config["input"]["path"], self.config["input"][f"{role}_key"]) as volume:
             return np.asarray(volume[box.slicing])
 
+    @property
+    def predicting(self) -> bool:
+        """Whether the boundary map is predicted from raw data (no `boundaries_key` given)."""
+        return not self.config["input"]["boundaries_key"]
+
     def read_boundaries(self, box) -> np.ndarray:
-        """The boundary map inside `box` as float32, checked for NaNs and the [0, 1] range."""
+        """The boundary map inside `box` as float32, checked for NaNs and the [0, 1] range.
+
+        Read from the input, or from the output's predicted `boundaries` (uint8 ones scaled back).
+        """
+        if self.predicting:
+            boundaries = np.asarray(output_array(self.output_path, "boundaries")[box.slicing])
+            return boundaries.astype(np.float32) / np.float32(255) if boundaries.dtype == np.uint8 else boundaries
         boundaries = self.read_input("boundaries", box).astype(np.float32, copy=False)
         if not np.isfinite(boundaries).all():
             raise ValueError(f"boundary map {self.config['input']['boundaries_key']!r} holds NaN or infinite values in {box}")
@@ -121,7 +137,7 @@ def _context_for_text(config_path: str, config_text: str) -> RunContext:
     config = load_config(config_path)
     inputs = describe_inputs(config)
     validate_inputs(inputs)
-    shape = tuple(inputs["boundaries"]["shape"])
+    shape = tuple(inputs[reference_role(inputs)]["shape"])
     output_path = Path(config["output"]["path"])
     work_dir = Path(config["output"]["work_dir"] or f"{output_path}.work")
     return RunContext(
@@ -156,21 +172,32 @@ def describe_inputs(config: dict[str, dict[str, Any]]) -> dict[str, dict[str, An
     return described
 
 
+def reference_role(inputs: dict[str, dict[str, Any]]) -> str:
+    """The input that defines the volume's shape: the boundary map, or raw data it is predicted from."""
+    return "boundaries" if "boundaries" in inputs else "raw"
+
+
 def validate_inputs(inputs: dict[str, dict[str, Any]]) -> None:
     """Raise InputError naming the first problem with the input datasets (see `describe_inputs`)."""
-    boundaries = inputs["boundaries"]
-    name = f"{boundaries['path']}:{boundaries['key']}"
-    if len(boundaries["shape"]) != 3:
-        raise InputError(f"boundary map {name} must be 3D (z, y, x), got shape {tuple(boundaries['shape'])}")
-    if 0 in boundaries["shape"]:
-        raise InputError(f"boundary map {name} is empty (shape {tuple(boundaries['shape'])})")
-    if not np.issubdtype(np.dtype(boundaries["dtype"]), np.floating):
-        raise InputError(f"boundary map {name} must be float with values in [0, 1], got dtype {boundaries['dtype']}")
-    for role, description in inputs.items():
-        if description["shape"] != boundaries["shape"]:
+    role = reference_role(inputs)
+    reference = inputs[role]
+    what = "boundary map" if role == "boundaries" else "raw data"
+    name = f"{reference['path']}:{reference['key']}"
+    if len(reference["shape"]) != 3:
+        raise InputError(f"{what} {name} must be 3D (z, y, x), got shape {tuple(reference['shape'])}")
+    if 0 in reference["shape"]:
+        raise InputError(f"{what} {name} is empty (shape {tuple(reference['shape'])})")
+    if role == "boundaries" and not np.issubdtype(np.dtype(reference["dtype"]), np.floating):
+        raise InputError(f"boundary map {name} must be float with values in [0, 1], got dtype {reference['dtype']}")
+    if "raw" in inputs and not (
+        np.issubdtype(np.dtype(inputs["raw"]["dtype"]), np.unsignedinteger) or np.issubdtype(np.dtype(inputs["raw"]["dtype"]), np.floating)
+    ):
+        raise InputError(f"raw data {inputs['raw']['key']} must be unsigned integer or float in [0, 1], got dtype {inputs['raw']['dtype']}")
+    for other, description in inputs.items():
+        if description["shape"] != reference["shape"]:
             raise InputError(
-                f"{role} dataset {description['key']} has shape {tuple(description['shape'])}, "
-                f"but the boundary map has shape {tuple(boundaries['shape'])}"
+                f"{other} dataset {description['key']} has shape {tuple(description['shape'])}, "
+                f"but the {what} has shape {tuple(reference['shape'])}"
             )
     for role in ("supervoxels", "lifted_labels"):
         if role in inputs and not np.issubdtype(np.dtype(inputs[role]["dtype"]), np.integer):

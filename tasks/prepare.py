@@ -12,6 +12,13 @@ from .base import GlobalTask
 from .context import RunContext
 
 
+def prediction_channels(context: RunContext) -> int:
+    """Output channels of the configured model (imported here because tasks.predict imports this module)."""
+    from .predict import describe_model
+
+    return describe_model(context).network_config.out_channels
+
+
 class PrepareOutput(GlobalTask):
     stage = "prepare_output"
 
@@ -22,6 +29,7 @@ class PrepareOutput(GlobalTask):
             "resolution": context.config["input"]["resolution"],
             "block_shape": context.config["blocking"]["block_shape"],
             "output": str(context.output_path),
+            "prediction": {"channels": prediction_channels(context), "dtype": context.config["predict"]["output_dtype"]} if context.predicting else None,
         }
 
     def run_stage(self, logger: logging.Logger) -> dict:
@@ -32,6 +40,11 @@ class PrepareOutput(GlobalTask):
         if not context.config["input"]["supervoxels_key"]:
             create_block_array(group, "supervoxels_block_local", context.shape, block_shape, "uint64")
         create_block_array(group, "supervoxels", context.shape, block_shape, "uint64")
+        if context.predicting:
+            channels = prediction_channels(context)
+            dtype = context.config["predict"]["output_dtype"]
+            create_block_array(group, "predictions", (channels, *context.shape), (channels, *block_shape), dtype)
+            create_block_array(group, "boundaries", context.shape, block_shape, dtype)
         segmentation = group.require_group("segmentation")
         create_block_array(segmentation, "s0", context.shape, block_shape, "uint64")
         write_ome_zarr_metadata(segmentation, "s0", context.config["input"]["resolution"], name="segmentation")

@@ -19,6 +19,7 @@ from emflow.targets import atomic_save_npy, atomic_save_npz
 
 from .base import BlockTask, GlobalTask, stage_task
 from .context import RunContext
+from .predict import BlendBlock
 from .prepare import PrepareOutput
 
 
@@ -40,6 +41,12 @@ def _masked_input_supervoxels(context: RunContext, box) -> np.ndarray:
 class SupervoxelBlock(BlockTask):
     stage = "supervoxels"
     upstream = (PrepareOutput,)
+
+    def upstream_stages(self) -> list:
+        # A predicted boundary map is read by this stage and, through it, by every later one.
+        if self.context.predicting:
+            return [stage_task(PrepareOutput, self.config_path), stage_task(BlendBlock, self.config_path)]
+        return super().upstream_stages()
 
     @classmethod
     def stage_parameters(cls, context: RunContext) -> dict:

@@ -64,8 +64,8 @@ def test_config_errors_name_the_key(tmp_path, inputs, capsys, sections, fragment
 
 
 def test_missing_required_key(tmp_path, inputs, capsys):
-    config = write_config(tmp_path / "config.toml", inputs, tmp_path / "out.zarr", input={"boundaries_key": ""})
-    _fails_with(capsys, ["run", config], "input.boundaries_key is required")
+    config = write_config(tmp_path / "config.toml", inputs, tmp_path / "out.zarr", input={"boundaries_key": "", "raw_key": ""})
+    _fails_with(capsys, ["run", config], "input.boundaries_key or input.raw_key is required")
 
 
 def test_missing_input_file(tmp_path, capsys):

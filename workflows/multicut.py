@@ -1,4 +1,4 @@
-"""Boundary map → supervoxels → region-adjacency graph → edge costs → multicut → segmentation."""
+"""(Raw → CNN prediction →) boundary map → supervoxels → region-adjacency graph → edge costs → multicut → segmentation."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from emflow.tasks.hierarchical_multicut import MulticutProblem, SubproblemBlock
 from emflow.tasks.lifted_edges import LabelOverlapBlock, LiftedEdges, lifted
 from emflow.tasks.merge_graph import MergeGraph
 from emflow.tasks.multicut import Multicut
+from emflow.tasks.predict import BlendBlock, PredictBlock
 from emflow.tasks.prepare import PrepareOutput
 from emflow.tasks.supervoxels import RelabelSupervoxelBlock, SupervoxelBlock, SupervoxelIds
 from emflow.tasks.write import WriteSegmentation
@@ -22,10 +23,22 @@ from emflow.tasks.write import WriteSegmentation
 GRAPH_STAGES = (PrepareOutput, SupervoxelBlock, SupervoxelIds, RelabelSupervoxelBlock, BlockGraph, MergeGraph, EdgeCosts)
 
 
-def workflow_stages(config_path: str) -> list[luigi.Task]:
-    """The stage tasks of the workflow in the order they run (see `emflow.tasks.base.stage_task`)."""
-    stages = [stage_task(task_class, config_path) for task_class in GRAPH_STAGES]
+def workflow_stages(config_path: str, until: str = "") -> list[luigi.Task]:
+    """The stage tasks of the workflow in the order they run (see `emflow.tasks.base.stage_task`),
+    up to and including the stage named `until` ("" = all)."""
+    stages = _all_stages(config_path)
+    if not until:
+        return stages
+    names = [stage.stage for stage in stages]
+    if until not in names:
+        raise ValueError(f"this workflow has no stage {until!r}; its stages are {', '.join(names)}")
+    return stages[: names.index(until) + 1]
+
+
+def _all_stages(config_path: str) -> list[luigi.Task]:
     context = load_context(config_path)
+    graph_stages = GRAPH_STAGES[:1] + (PredictBlock, BlendBlock) + GRAPH_STAGES[1:] if context.predicting else GRAPH_STAGES
+    stages = [stage_task(task_class, config_path) for task_class in graph_stages]
     if lifted(context):
         stages += [stage_task(LabelOverlapBlock, config_path), stage_task(LiftedEdges, config_path)]
     n_scales = context.config["multicut"]["n_scales"]
@@ -44,9 +57,10 @@ class MulticutSegmentation(luigi.WrapperTask):
     """
 
     config_path = luigi.Parameter()
+    until = luigi.Parameter(default="")
 
     def requires(self):
-        return workflow_stages(self.config_path)
+        return workflow_stages(self.config_path, self.until)
 
 
 @dataclass(frozen=True)
@@ -78,17 +92,17 @@ def stage_status(stage: luigi.Task) -> StageStatus:
     return StageStatus(stage.stage, done=done, stale=stale, pending=total - done - stale)
 
 
-def workflow_status(config_path: str) -> list[StageStatus]:
+def workflow_status(config_path: str, until: str = "") -> list[StageStatus]:
     """Per stage, how many tasks are done, stale (from another config) or pending."""
-    return [stage_status(stage) for stage in workflow_stages(config_path)]
+    return [stage_status(stage) for stage in workflow_stages(config_path, until)]
 
 
-def progress_reporter(config_path: str):
+def progress_reporter(config_path: str, until: str = ""):
     """A callable giving one line of per-stage progress: blocks done out of all blocks.
 
     Block journals are read incrementally, so each line costs only the records added since the last.
     """
-    stages = workflow_stages(config_path)
+    stages = workflow_stages(config_path, until)
     readers = {stage.stage: JournalReader(stage.output().block_folder) for stage in stages if isinstance(stage, BlockStage)}
 
     def line() -> str:

@@ -17,7 +17,7 @@ class StaleOutputError(RuntimeError):
     """The output holds results of another config; recomputing them needs the user's consent."""
 
 
-def check_run(config_path: str | Path, *, update: bool = False) -> tuple[str, list[StageStatus]]:
+def check_run(config_path: str | Path, *, update: bool = False, until: str = "") -> tuple[str, list[StageStatus]]:
     """Validate config, inputs and output before any task runs.
 
     Returns the canonical config path and the status of each stage. Raises ConfigError,
@@ -29,7 +29,7 @@ def check_run(config_path: str | Path, *, update: bool = False) -> tuple[str, li
     recorded = None
     if context.output_path.exists():
         recorded = open_output_group(context.output_path).attrs[OWNER_ATTRIBUTE].get("finished_with")
-    statuses = workflow_status(config_path)
+    statuses = workflow_status(config_path, until)
     if not update:
         stale = [status for status in statuses if status.stale]
         if stale:
@@ -54,22 +54,24 @@ def run_workflow(
     scheduler_host: str | None = None,
     scheduler_port: int | None = None,
     update: bool = False,
+    until: str = "",
     progress_interval: float = 5.0,
 ) -> RunReport:
-    config_path, _ = check_run(config_path, update=update)
+    """Run the workflow of a config file, or its stages up to `until` (e.g. "blend_predictions")."""
+    config_path, _ = check_run(config_path, update=update, until=until)
     context = load_context(config_path)
     use_workers(workers)
     report = run_tasks(
-        [MulticutSegmentation(config_path=config_path)],
+        [MulticutSegmentation(config_path=config_path, until=until)],
         failure_dir=context.work_dir / "failed",
         scheduler_log=context.work_dir / "logs" / "luigi.log",
         workers=workers,
         scheduler_host=scheduler_host,
         scheduler_port=scheduler_port,
-        progress=progress_reporter(config_path),
+        progress=progress_reporter(config_path, until),
         progress_interval=progress_interval,
     )
-    if report.succeeded:
+    if report.succeeded and not until:
         group = open_output_group(context.output_path)
         group.attrs[OWNER_ATTRIBUTE] = {**group.attrs[OWNER_ATTRIBUTE], "finished_with": _run_fingerprint(context)}
     return report

@@ -1,0 +1,194 @@
+"""Stage 0b (when no boundary map is given): CNN prediction from raw data, in two block-wise steps.
+
+`predict`: each block runs the grid patches it owns (`emflow.inference`: those centred in it)
+and keeps their weighted sums, over the span the patches cover, as a .npy in the work folder.
+`blend_predictions`: each block adds up the sums of every block whose span reaches it, divides,
+and writes the network's probabilities (`predictions`, channels first) and the boundary map
+derived from them (`boundaries`) for its own box: whole chunks. No patch runs twice, and the
+result equals a prediction of the whole volume up to the order of floating-point sums.
+A voxel's affinity-derived boundary value needs the affinities to its neighbours on both sides,
+so blending covers one voxel more on each side of the box.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from emflow.blocking import Box
+from emflow.inference import PatchGrid, accumulate_patches, add_overlap, blend
+from emflow.model import TrainedModel
+from emflow.storage.models import file_digest, load_model, read_model_state, shipped_model_path
+from emflow.storage.output import output_array
+from emflow.storage.volumes import opened_volume
+from emflow.targets import atomic_save_npy
+from emflow.unet import UNetConfig, check_patch_shape
+
+from .base import BlockTask, block_scheduling
+from .context import RunContext
+from .prepare import PrepareOutput
+
+
+def model_path(context: RunContext) -> Path:
+    return Path(context.config["predict"]["model"] or shipped_model_path())
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """What the scheduling process needs to know of a model file, read without building the network."""
+
+    sha256: str
+    network_config: UNetConfig
+    patch_shape: tuple[int, int, int]
+
+
+@functools.lru_cache(maxsize=4)
+def _describe_model(path: str, modified_ns: int, size: int) -> ModelDescription:
+    state = read_model_state(path)
+    try:
+        return ModelDescription(file_digest(path), UNetConfig(**state["network_config"]), tuple(state["patch_shape"]))
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{path} is not a usable emflow model file: {error}") from error
+
+
+@functools.lru_cache(maxsize=4)
+def _load_model(path: str, modified_ns: int, size: int) -> TrainedModel:
+    return load_model(path)
+
+
+def _model_file_key(context: RunContext) -> tuple[str, int, int]:
+    path = model_path(context)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path} (config key predict.model)")
+    status = path.stat()
+    return str(path), status.st_mtime_ns, status.st_size
+
+
+def describe_model(context: RunContext) -> ModelDescription:
+    """The configured model's description, read once per process while the file stays the same."""
+    return _describe_model(*_model_file_key(context))
+
+
+def prediction_model(context: RunContext) -> TrainedModel:
+    """The configured model, loaded once per (worker) process while the file stays the same.
+
+    Building the network is the first torch computation of a worker, so the worker's thread count
+    is set first (`_use_worker_threads`).
+    """
+    _use_worker_threads()
+    return _load_model(*_model_file_key(context))
+
+
+def prediction_grid(context: RunContext) -> PatchGrid:
+    """The patch grid of the run; ValueError naming the config key for an unusable patch or overlap."""
+    model = describe_model(context)
+    patch_shape = context.config["predict"]["patch_shape"]
+    if not any(patch_shape):
+        patch_shape = model.patch_shape
+    try:
+        patch_shape = check_patch_shape(patch_shape, model.network_config)
+        return PatchGrid(context.shape, patch_shape, context.config["predict"]["overlap"])
+    except ValueError as error:
+        raise ValueError(f"config keys predict.patch_shape / predict.overlap: {error}") from error
+
+
+def _use_worker_threads() -> None:
+    """With several worker processes, split the cores among them. One thread each also keeps a
+    forked worker safe if its parent ran torch's OpenMP threads, which a fork can leave hanging."""
+    workers = block_scheduling().worker_processes
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+class _NormalizedVolume:
+    """Network input read lazily from the raw volume: `model.normalize` of whatever is sliced."""
+
+    def __init__(self, volume, model: TrainedModel, name: str):
+        self.volume, self.model, self.name, self.shape = volume, model, name, tuple(volume.shape)
+
+    def __getitem__(self, slicing) -> np.ndarray:
+        raw = np.asarray(self.volume[slicing])
+        if np.issubdtype(raw.dtype, np.floating) and raw.size and not (np.isfinite(raw).all() and 0 <= raw.min() and raw.max() <= 1):
+            raise ValueError(f"raw data {self.name} must be finite and in [0, 1] when stored as floats; {slicing} is not")
+        return self.model.normalize(raw)
+
+
+class PredictBlock(BlockTask):
+    stage = "predict"
+    upstream = (PrepareOutput,)
+
+    @classmethod
+    def stage_parameters(cls, context: RunContext) -> dict:
+        grid = prediction_grid(context)
+        predict = context.config["predict"]
+        # Device and batch size change results only within float tolerance, so they may change
+        # between attempts (e.g. resuming on a GPU host) without making blocks stale.
+        return {
+            "model_sha256": describe_model(context).sha256,
+            "patch_shape": list(grid.patch_shape),
+            "overlap": list(grid.overlap),
+            "precision": predict["precision"],
+            "raw": context.inputs["raw"],
+        }
+
+    def run_stage(self, logger: logging.Logger) -> dict:
+        context = self.context
+        grid = prediction_grid(context)
+        box = context.blocking.block(self.block_id)
+        origins = grid.patches_of_block(box.begin, box.end)
+        path = context.block_array_path(self.stage, self.block_id)
+        if any(len(axis_origins) == 0 for axis_origins in origins):
+            path.unlink(missing_ok=True)  # a block smaller than the patch stride may own no patch
+            return {"patches": 0}
+        predict = context.config["predict"]
+        model = prediction_model(context)
+        predictor = model.predictor(predict["device"], predict["precision"])
+        with opened_volume(context.config["input"]["path"], context.config["input"]["raw_key"]) as raw:
+            network_input = _NormalizedVolume(raw, model, context.config["input"]["raw_key"])
+            span_start, accumulated = accumulate_patches(predictor, network_input, grid, origins, batch_size=predict["batch_size"])
+        atomic_save_npy(path, accumulated)
+        return {"patches": int(np.prod([len(axis_origins) for axis_origins in origins])), "span_start": list(span_start), "device": str(predictor.device)}
+
+
+class BlendBlock(BlockTask):
+    stage = "blend_predictions"
+    upstream = (PredictBlock,)
+
+    @classmethod
+    def stage_parameters(cls, context: RunContext) -> dict:
+        return {"output_dtype": context.config["predict"]["output_dtype"]}
+
+    def run_stage(self, logger: logging.Logger) -> dict:
+        context = self.context
+        model = prediction_model(context)
+        grid = prediction_grid(context)
+        box = context.blocking.block(self.block_id)
+        start = tuple(max(begin - 1, 0) for begin in box.begin)
+        stop = tuple(min(end + 1, size) for end, size in zip(box.end, context.shape))
+        total = np.zeros((model.out_channels + 1,) + tuple(last - first for first, last in zip(start, stop)), dtype=np.float32)
+        # A block's span reaches at most one patch past its box.
+        reach_begin = [first - size for first, size in zip(start, grid.patch_shape)]
+        reach_end = [last + size for last, size in zip(stop, grid.patch_shape)]
+        for block_id in context.blocking.blocks_intersecting(reach_begin, reach_end):
+            other = context.blocking.block(block_id)
+            origins = grid.patches_of_block(other.begin, other.end)
+            if any(len(axis_origins) == 0 for axis_origins in origins):
+                continue
+            span_start = [int(axis_origins[0]) for axis_origins in origins]
+            accumulated = np.load(context.block_array_path(PredictBlock.stage, block_id), mmap_mode="r")
+            add_overlap(total, start, accumulated, span_start)
+        probabilities = blend(total)
+        inner = box.local_to(Box(start, stop)).slicing
+        boundaries = model.boundaries(probabilities)[inner]
+        probabilities = probabilities[(slice(None),) + inner]
+        if context.config["predict"]["output_dtype"] == "uint8":
+            boundaries, probabilities = (np.round(array * 255).astype(np.uint8) for array in (boundaries, probabilities))
+        output_array(context.output_path, "predictions")[(slice(None),) + box.slicing] = probabilities
+        output_array(context.output_path, "boundaries")[box.slicing] = boundaries
+        return {}

@@ -1,0 +1,108 @@
+"""The prediction stages of `emflow run` / `emflow predict`: block-wise = whole-volume, dtypes, fingerprints."""
+
+import numpy as np
+import pytest
+
+from emflow.storage.models import load_model
+from emflow.storage.volumes import write_volume
+from emflow.workflows import workflow_status
+from emflow.workflows.run import run_workflow
+
+from workflow_helpers import RESOLUTION, read, run_cli, write_config
+
+CROP = np.s_[:40, :72, :80]
+
+
+@pytest.fixture
+def raw_input(tmp_path, flyem_crop):
+    path = tmp_path / "input.zarr"
+    write_volume(path, "raw", flyem_crop["raw"][CROP], resolution=RESOLUTION, chunks=(16, 32, 32))
+    return path
+
+
+def predict_config(tmp_path, raw_input, model, name, block_shape=(16, 32, 32), **predict):
+    return write_config(
+        tmp_path / f"{name}.toml",
+        raw_input,
+        tmp_path / f"{name}.zarr",
+        block_shape=block_shape,
+        input={"boundaries_key": None},
+        predict={"model": str(model), "patch_shape": [16, 32, 32], "overlap": [4, 8, 8], **predict},
+    )
+
+
+def test_block_wise_prediction_equals_a_single_block_prediction(tmp_path, raw_input, small_affinity_model):
+    blocks = predict_config(tmp_path, raw_input, small_affinity_model, "blocks", batch_size=3)
+    whole = predict_config(tmp_path, raw_input, small_affinity_model, "whole", block_shape=(40, 72, 80))
+    assert run_workflow(blocks, workers=2, until="blend_predictions").succeeded
+    assert run_workflow(whole, until="blend_predictions").succeeded
+    for name in ("predictions", "boundaries"):
+        block_wise, single = read(tmp_path / "blocks.zarr", name), read(tmp_path / "whole.zarr", name)
+        assert block_wise.dtype == np.float32 and np.isfinite(block_wise).all()
+        np.testing.assert_allclose(block_wise, single, rtol=1e-5, atol=1e-6)
+    model = load_model(small_affinity_model)
+    assert read(tmp_path / "blocks.zarr", "predictions").shape == (model.out_channels, 40, 72, 80)
+    np.testing.assert_allclose(
+        read(tmp_path / "blocks.zarr", "boundaries"), model.boundaries(read(tmp_path / "whole.zarr", "predictions")), rtol=1e-5, atol=1e-6
+    )
+    # `emflow predict` runs only up to the prediction; nothing of the segmentation yet.
+    statuses = {status.stage: status for status in workflow_status(str(blocks))}
+    assert statuses["blend_predictions"].done == statuses["blend_predictions"].total == 3 * 3 * 3
+    assert statuses["supervoxels"].done == 0
+
+
+def test_a_full_run_predicts_then_segments_and_reads_uint8_boundaries_back(tmp_path, raw_input, small_affinity_model):
+    config = predict_config(tmp_path, raw_input, small_affinity_model, "quantised", output_dtype="uint8")
+    float_config = predict_config(tmp_path, raw_input, small_affinity_model, "float")
+    assert run_cli("run", config, "--workers", "2") == 0
+    assert run_cli("predict", float_config) == 0
+    quantised = read(tmp_path / "quantised.zarr", "boundaries")
+    assert quantised.dtype == np.uint8
+    np.testing.assert_array_equal(quantised, np.round(read(tmp_path / "float.zarr", "boundaries") * 255).astype(np.uint8))
+    segmentation = read(tmp_path / "quantised.zarr", "segmentation")
+    assert segmentation.shape == (40, 72, 80) and segmentation.min() > 0
+
+
+def test_a_new_model_makes_prediction_and_everything_after_it_stale_but_a_batch_size_does_not(tmp_path, raw_input, small_affinity_model):
+    import shutil
+
+    import torch
+
+    from emflow.storage.models import save_model
+
+    config = predict_config(tmp_path, raw_input, small_affinity_model, "run")
+    assert run_cli("run", config) == 0
+    predict_config(tmp_path, raw_input, small_affinity_model, "run", batch_size=4)
+    assert all(status.stale == status.pending == 0 for status in workflow_status(str(config)))
+
+    retrained = load_model(small_affinity_model)
+    with torch.no_grad():
+        retrained.network.head.bias += 0.5
+    other_model = tmp_path / "retrained.pt"
+    save_model(other_model, retrained)
+    predict_config(tmp_path, raw_input, other_model, "run")
+    stale = {status.stage for status in workflow_status(str(config)) if status.stale}
+    assert stale == {"predict", "blend_predictions", "supervoxels", "relabel_supervoxels", "block_graph", "supervoxel_ids",
+                     "merge_graph", "edge_costs", "multicut", "write_segmentation"}
+    # A model is known by its bytes, not its path: a copy of the first model makes nothing stale.
+    copy = shutil.copy(small_affinity_model, tmp_path / "copy.pt")
+    predict_config(tmp_path, raw_input, copy, "run")
+    assert not any(status.stale for status in workflow_status(str(config)))
+
+
+def test_prediction_needs_raw_data_the_model_can_read(tmp_path, raw_input, small_affinity_model, capsys):
+    write_volume(raw_input, "signed", np.zeros((40, 72, 80), np.int16), resolution=RESOLUTION)
+    config = predict_config(tmp_path, raw_input, small_affinity_model, "signed")
+    write_config(config, raw_input, tmp_path / "signed.zarr", input={"boundaries_key": None, "raw_key": "signed"},
+                 predict={"model": str(small_affinity_model)})
+    assert run_cli("run", config) == 2
+    assert "must be unsigned integer or float" in capsys.readouterr().err
+
+    config = predict_config(tmp_path, raw_input, tmp_path / "missing.pt", "missing")
+    assert run_cli("run", config) == 2
+    assert "model file not found" in capsys.readouterr().err
+
+    config = predict_config(tmp_path, raw_input, small_affinity_model, "odd_patch", patch_shape=[16, 30, 32])
+    assert run_cli("run", config) == 2
+    assert "predict.patch_shape" in capsys.readouterr().err
+    assert not (tmp_path / "odd_patch.zarr").exists()
