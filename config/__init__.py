@@ -62,18 +62,22 @@ def load_config(path: str | Path) -> dict[str, dict[str, Any]]:
     the config file's folder, so a config means the same thing from any working directory.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        user = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path} is not valid TOML: {error}") from error
+    user = _read_toml(path, "config file")
     config = merge_config(user)
     base = path.resolve().parent
     for section, key in (("input", "path"), ("output", "path"), ("output", "work_dir"), ("predict", "model")):
         if config[section][key]:
             config[section][key] = str((base / config[section][key]).resolve())
     return config
+
+
+def _read_toml(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path} is not valid TOML: {error}") from error
 
 
 def merge_config(user: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -251,12 +255,7 @@ def load_training_config(path: str | Path) -> dict[str, dict[str, Any]]:
     Raises ConfigError naming the first problem.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"training config file not found: {path}")
-    try:
-        user = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path} is not valid TOML: {error}") from error
+    user = _read_toml(path, "training config file")
     config = tomllib.loads(training_config_text())
     for section, values in user.items():
         if section not in config:

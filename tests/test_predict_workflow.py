@@ -106,3 +106,11 @@ def test_prediction_needs_raw_data_the_model_can_read(tmp_path, raw_input, small
     assert run_cli("run", config) == 2
     assert "predict.patch_shape" in capsys.readouterr().err
     assert not (tmp_path / "odd_patch.zarr").exists()
+
+
+def test_predict_refuses_a_config_that_names_a_boundary_map(tmp_path, raw_input, small_affinity_model, capsys):
+    write_volume(raw_input, "boundaries", np.zeros((40, 72, 80), np.float32), resolution=RESOLUTION)
+    config = write_config(tmp_path / "config.toml", raw_input, tmp_path / "out.zarr", predict={"model": str(small_affinity_model)})
+    assert run_cli("predict", config) == 2
+    assert "nothing to predict" in capsys.readouterr().err
+    assert not (tmp_path / "out.zarr").exists()

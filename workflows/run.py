@@ -26,6 +26,11 @@ def check_run(config_path: str | Path, *, update: bool = False, until: str = "")
     """
     config_path = str(Path(config_path).resolve())
     context = load_context(config_path)
+    if until == "blend_predictions" and not context.predicting:
+        raise ValueError(
+            f"{config_path} names a boundary map (input.boundaries_key), so there is nothing to predict; "
+            "remove that key to predict boundaries from input.raw_key"
+        )
     recorded = None
     if context.output_path.exists():
         recorded = open_output_group(context.output_path).attrs[OWNER_ATTRIBUTE].get("finished_with")
