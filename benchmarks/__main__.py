@@ -1,4 +1,4 @@
-"""The benchmark suite: `python -m benchmarks [--quick] [--skip-elf] [--only NAME ...]`.
+"""The benchmark suite: `python -m benchmarks [--quick] [--skip-elf] [--only NAME ...] [--model PATH] [--markdown PATH]`.
 
 Runs, in one process tree and one sitting so that contenders share the machine's state:
 - end_to_end: boundary map → segmentation, MVox/s, memory and ARAND, emflow vs elf's in-memory
@@ -7,7 +7,15 @@ Runs, in one process tree and one sitting so that contenders share the machine's
 - orchestration: overhead per block-stage at 5,000 and 20,000 blocks, local scheduler and luigid,
   plain Luigi beside it, and a no-op rerun (`--quick`: 500 and 2,000 blocks);
 - hierarchical_multicut: hierarchical vs global multicut energy and time, with elf's blockwise_multicut.
-Writes benchmarks/results/benchmarks.json and the Markdown tables to docs/benchmarks.md.
+Two more run only when named with --only, as they need a trained model (`--model PATH`, default the
+shipped one) and have their own page:
+- inference: CNN throughput, a bare forward pass vs the sliding-window patches vs `emflow predict`,
+  on the CPU and on a GPU when torch sees one;
+- cnn_accuracy: segmentation from raw data with the CNN on FlyEM data the model was not trained on,
+  emflow vs elf on the same predicted boundaries, ARAND and VOI against the groundtruth.
+Writes benchmarks/results/benchmarks.json and the Markdown tables of the benchmarks it ran to
+docs/benchmarks.md (`--markdown` for another page, e.g.
+`python -m benchmarks --only inference cnn_accuracy --markdown docs/cnn_benchmarks.md`).
 """
 
 from __future__ import annotations
@@ -23,16 +31,27 @@ from pathlib import Path
 from . import end_to_end, hierarchical_multicut, memory, orchestration
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMES = ("end_to_end", "memory", "orchestration", "hierarchical_multicut")
+DEFAULT_NAMES = ("end_to_end", "memory", "orchestration", "hierarchical_multicut")
+NAMES = DEFAULT_NAMES + ("inference", "cnn_accuracy")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat: a look in a few minutes, not figures to quote")
-    parser.add_argument("--skip-elf", action="store_true", help="end_to_end without elf")
-    parser.add_argument("--only", nargs="+", choices=NAMES, default=list(NAMES))
-    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "benchmarks.json")
-    parser.add_argument("--markdown", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--skip-elf", action="store_true", help="end_to_end and cnn_accuracy without elf")
+    parser.add_argument(
+        "--only", nargs="+", choices=NAMES, default=list(DEFAULT_NAMES),
+        help=f"benchmarks to run (default: {' '.join(DEFAULT_NAMES)}; inference and cnn_accuracy only when named)",
+    )
+    parser.add_argument("--model", type=Path, metavar="PATH", help="model file for inference and cnn_accuracy (default: the shipped model)")
+    parser.add_argument(
+        "--json", type=Path, metavar="PATH", default=ROOT / "benchmarks" / "results" / "benchmarks.json",
+        help="raw results (default benchmarks/results/benchmarks.json)",
+    )
+    parser.add_argument(
+        "--markdown", type=Path, metavar="PATH", default=ROOT / "docs" / "benchmarks.md",
+        help="page for the tables of the benchmarks run, replaced (default docs/benchmarks.md)",
+    )
     arguments = parser.parse_args(argv)
 
     results: dict = {
@@ -53,6 +72,17 @@ def main(argv: list[str] | None = None) -> int:
         elif name == "memory":
             results[name] = memory.run(arguments.quick)
             section = memory.markdown(results[name])
+        elif name == "inference":
+            # Imported here: they import torch, which the other benchmarks' processes need not carry.
+            from . import inference
+
+            results[name] = inference.run(arguments.quick, arguments.model)
+            section = inference.markdown(results[name])
+        elif name == "cnn_accuracy":
+            from . import cnn_accuracy
+
+            results[name] = cnn_accuracy.run(arguments.quick, arguments.model, skip_elf=arguments.skip_elf)
+            section = cnn_accuracy.markdown(results[name])
         else:
             module = orchestration if name == "orchestration" else hierarchical_multicut
             results[name] = module.run(arguments.quick)
@@ -64,12 +94,20 @@ def main(argv: list[str] | None = None) -> int:
     arguments.json.parent.mkdir(parents=True, exist_ok=True)
     arguments.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
     machine = results["machine"]
+    command = "python -m benchmarks" + (" --quick" if arguments.quick else "")
+    if arguments.only != list(DEFAULT_NAMES):
+        command += " --only " + " ".join(arguments.only)
+    if arguments.model:
+        command += f" --model {arguments.model}"
+    json_path = arguments.json.resolve()
+    shown_json_path = json_path.relative_to(ROOT) if json_path.is_relative_to(ROOT) else json_path
     header = [
         "# Benchmarks",
         "",
-        f"Written by `python -m benchmarks{' --quick' if arguments.quick else ''}` on {results['date']}: "
+        f"Written by `{command}` on {results['date']}: "
         f"{machine['cpu_model']}, {machine['cpu_count']} cores, {machine['memory_gib']} GiB, Python {results['python']}, emflow {results['emflow']}. "
-        "Figures are from that one run; rerun to reproduce. Raw results: `benchmarks/results/benchmarks.json` (not committed).",
+        f"Figures are from that one run; rerun to reproduce. Raw results: `{shown_json_path}` (not committed).",
+        "",
         "",
     ]
     arguments.markdown.parent.mkdir(parents=True, exist_ok=True)
