@@ -118,7 +118,7 @@ def train(config_path: str | Path, *, log: Callable[[str], None] = print) -> Tra
     network = UNet3D(network_config).to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=training["learning_rate"])
     rng = np.random.default_rng(training["seed"])
-    start_iteration, seconds_before = 0, 0.0
+    start_iteration, seconds_before, last_validation = 0, 0.0, None
 
     checkpoint = latest_checkpoint(checkpoints)
     if checkpoint is not None:
@@ -133,6 +133,7 @@ def train(config_path: str | Path, *, log: Callable[[str], None] = print) -> Tra
         rng.bit_generator.state = state["numpy_rng_state"]
         torch.set_rng_state(state["torch_rng_state"])
         start_iteration, seconds_before = state["iteration"], state["seconds"]
+        last_validation = state.get("validation_loss")
         log(f"emflow train: resuming from {checkpoint.name} (iteration {start_iteration})")
     _truncate_log(log_path, start_iteration)
 
@@ -159,7 +160,6 @@ def train(config_path: str | Path, *, log: Callable[[str], None] = print) -> Tra
     network.train()
     started = time.perf_counter()
     window: list[dict[str, float]] = []
-    last_validation = None
     for iteration in range(start_iteration + 1, training["iterations"] + 1):
         batch_raw, batch_labels = [], []
         for _ in range(training["batch_size"]):
@@ -200,6 +200,7 @@ def train(config_path: str | Path, *, log: Callable[[str], None] = print) -> Tra
                     "optimizer_state": optimizer.state_dict(),
                     "numpy_rng_state": rng.bit_generator.state,
                     "torch_rng_state": torch.get_rng_state(),
+                    "validation_loss": last_validation,
                 },
             )
 
