@@ -150,8 +150,9 @@ def accumulate_patches(
         predictions = predict_patches(np.stack([region[slicing] for slicing in slicings])[:, None])
         if accumulated is None:
             accumulated = np.zeros((predictions.shape[1] + 1,) + span_shape, dtype=np.float32)
+        predictions *= weights  # in place: no temporary of a whole batch
         for slicing, prediction in zip(slicings, predictions):
-            accumulated[(slice(None, -1),) + slicing] += prediction * weights
+            accumulated[(slice(None, -1),) + slicing] += prediction
             accumulated[(-1,) + slicing] += weights
     return span_start, accumulated
 
