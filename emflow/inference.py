@@ -112,7 +112,12 @@ def read_mirrored(volume, start: Sequence[int], stop: Sequence[int]) -> np.ndarr
     low = [int(axis_indices.min()) for axis_indices in indices]
     high = [int(axis_indices.max()) + 1 for axis_indices in indices]
     region = np.asarray(volume[tuple(slice(first, last) for first, last in zip(low, high))])
-    return region[np.ix_(*(axis_indices - first for axis_indices, first in zip(indices, low)))]
+    for axis, (axis_indices, first) in enumerate(zip(indices, low)):
+        local = axis_indices - first
+        # Most boxes lie inside the volume along most axes: no gather there.
+        if local[0] != 0 or local.size != region.shape[axis] or np.any(np.diff(local) != 1):
+            region = np.take(region, local, axis=axis)
+    return region
 
 
 PredictPatches = Callable[[np.ndarray], np.ndarray]
