@@ -32,7 +32,10 @@ def atomic_torch_save(path: str | Path, payload: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
-        torch.save(payload, temporary)
+        # Saved through a file object: given a file name, torch names the archive's records after
+        # it, and the temporary name would make the same payload give different bytes every time.
+        with open(temporary, "wb") as file:
+            torch.save(payload, file)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)

@@ -10,7 +10,7 @@ import torch
 from emflow import malis
 from emflow.cli.main import main
 from emflow.config import ConfigError
-from emflow.storage.models import latest_checkpoint, load_model
+from emflow.storage.models import file_digest, latest_checkpoint, load_model
 from emflow.training import balanced_weights, malis_loss, training_targets
 from emflow.workflows.train import train
 
@@ -81,6 +81,11 @@ def test_a_resumed_run_takes_the_same_steps_as_an_uninterrupted_one(tmp_path):
     straight = write_training_config(tmp_path / "straight.toml", tmp_path / "straight")
     report = train(straight, log=lambda line: None)
     assert report.resumed_from == 0 and report.validation_loss is not None
+    # Run again when finished: nothing to train, and the model file comes out byte for byte the same.
+    digest = file_digest(report.model_path)
+    again = train(straight, log=lambda line: None)
+    assert again.resumed_from == 4 and again.validation_loss == report.validation_loss
+    assert file_digest(report.model_path) == digest
 
     interrupted = write_training_config(tmp_path / "interrupted.toml", tmp_path / "interrupted", training={"iterations": 3})
     train(interrupted, log=lambda line: None)

@@ -204,7 +204,8 @@ def train(config_path: str | Path, *, log: Callable[[str], None] = print) -> Tra
                 },
             )
 
-    seconds = seconds_before + time.perf_counter() - started
+    # A run with nothing left to train adds no time, so its model file is the same as the last one's.
+    seconds = seconds_before + (time.perf_counter() - started if training["iterations"] > start_iteration else 0.0)
     model = TrainedModel(
         network=network.cpu().eval(),
         target=target,
@@ -215,7 +216,7 @@ def train(config_path: str | Path, *, log: Callable[[str], None] = print) -> Tra
         metadata={
             "emflow_version": __version__,
             "torch_version": str(torch.__version__),
-            "training_config": config,
+            "training_config": _as_written(config, Path(config_path)),
             "iterations": training["iterations"],
             "training_seconds": round(seconds, 1),
             "device": str(device),
@@ -233,6 +234,15 @@ def _resumable(config: dict) -> dict:
     and the logging/checkpoint cadence, which may change between attempts."""
     training = {key: value for key, value in config["training"].items() if key not in ("iterations", "checkpoint_every", "log_every", "validate_every", "threads", "device")}
     return {**config, "training": training}
+
+
+def _as_written(config: dict, config_path: Path) -> dict:
+    """The config with its paths relative to the config file again, as a model's provenance: the
+    absolute paths of the machine it was trained on mean nothing elsewhere."""
+    base = config_path.resolve().parent
+    data = {**config["data"], "path": os.path.relpath(config["data"]["path"], base)}
+    training = {**config["training"], "output": os.path.relpath(config["training"]["output"], base)}
+    return {**config, "data": data, "training": training}
 
 
 def _truncate_log(log_path: Path, iteration: int) -> None:
