@@ -42,8 +42,12 @@ def open_output_group(path: str | Path, *, create: bool = False) -> zarr.Group:
     return group
 
 
-def create_block_array(group: zarr.Group, name: str, shape, block_shape, dtype) -> zarr.Array:
-    """(Re)create a block-wise array chunked by `block_shape`, filled with zeros."""
+def create_block_array(group: zarr.Group, name: str, shape, block_shape, dtype, *, compressed: bool = True) -> zarr.Array:
+    """(Re)create a block-wise array chunked by `block_shape`, filled with zeros.
+
+    `compressed=False` stores chunks as raw bytes, for data compression barely shrinks (float
+    network outputs) while costing as much time as computing them.
+    """
     return group.create_array(
         name,
         shape=tuple(int(size) for size in shape),
@@ -51,6 +55,7 @@ def create_block_array(group: zarr.Group, name: str, shape, block_shape, dtype) 
         dtype=dtype,
         fill_value=0,
         overwrite=True,
+        **({} if compressed else {"compressors": None}),
     )
 
 

@@ -15,17 +15,23 @@ import io
 import os
 import tempfile
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import numpy as np
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    _atomic_write(path, lambda handle: handle.write(data))
+
+
+def _atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
+    """Let `write` fill a temporary file beside `path`, then rename it to `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     try:
         with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
+            write(handle)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -37,10 +43,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
-    """Save one array as a .npy file (readable memory-mapped, a slice at a time), atomically."""
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    atomic_write_bytes(path, buffer.getvalue())
+    """Save one array as a .npy file (readable memory-mapped, a slice at a time), atomically.
+
+    Written straight to the file: arrays such as a block's CNN sums are tens of MB, and a copy
+    in memory first would cost as much again."""
+    _atomic_write(path, lambda handle: np.save(handle, array))
 
 
 def atomic_save_npz(path: str | Path, **arrays: np.ndarray) -> None:

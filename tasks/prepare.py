@@ -43,8 +43,11 @@ class PrepareOutput(GlobalTask):
         if context.predicting:
             channels = prediction_channels(context)
             dtype = context.config["predict"]["output_dtype"]
-            create_block_array(group, "predictions", (channels, *context.shape), (channels, *block_shape), dtype)
-            create_block_array(group, "boundaries", context.shape, block_shape, dtype)
+            # zstd shrinks float32 probabilities by only a few percent but made writing them a
+            # third of the prediction stages' overhead (measured, benchmarks/inference.py).
+            compressed = dtype != "float32"
+            create_block_array(group, "predictions", (channels, *context.shape), (channels, *block_shape), dtype, compressed=compressed)
+            create_block_array(group, "boundaries", context.shape, block_shape, dtype, compressed=compressed)
         segmentation = group.require_group("segmentation")
         create_block_array(segmentation, "s0", context.shape, block_shape, "uint64")
         write_ome_zarr_metadata(segmentation, "s0", context.config["input"]["resolution"], name="segmentation")
