@@ -130,9 +130,11 @@ def test_malis_joins_the_loss_at_malis_start(tmp_path):
 def test_resuming_with_another_config_is_refused(tmp_path):
     config = write_training_config(tmp_path / "config.toml", tmp_path / "out", training={"iterations": 2})
     train(config, log=lambda line: None)
+    recorded = (tmp_path / "out" / "training_config.json").read_text()
     write_training_config(tmp_path / "config.toml", tmp_path / "out", training={"learning_rate": 0.01})
     with pytest.raises(ConfigError, match="another config"):
         train(config, log=lambda line: None)
+    assert (tmp_path / "out" / "training_config.json").read_text() == recorded
 
 
 @pytest.mark.parametrize(

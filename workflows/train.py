@@ -110,7 +110,6 @@ def train(config_path: str | Path, *, log: Callable[[str], None] = print) -> Tra
     checkpoints = output / "checkpoints"
     log_path = output / "training_log.jsonl"
     output.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(output / "training_config.json", json.dumps(config, indent=2))
     if training["threads"]:
         torch.set_num_threads(training["threads"])
     device = resolve_device(training["device"])
@@ -135,6 +134,8 @@ def train(config_path: str | Path, *, log: Callable[[str], None] = print) -> Tra
         start_iteration, seconds_before = state["iteration"], state["seconds"]
         last_validation = state.get("validation_loss")
         log(f"emflow train: resuming from {checkpoint.name} (iteration {start_iteration})")
+    # Written once the config is known to fit the folder's checkpoints, never over another run's.
+    atomic_write_text(output / "training_config.json", json.dumps(config, indent=2))
     _truncate_log(log_path, start_iteration)
 
     def normalise(batch_raw: np.ndarray) -> torch.Tensor:
