@@ -160,6 +160,9 @@ def train(config_path: str | Path, *, log: Callable[[str], None] = print) -> Tra
     )
     network.train()
     started = time.perf_counter()
+    # The training time the model records is the one its last checkpoint holds, so that running a
+    # finished config again writes the same model file.
+    seconds = seconds_before
     window: list[dict[str, float]] = []
     for iteration in range(start_iteration + 1, training["iterations"] + 1):
         batch_raw, batch_labels = [], []
@@ -190,13 +193,14 @@ def train(config_path: str | Path, *, log: Callable[[str], None] = print) -> Tra
                 log_file.write(json.dumps(entry) + "\n")
             log("emflow train: " + ", ".join(f"{name} {value:.4g}" if isinstance(value, float) else f"{name} {value}" for name, value in entry.items()))
         if iteration % training["checkpoint_every"] == 0 or iteration == training["iterations"]:
+            seconds = seconds_before + time.perf_counter() - started
             save_checkpoint(
                 checkpoints,
                 iteration,
                 {
                     "config": _resumable(config),
                     "iteration": iteration,
-                    "seconds": seconds_before + time.perf_counter() - started,
+                    "seconds": seconds,
                     "network_state": network.state_dict(),
                     "optimizer_state": optimizer.state_dict(),
                     "numpy_rng_state": rng.bit_generator.state,
@@ -205,8 +209,6 @@ def train(config_path: str | Path, *, log: Callable[[str], None] = print) -> Tra
                 },
             )
 
-    # A run with nothing left to train adds no time, so its model file is the same as the last one's.
-    seconds = seconds_before + (time.perf_counter() - started if training["iterations"] > start_iteration else 0.0)
     model = TrainedModel(
         network=network.cpu().eval(),
         target=target,
