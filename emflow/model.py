@@ -21,6 +21,11 @@ TARGETS = ("boundaries", "affinities")
 FORMAT_VERSION = 1
 
 
+def out_channels_for(target: str, offsets: Sequence[Sequence[int]]) -> int:
+    """Network output channels a target needs: one per affinity offset, or one boundary map."""
+    return len(offsets) if target == "affinities" else 1
+
+
 def scale_raw(raw: np.ndarray) -> np.ndarray:
     """Raw EM data as float32 in [0, 1]: unsigned integers divided by their dtype's maximum,
     floats taken as they are (they must already be in [0, 1])."""
@@ -50,7 +55,7 @@ class TrainedModel:
     def __post_init__(self):
         if self.target not in TARGETS:
             raise ValueError(f"model target must be one of {TARGETS}, got {self.target!r}")
-        expected = len(self.offsets) if self.target == "affinities" else 1
+        expected = out_channels_for(self.target, self.offsets)
         if self.target == "affinities":
             self.offsets = tuple(tuple(int(step) for step in offset) for offset in check_offsets(self.offsets))
         if self.network.config.out_channels != expected:
@@ -146,7 +151,3 @@ def model_input_statistics(raw: np.ndarray) -> tuple[float, float]:
     """Mean and standard deviation of scaled raw data (what `TrainedModel.normalize` removes)."""
     scaled = scale_raw(raw)
     return float(scaled.mean()), float(max(scaled.std(), 1e-6))
-
-
-def infer_out_channels(target: str, offsets: Sequence[Sequence[int]]) -> int:
-    return len(offsets) if target == "affinities" else 1

@@ -26,7 +26,7 @@ import torch
 from emflow import __version__
 from emflow.augmentation import augment
 from emflow.config import ConfigError, load_training_config
-from emflow.model import TrainedModel, model_input_statistics, resolve_device, scale_raw
+from emflow.model import TrainedModel, model_input_statistics, out_channels_for, resolve_device, scale_raw
 from emflow.storage.models import latest_checkpoint, load_checkpoint, save_checkpoint, save_model
 from emflow.storage.volumes import opened_volume
 from emflow.targets import atomic_write_text
@@ -73,9 +73,8 @@ def _read_training_data(config) -> tuple[np.ndarray, np.ndarray]:
 
 def _network_config(config) -> UNetConfig:
     model = config["model"]
-    out_channels = len(model["offsets"]) if model["target"] == "affinities" else 1
     return UNetConfig(
-        out_channels=out_channels,
+        out_channels=out_channels_for(model["target"], model["offsets"]),
         depth=model["depth"],
         width=model["width"],
         pooling=tuple(tuple(factors) for factors in model["pooling"]),
