@@ -21,7 +21,6 @@ docs/benchmarks.md (`--markdown` for another page, e.g.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from datetime import datetime, timezone
@@ -91,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         print(section + "\n", flush=True)
         sections.append(section)
 
-    arguments.json.parent.mkdir(parents=True, exist_ok=True)
-    arguments.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    end_to_end.write_results(arguments.json, results)
     machine = results["machine"]
     command = "python -m benchmarks" + (" --quick" if arguments.quick else "")
     if arguments.only != list(DEFAULT_NAMES):

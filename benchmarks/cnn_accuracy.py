@@ -55,9 +55,9 @@ from emflow.storage.models import file_digest, read_model_state, shipped_model_p
 from emflow.storage.volumes import open_volume, write_volume
 
 try:
-    from benchmarks.end_to_end import emflow_task_seconds, machine_description, run_measured
+    from benchmarks.end_to_end import emflow_task_seconds, machine_description, run_measured, write_results
 except ImportError:  # run as a script: benchmarks/ itself is on sys.path
-    from end_to_end import emflow_task_seconds, machine_description, run_measured
+    from end_to_end import emflow_task_seconds, machine_description, run_measured, write_results
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCHMARKS_DIR / "results"
@@ -333,8 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     if arguments.workers < 1:
         parser.error("--workers must be at least 1")
     results = run(arguments.quick, arguments.model, workers=arguments.workers, skip_elf=arguments.skip_elf, out=arguments.out)
-    arguments.json.parent.mkdir(parents=True, exist_ok=True)
-    arguments.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    write_results(arguments.json, results)
     print(markdown(results))
     print(f"results written to {arguments.json}")
     return 0

@@ -293,6 +293,12 @@ def summarize(runs: list[dict], segmentation, input_path: Path) -> dict:
     }
 
 
+def write_results(path: Path, results: dict) -> None:
+    """Write a benchmark's raw results as JSON (values JSON cannot hold, such as paths, as text)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+
 def machine_description() -> dict:
     cpu_model = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
     memory_kb = re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.MULTILINE)
@@ -479,8 +485,7 @@ def main(argv: list[str] | None = None) -> None:
         skip_elf=arguments.skip_elf,
     )
     print_table(results)
-    arguments.json.parent.mkdir(parents=True, exist_ok=True)
-    arguments.json.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(arguments.json, results)
     print(f"results written to {arguments.json}")
 
 

@@ -40,7 +40,6 @@ whole dev cube only (well under a minute on 2 cores). Needs the `bench` extra fo
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -64,9 +63,9 @@ from emflow.multicut import multicut_energy, solve_multicut
 from emflow.supervoxels import distance_transform_watershed, use_two_d
 
 try:
-    from benchmarks.end_to_end import mirrored_groundtruth_tiling
+    from benchmarks.end_to_end import mirrored_groundtruth_tiling, write_results
 except ImportError:  # run as a script: benchmarks/ itself is on sys.path
-    from end_to_end import mirrored_groundtruth_tiling
+    from end_to_end import mirrored_groundtruth_tiling, write_results
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCHMARKS_DIR / "results"
@@ -327,8 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     arguments = parser.parse_args(argv)
     results = run(quick=arguments.quick)
-    arguments.json.parent.mkdir(parents=True, exist_ok=True)
-    arguments.json.write_text(json.dumps(results, indent=2))
+    write_results(arguments.json, results)
     print(markdown(results))
     return 0
 

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import shutil
 import statistics
@@ -68,9 +67,9 @@ from emflow.storage.volumes import write_volume
 from emflow.unet import check_patch_shape
 
 try:
-    from benchmarks.end_to_end import emflow_task_seconds, machine_description, run_measured
+    from benchmarks.end_to_end import emflow_task_seconds, machine_description, run_measured, write_results
 except ImportError:  # run as a script: benchmarks/ itself is on sys.path
-    from end_to_end import emflow_task_seconds, machine_description, run_measured
+    from end_to_end import emflow_task_seconds, machine_description, run_measured, write_results
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCHMARKS_DIR / "results"
@@ -388,8 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=arguments.batch_size,
         repeats=arguments.repeats,
     )
-    arguments.json.parent.mkdir(parents=True, exist_ok=True)
-    arguments.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    write_results(arguments.json, results)
     print(markdown(results))
     print(f"results written to {arguments.json}")
     return 0

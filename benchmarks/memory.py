@@ -13,7 +13,6 @@ Usage: python -m benchmarks.memory [--json PATH]
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from . import end_to_end
@@ -76,8 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, default=RESULTS / "memory.json")
     arguments = parser.parse_args(argv)
     results = run()
-    arguments.json.parent.mkdir(parents=True, exist_ok=True)
-    arguments.json.write_text(json.dumps(results, indent=2) + "\n")
+    end_to_end.write_results(arguments.json, results)
     print(markdown(results))
 
 
