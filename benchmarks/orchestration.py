@@ -107,10 +107,11 @@ def block_grid(number_of_blocks: int) -> tuple[int, int, int]:
 
 
 def write_trivial_config(folder: Path, number_of_blocks: int) -> Path:
-    """An emflow config over a lazily filled zarr volume with one block per voxel."""
+    """An emflow config over a zarr volume of one chunk with one block per voxel."""
     folder.mkdir(parents=True, exist_ok=True)
     shape = block_grid(number_of_blocks)
-    zarr.open_group(str(folder / "input.zarr"), mode="w").create_array("boundaries", shape=shape, chunks=shape, dtype="float32", fill_value=0.5)
+    # Written, not left to the fill value: emflow refuses an input none of whose chunks was written.
+    zarr.open_group(str(folder / "input.zarr"), mode="w").create_array("boundaries", data=np.full(shape, 0.5, np.float32), chunks=shape)
     config = {
         "input": {"path": str(folder / "input.zarr"), "boundaries_key": "boundaries", "resolution": [1.0, 1.0, 1.0]},
         "output": {"path": str(folder / "output.zarr")},

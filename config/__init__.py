@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import tomllib
 from copy import deepcopy
 from pathlib import Path
@@ -39,8 +40,6 @@ CHOICES = {
     ("predict", "precision"): ("auto", "float32", "bfloat16", "float16"),
     ("predict", "output_dtype"): ("float32", "uint8"),
 }
-
-THREE_POSITIVE = {("input", "resolution"), ("blocking", "block_shape")}
 
 
 class ConfigError(ValueError):
@@ -160,14 +159,10 @@ def _check_semantics(config: dict[str, dict[str, Any]]) -> None:
             continue  # a plugin's own parameters are the plugin's to check
         if config[section][key] not in choices:
             raise ConfigError(f"config key {section}.{key} must be one of {', '.join(map(repr, choices))}, got {config[section][key]!r}")
-    for section, key in THREE_POSITIVE:
-        if any(value <= 0 for value in config[section][key]):
-            raise ConfigError(f"config key {section}.{key} must be positive, got {config[section][key]}")
-    for key in ("block_shape", "halo"):
-        values = config["blocking"][key]
-        if any(not float(value).is_integer() or value < 0 for value in values):
-            raise ConfigError(f"config key blocking.{key} must be non-negative integers, got {values}")
-        config["blocking"][key] = [int(value) for value in values]
+    resolution = config["input"]["resolution"]
+    if not all(math.isfinite(value) and value > 0 for value in resolution):
+        raise ConfigError(f"config key input.resolution must be three positive numbers, the voxel size in nm (z, y, x), got {resolution}")
+    _check_blocking(config["blocking"])
     if not config["input"]["boundaries_key"] and not config["input"]["raw_key"]:
         raise ConfigError("config key input.boundaries_key or input.raw_key is required (without a boundary map, boundaries are predicted from raw data)")
     for key in ("patch_shape", "overlap"):
@@ -179,6 +174,8 @@ def _check_semantics(config: dict[str, dict[str, Any]]) -> None:
         raise ConfigError(f"config key predict.batch_size must be at least 1, got {config['predict']['batch_size']}")
     if config["scheduling"]["block_groups"] < 0:
         raise ConfigError(f"config key scheduling.block_groups must be 0 (auto) or more, got {config['scheduling']['block_groups']}")
+    if config["scheduling"]["retries"] < 0:
+        raise ConfigError(f"config key scheduling.retries must be 0 or more, got {config['scheduling']['retries']}")
     beta = config["multicut"]["beta"]
     if not 0.0 < beta < 1.0:
         raise ConfigError(f"config key multicut.beta must lie strictly between 0 and 1, got {beta}")
@@ -200,6 +197,27 @@ def _check_semantics(config: dict[str, dict[str, Any]]) -> None:
         raise ConfigError(f"config key lifted.weight must be positive, got {config['lifted']['weight']}")
     for section in RESERVED_KEYS:
         resolve_function(config[section]["function"], f"{section}.function")
+
+
+def _check_blocking(blocking: dict[str, Any]) -> None:
+    """Block shape: three positive integers; halo: three non-negative integers, none above the block's.
+
+    "Not above" rather than "below": a halo equal to the block still keeps the box a block reads
+    within its 26 neighbours (3 blocks per axis), which is what bounds a block's read and memory
+    at 27 times its own size. A larger halo breaks that bound, reading more context than data,
+    and usually means the two keys were swapped or the halo was given in nm.
+    """
+    for key, least, wording in (("block_shape", 1, "positive"), ("halo", 0, "non-negative")):
+        values = blocking[key]
+        if not all(float(value).is_integer() and value >= least for value in values):
+            raise ConfigError(f"config key blocking.{key} must be three {wording} integers (z, y, x), got {values}")
+        blocking[key] = [int(value) for value in values]
+    too_large = [axis for axis, (halo, block) in enumerate(zip(blocking["halo"], blocking["block_shape"])) if halo > block]
+    if too_large:
+        raise ConfigError(
+            f"config key blocking.halo {blocking['halo']} is larger than blocking.block_shape {blocking['block_shape']} "
+            f"along axis {', '.join(map(str, too_large))}; a halo must not exceed the block: make it smaller or the blocks larger"
+        )
 
 
 def resolve_function(spec: str, name: str = "function") -> Callable:

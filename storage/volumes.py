@@ -7,13 +7,14 @@ array inside it. Axes are z, y, x; resolutions are nanometres per voxel in that 
 import itertools
 import math
 import re
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, aclosing, contextmanager
 from pathlib import Path
 
 import h5py
 import numpy as np
 import tifffile
 import zarr
+from zarr.core.sync import sync
 
 ZARR_SUFFIXES = (".zarr",)
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
@@ -178,7 +179,10 @@ def _ome_multiscales(attributes) -> list | None:
 
 
 def _open_zarr(path: Path, key: str, mode: str):
-    root = zarr.open(store=str(path), mode=mode)
+    try:
+        root = zarr.open(store=str(path), mode=mode)
+    except (zarr.errors.BaseZarrError, ValueError) as error:  # no metadata, or metadata that is not JSON
+        raise ValueError(f"{path} cannot be opened as a zarr store ({type(error).__name__}: {error}); is it a zarr group or array?") from error
     node = _walk_to(root, key, path, lambda n: isinstance(n, zarr.Group))
     if isinstance(node, zarr.Group):
         multiscales = _ome_multiscales(node.attrs)
@@ -194,7 +198,10 @@ def _open_zarr(path: Path, key: str, mode: str):
 
 
 def _open_hdf5(path: Path, key: str, mode: str) -> HDF5Volume:
-    file = h5py.File(path, mode)
+    try:
+        file = h5py.File(path, mode)
+    except OSError as error:  # h5py's error for "not an HDF5 file" and for a damaged superblock
+        raise ValueError(f"{path} cannot be opened as an HDF5 file ({error}); is it damaged or of another format?") from error
     try:
         node = _walk_to(file, key, path, lambda n: isinstance(n, h5py.Group))
         if not isinstance(node, h5py.Dataset):
@@ -247,6 +254,93 @@ def opened_volume(path, key: str, mode: str = "r"):
     finally:
         if isinstance(volume, HDF5Volume):
             volume.close()
+
+
+class DamagedDataError(ValueError):
+    """Stored data of a volume cannot be read or decoded: a truncated, overwritten or missing-codec chunk."""
+
+
+def read_region(volume, selection: tuple[slice, ...], location: str) -> np.ndarray:
+    """``volume[selection]`` (a tuple of bounded slices) as a numpy array; a damaged chunk is named.
+
+    A damaged chunk otherwise surfaces as a codec's bare message ("Zstd decompression error"),
+    naming neither the dataset nor the chunk. On such a failure each chunk of a zarr array
+    overlapping ``selection`` is read alone (only then: a region spans a few chunks), and
+    DamagedDataError names ``location`` (``path:key``), the region and every chunk that fails,
+    with its file. An HDF5 read error names ``location`` and the region. Any other failure (no
+    chunk fails alone) is raised as it was.
+    """
+    region = f"{location}[{', '.join(f'{part.start}:{part.stop}' for part in selection)}]"
+    try:
+        return np.asarray(volume[selection])
+    except Exception as error:
+        if isinstance(volume, HDF5Volume) and isinstance(error, OSError):
+            raise DamagedDataError(f"cannot read {region}: {error}; the file may be damaged") from error
+        if not isinstance(volume, zarr.Array):
+            raise
+        damaged = _damaged_chunks(volume, selection)
+        if not damaged:
+            raise
+        listing = "; ".join(f"chunk {coords} ({stored}): {problem}" for coords, stored, problem in damaged)
+        raise DamagedDataError(
+            f"cannot decode {region}: damaged {listing}. Restore the chunk from a copy (or write the dataset again) and run again"
+        ) from error
+
+
+def _damaged_chunks(array: zarr.Array, selection: tuple[slice, ...]) -> list[tuple[tuple[int, ...], str, str]]:
+    """(grid position, stored file or key, error) of each chunk overlapping ``selection`` that fails to read alone.
+
+    Positions and files are those of the stored unit: the shard for a sharded array.
+    """
+    unit = array.shards or array.chunks
+    ranges = [
+        range(part.start // step, -(-part.stop // step)) for part, step in zip(selection, unit)
+    ]
+    root = getattr(array.store, "root", None)
+    damaged = []
+    for coords in itertools.product(*ranges):
+        box = tuple(slice(index * step, min((index + 1) * step, extent)) for index, step, extent in zip(coords, unit, array.shape))
+        try:
+            array[box]
+        except Exception as error:
+            key = "/".join(part for part in (array.path, array.metadata.encode_chunk_key(coords)) if part)
+            stored = str(Path(root) / key) if root is not None else f"key {key}"
+            damaged.append((coords, stored, f"{type(error).__name__}: {error}"))
+    return damaged
+
+
+def unwritten_fill_value(volume):
+    """The value every voxel of ``volume`` holds if none of its data was ever stored, else None.
+
+    Exact and cheap, without reading data: a zarr array with no chunk stored (zarr does not store
+    a chunk that holds only the fill value), found by listing its keys only up to the first chunk;
+    an HDF5 dataset (chunked or contiguous, in the file) with no storage allocated. The value is
+    read from the first voxel, which then decodes nothing. None too for an empty volume, and for a
+    volume that is constant but stored: that takes reading it.
+    """
+    if math.prod(volume.shape) == 0:
+        return None
+    if isinstance(volume, HDF5Volume):
+        dataset = volume.dataset
+        properties = dataset.id.get_create_plist()
+        in_file = not dataset.is_virtual and properties.get_external_count() == 0 and properties.get_layout() in (h5py.h5d.CHUNKED, h5py.h5d.CONTIGUOUS)
+        unwritten = in_file and dataset.id.get_storage_size() == 0
+    elif isinstance(volume, zarr.Array):
+        # zarr's own bridge to its async store API: the public `nchunks_initialized` lists every chunk.
+        unwritten = not sync(_has_stored_chunk(volume))
+    else:
+        return None
+    return np.asarray(volume[(0,) * len(volume.shape)]).item() if unwritten else None
+
+
+async def _has_stored_chunk(array: zarr.Array) -> bool:
+    prefix = f"{array.path}/" if array.path else ""
+    metadata = {"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"}
+    async with aclosing(array.store.list_prefix(prefix)) as keys:
+        async for key in keys:
+            if key.rpartition("/")[2] not in metadata:
+                return True
+    return False
 
 
 def _nanometers_per(unit: str | None) -> float:
