@@ -3,6 +3,7 @@
 This package is the only code that knows about schedulers and job systems.
 """
 
+from .luigid import SchedulerError, SchedulerState, scheduler_status, start_scheduler, stop_scheduler
 from .runner import RunReport, run_tasks
 
-__all__ = ["RunReport", "run_tasks"]
+__all__ = ["RunReport", "SchedulerError", "SchedulerState", "run_tasks", "scheduler_status", "start_scheduler", "stop_scheduler"]

@@ -1,8 +1,30 @@
 """Run Luigi tasks and tell the truth about the outcome.
 
 `luigi.build` returns normally (and Luigi's command line exits 0) even when tasks failed; here the
-outcome is read from Luigi's run summary *and* from the tasks' own completeness, and failures are
-collected from the failure records that each task writes next to its log.
+outcome is read from the tasks' own completeness at the end and from Luigi's run summary, and
+failures are collected from the failure records that each task writes next to its log.
+
+Several processes on one run. Against a central scheduler (luigid), any number of processes (on
+any hosts sharing the filesystem) may build the same tasks: the scheduler hands each task to one
+worker at a time, so none is run twice. Three things in Luigi need care then:
+
+- A Luigi worker ends as soon as the scheduler has nothing for it to run *now*, also while tasks
+  it needs are still being run by another process (luigi/worker.py, `Worker.run`: no task and no
+  running task -> `_keep_alive` -> break). With `[worker] keep_alive` it waits instead while the
+  scheduler counts pending tasks for it (luigi/scheduler.py, `Scheduler.count_pending`), but that
+  count leaves out tasks running elsewhere (the last task of a run, say) and includes FAILED
+  tasks, which luigid gives back only after `[scheduler] retry_delay` (15 minutes): one failed
+  task would keep every process waiting. `CooperatingWorker` waits while tasks are pending or
+  running elsewhere and none of them has failed.
+- The run summary of a process that waited for others reports tasks that another process ran as
+  "not granted run permission by the scheduler" (luigi/execution_summary.py,
+  `_depth_first_search`), status NOT_RUN, and the run as not successful. Here a run succeeded when
+  all its tasks are complete at the end and none failed in this process.
+- For `[scheduler] stable_done_cooldown_secs` (10 s) after a task was done, luigid ignores a
+  worker's word that it is pending again (luigi/scheduler.py, `Scheduler.add_task`): a run that
+  follows a run of the same tasks within seconds, with their outputs removed or stale, finds them
+  done there and runs none of them. Such a build ends incomplete with no task failed, and
+  `run_tasks` builds once more when the cooldown has passed.
 """
 
 from __future__ import annotations
@@ -18,7 +40,14 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import luigi
+import luigi.interface
+import luigi.scheduler
+import luigi.worker
 from luigi.execution_summary import LuigiStatusCode
+from luigi.task_status import FAILED
+
+# Luigi's statuses of a run in which a task of this process failed.
+_FAILED_HERE = (LuigiStatusCode.FAILED, LuigiStatusCode.FAILED_AND_SCHEDULING_FAILED)
 
 
 @dataclass
@@ -46,6 +75,10 @@ def run_tasks(
     progress_interval: float = 5.0,
 ) -> RunReport:
     """Build `tasks` with Luigi; with no scheduler host, the embedded local scheduler is used.
+
+    With a central scheduler (`scheduler_host`, `scheduler_port`) other processes may build the
+    same tasks at the same time: this one then also waits for the tasks they run, and succeeds when
+    all of `tasks` are complete at the end, whoever ran them.
 
     `progress`, if given, is called every `progress_interval` seconds from a background thread and
     its line printed to stderr when it changes. Luigi's own log (scheduling, worker deaths) goes to
@@ -80,13 +113,12 @@ def run_tasks(
     # less wall time end to end with 2 workers).
     gc.freeze()
     try:
-        result = luigi.build(
-            list(tasks),
-            workers=int(workers),
-            detailed_summary=True,
-            no_lock=True,
-            **scheduler,
-        )
+        result = _build(tasks, workers, scheduler)
+        # Incomplete with no task failed: tasks the scheduler still calls done (its cooldown, see the
+        # module's docstring), which it hands out once the cooldown has passed.
+        if scheduler_host is not None and result.status not in _FAILED_HERE and not result.worker.saw_a_failed_task and not _complete(tasks):
+            time.sleep(luigi.scheduler.scheduler().stable_done_cooldown_secs)
+            result = _build(tasks, workers, scheduler)
     finally:
         gc.unfreeze()
         luigi_logger.removeHandler(handler)
@@ -97,7 +129,8 @@ def run_tasks(
             reporter.join()
             print(progress(), file=sys.stderr, flush=True)
     status = result.status
-    succeeded = status in (LuigiStatusCode.SUCCESS, LuigiStatusCode.SUCCESS_WITH_RETRY) and all(task.complete() for task in tasks)
+    # Not Luigi's status alone: tasks run by another process make it NOT_RUN (see the module's docstring).
+    succeeded = status not in _FAILED_HERE and _complete(tasks)
     return RunReport(
         succeeded=succeeded,
         luigi_status=status.name,
@@ -105,6 +138,53 @@ def run_tasks(
         failures=[] if succeeded else collect_failures(failure_dir, since=started),
         seconds=time.time() - started,
     )
+
+
+def _build(tasks: Sequence[luigi.Task], workers: int, scheduler: dict):
+    return luigi.build(
+        list(tasks),
+        # With the local scheduler no other process can run a task, so Luigi's own worker.
+        worker_scheduler_factory=None if scheduler["local_scheduler"] else CooperatingWorkerFactory(),
+        workers=int(workers),
+        detailed_summary=True,
+        no_lock=True,
+        **scheduler,
+    )
+
+
+def _complete(tasks: Sequence[luigi.Task]) -> bool:
+    return all(task.complete() for task in tasks)
+
+
+class CooperatingWorker(luigi.worker.Worker):
+    """A Luigi worker that shares a central scheduler with the workers of other processes.
+
+    When the scheduler has no task for it, it waits (asking again every `[worker] wait_interval`
+    plus up to `wait_jitter` seconds) while tasks it scheduled are pending or running in other
+    workers, and ends once none is, or once one of them has failed (`saw_a_failed_task`).
+    """
+
+    def __init__(self, *arguments, **keywords):
+        super().__init__(*arguments, **keywords)
+        self.saw_a_failed_task = False
+
+    def _keep_alive(self, get_work_response) -> bool:
+        waiting = get_work_response.n_pending_tasks > 0 or bool(get_work_response.running_tasks)
+        return waiting and not self._a_scheduled_task_failed()
+
+    def _a_scheduled_task_failed(self) -> bool:
+        # One question to the scheduler, asked only while this worker is idle.
+        failed = self._scheduler.task_list(status=FAILED, upstream_status="", limit=False)
+        self.saw_a_failed_task = any(task_id in self._scheduled_tasks for task_id in failed)
+        return self.saw_a_failed_task
+
+
+class CooperatingWorkerFactory(luigi.interface._WorkerSchedulerFactory):
+    """Luigi's factory of schedulers and workers (the `worker_scheduler_factory` of `luigi.build`),
+    making `CooperatingWorker`s."""
+
+    def create_worker(self, scheduler, worker_processes, assistant=False):
+        return CooperatingWorker(scheduler=scheduler, worker_processes=worker_processes, assistant=assistant)
 
 
 def collect_failures(failure_dir: Path, since: float = 0.0) -> list[dict]:

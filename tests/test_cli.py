@@ -1,11 +1,8 @@
-"""The CLI contract: config defaults, plugins, import, demo, and runs through a real luigid."""
+"""The CLI contract: config defaults, plugins, import, demo (`emflow scheduler` and runs through luigid: test_scheduler.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -110,37 +107,3 @@ def test_demo_runs_from_the_shipped_crop_and_scores_it(tmp_path):
     # adapted Rand error 0.263, VOI 1.75 (see the model card); this guards against regressions.
     assert printed["adapted_rand_error"] < 0.3 and printed["voi_sum"] < 2.0
     assert read(tmp_path / "demo" / "demo_segmentation.zarr", "predictions").shape == (9,) + groundtruth.shape
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def test_run_through_a_real_central_scheduler(tmp_path, inputs):
-    port = _free_port()
-    pidfile = tmp_path / "luigid.pid"
-    server = subprocess.Popen(
-        # luigid's entry point run by this interpreter, so the test does not depend on PATH.
-        [sys.executable, "-c", "from luigi.cmdline import luigid; luigid()", "--address", "127.0.0.1", "--port", str(port), "--pidfile", str(pidfile), "--logdir", str(tmp_path), "--state-path", str(tmp_path / "state.pickle")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.time() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.time() < deadline, "luigid did not start"
-                time.sleep(0.2)
-        config = write_config(tmp_path / "central.toml", inputs, tmp_path / "central.zarr")
-        assert run_cli("run", config, "--workers", "2", "--scheduler-host", "127.0.0.1", "--scheduler-port", str(port)) == 0
-    finally:
-        os.kill(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-    local = write_config(tmp_path / "local.toml", inputs, tmp_path / "local.zarr")
-    assert run_cli("run", local) == 0
-    assert np.array_equal(read(tmp_path / "central.zarr", "segmentation"), read(tmp_path / "local.zarr", "segmentation"))
