@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import networkx as nx
 import numpy as np
 
@@ -37,3 +39,12 @@ def label_everything(number_of_nodes, edges, edge_costs, **parameters):
     return np.arange(number_of_nodes, dtype=np.uint64)
 
 
+def failing_supervoxels(boundaries, *, resolution, two_d, mask):
+    """A supervoxel plugin that always raises: every supervoxel block fails (tests of failure reports)."""
+    raise RuntimeError("failing_supervoxels fails on purpose")
+
+
+def slow_supervoxels(boundaries, *, seconds: float = 1.0, **parameters):
+    """The default supervoxels, `seconds` late: blocks that take long enough to be caught running."""
+    time.sleep(seconds)
+    return distance_transform_watershed(boundaries, **parameters)

@@ -1,0 +1,304 @@
+"""Run tasks on a SLURM cluster: a job array of workers that pull tasks from one central scheduler.
+
+The submitting process starts a luigid for the run (unless it is given one), writes an sbatch
+script into the work folder, submits it as a job array and waits for the array's tasks with
+`squeue`, printing progress. Its report tells the truth about the outcome: the run succeeded only if
+every task is complete *and* every array task ended COMPLETED. This is the only module that knows
+SLURM's commands (sbatch, squeue, sacct, scancel); it passes this process's environment through to
+them (SLURM_CONF included) and, with `--export=ALL`, to the jobs.
+
+Each array task builds the same tasks against the central scheduler, which hands every task to
+one worker; a worker waits for the tasks the others run and ends when none is left or one failed
+(`runner.CooperatingWorker`). A job that ends early (cancelled, time limit) leaves its running
+task to luigid, which counts it as failed once it misses the worker (`[scheduler]
+worker_disconnect_delay`, checked every minute): then the other workers end too.
+
+Files, under the work folder:
+
+    slurm/workers.sbatch       the job script last submitted
+    logs/slurm/<job>_<i>.out   standard output and error of array task i
+    scheduler/                 the run's own luigid: its output, log and saved state
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import luigi
+
+from .luigid import start_luigid, stop_luigid
+from .runner import collect_failures
+
+# States in which an array task has ended (squeue's long names; sacct's are the same).
+ENDED_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE"})
+# An array task that left the queue before this process saw how it ended.
+UNKNOWN_STATE = "UNKNOWN"
+
+
+class SubmissionError(ValueError):
+    """The jobs could not be submitted (sbatch refused them, or no scheduler to connect them to);
+    nothing runs. The message says why."""
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """The job array: how many array tasks, and what each asks SLURM for.
+
+    `time` and `memory` are passed to sbatch as they are (e.g. "2:00:00", "16G"); None leaves the
+    partition's default.
+    """
+
+    jobs: int = 1
+    cpus: int = 1
+    partition: str | None = None
+    time: str | None = None
+    memory: str | None = None
+
+
+@dataclass(frozen=True)
+class ArrayTaskState:
+    """Where one array task stands, or how it ended: SLURM's state, exit code and terminating signal."""
+
+    index: int
+    state: str
+    exit_code: int = 0
+    signal: int = 0
+
+    @property
+    def ended(self) -> bool:
+        return self.state in ENDED_STATES or self.state == UNKNOWN_STATE
+
+    @property
+    def description(self) -> str:
+        """The state with how the task ended, e.g. "FAILED (exit code 1)", "CANCELLED (signal 15)"."""
+        if self.state == UNKNOWN_STATE:
+            return f"{UNKNOWN_STATE} (left the queue unseen: cancelled while pending, or its record expired and the cluster keeps no accounting)"
+        if self.signal:
+            return f"{self.state} (signal {self.signal})"
+        return f"{self.state} (exit code {self.exit_code})"
+
+
+@dataclass
+class SlurmReport:
+    """The outcome of a run on SLURM: whether the tasks are `complete` at the end, how each array
+    task ended, and the failure records the tasks wrote during the run."""
+
+    complete: bool
+    job_id: str
+    array_tasks: list[ArrayTaskState]
+    log_dir: Path
+    failures: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def succeeded(self) -> bool:
+        """The tasks are complete and every array task ended COMPLETED."""
+        return self.complete and not self.unsuccessful_tasks
+
+    @property
+    def unsuccessful_tasks(self) -> list[ArrayTaskState]:
+        return [task for task in self.array_tasks if task.state != "COMPLETED"]
+
+    def log_path(self, index: int) -> Path:
+        """The output file of array task `index`."""
+        return self.log_dir / f"{self.job_id}_{index}.out"
+
+
+def run_on_slurm(
+    tasks: Sequence[luigi.Task],
+    *,
+    worker_command: Sequence[str],
+    work_dir: Path,
+    failure_dir: Path,
+    options: SlurmOptions,
+    job_name: str,
+    progress: Callable[[], str],
+    scheduler_host: str | None = None,
+    scheduler_port: int = 8082,
+    listen_address: str | None = None,
+    poll_interval: float = 5.0,
+) -> SlurmReport:
+    """Build `tasks` with `options.jobs` SLURM array tasks, each running `worker_command` completed
+    with `--scheduler-host H --scheduler-port P`, and wait until all of them have ended.
+
+    The workers connect to the luigid at `scheduler_host:scheduler_port`; with no `scheduler_host`,
+    a luigid is started for the run on `listen_address` (default: this host's name), which the
+    compute nodes must reach, and stopped at the end. Progress (`progress()` and the array tasks'
+    states) goes to stderr every `poll_interval` seconds when it changes. Ctrl-C (or any error
+    while waiting) cancels the jobs.
+    """
+    if options.jobs < 1 or options.cpus < 1:
+        raise ValueError(f"--jobs and --cpus must be at least 1, got {options.jobs} and {options.cpus}")
+    started = time.time()
+    log_dir = work_dir / "logs" / "slurm"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    luigid_pid = None
+    if scheduler_host is None:
+        scheduler_host = listen_address or socket.getfqdn()
+        luigid_pid, scheduler_port = _start_run_scheduler(work_dir / "scheduler", scheduler_host)
+    else:
+        _check_reachable(scheduler_host, scheduler_port)
+    try:
+        command = [*worker_command, "--scheduler-host", scheduler_host, "--scheduler-port", str(scheduler_port)]
+        script = _write_job_script(work_dir / "slurm" / "workers.sbatch", command, options, job_name, log_dir)
+        job_id = _submit(script)
+        print(
+            f"emflow: submitted SLURM job array {job_id} (array tasks: {options.jobs}, CPUs each: {options.cpus}; script {script}); "
+            f"logs: {log_dir / f'{job_id}_<task>.out'}; scheduler {scheduler_host}:{scheduler_port}",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            array_tasks = _wait(job_id, options.jobs, progress, poll_interval)
+        except BaseException:
+            # The workers would outlive this process (and lose the scheduler it may have started).
+            _cancel(job_id)
+            print(f"emflow: cancelled SLURM job array {job_id}", file=sys.stderr, flush=True)
+            raise
+    finally:
+        if luigid_pid is not None:
+            stop_luigid(luigid_pid)
+    return SlurmReport(
+        complete=all(task.complete() for task in tasks),
+        job_id=job_id,
+        array_tasks=array_tasks,
+        log_dir=log_dir,
+        failures=collect_failures(failure_dir, since=started),
+        seconds=time.time() - started,
+    )
+
+
+def _start_run_scheduler(scheduler_dir: Path, host: str) -> tuple[int, int]:
+    """Start the run's own luigid on `host` (a free port); return its process id and port."""
+    # luigid reads the task states it saved when it stopped; those of an earlier run (its failed
+    # tasks above all, which end the workers) must not outlive it: whether a task is done is read
+    # from the task's outputs.
+    (scheduler_dir / "state.pickle").unlink(missing_ok=True)
+    try:
+        server, port = start_luigid(scheduler_dir, host=host)
+    except (OSError, RuntimeError) as error:
+        raise SubmissionError(
+            f"cannot start the run's scheduler on {host}: {error}. Give an address of this machine that the compute "
+            "nodes reach with --listen-address, or a running scheduler with --scheduler-host"
+        ) from None
+    return server.pid, port
+
+
+def _check_reachable(host: str, port: int) -> None:
+    try:
+        socket.create_connection((host, port), timeout=10).close()
+    except OSError as error:
+        raise SubmissionError(f"no central scheduler answers on {host}:{port} ({error}); start one (`emflow scheduler start`) or leave out --scheduler-host") from None
+
+
+def _write_job_script(path: Path, command: Sequence[str], options: SlurmOptions, job_name: str, log_dir: Path) -> Path:
+    directives = {
+        "job-name": job_name,
+        "array": f"0-{options.jobs - 1}",
+        # sbatch expands %A (array job id) and %a (task index); a literal % is written %%.
+        "output": str(log_dir).replace("%", "%%") + "/%A_%a.out",
+        "cpus-per-task": str(options.cpus),
+        # The workers need this environment: the same Python, PYTHONPATH for plugins, SLURM_CONF.
+        "export": "ALL",
+        "partition": options.partition,
+        "time": options.time,
+        "mem": options.memory,
+    }
+    lines = ["#!/bin/bash"]
+    lines += [f'#SBATCH --{name}="{value}"' for name, value in directives.items() if value is not None]
+    lines += [
+        "# Written by `emflow run --slurm`: each array task is one worker that pulls tasks from the central",
+        "# scheduler until none are left.",
+        "exec " + shlex.join(command),
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _submit(script: Path) -> str:
+    """Submit `script` with sbatch; return the job id."""
+    completed = _slurm_command(["sbatch", "--parsable", str(script)])
+    if completed.returncode != 0:
+        raise SubmissionError(f"sbatch refused {script}: {completed.stderr.strip() or completed.stdout.strip()}")
+    # --parsable prints "<job id>" or "<job id>;<cluster>".
+    return completed.stdout.strip().split(";")[0]
+
+
+def _cancel(job_id: str) -> None:
+    _slurm_command(["scancel", job_id])
+
+
+def _slurm_command(arguments: list[str]) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(arguments, capture_output=True, text=True, timeout=120)
+    except FileNotFoundError:
+        raise SubmissionError(f"{arguments[0]} not found: --slurm needs SLURM's commands (sbatch, squeue, scancel) on PATH") from None
+    except subprocess.TimeoutExpired:
+        # An overloaded controller: for squeue, no answer this time.
+        return subprocess.CompletedProcess(arguments, 1, "", f"{arguments[0]} did not answer within 120 s")
+
+
+def _wait(job_id: str, jobs: int, progress: Callable[[], str], poll_interval: float) -> list[ArrayTaskState]:
+    """Poll the array's tasks until all have ended; print progress lines to stderr when they change."""
+    last_seen: dict[int, ArrayTaskState] = {index: ArrayTaskState(index, "PENDING") for index in range(jobs)}
+    last_line = None
+    while True:
+        listed = _queued_states(job_id)
+        if listed is not None:
+            for index in range(jobs):
+                if index in listed:
+                    last_seen[index] = listed[index]
+                elif not last_seen[index].ended:
+                    # Gone from the queue unseen: cancelled while pending, or its record expired.
+                    last_seen[index] = _accounted_state(job_id, index)
+        line = f"{progress()} | jobs: {_state_counts(last_seen.values())}"
+        if line != last_line:
+            print(line, file=sys.stderr, flush=True)
+            last_line = line
+        if all(task.ended for task in last_seen.values()):
+            return [last_seen[index] for index in range(jobs)]
+        time.sleep(poll_interval)
+
+
+def _queued_states(job_id: str) -> dict[int, ArrayTaskState] | None:
+    """The array's tasks that slurmctld still knows (ended ones for MinJobAge seconds), by index;
+    None when squeue did not answer (a busy controller: ask again later)."""
+    completed = _slurm_command(["squeue", "--noheader", "--array", "--states=all", f"--jobs={job_id}", "--Format=ArrayTaskID:|,State:|,exit_code:|"])
+    if completed.returncode != 0:
+        # Once all of the array's records have expired, squeue knows no such job.
+        return {} if "Invalid job id" in completed.stderr else None
+    states = {}
+    for line in completed.stdout.splitlines():
+        index, state, wait_status = line.split("|")[:3]
+        if index.isdigit():
+            # squeue's exit_code is the wait status: exit code in the high byte, signal in the low bits.
+            status = int(wait_status) if wait_status.isdigit() else 0
+            states[int(index)] = ArrayTaskState(int(index), state, status >> 8, status & 0x7F)
+    return states
+
+
+def _accounted_state(job_id: str, index: int) -> ArrayTaskState:
+    """How array task `index` ended according to SLURM's accounting (sacct), or UNKNOWN where the
+    cluster keeps none."""
+    completed = _slurm_command(["sacct", "--noheader", "--parsable2", "--allocations", f"--jobs={job_id}_{index}", "--format=State,ExitCode"])
+    # One line such as "CANCELLED by 1000|0:15" (state, then exit code:signal); nothing without accounting.
+    match = re.match(r"(\w+)[^|\n]*\|(\d+):(\d+)", completed.stdout.strip()) if completed.returncode == 0 else None
+    if match is None:
+        return ArrayTaskState(index, UNKNOWN_STATE)
+    return ArrayTaskState(index, match.group(1), int(match.group(2)), int(match.group(3)))
+
+
+def _state_counts(states) -> str:
+    counts: dict[str, int] = {}
+    for task in states:
+        counts[task.state] = counts.get(task.state, 0) + 1
+    return ", ".join(f"{count} {state}" for state, count in sorted(counts.items()))
