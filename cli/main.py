@@ -1,7 +1,8 @@
-"""`emflow run | predict | train | status | config defaults | config training-defaults | import | evaluate | demo`.
+"""`emflow run | predict | rerun | train | status | scheduler | config defaults | config training-defaults | import | evaluate | demo`.
 
 Exit codes: 0 success; 1 a task failed (the failed blocks and their logs are named); 2 bad input,
-config or output (one message naming the problem, nothing written).
+config or output (one message naming the problem, nothing written); 75 another run with the
+local scheduler is working on the same output (nothing done; try again later).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import sys
 from pathlib import Path
 
 EXIT_OK, EXIT_TASK_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+# sysexits.h's EX_TEMPFAIL: "try again later", for a run that found another one working on its output.
+EXIT_RUN_IN_PROGRESS = 75
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
         print("emflow: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     except Exception as error:
+        if type(error).__name__ == "RunInProgressError":  # imported lazily with the workflows
+            print(f"emflow: {error}", file=sys.stderr)
+            return EXIT_RUN_IN_PROGRESS
         if not _is_user_error(error):
             raise
         print(f"emflow: error: {_message(error)}", file=sys.stderr)
@@ -33,9 +39,9 @@ def _is_user_error(error: Exception) -> bool:
     from emflow.config import ConfigError
     from emflow.storage.output import ForeignOutputError
     from emflow.tasks.context import InputError
-    from emflow.workflows.run import StaleOutputError
+    from emflow.workflows.run import DifferentInputError
 
-    return isinstance(error, (ConfigError, InputError, ForeignOutputError, StaleOutputError, FileNotFoundError, FileExistsError, KeyError, ValueError, TypeError))
+    return isinstance(error, (ConfigError, InputError, ForeignOutputError, DifferentInputError, FileNotFoundError, FileExistsError, KeyError, ValueError, TypeError))
 
 
 def _message(error: Exception) -> str:
@@ -49,19 +55,28 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run the workflow of a config file (resumes where it stopped)")
     _add_run_arguments(run)
+    _add_slurm_arguments(run)
     run.set_defaults(handler=_run, until="")
 
     predict = commands.add_parser(
         "predict", help="run only the CNN prediction of a config without boundaries_key (writes predictions and boundaries)"
     )
     _add_run_arguments(predict)
+    _add_slurm_arguments(predict)
     predict.set_defaults(handler=_run, until="blend_predictions")
 
     train = commands.add_parser("train", help="train a boundary or affinity U-Net (resumes from its last checkpoint)")
     train.add_argument("config", help="training TOML config file (see `emflow config training-defaults`)")
     train.set_defaults(handler=_train)
 
-    status = commands.add_parser("status", help="per stage: blocks done / stale / pending")
+    rerun = commands.add_parser("rerun", help="invalidate blocks (or failed tasks) and everything that read them, then run")
+    _add_run_arguments(rerun)
+    rerun.add_argument("--stage", default="", help="stage whose tasks to rerun (see `emflow status`); with --failed, limits it to that stage")
+    rerun.add_argument("--blocks", type=_block_list, help="comma-separated block ids of --stage, e.g. 3,17 (default: the whole stage)")
+    rerun.add_argument("--failed", action="store_true", help="rerun every task whose last attempt failed")
+    rerun.set_defaults(handler=_rerun, until="")
+
+    status = commands.add_parser("status", help="per stage: blocks done / stale / failed / pending")
     status.add_argument("config", help="TOML config file")
     status.set_defaults(handler=_status)
 
@@ -89,6 +104,21 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="emflow-demo", help="folder for the demo's input and results (default ./emflow-demo)")
     demo.add_argument("--workers", type=int, default=2, help="tasks run in parallel (default 2)")
     demo.set_defaults(handler=_demo)
+
+    scheduler = commands.add_parser("scheduler", help="start, stop or query a luigid central scheduler for `emflow run --scheduler-host`")
+    scheduler_commands = scheduler.add_subparsers(dest="scheduler_command", required=True)
+    scheduler_start = scheduler_commands.add_parser("start", help="start luigid in the background (refused while the state folder's luigid runs)")
+    scheduler_start.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 for workers on other hosts)")
+    scheduler_start.add_argument("--port", type=int, default=8082, help="port to listen on (default 8082)")
+    scheduler_stop = scheduler_commands.add_parser("stop", help="stop the luigid of the state folder (SIGTERM, SIGKILL after 30 s)")
+    scheduler_status = scheduler_commands.add_parser("status", help="whether it runs, where, and its tasks by status; exit 0 running, 3 not running")
+    for command, handler in ((scheduler_start, _scheduler_start), (scheduler_stop, _scheduler_stop), (scheduler_status, _scheduler_status)):
+        command.add_argument(
+            "--state-dir",
+            default="emflow-scheduler",
+            help="folder of the scheduler's pid file, address, output, log and task state (default ./emflow-scheduler)",
+        )
+        command.set_defaults(handler=handler)
     return parser
 
 
@@ -99,16 +129,35 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     scheduler.add_argument("--local-scheduler", action="store_true", help="embedded scheduler (the default)")
     scheduler.add_argument("--scheduler-host", help="host of a running luigid central scheduler")
     parser.add_argument("--scheduler-port", type=int, default=8082, help="port of the central scheduler (default 8082)")
-    parser.add_argument("--update", action="store_true", help="recompute results that came from another config, replacing them")
+    parser.add_argument("--update", action="store_true", help="replace the results of a run over a different input in the output path")
+
+
+def _add_slurm_arguments(parser: argparse.ArgumentParser) -> None:
+    slurm = parser.add_argument_group("SLURM", "submit the run as a job array of workers that pull tasks from one central scheduler, and wait for it")
+    slurm.add_argument("--slurm", action="store_true", help="run on SLURM (sbatch) instead of on this machine")
+    slurm.add_argument("--jobs", type=int, default=1, help="array tasks (workers) to submit (default 1)")
+    slurm.add_argument("--cpus", type=int, default=1, help="CPUs of each array task, which runs as many worker processes (default 1)")
+    slurm.add_argument("--partition", help="partition to submit to (default: the cluster's default)")
+    slurm.add_argument("--time", help="time limit of each array task, as sbatch takes it (e.g. 4:00:00)")
+    slurm.add_argument("--mem", help="memory of each array task, as sbatch takes it (e.g. 16G)")
+    slurm.add_argument(
+        "--listen-address",
+        help="without --scheduler-host: the address of this machine that the compute nodes reach, on which the run's own "
+        "scheduler listens (default: this host's name)",
+    )
 
 
 def _report_failures(report) -> None:
     print(f"emflow: run FAILED (luigi status {report.luigi_status}) after {report.seconds:.1f} s", file=sys.stderr)
-    for failure in report.failures:
-        block = "global task" if failure["block_id"] is None else f"block {failure['block_id']}"
-        print(f"  {failure['stage']} {block}: {failure['error']}\n    log: {failure['log']}", file=sys.stderr)
+    _report_failure_records(report.failures)
     if not report.failures:
         print(f"  no task recorded a failure (a worker may have died): see {report.scheduler_log}", file=sys.stderr)
+
+
+def _report_failure_records(failures: list[dict]) -> None:
+    for failure in failures:
+        block = "global task" if failure["block_id"] is None else f"block {failure['block_id']}"
+        print(f"  {failure['stage']} {block}: {failure['error']}\n    log: {failure['log']}", file=sys.stderr)
 
 
 def _run(arguments) -> int:
@@ -116,6 +165,11 @@ def _run(arguments) -> int:
 
     if arguments.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {arguments.workers}")
+    if arguments.slurm:
+        return _run_on_slurm(arguments)
+    given = [option for option, value in _slurm_options(arguments).items() if value]
+    if given:
+        raise ValueError(f"{', '.join(given)} only apply with --slurm")
     report = run_workflow(
         arguments.config,
         workers=arguments.workers,
@@ -128,6 +182,108 @@ def _run(arguments) -> int:
         _report_failures(report)
         return EXIT_TASK_FAILED
     print(f"emflow: {'prediction' if arguments.until else 'run'} complete in {report.seconds:.1f} s")
+    return EXIT_OK
+
+
+def _slurm_options(arguments) -> dict[str, bool]:
+    """Which of the SLURM options differ from their defaults."""
+    return {
+        "--jobs": arguments.jobs != 1,
+        "--cpus": arguments.cpus != 1,
+        "--partition": arguments.partition is not None,
+        "--time": arguments.time is not None,
+        "--mem": arguments.mem is not None,
+        "--listen-address": arguments.listen_address is not None,
+    }
+
+
+def _run_on_slurm(arguments) -> int:
+    from emflow.cluster.slurm import SlurmOptions, run_on_slurm
+    from emflow.tasks.context import load_context
+    from emflow.workflows import MulticutSegmentation, progress_reporter
+    from emflow.workflows.run import check_run, run_lock
+
+    if arguments.workers != 1 or arguments.local_scheduler:
+        raise ValueError("with --slurm, each job runs --cpus worker processes for a central scheduler: leave out --workers and --local-scheduler")
+    if arguments.listen_address is not None and arguments.scheduler_host is not None:
+        raise ValueError("--listen-address is for the run's own scheduler: leave it out with --scheduler-host")
+    config_path, _ = check_run(arguments.config, update=arguments.update, until=arguments.until)
+    work_dir = load_context(config_path).work_dir
+    # Every array task must build the same task graph: all get the same options, and with a
+    # central scheduler `[scheduling] block_groups` = 0 is a fixed number of groups.
+    worker_command = [sys.executable, "-m", "emflow.cli.main", arguments.command, config_path, "--workers", str(arguments.cpus)]
+    if arguments.update:
+        # Each job checks the output again: the consent to replace it holds for them too.
+        worker_command.append("--update")
+    # The jobs use a central scheduler, so they do not lock the work folder; the submitter holds the
+    # lock for them, so that no local run (or second submission) works on the same output meanwhile.
+    with run_lock(work_dir):
+        report = run_on_slurm(
+            [MulticutSegmentation(config_path=config_path, until=arguments.until)],
+            worker_command=worker_command,
+            work_dir=work_dir,
+            failure_dir=work_dir / "failed",
+            options=SlurmOptions(jobs=arguments.jobs, cpus=arguments.cpus, partition=arguments.partition, time=arguments.time, memory=arguments.mem),
+            job_name=f"emflow-{Path(config_path).stem}",
+            progress=progress_reporter(config_path, arguments.until),
+            scheduler_host=arguments.scheduler_host,
+            scheduler_port=arguments.scheduler_port,
+            listen_address=arguments.listen_address,
+        )
+    if not report.succeeded:
+        if report.complete:
+            print(f"emflow: the workflow is complete, but not every SLURM job (array {report.job_id}) ended COMPLETED:", file=sys.stderr)
+        else:
+            print(f"emflow: run FAILED on SLURM (job array {report.job_id}) after {report.seconds:.1f} s", file=sys.stderr)
+        for task in report.unsuccessful_tasks:
+            log = report.log_path(task.index)
+            written = "" if log.exists() else " (not written: the task never started)"
+            print(f"  array task {report.job_id}_{task.index} {task.description}\n    log: {log}{written}", file=sys.stderr)
+        _report_failure_records(report.failures)
+        if not report.complete and not report.failures:
+            if report.unsuccessful_tasks:
+                print("  no task recorded a failure: a job that ended early leaves unfinished what it ran; run the same command again to resume", file=sys.stderr)
+            else:
+                print(f"  every job COMPLETED, yet the workflow is not complete and no task recorded a failure: see the job logs in {report.log_dir}", file=sys.stderr)
+        return EXIT_TASK_FAILED
+    print(f"emflow: {'prediction' if arguments.until else 'run'} complete in {report.seconds:.1f} s (SLURM job array {report.job_id})")
+    return EXIT_OK
+
+
+def _block_list(text: str) -> list[int]:
+    try:
+        block_ids = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--blocks takes comma-separated block ids such as 3,17, got {text!r}") from None
+    if not block_ids or min(block_ids) < 0:
+        raise argparse.ArgumentTypeError(f"--blocks takes comma-separated block ids such as 3,17, got {text!r}")
+    return block_ids
+
+
+def _rerun(arguments) -> int:
+    from emflow.workflows.run import rerun_workflow
+
+    if not arguments.failed and not arguments.stage:
+        raise ValueError("emflow rerun needs --stage STAGE [--blocks 3,17], or --failed")
+    if arguments.failed and arguments.blocks is not None:
+        raise ValueError("emflow rerun takes --blocks or --failed, not both")
+    if arguments.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {arguments.workers}")
+    invalidated, report = rerun_workflow(
+        arguments.config,
+        stage=arguments.stage,
+        block_ids=arguments.blocks,
+        failed=arguments.failed,
+        workers=arguments.workers,
+        scheduler_host=arguments.scheduler_host,
+        scheduler_port=arguments.scheduler_port,
+        update=arguments.update,
+    )
+    print(f"emflow: invalidated {'; '.join(invalidated) if invalidated else 'nothing (no task had failed)'}", file=sys.stderr)
+    if not report.succeeded:
+        _report_failures(report)
+        return EXIT_TASK_FAILED
+    print(f"emflow: run complete in {report.seconds:.1f} s")
     return EXIT_OK
 
 
@@ -145,9 +301,9 @@ def _status(arguments) -> int:
 
     statuses = workflow_status(str(Path(arguments.config).resolve()))
     width = max(len(status.stage) for status in statuses)
-    print(f"{'stage':<{width}}  {'done':>7}  {'stale':>7}  {'pending':>7}  {'total':>7}")
+    print(f"{'stage':<{width}}  {'done':>7}  {'stale':>7}  {'failed':>7}  {'pending':>7}  {'total':>7}")
     for status in statuses:
-        print(f"{status.stage:<{width}}  {status.done:>7}  {status.stale:>7}  {status.pending:>7}  {status.total:>7}")
+        print(f"{status.stage:<{width}}  {status.done:>7}  {status.stale:>7}  {status.failed:>7}  {status.pending:>7}  {status.total:>7}")
     return EXIT_OK
 
 
@@ -201,6 +357,61 @@ def _demo(arguments) -> int:
         return EXIT_TASK_FAILED
     print(json.dumps(result.metrics, indent=2, sort_keys=True))
     print(f"emflow demo: segmentation written to {result.segmentation} (run took {result.report.seconds:.1f} s)")
+    return EXIT_OK
+
+
+# `emflow scheduler`: exit 1 when a scheduler could not be started or stopped; `status` exits 3
+# when none runs (the LSB convention for init scripts).
+EXIT_SCHEDULER_FAILED, EXIT_SCHEDULER_NOT_RUNNING = 1, 3
+
+
+def _scheduler_start(arguments) -> int:
+    from emflow.cluster.luigid import SchedulerError, start_scheduler
+
+    try:
+        state = start_scheduler(arguments.state_dir, host=arguments.host, port=arguments.port)
+    except SchedulerError as error:
+        print(f"emflow scheduler: error: {error}", file=sys.stderr)
+        return EXIT_SCHEDULER_FAILED
+    if state.note:
+        print(f"emflow scheduler: replaced the {state.note}", file=sys.stderr)
+    print(f"emflow scheduler: luigid started, pid {state.pid}, listening on {state.host}:{state.port}, state in {state.state_dir}")
+    print(f"visualiser: {state.url}")
+    print(f"workers: emflow run CONFIG --scheduler-host {state.reachable_host} --scheduler-port {state.port}")
+    return EXIT_OK
+
+
+def _scheduler_stop(arguments) -> int:
+    from emflow.cluster.luigid import SchedulerError, stop_scheduler
+
+    try:
+        state = stop_scheduler(arguments.state_dir)
+    except SchedulerError as error:
+        print(f"emflow scheduler: error: {error}", file=sys.stderr)
+        return EXIT_SCHEDULER_FAILED
+    if not state.running:
+        removed = f"; removed the {state.note}" if state.note else ""
+        print(f"emflow scheduler: no scheduler running from {state.state_dir}{removed}")
+        return EXIT_OK
+    print(f"emflow scheduler: stopped luigid (pid {state.pid}) on {state.host}:{state.port}")
+    return EXIT_OK
+
+
+def _scheduler_status(arguments) -> int:
+    from emflow.cluster.luigid import scheduler_status
+
+    state = scheduler_status(arguments.state_dir)
+    if not state.running:
+        print(f"scheduler: not running (state folder {state.state_dir})")
+        if state.note:
+            print(f"note: {state.note}")
+        return EXIT_SCHEDULER_NOT_RUNNING
+    print(f"scheduler: running, pid {state.pid}, listening on {state.host}:{state.port}, state in {state.state_dir}")
+    print(f"visualiser: {state.url}")
+    if state.task_counts is not None:
+        print("tasks: " + ", ".join(f"{count} {status.lower()}" for status, count in state.task_counts.items()))
+    if state.note:
+        print(f"note: {state.note}")
     return EXIT_OK
 
 

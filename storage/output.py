@@ -7,6 +7,9 @@ name and renames it, so a killed writer never leaves a torn chunk.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +40,18 @@ def open_output_group(path: str | Path, *, create: bool = False) -> zarr.Group:
         return group
     if not create:
         raise FileNotFoundError(f"output group {path} does not exist (the workflow has not run yet)")
-    group = zarr.open_group(str(path), mode="w-", zarr_format=3)
-    group.attrs[OWNER_ATTRIBUTE] = {"created": True}
-    return group
+    # Made under a temporary name and renamed: a run killed in between must not leave a group
+    # without emflow's mark, which every later run would refuse as someone else's data.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial"))
+    try:
+        group = zarr.open_group(str(temporary), mode="w", zarr_format=3)
+        group.attrs[OWNER_ATTRIBUTE] = {"created": True}
+        os.rename(temporary, path)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return zarr.open_group(str(path), mode="r+")
 
 
 def create_block_array(group: zarr.Group, name: str, shape, block_shape, dtype, *, compressed: bool = True) -> zarr.Array:

@@ -17,7 +17,7 @@ import enum
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import luigi
 
@@ -109,12 +109,26 @@ class BlockTarget(luigi.Target):
 
 
 class StageCompletionTarget(CompletionTarget):
-    """The record of a whole block-wise stage, valid while the stage's journals have not grown."""
+    """The record of a whole block-wise stage, valid while the stage's journals have not grown.
 
-    def __init__(self, path: str | Path, expected_fingerprint: str, *, block_folder: str | Path, number_of_blocks: int):
+    `expected_fingerprint` is the stage's (which covers the state of every input chunk its blocks
+    read); `block_fingerprints(first, stop)` gives the fingerprint each block of a range must have
+    (which covers the chunks that block reads), so one changed chunk makes only its blocks stale.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        expected_fingerprint: str,
+        *,
+        block_folder: str | Path,
+        number_of_blocks: int,
+        block_fingerprints: Callable[[int, int], list[str]],
+    ):
         super().__init__(path, expected_fingerprint)
         self.block_folder = Path(block_folder)
         self.number_of_blocks = number_of_blocks
+        self.block_fingerprints = block_fingerprints
 
     def exists(self) -> bool:
         record = self.read()
@@ -130,10 +144,12 @@ class StageCompletionTarget(CompletionTarget):
 
     def block_states(self, block_range: tuple[int, int] | None = None) -> dict[int, CompletionState]:
         """State of every block of the stage (or of `block_range`) that has a record."""
-        return {
-            block_id: record_state(record.fingerprint, self.expected_fingerprint)
-            for block_id, record in self.block_records(block_range).items()
-        }
+        first, stop = block_range or (0, self.number_of_blocks)
+        records = self.block_records((first, stop))
+        if not records:
+            return {}
+        expected = self.block_fingerprints(first, stop)
+        return {block_id: record_state(record.fingerprint, expected[block_id - first]) for block_id, record in records.items()}
 
     def write(self, result: dict[str, Any] | None = None) -> None:
         """Record the stage as done; raises if a block of it is not."""

@@ -15,17 +15,21 @@ run stays linear. Block tasks stay ordinary Luigi tasks: one can be built on its
 `block_groups` at least the number of blocks every group is one block.
 
 Completion. A block task is done when its latest record (a line in its stage's journals, see
-`emflow.targets.journal`) holds the stage fingerprint. A `BlockStage` is done when its own record
+`emflow.targets.journal`) holds its block fingerprint. A `BlockStage` is done when its own record
 holds the stage fingerprint and no journal of the stage has grown since it was written: one
-directory listing, so a finished run is checked in milliseconds however many blocks it has, while
-invalidating a block (`BlockTarget.remove`) reopens its stage.
+directory listing (plus, once per process, a `stat` per input chunk for the fingerprints), so a
+finished run is checked without reading a block record, while invalidating a block
+(`BlockTarget.remove`) reopens its stage.
 
-Fingerprints. A stage's fingerprint hashes the stage's name and algorithm version, the config
-values the stage reads (`stage_parameters`), and the fingerprints of the stages it reads from
+Fingerprints. A stage's definition hashes the stage's name and algorithm version, the config values
+the stage reads (`stage_parameters`), and the fingerprints of the stages it reads from
 (`upstream`). The first stage also records the identity of the input datasets (path, key, shape,
-dtype). A block's record holds its stage's fingerprint and its block id. So changing a parameter makes exactly that
-stage and everything downstream of it stale, and nothing upstream; re-running an unchanged config
-is a no-op. Input *content* is not hashed: overwriting an input in place is not detected.
+dtype). A stage whose blocks read input volumes themselves (`input_roles`) adds the state of the
+input chunks (`emflow.storage.chunks`): each block's record holds the definition plus the state of
+the chunks that block reads (`input_region`), and the stage's fingerprint, which later stages
+see, holds the state of all of them. So changing a parameter makes exactly that stage and
+everything downstream of it stale, and nothing upstream; new data in an input chunk makes the
+blocks that read it stale, and the stages after them; re-running an unchanged config is a no-op.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import functools
 import json
 import logging
 import os
+import random
 import resource
 import time
 import traceback
@@ -43,6 +48,8 @@ from typing import Any, ClassVar
 import luigi
 from luigi.task_register import Register
 
+from emflow.blocking import Box
+from emflow.storage.chunks import chunk_states, forget_chunk_states
 from emflow.targets import BlockJournal, BlockTarget, CompletionState, CompletionTarget, StageCompletionTarget, atomic_write_text, fingerprint
 
 from .context import RunContext, load_context
@@ -52,6 +59,11 @@ STATUS_INTERVAL = 2.0
 # Block groups per stage and worker process when `[scheduling] block_groups` is 0: enough that the
 # workers stay busy until the end of a stage, few enough that forks and scheduling stay cheap.
 GROUPS_PER_WORKER = 4
+# Block groups per stage when `[scheduling] block_groups` is 0 and a central scheduler is shared:
+# enough to keep 16 worker processes busy at 4 groups each; more workers want an explicit value.
+SHARED_SCHEDULER_BLOCK_GROUPS = 64
+# Environment variable: the fraction of block task attempts that fail on purpose (see `inject_failure`).
+INJECT_FAILURES_VARIABLE = "EMFLOW_INJECT_FAILURES"
 
 
 class block_scheduling(luigi.Config):
@@ -61,12 +73,18 @@ class block_scheduling(luigi.Config):
     worker_processes = luigi.IntParameter(default=1)
 
 
-def use_workers(workers: int) -> None:
+def use_workers(workers: int, *, shared_scheduler: bool = False) -> None:
     """Tell the tasks how many worker processes this build has (for `block_groups` = 0, and for
-    stages that split the cores among the processes)."""
+    stages that split the cores among the processes).
+
+    With a `shared_scheduler` (luigid), other processes with other worker counts may build the
+    same run, and they must agree on the block groups: `block_groups` = 0 then means a fixed
+    `SHARED_SCHEDULER_BLOCK_GROUPS`, whatever this process's worker count.
+    """
     workers = max(1, int(workers))
     configuration = luigi.configuration.get_config()
-    configuration.set("block_scheduling", "auto_block_groups", str(GROUPS_PER_WORKER * workers))
+    groups = SHARED_SCHEDULER_BLOCK_GROUPS if shared_scheduler else GROUPS_PER_WORKER * workers
+    configuration.set("block_scheduling", "auto_block_groups", str(groups))
     configuration.set("block_scheduling", "worker_processes", str(workers))
 
 
@@ -129,10 +147,19 @@ class EmflowTask(luigi.Task):
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logger.addHandler(handler)
         failure_path = context.failure_path(self.stage, self.block_key)
+        retries = context.config["scheduling"]["retries"]
         rss_at_start = current_rss_bytes()
         started = time.perf_counter()
         try:
-            result = self.run_stage(logger) or {}
+            for attempt in range(1, retries + 2):
+                try:
+                    result = self.run_stage(logger) or {}
+                    inject_failure(self.stage, self.block_key)
+                    break
+                except Exception:
+                    if attempt > retries:
+                        raise
+                    logger.warning("%s block %s, attempt %d of %d failed, trying again:\n%s", self.stage, self.block_key, attempt, retries + 1, traceback.format_exc())
         except BaseException as error:
             logger.error("%s block %s failed:\n%s", self.stage, self.block_key, traceback.format_exc())
             record = {"stage": self.stage, "block_id": self.block_key, "error": f"{type(error).__name__}: {error}", "log": str(log_path)}
@@ -151,6 +178,7 @@ class EmflowTask(luigi.Task):
         peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         return {
             **result,
+            "attempts": attempt,
             "seconds": round(time.perf_counter() - started, 6),
             "peak_rss_bytes": peak_rss_bytes,
             "rss_at_start_bytes": rss_at_start,
@@ -178,9 +206,23 @@ class BlockTask(EmflowTask):
     def block_key(self) -> int:
         return self.block_id
 
+    @classmethod
+    def input_roles(cls, context: RunContext) -> tuple[str, ...]:
+        """The input datasets ([input] `<role>_key`) the blocks of this stage read themselves."""
+        return ()
+
+    @classmethod
+    def input_region(cls, context: RunContext, block_id: int) -> Box:
+        """The box of those datasets that block `block_id` reads (for stages with `input_roles`)."""
+        raise NotImplementedError
+
+    def block_fingerprint(self) -> str:
+        """What this block's record must hold to be done: see `BlockStage.block_fingerprints`."""
+        return self.stage_task().block_fingerprints(self.block_id, self.block_id + 1)[0]
+
     def output(self) -> BlockTarget:
         context = self.context
-        return BlockTarget(context.block_record_folder(self.stage), self.block_id, self.stage_fingerprint())
+        return BlockTarget(context.block_record_folder(self.stage), self.block_id, self.block_fingerprint())
 
     def number_of_blocks(self, context: RunContext) -> int:
         """How many blocks this stage has."""
@@ -236,13 +278,34 @@ class BlockStage(luigi.Task):
             _stage_fingerprint(self, context),
             block_folder=context.block_record_folder(self.stage),
             number_of_blocks=self.number_of_blocks,
+            block_fingerprints=self.block_fingerprints,
         )
+
+    def block_fingerprints(self, first_block: int, stop_block: int) -> list[str]:
+        """The fingerprint each block `first_block`..`stop_block - 1` must have in its record.
+
+        The stage's definition (name, version, parameters, upstream stages), plus the state of
+        the input chunks the block itself reads (`emflow.storage.chunks`): new data in an input
+        chunk makes exactly the blocks that read it stale in this stage. The stages after it see
+        the stage's fingerprint, which covers all its input chunks.
+        """
+        context = load_context(self.config_path)
+        definition = _stage_definition(self, context)
+        roles = _input_roles(self, context)
+        if not roles:
+            return [definition] * (stop_block - first_block)
+        task_class = type(self.prototype)
+        return [
+            fingerprint([definition, _input_chunk_states(context, roles, task_class.input_region(context, block_id))])
+            for block_id in range(first_block, stop_block)
+        ]
 
     def block_results(self) -> dict[int, dict[str, Any]]:
         """The result summary of every block, read at once (the stage must be done)."""
         target = self.output()
         records = target.block_records()
-        missing = [block_id for block_id in range(self.number_of_blocks) if block_id not in records or records[block_id].fingerprint != target.expected_fingerprint]
+        expected = self.block_fingerprints(0, self.number_of_blocks)
+        missing = [block_id for block_id in range(self.number_of_blocks) if block_id not in records or records[block_id].fingerprint != expected[block_id]]
         if missing:
             raise FileNotFoundError(f"{self.stage}: {len(missing)} blocks have no record with the expected fingerprint, e.g. {missing[:10]}")
         return {block_id: records[block_id].result for block_id in range(self.number_of_blocks)}
@@ -288,12 +351,14 @@ class BlockGroup(luigi.Task):
         with BlockJournal(context.block_record_folder(block_stage.stage), self.first_block, self.stop_block) as journal:
             for position, block_id in enumerate(pending, start=1):
                 task = block_stage.block_task(block_id)
+                # Taken before the block reads its input: input written meanwhile makes it stale again.
+                block_fingerprint = task.block_fingerprint()
                 try:
                     result = task.execute()
                 except Exception:
                     failed.append(task)  # its failure record and log name the problem; go on with the others
                 else:
-                    journal.append(block_id, task.stage_fingerprint(), result)
+                    journal.append(block_id, block_fingerprint, result)
                 if time.monotonic() - last_report > STATUS_INTERVAL or position == len(pending):
                     self.set_status_message(f"{position} of {len(pending)} blocks run, {len(failed)} failed")
                     self.set_progress_percentage(round(100 * position / len(pending)))
@@ -301,6 +366,29 @@ class BlockGroup(luigi.Task):
         if failed:
             listing = "; ".join(f"block {task.block_id} (log: {context.log_path(task.stage, task.block_id)})" for task in failed)
             raise BlockFailures(f"{failed[0].stage}: {len(failed)} of {len(pending)} blocks failed: {listing}")
+
+
+class InjectedFailure(RuntimeError):
+    """Raised on purpose by `inject_failure`, to test retries and reruns."""
+
+
+def inject_failure(stage: str, block_id: int | None) -> None:
+    """Raise InjectedFailure for this attempt of a block task with probability `EMFLOW_INJECT_FAILURES`.
+
+    The environment variable (a fraction in [0, 1], unset = 0) exists for fault-injection tests
+    and drills. The failure comes after the block has written its outputs but before its record,
+    the moment at which a half-finished block is most easily mistaken for a finished one. Global
+    tasks never fail on purpose. The draw is random, not seeded, so a rerun fails other blocks.
+    """
+    fraction = os.environ.get(INJECT_FAILURES_VARIABLE)
+    if block_id is None or not fraction:
+        return
+    try:
+        probability = float(fraction)
+    except ValueError:
+        raise ValueError(f"{INJECT_FAILURES_VARIABLE} must be a fraction between 0 and 1, got {fraction!r}") from None
+    if random.random() < probability:
+        raise InjectedFailure(f"failure injected by {INJECT_FAILURES_VARIABLE}={fraction} into {stage} block {block_id}")
 
 
 def current_rss_bytes() -> int | None:
@@ -332,8 +420,20 @@ def stage_task(task_class: type[EmflowTask], config_path: str, **parameters: Any
     return task_class(config_path=config_path, **parameters)
 
 
+def forget_input_states() -> None:
+    """Drop this process's fingerprints, so that they take in input chunks written since.
+
+    Called before a run or status looks at the task graph; worker processes forked during the run
+    keep what the run started with.
+    """
+    _stage_definition.cache_clear()
+    _stage_fingerprint.cache_clear()
+    forget_chunk_states()
+
+
 @functools.lru_cache(maxsize=1024)
-def _stage_fingerprint(stage: luigi.Task, context: RunContext) -> str:
+def _stage_definition(stage: luigi.Task, context: RunContext) -> str:
+    """Fingerprint of what a stage computes: name, version, parameters and its upstream stages' fingerprints."""
     definition = stage.prototype if isinstance(stage, BlockStage) else stage
     return fingerprint(
         {
@@ -343,3 +443,23 @@ def _stage_fingerprint(stage: luigi.Task, context: RunContext) -> str:
             "upstream": [_stage_fingerprint(upstream, context) for upstream in definition.upstream_stages()],
         }
     )
+
+
+@functools.lru_cache(maxsize=1024)
+def _stage_fingerprint(stage: luigi.Task, context: RunContext) -> str:
+    """The stage's definition plus the state of every input chunk its blocks read: what later stages depend on."""
+    definition = _stage_definition(stage, context)
+    roles = _input_roles(stage, context)
+    if not roles:
+        return definition
+    return fingerprint([definition, _input_chunk_states(context, roles, Box((0,) * len(context.shape), context.shape))])
+
+
+def _input_roles(stage: luigi.Task, context: RunContext) -> tuple[str, ...]:
+    if not isinstance(stage, BlockStage):
+        return ()
+    return tuple(role for role in type(stage.prototype).input_roles(context) if role in context.inputs)
+
+
+def _input_chunk_states(context: RunContext, roles: tuple[str, ...], box: Box) -> dict[str, list]:
+    return {role: chunk_states(context.inputs[role]["path"], context.inputs[role]["key"], box) for role in roles}

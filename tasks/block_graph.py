@@ -6,11 +6,13 @@ import logging
 
 import numpy as np
 
+from emflow.blocking import Box
 from emflow.graph import block_edge_statistics
 from emflow.storage.output import output_array
 from emflow.targets import atomic_save_npz
 
 from .base import BlockTask
+from .context import RunContext
 from .supervoxels import RelabelSupervoxelBlock
 
 # The graph looks at voxel pairs one step apart, so one voxel of context is all a block needs.
@@ -20,6 +22,14 @@ GRAPH_HALO = (1, 1, 1)
 class BlockGraph(BlockTask):
     stage = "block_graph"
     upstream = (RelabelSupervoxelBlock,)
+
+    @classmethod
+    def input_roles(cls, context: RunContext) -> tuple[str, ...]:
+        return ("boundaries",)
+
+    @classmethod
+    def input_region(cls, context: RunContext, block_id: int) -> Box:
+        return context.blocking.block_with_halo(block_id, GRAPH_HALO)[0]
 
     def run_stage(self, logger: logging.Logger) -> dict:
         context = self.context

@@ -37,6 +37,14 @@ class LabelOverlapBlock(BlockTask):
     def stage_parameters(cls, context: RunContext) -> dict:
         return {"labels": context.inputs["lifted_labels"]}
 
+    @classmethod
+    def input_roles(cls, context: RunContext) -> tuple[str, ...]:
+        return ("lifted_labels",)
+
+    @classmethod
+    def input_region(cls, context: RunContext, block_id: int) -> Box:
+        return context.blocking.block(block_id)
+
     def run_stage(self, logger: logging.Logger) -> dict:
         context = self.context
         box = context.blocking.block(self.block_id)

@@ -18,24 +18,32 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from emflow.blocking import Box
 from emflow.inference import PatchGrid, accumulate_patches, add_overlap, blend
-from emflow.model import TrainedModel
-from emflow.storage.models import file_digest, load_model, read_model_state, shipped_model_path
 from emflow.storage.output import output_array
-from emflow.storage.volumes import opened_volume
+from emflow.storage.volumes import opened_volume, read_region
 from emflow.targets import atomic_save_npy
-from emflow.unet import UNetConfig, check_patch_shape
 
 from .base import BlockTask, block_scheduling
 from .context import RunContext
 from .prepare import PrepareOutput
 
+if TYPE_CHECKING:
+    from emflow.model import TrainedModel
+    from emflow.unet import UNetConfig
+
+# torch and the modules built on it are imported where a model is used, not here: every run
+# imports this module, and torch's import costs seconds that a run without prediction (a cron
+# tick with nothing to do, above all) should not pay.
+
 
 def model_path(context: RunContext) -> Path:
+    from emflow.storage.models import shipped_model_path
+
     return Path(context.config["predict"]["model"] or shipped_model_path())
 
 
@@ -50,6 +58,9 @@ class ModelDescription:
 
 @functools.lru_cache(maxsize=4)
 def _describe_model(path: str, modified_ns: int, size: int) -> ModelDescription:
+    from emflow.storage.models import file_digest, read_model_state
+    from emflow.unet import UNetConfig
+
     state = read_model_state(path)
     try:
         return ModelDescription(file_digest(path), UNetConfig(**state["network_config"]), tuple(state["patch_shape"]))
@@ -59,6 +70,8 @@ def _describe_model(path: str, modified_ns: int, size: int) -> ModelDescription:
 
 @functools.lru_cache(maxsize=4)
 def _load_model(path: str, modified_ns: int, size: int) -> TrainedModel:
+    from emflow.storage.models import load_model
+
     return load_model(path)
 
 
@@ -92,6 +105,8 @@ def prediction_grid(context: RunContext) -> PatchGrid:
     if not any(patch_shape):
         patch_shape = model.patch_shape
     try:
+        from emflow.unet import check_patch_shape
+
         patch_shape = check_patch_shape(patch_shape, model.network_config)
         return PatchGrid(context.shape, patch_shape, context.config["predict"]["overlap"])
     except ValueError as error:
@@ -103,6 +118,8 @@ def _use_worker_threads() -> None:
     forked worker safe if its parent ran torch's OpenMP threads, which a fork can leave hanging."""
     workers = block_scheduling().worker_processes
     if workers > 1:
+        import torch
+
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
@@ -113,7 +130,7 @@ class _NormalizedVolume:
         self.volume, self.model, self.name, self.shape = volume, model, name, tuple(volume.shape)
 
     def __getitem__(self, slicing) -> np.ndarray:
-        raw = np.asarray(self.volume[slicing])
+        raw = read_region(self.volume, slicing, self.name)
         if np.issubdtype(raw.dtype, np.floating) and raw.size and not (np.isfinite(raw).all() and 0 <= raw.min() and raw.max() <= 1):
             raise ValueError(f"raw data {self.name} must be finite and in [0, 1] when stored as floats; {slicing} is not")
         return self.model.normalize(raw)
@@ -137,6 +154,23 @@ class PredictBlock(BlockTask):
             "raw": context.inputs["raw"],
         }
 
+    @classmethod
+    def input_roles(cls, context: RunContext) -> tuple[str, ...]:
+        return ("raw",)
+
+    @classmethod
+    def input_region(cls, context: RunContext, block_id: int) -> Box:
+        """The span of the patches the block owns (mirrored reads at the border stay inside it)."""
+        box = context.blocking.block(block_id)
+        origins = prediction_grid(context).patches_of_block(box.begin, box.end)
+        if any(len(axis_origins) == 0 for axis_origins in origins):
+            return Box(box.begin, box.begin)
+        patch_shape = prediction_grid(context).patch_shape
+        return Box(
+            tuple(max(int(axis_origins[0]), 0) for axis_origins in origins),
+            tuple(min(int(axis_origins[-1]) + size, extent) for axis_origins, size, extent in zip(origins, patch_shape, context.shape)),
+        )
+
     def run_stage(self, logger: logging.Logger) -> dict:
         context = self.context
         grid = prediction_grid(context)
@@ -150,7 +184,7 @@ class PredictBlock(BlockTask):
         model = prediction_model(context)
         predictor = model.predictor(predict["device"], predict["precision"])
         with opened_volume(context.config["input"]["path"], context.config["input"]["raw_key"]) as raw:
-            network_input = _NormalizedVolume(raw, model, context.config["input"]["raw_key"])
+            network_input = _NormalizedVolume(raw, model, context.input_location("raw"))
             span_start, accumulated = accumulate_patches(predictor, network_input, grid, origins, batch_size=predict["batch_size"])
         atomic_save_npy(path, accumulated)
         return {"patches": int(np.prod([len(axis_origins) for axis_origins in origins])), "span_start": list(span_start), "device": str(predictor.device)}

@@ -9,7 +9,7 @@ from emflow.storage.output import OWNER_ATTRIBUTE, create_block_array, open_outp
 from emflow.storage.volumes import write_ome_zarr_metadata
 
 from .base import GlobalTask
-from .context import RunContext
+from .context import RunContext, reference_role
 
 
 def prediction_channels(context: RunContext) -> int:
@@ -17,6 +17,14 @@ def prediction_channels(context: RunContext) -> int:
     from .predict import describe_model
 
     return describe_model(context).network_config.out_channels
+
+
+def input_identity(context: RunContext) -> dict[str, str]:
+    """The dataset a run segments (the boundary map, or the raw data it is predicted from): its
+    resolved path and key. New data in it, or new parameters, are reprocessing; another dataset is
+    another input, whose results an output never takes in silently."""
+    described = context.inputs[reference_role(context.inputs)]
+    return {"path": described["path"], "key": described["key"]}
 
 
 class PrepareOutput(GlobalTask):
@@ -35,7 +43,7 @@ class PrepareOutput(GlobalTask):
     def run_stage(self, logger: logging.Logger) -> dict:
         context = self.context
         group = open_output_group(context.output_path, create=True)
-        group.attrs[OWNER_ATTRIBUTE] = {"version": __version__, "config": context.config}
+        group.attrs[OWNER_ATTRIBUTE] = {"version": __version__, "config": context.config, "input": input_identity(context)}
         block_shape = context.blocking.block_shape
         if not context.config["input"]["supervoxels_key"]:
             create_block_array(group, "supervoxels_block_local", context.shape, block_shape, "uint64")

@@ -11,6 +11,7 @@ import logging
 
 import numpy as np
 
+from emflow.blocking import Box
 from emflow.config import function_parameters, resolve_function
 from emflow.labels import block_offsets, map_labels, relabel_consecutive
 from emflow.storage.output import output_array
@@ -18,7 +19,7 @@ from emflow.supervoxels import use_two_d
 from emflow.targets import atomic_save_npy, atomic_save_npz
 
 from .base import BlockTask, GlobalTask, stage_task
-from .context import RunContext
+from .context import InputError, RunContext
 from .predict import BlendBlock
 from .prepare import PrepareOutput
 
@@ -54,6 +55,16 @@ class SupervoxelBlock(BlockTask):
             return {"given": context.inputs["supervoxels"]}
         return {"supervoxels": context.config["supervoxels"], "halo": context.config["blocking"]["halo"]}
 
+    @classmethod
+    def input_roles(cls, context: RunContext) -> tuple[str, ...]:
+        return ("supervoxels", "mask") if given_supervoxels(context) else ("boundaries", "mask")
+
+    @classmethod
+    def input_region(cls, context: RunContext, block_id: int) -> Box:
+        if given_supervoxels(context):
+            return context.blocking.block(block_id)
+        return context.blocking.block_with_halo(block_id, tuple(context.config["blocking"]["halo"]))[0]
+
     def run_stage(self, logger: logging.Logger) -> dict:
         context = self.context
         inner = context.blocking.block(self.block_id)
@@ -72,8 +83,10 @@ class SupervoxelBlock(BlockTask):
             two_d = section["dimensionality"] == "2d"
         function = resolve_function(section["function"], "supervoxels.function")
         mask = context.read_mask(outer)
+        boundaries = context.read_boundaries(outer)
+        inner_boundaries = boundaries[inner_local.slicing]
         labels = function(
-            context.read_boundaries(outer),
+            boundaries,
             resolution=resolution,
             two_d=two_d,
             mask=mask,
@@ -91,7 +104,27 @@ class SupervoxelBlock(BlockTask):
         labels, number_of_supervoxels = relabel_consecutive(labels)
         output_array(context.output_path, "supervoxels_block_local")[inner.slicing] = labels
         logger.info("%d supervoxels (%s)", number_of_supervoxels, "2D per slice" if two_d else "3D")
-        return {"number_of_supervoxels": int(number_of_supervoxels)}
+        # The range of the block's boundary values lets `supervoxel_ids` refuse a constant volume
+        # without reading it again.
+        return {
+            "number_of_supervoxels": int(number_of_supervoxels),
+            "boundary_range": [float(inner_boundaries.min()), float(inner_boundaries.max())],
+        }
+
+
+def refuse_constant_boundaries(context: RunContext, block_ranges: list[list[float] | None]) -> None:
+    """Raise InputError when every block's boundary values are one and the same value.
+
+    A constant boundary map holds no membrane to cut along; it is also what a raw volume that was
+    never filled in gives. `block_ranges`: each block's [min, max] (None for a record written
+    before blocks noted their range, which then proves nothing).
+    """
+    if not block_ranges or any(block_range is None for block_range in block_ranges):
+        return
+    values = {value for block_range in block_ranges for value in block_range}
+    if len(values) == 1:
+        what = "the predicted boundary map (output array boundaries)" if context.predicting else f"boundary map {context.input_location('boundaries')}"
+        raise InputError(f"{what} is constant: every voxel is {values.pop()}, so there is nothing to segment; check the input data")
 
 
 class SupervoxelIds(GlobalTask):
@@ -109,6 +142,7 @@ class SupervoxelIds(GlobalTask):
             number_of_supervoxels = int(ids.size)
         else:
             results = stage_task(SupervoxelBlock, self.config_path).block_results()
+            refuse_constant_boundaries(context, [results[block_id].get("boundary_range") for block_id in blocks])
             counts = [results[block_id]["number_of_supervoxels"] for block_id in blocks]
             offsets = block_offsets(np.asarray(counts, dtype=np.uint64))
             atomic_save_npy(context.global_array_path(self.stage, "offsets"), offsets)

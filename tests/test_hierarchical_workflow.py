@@ -87,5 +87,5 @@ def test_changing_n_scales_makes_only_the_multicut_and_later_stale(tmp_path, inp
     statuses = {status.stage: status for status in workflow_status(str(config.resolve()))}
     assert {stage for stage, status in statuses.items() if status.stale} == {"multicut", "write_segmentation"}
     assert {stage for stage, status in statuses.items() if status.pending} == {"multicut_problem_s0", "subproblems_s0", "multicut_problem_s1"}
-    assert run_cli("run", config, "--update") == 0
+    assert run_cli("run", config) == 0
     assert all(status.done == status.total for status in workflow_status(str(config.resolve())))

@@ -109,7 +109,7 @@ def test_prediction_needs_raw_data_the_model_can_read(tmp_path, raw_input, small
 
 
 def test_predict_refuses_a_config_that_names_a_boundary_map(tmp_path, raw_input, small_affinity_model, capsys):
-    write_volume(raw_input, "boundaries", np.zeros((40, 72, 80), np.float32), resolution=RESOLUTION)
+    write_volume(raw_input, "boundaries", np.random.default_rng(0).random((40, 72, 80), np.float32), resolution=RESOLUTION)
     config = write_config(tmp_path / "config.toml", raw_input, tmp_path / "out.zarr", predict={"model": str(small_affinity_model)})
     assert run_cli("predict", config) == 2
     assert "nothing to predict" in capsys.readouterr().err

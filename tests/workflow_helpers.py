@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import tomli_w
 from emflow.boundaries import boundaries_from_labels
 from emflow.cli.main import main
 from emflow.storage.volumes import open_volume, write_volume
+from emflow.targets import JournalReader
 
 RESOLUTION = [10.0, 10.0, 10.0]
 
@@ -38,6 +40,18 @@ def write_config(path: Path, input_path: Path, output_path: Path, *, block_shape
         config[section] = {key: value for key, value in config[section].items() if value is not None}
     path.write_text(tomli_w.dumps(config))
     return path
+
+
+def records_since(work_dir: Path, since: float) -> set[tuple[str, int | None]]:
+    """(stage, block id) of every block record, and (stage, None) of every stage record, written after `since`."""
+    written = set()
+    for path in (work_dir / "status").iterdir():
+        if path.is_dir():
+            records = JournalReader(path).refresh()
+            written |= {(path.name, block_id) for block_id, record in records.items() if record.finished > since and record.fingerprint}
+        elif json.loads(path.read_text())["finished"] > since:
+            written.add((path.stem, None))
+    return written
 
 
 def run_cli(*arguments: str) -> int:

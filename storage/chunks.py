@@ -1,0 +1,112 @@
+"""The stored state of an input volume's chunks: what tells a rerun which blocks saw new data.
+
+A chunk's state is the size and modification time (ns) of its file, or None while the chunk is
+not written (it then reads as the fill value); like `make` and `rsync`, the content is not read,
+so checking a finished run costs one `stat` per chunk. Writing new data into a zarr input changes
+the state of exactly the chunks written. Rewriting a chunk with the same bytes changes its state
+too, and recomputes the blocks that read it, with the same result.
+
+An HDF5 dataset has no files of its own: its state is the whole file's, so any write to the file
+counts as a change to every chunk.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import zarr
+
+from emflow.blocking import Box
+
+from .volumes import HDF5Volume, open_volume
+
+ChunkState = tuple[int, int] | None
+
+
+@dataclass(frozen=True)
+class ChunkLayout:
+    """Where the chunk files of one stored array are: `folder / key_of(chunk grid position)`.
+
+    `grid_shape` is the shape of the unit stored as one file: the chunk, or the shard when the
+    array is sharded. `folder` None: the array is not a folder of chunk files (an HDF5 dataset);
+    `file` is then the one file holding it.
+    """
+
+    grid_shape: tuple[int, ...]
+    folder: Path | None
+    key_of: Callable[[tuple[int, ...]], str] | None
+    file: Path | None = None
+
+
+def chunk_states(path: str | Path, key: str, box: Box) -> list[ChunkState]:
+    """State of every stored chunk of dataset `key` in `path` that intersects `box`, in grid order.
+
+    The states of a dataset's chunks are read once per process, with one `stat` per chunk, and
+    kept until `forget_chunk_states()`. A state read earlier than the data is safe: a block that
+    reads newer data than its record says is only recomputed once more.
+    """
+    layout, states = _dataset_states(str(path), key)
+    if layout.folder is None:
+        return [states[()]]
+    ranges = [
+        range(begin // size, (end - 1) // size + 1) if end > begin else range(0)
+        for begin, end, size in zip(box.begin, box.end, layout.grid_shape)
+    ]
+    return [states[position] for position in itertools.product(*ranges)]
+
+
+def forget_chunk_states() -> None:
+    """Read the chunks' states again on next use (new data may have been written since)."""
+    _dataset_states.cache_clear()
+
+
+@functools.lru_cache(maxsize=32)
+def _dataset_states(path: str, key: str) -> tuple[ChunkLayout, dict[tuple[int, ...], ChunkState]]:
+    layout = chunk_layout(path, key, *_metadata_version(Path(path), key))
+    if layout.folder is None:
+        return layout, {(): _file_state(layout.file)}
+    shape = open_volume(path, key).shape
+    grid = [range(-(-size // chunk)) for size, chunk in zip(shape, layout.grid_shape)]
+    folder = str(layout.folder)
+    return layout, {position: _file_state(f"{folder}/{layout.key_of(position)}") for position in itertools.product(*grid)}
+
+
+@functools.lru_cache(maxsize=32)
+def chunk_layout(path: str, key: str, metadata_file: str, metadata_modified_ns: int) -> ChunkLayout:
+    """The chunk layout of a dataset, read once per process while its metadata file is unchanged."""
+    volume = open_volume(path, key)
+    if isinstance(volume, HDF5Volume):
+        volume.close()
+        return ChunkLayout(grid_shape=(), folder=None, key_of=None, file=Path(path))
+    if not isinstance(volume, zarr.Array):  # a TIFF stack is converted before a run; never chunked
+        return ChunkLayout(grid_shape=(), folder=None, key_of=None, file=Path(path))
+    metadata = volume.metadata
+    grid_shape = tuple(metadata.chunk_grid.chunk_shape) if volume.metadata.zarr_format == 3 else tuple(metadata.chunks)
+    root = getattr(volume.store_path.store, "root", None)
+    if root is None:  # not a folder of files (e.g. a zip store): the whole container is one unit
+        return ChunkLayout(grid_shape=(), folder=None, key_of=None, file=Path(path))
+    return ChunkLayout(grid_shape=grid_shape, folder=Path(root) / volume.store_path.path, key_of=metadata.encode_chunk_key)
+
+
+def _metadata_version(path: Path, key: str) -> tuple[str, int]:
+    """The file whose change means the layout may have changed, and its modification time."""
+    for name in ("zarr.json", ".zarray"):
+        candidate = path / key / name
+        state = _file_state(candidate)
+        if state is not None:
+            return str(candidate), state[1]
+    state = _file_state(path)
+    return str(path), 0 if state is None else state[1]
+
+
+def _file_state(path: str | Path) -> ChunkState:
+    try:
+        status = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return status.st_size, status.st_mtime_ns

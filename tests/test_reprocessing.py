@@ -1,0 +1,180 @@
+"""Cron reprocessing and per-block reruns: new input chunks recompute exactly the blocks that read
+them (and what follows), `emflow rerun` invalidates blocks and their dependents, a run lock keeps
+overlapping runs apart, and `emflow status` tells done / stale / failed / pending."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import time
+
+import numpy as np
+import pytest
+
+from emflow.blocking import Blocking, Box
+from emflow.storage.volumes import open_volume
+from emflow.tasks.block_graph import GRAPH_HALO
+from emflow.workflows import workflow_status
+from workflow_helpers import read, records_since, run_cli, write_config, write_inputs
+
+# 64 blocks of the 64 × 128 × 128 crop, chunked like the input, so one chunk is one block's box.
+BLOCK_SHAPE = (16, 32, 32)
+HALO = (4, 8, 8)
+
+
+@pytest.fixture(scope="module")
+def input_copy(tmp_path_factory, flyem_crop):
+    """The crop as an input zarr chunked like the blocks, so one chunk is one block's box."""
+    return write_inputs(tmp_path_factory.mktemp("input"), flyem_crop, chunks=BLOCK_SHAPE)
+
+
+def _finished_run(input_path, folder):
+    shutil.copytree(input_path, folder / "input.zarr")
+    config = write_config(folder / "config.toml", folder / "input.zarr", folder / "out.zarr", block_shape=BLOCK_SHAPE, halo=HALO)
+    assert run_cli("run", config, "--workers", "2") == 0
+    return config
+
+
+@pytest.fixture(scope="module")
+def finished_run(input_copy, tmp_path_factory):
+    """A finished run for tests that leave it as it is; returns its config."""
+    return _finished_run(input_copy, tmp_path_factory.mktemp("finished"))
+
+
+@pytest.fixture
+def run_copy(input_copy, tmp_path):
+    """A finished run over a copy of the input that the test may change; returns its config.
+
+    Not a copy of `finished_run`: fingerprints hold the inputs' resolved paths, so a copied run
+    would be a run over another input.
+    """
+    return _finished_run(input_copy, tmp_path)
+
+
+def _blocks_reading(blocking: Blocking, halo, changed: Box) -> set[int]:
+    """Blocks whose box grown by `halo` (clipped to the volume) intersects `changed`."""
+    reading = set()
+    for block_id in range(blocking.number_of_blocks):
+        outer, _ = blocking.block_with_halo(block_id, halo)
+        if all(begin < changed_end and changed_begin < end for begin, end, changed_begin, changed_end in zip(outer.begin, outer.end, changed.begin, changed.end)):
+            reading.add(block_id)
+    return reading
+
+
+def test_a_finished_run_is_a_no_op(finished_run):
+    started = time.time()
+    assert run_cli("run", finished_run) == 0
+    assert records_since(finished_run.parent / "out.zarr.work", started) == set()
+    assert all(status.done == status.total for status in workflow_status(str(finished_run)))
+
+
+def test_new_data_in_one_input_chunk_recomputes_exactly_the_blocks_that_read_it(run_copy, flyem_crop, tmp_path):
+    boundaries = open_volume(tmp_path / "input.zarr", "boundaries", mode="r+")
+    # A chunk in the middle of the volume, so that blocks on every side of it read it in their halo.
+    changed = Box((16, 32, 64), (32, 64, 96))
+    new_data = np.asarray(boundaries[changed.slicing])
+    new_data[:, :, :16] = 1.0 - new_data[:, :, :16]  # a real change: membranes where there were none
+    boundaries[changed.slicing] = new_data
+    blocking = Blocking(flyem_crop["raw"].shape, BLOCK_SHAPE)
+    expected_supervoxel_blocks = _blocks_reading(blocking, HALO, changed)
+    assert 8 <= len(expected_supervoxel_blocks) < blocking.number_of_blocks // 2
+
+    statuses = {status.stage: status for status in workflow_status(str(run_copy))}
+    assert statuses["supervoxels"].stale == len(expected_supervoxel_blocks)
+    assert statuses["supervoxels"].done == blocking.number_of_blocks - len(expected_supervoxel_blocks)
+    # Every stage after it reads every block's supervoxels (through the global id ranges).
+    assert statuses["prepare_output"].done == 1
+    assert all(status.done == 0 for name, status in statuses.items() if name not in ("prepare_output", "supervoxels"))
+
+    started = time.time()
+    assert run_cli("run", run_copy) == 0
+    rerun = records_since(tmp_path / "out.zarr.work", started)
+    assert {block_id for stage, block_id in rerun if stage == "supervoxels" and block_id is not None} == expected_supervoxel_blocks
+    assert {block_id for stage, block_id in rerun if stage == "write_segmentation" and block_id is not None} == set(range(blocking.number_of_blocks))
+    assert ("prepare_output", None) not in rerun
+    assert _blocks_reading(blocking, GRAPH_HALO, changed) <= {block_id for stage, block_id in rerun if stage == "block_graph"}
+
+    # The reprocessed output equals a fresh run over the new input.
+    fresh = write_config(tmp_path / "fresh.toml", tmp_path / "input.zarr", tmp_path / "fresh.zarr", block_shape=BLOCK_SHAPE, halo=HALO)
+    assert run_cli("run", fresh) == 0
+    for key in ("supervoxels", "segmentation", "graph/edges", "graph/edge_features"):
+        assert np.array_equal(read(tmp_path / "out.zarr", key), read(tmp_path / "fresh.zarr", key)), key
+
+
+def test_rerun_blocks_invalidates_them_and_their_dependents(run_copy, tmp_path, capsys):
+    reference = read(tmp_path / "out.zarr", "segmentation")
+    started = time.time()
+    capsys.readouterr()
+    assert run_cli("rerun", run_copy, "--stage", "supervoxels", "--blocks", "3,17") == 0
+    assert "supervoxels blocks 3, 17" in capsys.readouterr().err
+    rerun = records_since(tmp_path / "out.zarr.work", started)
+    assert {block_id for stage, block_id in rerun if stage == "supervoxels"} == {3, 17, None}
+    number_of_blocks = Blocking((64, 128, 128), BLOCK_SHAPE).number_of_blocks
+    for dependent in ("relabel_supervoxels", "block_graph", "write_segmentation"):
+        assert {block_id for stage, block_id in rerun if stage == dependent} == set(range(number_of_blocks)) | {None}
+    assert {("supervoxel_ids", None), ("merge_graph", None), ("edge_costs", None), ("multicut", None)} <= rerun
+    assert ("prepare_output", None) not in rerun
+    assert np.array_equal(read(tmp_path / "out.zarr", "segmentation"), reference)
+
+
+@pytest.mark.parametrize(
+    "arguments, fragment",
+    [
+        (["--stage", "watershed"], "no stage 'watershed'"),
+        (["--stage", "supervoxels", "--blocks", "64"], "no block 64"),
+        (["--stage", "multicut", "--blocks", "1"], "global task"),
+        ([], "--stage"),
+    ],
+)
+def test_rerun_refuses_unknown_stages_and_blocks(finished_run, capsys, arguments, fragment):
+    capsys.readouterr()
+    assert run_cli("rerun", finished_run, *arguments) == 2
+    assert fragment in capsys.readouterr().err
+    assert all(status.done == status.total for status in workflow_status(str(finished_run))), "nothing was invalidated"
+
+
+def test_failed_blocks_show_in_status_and_rerun_failed_finishes_identically(run_copy, tmp_path, capsys, monkeypatch):
+    reference = read(tmp_path / "out.zarr", "segmentation")
+    monkeypatch.setenv("EMFLOW_INJECT_FAILURES", "0.5")
+    config = write_config(
+        tmp_path / "config.toml", tmp_path / "input.zarr", tmp_path / "out.zarr", block_shape=BLOCK_SHAPE, halo=HALO, scheduling={"retries": 0}
+    )
+    assert run_cli("rerun", config, "--stage", "block_graph") == 1
+    failed = {int(path.stem) for path in (tmp_path / "out.zarr.work" / "failed" / "block_graph").glob("*.json")}
+    statuses = {status.stage: status for status in workflow_status(str(config))}
+    assert statuses["block_graph"].failed == len(failed) and 0 < len(failed) < statuses["block_graph"].total
+    assert statuses["block_graph"].done + len(failed) == statuses["block_graph"].total
+    capsys.readouterr()
+    assert run_cli("status", config) == 0
+    row = next(line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("block_graph"))
+    assert row[1:] == [str(statuses["block_graph"].done), "0", str(len(failed)), "0", str(statuses["block_graph"].total)]
+
+    monkeypatch.delenv("EMFLOW_INJECT_FAILURES")
+    started = time.time()
+    capsys.readouterr()
+    assert run_cli("rerun", config, "--failed") == 0
+    assert "block_graph blocks" in capsys.readouterr().err
+    rerun = records_since(tmp_path / "out.zarr.work", started)
+    assert {block_id for stage, block_id in rerun if stage == "block_graph" and block_id is not None} == failed
+    assert all(status.done == status.total and status.failed == 0 for status in workflow_status(str(config)))
+    assert not list((tmp_path / "out.zarr.work" / "failed").rglob("*.json"))
+    assert np.array_equal(read(tmp_path / "out.zarr", "segmentation"), reference)
+
+
+def test_a_run_overlapping_a_running_one_exits_cleanly(run_copy, tmp_path, capsys):
+    boundaries = open_volume(tmp_path / "input.zarr", "boundaries", mode="r+")
+    boundaries[0:16, 0:32, 0:32] = 1.0 - np.asarray(boundaries[0:16, 0:32, 0:32])
+    lock = os.open(tmp_path / "out.zarr.work" / "run.lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as a running `emflow run` holds it
+        os.pwrite(lock, b'{"pid": 4242, "host": "cron-host"}', 0)
+        started = time.time()
+        capsys.readouterr()
+        assert run_cli("run", run_copy) == 75
+        message = capsys.readouterr().err
+        assert "another emflow run is working on this output" in message and "4242" in message
+        assert records_since(tmp_path / "out.zarr.work", started) == set(), "the overlapping run did nothing"
+    finally:
+        os.close(lock)
+    assert run_cli("run", run_copy) == 0, "once the lock is free, the run goes on"
