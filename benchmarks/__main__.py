@@ -7,8 +7,11 @@ Runs, in one process tree and one sitting so that contenders share the machine's
 - orchestration: overhead per block-stage at 5,000 and 20,000 blocks, local scheduler and luigid,
   plain Luigi beside it, and a no-op rerun (`--quick`: 500 and 2,000 blocks);
 - hierarchical_multicut: hierarchical vs global multicut energy and time, with elf's blockwise_multicut.
-Two more run only when named with --only, as they need a trained model (`--model PATH`, default the
-shipped one) and have their own page:
+Three more run only when named with --only and have their own page. `reprocessing` (cron
+operations: a full run, a no-op rerun, `emflow status`, and a run after new data in one input
+chunk, counting the blocks each stage recomputed; `--only reprocessing --markdown
+docs/operations_benchmarks.md`), and two that need a trained model (`--model PATH`, default the
+shipped one):
 - inference: CNN throughput, a bare forward pass vs the sliding-window patches vs `emflow predict`,
   on the CPU and on a GPU when torch sees one;
 - cnn_accuracy: segmentation from raw data with the CNN on FlyEM data the model was not trained on,
@@ -31,7 +34,7 @@ from . import end_to_end, hierarchical_multicut, memory, orchestration
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_NAMES = ("end_to_end", "memory", "orchestration", "hierarchical_multicut")
-NAMES = DEFAULT_NAMES + ("inference", "cnn_accuracy")
+NAMES = DEFAULT_NAMES + ("inference", "cnn_accuracy", "reprocessing")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
 
             results[name] = cnn_accuracy.run(arguments.quick, arguments.model, skip_elf=arguments.skip_elf)
             section = cnn_accuracy.markdown(results[name])
+        elif name == "reprocessing":
+            from . import reprocessing
+
+            results[name] = reprocessing.run()
+            section = reprocessing.markdown(results[name])
         else:
             module = orchestration if name == "orchestration" else hierarchical_multicut
             results[name] = module.run(arguments.quick)
