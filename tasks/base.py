@@ -216,6 +216,16 @@ class BlockTask(EmflowTask):
         """The box of those datasets that block `block_id` reads (for stages with `input_roles`)."""
         raise NotImplementedError
 
+    @classmethod
+    def linked_upstream(cls, context: RunContext) -> tuple[type["BlockTask"], ...]:
+        """Block-wise upstream stages whose blocks this stage's blocks read directly (`upstream_blocks`)."""
+        return ()
+
+    @classmethod
+    def upstream_blocks(cls, context: RunContext, block_id: int, upstream: type["BlockTask"]) -> list[int]:
+        """The blocks of linked stage `upstream` whose results block `block_id` reads."""
+        raise NotImplementedError
+
     def block_fingerprint(self) -> str:
         """What this block's record must hold to be done: see `BlockStage.block_fingerprints`."""
         return self.stage_task().block_fingerprints(self.block_id, self.block_id + 1)[0]
@@ -284,21 +294,13 @@ class BlockStage(luigi.Task):
     def block_fingerprints(self, first_block: int, stop_block: int) -> list[str]:
         """The fingerprint each block `first_block`..`stop_block - 1` must have in its record.
 
-        The stage's definition (name, version, parameters, upstream stages), plus the state of
-        the input chunks the block itself reads (`emflow.storage.chunks`): new data in an input
-        chunk makes exactly the blocks that read it stale in this stage. The stages after it see
-        the stage's fingerprint, which covers all its input chunks.
+        The stage's definition (name, version, parameters, upstream stages), plus what the block
+        itself reads: the state of its input chunks (`emflow.storage.chunks`) and the fingerprints
+        of the blocks of linked upstream stages (`BlockTask.upstream_blocks`). New data in an input
+        chunk thus makes exactly the blocks that read it stale, and in a linked stage the blocks
+        that read those. The stages after it see the stage's fingerprint, which covers all its blocks.
         """
-        context = load_context(self.config_path)
-        definition = _stage_definition(self, context)
-        roles = _input_roles(self, context)
-        if not roles:
-            return [definition] * (stop_block - first_block)
-        task_class = type(self.prototype)
-        return [
-            fingerprint([definition, _input_chunk_states(context, roles, task_class.input_region(context, block_id))])
-            for block_id in range(first_block, stop_block)
-        ]
+        return _block_fingerprints(self, load_context(self.config_path))[first_block:stop_block]
 
     def block_results(self) -> dict[int, dict[str, Any]]:
         """The result summary of every block, read at once (the stage must be done)."""
@@ -428,37 +430,68 @@ def forget_input_states() -> None:
     """
     _stage_definition.cache_clear()
     _stage_fingerprint.cache_clear()
+    _block_fingerprints.cache_clear()
     forget_chunk_states()
 
 
 @functools.lru_cache(maxsize=1024)
-def _stage_definition(stage: luigi.Task, context: RunContext) -> str:
-    """Fingerprint of what a stage computes: name, version, parameters and its upstream stages' fingerprints."""
+def _stage_definition(stage: luigi.Task, context: RunContext, *, static: bool = False) -> str:
+    """Fingerprint of what a stage computes: name, version, parameters and its upstream stages.
+
+    An upstream stage enters with its fingerprint, or, when this stage's blocks are linked to its
+    blocks, with its static definition only: what its blocks hold then enters block by block (see
+    `BlockStage.block_fingerprints`). `static`: leave out all input and block states, upstream too.
+    """
     definition = stage.prototype if isinstance(stage, BlockStage) else stage
-    return fingerprint(
-        {
-            "stage": definition.stage,
-            "version": definition.version,
-            "parameters": definition.stage_parameters(context),
-            "upstream": [_stage_fingerprint(upstream, context) for upstream in definition.upstream_stages()],
-        }
-    )
+    linked = {task_class.get_task_family() for task_class in _linked_upstream(stage, context)}
+    upstream = [
+        _stage_definition(upstream_stage, context, static=True)
+        if static or getattr(upstream_stage, "family", None) in linked
+        else _stage_fingerprint(upstream_stage, context)
+        for upstream_stage in definition.upstream_stages()
+    ]
+    return fingerprint({"stage": definition.stage, "version": definition.version, "parameters": definition.stage_parameters(context), "upstream": upstream})
 
 
 @functools.lru_cache(maxsize=1024)
 def _stage_fingerprint(stage: luigi.Task, context: RunContext) -> str:
-    """The stage's definition plus the state of every input chunk its blocks read: what later stages depend on."""
+    """What later stages depend on: the stage's definition, and the fingerprints of all its blocks
+    where they hold more (input chunk states, linked upstream blocks)."""
+    definition = _stage_definition(stage, context)
+    if not (_input_roles(stage, context) or _linked_upstream(stage, context)):
+        return definition
+    return fingerprint([definition, _block_fingerprints(stage, context)])
+
+
+@functools.lru_cache(maxsize=256)
+def _block_fingerprints(stage: "BlockStage", context: RunContext) -> list[str]:
+    """The fingerprint of every block of a block-wise stage (see `BlockStage.block_fingerprints`)."""
     definition = _stage_definition(stage, context)
     roles = _input_roles(stage, context)
-    if not roles:
-        return definition
-    return fingerprint([definition, _input_chunk_states(context, roles, Box((0,) * len(context.shape), context.shape))])
+    linked = _linked_upstream(stage, context)
+    if not (roles or linked):
+        return [definition] * stage.number_of_blocks
+    task_class = type(stage.prototype)
+    linked_fingerprints = {upstream: _block_fingerprints(stage_task(upstream, stage.config_path), context) for upstream in linked}
+    fingerprints = []
+    for block_id in range(stage.number_of_blocks):
+        read = {}
+        if roles:
+            read["inputs"] = _input_chunk_states(context, roles, task_class.input_region(context, block_id))
+        for upstream, upstream_fingerprints in linked_fingerprints.items():
+            read[upstream.stage] = [upstream_fingerprints[upstream_block] for upstream_block in task_class.upstream_blocks(context, block_id, upstream)]
+        fingerprints.append(fingerprint([definition, read]))
+    return fingerprints
 
 
 def _input_roles(stage: luigi.Task, context: RunContext) -> tuple[str, ...]:
     if not isinstance(stage, BlockStage):
         return ()
     return tuple(role for role in type(stage.prototype).input_roles(context) if role in context.inputs)
+
+
+def _linked_upstream(stage: luigi.Task, context: RunContext) -> tuple[type[BlockTask], ...]:
+    return type(stage.prototype).linked_upstream(context) if isinstance(stage, BlockStage) else ()
 
 
 def _input_chunk_states(context: RunContext, roles: tuple[str, ...], box: Box) -> dict[str, list]:

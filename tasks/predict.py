@@ -123,6 +123,26 @@ def _use_worker_threads() -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
+@functools.lru_cache(maxsize=4)
+def patch_spans(context: RunContext) -> list[Box]:
+    """Per block, the box spanned by the patches it owns, clipped to the volume (empty: it owns none)."""
+    grid = prediction_grid(context)
+    spans = []
+    for block_id in range(context.blocking.number_of_blocks):
+        box = context.blocking.block(block_id)
+        origins = grid.patches_of_block(box.begin, box.end)
+        if any(len(axis_origins) == 0 for axis_origins in origins):
+            spans.append(Box(box.begin, box.begin))
+            continue
+        spans.append(
+            Box(
+                tuple(max(int(axis_origins[0]), 0) for axis_origins in origins),
+                tuple(min(int(axis_origins[-1]) + size, extent) for axis_origins, size, extent in zip(origins, grid.patch_shape, context.shape)),
+            )
+        )
+    return spans
+
+
 class _NormalizedVolume:
     """Network input read lazily from the raw volume: `model.normalize` of whatever is sliced."""
 
@@ -161,15 +181,7 @@ class PredictBlock(BlockTask):
     @classmethod
     def input_region(cls, context: RunContext, block_id: int) -> Box:
         """The span of the patches the block owns (mirrored reads at the border stay inside it)."""
-        box = context.blocking.block(block_id)
-        origins = prediction_grid(context).patches_of_block(box.begin, box.end)
-        if any(len(axis_origins) == 0 for axis_origins in origins):
-            return Box(box.begin, box.begin)
-        patch_shape = prediction_grid(context).patch_shape
-        return Box(
-            tuple(max(int(axis_origins[0]), 0) for axis_origins in origins),
-            tuple(min(int(axis_origins[-1]) + size, extent) for axis_origins, size, extent in zip(origins, patch_shape, context.shape)),
-        )
+        return patch_spans(context)[block_id]
 
     def run_stage(self, logger: logging.Logger) -> dict:
         context = self.context
@@ -198,23 +210,44 @@ class BlendBlock(BlockTask):
     def stage_parameters(cls, context: RunContext) -> dict:
         return {"output_dtype": context.config["predict"]["output_dtype"]}
 
+    @classmethod
+    def linked_upstream(cls, context: RunContext) -> tuple[type[BlockTask], ...]:
+        return (PredictBlock,)
+
+    @classmethod
+    def upstream_blocks(cls, context: RunContext, block_id: int, upstream: type[BlockTask]) -> list[int]:
+        """The blocks whose patches' span reaches this block's box grown by one voxel."""
+        start, stop = cls.blended_box(context, block_id)
+        patch_shape = prediction_grid(context).patch_shape
+        spans = patch_spans(context)
+        # A block's span reaches at most one patch past its box.
+        reach_begin = [first - size for first, size in zip(start, patch_shape)]
+        reach_end = [last + size for last, size in zip(stop, patch_shape)]
+        return [
+            other
+            for other in context.blocking.blocks_intersecting(reach_begin, reach_end)
+            if all(begin < end and begin < last and first < end for begin, end, first, last in zip(spans[other].begin, spans[other].end, start, stop))
+        ]
+
+    @staticmethod
+    def blended_box(context: RunContext, block_id: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The block's box grown by one voxel (clipped): a voxel's affinity-derived boundary value needs its neighbours."""
+        box = context.blocking.block(block_id)
+        start = tuple(max(begin - 1, 0) for begin in box.begin)
+        stop = tuple(min(end + 1, size) for end, size in zip(box.end, context.shape))
+        return start, stop
+
     def run_stage(self, logger: logging.Logger) -> dict:
         context = self.context
         model = prediction_model(context)
         grid = prediction_grid(context)
         box = context.blocking.block(self.block_id)
-        start = tuple(max(begin - 1, 0) for begin in box.begin)
-        stop = tuple(min(end + 1, size) for end, size in zip(box.end, context.shape))
+        start, stop = self.blended_box(context, self.block_id)
         total = np.zeros((model.out_channels + 1,) + tuple(last - first for first, last in zip(start, stop)), dtype=np.float32)
-        # A block's span reaches at most one patch past its box.
-        reach_begin = [first - size for first, size in zip(start, grid.patch_shape)]
-        reach_end = [last + size for last, size in zip(stop, grid.patch_shape)]
-        for block_id in context.blocking.blocks_intersecting(reach_begin, reach_end):
+        for block_id in self.upstream_blocks(context, self.block_id, PredictBlock):
             other = context.blocking.block(block_id)
-            origins = grid.patches_of_block(other.begin, other.end)
-            if any(len(axis_origins) == 0 for axis_origins in origins):
-                continue
-            span_start = [int(axis_origins[0]) for axis_origins in origins]
+            # The span's own start, which may lie outside the volume (its patches read mirrored data there).
+            span_start = [int(axis_origins[0]) for axis_origins in grid.patches_of_block(other.begin, other.end)]
             accumulated = np.load(context.block_array_path(PredictBlock.stage, block_id), mmap_mode="r")
             add_overlap(total, start, accumulated, span_start)
         probabilities = blend(total)

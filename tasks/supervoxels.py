@@ -60,6 +60,16 @@ class SupervoxelBlock(BlockTask):
         return ("supervoxels", "mask") if given_supervoxels(context) else ("boundaries", "mask")
 
     @classmethod
+    def linked_upstream(cls, context: RunContext) -> tuple[type[BlockTask], ...]:
+        return (BlendBlock,) if context.predicting and not given_supervoxels(context) else ()
+
+    @classmethod
+    def upstream_blocks(cls, context: RunContext, block_id: int, upstream: type[BlockTask]) -> list[int]:
+        """The blocks whose predicted boundaries fall in this block's box plus halo."""
+        outer = cls.input_region(context, block_id)
+        return list(context.blocking.blocks_intersecting(outer.begin, outer.end))
+
+    @classmethod
     def input_region(cls, context: RunContext, block_id: int) -> Box:
         if given_supervoxels(context):
             return context.blocking.block(block_id)
