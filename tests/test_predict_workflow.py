@@ -9,6 +9,8 @@ from emflow.blocking import Blocking, Box
 from emflow.inference import PatchGrid
 from emflow.storage.models import load_model
 from emflow.storage.volumes import open_volume, write_volume
+from emflow.tasks.context import load_context
+from emflow.tasks.predict import BlendBlock, PredictBlock
 from emflow.workflows import workflow_status
 from emflow.workflows.run import run_workflow
 
@@ -173,3 +175,23 @@ def test_new_raw_data_in_one_chunk_repredicts_only_the_blocks_that_read_it(tmp_p
     assert run_cli("run", fresh, "--workers", "2") == 0
     for key in ("boundaries", "supervoxels", "segmentation"):
         assert np.array_equal(read(tmp_path / "cron.zarr", key), read(tmp_path / "fresh.zarr", key)), key
+
+
+def test_rerun_of_prediction_blocks_invalidates_only_the_linked_blocks_that_read_them(tmp_path, raw_input, small_affinity_model, capsys):
+    config = predict_config(tmp_path, raw_input, small_affinity_model, "rerun")
+    assert run_cli("run", config) == 0
+    reference = read(tmp_path / "rerun.zarr", "segmentation")
+    started = time.time()
+    capsys.readouterr()
+    assert run_cli("rerun", config, "--stage", "predict", "--blocks", "0") == 0
+    message = capsys.readouterr().err
+    rerun = records_since(tmp_path / "rerun.zarr.work", started)
+    context = load_context(str(config.resolve()))
+    readers = {block_id for block_id in range(context.blocking.number_of_blocks) if 0 in BlendBlock.upstream_blocks(context, block_id, PredictBlock)}
+    assert 0 < len(readers) < context.blocking.number_of_blocks
+    assert {block for stage, block in rerun if stage == "predict"} == {0, None}
+    assert {block for stage, block in rerun if stage == "blend_predictions"} == readers | {None}
+    assert f"blend_predictions blocks {', '.join(map(str, sorted(readers)))}" in message
+    # Block ids of later stages come from a global stage: all of them.
+    assert {block for stage, block in rerun if stage == "write_segmentation"} == set(range(context.blocking.number_of_blocks)) | {None}
+    assert np.array_equal(read(tmp_path / "rerun.zarr", "segmentation"), reference)

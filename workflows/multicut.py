@@ -145,9 +145,11 @@ def dependent_stages(config_path: str, stage_name: str) -> list[luigi.Task]:
 def invalidate(config_path: str, stage_name: str, block_ids: list[int] | None = None) -> list[str]:
     """Make tasks of one stage, and everything that read them, pending again; return what was invalidated.
 
-    `block_ids` None: the whole stage. Every later stage that reads the stage is invalidated as a
-    whole: a block-wise stage after it reads it through a global stage (e.g. the merged graph), or
-    reads neighbouring blocks too. Results stay in place until the tasks run again.
+    `block_ids` None: the whole stage. A later block-wise stage linked block by block to the stages
+    it reads (`BlockTask.upstream_blocks`, e.g. blending reads its neighbours' predictions) loses
+    the blocks that read invalidated blocks; any other later stage that reads an invalidated stage,
+    directly or through others, is invalidated as a whole. Results stay in place until the tasks
+    run again.
     """
     stages = {stage.stage: stage for stage in workflow_stages(config_path)}
     if stage_name not in stages:
@@ -159,12 +161,36 @@ def invalidate(config_path: str, stage_name: str, block_ids: list[int] | None = 
         out_of_range = [block_id for block_id in block_ids if not 0 <= block_id < stage.number_of_blocks]
         if out_of_range:
             raise ValueError(f"stage {stage_name} has blocks 0 to {stage.number_of_blocks - 1}; no block {out_of_range[0]}")
-    invalidated = [f"{stage_name} blocks {', '.join(map(str, block_ids))}" if block_ids is not None else stage_name]
-    _invalidate_tasks(stage, block_ids)
+    # Per invalidated stage, its invalidated blocks (None: all its tasks).
+    invalidated: dict[str, set[int] | None] = {stage_name: None if block_ids is None else set(block_ids)}
+    context = load_context(config_path)
     for dependent in dependent_stages(config_path, stage_name):
-        _invalidate_tasks(dependent, None)
-        invalidated.append(dependent.stage)
-    return invalidated
+        invalidated[dependent.stage] = _blocks_reading(dependent, invalidated, context)
+    # A linked stage none of whose blocks read an invalidated block keeps all of them.
+    invalidated = {name: blocks for name, blocks in invalidated.items() if blocks is None or blocks}
+    for name, blocks in invalidated.items():
+        _invalidate_tasks(stages[name], None if blocks is None else sorted(blocks))
+    return [name if blocks is None else f"{name} blocks {', '.join(map(str, sorted(blocks)))}" for name, blocks in invalidated.items()]
+
+
+def _blocks_reading(stage: luigi.Task, invalidated: dict[str, set[int] | None], context) -> set[int] | None:
+    """The blocks of `stage` that read invalidated tasks; None: the whole stage (it reads an
+    invalidated stage that is not linked to it block by block)."""
+    definition = stage.prototype if isinstance(stage, BlockStage) else stage
+    linked = {task_class.stage: task_class for task_class in (type(definition).linked_upstream(context) if isinstance(stage, BlockStage) else ())}
+    reading: set[int] = set()
+    for upstream in definition.upstream_stages():
+        blocks = invalidated.get(upstream.stage, set())
+        if blocks is None or (blocks and upstream.stage not in linked):
+            return None
+        if blocks:
+            task_class = type(definition)
+            reading |= {
+                block_id
+                for block_id in range(stage.number_of_blocks)
+                if blocks.intersection(task_class.upstream_blocks(context, block_id, linked[upstream.stage]))
+            }
+    return reading
 
 
 def _invalidate_tasks(stage: luigi.Task, block_ids: list[int] | None) -> None:
