@@ -141,6 +141,21 @@ class Blocking:
         )
         return outer, inner.local_to(outer)
 
+    def boxes_with_halo(self, halo) -> np.ndarray:
+        """Every block's box enlarged by ``halo`` and clipped to the volume, at once.
+
+        Returns int64 (number_of_blocks, 2, ndim): ``[block_id, 0]`` the begin and ``[block_id, 1]``
+        the end of block ``block_id``'s box, as `block_with_halo`'s ``outer`` (halo 0: `block`).
+        """
+        halo = np.asarray(_as_index_tuple(halo, "halo"), dtype=np.int64)
+        if halo.size != len(self.shape) or (halo < 0).any():
+            raise ValueError(f"halo must be {len(self.shape)} non-negative integers, got {tuple(halo)}")
+        positions = np.stack(np.unravel_index(np.arange(self.number_of_blocks), self.blocks_per_axis), axis=1)
+        block_shape, shape = np.asarray(self.block_shape, dtype=np.int64), np.asarray(self.shape, dtype=np.int64)
+        begin = np.maximum(positions * block_shape - halo, 0)
+        end = np.minimum(positions * block_shape + block_shape + halo, shape)
+        return np.stack([begin, end], axis=1)
+
     def blocks_intersecting(self, begin, end) -> list[int]:
         """Ids (ascending) of the blocks whose box intersects [begin, end), which may reach past the volume."""
         ranges = []

@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import zarr
-
-from emflow.blocking import Box
 
 from .volumes import HDF5Volume, open_volume
 
-ChunkState = tuple[int, int] | None
 
 
 @dataclass(frozen=True)
@@ -43,21 +42,24 @@ class ChunkLayout:
     file: Path | None = None
 
 
-def chunk_states(path: str | Path, key: str, box: Box) -> list[ChunkState]:
-    """State of every stored chunk of dataset `key` in `path` that intersects `box`, in grid order.
+def region_states(path: str | Path, key: str, regions: np.ndarray) -> list[bytes]:
+    """For each region, the state of every stored chunk of dataset `key` in `path` it intersects.
 
-    The states of a dataset's chunks are read once per process, with one `stat` per chunk, and
-    kept until `forget_chunk_states()`. A state read earlier than the data is safe: a block that
-    reads newer data than its record says is only recomputed once more.
+    `regions`: int (number_of_regions, 2, ndim), begin and end of each box. Returns one bytes
+    string per region: the (size, modification time) pairs of its chunks in grid order, -1 for a
+    chunk not written; equal bytes, equal chunk states. The states of a dataset's chunks are read
+    once per process, with one `stat` per chunk, and kept until `forget_chunk_states()`. A state
+    read earlier than the data is safe: a block that reads newer data than its record says is
+    only recomputed once more.
     """
     layout, states = _dataset_states(str(path), key)
     if layout.folder is None:
-        return [states[()]]
-    ranges = [
-        range(begin // size, (end - 1) // size + 1) if end > begin else range(0)
-        for begin, end, size in zip(box.begin, box.end, layout.grid_shape)
-    ]
-    return [states[position] for position in itertools.product(*ranges)]
+        return [states.tobytes()] * len(regions)
+    grid_shape = np.asarray(layout.grid_shape, dtype=np.int64)
+    regions = np.asarray(regions, dtype=np.int64)
+    first = regions[:, 0] // grid_shape
+    stop = np.where(regions[:, 1] > regions[:, 0], (regions[:, 1] - 1) // grid_shape + 1, first)
+    return [states[tuple(slice(begin, end) for begin, end in zip(low, high))].tobytes() for low, high in zip(first.tolist(), stop.tolist())]
 
 
 def forget_chunk_states() -> None:
@@ -66,14 +68,18 @@ def forget_chunk_states() -> None:
 
 
 @functools.lru_cache(maxsize=32)
-def _dataset_states(path: str, key: str) -> tuple[ChunkLayout, dict[tuple[int, ...], ChunkState]]:
+def _dataset_states(path: str, key: str) -> tuple[ChunkLayout, np.ndarray]:
+    """The layout and the states of all chunks: int64 (*chunk grid shape, 2), (size, modification time ns)."""
     layout = chunk_layout(path, key, *_metadata_version(Path(path), key))
     if layout.folder is None:
-        return layout, {(): _file_state(layout.file)}
+        return layout, np.asarray(_file_state(layout.file) or (-1, -1), dtype=np.int64)
     shape = open_volume(path, key).shape
-    grid = [range(-(-size // chunk)) for size, chunk in zip(shape, layout.grid_shape)]
+    grid = tuple(-(-size // chunk) for size, chunk in zip(shape, layout.grid_shape))
     folder = str(layout.folder)
-    return layout, {position: _file_state(f"{folder}/{layout.key_of(position)}") for position in itertools.product(*grid)}
+    states = np.empty((math.prod(grid), 2), dtype=np.int64)
+    for index, position in enumerate(itertools.product(*(range(count) for count in grid))):
+        states[index] = _file_state(f"{folder}/{layout.key_of(position)}") or (-1, -1)
+    return layout, states.reshape(grid + (2,))
 
 
 @functools.lru_cache(maxsize=32)
@@ -104,7 +110,7 @@ def _metadata_version(path: Path, key: str) -> tuple[str, int]:
     return str(path), 0 if state is None else state[1]
 
 
-def _file_state(path: str | Path) -> ChunkState:
+def _file_state(path: str | Path) -> tuple[int, int] | None:
     try:
         status = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):

@@ -6,7 +6,6 @@ import logging
 
 import numpy as np
 
-from emflow.blocking import Box
 from emflow.graph import block_edge_statistics
 from emflow.storage.output import output_array
 from emflow.targets import atomic_save_npz
@@ -28,8 +27,8 @@ class BlockGraph(BlockTask):
         return ("boundaries",)
 
     @classmethod
-    def input_region(cls, context: RunContext, block_id: int) -> Box:
-        return context.blocking.block_with_halo(block_id, GRAPH_HALO)[0]
+    def input_regions(cls, context: RunContext) -> np.ndarray:
+        return context.blocking.boxes_with_halo(GRAPH_HALO)
 
     def run_stage(self, logger: logging.Logger) -> dict:
         context = self.context

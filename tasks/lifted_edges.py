@@ -42,8 +42,8 @@ class LabelOverlapBlock(BlockTask):
         return ("lifted_labels",)
 
     @classmethod
-    def input_region(cls, context: RunContext, block_id: int) -> Box:
-        return context.blocking.block(block_id)
+    def input_regions(cls, context: RunContext) -> np.ndarray:
+        return context.blocking.boxes_with_halo((0, 0, 0))
 
     def run_stage(self, logger: logging.Logger) -> dict:
         context = self.context

@@ -124,22 +124,35 @@ def _use_worker_threads() -> None:
 
 
 @functools.lru_cache(maxsize=4)
-def patch_spans(context: RunContext) -> list[Box]:
-    """Per block, the box spanned by the patches it owns, clipped to the volume (empty: it owns none)."""
+def patch_spans(context: RunContext) -> np.ndarray:
+    """Per block, the box spanned by the patches it owns, clipped to the volume: int64
+    (number_of_blocks, 2, 3), begin and end; begin = end (the block's corner) where it owns none.
+
+    Which patches a block owns is decided per axis (`PatchGrid.patches_of_block`), so the spans
+    are computed per position along each axis and combined, not block by block.
+    """
     grid = prediction_grid(context)
-    spans = []
-    for block_id in range(context.blocking.number_of_blocks):
-        box = context.blocking.block(block_id)
-        origins = grid.patches_of_block(box.begin, box.end)
-        if any(len(axis_origins) == 0 for axis_origins in origins):
-            spans.append(Box(box.begin, box.begin))
-            continue
-        spans.append(
-            Box(
-                tuple(max(int(axis_origins[0]), 0) for axis_origins in origins),
-                tuple(min(int(axis_origins[-1]) + size, extent) for axis_origins, size, extent in zip(origins, grid.patch_shape, context.shape)),
-            )
-        )
+    blocking = context.blocking
+    first_block = blocking.block(0)
+    axis_spans = []  # per axis: (begin, end) of the span at each block position along it
+    for axis, (blocks, block_size, size) in enumerate(zip(blocking.blocks_per_axis, blocking.block_shape, context.shape)):
+        spans = []
+        for position in range(blocks):
+            begin, end = list(first_block.begin), list(first_block.end)
+            begin[axis], end[axis] = position * block_size, min((position + 1) * block_size, size)
+            origins = grid.patches_of_block(begin, end)[axis]
+            if len(origins) == 0:
+                spans.append((begin[axis], begin[axis]))
+            else:
+                spans.append((max(int(origins[0]), 0), min(int(origins[-1]) + grid.patch_shape[axis], size)))
+        axis_spans.append(np.asarray(spans, dtype=np.int64))
+    positions = np.stack(np.unravel_index(np.arange(blocking.number_of_blocks), blocking.blocks_per_axis), axis=1)
+    spans = np.stack([axis_spans[axis][positions[:, axis]] for axis in range(3)], axis=2)  # (blocks, 2, 3)
+    # A block that owns no patch along one axis owns none at all: its span is empty on every axis.
+    empty = (spans[:, 0] == spans[:, 1]).any(axis=1)
+    corners = blocking.boxes_with_halo((0, 0, 0))[:, 0]
+    spans[empty, 0] = corners[empty]
+    spans[empty, 1] = corners[empty]
     return spans
 
 
@@ -179,9 +192,9 @@ class PredictBlock(BlockTask):
         return ("raw",)
 
     @classmethod
-    def input_region(cls, context: RunContext, block_id: int) -> Box:
-        """The span of the patches the block owns (mirrored reads at the border stay inside it)."""
-        return patch_spans(context)[block_id]
+    def input_regions(cls, context: RunContext) -> np.ndarray:
+        """The span of the patches each block owns (mirrored reads at the border stay inside it)."""
+        return patch_spans(context)
 
     def run_stage(self, logger: logging.Logger) -> dict:
         context = self.context
@@ -226,7 +239,7 @@ class BlendBlock(BlockTask):
         return [
             other
             for other in context.blocking.blocks_intersecting(reach_begin, reach_end)
-            if all(begin < end and begin < last and first < end for begin, end, first, last in zip(spans[other].begin, spans[other].end, start, stop))
+            if all(begin < end and begin < last and first < end for begin, end, first, last in zip(*spans[other].tolist(), start, stop))
         ]
 
     @staticmethod

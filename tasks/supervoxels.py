@@ -11,7 +11,6 @@ import logging
 
 import numpy as np
 
-from emflow.blocking import Box
 from emflow.config import function_parameters, resolve_function
 from emflow.labels import block_offsets, map_labels, relabel_consecutive
 from emflow.storage.output import output_array
@@ -66,14 +65,12 @@ class SupervoxelBlock(BlockTask):
     @classmethod
     def upstream_blocks(cls, context: RunContext, block_id: int, upstream: type[BlockTask]) -> list[int]:
         """The blocks whose predicted boundaries fall in this block's box plus halo."""
-        outer = cls.input_region(context, block_id)
-        return list(context.blocking.blocks_intersecting(outer.begin, outer.end))
+        begin, end = cls.input_regions(context)[block_id]
+        return context.blocking.blocks_intersecting(begin, end)
 
     @classmethod
-    def input_region(cls, context: RunContext, block_id: int) -> Box:
-        if given_supervoxels(context):
-            return context.blocking.block(block_id)
-        return context.blocking.block_with_halo(block_id, tuple(context.config["blocking"]["halo"]))[0]
+    def input_regions(cls, context: RunContext) -> np.ndarray:
+        return context.blocking.boxes_with_halo((0, 0, 0) if given_supervoxels(context) else context.config["blocking"]["halo"])
 
     def run_stage(self, logger: logging.Logger) -> dict:
         context = self.context

@@ -82,3 +82,15 @@ def test_invalid_blockings_are_rejected():
 def test_blocking_is_a_value():
     assert Blocking([8, 8], np.array([4, 4])) == Blocking((8, 8), (4, 4))
     assert hash(Blocking((8, 8), (4, 4))) == hash(Blocking((8, 8), (4, 4)))
+
+
+@pytest.mark.parametrize("shape, block_shape, halo", [((125, 250, 250), (32, 64, 64), (8, 16, 16)), ((40, 72, 80), (16, 32, 32), (0, 0, 0)), ((7, 9, 11), (7, 4, 5), (3, 9, 1))])
+def test_boxes_with_halo_equal_each_block_with_halo(shape, block_shape, halo):
+    blocking = Blocking(shape, block_shape)
+    boxes = blocking.boxes_with_halo(halo)
+    assert boxes.shape == (blocking.number_of_blocks, 2, 3) and boxes.dtype == np.int64
+    for block_id in range(blocking.number_of_blocks):
+        outer, _ = blocking.block_with_halo(block_id, halo)
+        assert (tuple(boxes[block_id, 0]), tuple(boxes[block_id, 1])) == (outer.begin, outer.end)
+    with pytest.raises(ValueError, match="non-negative"):
+        blocking.boxes_with_halo((1, -1, 0))
