@@ -102,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="segment the shipped demo crop and score it")
     demo.add_argument("--out", default="emflow-demo", help="folder for the demo's input and results (default ./emflow-demo)")
-    demo.add_argument("--workers", type=int, default=2, help="tasks run in parallel (default 2)")
+    demo.add_argument("--workers", type=_positive_int, default=2, help="tasks run in parallel (default 2)")
     demo.set_defaults(handler=_demo)
 
     scheduler = commands.add_parser("scheduler", help="start, stop or query a luigid central scheduler for `emflow run --scheduler-host`")
@@ -124,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="TOML config file")
-    parser.add_argument("--workers", type=int, default=1, help="tasks run in parallel (default 1)")
+    parser.add_argument("--workers", type=_positive_int, default=1, help="tasks run in parallel (default 1)")
     scheduler = parser.add_mutually_exclusive_group()
     scheduler.add_argument("--local-scheduler", action="store_true", help="embedded scheduler (the default)")
     scheduler.add_argument("--scheduler-host", help="host of a running luigid central scheduler")
@@ -135,8 +135,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_slurm_arguments(parser: argparse.ArgumentParser) -> None:
     slurm = parser.add_argument_group("SLURM", "submit the run as a job array of workers that pull tasks from one central scheduler, and wait for it")
     slurm.add_argument("--slurm", action="store_true", help="run on SLURM (sbatch) instead of on this machine")
-    slurm.add_argument("--jobs", type=int, default=1, help="array tasks (workers) to submit (default 1)")
-    slurm.add_argument("--cpus", type=int, default=1, help="CPUs of each array task, which runs as many worker processes (default 1)")
+    slurm.add_argument("--jobs", type=_positive_int, default=1, help="array tasks (workers) to submit (default 1)")
+    slurm.add_argument("--cpus", type=_positive_int, default=1, help="CPUs of each array task, which runs as many worker processes (default 1)")
     slurm.add_argument("--partition", help="partition to submit to (default: the cluster's default)")
     slurm.add_argument("--time", help="time limit of each array task, as sbatch takes it (e.g. 4:00:00)")
     slurm.add_argument("--mem", help="memory of each array task, as sbatch takes it (e.g. 16G)")
@@ -163,8 +163,6 @@ def _report_failure_records(failures: list[dict]) -> None:
 def _run(arguments) -> int:
     from emflow.workflows.run import run_workflow
 
-    if arguments.workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {arguments.workers}")
     if arguments.slurm:
         return _run_on_slurm(arguments)
     given = [option for option, value in _slurm_options(arguments).items() if value]
@@ -250,6 +248,16 @@ def _run_on_slurm(arguments) -> int:
     return EXIT_OK
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return value
+
+
 def _block_list(text: str) -> list[int]:
     try:
         block_ids = [int(part) for part in text.split(",") if part.strip()]
@@ -267,8 +275,6 @@ def _rerun(arguments) -> int:
         raise ValueError("emflow rerun needs --stage STAGE [--blocks 3,17], or --failed")
     if arguments.failed and arguments.blocks is not None:
         raise ValueError("emflow rerun takes --blocks or --failed, not both")
-    if arguments.workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {arguments.workers}")
     invalidated, report = rerun_workflow(
         arguments.config,
         stage=arguments.stage,

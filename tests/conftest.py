@@ -71,3 +71,24 @@ def small_affinity_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "small_affinities.pt"
     save_model(path, model)
     return path
+
+
+@pytest.fixture(scope="session")
+def workflow_inputs(tmp_path_factory, flyem_crop) -> Path:
+    """The crop as an input zarr group (raw, groundtruth, oversegmentation, GT-derived boundaries),
+    for tests that only read it."""
+    from workflow_helpers import write_inputs
+
+    return write_inputs(tmp_path_factory.mktemp("workflow_inputs"), flyem_crop)
+
+
+@pytest.fixture(scope="session")
+def reference_segmentation(tmp_path_factory, workflow_inputs) -> np.ndarray:
+    """The segmentation of the default test config (8 blocks) on `workflow_inputs`, run with the
+    local scheduler and one worker: what every other way of running it must reproduce bitwise."""
+    from workflow_helpers import read, run_cli, write_config
+
+    folder = tmp_path_factory.mktemp("reference")
+    assert run_cli("run", write_config(folder / "config.toml", workflow_inputs, folder / "out.zarr")) == 0
+    return read(folder / "out.zarr", "segmentation")
+

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from emflow.cluster.luigid import free_port, start_luigid, stop_luigid
-from workflow_helpers import read, run_cli, write_config, write_inputs
+from workflow_helpers import read, run_cli, write_config
 
 # The flyem crop (64, 128, 128) in blocks of (32, 64, 64).
 NUMBER_OF_BLOCKS = 8
@@ -30,19 +30,6 @@ NUMBER_OF_BLOCKS = 8
 # another asks the scheduler again every 0.1 to 0.2 s (Luigi's default: 1 to 6 s), so that both
 # processes get tasks in every stage, and the last one ends soon after the run is complete.
 WORKER_CONFIG = "[worker]\nwait_interval = 0.1\nwait_jitter = 0.1\n"
-
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory, flyem_crop):
-    return write_inputs(tmp_path_factory.mktemp("inputs"), flyem_crop)
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, inputs) -> np.ndarray:
-    """The segmentation of a run with the local scheduler and one worker."""
-    folder = tmp_path_factory.mktemp("reference")
-    assert run_cli("run", write_config(folder / "config.toml", inputs, folder / "out.zarr")) == 0
-    return read(folder / "out.zarr", "segmentation")
 
 
 @pytest.fixture(scope="module")
@@ -130,16 +117,16 @@ def test_scheduler_start_refuses_a_port_in_use(tmp_path):
 
 
 @pytest.mark.parametrize("scheduler, workers", [("local", 2), ("luigid", 1), ("luigid", 2)])
-def test_same_segmentation_with_any_scheduler_and_number_of_workers(tmp_path, inputs, reference, luigid_port, scheduler, workers):
-    config = write_config(tmp_path / "config.toml", inputs, tmp_path / "out.zarr")
+def test_same_segmentation_with_any_scheduler_and_number_of_workers(tmp_path, workflow_inputs, reference_segmentation, luigid_port, scheduler, workers):
+    config = write_config(tmp_path / "config.toml", workflow_inputs, tmp_path / "out.zarr")
     central = ["--scheduler-host", "127.0.0.1", "--scheduler-port", luigid_port] if scheduler == "luigid" else []
     assert run_cli("run", config, "--workers", workers, *central) == 0
-    assert np.array_equal(read(tmp_path / "out.zarr", "segmentation"), reference)
+    assert np.array_equal(read(tmp_path / "out.zarr", "segmentation"), reference_segmentation)
 
 
-def test_two_run_processes_share_one_luigid_without_doing_a_block_twice(tmp_path, inputs, reference, luigid_port):
+def test_two_run_processes_share_one_luigid_without_doing_a_block_twice(tmp_path, workflow_inputs, reference_segmentation, luigid_port):
     # Every block its own Luigi task, so that the two processes share every block-wise stage.
-    config = write_config(tmp_path / "config.toml", inputs, tmp_path / "out.zarr", scheduling={"block_groups": NUMBER_OF_BLOCKS})
+    config = write_config(tmp_path / "config.toml", workflow_inputs, tmp_path / "out.zarr", scheduling={"block_groups": NUMBER_OF_BLOCKS})
     (tmp_path / "luigi.cfg").write_text(WORKER_CONFIG)
     environment = {**os.environ, "LUIGI_CONFIG_PATH": str(tmp_path / "luigi.cfg")}
     processes = [
@@ -152,7 +139,7 @@ def test_two_run_processes_share_one_luigid_without_doing_a_block_twice(tmp_path
     outputs = [process.communicate(timeout=300)[0] for process in processes]
     for process, output in zip(processes, outputs):
         assert process.returncode == 0, output
-    assert np.array_equal(read(tmp_path / "out.zarr", "segmentation"), reference)
+    assert np.array_equal(read(tmp_path / "out.zarr", "segmentation"), reference_segmentation)
 
     journals = sorted(path for path in (tmp_path / "out.zarr.work" / "status").iterdir() if path.is_dir())
     assert len(journals) >= 3, "the run has several block-wise stages"

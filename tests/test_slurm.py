@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 from emflow.cluster.luigid import free_port, start_luigid, stop_luigid
-from workflow_helpers import read, run_cli, write_config, write_inputs
+from workflow_helpers import read, run_cli, write_config
 
 TESTS_DIR = Path(__file__).resolve().parent
 DAEMONS = ("munged", "slurmctld", "slurmd")
@@ -149,19 +149,6 @@ def _wait_for(condition, what: str, folder: Path, daemons: list[subprocess.Popen
         time.sleep(0.2)
 
 
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory, flyem_crop):
-    return write_inputs(tmp_path_factory.mktemp("inputs"), flyem_crop)
-
-
-@pytest.fixture(scope="module")
-def local_segmentation(tmp_path_factory, inputs) -> np.ndarray:
-    """The segmentation of the test config (8 blocks) run on this machine."""
-    folder = tmp_path_factory.mktemp("local")
-    assert run_cli("run", write_config(folder / "local.toml", inputs, folder / "local.zarr")) == 0
-    return read(folder / "local.zarr", "segmentation")
-
-
 @pytest.fixture
 def on_cluster(slurm_cluster, monkeypatch) -> SlurmCluster:
     """The cluster, with this process's environment set to use it (for the CLI run in-process)."""
@@ -184,12 +171,12 @@ def _listening(host: str, port: int) -> bool:
         return False
 
 
-def test_slurm_run_equals_a_local_run(on_cluster, inputs, local_segmentation, tmp_path, capsys):
-    config = write_config(tmp_path / "slurm.toml", inputs, tmp_path / "slurm.zarr")
+def test_slurm_run_equals_a_local_run(on_cluster, workflow_inputs, reference_segmentation, tmp_path, capsys):
+    config = write_config(tmp_path / "slurm.toml", workflow_inputs, tmp_path / "slurm.zarr")
     exit_code = run_cli("run", config, "--slurm", "--jobs", "2", "--cpus", "1", "--listen-address", "127.0.0.1")
     stderr = capsys.readouterr().err
     assert exit_code == 0, stderr
-    assert np.array_equal(read(tmp_path / "slurm.zarr", "segmentation"), local_segmentation)
+    assert np.array_equal(read(tmp_path / "slurm.zarr", "segmentation"), reference_segmentation)
     job_id = _job_id(stderr)
     progress = [line for line in stderr.splitlines() if line.startswith("progress: ")]
     assert progress and "| jobs: 2 COMPLETED" in progress[-1] and "write_segmentation 8/8" in progress[-1]
@@ -202,13 +189,13 @@ def test_slurm_run_equals_a_local_run(on_cluster, inputs, local_segmentation, tm
     assert not _listening(scheduler.group(1), int(scheduler.group(2))), "the run's own luigid is stopped at the end"
 
 
-def test_bad_input_exits_2_before_anything_is_submitted(on_cluster, inputs, tmp_path, capsys):
+def test_bad_input_exits_2_before_anything_is_submitted(on_cluster, workflow_inputs, tmp_path, capsys):
     config = write_config(tmp_path / "bad.toml", tmp_path / "missing.zarr", tmp_path / "bad.zarr")
     assert run_cli("run", config, "--slurm", "--jobs", "2", "--listen-address", "127.0.0.1") == 2
     stderr = capsys.readouterr().err
     assert "missing.zarr" in stderr and "submitted" not in stderr
     assert not on_cluster.command("squeue", "--noheader").stdout.strip()
-    config = write_config(tmp_path / "good.toml", inputs, tmp_path / "good.zarr")
+    config = write_config(tmp_path / "good.toml", workflow_inputs, tmp_path / "good.zarr")
     assert run_cli("run", config, "--slurm", "--partition", "no-such-partition", "--listen-address", "127.0.0.1") == 2
     assert "sbatch refused" in capsys.readouterr().err
     assert run_cli("run", config, "--slurm", "--scheduler-host", "127.0.0.1", "--scheduler-port", free_port()) == 2
@@ -218,8 +205,8 @@ def test_bad_input_exits_2_before_anything_is_submitted(on_cluster, inputs, tmp_
     assert not on_cluster.command("squeue", "--noheader").stdout.strip()
 
 
-def test_failed_blocks_and_job_logs_are_reported(on_cluster, inputs, tmp_path, capsys):
-    config = write_config(tmp_path / "failing.toml", inputs, tmp_path / "failing.zarr", supervoxels={"function": "plugin_functions:failing_supervoxels"})
+def test_failed_blocks_and_job_logs_are_reported(on_cluster, workflow_inputs, tmp_path, capsys):
+    config = write_config(tmp_path / "failing.toml", workflow_inputs, tmp_path / "failing.zarr", supervoxels={"function": "plugin_functions:failing_supervoxels"})
     exit_code = run_cli("run", config, "--slurm", "--jobs", "2", "--listen-address", "127.0.0.1")
     stderr = capsys.readouterr().err
     assert exit_code == 1, stderr
@@ -231,7 +218,7 @@ def test_failed_blocks_and_job_logs_are_reported(on_cluster, inputs, tmp_path, c
         assert f"supervoxels block {block_id}: RuntimeError: failing_supervoxels fails on purpose\n    log: {log_dir / 'supervoxels' / f'{block_id}.log'}" in stderr
 
 
-def test_a_cancelled_job_is_reported_and_the_run_resumes(on_cluster, inputs, local_segmentation, tmp_path, monkeypatch, capsys):
+def test_a_cancelled_job_is_reported_and_the_run_resumes(on_cluster, workflow_inputs, reference_segmentation, tmp_path, monkeypatch, capsys):
     # A luigid of the lab's own (`--scheduler-host`), set to notice a lost worker within seconds
     # (Luigi's defaults: within two minutes), so that the other job ends soon after the cancelled one.
     scheduler_dir = tmp_path / "scheduler"
@@ -242,7 +229,7 @@ def test_a_cancelled_job_is_reported_and_the_run_resumes(on_cluster, inputs, loc
         server, port = start_luigid(scheduler_dir)
     try:
         # Supervoxel blocks of 1 s each (block groups of 2 s), so that both jobs are caught working.
-        config = write_config(tmp_path / "cancelled.toml", inputs, tmp_path / "cancelled.zarr", supervoxels={"function": "plugin_functions:slow_supervoxels", "seconds": 1.0})
+        config = write_config(tmp_path / "cancelled.toml", workflow_inputs, tmp_path / "cancelled.zarr", supervoxels={"function": "plugin_functions:slow_supervoxels", "seconds": 1.0})
         run = ["run", config, "--slurm", "--scheduler-host", "127.0.0.1", "--scheduler-port", port]
         with ThreadPoolExecutor(1) as executor:
             submission = executor.submit(run_cli, *run, "--jobs", 2)
@@ -263,11 +250,11 @@ def test_a_cancelled_job_is_reported_and_the_run_resumes(on_cluster, inputs, loc
         assert run_cli(*run) == 0
     finally:
         stop_luigid(server.pid)
-    assert np.array_equal(read(tmp_path / "cancelled.zarr", "segmentation"), local_segmentation)
+    assert np.array_equal(read(tmp_path / "cancelled.zarr", "segmentation"), reference_segmentation)
 
 
-def test_ctrl_c_cancels_the_jobs(on_cluster, inputs, tmp_path):
-    config = write_config(tmp_path / "interrupted.toml", inputs, tmp_path / "interrupted.zarr", supervoxels={"function": "plugin_functions:slow_supervoxels"})
+def test_ctrl_c_cancels_the_jobs(on_cluster, workflow_inputs, tmp_path):
+    config = write_config(tmp_path / "interrupted.toml", workflow_inputs, tmp_path / "interrupted.zarr", supervoxels={"function": "plugin_functions:slow_supervoxels"})
     stderr_path = tmp_path / "submitter.err"
     submitter = _submit_in_background(on_cluster, stderr_path, "run", config, "--slurm", "--jobs", 2, "--listen-address", "127.0.0.1")
     try:
