@@ -160,6 +160,16 @@ def _report_failure_records(failures: list[dict]) -> None:
         print(f"  {failure['stage']} {block}: {failure['error']}\n    log: {failure['log']}", file=sys.stderr)
 
 
+def _run_options(arguments) -> dict:
+    """The options of `_add_run_arguments`, as `run_workflow` takes them."""
+    return {
+        "workers": arguments.workers,
+        "scheduler_host": arguments.scheduler_host,
+        "scheduler_port": arguments.scheduler_port,
+        "update": arguments.update,
+    }
+
+
 def _run(arguments) -> int:
     from emflow.workflows.run import run_workflow
 
@@ -168,14 +178,7 @@ def _run(arguments) -> int:
     given = [option for option, value in _slurm_options(arguments).items() if value]
     if given:
         raise ValueError(f"{', '.join(given)} only apply with --slurm")
-    report = run_workflow(
-        arguments.config,
-        workers=arguments.workers,
-        scheduler_host=arguments.scheduler_host,
-        scheduler_port=arguments.scheduler_port,
-        update=arguments.update,
-        until=arguments.until,
-    )
+    report = run_workflow(arguments.config, until=arguments.until, **_run_options(arguments))
     if not report.succeeded:
         _report_failures(report)
         return EXIT_TASK_FAILED
@@ -276,14 +279,7 @@ def _rerun(arguments) -> int:
     if arguments.failed and arguments.blocks is not None:
         raise ValueError("emflow rerun takes --blocks or --failed, not both")
     invalidated, report = rerun_workflow(
-        arguments.config,
-        stage=arguments.stage,
-        block_ids=arguments.blocks,
-        failed=arguments.failed,
-        workers=arguments.workers,
-        scheduler_host=arguments.scheduler_host,
-        scheduler_port=arguments.scheduler_port,
-        update=arguments.update,
+        arguments.config, stage=arguments.stage, block_ids=arguments.blocks, failed=arguments.failed, **_run_options(arguments)
     )
     print(f"emflow: invalidated {'; '.join(invalidated) if invalidated else 'nothing (no task had failed)'}", file=sys.stderr)
     if not report.succeeded:
