@@ -26,16 +26,16 @@ import zarr
 from .volumes import HDF5Volume, open_volume
 
 
-
 @dataclass(frozen=True)
 class ChunkLayout:
     """Where the chunk files of one stored array are: `folder / key_of(chunk grid position)`.
 
     `grid_shape` is the shape of the unit stored as one file: the chunk, or the shard when the
-    array is sharded. `folder` None: the array is not a folder of chunk files (an HDF5 dataset);
-    `file` is then the one file holding it.
+    array is sharded; `shape` the array's. `folder` None: the array is not a folder of chunk files
+    (an HDF5 dataset); `file` is then the one file holding it.
     """
 
+    shape: tuple[int, ...]
     grid_shape: tuple[int, ...]
     folder: Path | None
     key_of: Callable[[tuple[int, ...]], str] | None
@@ -70,11 +70,10 @@ def forget_chunk_states() -> None:
 @functools.lru_cache(maxsize=32)
 def _dataset_states(path: str, key: str) -> tuple[ChunkLayout, np.ndarray]:
     """The layout and the states of all chunks: int64 (*chunk grid shape, 2), (size, modification time ns)."""
-    layout = chunk_layout(path, key, *_metadata_version(Path(path), key))
+    layout = _chunk_layout(path, key)
     if layout.folder is None:
         return layout, np.asarray(_file_state(layout.file) or (-1, -1), dtype=np.int64)
-    shape = open_volume(path, key).shape
-    grid = tuple(-(-size // chunk) for size, chunk in zip(shape, layout.grid_shape))
+    grid = tuple(-(-size // chunk) for size, chunk in zip(layout.shape, layout.grid_shape))
     folder = str(layout.folder)
     states = np.empty((math.prod(grid), 2), dtype=np.int64)
     for index, position in enumerate(itertools.product(*(range(count) for count in grid))):
@@ -82,32 +81,17 @@ def _dataset_states(path: str, key: str) -> tuple[ChunkLayout, np.ndarray]:
     return layout, states.reshape(grid + (2,))
 
 
-@functools.lru_cache(maxsize=32)
-def chunk_layout(path: str, key: str, metadata_file: str, metadata_modified_ns: int) -> ChunkLayout:
-    """The chunk layout of a dataset, read once per process while its metadata file is unchanged."""
+def _chunk_layout(path: str, key: str) -> ChunkLayout:
     volume = open_volume(path, key)
+    shape = tuple(volume.shape)
     if isinstance(volume, HDF5Volume):
         volume.close()
-        return ChunkLayout(grid_shape=(), folder=None, key_of=None, file=Path(path))
-    if not isinstance(volume, zarr.Array):  # a TIFF stack is converted before a run; never chunked
-        return ChunkLayout(grid_shape=(), folder=None, key_of=None, file=Path(path))
+    root = getattr(volume.store_path.store, "root", None) if isinstance(volume, zarr.Array) else None
+    if root is None:  # HDF5, or not a folder of files (e.g. a zip store): the whole container is one unit
+        return ChunkLayout(shape=shape, grid_shape=(), folder=None, key_of=None, file=Path(path))
     metadata = volume.metadata
-    grid_shape = tuple(metadata.chunk_grid.chunk_shape) if volume.metadata.zarr_format == 3 else tuple(metadata.chunks)
-    root = getattr(volume.store_path.store, "root", None)
-    if root is None:  # not a folder of files (e.g. a zip store): the whole container is one unit
-        return ChunkLayout(grid_shape=(), folder=None, key_of=None, file=Path(path))
-    return ChunkLayout(grid_shape=grid_shape, folder=Path(root) / volume.store_path.path, key_of=metadata.encode_chunk_key)
-
-
-def _metadata_version(path: Path, key: str) -> tuple[str, int]:
-    """The file whose change means the layout may have changed, and its modification time."""
-    for name in ("zarr.json", ".zarray"):
-        candidate = path / key / name
-        state = _file_state(candidate)
-        if state is not None:
-            return str(candidate), state[1]
-    state = _file_state(path)
-    return str(path), 0 if state is None else state[1]
+    grid_shape = tuple(metadata.chunk_grid.chunk_shape) if metadata.zarr_format == 3 else tuple(metadata.chunks)
+    return ChunkLayout(shape=shape, grid_shape=grid_shape, folder=Path(root) / volume.store_path.path, key_of=metadata.encode_chunk_key)
 
 
 def _file_state(path: str | Path) -> tuple[int, int] | None:
