@@ -9,7 +9,7 @@ The problems are built from the FlyEM medulla dev cube (../shared/data/flyem_med
   supervoxel crosses a block face and the nodes of block b are the ids after those of blocks < b;
 - graph and edge features `emflow.graph.in_core_graph_features`, costs
   `emflow.costs.edge_costs_from_features` (default beta 0.5, size weighting), node -> base block
-  `emflow.blockwise_multicut.node_block_ids_from_counts`.
+  `emflow.hierarchical_multicut.node_block_ids_from_counts`.
 
 Two problems: the whole dev cube with blocks 32x64x64 (4x4x4 blocks), and (not with --quick) the
 dev cube tiled 2x per axis, every other copy mirrored (`mirrored_groundtruth_tiling` of
@@ -17,7 +17,7 @@ end_to_end.py; 250x500x500), with emflow's default blocks 64x128x128 (4x4x4 bloc
 
 Contenders on each problem, all single-threaded, all Kernighan-Lin warm-started with greedy additive:
 - global: `emflow.multicut.solve_multicut` on the whole graph (the reference energy);
-- emflow hierarchical, n_scales 1, 2, 3: `emflow.blockwise_multicut.hierarchical_multicut`
+- emflow hierarchical, n_scales 1, 2, 3: `emflow.hierarchical_multicut.hierarchical_multicut`
   (sub-problems of blocks of 2**s base blocks per axis for s < n_scales, uncut inner edges
   contracted, the reduced problem solved globally);
 - elf `elf.segmentation.multicut.blockwise_multicut` (python-elf, in memory) with the same base block
@@ -52,14 +52,14 @@ import h5py
 import numpy as np
 
 from emflow.blocking import Blocking
-from emflow.blockwise_multicut import hierarchical_multicut, node_block_ids_from_counts
+from emflow.hierarchical_multicut import hierarchical_multicut, node_block_ids_from_counts
 from emflow.boundaries import boundaries_from_labels
 from emflow.config import default_config, function_parameters
 from emflow.costs import edge_costs_from_features
 from emflow.evaluation import evaluate
 from emflow.graph import in_core_graph_features, undirected_graph
 from emflow.labels import block_offsets, relabel_consecutive
-from emflow.multicut import multicut_energy, solve_multicut
+from emflow.multicut import multicut_energy, multicut_problem, multicut_solver, solve_multicut
 from emflow.supervoxels import distance_transform_watershed, use_two_d
 
 try:
@@ -172,8 +172,8 @@ def contenders(problem: dict, block_shape: tuple[int, ...]):
     yield "global", lambda: solve_multicut(n, edges, costs, solver=solver, seed=seed)
     for scales in EMFLOW_SCALES:
         yield f"emflow n_scales={scales}", lambda scales=scales: hierarchical_multicut(
-            n, edges, costs, problem["node_block_ids"], problem["blocking"].blocks_per_axis,
-            n_scales=scales, solver=solver, seed=seed,
+            multicut_problem(n, edges, costs), problem["node_block_ids"], problem["blocking"].blocks_per_axis,
+            n_scales=scales, solver=multicut_solver(solver, seed=seed),
         )
     try:
         from elf.segmentation.multicut import blockwise_multicut

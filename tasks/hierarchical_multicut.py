@@ -4,7 +4,7 @@ For each scale s = 0 .. n_scales - 1, `MulticutProblem(s)` holds the problem at 
 edges inside each block (2**s base blocks per axis) grouped by block; `SubproblemBlock(s)` solves
 one block's sub-problem and keeps the ids of the edges it cuts; `MulticutProblem(s + 1)` contracts
 every inner edge no sub-problem cut. `Multicut` then solves the last, small problem and maps its
-labels back (see `emflow.blockwise_multicut`, whose in-memory `hierarchical_multicut` this
+labels back (see `emflow.hierarchical_multicut`, whose in-memory `hierarchical_multicut` this
 reproduces exactly).
 
 A block task memory-maps its problem and reads only its own block's rows, so its memory depends on
@@ -21,17 +21,17 @@ import math
 import luigi
 import numpy as np
 
-from emflow.blockwise_multicut import (
+from emflow.hierarchical_multicut import (
+    Subproblem,
     coarse_block_ids,
     coarse_blocks_per_axis,
     first_block_of_nodes,
     inner_edge_ids_by_block,
     node_block_ids_from_counts,
-    reduce_lifted_problem,
     reduce_problem,
-    solve_lifted_subproblem,
     solve_subproblem,
 )
+from emflow.multicut import multicut_problem, multicut_solver
 from emflow.storage.output import output_array, read_global_array
 from emflow.targets import atomic_save_npy, atomic_save_npz
 
@@ -89,12 +89,10 @@ class MulticutProblem(GlobalTask):
             problem = [problem_array(context, previous, name) for name in ("edges", "edge_costs")]
             previous_block_ids = problem_array(context, previous, "node_block_ids")
             if lifted(context):
-                lifted_problem = [problem_array(context, previous, name) for name in ("lifted_edges", "lifted_costs")]
-                reduced = reduce_lifted_problem(len(previous_block_ids), *problem, *lifted_problem, cut_edge_ids, previous_block_ids)
-                lifted_edges, lifted_costs = reduced.lifted_edges, reduced.lifted_costs
-            else:
-                reduced = reduce_problem(len(previous_block_ids), *problem, cut_edge_ids, previous_block_ids)
-            number_of_nodes, edges, edge_costs = reduced.number_of_nodes, reduced.edges, reduced.edge_costs
+                problem += [problem_array(context, previous, name) for name in ("lifted_edges", "lifted_costs")]
+            reduced = reduce_problem(multicut_problem(len(previous_block_ids), *problem), cut_edge_ids, previous_block_ids)
+            number_of_nodes, edges, edge_costs = reduced.problem.number_of_nodes, reduced.problem.edges, reduced.problem.edge_costs
+            lifted_edges, lifted_costs = reduced.problem.lifted_edges, reduced.problem.lifted_costs
             node_block_ids = coarse_block_ids(reduced.node_block_ids, coarse_blocks_per_axis(context.blocking.blocks_per_axis, previous), 1)
             arrays["node_mapping"] = reduced.node_mapping
         number_of_blocks = number_of_blocks_at_scale(context, self.scale)
@@ -163,16 +161,13 @@ class SubproblemBlock(BlockTask):
         edge_costs = np.asarray(problem_array(context, self.scale, "inner_edge_costs", mmap=True)[rows])
         edge_ids = np.asarray(problem_array(context, self.scale, "inner_edge_ids", mmap=True)[rows])
         section = context.config["multicut"]
+        subproblem = Subproblem(edges, edge_costs)
         if lifted(context):
             offsets = problem_array(context, self.scale, "lifted_block_offsets", mmap=True)
             lifted_rows = slice(int(offsets[self.block_id]), int(offsets[self.block_id + 1]))
             lifted_edges = np.asarray(problem_array(context, self.scale, "inner_lifted_edges", mmap=True)[lifted_rows])
             lifted_costs = np.asarray(problem_array(context, self.scale, "inner_lifted_costs", mmap=True)[lifted_rows])
-            cut = solve_lifted_subproblem(
-                edges, edge_costs, np.arange(len(edges)), lifted_edges, lifted_costs, np.arange(len(lifted_edges)),
-                solver=section["solver"], seed=section["seed"],
-            )
-        else:
-            cut = solve_subproblem(edges, edge_costs, np.arange(len(edges)), solver=section["solver"], seed=section["seed"])
+            subproblem = Subproblem(edges, edge_costs, lifted_edges, lifted_costs)
+        cut = solve_subproblem(subproblem, multicut_solver(section["solver"], seed=section["seed"]))
         atomic_save_npz(context.partial_path(self.stage, self.block_id), cut_edge_ids=edge_ids[cut])
         return {"inner_edges": int(len(edges)), "cut_edges": int(len(cut))}

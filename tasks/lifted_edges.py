@@ -13,7 +13,7 @@ import luigi
 import numpy as np
 
 from emflow.labels import label_overlaps, majority_labels
-from emflow.lifted_multicut import lifted_edges_from_node_labels
+from emflow.lifted_edges import lifted_edges_from_node_labels
 from emflow.storage.output import output_array, write_global_array
 from emflow.targets import atomic_save_npy, atomic_save_npz
 

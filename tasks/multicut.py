@@ -7,10 +7,9 @@ import logging
 import luigi
 import numpy as np
 
-from emflow.blockwise_multicut import project_node_labels
 from emflow.config import function_parameters, resolve_function
-from emflow.lifted_multicut import lifted_multicut_energy, solve_lifted_multicut
-from emflow.multicut import multicut_energy
+from emflow.hierarchical_multicut import project_node_labels
+from emflow.multicut import multicut_problem, multicut_solver, plugin_solver
 from emflow.storage.output import output_array, read_global_array, write_global_array
 from emflow.targets import atomic_save_npy
 
@@ -51,34 +50,19 @@ class Multicut(GlobalTask):
             logger.info("solving the problem reduced to %d nodes, %d edges", number_of_nodes, len(problem[0]))
         else:
             number_of_nodes, problem = int(edges_array.attrs["number_of_nodes"]), [edges, edge_costs, *lifted_problem]
-        node_labels = self._solve(number_of_nodes, problem)
+        node_labels = self._solver()(multicut_problem(number_of_nodes, *problem))
         if n_scales:
             node_labels = project_node_labels(node_labels, [problem_array(context, scale, "node_mapping") for scale in range(1, n_scales + 1)])
-        if lifted_problem:
-            energy = lifted_multicut_energy(edges, edge_costs, *lifted_problem, node_labels)
-        else:
-            energy = multicut_energy(edges, edge_costs, node_labels)
+        energy = multicut_problem(len(node_labels), edges, edge_costs, *lifted_problem).energy(node_labels)
         write_global_array(context.output_path, "graph/node_labels", node_labels, {"energy": energy})
         atomic_save_npy(context.global_array_path(self.stage, "node_labels"), node_labels)
         number_of_segments = int(np.unique(node_labels[1:]).size)
         logger.info("%d segments, energy %.6g", number_of_segments, energy)
         return {"number_of_segments": number_of_segments, "energy": energy}
 
-    def _solve(self, number_of_nodes: int, problem: list[np.ndarray]) -> np.ndarray:
-        """Node labels of `problem`: (edges, costs) for the configured function, or with lifted
-        (edges, costs) appended, the built-in lifted solver."""
-        config = self.context.config
-        if len(problem) == 4:
-            section = config["multicut"]
-            return solve_lifted_multicut(number_of_nodes, *problem, solver=section["solver"], seed=section["seed"])
-        function = resolve_function(config["multicut"]["function"], "multicut.function")
-        node_labels = np.asarray(function(number_of_nodes, *problem, **function_parameters(config, "multicut")))
-        if node_labels.shape != (number_of_nodes,) or not np.issubdtype(node_labels.dtype, np.integer):
-            raise ValueError(
-                f"{config['multicut']['function']} must return {number_of_nodes} integer node labels, "
-                f"got {node_labels.dtype} of shape {node_labels.shape}"
-            )
-        node_labels = node_labels.astype(np.uint64)
-        if number_of_nodes and node_labels[0] != 0:
-            raise ValueError(f"{config['multicut']['function']} must keep node 0 (background) at label 0")
-        return node_labels
+    def _solver(self):
+        section = self.context.config["multicut"]
+        if section["function"] == "emflow.multicut:solve_multicut":
+            return multicut_solver(section["solver"], seed=section["seed"])
+        function = resolve_function(section["function"], "multicut.function")
+        return plugin_solver(function, function_parameters(self.context.config, "multicut"), section["function"])

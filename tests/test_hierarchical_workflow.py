@@ -7,8 +7,8 @@ import pytest
 import zarr
 
 from emflow.blocking import Blocking
-from emflow.blockwise_multicut import hierarchical_multicut, node_block_ids_from_counts
-from emflow.multicut import multicut_energy
+from emflow.hierarchical_multicut import hierarchical_multicut, node_block_ids_from_counts
+from emflow.multicut import multicut_energy, multicut_problem, multicut_solver
 from emflow.tasks.base import stage_task
 from emflow.tasks.supervoxels import SupervoxelBlock
 from emflow.workflows import workflow_stages, workflow_status
@@ -46,7 +46,9 @@ def test_blockwise_tasks_reproduce_the_in_memory_hierarchy_exactly(runs, n_scale
     blocking = Blocking(read(output, "supervoxels").shape, BLOCK_SHAPE)
     results = stage_task(SupervoxelBlock, str(config.resolve())).block_results()
     node_block_ids = node_block_ids_from_counts([results[block]["number_of_supervoxels"] for block in range(blocking.number_of_blocks)])
-    expected = hierarchical_multicut(len(node_block_ids), edges, edge_costs, node_block_ids, blocking.blocks_per_axis, n_scales=n_scales)
+    expected = hierarchical_multicut(
+        multicut_problem(len(node_block_ids), edges, edge_costs), node_block_ids, blocking.blocks_per_axis, n_scales=n_scales, solver=multicut_solver()
+    )
     assert np.array_equal(read(output, "graph/node_labels"), expected)
     assert np.array_equal(read(output, "segmentation"), expected[read(output, "supervoxels")])
 

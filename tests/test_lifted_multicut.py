@@ -12,9 +12,13 @@ from scipy.sparse.csgraph import connected_components
 from emflow.costs import probabilities_to_costs
 from emflow.graph import undirected_graph
 from emflow.labels import label_overlaps, majority_labels, relabel_consecutive
-from emflow.lifted_multicut import lifted_edges_from_node_labels as lifted_edges_from_labels
-from emflow.lifted_multicut import lifted_multicut_energy, solve_lifted_multicut
-from emflow.multicut import SOLVERS, multicut_energy, solve_multicut
+from emflow.lifted_edges import lifted_edges_from_node_labels as lifted_edges_from_labels
+from emflow.multicut import SOLVERS, multicut_energy, multicut_problem, solve_lifted_multicut, solve_multicut
+
+
+def lifted_multicut_energy(edges, edge_costs, lifted_edges, lifted_costs, node_labels):
+    """The energy of a lifted problem (:meth:`emflow.multicut.MulticutProblem.energy`)."""
+    return multicut_problem(len(node_labels), edges, edge_costs, lifted_edges, lifted_costs).energy(node_labels)
 
 
 def reference_majority_labels(supervoxels, labels, number_of_nodes):

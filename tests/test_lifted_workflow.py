@@ -7,11 +7,12 @@ import pytest
 import zarr
 
 from emflow.blocking import Blocking
-from emflow.blockwise_multicut import hierarchical_lifted_multicut, node_block_ids_from_counts
+from emflow.hierarchical_multicut import hierarchical_multicut, node_block_ids_from_counts
 from emflow.boundaries import boundaries_from_labels
 from emflow.evaluation import adapted_rand_error
 from emflow.labels import label_overlaps, majority_labels
-from emflow.lifted_multicut import lifted_edges_from_node_labels, lifted_multicut_energy, solve_lifted_multicut
+from emflow.lifted_edges import lifted_edges_from_node_labels
+from emflow.multicut import multicut_problem, multicut_solver, solve_lifted_multicut
 from emflow.storage.volumes import write_volume
 from emflow.tasks.base import stage_task
 from emflow.tasks.supervoxels import SupervoxelBlock
@@ -70,7 +71,7 @@ def test_global_lifted_solve_equals_the_in_memory_solver(runs):
     expected = solve_lifted_multicut(number_of_nodes, *problem)
     assert np.array_equal(read(output, "graph/node_labels"), expected)
     energy = zarr.open_group(str(output), mode="r")["graph/node_labels"].attrs["energy"]
-    assert energy == pytest.approx(lifted_multicut_energy(*problem, expected))
+    assert energy == pytest.approx(multicut_problem(number_of_nodes, *problem).energy(expected))
 
 
 def test_hierarchical_lifted_tasks_reproduce_the_in_memory_hierarchy(runs):
@@ -79,7 +80,9 @@ def test_hierarchical_lifted_tasks_reproduce_the_in_memory_hierarchy(runs):
     blocking = Blocking(read(output, "supervoxels").shape, BLOCK_SHAPE)
     results = stage_task(SupervoxelBlock, str(config.resolve())).block_results()
     node_block_ids = node_block_ids_from_counts([results[block]["number_of_supervoxels"] for block in range(blocking.number_of_blocks)])
-    expected = hierarchical_lifted_multicut(len(node_block_ids), *problem, node_block_ids, blocking.blocks_per_axis, n_scales=1)
+    expected = hierarchical_multicut(
+        multicut_problem(len(node_block_ids), *problem), node_block_ids, blocking.blocks_per_axis, n_scales=1, solver=multicut_solver()
+    )
     assert np.array_equal(read(output, "graph/node_labels"), expected)
     names = [stage.stage for stage in workflow_stages(str(config.resolve()))]
     assert names.index("lifted_edges") < names.index("multicut_problem_s0")

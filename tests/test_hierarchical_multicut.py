@@ -8,17 +8,16 @@ from scipy.sparse.csgraph import connected_components
 from test_lifted_multicut import lifted_problem_from_ground_truth
 
 from emflow.blocking import Blocking
-from emflow.blockwise_multicut import (
+from emflow.hierarchical_multicut import (
+    Subproblem,
     coarse_block_ids,
     coarse_blocks_per_axis,
-    hierarchical_lifted_multicut,
+    decompose,
     hierarchical_multicut,
     inner_edge_ids_by_block,
+    next_scale,
     project_node_labels,
-    reduce_lifted_problem,
     reduce_problem,
-    solve_lifted_subproblem,
-    solve_lifted_subproblems,
     solve_subproblem,
     solve_subproblems,
 )
@@ -26,8 +25,10 @@ from emflow.boundaries import boundaries_from_labels
 from emflow.costs import edge_costs_from_features
 from emflow.graph import in_core_graph_features
 from emflow.labels import block_offsets, relabel_consecutive
-from emflow.lifted_multicut import lifted_multicut_energy, solve_lifted_multicut
-from emflow.multicut import SOLVERS, multicut_energy, solve_multicut
+from emflow.multicut import SOLVERS, multicut_energy, multicut_problem, multicut_solver, solve_lifted_multicut, solve_multicut
+from test_lifted_multicut import lifted_multicut_energy
+
+KERNIGHAN_LIN = multicut_solver("kernighan-lin")
 from emflow.supervoxels import distance_transform_watershed
 
 # A crop of the dev cube where the decomposition changes the solution (on some crops it does not).
@@ -85,6 +86,16 @@ def lifted(problem):
     return lifted_problem_from_ground_truth(
         problem["number_of_nodes"], problem["edges"], problem["supervoxels"], problem["neuron_ids"], graph_depth=2
     )
+
+
+@pytest.fixture(scope="module")
+def plain_problem(graph):
+    return multicut_problem(*graph)
+
+
+@pytest.fixture(scope="module")
+def lifted_problem(graph, lifted):
+    return multicut_problem(*graph, *lifted)
 
 
 @pytest.fixture(scope="module")
@@ -170,31 +181,34 @@ def test_inner_edge_ids_by_block(problem):
 # --- sub-problems ------------------------------------------------------------------------------
 
 
-def test_subproblem_cut_edges_are_inner_edges_of_the_block(problem, graph):
+def test_subproblem_cut_edges_are_inner_edges_of_the_block(problem, graph, plain_problem):
     _, edges, edge_costs = graph
     block_ids = problem["node_block_ids"]
     number_of_blocks = math.prod(problem["blocks_per_axis"])
+    decomposition = decompose(plain_problem, block_ids, number_of_blocks)
     edge_ids, offsets = inner_edge_ids_by_block(edges, block_ids, number_of_blocks)
+    np.testing.assert_array_equal(decomposition.edge_ids, edge_ids)
     all_cut = []
     for block_id in range(number_of_blocks):
         inner = edge_ids[offsets[block_id] : offsets[block_id + 1]]
-        cut = solve_subproblem(edges, edge_costs, inner)
-        assert cut.dtype == np.int64 and (np.diff(cut) > 0).all()
+        # A task holding only the block's rows: its sub-problem.
+        local = solve_subproblem(Subproblem(edges[inner], edge_costs[inner]), KERNIGHAN_LIN)
+        assert local.dtype == np.int64 and (np.diff(local) > 0).all()
+        cut = inner[local]
+        np.testing.assert_array_equal(decomposition.block_edge_ids(block_id)[local], cut)
         assert np.isin(cut, inner).all()
-        # A task holding only the block's rows gets the same edges.
-        local = solve_subproblem(edges[inner], edge_costs[inner], np.arange(len(inner)))
-        np.testing.assert_array_equal(inner[local], cut)
         all_cut.append(cut)
     all_cut = np.concatenate(all_cut)
-    np.testing.assert_array_equal(np.sort(all_cut), solve_subproblems(edges, edge_costs, block_ids, number_of_blocks))
+    np.testing.assert_array_equal(np.sort(all_cut), solve_subproblems(plain_problem, block_ids, number_of_blocks, KERNIGHAN_LIN))
     assert 0 < len(all_cut) < len(edge_ids)
     with pytest.raises(ValueError, match="background"):
-        solve_subproblem(np.array([[0, 1], [1, 2]], np.uint64), [1.0, 1.0], [0, 1])
+        solve_subproblem(Subproblem(np.array([[0, 1], [1, 2]], np.uint64), np.array([1.0, 1.0])), KERNIGHAN_LIN)
     with pytest.raises(ValueError, match="sorted"):
-        solve_subproblem(edges, edge_costs, edge_ids[offsets[1] : offsets[2]][::-1])
+        reversed_rows = edge_ids[offsets[1] : offsets[2]][::-1]
+        solve_subproblem(Subproblem(edges[reversed_rows], edge_costs[reversed_rows]), KERNIGHAN_LIN)
 
 
-def test_lifted_subproblem_keeps_only_the_block(problem, graph, lifted):
+def test_lifted_subproblem_keeps_only_the_block(problem, graph, lifted, plain_problem, lifted_problem):
     _, edges, edge_costs = graph
     lifted_edges, lifted_costs = lifted
     block_ids = problem["node_block_ids"]
@@ -202,35 +216,37 @@ def test_lifted_subproblem_keeps_only_the_block(problem, graph, lifted):
     edge_ids, offsets = inner_edge_ids_by_block(edges, block_ids, number_of_blocks)
     lifted_ids, lifted_offsets = inner_edge_ids_by_block(lifted_edges, block_ids, number_of_blocks)
     assert 0 < len(lifted_ids) < len(lifted_edges)
+    decomposition = decompose(lifted_problem, block_ids, number_of_blocks)
     cuts = []
     for block_id in range(number_of_blocks):
         inner = edge_ids[offsets[block_id] : offsets[block_id + 1]]
         inner_lifted = lifted_ids[lifted_offsets[block_id] : lifted_offsets[block_id + 1]]
-        cut = solve_lifted_subproblem(edges, edge_costs, inner, lifted_edges, lifted_costs, inner_lifted)
+        np.testing.assert_array_equal(decomposition.block_lifted_edge_ids(block_id), inner_lifted)
+        subproblem = Subproblem(edges[inner], edge_costs[inner], lifted_edges[inner_lifted], lifted_costs[inner_lifted])
+        cut = inner[solve_subproblem(subproblem, KERNIGHAN_LIN)]
         assert np.isin(cut, inner).all()
         cuts.append(cut)
     cuts = np.sort(np.concatenate(cuts))
-    np.testing.assert_array_equal(
-        cuts, solve_lifted_subproblems(edges, edge_costs, lifted_edges, lifted_costs, block_ids, number_of_blocks)
-    )
+    np.testing.assert_array_equal(cuts, solve_subproblems(lifted_problem, block_ids, number_of_blocks, KERNIGHAN_LIN))
     # The lifted edges change the sub-problems' decisions.
-    assert not np.array_equal(cuts, solve_subproblems(edges, edge_costs, block_ids, number_of_blocks))
+    assert not np.array_equal(cuts, solve_subproblems(plain_problem, block_ids, number_of_blocks, KERNIGHAN_LIN))
 
 
 # --- reduction ---------------------------------------------------------------------------------
 
 
-def test_reduce_problem(problem, graph):
+def test_reduce_problem(problem, graph, plain_problem):
     number_of_nodes, edges, edge_costs = graph
     block_ids = problem["node_block_ids"]
-    cut = solve_subproblems(edges, edge_costs, block_ids, math.prod(problem["blocks_per_axis"]))
-    reduced = reduce_problem(number_of_nodes, edges, edge_costs, cut, block_ids)
+    cut = solve_subproblems(plain_problem, block_ids, math.prod(problem["blocks_per_axis"]), KERNIGHAN_LIN)
+    reduced = reduce_problem(plain_problem, cut, block_ids)
     mapping = reduced.node_mapping
     assert mapping.dtype == np.uint64 and mapping.shape == (number_of_nodes,) and mapping[0] == 0
     _assert_canonical(mapping, number_of_nodes)
-    assert reduced.number_of_nodes == mapping.max() + 1 < 0.8 * number_of_nodes  # measured: 635 -> 429
-    new_edges = reduced.edges
-    assert new_edges.dtype == np.uint64 and reduced.edge_costs.dtype == np.float64
+    assert reduced.problem.number_of_nodes == mapping.max() + 1 < 0.8 * number_of_nodes  # measured: 635 -> 429
+    assert not reduced.problem.is_lifted
+    new_edges = reduced.problem.edges
+    assert new_edges.dtype == np.uint64 and reduced.problem.edge_costs.dtype == np.float64
     assert (new_edges[:, 0] < new_edges[:, 1]).all()
     assert len(np.unique(new_edges, axis=0)) == len(new_edges)
     np.testing.assert_array_equal(np.unique(new_edges, axis=0), new_edges)
@@ -246,38 +262,39 @@ def test_reduce_problem(problem, graph):
     assert reduced.node_block_ids[0] == -1
     np.testing.assert_array_equal(reduced.node_block_ids[mapping[1:]], block_ids[1:])
     # Parallel edges are summed.
-    assert reduced.edge_costs.sum() == pytest.approx(edge_costs[~same].sum(), rel=1e-12)
+    assert reduced.problem.edge_costs.sum() == pytest.approx(edge_costs[~same].sum(), rel=1e-12)
 
 
-def test_reduce_problem_preserves_the_energy(problem, graph):
+def test_reduce_problem_preserves_the_energy(problem, graph, plain_problem):
     number_of_nodes, edges, edge_costs = graph
     block_ids = problem["node_block_ids"]
     rng = np.random.default_rng(0)
-    solver_cut = solve_subproblems(edges, edge_costs, block_ids, math.prod(problem["blocks_per_axis"]))
+    solver_cut = solve_subproblems(plain_problem, block_ids, math.prod(problem["blocks_per_axis"]), KERNIGHAN_LIN)
     random_cut = np.flatnonzero(rng.random(len(edges)) < 0.3)
     for cut in [solver_cut, random_cut, np.zeros(0, np.int64)]:
-        reduced = reduce_problem(number_of_nodes, edges, edge_costs, cut, block_ids)
-        for labels in [rng.integers(0, k, reduced.number_of_nodes) for k in (2, 10, reduced.number_of_nodes)]:
-            assert multicut_energy(reduced.edges, reduced.edge_costs, labels) == pytest.approx(
+        reduced = reduce_problem(plain_problem, cut, block_ids)
+        for labels in [rng.integers(0, k, reduced.problem.number_of_nodes) for k in (2, 10, reduced.problem.number_of_nodes)]:
+            assert reduced.problem.energy(labels) == pytest.approx(
                 multicut_energy(edges, edge_costs, labels[reduced.node_mapping]), rel=1e-12, abs=1e-9
             )
 
 
-def test_reduce_lifted_problem_preserves_the_energy(problem, graph, lifted):
+def test_reduce_lifted_problem_preserves_the_energy(problem, graph, lifted, plain_problem, lifted_problem):
     number_of_nodes, edges, edge_costs = graph
     lifted_edges, lifted_costs = lifted
     block_ids = problem["node_block_ids"]
     number_of_blocks = math.prod(problem["blocks_per_axis"])
     rng = np.random.default_rng(0)
-    cut = solve_lifted_subproblems(edges, edge_costs, lifted_edges, lifted_costs, block_ids, number_of_blocks)
-    reduced = reduce_lifted_problem(number_of_nodes, edges, edge_costs, lifted_edges, lifted_costs, cut, block_ids)
-    plain = reduce_problem(number_of_nodes, edges, edge_costs, cut, block_ids)
-    np.testing.assert_array_equal(reduced.node_mapping, plain.node_mapping)
-    np.testing.assert_array_equal(reduced.edges, plain.edges)
-    np.testing.assert_array_equal(reduced.node_block_ids, plain.node_block_ids)
+    cut = solve_subproblems(lifted_problem, block_ids, number_of_blocks, KERNIGHAN_LIN)
+    reduced_lifted = reduce_problem(lifted_problem, cut, block_ids)
+    reduced, plain = reduced_lifted.problem, reduce_problem(plain_problem, cut, block_ids)
+    assert reduced.is_lifted
+    np.testing.assert_array_equal(reduced_lifted.node_mapping, plain.node_mapping)
+    np.testing.assert_array_equal(reduced.edges, plain.problem.edges)
+    np.testing.assert_array_equal(reduced_lifted.node_block_ids, plain.node_block_ids)
     # Lifted edges two hops apart become local edges when the middle node is contracted
     # with one end: their costs move to the local edge.
-    assert not np.allclose(reduced.edge_costs, plain.edge_costs)
+    assert not np.allclose(reduced.edge_costs, plain.problem.edge_costs)
     n = np.uint64(reduced.number_of_nodes)
     assert not np.isin(
         reduced.lifted_edges[:, 0] * n + reduced.lifted_edges[:, 1], reduced.edges[:, 0] * n + reduced.edges[:, 1]
@@ -285,11 +302,9 @@ def test_reduce_lifted_problem_preserves_the_energy(problem, graph, lifted):
     assert (reduced.lifted_edges[:, 0] < reduced.lifted_edges[:, 1]).all()
     np.testing.assert_array_equal(np.unique(reduced.lifted_edges, axis=0), reduced.lifted_edges)
     for labels in [rng.integers(0, k, reduced.number_of_nodes) for k in (2, 10, reduced.number_of_nodes)]:
-        reduced_energy = lifted_multicut_energy(
-            reduced.edges, reduced.edge_costs, reduced.lifted_edges, reduced.lifted_costs, labels
-        )
+        reduced_energy = reduced.energy(labels)
         original_energy = lifted_multicut_energy(
-            edges, edge_costs, lifted_edges, lifted_costs, labels[reduced.node_mapping]
+            edges, edge_costs, lifted_edges, lifted_costs, labels[reduced_lifted.node_mapping]
         )
         assert reduced_energy == pytest.approx(original_energy, rel=1e-12, abs=1e-9)
 
@@ -300,24 +315,24 @@ def test_background_edges_are_never_contracted(graph, problem):
     other = int(np.flatnonzero(block_ids != block_ids[1])[1])  # a node of another block
     extended = np.concatenate([[[0, 1], [0, 2], [0, other]], edges]).astype(np.uint64)
     costs = np.concatenate([[5.0, -2.0, 4.0], edge_costs])
-    reduced = reduce_problem(number_of_nodes, extended, costs, [], block_ids)
+    reduced = reduce_problem(multicut_problem(number_of_nodes, extended, costs), [], block_ids)
     mapping = reduced.node_mapping
     assert mapping[0] == 0 and (mapping[1:] > 0).all()
     # The background edges survive (the energy is preserved, parallel ones summed) and node 0 stays alone.
     assert mapping[1] == mapping[2] != mapping[other]
-    np.testing.assert_array_equal(reduced.edges[:2], [[0, mapping[1]], [0, mapping[other]]])
-    np.testing.assert_array_equal(reduced.edge_costs[:2], [3.0, 4.0])
+    np.testing.assert_array_equal(reduced.problem.edges[:2], [[0, mapping[1]], [0, mapping[other]]])
+    np.testing.assert_array_equal(reduced.problem.edge_costs[:2], [3.0, 4.0])
 
 
-def test_invalid_reduction_input(graph, problem):
+def test_invalid_reduction_input(graph, problem, plain_problem):
     number_of_nodes, edges, edge_costs = graph
     block_ids = problem["node_block_ids"]
     with pytest.raises(ValueError, match="node_block_ids"):
-        reduce_problem(number_of_nodes, edges, edge_costs, [], block_ids[:-1])
+        reduce_problem(plain_problem, [], block_ids[:-1])
     with pytest.raises(ValueError, match="cut_edge_ids"):
-        reduce_problem(number_of_nodes, edges, edge_costs, [len(edges)], block_ids)
+        reduce_problem(plain_problem, [len(edges)], block_ids)
     with pytest.raises(ValueError, match="sorted"):
-        reduce_problem(number_of_nodes, edges[::-1], edge_costs, [], block_ids)
+        reduce_problem(multicut_problem(number_of_nodes, edges[::-1], edge_costs), [], block_ids)
     with pytest.raises(ValueError, match="number of blocks"):
         inner_edge_ids_by_block(edges, block_ids, int(block_ids.max()))
 
@@ -326,18 +341,18 @@ def test_invalid_reduction_input(graph, problem):
 
 
 @pytest.mark.parametrize("solver", SOLVERS)
-def test_zero_scales_is_the_global_solve(problem, graph, solver):
+def test_zero_scales_is_the_global_solve(problem, graph, plain_problem, solver):
     args = (problem["node_block_ids"], problem["blocks_per_axis"])
     np.testing.assert_array_equal(
-        hierarchical_multicut(*graph, *args, n_scales=0, solver=solver), solve_multicut(*graph, solver=solver)
+        hierarchical_multicut(plain_problem, *args, n_scales=0, solver=multicut_solver(solver)), solve_multicut(*graph, solver=solver)
     )
 
 
 @pytest.mark.parametrize("n_scales", [1, 2, 3])
-def test_hierarchical_energy_is_close_to_the_global_one(problem, graph, global_solution, n_scales):
+def test_hierarchical_energy_is_close_to_the_global_one(problem, graph, plain_problem, global_solution, n_scales):
     number_of_nodes, edges, edge_costs = graph
     node_labels = hierarchical_multicut(
-        *graph, problem["node_block_ids"], problem["blocks_per_axis"], n_scales=n_scales
+        plain_problem, problem["node_block_ids"], problem["blocks_per_axis"], n_scales=n_scales, solver=KERNIGHAN_LIN
     )
     _assert_canonical(node_labels, number_of_nodes)
     assert _segments_are_connected(number_of_nodes, edges, node_labels)
@@ -348,80 +363,55 @@ def test_hierarchical_energy_is_close_to_the_global_one(problem, graph, global_s
     assert energy < 0.9 * global_energy  # far better than no merges (energy 0)
 
 
-def test_one_block_is_the_global_solve(problem, graph, lifted, global_solution):
+def test_one_block_is_the_global_solve(problem, graph, lifted, plain_problem, lifted_problem, global_solution):
     """With a single block the sub-problem is the whole problem, lifted edges included."""
     number_of_nodes, edges, edge_costs = graph
     one_block = np.where(problem["node_block_ids"] >= 0, 0, -1)
-    node_labels = hierarchical_multicut(*graph, one_block, (1, 1, 1), n_scales=1)
+    node_labels = hierarchical_multicut(plain_problem, one_block, (1, 1, 1), n_scales=1, solver=KERNIGHAN_LIN)
     assert multicut_energy(edges, edge_costs, node_labels) == pytest.approx(
         multicut_energy(edges, edge_costs, global_solution), rel=1e-9
     )
     lifted_global = solve_lifted_multicut(*graph, *lifted)
-    lifted_labels = hierarchical_lifted_multicut(*graph, *lifted, one_block, (1, 1, 1), n_scales=1)
+    lifted_labels = hierarchical_multicut(lifted_problem, one_block, (1, 1, 1), n_scales=1, solver=KERNIGHAN_LIN)
     assert lifted_multicut_energy(edges, edge_costs, *lifted, lifted_labels) == pytest.approx(
         lifted_multicut_energy(edges, edge_costs, *lifted, lifted_global), rel=1e-9
     )
 
 
-def _run_as_tasks(problem, graph, lifted, n_scales, solver):
-    """The driver's steps as a workflow runs them: per block from the block's rows alone, then per scale."""
-    number_of_nodes, edges, edge_costs = graph
-    lifted_edges, lifted_costs = lifted if lifted is not None else (np.empty((0, 2), np.uint64), np.empty(0))
+def _run_as_tasks(problem, multicut, n_scales, solver):
+    """The driver's steps as a workflow runs them: per block from the block's rows alone (in any
+    order), then per scale."""
     blocks_per_axis = problem["blocks_per_axis"]
     block_ids = problem["node_block_ids"]
     node_mappings = []
     for scale in range(n_scales):
-        if scale > 0:
-            block_ids = coarse_block_ids(block_ids, coarse_blocks_per_axis(blocks_per_axis, scale - 1), 1)
         number_of_blocks = math.prod(coarse_blocks_per_axis(blocks_per_axis, scale))
-        edge_ids, offsets = inner_edge_ids_by_block(edges, block_ids, number_of_blocks)
-        lifted_ids, lifted_offsets = inner_edge_ids_by_block(lifted_edges, block_ids, number_of_blocks)
-        cut = []
-        for block_id in reversed(range(number_of_blocks)):  # any order
-            ids = edge_ids[offsets[block_id] : offsets[block_id + 1]]
-            local = np.arange(len(ids))
-            if lifted is None:
-                block_cut = solve_subproblem(edges[ids], edge_costs[ids], local, solver=solver)
-            else:
-                lids = lifted_ids[lifted_offsets[block_id] : lifted_offsets[block_id + 1]]
-                block_cut = solve_lifted_subproblem(
-                    edges[ids], edge_costs[ids], local, lifted_edges[lids], lifted_costs[lids],
-                    np.arange(len(lids)), solver=solver,
-                )
-            cut.append(ids[block_cut])
-        cut = np.concatenate(cut)
-        if lifted is None:
-            reduced = reduce_problem(number_of_nodes, edges, edge_costs, cut, block_ids)
-        else:
-            reduced = reduce_lifted_problem(
-                number_of_nodes, edges, edge_costs, lifted_edges, lifted_costs, cut, block_ids
-            )
-            lifted_edges, lifted_costs = reduced.lifted_edges, reduced.lifted_costs
-        number_of_nodes, edges, edge_costs = reduced.number_of_nodes, reduced.edges, reduced.edge_costs
-        block_ids = reduced.node_block_ids
-        node_mappings.append(reduced.node_mapping)
-    if lifted is None:
-        final = solve_multicut(number_of_nodes, edges, edge_costs, solver=solver)
-    else:
-        final = solve_lifted_multicut(number_of_nodes, edges, edge_costs, lifted_edges, lifted_costs, solver=solver)
-    return project_node_labels(final, node_mappings)
+        decomposition = decompose(multicut, block_ids, number_of_blocks)
+        cut = [
+            decomposition.block_edge_ids(block_id)[solve_subproblem(decomposition.subproblem(multicut, block_id), solver)]
+            for block_id in reversed(range(number_of_blocks))
+        ]
+        multicut, node_mapping, block_ids = next_scale(multicut, np.concatenate(cut), block_ids, blocks_per_axis, scale)
+        node_mappings.append(node_mapping)
+    return project_node_labels(solver(multicut), node_mappings)
 
 
 @pytest.mark.parametrize("solver", ["greedy-additive", "kernighan-lin"])
-def test_step_functions_reproduce_the_driver(problem, graph, lifted, solver):
+def test_step_functions_reproduce_the_driver(problem, plain_problem, lifted_problem, solver):
+    solver = multicut_solver(solver)
     args = (problem["node_block_ids"], problem["blocks_per_axis"])
-    expected = hierarchical_multicut(*graph, *args, n_scales=3, solver=solver)
-    np.testing.assert_array_equal(_run_as_tasks(problem, graph, None, 3, solver), expected)
-    np.testing.assert_array_equal(hierarchical_multicut(*graph, *args, n_scales=3, solver=solver), expected)
-    expected_lifted = hierarchical_lifted_multicut(*graph, *lifted, *args, n_scales=3, solver=solver)
-    np.testing.assert_array_equal(_run_as_tasks(problem, graph, lifted, 3, solver), expected_lifted)
+    expected = hierarchical_multicut(plain_problem, *args, n_scales=3, solver=solver)
+    np.testing.assert_array_equal(_run_as_tasks(problem, plain_problem, 3, solver), expected)
+    np.testing.assert_array_equal(hierarchical_multicut(plain_problem, *args, n_scales=3, solver=solver), expected)
+    expected_lifted = hierarchical_multicut(lifted_problem, *args, n_scales=3, solver=solver)
+    np.testing.assert_array_equal(_run_as_tasks(problem, lifted_problem, 3, solver), expected_lifted)
 
 
 @pytest.mark.parametrize("n_scales", [0, 1, 2])
-def test_hierarchical_lifted_multicut(problem, graph, lifted, n_scales):
+def test_hierarchical_lifted_multicut(problem, graph, lifted, lifted_problem, n_scales):
     number_of_nodes, edges, edge_costs = graph
     args = (problem["node_block_ids"], problem["blocks_per_axis"])
-    node_labels = hierarchical_lifted_multicut(*graph, *lifted, *args, n_scales=n_scales)
+    node_labels = hierarchical_multicut(lifted_problem, *args, n_scales=n_scales, solver=KERNIGHAN_LIN)
     _assert_canonical(node_labels, number_of_nodes)
     assert _segments_are_connected(number_of_nodes, edges, node_labels)
     global_labels = solve_lifted_multicut(*graph, *lifted)
