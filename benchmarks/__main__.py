@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import platform
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
 
     results: dict = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": end_to_end.machine_description(),
         "python": platform.python_version(),
         "emflow": metadata.version("emflow"),

@@ -40,7 +40,7 @@ import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -251,7 +251,7 @@ def run(quick: bool = False, model: Path | None = None, *, workers: int = WORKER
             shutil.rmtree(out_dir, ignore_errors=True)
     predict_defaults = default_config()["predict"]
     return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine_description(),
         "versions": {name: metadata.version(name) for name in ("emflow", "torch")},
         "quick": quick,

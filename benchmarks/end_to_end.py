@@ -50,7 +50,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -374,7 +374,7 @@ def run(
         print(f"input ready in {time.perf_counter() - started:.1f} s: {input_path}", flush=True)
         shape = tuple(open_volume(input_path, "neuron_ids").shape)
         results = {
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": machine_description(),
             "volume": {"shape": shape, "megavoxels": math.prod(shape) / 1e6, "scale": scale, "source": str(SOURCE_PATH)},
             "workers": workers,

@@ -44,7 +44,7 @@ import os
 import platform
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -52,12 +52,12 @@ import h5py
 import numpy as np
 
 from emflow.blocking import Blocking
-from emflow.hierarchical_multicut import hierarchical_multicut, node_block_ids_from_counts
 from emflow.boundaries import boundaries_from_labels
 from emflow.config import default_config, function_parameters
 from emflow.costs import edge_costs_from_features
 from emflow.evaluation import evaluate
 from emflow.graph import in_core_graph_features, undirected_graph
+from emflow.hierarchical_multicut import hierarchical_multicut, node_block_ids_from_counts
 from emflow.labels import block_offsets, relabel_consecutive
 from emflow.multicut import multicut_energy, multicut_problem, multicut_solver, solve_multicut
 from emflow.supervoxels import distance_transform_watershed, use_two_d
@@ -271,7 +271,7 @@ def run(quick: bool = False) -> dict:
     problems = PROBLEMS[:1] if quick else PROBLEMS
     return {
         "benchmark": "hierarchical_multicut",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "quick": quick,
         "machine": machine_description(),
         "source": str(SOURCE_PATH),

@@ -50,7 +50,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -269,7 +269,7 @@ def run(
         shutil.rmtree(run_dir, ignore_errors=True)
 
     return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine_description(),
         "versions": {name: metadata.version(name) for name in ("emflow", "torch")},
         "torch_threads": torch.get_num_threads(),

@@ -2,8 +2,8 @@
 
 The work of every block is trivial (nothing is computed), so the time measured is emflow's own
 machinery: Luigi scheduling of block groups, one completion record and one log file per block,
-progress and failure bookkeeping. Three chained block-wise stages (`TrivialBlock`, stage 0 → 1 → 2,
-each depending on the whole previous stage as the real workflow's stages do) run over a volume of
+progress and failure bookkeeping. Three chained block-wise stages (`trivial_stages`, stage 0 → 1 → 2,
+each depending on the whole previous stage, specs like the real workflow's) run over a volume of
 1×H×W voxels with one-voxel blocks, so the block count is exact and the input costs nothing.
 
 Contenders, each in a fresh process:
@@ -23,6 +23,7 @@ Usage: python -m benchmarks.orchestration [--blocks 5000 20000] [--plain-blocks 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -37,38 +38,31 @@ import numpy as np
 import tomli_w
 import zarr
 
-from emflow.cluster import run_tasks
+from emflow.cluster import CentralScheduler, LocalScheduler
 from emflow.cluster.luigid import start_luigid, stop_luigid
+from emflow.cluster.runner import run_tasks
 from emflow.targets import CompletionTarget
-from emflow.tasks.base import BlockTask, stage_task, use_workers
+from emflow.tasks.adapter import Workflow, use_workers
+from emflow.tasks.spec import Read, StageSpec
+from emflow.workflows.segmentation import load_run
 
 NUMBER_OF_STAGES = 3
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-class TrivialBlock(BlockTask):
-    """One block of trivial stage `stage_index`: nothing to compute, all the bookkeeping."""
-
-    stage_index = luigi.IntParameter()
-
-    @property
-    def stage(self) -> str:
-        return f"trivial_{self.stage_index}"
-
-    def upstream_stages(self) -> list[luigi.Task]:
-        if self.stage_index == 0:
-            return []
-        return [stage_task(TrivialBlock, self.config_path, stage_index=self.stage_index - 1)]
-
-    def run_stage(self, logger) -> dict:
-        return {}
+def _nothing(block) -> dict:
+    return {}
 
 
-class TrivialWorkflow(luigi.WrapperTask):
-    config_path = luigi.Parameter()
+def trivial_stages(config) -> tuple[StageSpec, ...]:
+    """Block-wise stages trivial_0 → trivial_1 → ...: nothing to compute, all the bookkeeping."""
+    return tuple(
+        StageSpec(f"trivial_{index}", blockwise=True, run=_nothing, reads=(Read.results(f"trivial_{index - 1}"),) if index else ())
+        for index in range(NUMBER_OF_STAGES)
+    )
 
-    def requires(self):
-        return [stage_task(TrivialBlock, self.config_path, stage_index=index) for index in range(NUMBER_OF_STAGES)]
+
+TRIVIAL = Workflow("trivial", functools.partial(load_run, stages=trivial_stages))
 
 
 class PlainBlock(luigi.Task):
@@ -116,7 +110,6 @@ def write_trivial_config(folder: Path, number_of_blocks: int) -> Path:
         "input": {"path": str(folder / "input.zarr"), "boundaries_key": "boundaries", "resolution": [1.0, 1.0, 1.0]},
         "output": {"path": str(folder / "output.zarr")},
         "blocking": {"block_shape": [1, 1, 1], "halo": [0, 0, 0]},
-        "multicut": {"beta": 0.5, "solver": "kernighan-lin"},
     }
     path = folder / "config.toml"
     path.write_text(tomli_w.dumps(config))
@@ -127,16 +120,10 @@ def run_emflow(config_path: Path, workers: int, scheduler_port: int | None) -> d
     """Build the trivial workflow once in this process; seconds of the build only."""
     config_path = config_path.resolve()
     work_dir = Path(f"{config_path.parent / 'output.zarr'}.work")
+    backend = LocalScheduler(workers) if scheduler_port is None else CentralScheduler("127.0.0.1", scheduler_port, workers)
     use_workers(workers)
     started = time.perf_counter()
-    report = run_tasks(
-        [TrivialWorkflow(config_path=str(config_path))],
-        failure_dir=work_dir / "failed",
-        scheduler_log=work_dir / "logs" / "luigi.log",
-        workers=workers,
-        scheduler_host=None if scheduler_port is None else "127.0.0.1",
-        scheduler_port=scheduler_port,
-    )
+    report = run_tasks([TRIVIAL.root_task(str(config_path))], backend, failure_dir=work_dir / "failed", scheduler_log=work_dir / "logs" / "luigi.log")
     return {"seconds": time.perf_counter() - started, "succeeded": report.succeeded}
 
 

@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
+import time
+import traceback
 from pathlib import Path
+
+from emflow.cluster.luigid import DEFAULT_PORT
 
 EXIT_OK, EXIT_TASK_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 # sysexits.h's EX_TEMPFAIL: "try again later", for a run that found another one working on its output.
@@ -25,28 +31,39 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("emflow: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`emflow status c.toml | head -2`): nothing more to say to it.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except Exception as error:
-        if type(error).__name__ == "RunInProgressError":  # imported lazily with the workflows
+        from emflow.errors import RunInProgressError, UserError
+
+        if isinstance(error, RunInProgressError):
             print(f"emflow: {error}", file=sys.stderr)
             return EXIT_RUN_IN_PROGRESS
-        if not _is_user_error(error):
-            raise
-        print(f"emflow: error: {_message(error)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        if isinstance(error, UserError):
+            print(f"emflow: error: {error}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        # Anything else is a bug in emflow: the traceback goes to a log, one line to the terminal.
+        log = _write_crash_log(arguments)
+        print(f"emflow: internal error ({type(error).__name__}: {error}); this is a bug in emflow, not in your input. Traceback: {log}", file=sys.stderr)
+        return EXIT_TASK_FAILED
 
 
-def _is_user_error(error: Exception) -> bool:
-    from emflow.config import ConfigError
-    from emflow.storage.output import ForeignOutputError
-    from emflow.tasks.context import InputError
-    from emflow.workflows.run import DifferentInputError
+def _write_crash_log(arguments) -> Path:
+    """Write the current exception's traceback to the run's log folder (or a temporary folder)."""
+    folder = Path(tempfile.gettempdir())
+    try:
+        from emflow.config import load_config
 
-    return isinstance(error, (ConfigError, InputError, ForeignOutputError, DifferentInputError, FileNotFoundError, FileExistsError, KeyError, ValueError, TypeError))
-
-
-def _message(error: Exception) -> str:
-    # KeyError's str() wraps the message in quotes.
-    return error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+        config = load_config(arguments.config)
+        folder = Path(config.output.work_dir or f"{config.output.path}.work") / "logs"
+        folder.mkdir(parents=True, exist_ok=True)
+    except Exception:
+        pass  # no usable config: the temporary folder
+    path = folder / f"emflow-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    path.write_text(f"emflow {' '.join(sys.argv[1:])}\n{traceback.format_exc()}")
+    return path
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -109,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     scheduler_commands = scheduler.add_subparsers(dest="scheduler_command", required=True)
     scheduler_start = scheduler_commands.add_parser("start", help="start luigid in the background (refused while the state folder's luigid runs)")
     scheduler_start.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 for workers on other hosts)")
-    scheduler_start.add_argument("--port", type=int, default=8082, help="port to listen on (default 8082)")
+    scheduler_start.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT})")
     scheduler_stop = scheduler_commands.add_parser("stop", help="stop the luigid of the state folder (SIGTERM, SIGKILL after 30 s)")
     scheduler_status = scheduler_commands.add_parser("status", help="whether it runs, where, and its tasks by status; exit 0 running, 3 not running")
     for command, handler in ((scheduler_start, _scheduler_start), (scheduler_stop, _scheduler_stop), (scheduler_status, _scheduler_status)):
@@ -128,7 +145,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     scheduler = parser.add_mutually_exclusive_group()
     scheduler.add_argument("--local-scheduler", action="store_true", help="embedded scheduler (the default)")
     scheduler.add_argument("--scheduler-host", help="host of a running luigid central scheduler")
-    parser.add_argument("--scheduler-port", type=int, default=8082, help="port of the central scheduler (default 8082)")
+    parser.add_argument("--scheduler-port", type=int, default=DEFAULT_PORT, help=f"port of the central scheduler (default {DEFAULT_PORT})")
     parser.add_argument("--update", action="store_true", help="replace the results of a run over a different input in the output path")
 
 
@@ -148,46 +165,54 @@ def _add_slurm_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _report_failures(report) -> None:
-    print(f"emflow: run FAILED (luigi status {report.luigi_status}) after {report.seconds:.1f} s", file=sys.stderr)
-    _report_failure_records(report.failures)
-    if not report.failures:
-        print(f"  no task recorded a failure (a worker may have died): see {report.scheduler_log}", file=sys.stderr)
-
-
-def _report_failure_records(failures: list[dict]) -> None:
-    for failure in failures:
+    """What went wrong in a run, on stderr: unsuccessful SLURM array tasks, failed tasks with their logs."""
+    if report.job_id is None:
+        print(f"emflow: run FAILED (luigi status {report.status}) after {report.seconds:.1f} s", file=sys.stderr)
+    elif report.complete:
+        print(f"emflow: the workflow is complete, but not every SLURM job (array {report.job_id}) ended COMPLETED:", file=sys.stderr)
+    else:
+        print(f"emflow: run FAILED on SLURM (job array {report.job_id}) after {report.seconds:.1f} s", file=sys.stderr)
+    for task in report.unsuccessful_tasks:
+        log = report.log_path(task.index)
+        written = "" if log.exists() else " (not written: the task never started)"
+        print(f"  array task {report.job_id}_{task.index} {task.description}\n    log: {log}{written}", file=sys.stderr)
+    for failure in report.failures:
         block = "global task" if failure["block_id"] is None else f"block {failure['block_id']}"
         print(f"  {failure['stage']} {block}: {failure['error']}\n    log: {failure['log']}", file=sys.stderr)
+    if report.complete or report.failures:
+        return
+    if report.job_id is None:
+        print(f"  no task recorded a failure (a worker may have died): see {report.scheduler_log}", file=sys.stderr)
+    elif report.unsuccessful_tasks:
+        print("  no task recorded a failure: a job that ended early leaves unfinished what it ran; run the same command again to resume", file=sys.stderr)
+    else:
+        print(f"  every job COMPLETED, yet the workflow is not complete and no task recorded a failure: see the job logs in {report.log_dir}", file=sys.stderr)
 
 
-def _run_options(arguments) -> dict:
-    """The options of `_add_run_arguments`, as `run_workflow` takes them."""
-    return {
-        "workers": arguments.workers,
-        "scheduler_host": arguments.scheduler_host,
-        "scheduler_port": arguments.scheduler_port,
-        "update": arguments.update,
-    }
+def _backend(arguments):
+    """The backend the run options ask for (`_add_run_arguments`, `_add_slurm_arguments`)."""
+    from emflow.cluster import CentralScheduler, LocalScheduler, Slurm, SlurmOptions
+    from emflow.errors import UsageError
 
-
-def _run(arguments) -> int:
-    from emflow.workflows.run import run_workflow
-
-    if arguments.slurm:
-        return _run_on_slurm(arguments)
-    given = [option for option, value in _slurm_options(arguments).items() if value]
-    if given:
-        raise ValueError(f"{', '.join(given)} only apply with --slurm")
-    report = run_workflow(arguments.config, until=arguments.until, **_run_options(arguments))
-    if not report.succeeded:
-        _report_failures(report)
-        return EXIT_TASK_FAILED
-    print(f"emflow: {'prediction' if arguments.until else 'run'} complete in {report.seconds:.1f} s")
-    return EXIT_OK
+    if not getattr(arguments, "slurm", False):
+        given = [option for option, value in _slurm_options(arguments).items() if value]
+        if given:
+            raise UsageError(f"{', '.join(given)} only apply with --slurm")
+        if arguments.scheduler_host is not None:
+            return CentralScheduler(arguments.scheduler_host, arguments.scheduler_port, arguments.workers)
+        return LocalScheduler(arguments.workers)
+    if arguments.workers != 1 or arguments.local_scheduler:
+        raise UsageError("with --slurm, each job runs --cpus worker processes for a central scheduler: leave out --workers and --local-scheduler")
+    if arguments.listen_address is not None and arguments.scheduler_host is not None:
+        raise UsageError("--listen-address is for the run's own scheduler: leave it out with --scheduler-host")
+    options = SlurmOptions(jobs=arguments.jobs, cpus=arguments.cpus, partition=arguments.partition, time=arguments.time, memory=arguments.mem)
+    return Slurm(options, arguments.scheduler_host, arguments.scheduler_port, arguments.listen_address)
 
 
 def _slurm_options(arguments) -> dict[str, bool]:
     """Which of the SLURM options differ from their defaults."""
+    if not hasattr(arguments, "jobs"):
+        return {}
     return {
         "--jobs": arguments.jobs != 1,
         "--cpus": arguments.cpus != 1,
@@ -198,57 +223,21 @@ def _slurm_options(arguments) -> dict[str, bool]:
     }
 
 
-def _run_on_slurm(arguments) -> int:
-    from emflow.cluster.slurm import SlurmOptions, run_on_slurm
-    from emflow.tasks.context import load_context
-    from emflow.workflows import MulticutSegmentation, progress_reporter
-    from emflow.workflows.run import check_run, run_lock
-
-    if arguments.workers != 1 or arguments.local_scheduler:
-        raise ValueError("with --slurm, each job runs --cpus worker processes for a central scheduler: leave out --workers and --local-scheduler")
-    if arguments.listen_address is not None and arguments.scheduler_host is not None:
-        raise ValueError("--listen-address is for the run's own scheduler: leave it out with --scheduler-host")
-    config_path, _ = check_run(arguments.config, update=arguments.update, until=arguments.until)
-    work_dir = load_context(config_path).work_dir
-    # Every array task must build the same task graph: all get the same options, and with a
-    # central scheduler `[scheduling] block_groups` = 0 is a fixed number of groups.
-    worker_command = [sys.executable, "-m", "emflow.cli.main", arguments.command, config_path, "--workers", str(arguments.cpus)]
-    if arguments.update:
-        # Each job checks the output again: the consent to replace it holds for them too.
-        worker_command.append("--update")
-    # The jobs use a central scheduler, so they do not lock the work folder; the submitter holds the
-    # lock for them, so that no local run (or second submission) works on the same output meanwhile.
-    with run_lock(work_dir):
-        report = run_on_slurm(
-            [MulticutSegmentation(config_path=config_path, until=arguments.until)],
-            worker_command=worker_command,
-            work_dir=work_dir,
-            failure_dir=work_dir / "failed",
-            options=SlurmOptions(jobs=arguments.jobs, cpus=arguments.cpus, partition=arguments.partition, time=arguments.time, memory=arguments.mem),
-            job_name=f"emflow-{Path(config_path).stem}",
-            progress=progress_reporter(config_path, arguments.until),
-            scheduler_host=arguments.scheduler_host,
-            scheduler_port=arguments.scheduler_port,
-            listen_address=arguments.listen_address,
-        )
+def _finish(report, what: str) -> int:
+    """The end of a run: its report on the terminal, and the exit code."""
     if not report.succeeded:
-        if report.complete:
-            print(f"emflow: the workflow is complete, but not every SLURM job (array {report.job_id}) ended COMPLETED:", file=sys.stderr)
-        else:
-            print(f"emflow: run FAILED on SLURM (job array {report.job_id}) after {report.seconds:.1f} s", file=sys.stderr)
-        for task in report.unsuccessful_tasks:
-            log = report.log_path(task.index)
-            written = "" if log.exists() else " (not written: the task never started)"
-            print(f"  array task {report.job_id}_{task.index} {task.description}\n    log: {log}{written}", file=sys.stderr)
-        _report_failure_records(report.failures)
-        if not report.complete and not report.failures:
-            if report.unsuccessful_tasks:
-                print("  no task recorded a failure: a job that ended early leaves unfinished what it ran; run the same command again to resume", file=sys.stderr)
-            else:
-                print(f"  every job COMPLETED, yet the workflow is not complete and no task recorded a failure: see the job logs in {report.log_dir}", file=sys.stderr)
+        _report_failures(report)
         return EXIT_TASK_FAILED
-    print(f"emflow: {'prediction' if arguments.until else 'run'} complete in {report.seconds:.1f} s (SLURM job array {report.job_id})")
+    where = f" (SLURM job array {report.job_id})" if report.job_id is not None else ""
+    print(f"emflow: {what} complete in {report.seconds:.1f} s{where}")
     return EXIT_OK
+
+
+def _run(arguments) -> int:
+    from emflow.workflows.run import run_workflow
+
+    report = run_workflow(arguments.config, _backend(arguments), update=arguments.update, until=arguments.until, command=arguments.command)
+    return _finish(report, "prediction" if arguments.until else "run")
 
 
 def _positive_int(text: str) -> int:
@@ -272,21 +261,18 @@ def _block_list(text: str) -> list[int]:
 
 
 def _rerun(arguments) -> int:
+    from emflow.errors import UsageError
     from emflow.workflows.run import rerun_workflow
 
     if not arguments.failed and not arguments.stage:
-        raise ValueError("emflow rerun needs --stage STAGE [--blocks 3,17], or --failed")
+        raise UsageError("emflow rerun needs --stage STAGE [--blocks 3,17], or --failed")
     if arguments.failed and arguments.blocks is not None:
-        raise ValueError("emflow rerun takes --blocks or --failed, not both")
+        raise UsageError("emflow rerun takes --blocks or --failed, not both")
     invalidated, report = rerun_workflow(
-        arguments.config, stage=arguments.stage, block_ids=arguments.blocks, failed=arguments.failed, **_run_options(arguments)
+        arguments.config, _backend(arguments), stage=arguments.stage, block_ids=arguments.blocks, failed=arguments.failed, update=arguments.update
     )
     print(f"emflow: invalidated {'; '.join(invalidated) if invalidated else 'nothing (no task had failed)'}", file=sys.stderr)
-    if not report.succeeded:
-        _report_failures(report)
-        return EXIT_TASK_FAILED
-    print(f"emflow: run complete in {report.seconds:.1f} s")
-    return EXIT_OK
+    return _finish(report, "run")
 
 
 def _train(arguments) -> int:
@@ -299,9 +285,9 @@ def _train(arguments) -> int:
 
 
 def _status(arguments) -> int:
-    from emflow.workflows import workflow_status
+    from emflow.workflows.status import workflow_status
 
-    statuses = workflow_status(str(Path(arguments.config).resolve()))
+    statuses = workflow_status(str(Path(arguments.config).expanduser().resolve()))
     width = max(len(status.stage) for status in statuses)
     print(f"{'stage':<{width}}  {'done':>7}  {'stale':>7}  {'failed':>7}  {'pending':>7}  {'total':>7}")
     for status in statuses:

@@ -35,9 +35,8 @@ import logging
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import luigi
 import luigi.interface
@@ -46,39 +45,26 @@ import luigi.worker
 from luigi.execution_summary import LuigiStatusCode
 from luigi.task_status import FAILED
 
+from .backends import CentralScheduler, LocalScheduler, RunReport, check_reachable
+
 # Luigi's statuses of a run in which a task of this process failed.
 _FAILED_HERE = (LuigiStatusCode.FAILED, LuigiStatusCode.FAILED_AND_SCHEDULING_FAILED)
 
 
-@dataclass
-class RunReport:
-    succeeded: bool
-    luigi_status: str
-    scheduler_log: Path
-    failures: list[dict] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if self.succeeded else 1
-
-
 def run_tasks(
     tasks: Sequence[luigi.Task],
+    backend: LocalScheduler | CentralScheduler,
     *,
     failure_dir: Path,
     scheduler_log: Path,
-    workers: int = 1,
-    scheduler_host: str | None = None,
-    scheduler_port: int | None = None,
     progress: Callable[[], str] | None = None,
     progress_interval: float = 5.0,
 ) -> RunReport:
-    """Build `tasks` with Luigi; with no scheduler host, the embedded local scheduler is used.
+    """Build `tasks` with Luigi, with its embedded scheduler or a central one.
 
-    With a central scheduler (`scheduler_host`, `scheduler_port`) other processes may build the
-    same tasks at the same time: this one then also waits for the tasks they run, and succeeds when
-    all of `tasks` are complete at the end, whoever ran them.
+    With a central scheduler other processes may build the same tasks at the same time: this one
+    then also waits for the tasks they run, and succeeds when all of `tasks` are complete at the
+    end, whoever ran them. An unreachable central scheduler raises SchedulerUnreachable at once.
 
     `progress`, if given, is called every `progress_interval` seconds from a background thread and
     its line printed to stderr when it changes. Luigi's own log (scheduling, worker deaths) goes to
@@ -90,11 +76,10 @@ def run_tasks(
     if progress is not None:
         reporter = threading.Thread(target=_report_progress, args=(progress, progress_interval, stop), daemon=True)
         reporter.start()
-    scheduler = {"local_scheduler": True} if scheduler_host is None else {
-        "local_scheduler": False,
-        "scheduler_host": scheduler_host,
-        "scheduler_port": int(scheduler_port or 8082),
-    }
+    central = isinstance(backend, CentralScheduler)
+    if central:
+        check_reachable(backend.host, backend.port)
+    scheduler = {"local_scheduler": False, "scheduler_host": backend.host, "scheduler_port": backend.port} if central else {"local_scheduler": True}
     scheduler_log.parent.mkdir(parents=True, exist_ok=True)
     luigi_config = luigi.configuration.get_config()
     # Luigi would otherwise add its own terminal handler on the first build of the process.
@@ -113,12 +98,12 @@ def run_tasks(
     # less wall time end to end with 2 workers).
     gc.freeze()
     try:
-        result = _build(tasks, workers, scheduler)
+        result = _build(tasks, backend.workers, scheduler)
         # Incomplete with no task failed: tasks the scheduler still calls done (its cooldown, see the
         # module's docstring), which it hands out once the cooldown has passed.
-        if scheduler_host is not None and result.status not in _FAILED_HERE and not result.worker.saw_a_failed_task and not _complete(tasks):
+        if central and result.status not in _FAILED_HERE and not result.worker.saw_a_failed_task and not _complete(tasks):
             time.sleep(luigi.scheduler.scheduler().stable_done_cooldown_secs)
-            result = _build(tasks, workers, scheduler)
+            result = _build(tasks, backend.workers, scheduler)
     finally:
         gc.unfreeze()
         luigi_logger.removeHandler(handler)
@@ -128,15 +113,15 @@ def run_tasks(
         if reporter is not None:
             reporter.join()
             print(progress(), file=sys.stderr, flush=True)
-    status = result.status
     # Not Luigi's status alone: tasks run by another process make it NOT_RUN (see the module's docstring).
-    succeeded = status not in _FAILED_HERE and _complete(tasks)
+    complete, failed_here = _complete(tasks), result.status in _FAILED_HERE
     return RunReport(
-        succeeded=succeeded,
-        luigi_status=status.name,
+        complete=complete,
+        status=result.status.name,
         scheduler_log=scheduler_log,
-        failures=[] if succeeded else collect_failures(failure_dir, since=started),
+        failures=[] if complete and not failed_here else collect_failures(failure_dir, since=started),
         seconds=time.time() - started,
+        failed_here=failed_here,
     )
 
 

@@ -28,124 +28,55 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import luigi
 
+from emflow.errors import UserError
+
+from .backends import UNKNOWN_STATE, ArrayTaskState, RunReport, Slurm, SlurmOptions, check_reachable
 from .luigid import start_luigid, stop_luigid
 from .runner import collect_failures
 
-# States in which an array task has ended (squeue's long names; sacct's are the same).
-ENDED_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE"})
-# An array task that left the queue before this process saw how it ended.
-UNKNOWN_STATE = "UNKNOWN"
 
-
-class SubmissionError(ValueError):
+class SubmissionError(UserError):
     """The jobs could not be submitted (sbatch refused them, or no scheduler to connect them to);
     nothing runs. The message says why."""
 
 
-@dataclass(frozen=True)
-class SlurmOptions:
-    """The job array: how many array tasks, and what each asks SLURM for.
-
-    `time` and `memory` are passed to sbatch as they are (e.g. "2:00:00", "16G"); None leaves the
-    partition's default.
-    """
-
-    jobs: int = 1
-    cpus: int = 1
-    partition: str | None = None
-    time: str | None = None
-    memory: str | None = None
-
-
-@dataclass(frozen=True)
-class ArrayTaskState:
-    """Where one array task stands, or how it ended: SLURM's state, exit code and terminating signal."""
-
-    index: int
-    state: str
-    exit_code: int = 0
-    signal: int = 0
-
-    @property
-    def ended(self) -> bool:
-        return self.state in ENDED_STATES or self.state == UNKNOWN_STATE
-
-    @property
-    def description(self) -> str:
-        """The state with how the task ended, e.g. "FAILED (exit code 1)", "CANCELLED (signal 15)"."""
-        if self.state == UNKNOWN_STATE:
-            return f"{UNKNOWN_STATE} (left the queue unseen: cancelled while pending, or its record expired and the cluster keeps no accounting)"
-        if self.signal:
-            return f"{self.state} (signal {self.signal})"
-        return f"{self.state} (exit code {self.exit_code})"
-
-
-@dataclass
-class SlurmReport:
-    """The outcome of a run on SLURM: whether the tasks are `complete` at the end, how each array
-    task ended, and the failure records the tasks wrote during the run."""
-
-    complete: bool
-    job_id: str
-    array_tasks: list[ArrayTaskState]
-    log_dir: Path
-    failures: list[dict] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def succeeded(self) -> bool:
-        """The tasks are complete and every array task ended COMPLETED."""
-        return self.complete and not self.unsuccessful_tasks
-
-    @property
-    def unsuccessful_tasks(self) -> list[ArrayTaskState]:
-        return [task for task in self.array_tasks if task.state != "COMPLETED"]
-
-    def log_path(self, index: int) -> Path:
-        """The output file of array task `index`."""
-        return self.log_dir / f"{self.job_id}_{index}.out"
-
-
 def run_on_slurm(
     tasks: Sequence[luigi.Task],
+    backend: Slurm,
     *,
     worker_command: Sequence[str],
     work_dir: Path,
     failure_dir: Path,
-    options: SlurmOptions,
+    scheduler_log: Path,
     job_name: str,
     progress: Callable[[], str],
-    scheduler_host: str | None = None,
-    scheduler_port: int = 8082,
-    listen_address: str | None = None,
     poll_interval: float = 5.0,
-) -> SlurmReport:
+) -> RunReport:
     """Build `tasks` with `options.jobs` SLURM array tasks, each running `worker_command` completed
     with `--scheduler-host H --scheduler-port P`, and wait until all of them have ended.
 
-    The workers connect to the luigid at `scheduler_host:scheduler_port`; with no `scheduler_host`,
-    a luigid is started for the run on `listen_address` (default: this host's name), which the
-    compute nodes must reach, and stopped at the end. Progress (`progress()` and the array tasks'
-    states) goes to stderr every `poll_interval` seconds when it changes. Ctrl-C (or any error
-    while waiting) cancels the jobs.
+    The workers connect to the luigid at `backend.scheduler_host:scheduler_port`; with no
+    `scheduler_host`, a luigid is started for the run on `listen_address` (default: this host's
+    name), which the compute nodes must reach, and stopped at the end. Progress (`progress()` and
+    the array tasks' states) goes to stderr every `poll_interval` seconds when it changes. Ctrl-C (or
+    any error while waiting) cancels the jobs.
     """
-    if options.jobs < 1 or options.cpus < 1:
-        raise ValueError(f"--jobs and --cpus must be at least 1, got {options.jobs} and {options.cpus}")
+    options = backend.options
     started = time.time()
     log_dir = work_dir / "logs" / "slurm"
     log_dir.mkdir(parents=True, exist_ok=True)
     luigid_pid = None
+    scheduler_host, scheduler_port = backend.scheduler_host, backend.scheduler_port
     if scheduler_host is None:
-        scheduler_host = listen_address or socket.getfqdn()
+        scheduler_host = backend.listen_address or socket.getfqdn()
         luigid_pid, scheduler_port = _start_run_scheduler(work_dir / "scheduler", scheduler_host)
     else:
-        _check_reachable(scheduler_host, scheduler_port)
+        check_reachable(scheduler_host, scheduler_port)
     try:
         command = [*worker_command, "--scheduler-host", scheduler_host, "--scheduler-port", str(scheduler_port)]
         script = _write_job_script(work_dir / "slurm" / "workers.sbatch", command, options, job_name, log_dir)
@@ -166,13 +97,15 @@ def run_on_slurm(
     finally:
         if luigid_pid is not None:
             stop_luigid(luigid_pid)
-    return SlurmReport(
+    return RunReport(
         complete=all(task.complete() for task in tasks),
+        status="SLURM",
+        scheduler_log=scheduler_log,
+        failures=collect_failures(failure_dir, since=started),
+        seconds=time.time() - started,
         job_id=job_id,
         array_tasks=array_tasks,
         log_dir=log_dir,
-        failures=collect_failures(failure_dir, since=started),
-        seconds=time.time() - started,
     )
 
 
@@ -190,13 +123,6 @@ def _start_run_scheduler(scheduler_dir: Path, host: str) -> tuple[int, int]:
             "nodes reach with --listen-address, or a running scheduler with --scheduler-host"
         ) from None
     return server.pid, port
-
-
-def _check_reachable(host: str, port: int) -> None:
-    try:
-        socket.create_connection((host, port), timeout=10).close()
-    except OSError as error:
-        raise SubmissionError(f"no central scheduler answers on {host}:{port} ({error}); start one (`emflow scheduler start`) or leave out --scheduler-host") from None
 
 
 def _write_job_script(path: Path, command: Sequence[str], options: SlurmOptions, job_name: str, log_dir: Path) -> Path:

@@ -62,7 +62,7 @@ def merge_edges(block_edges: Sequence[np.ndarray]) -> np.ndarray:
 def merge_edge_features(
     number_of_nodes: int,
     edges: np.ndarray,
-    block_results: Iterable[tuple[np.ndarray, np.ndarray]],
+    block_results: Iterable[Sequence[np.ndarray]],
 ) -> np.ndarray:
     """Combine per-block statistics into edge features.
 

@@ -47,8 +47,6 @@ from scipy.sparse.csgraph import connected_components
 
 from .multicut import MulticutProblem, Solver, canonical_labels, multicut_problem
 
-
-
 # --- blocks at coarser scales -------------------------------------------------------------------
 
 

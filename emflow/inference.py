@@ -91,6 +91,36 @@ class PatchGrid:
     def number_of_patches(self) -> int:
         return math.prod(len(self.origins(axis)) for axis in range(3))
 
+    def block_spans(self, blocking) -> np.ndarray:
+        """Per block of `blocking` (an `emflow.blocking.Blocking` of the volume), the box spanned by
+        the patches it owns, clipped to the volume: int64 (number_of_blocks, 2, 3), begin and end;
+        begin = end (the block's corner) where it owns none.
+
+        Which patches a block owns is decided per axis (`patches_of_block`), so the spans are
+        computed per position along each axis and combined, not block by block.
+        """
+        first_block = blocking.block(0)
+        axis_spans = []  # per axis: (begin, end) of the span at each block position along it
+        for axis, (blocks, block_size, size) in enumerate(zip(blocking.blocks_per_axis, blocking.block_shape, self.volume_shape)):
+            spans = []
+            for position in range(blocks):
+                begin, end = list(first_block.begin), list(first_block.end)
+                begin[axis], end[axis] = position * block_size, min((position + 1) * block_size, size)
+                origins = self.patches_of_block(begin, end)[axis]
+                if len(origins) == 0:
+                    spans.append((begin[axis], begin[axis]))
+                else:
+                    spans.append((max(int(origins[0]), 0), min(int(origins[-1]) + self.patch_shape[axis], size)))
+            axis_spans.append(np.asarray(spans, dtype=np.int64))
+        positions = np.stack(np.unravel_index(np.arange(blocking.number_of_blocks), blocking.blocks_per_axis), axis=1)
+        spans = np.stack([axis_spans[axis][positions[:, axis]] for axis in range(3)], axis=2)  # (blocks, 2, 3)
+        # A block that owns no patch along one axis owns none at all: its span is empty on every axis.
+        empty = (spans[:, 0] == spans[:, 1]).any(axis=1)
+        corners = blocking.boxes_with_halo((0, 0, 0))[:, 0]
+        spans[empty, 0] = corners[empty]
+        spans[empty, 1] = corners[empty]
+        return spans
+
 
 def reflect_indices(coordinates: np.ndarray, size: int) -> np.ndarray:
     """Map coordinates outside 0..size-1 into the volume by mirroring without repeating the edge

@@ -80,7 +80,7 @@ class TrainedModel:
         }
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> "TrainedModel":
+    def from_state(cls, state: dict[str, Any]) -> TrainedModel:
         if state.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"unsupported model format version {state.get('format_version')!r} (this emflow reads {FORMAT_VERSION})")
         network = UNet3D(UNetConfig(**state["network_config"]))
@@ -106,7 +106,7 @@ class TrainedModel:
             return probabilities[0]
         return boundaries_from_affinities(probabilities, self.offsets)
 
-    def predictor(self, device: str = "auto", precision: str = "auto") -> "Predictor":
+    def predictor(self, device: str = "auto", precision: str = "auto") -> Predictor:
         return Predictor(self.network, resolve_device(device), precision)
 
 

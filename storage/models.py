@@ -7,16 +7,20 @@ runs no pickled code.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from emflow.errors import ConfigError
 from emflow.model import TrainedModel
+from emflow.unet import UNetConfig
 
 SHIPPED_MODEL_NAME = "flyem_fib_affinities.pt"
 CHECKPOINT_PATTERN = re.compile(r"^iteration_(\d{8})\.pt$")
@@ -106,3 +110,44 @@ def save_checkpoint(folder: str | Path, iteration: int, payload: dict[str, Any],
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """What a scheduling process needs to know of a model file, read without building the network."""
+
+    sha256: str
+    network_config: UNetConfig
+    patch_shape: tuple[int, int, int]
+
+
+def describe_model(path: str | Path) -> ModelDescription:
+    """A model file's description, read once per process while the file stays the same."""
+    return _describe_model(*_file_key(path))
+
+
+def cached_model(path: str | Path) -> TrainedModel:
+    """A model file's model, loaded once per (worker) process while the file stays the same."""
+    return _load_model(*_file_key(path))
+
+
+def _file_key(path: str | Path) -> tuple[str, int, int]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config key predict.model: model file not found: {path}")
+    status = path.stat()
+    return str(path), status.st_mtime_ns, status.st_size
+
+
+@functools.lru_cache(maxsize=4)
+def _describe_model(path: str, modified_ns: int, size: int) -> ModelDescription:
+    state = read_model_state(path)
+    try:
+        return ModelDescription(file_digest(path), UNetConfig(**state["network_config"]), tuple(state["patch_shape"]))
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{path} is not a usable emflow model file: {error}") from error
+
+
+@functools.lru_cache(maxsize=4)
+def _load_model(path: str, modified_ns: int, size: int) -> TrainedModel:
+    return load_model(path)

@@ -16,11 +16,13 @@ from typing import Any
 import numpy as np
 import zarr
 
+from emflow.errors import OutputError
+
 # Marks a zarr group as created by emflow, so that emflow never writes into anyone else's data.
 OWNER_ATTRIBUTE = "emflow"
 
 
-class ForeignOutputError(FileExistsError):
+class ForeignOutputError(OutputError, FileExistsError):
     """The output path holds data that emflow did not create."""
 
 
@@ -91,10 +93,6 @@ def write_global_array(path: str | Path, name: str, data: np.ndarray, attributes
         array[...] = data
     if attributes:
         array.attrs.update(attributes)
-
-
-def read_global_array(path: str | Path, name: str) -> np.ndarray:
-    return np.asarray(output_array(path, name)[...])
 
 
 def output_array(path: str | Path, name: str) -> zarr.Array:

@@ -16,6 +16,8 @@ import tifffile
 import zarr
 from zarr.core.sync import sync
 
+from emflow.errors import InputError, OutputError
+
 ZARR_SUFFIXES = (".zarr",)
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -39,6 +41,25 @@ _NANOMETERS_PER_UNIT = {
 _DEFAULT_CHUNK_VOXELS = 64**3
 # Largest block copied at once by import_volume.
 _COPY_BLOCK_BYTES = 256 * 2**20
+
+class VolumeNotFoundError(InputError, FileNotFoundError):
+    """No volume file or folder at the given path."""
+
+
+class DatasetNotFoundError(InputError, KeyError):
+    """No dataset at the given key of a volume; the message lists what exists there."""
+
+    def __str__(self) -> str:  # KeyError's own quotes the message
+        return str(self.args[0])
+
+
+class UnusableVolumeError(InputError, ValueError):
+    """A path or key that names something emflow cannot read as a volume (format, group, location)."""
+
+
+class ExistingArrayError(OutputError, FileExistsError):
+    """An array emflow would write exists already; it is never overwritten."""
+
 
 _LOCATION_PATTERN = re.compile(
     r"^(?P<path>.+?(?:" + "|".join(re.escape(s) for s in ZARR_SUFFIXES + HDF5_SUFFIXES) + r"))"
@@ -65,7 +86,7 @@ def parse_location(text: str) -> tuple[str, str]:
         if not separator:
             path, key = text, None
     if not key or not key.strip("/"):
-        raise ValueError(
+        raise UnusableVolumeError(
             f"location {text!r} names no dataset: write it as 'volume.zarr:key' or "
             "'volume.h5:group/dataset'"
         )
@@ -137,16 +158,16 @@ def _is_zarr_path(path: Path) -> bool:
 def _check_volume_path(path: Path) -> str:
     """The container format of ``path`` ("zarr" or "hdf5"); raises if unsupported or missing."""
     if path.suffix.lower() in TIFF_SUFFIXES:
-        raise ValueError(
+        raise UnusableVolumeError(
             f"{path}: TIFF files are not opened directly; convert them with import_volume first"
         )
     if not path.exists():
-        raise FileNotFoundError(f"volume file not found: {path}")
+        raise VolumeNotFoundError(f"volume file not found: {path}")
     if path.suffix.lower() in HDF5_SUFFIXES:
         return "hdf5"
     if _is_zarr_path(path):
         return "zarr"
-    raise ValueError(
+    raise UnusableVolumeError(
         f"{path}: unsupported volume format; expected a zarr store "
         f"({', '.join(ZARR_SUFFIXES)}) or an HDF5 file ({', '.join(HDF5_SUFFIXES)})"
     )
@@ -159,10 +180,10 @@ def _walk_to(root, key: str, path: Path, is_group):
     for part in [p for p in key.split("/") if p]:
         level = "/".join(walked) or "/"
         if not is_group(node):
-            raise KeyError(f"key {key!r} not found in {path}: {level!r} is an array, not a group")
+            raise DatasetNotFoundError(f"key {key!r} not found in {path}: {level!r} is an array, not a group")
         if part not in node:
             available = ", ".join(sorted(node.keys())) or "nothing"
-            raise KeyError(
+            raise DatasetNotFoundError(
                 f"key {key!r} not found in {path}: no {part!r} under {level!r}, "
                 f"which contains: {available}"
             )
@@ -182,13 +203,13 @@ def _open_zarr(path: Path, key: str, mode: str):
     try:
         root = zarr.open(store=str(path), mode=mode)
     except (zarr.errors.BaseZarrError, ValueError) as error:  # no metadata, or metadata that is not JSON
-        raise ValueError(f"{path} cannot be opened as a zarr store ({type(error).__name__}: {error}); is it a zarr group or array?") from error
+        raise UnusableVolumeError(f"{path} cannot be opened as a zarr store ({type(error).__name__}: {error}); is it a zarr group or array?") from error
     node = _walk_to(root, key, path, lambda n: isinstance(n, zarr.Group))
     if isinstance(node, zarr.Group):
         multiscales = _ome_multiscales(node.attrs)
         if not multiscales:
             members = ", ".join(sorted(node.keys())) or "nothing"
-            raise ValueError(
+            raise UnusableVolumeError(
                 f"{path}:{key} is a zarr group without OME-Zarr multiscales metadata, not an "
                 f"array; it contains: {members}"
             )
@@ -201,12 +222,12 @@ def _open_hdf5(path: Path, key: str, mode: str) -> HDF5Volume:
     try:
         file = h5py.File(path, mode)
     except OSError as error:  # h5py's error for "not an HDF5 file" and for a damaged superblock
-        raise ValueError(f"{path} cannot be opened as an HDF5 file ({error}); is it damaged or of another format?") from error
+        raise UnusableVolumeError(f"{path} cannot be opened as an HDF5 file ({error}); is it damaged or of another format?") from error
     try:
         node = _walk_to(file, key, path, lambda n: isinstance(n, h5py.Group))
         if not isinstance(node, h5py.Dataset):
             members = ", ".join(sorted(node.keys())) or "nothing"
-            raise ValueError(
+            raise UnusableVolumeError(
                 f"{path}:{key} is an HDF5 group, not a dataset; it contains: {members}"
             )
     except BaseException:
@@ -256,7 +277,7 @@ def opened_volume(path, key: str, mode: str = "r"):
             volume.close()
 
 
-class DamagedDataError(ValueError):
+class DamagedDataError(InputError, ValueError):
     """Stored data of a volume cannot be read or decoded: a truncated, overwritten or missing-codec chunk."""
 
 
@@ -348,7 +369,7 @@ def _nanometers_per(unit: str | None) -> float:
         # OME-Zarr allows axes without unit; emflow's convention is nanometres.
         return 1.0
     if unit not in _NANOMETERS_PER_UNIT:
-        raise ValueError(
+        raise UnusableVolumeError(
             f"unsupported space unit {unit!r}; expected one of {', '.join(_NANOMETERS_PER_UNIT)}"
         )
     return _NANOMETERS_PER_UNIT[unit]
@@ -450,11 +471,11 @@ class _TiffFolder:
             key=_natural_key,
         )
         if not self._paths:
-            raise FileNotFoundError(f"no TIFF files (.tif, .tiff) in folder {path}")
+            raise VolumeNotFoundError(f"no TIFF files (.tif, .tiff) in folder {path}")
         with tifffile.TiffFile(self._paths[0]) as first:
             plane_shape, self.dtype = tuple(first.series[0].shape), first.series[0].dtype
         if len(plane_shape) != 2:
-            raise ValueError(f"{self._paths[0]}: a TIFF folder needs one 2D image per file, got shape {plane_shape}")
+            raise UnusableVolumeError(f"{self._paths[0]}: a TIFF folder needs one 2D image per file, got shape {plane_shape}")
         self.shape = (len(self._paths),) + plane_shape
         self.ndim = 3
 
@@ -463,7 +484,7 @@ class _TiffFolder:
         for path in self._paths[selection[0]]:
             plane = tifffile.imread(path)
             if plane.shape != self.shape[1:] or plane.dtype != self.dtype:
-                raise ValueError(f"{path}: {plane.dtype} image of shape {plane.shape}, expected {self.dtype} {self.shape[1:]} like the first file")
+                raise UnusableVolumeError(f"{path}: {plane.dtype} image of shape {plane.shape}, expected {self.dtype} {self.shape[1:]} like the first file")
             planes.append(plane[tuple(selection[1:])])
         return np.stack(planes)
 
@@ -500,7 +521,7 @@ def _open_destination_group(destination: Path) -> zarr.Group:
     # silently given v3 metadata next to its v2 metadata.
     group = zarr.open_group(str(destination), mode="a")
     if group.metadata.zarr_format != 3:
-        raise ValueError(f"{destination} is a zarr v2 store; import_volume writes zarr v3 only")
+        raise UnusableVolumeError(f"{destination} is a zarr v2 store; import_volume writes zarr v3 only")
     return group
 
 
@@ -518,9 +539,9 @@ def _write_zarr_array(source_volume, destination: Path, key: str, resolution, ch
     if key in group:
         existing = group[key]
         if isinstance(existing, zarr.Group):
-            raise FileExistsError(f"{destination}:{key} already exists and is a group")
+            raise ExistingArrayError(f"{destination}:{key} already exists and is a group")
         if existing.attrs.get(IMPORT_COMPLETE_ATTRIBUTE, False):
-            raise FileExistsError(
+            raise ExistingArrayError(
                 f"{destination}:{key} already exists (a completed import); delete it to "
                 "write it again"
             )
@@ -580,14 +601,14 @@ def import_volume(
     with ExitStack() as stack:
         if source.suffix.lower() in TIFF_SUFFIXES or (source.is_dir() and not _is_zarr_path(source)):
             if source_key is not None:
-                raise ValueError(f"{source} is a TIFF stack; it has no source_key to select")
+                raise UnusableVolumeError(f"{source} is a TIFF stack; it has no source_key to select")
             if not source.exists():
-                raise FileNotFoundError(f"volume file not found: {source}")
+                raise VolumeNotFoundError(f"volume file not found: {source}")
             source_volume = _TiffFolder(source) if source.is_dir() else _TiffStack(source)
             stack.callback(source_volume.close)
         else:
             if source_key is None:
-                raise ValueError(f"source_key is required to import from {source}")
+                raise UnusableVolumeError(f"source_key is required to import from {source}")
             source_volume = open_volume(source, source_key)
             if isinstance(source_volume, HDF5Volume):
                 stack.enter_context(source_volume)
@@ -597,7 +618,7 @@ def import_volume(
         shape = tuple(source_volume.shape)
         for name, value in (("chunks", chunks), ("resolution", resolution)):
             if value is not None and len(value) != len(shape):
-                raise ValueError(
+                raise UnusableVolumeError(
                     f"{name} {tuple(value)} has {len(value)} values for a "
                     f"{len(shape)}-dimensional volume of shape {shape}"
                 )
@@ -663,7 +684,7 @@ def write_ome_zarr_metadata(
     if len(scale) != 3 or min(scale) <= 0:
         raise ValueError(f"resolution must be three positive numbers (z, y, x), got {resolution}")
     if dataset_path not in group:
-        raise KeyError(f"no dataset {dataset_path!r} in group {group.path or '/'!r}")
+        raise DatasetNotFoundError(f"no dataset {dataset_path!r} in group {group.path or '/'!r}")
     dataset = group[dataset_path]
     if not isinstance(dataset, zarr.Array) or dataset.ndim != 3:
         raise ValueError(f"{dataset_path!r} must be a 3D (z, y, x) array")

@@ -71,7 +71,7 @@ class BlockJournal:
             os.close(self._descriptor)
             self._descriptor = None
 
-    def __enter__(self) -> "BlockJournal":
+    def __enter__(self) -> BlockJournal:
         return self
 
     def __exit__(self, *exception) -> None:

@@ -1,173 +1,160 @@
-"""Stage 5a, with `[multicut] n_scales` > 0: the hierarchical multicut of Pape et al. (2017).
+"""The hierarchical multicut of Pape et al. (2017), with `[multicut] n_scales` > 0, as stages.
 
-For each scale s = 0 .. n_scales - 1, `MulticutProblem(s)` holds the problem at scale s with the
-edges inside each block (2**s base blocks per axis) grouped by block; `SubproblemBlock(s)` solves
-one block's sub-problem and keeps the ids of the edges it cuts; `MulticutProblem(s + 1)` contracts
-every inner edge no sub-problem cut. `Multicut` then solves the last, small problem and maps its
-labels back (see `emflow.hierarchical_multicut`, whose in-memory `hierarchical_multicut` this
-reproduces exactly).
+For each scale s = 0 .. n_scales - 1, `multicut_problem_s<s>` holds the problem at scale s with the
+edges inside each block (2**s base blocks per axis) grouped by block; `subproblems_s<s>` solves one
+block's sub-problem per task and keeps the ids of the edges it cuts; `multicut_problem_s<s+1>`
+contracts every inner edge no sub-problem cut (`emflow.hierarchical_multicut.next_scale`). The
+multicut stage then solves the last, small problem and maps its labels back. These are the steps of
+the in-memory `emflow.hierarchical_multicut.hierarchical_multicut`, which they reproduce exactly;
+plain and lifted problems take the same path.
 
 A block task memory-maps its problem and reads only its own block's rows, so its memory depends on
-the block, not on the volume; the global tasks hold O(edges). With lifted edges (`[input]
-lifted_labels_key`), a sub-problem keeps the lifted edges with both nodes inside its block, and the
-reduction sums the lifted costs between contracted nodes like the local ones.
+the block, not on the volume; the global tasks hold O(edges).
 """
 
 from __future__ import annotations
 
-import logging
 import math
 
-import luigi
 import numpy as np
 
+from emflow.blocking import Blocking
 from emflow.hierarchical_multicut import (
     Subproblem,
-    coarse_block_ids,
     coarse_blocks_per_axis,
+    decompose,
     first_block_of_nodes,
-    inner_edge_ids_by_block,
+    next_scale,
     node_block_ids_from_counts,
-    reduce_problem,
     solve_subproblem,
 )
-from emflow.multicut import multicut_problem, multicut_solver
-from emflow.storage.output import output_array, read_global_array
-from emflow.targets import atomic_save_npy, atomic_save_npz
+from emflow.multicut import MulticutProblem, multicut_problem, multicut_solver
 
-from .base import BlockTask, GlobalTask, stage_task
-from .context import RunContext
-from .edge_costs import EdgeCosts
-from .lifted_edges import LiftedEdges, lifted
-from .supervoxels import SupervoxelBlock, SupervoxelIds, given_supervoxels
+from .context import BlockContext, GlobalContext, Run
+from .spec import Read, StageSpec, Write
 
 
-def problem_array(context: RunContext, scale: int, name: str, *, mmap: bool = False) -> np.ndarray:
-    """One array of the problem at `scale`, memory-mapped with `mmap` (for reading a block's rows)."""
-    return context.read_global_array(f"multicut_problem_s{scale}", name, mmap=mmap)
+def problem_stage(scale: int) -> str:
+    return f"multicut_problem_s{scale}"
 
 
-def number_of_blocks_at_scale(context: RunContext, scale: int) -> int:
-    return math.prod(coarse_blocks_per_axis(context.blocking.blocks_per_axis, scale))
+def subproblem_stage(scale: int) -> str:
+    return f"subproblems_s{scale}"
 
 
-class MulticutProblem(GlobalTask):
-    """The multicut problem at one scale, its inner edges grouped by block."""
+def load_problem(stage: GlobalContext, scale: int) -> MulticutProblem:
+    """The (reduced) problem of scale `scale` from its stage's bundle."""
+    name = problem_stage(scale)
+    arrays = [stage.read_bundle(name, field) for field in ("edges", "edge_costs")]
+    if stage.config.lifted_multicut:
+        arrays += [stage.read_bundle(name, field) for field in ("lifted_edges", "lifted_costs")]
+    return multicut_problem(len(stage.read_bundle(name, "node_block_ids")), *arrays)
 
-    scale = luigi.IntParameter()
 
-    @property
-    def stage(self) -> str:
-        return f"multicut_problem_s{self.scale}"
+def graph_problem(stage: GlobalContext) -> MulticutProblem:
+    """The multicut problem of the region graph: local edges and costs, and lifted ones for a lifted run."""
+    edges = stage.read_table("graph/edges")
+    number_of_nodes = int(stage.table_attributes("graph/edges")["number_of_nodes"])
+    lifted = [stage.read_bundle("lifted_edges", field) for field in ("lifted_edges", "lifted_costs")] if stage.config.lifted_multicut else []
+    return multicut_problem(number_of_nodes, edges, stage.read_table("graph/edge_costs"), *lifted)
 
-    def upstream_stages(self) -> list[luigi.Task]:
-        if self.scale == 0:
-            stages = [stage_task(EdgeCosts, self.config_path), stage_task(SupervoxelIds, self.config_path)]
-            return stages + ([stage_task(LiftedEdges, self.config_path)] if lifted(self.context) else [])
-        return [
-            stage_task(MulticutProblem, self.config_path, scale=self.scale - 1),
-            stage_task(SubproblemBlock, self.config_path, scale=self.scale - 1),
-        ]
 
-    def run_stage(self, logger: logging.Logger) -> dict:
-        context = self.context
-        arrays = {}
-        if self.scale == 0:
-            edges_array = output_array(context.output_path, "graph/edges")
-            number_of_nodes = int(edges_array.attrs["number_of_nodes"])
-            edges = np.asarray(edges_array[...])
-            edge_costs = read_global_array(context.output_path, "graph/edge_costs")
-            node_block_ids = self._base_node_block_ids(number_of_nodes)
-            if lifted(context):
-                lifted_edges = context.read_global_array(LiftedEdges.stage, "lifted_edges")
-                lifted_costs = context.read_global_array(LiftedEdges.stage, "lifted_costs")
+def _base_node_block_ids(stage: GlobalContext, number_of_nodes: int, given_supervoxels: bool) -> np.ndarray:
+    if not given_supervoxels:
+        results = stage.results("supervoxels")
+        return node_block_ids_from_counts([results[block_id]["number_of_supervoxels"] for block_id in sorted(results)])
+    # Given supervoxels may span blocks: each belongs to the first block that holds it.
+    global_ids = stage.read_bundle("supervoxel_ids", "ids")
+    return first_block_of_nodes(number_of_nodes, (np.searchsorted(global_ids, ids) + 1 for (ids,) in stage.partials("supervoxels", "ids")))
+
+
+def _problem(scale: int, given_supervoxels: bool):
+    def run(stage: GlobalContext) -> dict:
+        grid = stage.geometry.blocking.blocks_per_axis
+        arrays: dict[str, np.ndarray] = {}
+        if scale == 0:
+            problem = graph_problem(stage)
+            node_block_ids = _base_node_block_ids(stage, problem.number_of_nodes, given_supervoxels)
         else:
-            previous = self.scale - 1
-            cut_edge_ids = np.concatenate(
-                [context.read_partial(f"subproblems_s{previous}", block_id, "cut_edge_ids") for block_id in range(number_of_blocks_at_scale(context, previous))]
-            )
-            problem = [problem_array(context, previous, name) for name in ("edges", "edge_costs")]
-            previous_block_ids = problem_array(context, previous, "node_block_ids")
-            if lifted(context):
-                problem += [problem_array(context, previous, name) for name in ("lifted_edges", "lifted_costs")]
-            reduced = reduce_problem(multicut_problem(len(previous_block_ids), *problem), cut_edge_ids, previous_block_ids)
-            number_of_nodes, edges, edge_costs = reduced.problem.number_of_nodes, reduced.problem.edges, reduced.problem.edge_costs
-            lifted_edges, lifted_costs = reduced.problem.lifted_edges, reduced.problem.lifted_costs
-            node_block_ids = coarse_block_ids(reduced.node_block_ids, coarse_blocks_per_axis(context.blocking.blocks_per_axis, previous), 1)
-            arrays["node_mapping"] = reduced.node_mapping
-        number_of_blocks = number_of_blocks_at_scale(context, self.scale)
-        inner_edge_ids, block_offsets = inner_edge_ids_by_block(edges, node_block_ids, number_of_blocks)
-        if lifted(context):
-            inner_lifted_edge_ids, lifted_block_offsets = inner_edge_ids_by_block(lifted_edges, node_block_ids, number_of_blocks)
+            previous = load_problem(stage, scale - 1)
+            cut_edge_ids = np.concatenate([cut for (cut,) in stage.partials(subproblem_stage(scale - 1), "cut_edge_ids")])
+            previous_block_ids = stage.read_bundle(problem_stage(scale - 1), "node_block_ids")
+            problem, arrays["node_mapping"], node_block_ids = next_scale(previous, cut_edge_ids, previous_block_ids, grid, scale - 1)
+        decomposition = decompose(problem, node_block_ids, math.prod(coarse_blocks_per_axis(grid, scale)))
+        if problem.lifted_edges is not None and problem.lifted_costs is not None:
+            assert decomposition.lifted_edge_ids is not None and decomposition.lifted_offsets is not None
             arrays.update(
-                lifted_edges=lifted_edges,
-                lifted_costs=lifted_costs,
-                lifted_block_offsets=lifted_block_offsets,
-                inner_lifted_edges=lifted_edges[inner_lifted_edge_ids],
-                inner_lifted_costs=lifted_costs[inner_lifted_edge_ids],
+                lifted_edges=problem.lifted_edges,
+                lifted_costs=problem.lifted_costs,
+                lifted_block_offsets=decomposition.lifted_offsets,
+                # Each block's rows side by side, so that a block task reads one contiguous slice.
+                inner_lifted_edges=problem.lifted_edges[decomposition.lifted_edge_ids],
+                inner_lifted_costs=problem.lifted_costs[decomposition.lifted_edge_ids],
             )
         arrays.update(
-            edges=edges,
-            edge_costs=edge_costs,
+            edges=problem.edges,
+            edge_costs=problem.edge_costs,
             node_block_ids=node_block_ids,
-            inner_edge_ids=inner_edge_ids,
-            block_offsets=block_offsets,
-            # Each block's rows side by side, so that a block task reads one contiguous slice.
-            inner_edges=edges[inner_edge_ids],
-            inner_edge_costs=edge_costs[inner_edge_ids],
+            inner_edge_ids=decomposition.edge_ids,
+            block_offsets=decomposition.offsets,
+            inner_edges=problem.edges[decomposition.edge_ids],
+            inner_edge_costs=problem.edge_costs[decomposition.edge_ids],
         )
-        for name, array in arrays.items():
-            atomic_save_npy(context.global_array_path(self.stage, name), array)
-        logger.info("scale %d: %d nodes, %d edges, %d of them inside blocks", self.scale, number_of_nodes, len(edges), len(inner_edge_ids))
-        return {"number_of_nodes": int(number_of_nodes), "number_of_edges": int(len(edges)), "inner_edges": int(len(inner_edge_ids))}
+        stage.save_bundle(**arrays)
+        stage.log.info("scale %d: %d nodes, %d edges, %d of them inside blocks", scale, problem.number_of_nodes, len(problem.edges), len(decomposition.edge_ids))
+        return {"number_of_nodes": int(problem.number_of_nodes), "number_of_edges": int(len(problem.edges)), "inner_edges": int(len(decomposition.edge_ids))}
 
-    def _base_node_block_ids(self, number_of_nodes: int) -> np.ndarray:
-        context = self.context
-        if not given_supervoxels(context):
-            results = stage_task(SupervoxelBlock, self.config_path).block_results()
-            return node_block_ids_from_counts([results[block_id]["number_of_supervoxels"] for block_id in sorted(results)])
-        global_ids = context.read_global_array(SupervoxelIds.stage, "ids")
-        nodes_by_block = (
-            np.searchsorted(global_ids, context.read_partial(SupervoxelBlock.stage, block_id, "ids")) + 1
-            for block_id in range(context.blocking.number_of_blocks)
-        )
-        return first_block_of_nodes(number_of_nodes, nodes_by_block)
+    return run
 
 
-class SubproblemBlock(BlockTask):
-    """The multicut of the edges inside one block at one scale: which of them to cut."""
+def _subproblem(scale: int):
+    def run(block: BlockContext) -> dict:
+        name = problem_stage(scale)
 
-    scale = luigi.IntParameter()
+        def rows(offsets_field: str, *fields: str) -> list[np.ndarray]:
+            offsets = block.read_bundle(name, offsets_field, mmap=True)
+            selection = slice(int(offsets[block.block_id]), int(offsets[block.block_id + 1]))
+            return [np.asarray(block.read_bundle(name, field, mmap=True)[selection]) for field in fields]
 
-    @property
-    def stage(self) -> str:
-        return f"subproblems_s{self.scale}"
-
-    @classmethod
-    def stage_parameters(cls, context: RunContext) -> dict:
-        return {"solver": context.config["multicut"]["solver"], "seed": context.config["multicut"]["seed"]}
-
-    def upstream_stages(self) -> list[luigi.Task]:
-        return [stage_task(MulticutProblem, self.config_path, scale=self.scale)]
-
-    def number_of_blocks(self, context: RunContext) -> int:
-        return number_of_blocks_at_scale(context, self.scale)
-
-    def run_stage(self, logger: logging.Logger) -> dict:
-        context = self.context
-        block_offsets = problem_array(context, self.scale, "block_offsets", mmap=True)
-        rows = slice(int(block_offsets[self.block_id]), int(block_offsets[self.block_id + 1]))
-        edges = np.asarray(problem_array(context, self.scale, "inner_edges", mmap=True)[rows])
-        edge_costs = np.asarray(problem_array(context, self.scale, "inner_edge_costs", mmap=True)[rows])
-        edge_ids = np.asarray(problem_array(context, self.scale, "inner_edge_ids", mmap=True)[rows])
-        section = context.config["multicut"]
-        subproblem = Subproblem(edges, edge_costs)
-        if lifted(context):
-            offsets = problem_array(context, self.scale, "lifted_block_offsets", mmap=True)
-            lifted_rows = slice(int(offsets[self.block_id]), int(offsets[self.block_id + 1]))
-            lifted_edges = np.asarray(problem_array(context, self.scale, "inner_lifted_edges", mmap=True)[lifted_rows])
-            lifted_costs = np.asarray(problem_array(context, self.scale, "inner_lifted_costs", mmap=True)[lifted_rows])
-            subproblem = Subproblem(edges, edge_costs, lifted_edges, lifted_costs)
-        cut = solve_subproblem(subproblem, multicut_solver(section["solver"], seed=section["seed"]))
-        atomic_save_npz(context.partial_path(self.stage, self.block_id), cut_edge_ids=edge_ids[cut])
+        edges, edge_costs, edge_ids = rows("block_offsets", "inner_edges", "inner_edge_costs", "inner_edge_ids")
+        lifted = rows("lifted_block_offsets", "inner_lifted_edges", "inner_lifted_costs") if block.config.lifted_multicut else []
+        section = block.config.multicut
+        cut = solve_subproblem(Subproblem(edges, edge_costs, *lifted), multicut_solver(section.solver, seed=section.seed))
+        block.save_partial(cut_edge_ids=edge_ids[cut])
         return {"inner_edges": int(len(edges)), "cut_edges": int(len(cut))}
+
+    return run
+
+
+def _scale_blocking(scale: int):
+    def blocking(run: Run) -> Blocking:
+        base = run.geometry.blocking
+        return Blocking(base.shape, tuple(min(size * 2**scale, extent) for size, extent in zip(base.block_shape, base.shape)))
+
+    return blocking
+
+
+def hierarchical_stages(n_scales: int, *, lifted: bool, given_supervoxels: bool) -> list[StageSpec]:
+    """The problem and sub-problem stages of scales 0 .. n_scales - 1, and the problem of scale n_scales."""
+    stages = []
+    for scale in range(n_scales + 1):
+        if scale == 0:
+            reads = [Read.table("graph/edges"), Read.table("graph/edge_costs")]
+            reads += [Read.bundle("lifted_edges")] if lifted else []
+            reads += [Read.partials("supervoxels"), Read.bundle("supervoxel_ids")] if given_supervoxels else [Read.results("supervoxels")]
+        else:
+            reads = [Read.bundle(problem_stage(scale - 1)), Read.partials(subproblem_stage(scale - 1))]
+        stages.append(StageSpec(name=problem_stage(scale), blockwise=False, reads=tuple(reads), writes=(Write.bundle(),), run=_problem(scale, given_supervoxels)))
+        if scale < n_scales:
+            stages.append(
+                StageSpec(
+                    name=subproblem_stage(scale),
+                    blockwise=True,
+                    reads=(Read.bundle(problem_stage(scale)),),
+                    writes=(Write.partials(None),),
+                    config=("multicut.solver", "multicut.seed"),
+                    blocking=_scale_blocking(scale),
+                    run=_subproblem(scale),
+                )
+            )
+    return stages

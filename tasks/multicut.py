@@ -1,68 +1,59 @@
-"""Stage 5: the global multicut, giving each supervoxel (graph node) its segment id."""
+"""The multicut: each supervoxel (graph node) gets its segment id.
+
+With `[multicut] n_scales` > 0 it solves the problem the hierarchy reduced the graph to
+(`emflow.tasks.hierarchical_multicut`) and maps the labels back; plain and lifted problems alike.
+"""
 
 from __future__ import annotations
 
-import logging
-
-import luigi
 import numpy as np
 
-from emflow.config import function_parameters, resolve_function
+from emflow.config import resolve_function
 from emflow.hierarchical_multicut import project_node_labels
-from emflow.multicut import multicut_problem, multicut_solver, plugin_solver
-from emflow.storage.output import output_array, read_global_array, write_global_array
-from emflow.targets import atomic_save_npy
+from emflow.multicut import Solver, multicut_solver, plugin_solver
 
-from .base import GlobalTask, stage_task
-from .context import RunContext
-from .edge_costs import EdgeCosts
-from .hierarchical_multicut import MulticutProblem, problem_array
-from .lifted_edges import LiftedEdges, lifted
+from .context import GlobalContext
+from .hierarchical_multicut import graph_problem, load_problem, problem_stage
+from .spec import Read, StageSpec, Write
 
 
-class Multicut(GlobalTask):
-    """The multicut of the whole graph; with `n_scales` > 0, of the problem the hierarchy reduced it to."""
+def solver(config) -> Solver:
+    """The configured solver: a built-in one, or the `[multicut] function` plugin."""
+    section = config.multicut
+    if not section.uses_plugin:
+        return multicut_solver(section.solver, seed=section.seed)
+    return plugin_solver(resolve_function(section.function, "multicut.function"), section.parameters(), section.function)
 
-    stage = "multicut"
 
-    @classmethod
-    def stage_parameters(cls, context: RunContext) -> dict:
-        return {key: value for key, value in context.config["multicut"].items() if key != "beta"}
+def _multicut(stage: GlobalContext) -> dict:
+    n_scales = stage.config.multicut.n_scales
+    problem = graph_problem(stage)
+    if n_scales:
+        # The problem the hierarchy reduced the graph to, solved here and mapped back.
+        reduced = load_problem(stage, n_scales)
+        stage.log.info("solving the problem reduced to %d nodes, %d edges", reduced.number_of_nodes, len(reduced.edges))
+        mappings = [stage.read_bundle(problem_stage(scale), "node_mapping") for scale in range(1, n_scales + 1)]
+        node_labels = project_node_labels(solver(stage.config)(reduced), mappings)
+    else:
+        node_labels = solver(stage.config)(problem)
+    energy = problem.energy(node_labels)
+    stage.write_table("graph/node_labels", node_labels, {"energy": energy})
+    stage.save_bundle(node_labels=node_labels)
+    number_of_segments = int(np.unique(node_labels[1:]).size)
+    stage.log.info("%d segments, energy %.6g", number_of_segments, energy)
+    return {"number_of_segments": number_of_segments, "energy": energy}
 
-    def upstream_stages(self) -> list[luigi.Task]:
-        n_scales = self.context.config["multicut"]["n_scales"]
-        if n_scales:
-            return [stage_task(MulticutProblem, self.config_path, scale=n_scales)]
-        return [stage_task(EdgeCosts, self.config_path)] + ([stage_task(LiftedEdges, self.config_path)] if lifted(self.context) else [])
 
-    def run_stage(self, logger: logging.Logger) -> dict:
-        context = self.context
-        n_scales = context.config["multicut"]["n_scales"]
-        edges_array = output_array(context.output_path, "graph/edges")
-        edges = np.asarray(edges_array[...])
-        edge_costs = read_global_array(context.output_path, "graph/edge_costs")
-        lifted_problem = [context.read_global_array(LiftedEdges.stage, name) for name in ("lifted_edges", "lifted_costs")] if lifted(context) else []
-        if n_scales:
-            # The problem the hierarchy reduced the graph to, solved here and mapped back below.
-            number_of_nodes = len(problem_array(context, n_scales, "node_block_ids"))
-            names = ("edges", "edge_costs", "lifted_edges", "lifted_costs")[: 4 if lifted_problem else 2]
-            problem = [problem_array(context, n_scales, name) for name in names]
-            logger.info("solving the problem reduced to %d nodes, %d edges", number_of_nodes, len(problem[0]))
-        else:
-            number_of_nodes, problem = int(edges_array.attrs["number_of_nodes"]), [edges, edge_costs, *lifted_problem]
-        node_labels = self._solver()(multicut_problem(number_of_nodes, *problem))
-        if n_scales:
-            node_labels = project_node_labels(node_labels, [problem_array(context, scale, "node_mapping") for scale in range(1, n_scales + 1)])
-        energy = multicut_problem(len(node_labels), edges, edge_costs, *lifted_problem).energy(node_labels)
-        write_global_array(context.output_path, "graph/node_labels", node_labels, {"energy": energy})
-        atomic_save_npy(context.global_array_path(self.stage, "node_labels"), node_labels)
-        number_of_segments = int(np.unique(node_labels[1:]).size)
-        logger.info("%d segments, energy %.6g", number_of_segments, energy)
-        return {"number_of_segments": number_of_segments, "energy": energy}
-
-    def _solver(self):
-        section = self.context.config["multicut"]
-        if section["function"] == "emflow.multicut:solve_multicut":
-            return multicut_solver(section["solver"], seed=section["seed"])
-        function = resolve_function(section["function"], "multicut.function")
-        return plugin_solver(function, function_parameters(self.context.config, "multicut"), section["function"])
+def multicut_stage(n_scales: int, *, lifted: bool) -> StageSpec:
+    """The global multicut, of the graph or (n_scales > 0) of the problem reduced to the last scale."""
+    reads = [Read.table("graph/edges"), Read.table("graph/edge_costs")]
+    reads += [Read.bundle("lifted_edges")] if lifted else []
+    reads += [Read.bundle(problem_stage(scale)) for scale in range(1, n_scales + 1)]
+    return StageSpec(
+        name="multicut",
+        blockwise=False,
+        reads=tuple(reads),
+        writes=(Write.table("graph/node_labels"), Write.bundle()),
+        config=("multicut",),
+        run=_multicut,
+    )

@@ -1,180 +1,171 @@
-"""Stage 1: supervoxels with ids unique across the volume.
+"""Supervoxels with ids unique across the volume: watershed per block, global id ranges, final ids.
 
-Three tasks: per block, the watershed (or the given supervoxels) inside the block; globally, the id
-ranges of all blocks; per block, the final ids written to `supervoxels`. Supervoxels never cross a
-block face: the halo gives the watershed context, but only the block's own box is kept.
+Three stages: per block, the watershed inside the block (or the ids of the given supervoxels);
+globally, where each block's ids go; per block, the final ids written to `supervoxels`. Watershed
+supervoxels never cross a block face: the halo gives the watershed context, but only the block's
+own box is kept.
 """
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
-from emflow.config import function_parameters, resolve_function
+from emflow.config import resolve_function
+from emflow.errors import InputError
 from emflow.labels import block_offsets, map_labels, relabel_consecutive
-from emflow.storage.output import output_array
+from emflow.storage.store import describe_box
 from emflow.supervoxels import use_two_d
-from emflow.targets import atomic_save_npy, atomic_save_npz
 
-from .base import BlockTask, GlobalTask, stage_task
-from .context import InputError, RunContext
-from .predict import BlendBlock
-from .prepare import PrepareOutput
+from .context import BlockContext, GlobalContext
+from .spec import BOX, CONFIGURED_HALO, Read, StageSpec, Write
 
-
-def given_supervoxels(context: RunContext) -> bool:
-    return bool(context.config["input"]["supervoxels_key"])
+# The input role "supervoxels" is stored under this name: `supervoxels` is the output volume.
+GIVEN = "given_supervoxels"
 
 
-def _masked_input_supervoxels(context: RunContext, box) -> np.ndarray:
-    labels = context.read_input("supervoxels", box)
-    if np.issubdtype(labels.dtype, np.signedinteger) and labels.size and labels.min() < 0:
-        raise ValueError(f"supervoxels dataset holds negative ids in {box}")
-    labels = labels.astype(np.uint64, copy=False)
-    mask = context.read_mask(box)
+def _watershed(block: BlockContext) -> dict:
+    section = block.config.supervoxels
+    resolution = block.geometry.resolution
+    two_d = use_two_d(resolution, section.anisotropy_threshold) if section.dimensionality == "auto" else section.dimensionality == "2d"
+    function = resolve_function(section.function, "supervoxels.function")
+    boundaries, mask = block.read("boundaries"), block.read_optional("mask")
+    inner = block.inner("boundaries").slicing
+    labels = np.asarray(function(boundaries, resolution=resolution, two_d=two_d, mask=None if mask is None else mask.astype(bool), **section.parameters()))
+    if labels.shape != boundaries.shape or not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError(f"{section.function} returned {labels.dtype} labels of shape {labels.shape}; expected integer labels of shape {boundaries.shape}")
+    labels = labels[inner]
     if mask is not None:
-        labels = np.where(mask, labels, np.uint64(0))
-    return labels
+        labels = np.where(mask[inner], labels, 0)
+    labels, number_of_supervoxels = relabel_consecutive(labels)
+    block.write("supervoxels_block_local", labels)
+    block.log.info("%d supervoxels (%s)", number_of_supervoxels, "2D per slice" if two_d else "3D")
+    # The range of the block's boundary values lets `supervoxel_ids` refuse a constant volume
+    # without reading it again.
+    inner_boundaries = boundaries[inner]
+    return {"number_of_supervoxels": int(number_of_supervoxels), "boundary_range": [float(inner_boundaries.min()), float(inner_boundaries.max())]}
 
 
-class SupervoxelBlock(BlockTask):
-    stage = "supervoxels"
-    upstream = (PrepareOutput,)
-
-    def upstream_stages(self) -> list:
-        # A predicted boundary map is read by this stage and, through it, by every later one.
-        if self.context.predicting:
-            return [stage_task(PrepareOutput, self.config_path), stage_task(BlendBlock, self.config_path)]
-        return super().upstream_stages()
-
-    @classmethod
-    def stage_parameters(cls, context: RunContext) -> dict:
-        if given_supervoxels(context):
-            return {"given": context.inputs["supervoxels"]}
-        return {"supervoxels": context.config["supervoxels"], "halo": context.config["blocking"]["halo"]}
-
-    @classmethod
-    def input_roles(cls, context: RunContext) -> tuple[str, ...]:
-        return ("supervoxels", "mask") if given_supervoxels(context) else ("boundaries", "mask")
-
-    @classmethod
-    def linked_upstream(cls, context: RunContext) -> tuple[type[BlockTask], ...]:
-        return (BlendBlock,) if context.predicting and not given_supervoxels(context) else ()
-
-    @classmethod
-    def upstream_blocks(cls, context: RunContext, block_id: int, upstream: type[BlockTask]) -> list[int]:
-        """The blocks whose predicted boundaries fall in this block's box plus halo."""
-        begin, end = cls.input_regions(context)[block_id]
-        return context.blocking.blocks_intersecting(begin, end)
-
-    @classmethod
-    def input_regions(cls, context: RunContext) -> np.ndarray:
-        return context.blocking.boxes_with_halo((0, 0, 0) if given_supervoxels(context) else context.config["blocking"]["halo"])
-
-    def run_stage(self, logger: logging.Logger) -> dict:
-        context = self.context
-        inner = context.blocking.block(self.block_id)
-        if given_supervoxels(context):
-            ids = np.unique(_masked_input_supervoxels(context, inner))
-            ids = ids[ids != 0]
-            atomic_save_npz(context.partial_path(self.stage, self.block_id), ids=ids)
-            return {"number_of_supervoxels": int(ids.size)}
-
-        section = context.config["supervoxels"]
-        outer, inner_local = context.blocking.block_with_halo(self.block_id, tuple(context.config["blocking"]["halo"]))
-        resolution = tuple(context.config["input"]["resolution"])
-        if section["dimensionality"] == "auto":
-            two_d = use_two_d(resolution, section["anisotropy_threshold"])
-        else:
-            two_d = section["dimensionality"] == "2d"
-        function = resolve_function(section["function"], "supervoxels.function")
-        mask = context.read_mask(outer)
-        boundaries = context.read_boundaries(outer)
-        inner_boundaries = boundaries[inner_local.slicing]
-        labels = function(
-            boundaries,
-            resolution=resolution,
-            two_d=two_d,
-            mask=mask,
-            **function_parameters(context.config, "supervoxels"),
-        )
-        labels = np.asarray(labels)
-        if labels.shape != outer.shape or not np.issubdtype(labels.dtype, np.integer):
-            raise TypeError(
-                f"{section['function']} returned {labels.dtype} labels of shape {labels.shape}; "
-                f"expected integer labels of shape {outer.shape}"
-            )
-        labels = labels[inner_local.slicing]
-        if mask is not None:
-            labels = np.where(mask[inner_local.slicing], labels, 0)
-        labels, number_of_supervoxels = relabel_consecutive(labels)
-        output_array(context.output_path, "supervoxels_block_local")[inner.slicing] = labels
-        logger.info("%d supervoxels (%s)", number_of_supervoxels, "2D per slice" if two_d else "3D")
-        # The range of the block's boundary values lets `supervoxel_ids` refuse a constant volume
-        # without reading it again.
-        return {
-            "number_of_supervoxels": int(number_of_supervoxels),
-            "boundary_range": [float(inner_boundaries.min()), float(inner_boundaries.max())],
-        }
+WATERSHED = StageSpec(
+    name="supervoxels",
+    blockwise=True,
+    reads=(Read.array("boundaries", CONFIGURED_HALO), Read.array("mask", CONFIGURED_HALO, optional=True)),
+    writes=(Write.array("supervoxels_block_local"),),
+    config=("supervoxels",),
+    run=_watershed,
+)
 
 
-def refuse_constant_boundaries(context: RunContext, block_ranges: list[list[float] | None]) -> None:
+def refuse_constant_boundaries(stage: GlobalContext, block_ranges: list[list[float] | None]) -> None:
     """Raise InputError when every block's boundary values are one and the same value.
 
     A constant boundary map holds no membrane to cut along; it is also what a raw volume that was
-    never filled in gives. `block_ranges`: each block's [min, max] (None for a record written
-    before blocks noted their range, which then proves nothing).
+    never filled in gives. `block_ranges`: each block's [min, max].
     """
-    if not block_ranges or any(block_range is None for block_range in block_ranges):
-        return
-    values = {value for block_range in block_ranges for value in block_range}
-    if len(values) == 1:
-        what = "the predicted boundary map (output array boundaries)" if context.predicting else f"boundary map {context.input_location('boundaries')}"
+    values = {value for block_range in block_ranges if block_range is not None for value in block_range}
+    if block_ranges and len(values) == 1:
+        run = stage.run
+        what = "the predicted boundary map (output array boundaries)" if "boundaries" not in run.inputs else f"boundary map {run.inputs['boundaries'].location}"
         raise InputError(f"{what} is constant: every voxel is {values.pop()}, so there is nothing to segment; check the input data")
 
 
-class SupervoxelIds(GlobalTask):
-    """Where each block's supervoxels go in the global id range 1..number_of_supervoxels."""
-
-    stage = "supervoxel_ids"
-    upstream = (SupervoxelBlock,)
-
-    def run_stage(self, logger: logging.Logger) -> dict:
-        context = self.context
-        blocks = range(context.blocking.number_of_blocks)
-        if given_supervoxels(context):
-            ids = np.unique(np.concatenate([context.read_partial(SupervoxelBlock.stage, block_id, "ids") for block_id in blocks]))
-            atomic_save_npy(context.global_array_path(self.stage, "ids"), ids.astype(np.uint64))
-            number_of_supervoxels = int(ids.size)
-        else:
-            results = stage_task(SupervoxelBlock, self.config_path).block_results()
-            refuse_constant_boundaries(context, [results[block_id].get("boundary_range") for block_id in blocks])
-            counts = [results[block_id]["number_of_supervoxels"] for block_id in blocks]
-            offsets = block_offsets(np.asarray(counts, dtype=np.uint64))
-            atomic_save_npy(context.global_array_path(self.stage, "offsets"), offsets)
-            number_of_supervoxels = int(sum(counts))
-        logger.info("%d supervoxels in %d blocks", number_of_supervoxels, len(blocks))
-        return {"number_of_supervoxels": number_of_supervoxels}
+def _supervoxel_offsets(stage: GlobalContext) -> dict:
+    results = stage.results("supervoxels")
+    blocks = range(len(results))
+    refuse_constant_boundaries(stage, [results[block_id].get("boundary_range") for block_id in blocks])
+    counts = [results[block_id]["number_of_supervoxels"] for block_id in blocks]
+    stage.save_bundle(offsets=block_offsets(np.asarray(counts, dtype=np.uint64)))
+    stage.log.info("%d supervoxels in %d blocks", sum(counts), len(counts))
+    return {"number_of_supervoxels": int(sum(counts))}
 
 
-class RelabelSupervoxelBlock(BlockTask):
-    stage = "relabel_supervoxels"
-    upstream = (SupervoxelIds,)
+SUPERVOXEL_OFFSETS = StageSpec(
+    name="supervoxel_ids",
+    blockwise=False,
+    reads=(Read.results("supervoxels"),),
+    writes=(Write.bundle(),),
+    run=_supervoxel_offsets,
+    description="where each block's supervoxels go in the global id range 1..number_of_supervoxels",
+)
 
-    def run_stage(self, logger: logging.Logger) -> dict:
-        context = self.context
-        inner = context.blocking.block(self.block_id)
-        if given_supervoxels(context):
-            given = _masked_input_supervoxels(context, inner)
-            block_ids = np.unique(given)
-            block_ids = block_ids[block_ids != 0]
-            # Only this block's ids are looked up in the memory-mapped global list.
-            global_ids = context.read_global_array(SupervoxelIds.stage, "ids", mmap=True)
-            labels = map_labels(given, block_ids, (np.searchsorted(global_ids, block_ids) + 1).astype(np.uint64))
-        else:
-            offset = context.read_global_array(SupervoxelIds.stage, "offsets", mmap=True)[self.block_id]
-            local = np.asarray(output_array(context.output_path, "supervoxels_block_local")[inner.slicing])
-            labels = np.where(local != 0, local + offset, np.uint64(0))
-        output_array(context.output_path, "supervoxels")[inner.slicing] = labels
-        return {}
+
+def _relabel_watershed(block: BlockContext) -> dict:
+    offset = block.read_bundle("supervoxel_ids", "offsets", mmap=True)[block.block_id]
+    local = block.read("supervoxels_block_local")
+    block.write("supervoxels", np.where(local != 0, local + offset, np.uint64(0)))
+    return {}
+
+
+RELABEL_WATERSHED = StageSpec(
+    name="relabel_supervoxels",
+    blockwise=True,
+    reads=(Read.array("supervoxels_block_local"), Read.bundle("supervoxel_ids")),
+    writes=(Write.array("supervoxels"),),
+    run=_relabel_watershed,
+)
+
+
+# --- supervoxels given as input ------------------------------------------------------------------
+
+
+def _masked_given(block: BlockContext) -> np.ndarray:
+    labels = block.read(GIVEN)
+    if np.issubdtype(labels.dtype, np.signedinteger) and labels.size and labels.min() < 0:
+        raise InputError(f"supervoxels dataset {block.run.inputs[GIVEN].location} holds negative ids in box {describe_box(block.box)}")
+    labels = labels.astype(np.uint64, copy=False)
+    mask = block.read_optional("mask")
+    return labels if mask is None else np.where(mask.astype(bool), labels, np.uint64(0))
+
+
+def _given_ids(block: BlockContext) -> dict:
+    ids = np.unique(_masked_given(block))
+    ids = ids[ids != 0]
+    block.save_partial(ids=ids)
+    return {"number_of_supervoxels": int(ids.size)}
+
+
+GIVEN_IDS = StageSpec(
+    name="supervoxels",
+    blockwise=True,
+    reads=(Read.array(GIVEN, BOX), Read.array("mask", BOX, optional=True)),
+    writes=(Write.partials(),),
+    run=_given_ids,
+)
+
+
+def _given_id_table(stage: GlobalContext) -> dict:
+    ids = np.unique(np.concatenate([ids for (ids,) in stage.partials("supervoxels", "ids")]))
+    stage.save_bundle(ids=ids.astype(np.uint64))
+    stage.log.info("%d supervoxels", ids.size)
+    return {"number_of_supervoxels": int(ids.size)}
+
+
+GIVEN_ID_TABLE = StageSpec(
+    name="supervoxel_ids",
+    blockwise=False,
+    reads=(Read.partials("supervoxels"),),
+    writes=(Write.bundle(),),
+    run=_given_id_table,
+    description="the sorted ids of the given supervoxels; id i becomes i + 1",
+)
+
+
+def _relabel_given(block: BlockContext) -> dict:
+    given = _masked_given(block)
+    block_ids = np.unique(given)
+    block_ids = block_ids[block_ids != 0]
+    # Only this block's ids are looked up in the memory-mapped global list.
+    global_ids = block.read_bundle("supervoxel_ids", "ids", mmap=True)
+    block.write("supervoxels", map_labels(given, block_ids, (np.searchsorted(global_ids, block_ids) + 1).astype(np.uint64)))
+    return {}
+
+
+RELABEL_GIVEN = StageSpec(
+    name="relabel_supervoxels",
+    blockwise=True,
+    reads=(Read.array(GIVEN, BOX), Read.array("mask", BOX, optional=True), Read.bundle("supervoxel_ids")),
+    writes=(Write.array("supervoxels"),),
+    run=_relabel_given,
+)
+
+WATERSHED_STAGES = (WATERSHED, SUPERVOXEL_OFFSETS, RELABEL_WATERSHED)
+GIVEN_STAGES = (GIVEN_IDS, GIVEN_ID_TABLE, RELABEL_GIVEN)

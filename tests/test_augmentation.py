@@ -2,7 +2,6 @@ import itertools
 
 import numpy as np
 import pytest
-from scipy import ndimage
 
 from emflow.augmentation import augment
 

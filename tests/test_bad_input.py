@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import h5py
 import numpy as np
 import pytest
 import zarr
-
 from workflow_helpers import RESOLUTION, read, run_cli, write_config, write_inputs
+
 from emflow.storage.volumes import write_volume
 
 # The crop's 64 x 128 x 128 voxels in 2 x 2 x 2 blocks, so that a full run takes about a second.
@@ -259,10 +259,12 @@ TABLE = [
         2,
     ),
     ("no_boundaries_or_raw_key", config_case("config key input.boundaries_key or input.raw_key is required", input={"boundaries_key": "", "raw_key": ""}), 2),
+    # Only the data, the output and the voxel size are required; everything else has a default.
     *[
         (f"required_key_{section}_{key}", config_case(f"config key {section}.{key} is required", **{section: {key: None}}), 2)
-        for section, key in (("blocking", "block_shape"), ("blocking", "halo"), ("multicut", "beta"), ("multicut", "solver"), ("input", "resolution"))
+        for section, key in (("input", "path"), ("input", "resolution"), ("output", "path"))
     ],
+    ("blocking_and_multicut_default", config_case(blocking={"block_shape": None, "halo": None}, multicut={"beta": None, "solver": None}), 0),
     # The output.
     ("output_parent_is_a_file", output_parent_is_a_file, 2),
     ("work_dir_parent_is_a_file", work_dir_parent_is_a_file, 2),

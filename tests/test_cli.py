@@ -13,11 +13,11 @@ import networkx as nx
 import numpy as np
 import pytest
 import tifffile
+from workflow_helpers import read, run_cli, write_config, write_inputs
 
 from emflow.config import default_config
 from emflow.evaluation import evaluate
 from emflow.workflows.demo import demo_data_path
-from workflow_helpers import read, run_cli, write_config, write_inputs
 
 
 @pytest.fixture(scope="module")

@@ -37,11 +37,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from workflow_helpers import read, write_config, write_inputs
 
 import emflow.workflows.run  # noqa: F401  imported here, once, for every forked run (see start_run)
 from emflow.cli.main import main as emflow_main
 from emflow.targets import JournalReader
-from workflow_helpers import read, write_config, write_inputs
 
 # A run of the test config takes about a second; only a hang gets near this.
 RUN_TIMEOUT = 120.0
@@ -111,7 +111,7 @@ class Run:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
-def start_run(config: Path, *, workers: int = 1, environment: dict[str, str] | None = None, kill_point: "KillPoint | None" = None) -> Run:
+def start_run(config: Path, *, workers: int = 1, environment: dict[str, str] | None = None, kill_point: KillPoint | None = None) -> Run:
     """Start `emflow run CONFIG --workers N` in a child process; its stdout and stderr go to a log file.
 
     The child is forked from this process rather than started as `python -m emflow`: it begins with
@@ -373,7 +373,7 @@ class Reference:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, flyem_crop) -> Reference:
     """An uninterrupted run of the plain boundary-map config (8 blocks), and the trace of another's writes."""
-    from emflow.tasks.context import load_context
+    from emflow.workflows.segmentation import load_run
 
     inputs = write_inputs(tmp_path_factory.mktemp("inputs"), flyem_crop)
     folder = tmp_path_factory.mktemp("reference")
@@ -388,7 +388,7 @@ def reference(tmp_path_factory, flyem_crop) -> Reference:
     code, output = run_to_end(write_config(traced / "config.toml", inputs, traced / "out.zarr"), kill_point=KillPoint("", 0, "", trace))
     assert code == 0, output
     assert_same_result(traced / "out.zarr", folder / "out.zarr")  # the hooks change nothing
-    return Reference(inputs, folder / "out.zarr", seconds, trace.read_text().splitlines(), load_context(str(config.resolve())).blocking)
+    return Reference(inputs, folder / "out.zarr", seconds, trace.read_text().splitlines(), load_run(str(config.resolve())).geometry.blocking)
 
 
 def new_config(folder: Path, reference: Reference, **sections) -> Path:
@@ -502,7 +502,8 @@ def test_two_kills_in_a_row_then_rerun_gives_the_identical_result(tmp_path, refe
 def test_torn_journal_lines_and_leftover_partial_files_are_never_taken_as_done(tmp_path, reference):
     from luigi.task_register import Register
 
-    from emflow.tasks.multicut import Multicut
+    from emflow.tasks.adapter import stage_record
+    from emflow.workflows.segmentation import load_run
 
     config = new_config(tmp_path, reference)
     output, work = tmp_path / "out.zarr", work_folder(tmp_path / "out.zarr")
@@ -526,7 +527,7 @@ def test_torn_journal_lines_and_leftover_partial_files_are_never_taken_as_done(t
 
     # Temporary files as a killed writer leaves them, named as targets.atomic and zarr name theirs.
     # One is a complete, valid record of the multicut with the expected fingerprint: never read.
-    fingerprint = Multicut(config_path=str(config.resolve())).output().expected_fingerprint
+    fingerprint = stage_record(load_run(str(config.resolve())), "multicut").expected_fingerprint
     Register.clear_instance_cache()  # no task instance of this process is inherited by the rerun
     planted = {"fingerprint": fingerprint, "finished": time.time(), "result": {"number_of_segments": 1, "energy": 0.0}}
     (work / "status" / ".multicut.json.k1ll3d.partial").write_text(json.dumps(planted))

@@ -5,9 +5,12 @@ import numpy as np
 import pytest
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
-from test_lifted_multicut import lifted_problem_from_ground_truth
+from test_lifted_multicut import lifted_multicut_energy, lifted_problem_from_ground_truth
 
 from emflow.blocking import Blocking
+from emflow.boundaries import boundaries_from_labels
+from emflow.costs import edge_costs_from_features
+from emflow.graph import in_core_graph_features
 from emflow.hierarchical_multicut import (
     Subproblem,
     coarse_block_ids,
@@ -21,15 +24,11 @@ from emflow.hierarchical_multicut import (
     solve_subproblem,
     solve_subproblems,
 )
-from emflow.boundaries import boundaries_from_labels
-from emflow.costs import edge_costs_from_features
-from emflow.graph import in_core_graph_features
 from emflow.labels import block_offsets, relabel_consecutive
 from emflow.multicut import SOLVERS, multicut_energy, multicut_problem, multicut_solver, solve_lifted_multicut, solve_multicut
-from test_lifted_multicut import lifted_multicut_energy
+from emflow.supervoxels import distance_transform_watershed
 
 KERNIGHAN_LIN = multicut_solver("kernighan-lin")
-from emflow.supervoxels import distance_transform_watershed
 
 # A crop of the dev cube where the decomposition changes the solution (on some crops it does not).
 CROP = np.s_[61:125, :128, 122:250]

@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
+from workflow_helpers import read, run_cli, write_config, write_inputs
 
 from emflow.blocking import Blocking
 from emflow.hierarchical_multicut import hierarchical_multicut, node_block_ids_from_counts
 from emflow.multicut import multicut_energy, multicut_problem, multicut_solver
-from emflow.tasks.base import stage_task
-from emflow.tasks.supervoxels import SupervoxelBlock
-from emflow.workflows import workflow_stages, workflow_status
-from workflow_helpers import read, run_cli, write_config, write_inputs
+from emflow.tasks.adapter import stage_results
+from emflow.workflows.segmentation import load_run
+from emflow.workflows.status import workflow_status
 
 BLOCK_SHAPE = (16, 32, 32)  # 4 x 4 x 4 blocks on the 64 x 128 x 128 crop, so that 2 scales mean something
 HALO = (4, 8, 8)
@@ -44,7 +44,7 @@ def test_blockwise_tasks_reproduce_the_in_memory_hierarchy_exactly(runs, n_scale
     config, output = runs[n_scales]
     edges, edge_costs = read(output, "graph/edges"), read(output, "graph/edge_costs")
     blocking = Blocking(read(output, "supervoxels").shape, BLOCK_SHAPE)
-    results = stage_task(SupervoxelBlock, str(config.resolve())).block_results()
+    results = stage_results(load_run(str(config.resolve())), "supervoxels")
     node_block_ids = node_block_ids_from_counts([results[block]["number_of_supervoxels"] for block in range(blocking.number_of_blocks)])
     expected = hierarchical_multicut(
         multicut_problem(len(node_block_ids), edges, edge_costs), node_block_ids, blocking.blocks_per_axis, n_scales=n_scales, solver=multicut_solver()
@@ -65,7 +65,7 @@ def test_hierarchical_energy_is_within_half_a_percent_of_the_global_solve(runs, 
 
 def test_each_scale_is_a_stage_with_a_task_per_block(runs):
     config, output = runs[2]
-    names = [stage.stage for stage in workflow_stages(str(config.resolve()))]
+    names = [spec.name for spec in load_run(str(config.resolve())).stages]
     assert names[names.index("edge_costs") + 1 : names.index("multicut")] == [
         "multicut_problem_s0", "subproblems_s0", "multicut_problem_s1", "subproblems_s1", "multicut_problem_s2"
     ]

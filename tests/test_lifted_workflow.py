@@ -5,19 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
+from workflow_helpers import RESOLUTION, read, run_cli, write_config, write_inputs
 
 from emflow.blocking import Blocking
-from emflow.hierarchical_multicut import hierarchical_multicut, node_block_ids_from_counts
 from emflow.boundaries import boundaries_from_labels
 from emflow.evaluation import adapted_rand_error
+from emflow.hierarchical_multicut import hierarchical_multicut, node_block_ids_from_counts
 from emflow.labels import label_overlaps, majority_labels
 from emflow.lifted_edges import lifted_edges_from_node_labels
 from emflow.multicut import multicut_problem, multicut_solver, solve_lifted_multicut
 from emflow.storage.volumes import write_volume
-from emflow.tasks.base import stage_task
-from emflow.tasks.supervoxels import SupervoxelBlock
-from emflow.workflows import workflow_stages
-from workflow_helpers import RESOLUTION, read, run_cli, write_config, write_inputs
+from emflow.tasks.adapter import stage_results
+from emflow.workflows.segmentation import load_run
 
 BLOCK_SHAPE = (32, 64, 64)
 
@@ -78,13 +77,13 @@ def test_hierarchical_lifted_tasks_reproduce_the_in_memory_hierarchy(runs):
     config, output = runs["lifted_s1"]
     problem = [read(output, key) for key in ("graph/edges", "graph/edge_costs", "graph/lifted_edges", "graph/lifted_costs")]
     blocking = Blocking(read(output, "supervoxels").shape, BLOCK_SHAPE)
-    results = stage_task(SupervoxelBlock, str(config.resolve())).block_results()
+    results = stage_results(load_run(str(config.resolve())), "supervoxels")
     node_block_ids = node_block_ids_from_counts([results[block]["number_of_supervoxels"] for block in range(blocking.number_of_blocks)])
     expected = hierarchical_multicut(
         multicut_problem(len(node_block_ids), *problem), node_block_ids, blocking.blocks_per_axis, n_scales=1, solver=multicut_solver()
     )
     assert np.array_equal(read(output, "graph/node_labels"), expected)
-    names = [stage.stage for stage in workflow_stages(str(config.resolve()))]
+    names = [spec.name for spec in load_run(str(config.resolve())).stages]
     assert names.index("lifted_edges") < names.index("multicut_problem_s0")
 
 

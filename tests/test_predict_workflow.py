@@ -4,17 +4,16 @@ import time
 
 import numpy as np
 import pytest
+from workflow_helpers import RESOLUTION, read, records_since, run_cli, write_config
 
 from emflow.blocking import Blocking, Box
+from emflow.cluster import LocalScheduler
 from emflow.inference import PatchGrid
 from emflow.storage.models import load_model
 from emflow.storage.volumes import open_volume, write_volume
-from emflow.tasks.context import load_context
-from emflow.tasks.predict import BlendBlock, PredictBlock
-from emflow.workflows import workflow_status
 from emflow.workflows.run import run_workflow
-
-from workflow_helpers import RESOLUTION, read, records_since, run_cli, write_config
+from emflow.workflows.segmentation import load_run
+from emflow.workflows.status import workflow_status
 
 CROP = np.s_[:40, :72, :80]
 
@@ -40,7 +39,7 @@ def predict_config(tmp_path, raw_input, model, name, block_shape=(16, 32, 32), *
 def test_block_wise_prediction_equals_a_single_block_prediction(tmp_path, raw_input, small_affinity_model):
     blocks = predict_config(tmp_path, raw_input, small_affinity_model, "blocks", batch_size=3)
     whole = predict_config(tmp_path, raw_input, small_affinity_model, "whole", block_shape=(40, 72, 80))
-    assert run_workflow(blocks, workers=2, until="blend_predictions").succeeded
+    assert run_workflow(blocks, LocalScheduler(2), until="blend_predictions").succeeded
     assert run_workflow(whole, until="blend_predictions").succeeded
     for name in ("predictions", "boundaries"):
         block_wise, single = read(tmp_path / "blocks.zarr", name), read(tmp_path / "whole.zarr", name)
@@ -186,12 +185,14 @@ def test_rerun_of_prediction_blocks_invalidates_only_the_linked_blocks_that_read
     assert run_cli("rerun", config, "--stage", "predict", "--blocks", "0") == 0
     message = capsys.readouterr().err
     rerun = records_since(tmp_path / "rerun.zarr.work", started)
-    context = load_context(str(config.resolve()))
-    readers = {block_id for block_id in range(context.blocking.number_of_blocks) if 0 in BlendBlock.upstream_blocks(context, block_id, PredictBlock)}
-    assert 0 < len(readers) < context.blocking.number_of_blocks
+    run = load_run(str(config.resolve()))
+    blend = run.stage("blend_predictions")
+    linked = run.linked_blocks(blend, blend.reads[0])
+    readers = {block_id for block_id, upstream in enumerate(linked) if 0 in upstream}
+    assert 0 < len(readers) < run.geometry.blocking.number_of_blocks
     assert {block for stage, block in rerun if stage == "predict"} == {0, None}
     assert {block for stage, block in rerun if stage == "blend_predictions"} == readers | {None}
     assert f"blend_predictions blocks {', '.join(map(str, sorted(readers)))}" in message
     # Block ids of later stages come from a global stage: all of them.
-    assert {block for stage, block in rerun if stage == "write_segmentation"} == set(range(context.blocking.number_of_blocks)) | {None}
+    assert {block for stage, block in rerun if stage == "write_segmentation"} == set(range(run.geometry.blocking.number_of_blocks)) | {None}
     assert np.array_equal(read(tmp_path / "rerun.zarr", "segmentation"), reference)

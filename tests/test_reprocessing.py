@@ -11,12 +11,12 @@ import time
 
 import numpy as np
 import pytest
+from workflow_helpers import read, records_since, run_cli, write_config, write_inputs
 
 from emflow.blocking import Blocking, Box
 from emflow.storage.volumes import open_volume
 from emflow.tasks.block_graph import GRAPH_HALO
-from emflow.workflows import workflow_status
-from workflow_helpers import read, records_since, run_cli, write_config, write_inputs
+from emflow.workflows.status import workflow_status
 
 # 64 blocks of the 64 × 128 × 128 crop, chunked like the input, so one chunk is one block's box.
 BLOCK_SHAPE = (16, 32, 32)

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from workflow_helpers import read, run_cli, write_config
 
 from emflow.cluster.luigid import free_port, start_luigid, stop_luigid
-from workflow_helpers import read, run_cli, write_config
 
 # The flyem crop (64, 128, 128) in blocks of (32, 64, 64).
 NUMBER_OF_BLOCKS = 8
@@ -151,8 +151,19 @@ def test_two_run_processes_share_one_luigid_without_doing_a_block_twice(tmp_path
     query = urllib.parse.urlencode({"data": json.dumps({"status": "DONE"})})
     with urllib.request.urlopen(f"http://127.0.0.1:{luigid_port}/api/task_list?{query}", timeout=10) as answer:
         done = [task for task in json.loads(answer.read())["response"].values() if task["params"].get("config_path") == str(config.resolve())]
-    assert any(task["name"] == "MulticutSegmentation" for task in done)
-    ran_blocks = collections.Counter(re.search(r"pid=(\d+)", task["worker_running"]).group(1) for task in done if task["name"] == "BlockGroup")
+    assert any(task["name"] == "segmentation" for task in done)
+    # Block groups carry their stage's name and their blocks ("3-4", or "5"), as a person watching reads them.
+    groups = [task for task in done if "blocks" in task["params"]]
+    assert {task["name"] for task in groups} == {stage.name for stage in journals}
+    assert {f"{task['name']}.stage" for task in groups} <= {task["name"] for task in done}
+
+    def blocks(text: str) -> int:
+        first, _, last = text.partition("-")
+        return int(last or first) - int(first) + 1
+
+    ran_blocks = collections.Counter()
+    for task in groups:
+        ran_blocks[re.search(r"pid=(\d+)", task["worker_running"]).group(1)] += blocks(task["params"]["blocks"])
     assert sum(ran_blocks.values()) == len(journals) * NUMBER_OF_BLOCKS
     assert set(ran_blocks) == {str(process.pid) for process in processes}, f"both processes ran blocks: {ran_blocks}"
 
@@ -166,6 +177,7 @@ from pathlib import Path
 
 import luigi
 
+from emflow.cluster import CentralScheduler
 from emflow.cluster.runner import run_tasks
 
 
@@ -200,8 +212,8 @@ class After(luigi.Task):
 
 folder, port, root = Path(sys.argv[1]), int(sys.argv[2]), {"Gate": Gate, "After": After}[sys.argv[3]]
 log = folder / f"luigi-{os.getpid()}.log"
-report = run_tasks([root(folder=str(folder))], failure_dir=folder / "failed", scheduler_log=log, scheduler_host="127.0.0.1", scheduler_port=port)
-print(json.dumps({"succeeded": report.succeeded, "luigi_status": report.luigi_status}))
+report = run_tasks([root(folder=str(folder))], CentralScheduler("127.0.0.1", port), failure_dir=folder / "failed", scheduler_log=log)
+print(json.dumps({"succeeded": report.succeeded, "luigi_status": report.status}))
 '''
 
 

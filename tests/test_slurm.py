@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from workflow_helpers import read, run_cli, write_config
 
 from emflow.cluster.luigid import free_port, start_luigid, stop_luigid
-from workflow_helpers import read, run_cli, write_config
 
 TESTS_DIR = Path(__file__).resolve().parent
 DAEMONS = ("munged", "slurmctld", "slurmd")

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
+from bioimage_cpp.segmentation import watershed
 from scipy import ndimage
 
 from emflow.boundaries import boundaries_from_labels
-from bioimage_cpp.segmentation import watershed
 from emflow.supervoxels import distance_transform_watershed, size_filter, use_two_d
 
 MIN_SIZE = 25

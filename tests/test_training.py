@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tomli_w
 import torch
+from conftest import DATA_DIR
 
 from emflow import malis
 from emflow.cli.main import main
@@ -13,8 +14,6 @@ from emflow.config import ConfigError
 from emflow.storage.models import file_digest, latest_checkpoint, load_model
 from emflow.training import balanced_weights, malis_loss, training_targets
 from emflow.workflows.train import train
-
-from conftest import DATA_DIR
 
 VOLUME = DATA_DIR / "flyem_medulla_dev" / "volume.h5"
 

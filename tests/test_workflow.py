@@ -8,22 +8,20 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import h5py
 import luigi
 import numpy as np
 import pytest
+from workflow_helpers import read, records_since, run_cli, write_config, write_inputs
 
 from emflow.evaluation import adapted_rand_error, evaluate
 from emflow.graph import in_core_graph_features
 from emflow.storage.volumes import write_volume
 from emflow.targets import JournalReader
-from emflow.tasks.block_graph import BlockGraph
-from emflow.tasks.supervoxels import SupervoxelBlock
-from emflow.tasks.write import WriteSegmentation
-from emflow.workflows import workflow_status
-from workflow_helpers import read, records_since, run_cli, write_config, write_inputs
+from emflow.tasks.adapter import invalidate_records
+from emflow.workflows.segmentation import SEGMENTATION, load_run
+from emflow.workflows.status import workflow_status
 
 
 @pytest.fixture(scope="module")
@@ -136,8 +134,8 @@ def test_invalidated_blocks_rerun_only_those_blocks(tmp_path, inputs):
     assert run_cli("run", config) == 0
     reference = read(tmp_path / "out.zarr", "segmentation")
     config_path = str(config.resolve())
-    SupervoxelBlock(config_path=config_path, block_id=3).output().remove()
-    BlockGraph(config_path=config_path, block_id=5).output().remove()
+    invalidate_records(load_run(config_path), "supervoxels", [3])
+    invalidate_records(load_run(config_path), "block_graph", [5])
     assert [status.pending for status in workflow_status(config_path) if status.pending] == [1, 1]
     invalidated = time.time()
     assert run_cli("run", config) == 0
@@ -225,8 +223,8 @@ def test_a_block_task_runs_on_its_own_as_a_luigi_task(tmp_path, inputs):
     config = write_config(tmp_path / "config.toml", inputs, tmp_path / "out.zarr", scheduling={"block_groups": 2})
     assert run_cli("run", config) == 0
     reference = read(tmp_path / "out.zarr", "segmentation")
-    task = WriteSegmentation(config_path=str(config.resolve()), block_id=3)
-    task.output().remove()
+    task = SEGMENTATION.block_task(str(config.resolve()), "write_segmentation", 3)
+    invalidate_records(load_run(str(config.resolve())), "write_segmentation", [3])
     assert not task.complete()
     assert luigi.build([task], local_scheduler=True, log_level="WARNING")
     assert task.complete()

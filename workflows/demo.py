@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 import tomli_w
 
-from emflow.cluster import RunReport
+from emflow.cluster import LocalScheduler, RunReport
 from emflow.evaluation import evaluate
 from emflow.storage.volumes import open_volume, write_volume
 
@@ -56,7 +56,6 @@ def prepare_demo(out_dir: Path) -> Path:
         "input": {"path": input_path.name, "raw_key": "raw", "resolution": resolution},
         "output": {"path": "demo_segmentation.zarr"},
         "blocking": {"block_shape": DEMO_BLOCK_SHAPE, "halo": [8, 16, 16]},
-        "multicut": {"beta": 0.5, "solver": "kernighan-lin"},
     }
     config_path = out_dir / "demo.toml"
     config_path.write_text(tomli_w.dumps(config))
@@ -66,7 +65,7 @@ def prepare_demo(out_dir: Path) -> Path:
 def run_demo(out_dir: str | Path, *, workers: int = 2) -> DemoResult:
     out_dir = Path(out_dir).resolve()
     config_path = prepare_demo(out_dir)
-    report = run_workflow(config_path, workers=workers)
+    report = run_workflow(config_path, LocalScheduler(workers))
     segmentation = f"{out_dir / 'demo_segmentation.zarr'}:segmentation"
     metrics = None
     if report.succeeded:

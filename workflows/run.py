@@ -1,4 +1,4 @@
-"""Run a workflow from its config file: checks first, then the task graph."""
+"""Run a workflow from its config file on a backend: checks first, then the task graph."""
 
 from __future__ import annotations
 
@@ -6,111 +6,118 @@ import fcntl
 import json
 import os
 import socket
+import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Callable, Iterator
 
-from emflow.cluster import RunReport, run_tasks
+from emflow.cluster import Backend, LocalScheduler, RunReport, Slurm, holds_lock, run_on
+from emflow.errors import OutputError, RunInProgressError, UsageError
 from emflow.storage.output import OWNER_ATTRIBUTE, open_output_group
-from emflow.tasks.base import use_workers
-from emflow.tasks.context import load_context
+from emflow.tasks.adapter import Workflow, use_workers
 from emflow.tasks.prepare import input_identity
 
-from .multicut import MulticutSegmentation, StageStatus, failed_tasks, invalidate, progress_reporter, workflow_stages, workflow_status
+from .segmentation import SEGMENTATION
+from .status import StageStatus, failed_tasks, invalidate, progress_reporter, workflow_status
 
 
-class DifferentInputError(RuntimeError):
+class DifferentInputError(OutputError):
     """The output holds results computed from another input; replacing them needs the user's consent."""
 
 
-class RunInProgressError(RuntimeError):
-    """Another run with the local scheduler is working on the same output."""
-
-
-def check_run(config_path: str | Path, *, update: bool = False, until: str = "") -> tuple[str, list[StageStatus]]:
+def check_run(config_path: str | Path, *, update: bool = False, until: str = "", workflow: Workflow = SEGMENTATION) -> tuple[str, list[StageStatus]]:
     """Validate config, inputs and output before any task runs.
 
-    Returns the canonical config path and the status of each stage. Raises ConfigError,
-    InputError, FileNotFoundError, KeyError, ForeignOutputError or DifferentInputError with a
-    message naming the problem. Results of another config on the same input are stale and will be
-    recomputed (reprocessing); results computed from another input are replaced only with `update=True`.
+    Returns the canonical config path and the status of each stage. Raises a UserError (ConfigError,
+    InputError, OutputError, ...) naming the problem. Results of another config on the same input are
+    stale and will be recomputed (reprocessing); results computed from another input are replaced
+    only with `update=True`.
     """
-    config_path = str(Path(config_path).resolve())
-    context = load_context(config_path)
-    if until == "blend_predictions" and not context.predicting:
-        raise ValueError(
+    config_path = str(Path(config_path).expanduser().resolve())
+    run = workflow.load_run(config_path)
+    if until == "blend_predictions" and not run.config.predicting:
+        raise UsageError(
             f"{config_path} names a boundary map (input.boundaries_key), so there is nothing to predict; "
             "remove that key to predict boundaries from input.raw_key"
         )
-    if context.output_path.exists() and not update:
-        recorded = open_output_group(context.output_path).attrs[OWNER_ATTRIBUTE].get("input")
-        if recorded is not None and recorded != input_identity(context):
+    if run.layout.output_path.exists() and not update:
+        recorded = open_output_group(run.layout.output_path).attrs[OWNER_ATTRIBUTE].get("input")
+        identity = input_identity(run)
+        if recorded is not None and recorded != identity:
             raise DifferentInputError(
-                f"output path {context.output_path} holds the results of a run over a different input "
-                f"({recorded['path']}:{recorded['key']}, not {input_identity(context)['path']}:{input_identity(context)['key']}). "
+                f"output path {run.layout.output_path} holds the results of a run over a different input "
+                f"({recorded['path']}:{recorded['key']}, not {identity['path']}:{identity['key']}). "
                 "Choose another output path, or run again with --update to replace those results."
             )
-    return config_path, workflow_status(config_path, until)
+    return config_path, workflow_status(config_path, until, workflow=workflow)
 
 
 def run_workflow(
     config_path: str | Path,
+    backend: Backend = LocalScheduler(),
     *,
-    workers: int = 1,
-    scheduler_host: str | None = None,
-    scheduler_port: int | None = None,
     update: bool = False,
     until: str = "",
+    command: str = "run",
     progress_interval: float = 5.0,
     before_run: Callable[[str], object] | None = None,
+    workflow: Workflow = SEGMENTATION,
 ) -> RunReport:
-    """Run the workflow of a config file, or its stages up to `until` (e.g. "blend_predictions").
+    """Run the workflow of a config file, or its stages up to `until` (e.g. "blend_predictions"), on `backend`.
 
-    With the local scheduler, the run holds the lock of its work folder (`run_lock`); with a
-    central scheduler, several processes may work on one run, and luigid keeps them apart.
-    `before_run(config_path)` is called once the checks passed and the lock is held.
+    A run on the local scheduler, and a SLURM submission, holds the lock of its work folder
+    (`run_lock`); with a central scheduler several processes may work on one run, and luigid keeps
+    them apart. `before_run(config_path)` is called once the checks passed and the lock is held.
+    `command`: the `emflow` command a SLURM array task runs as one worker ("run" or "predict").
     """
-    config_path, _ = check_run(config_path, update=update, until=until)
-    context = load_context(config_path)
-    with run_lock(context.work_dir) if scheduler_host is None else nullcontext():
+    config_path, _ = check_run(config_path, update=update, until=until, workflow=workflow)
+    run = workflow.load_run(config_path)
+    with run_lock(run.layout.work_dir) if holds_lock(backend) else nullcontext():
         if before_run is not None:
             before_run(config_path)
-        use_workers(workers, shared_scheduler=scheduler_host is not None)
-        report = run_tasks(
-            [MulticutSegmentation(config_path=config_path, until=until)],
-            failure_dir=context.work_dir / "failed",
-            scheduler_log=context.work_dir / "logs" / "luigi.log",
-            workers=workers,
-            scheduler_host=scheduler_host,
-            scheduler_port=scheduler_port,
-            progress=progress_reporter(config_path, until),
+        workers = backend.options.cpus if isinstance(backend, Slurm) else backend.workers
+        # Every process building a run through a central scheduler must agree on the block groups.
+        use_workers(workers, shared_scheduler=not isinstance(backend, LocalScheduler))
+        # What a SLURM array task runs; each checks the output again, so --update holds for them too.
+        worker_command = [sys.executable, "-m", "emflow.cli.main", command, config_path, "--workers", str(workers), *(["--update"] if update else [])]
+        return run_on(
+            backend,
+            [workflow.root_task(config_path, until)],
+            work_dir=run.layout.work_dir,
+            scheduler_log=run.layout.scheduler_log,
+            progress=progress_reporter(config_path, until, workflow=workflow),
+            worker_command=worker_command,
+            job_name=f"emflow-{Path(config_path).stem}",
             progress_interval=progress_interval,
         )
-    return report
 
 
-def rerun_workflow(config_path: str | Path, *, stage: str = "", block_ids: list[int] | None = None, failed: bool = False, **run_options) -> tuple[list[str], RunReport]:
+def rerun_workflow(
+    config_path: str | Path, backend: Backend = LocalScheduler(), *, stage: str = "", block_ids: list[int] | None = None, failed: bool = False, **run_options
+) -> tuple[list[str], RunReport]:
     """Invalidate tasks, and every task that read them, then run (`run_workflow` options).
 
     `stage` with `block_ids` (None: the whole stage), or `failed`: every task whose last attempt
     failed (of `stage` only, if given). Returns what was invalidated and the run's report.
     """
     invalidated: list[str] = []
+    workflow = run_options.get("workflow", SEGMENTATION)
 
     def invalidate_tasks(config_path: str) -> None:
+        run = workflow.load_run(config_path)
+        names = [spec.name for spec in run.stages]
+        if stage and stage not in names:
+            raise UsageError(f"this workflow has no stage {stage!r}; its stages are {', '.join(names)}")
         if not failed:
-            invalidated.extend(invalidate(config_path, stage, block_ids))
+            invalidated.extend(invalidate(run, stage, block_ids))
             return
-        stages = workflow_stages(config_path)
-        if stage and stage not in {stage_task.stage for stage_task in stages}:
-            raise ValueError(f"this workflow has no stage {stage!r}; its stages are {', '.join(task.stage for task in stages)}")
-        for stage_task in stages:
-            tasks = failed_tasks(stage_task) if not stage or stage_task.stage == stage else []
+        for spec in run.stages:
+            tasks = failed_tasks(run, spec) if not stage or spec.name == stage else []
             if tasks:
-                invalidated.extend(invalidate(config_path, stage_task.stage, None if tasks == [None] else tasks))
+                invalidated.extend(invalidate(run, spec.name, None if tasks == [None] else tasks))
 
-    return invalidated, run_workflow(config_path, before_run=invalidate_tasks, **run_options)
+    return invalidated, run_workflow(config_path, backend, before_run=invalidate_tasks, **run_options)
 
 
 @contextmanager

@@ -25,7 +25,7 @@ import torch
 
 from emflow import __version__
 from emflow.augmentation import augment
-from emflow.config import ConfigError, load_training_config
+from emflow.config import ConfigError, as_dict, load_training_config
 from emflow.model import TrainedModel, model_input_statistics, out_channels_for, resolve_device, scale_raw
 from emflow.storage.models import latest_checkpoint, load_checkpoint, save_checkpoint, save_model
 from emflow.storage.volumes import opened_volume
@@ -90,10 +90,14 @@ def _validation_batches(raw, labels, start, stop, patch_shape, count: int, seed:
 
 
 def train(config_path: str | Path, *, log: Callable[[str], None] = print) -> TrainingReport:
-    config = load_training_config(config_path)
+    # Plain data from here on: checkpoints store it and compare it with the config of a resumed run.
+    config = as_dict(load_training_config(config_path))
     training, model_section = config["training"], config["model"]
     network_config = _network_config(config)
-    patch_shape = check_patch_shape(training["patch_shape"], network_config)
+    try:
+        patch_shape = check_patch_shape(training["patch_shape"], network_config)
+    except ValueError as error:
+        raise ConfigError(f"training config key training.patch_shape: {error}") from error
     raw, labels = _read_training_data(config)
     train_start, train_stop = _region(raw.shape, config["data"]["train_start"], config["data"]["train_stop"], "train", patch_shape)
     validating = any(config["data"]["validation_stop"])

@@ -1,0 +1,76 @@
+"""The volume's geometry for a run: shape, voxel size, block shape and halo ("auto" resolved here)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from emflow.blocking import Blocking
+from emflow.config import AUTO, check_halo
+from emflow.errors import ConfigError
+
+# "auto" blocks: this many voxels, twice as long in y and x as in z in nm: 64 x 128 x 128 at
+# isotropic voxels, the shape measured fastest end to end (docs/benchmarks.md), 16 x 256 x 256 at
+# 50 x 4 x 4 nm serial sections.
+AUTO_BLOCK_VOXELS = 64 * 128 * 128
+AUTO_BLOCK_ASPECT_NM = (1.0, 2.0, 2.0)
+# "auto" halo: this fraction of the block shape per axis (8 x 16 x 16 for 64 x 128 x 128).
+AUTO_HALO_FRACTION = 1 / 8
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Shape (z, y, x) in voxels, voxel size in nm, and the blocking of a run."""
+
+    shape: tuple[int, int, int]
+    resolution: tuple[float, float, float]
+    block_shape: tuple[int, int, int]
+    halo: tuple[int, int, int]
+
+    @property
+    def blocking(self) -> Blocking:
+        return Blocking(self.shape, self.block_shape)
+
+
+def resolve_geometry(shape, resolution, block_shape, halo, input_chunks=None) -> Geometry:
+    """The geometry of a run from the config's `[blocking]` values, "auto" resolved.
+
+    "auto" block shape (`auto_block_shape`), clipped to the volume; "auto" halo: an eighth of
+    the block shape. An explicit block shape larger than the volume, or a halo larger than the
+    block, raises ConfigError naming the key.
+    """
+    shape = tuple(int(size) for size in shape)
+    if block_shape == AUTO:
+        block_shape = auto_block_shape(shape, resolution, input_chunks)
+    elif any(block > size for block, size in zip(block_shape, shape)):
+        raise ConfigError(
+            f"config key blocking.block_shape {list(block_shape)} is larger than the volume {list(shape)} along axis "
+            f"{', '.join(str(axis) for axis, (block, size) in enumerate(zip(block_shape, shape)) if block > size)}; make the blocks smaller"
+        )
+    block_shape = tuple(int(size) for size in block_shape)
+    if halo == AUTO:
+        halo = tuple(int(size * AUTO_HALO_FRACTION) for size in block_shape)
+    halo = tuple(int(size) for size in halo)
+    check_halo(block_shape, halo)
+    return Geometry(shape, tuple(float(value) for value in resolution), block_shape, halo)
+
+
+def auto_block_shape(shape, resolution, input_chunks=None) -> tuple[int, ...]:
+    """About `AUTO_BLOCK_VOXELS` voxels with extents in nm in the ratio `AUTO_BLOCK_ASPECT_NM`,
+    each axis rounded to a power of two, or to whole input chunks along axes where the input's
+    chunks are smaller than that; clipped to the volume.
+
+    Whole chunks: a block then decodes no chunk that other blocks decode too (except for halos).
+    """
+    # Extents e_i = c * aspect_i / resolution_i voxels with prod(e_i) = AUTO_BLOCK_VOXELS.
+    relative = [aspect / voxel for aspect, voxel in zip(AUTO_BLOCK_ASPECT_NM, resolution)]
+    scale = (AUTO_BLOCK_VOXELS / math.prod(relative)) ** (1 / len(relative))
+    block = []
+    for axis, extent in enumerate(relative):
+        target = max(1.0, extent * scale)
+        size = 2 ** round(math.log2(target))
+        chunk = input_chunks[axis] if input_chunks else None
+        if chunk and chunk < size:
+            size = max(1, round(target / chunk)) * chunk
+        block.append(min(size, shape[axis]))
+    return tuple(block)

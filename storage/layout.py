@@ -1,0 +1,61 @@
+"""Where a run keeps things: the output group and the work folder, path by path.
+
+```
+<output>                      zarr v3 group: the results (volumes and tables, see `emflow.storage.store`)
+<work>/status/<stage>.json    completion record of a global stage, or of a block-wise stage as a whole
+<work>/status/<stage>/        block records of a block-wise stage: journals (`emflow.targets.journal`)
+<work>/failed/<stage>[/<block_id>].json   failure record of a task whose last attempt raised
+<work>/logs/<stage>[/<block_id>].log      a task's log, created by its first message
+<work>/blocks/<stage>/<block_id>.npz|.npy  a block's partial result (per-block bundle)
+<work>/global/<stage>/<field>.npy          a global stage's arrays, read memory-mapped by block tasks
+<work>/run.lock               held by a run with the local scheduler
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The paths of one run: its output group and its work folder."""
+
+    output_path: Path
+    work_dir: Path
+
+    def stage_record(self, stage: str) -> Path:
+        """The completion record of a global stage, or of a block-wise stage as a whole."""
+        return self.work_dir / "status" / f"{stage}.json"
+
+    def block_records(self, stage: str) -> Path:
+        """The folder of a block-wise stage's journals (see `emflow.targets.journal`)."""
+        return self.work_dir / "status" / stage
+
+    def failure(self, stage: str, block_id: int | None) -> Path:
+        return self.work_dir / "failed" / (f"{stage}.json" if block_id is None else f"{stage}/{block_id}.json")
+
+    def failures(self, stage: str) -> Path:
+        """The folder of a block-wise stage's failure records."""
+        return self.work_dir / "failed" / stage
+
+    def log(self, stage: str, block_id: int | None) -> Path:
+        return self.work_dir / "logs" / (f"{stage}.log" if block_id is None else f"{stage}/{block_id}.log")
+
+    def partial(self, stage: str, block_id: int, suffix: str) -> Path:
+        """A block's partial result: `.npz` (several arrays) or `.npy` (one, read memory-mapped)."""
+        return self.work_dir / "blocks" / stage / f"{block_id}{suffix}"
+
+    def global_field(self, stage: str, field: str) -> Path:
+        """One array of a global stage's result, as .npy: block tasks read only the entries they
+        need, memory-mapped, so their memory does not grow with the volume."""
+        return self.work_dir / "global" / stage / f"{field}.npy"
+
+    @property
+    def scheduler_log(self) -> Path:
+        return self.work_dir / "logs" / "luigi.log"
+
+    @property
+    def run_lock(self) -> Path:
+        return self.work_dir / "run.lock"

@@ -1,0 +1,179 @@
+"""Named arrays of a run, wherever they live: the one API stages read and write through.
+
+Kinds of named array:
+
+- an *input* dataset, by its role ("raw", "boundaries", "mask", ...): read by box;
+- a *volume*: an array of the output group chunked by blocks (`Volume`), written block by block,
+  whole chunks at a time, read by box;
+- a *table*: a whole array of the output group (graph edges, costs, node labels), written at once;
+- a stage's *global bundle*: named .npy files in the work folder (`<work>/global/<stage>/`), read
+  memory-mapped by block tasks, a slice at a time;
+- a stage's *partials*: one file per block in the work folder (`<work>/blocks/<stage>/`).
+
+Every write is atomic (zarr's local store renames each chunk into place; files are written under a
+temporary name and renamed), so a reader never sees half a result.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zarr
+
+from emflow.blocking import Box
+from emflow.errors import InputError
+from emflow.targets import atomic_save_npy, atomic_save_npz
+
+from .inputs import InputDataset
+from .layout import Layout
+from .output import create_block_array, open_output_group, output_array, write_global_array
+from .volumes import opened_volume, read_region
+
+
+@dataclass(frozen=True)
+class Volume:
+    """An output array written block by block: `path` in the output group, `dtype`, an optional
+    leading channel axis of `channels`; `quantized`: uint8 holding values in [0, 1] times 255, read
+    back as float32; `compressed`: zstd chunks (False for data compression barely shrinks, such as
+    float network outputs); `image_name`: the array is level `s0` of an OME-Zarr image of that name
+    (its parent group carries the multiscales metadata)."""
+
+    path: str
+    dtype: str
+    channels: int | None = None
+    quantized: bool = False
+    compressed: bool = True
+    image_name: str | None = None
+
+
+def describe_box(box: Box) -> str:
+    """A box as messages show it: "z 0:40, y 0:72, x 56:128"."""
+    return ", ".join(f"{axis} {begin}:{end}" for axis, begin, end in zip("zyx", box.begin, box.end))
+
+
+class Store:
+    """The named arrays of one run (see the module docstring)."""
+
+    def __init__(self, layout: Layout, inputs: dict[str, InputDataset], volumes: dict[str, Volume]):
+        self.layout = layout
+        self.inputs = inputs
+        self.volumes = volumes
+
+    # --- volumes and inputs ---------------------------------------------------------------------
+
+    def has(self, name: str) -> bool:
+        return name in self.inputs or name in self.volumes
+
+    def read(self, name: str, box: Box, *, channels: bool = True) -> np.ndarray:
+        """Array `name` (an input role or a volume) inside `box`; a volume with channels keeps its
+        channel axis first. A damaged input chunk raises DamagedDataError naming the dataset, the
+        box and the chunk's file. The boundary map comes back as float32 in [0, 1], checked."""
+        if name in self.inputs:
+            dataset = self.inputs[name]
+            with opened_volume(dataset.path, dataset.key) as volume:
+                data = read_region(volume, box.slicing, dataset.location)
+            return _checked_boundaries(data, box, dataset) if name == "boundaries" else data
+        volume = self.volumes[name]
+        selection = ((slice(None),) if volume.channels else ()) + box.slicing
+        data = np.asarray(self.output_array(name)[selection])
+        return data.astype(np.float32) / np.float32(255) if volume.quantized else data
+
+    def write(self, name: str, box: Box, data: np.ndarray) -> None:
+        """Write a block of volume `name` (whole chunks: `box` is a block's box); values of a
+        quantized volume are given in [0, 1]."""
+        volume = self.volumes[name]
+        if volume.quantized:
+            data = np.round(np.asarray(data) * 255).astype(np.uint8)
+        selection = ((slice(None),) if volume.channels else ()) + box.slicing
+        self.output_array(name)[selection] = data
+
+    @contextmanager
+    def opened_input(self, name: str) -> Iterator[Any]:
+        """Input `name` opened for lazy, region by region reads (e.g. a CNN's mirrored patches)."""
+        dataset = self.inputs[name]
+        with opened_volume(dataset.path, dataset.key) as volume:
+            yield volume
+
+    def output_array(self, name: str) -> zarr.Array:
+        return _output_array(self.layout.output_path, self.volumes[name].path)
+
+    def create_volumes(self, group: zarr.Group, shape: tuple[int, ...], block_shape: tuple[int, ...]) -> None:
+        """(Re)create every volume in the output group, chunked by `block_shape`."""
+        for volume in self.volumes.values():
+            prefix = (volume.channels,) if volume.channels else ()
+            create_block_array(group, volume.path, prefix + tuple(shape), prefix + tuple(block_shape), volume.dtype, compressed=volume.compressed)
+        _output_array.cache_clear()
+
+    # --- tables -------------------------------------------------------------------------------
+
+    def write_table(self, path: str, data: np.ndarray, attributes: dict[str, Any] | None = None) -> None:
+        """Write a whole array of the output group (`graph/edges`, ...)."""
+        write_global_array(self.layout.output_path, path, data, attributes)
+
+    def read_table(self, path: str) -> np.ndarray:
+        return np.asarray(output_array(self.layout.output_path, path)[...])
+
+    def table_attributes(self, path: str) -> dict[str, Any]:
+        return dict(output_array(self.layout.output_path, path).attrs)
+
+    def output_group(self, *, create: bool = False) -> zarr.Group:
+        return open_output_group(self.layout.output_path, create=create)
+
+    # --- global bundles and partials ------------------------------------------------------------
+
+    def save_global(self, stage: str, **fields: np.ndarray) -> None:
+        for field, array in fields.items():
+            atomic_save_npy(self.layout.global_field(stage, field), array)
+
+    def load_global(self, stage: str, field: str, *, mmap: bool = False) -> np.ndarray:
+        """One array of a global stage's bundle; memory-mapped with `mmap` (read a slice or the pages of some entries)."""
+        return np.load(self.layout.global_field(stage, field), mmap_mode="r" if mmap else None)
+
+    def save_partial(self, stage: str, block_id: int, **fields: np.ndarray) -> None:
+        """A block's partial result: several arrays in one .npz file."""
+        atomic_save_npz(self.layout.partial(stage, block_id, ".npz"), **fields)
+
+    def load_partial(self, stage: str, block_id: int, *fields: str) -> tuple[np.ndarray, ...]:
+        """Arrays of a block's partial result, from one opening of its file."""
+        with np.load(self.layout.partial(stage, block_id, ".npz")) as partial:
+            return tuple(partial[field] for field in fields)
+
+    def save_partial_array(self, stage: str, block_id: int, array: np.ndarray | None) -> None:
+        """A block's partial result as one .npy file (other blocks read it memory-mapped); None: the
+        block has none (an earlier attempt's file goes)."""
+        path = self.layout.partial(stage, block_id, ".npy")
+        if array is None:
+            path.unlink(missing_ok=True)
+        else:
+            atomic_save_npy(path, array)
+
+    def load_partial_array(self, stage: str, block_id: int) -> np.ndarray:
+        return np.load(self.layout.partial(stage, block_id, ".npy"), mmap_mode="r")
+
+
+@functools.lru_cache(maxsize=64)
+def _output_array(output_path, path: str) -> zarr.Array:
+    # Opened once per process and array: every block task of a stage writes the same array.
+    return output_array(output_path, path)
+
+
+def _checked_boundaries(boundaries: np.ndarray, box: Box, dataset: InputDataset) -> np.ndarray:
+    """An input boundary map's values as float32, refused (InputError) if not finite or outside [0, 1]."""
+    boundaries = boundaries.astype(np.float32, copy=False)
+    what = f"boundary map {dataset.location}"
+    for name, bad in (("NaN", np.isnan), ("infinite", np.isinf)):
+        where = np.flatnonzero(bad(boundaries))
+        if where.size:
+            first = tuple(int(start + index) for start, index in zip(box.begin, np.unravel_index(where[0], boundaries.shape)))
+            raise InputError(
+                f"{what} holds {where.size} {name} value{'s' if where.size > 1 else ''} in box {describe_box(box)} "
+                f"(the first at voxel (z, y, x) = {first}); boundary values must lie in [0, 1]: fix the boundary map and run again"
+            )
+    if boundaries.size and (boundaries.min() < 0 or boundaries.max() > 1):
+        raise InputError(f"{what} has values outside [0, 1] in box {describe_box(box)} (min {boundaries.min()}, max {boundaries.max()})")
+    return boundaries

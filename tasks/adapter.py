@@ -1,0 +1,524 @@
+"""Luigi tasks made from stage specs: one generic adapter for every stage of every workflow.
+
+Tasks. A global stage is one task. A block-wise stage is one task per block, each with its own
+completion record and log, run inside at most `[scheduling] block_groups` group tasks, plus one
+task standing for the whole stage: later stages depend on it, never on single blocks, so the
+dependency graph has O(stages) edges. A person watching luigid's visualiser sees the stage's name as
+the task family (`supervoxels` with `blocks=51-52` for a group, `supervoxels.stage` for the whole
+stage) and each group's progress as its status message.
+
+Block groups. Luigi's scheduler does work proportional to every task it knows, for every task it
+hands out, so a run that gives it one task per block is quadratic in the number of blocks; and with
+several workers Luigi forks a process per task (see the README's design section for measurements).
+A group runs its contiguous range of blocks one after the other in its worker.
+
+Completion. A block is done when its latest record (a line in its stage's journals, see
+`emflow.targets.journal`) holds its block fingerprint. A block-wise stage is done when its own
+record holds the stage fingerprint and no journal of the stage has grown since it was written: one
+directory listing (plus, once per process, a `stat` per input chunk for the fingerprints).
+
+Fingerprints. A stage's definition hashes its name and version, the config values it declares, its
+blocking, the identity of the input datasets it reads, and the fingerprints of the stages it reads
+from. Where a block-wise stage reads input volumes over regions, each block's fingerprint adds the
+state of the input chunks its regions cover (`emflow.storage.chunks`); where it reads the blocks of
+a block-wise stage over regions (it is *linked* to it), each block's fingerprint adds the
+fingerprints of exactly the blocks it reads, and the definition holds only that stage's static
+definition. A stage's fingerprint, which later stages see, covers all its blocks. Changing a
+parameter makes exactly that stage and everything downstream stale; new data in an input chunk makes
+the blocks that read it stale, the linked blocks that read those, and the stages after them.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import random
+import resource
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import luigi
+import numpy as np
+
+from emflow.errors import UsageError
+from emflow.storage.chunks import forget_chunk_states, region_states
+from emflow.targets import BlockJournal, CompletionState, CompletionTarget, StageCompletionTarget, atomic_write_text, fingerprint
+
+from .context import BlockContext, GlobalContext, Run
+from .spec import StageSpec
+
+# Seconds between two progress messages a block group sends to the scheduler (an HTTP call with luigid).
+STATUS_INTERVAL = 2.0
+# Block groups per stage and worker process when `[scheduling] block_groups` is 0: enough that the
+# workers stay busy until the end of a stage, few enough that forks and scheduling stay cheap.
+GROUPS_PER_WORKER = 4
+# Block groups per stage when `[scheduling] block_groups` is 0 and a central scheduler is shared:
+# enough to keep 16 worker processes busy at 4 groups each; more workers want an explicit value.
+SHARED_SCHEDULER_BLOCK_GROUPS = 64
+# Environment variable: the fraction of block task attempts that fail on purpose (see `inject_failure`).
+INJECT_FAILURES_VARIABLE = "EMFLOW_INJECT_FAILURES"
+
+
+class block_scheduling(luigi.Config):
+    """Luigi config section [block_scheduling], set by `use_workers` before a build."""
+
+    auto_block_groups = luigi.IntParameter(default=GROUPS_PER_WORKER)
+    worker_processes = luigi.IntParameter(default=1)
+
+
+def use_workers(workers: int, *, shared_scheduler: bool = False) -> None:
+    """Tell the tasks how many worker processes this build has (for `block_groups` = 0, and for
+    stages that split the cores among the processes).
+
+    With a `shared_scheduler` (luigid), other processes with other worker counts may build the
+    same run, and they must agree on the block groups: `block_groups` = 0 then means a fixed
+    `SHARED_SCHEDULER_BLOCK_GROUPS`, whatever this process's worker count.
+    """
+    workers = max(1, int(workers))
+    configuration = luigi.configuration.get_config()
+    groups = SHARED_SCHEDULER_BLOCK_GROUPS if shared_scheduler else GROUPS_PER_WORKER * workers
+    configuration.set("block_scheduling", "auto_block_groups", str(groups))
+    configuration.set("block_scheduling", "worker_processes", str(workers))
+
+
+def worker_processes() -> int:
+    """Worker processes of this build (`use_workers`), for stages that split the cores among them."""
+    return block_scheduling().worker_processes
+
+
+# --- the workflow's Luigi tasks -------------------------------------------------------------------
+
+
+class Workflow:
+    """A kind of workflow: its name and how a config file becomes a `Run` (`load_run`, cached by
+    the caller per config file). Makes the Luigi tasks of its stages."""
+
+    def __init__(self, name: str, load_run: Callable[[str], Run]):
+        self.name = name
+        self.load_run = load_run
+
+    def stage_task(self, config_path: str, stage: str) -> luigi.Task:
+        """The task standing for a whole stage: its global task, or its block-wise stage task."""
+        spec = self.load_run(config_path).stage(stage)
+        return _task_class(self, stage, "stage" if spec.blockwise else "global")(config_path=config_path)
+
+    def block_task(self, config_path: str, stage: str, block_id: int) -> luigi.Task:
+        """The task running one block of a block-wise stage on its own (a group of one block)."""
+        return _task_class(self, stage, "group")(config_path=config_path, blocks=format_blocks(block_id, block_id + 1))
+
+    def root_task(self, config_path: str, until: str = "") -> luigi.Task:
+        """The task requiring every stage task up to and including `until` ("" = all)."""
+        return _task_class(self, self.name, "root")(config_path=config_path, until=until)
+
+    def stages(self, config_path: str, until: str = "") -> list[StageSpec]:
+        """The stage specs in run order, up to and including `until` ("" = all)."""
+        run = self.load_run(config_path)
+        names = [spec.name for spec in run.stages]
+        if not until:
+            return list(run.stages)
+        if until not in names:
+            raise UsageError(f"this workflow has no stage {until!r}; its stages are {', '.join(names)}")
+        return list(run.stages[: names.index(until) + 1])
+
+
+@functools.cache
+def _task_class(workflow: Workflow, name: str, kind: str) -> type:
+    """The Luigi task class of a stage (kind "global", "stage" or "group") or of the whole workflow
+    ("root"); its family is the stage's name (with ".stage" for a block-wise stage as a whole)."""
+    base = {"global": _GlobalTask, "stage": _BlockStageTask, "group": _BlockGroupTask, "root": _RootTask}[kind]
+    family = f"{name}.stage" if kind == "stage" else name
+    return type(family, (base,), {"workflow": workflow, "stage_name": name, "task_namespace": "", "__module__": __name__})
+
+
+class _StageTaskBase(luigi.Task):
+    config_path = luigi.Parameter()
+    workflow: Workflow
+    stage_name: str
+
+    @classmethod
+    def get_task_family(cls) -> str:
+        return cls.__name__
+
+    @property
+    def run_context(self) -> Run:
+        return self.workflow.load_run(self.config_path)
+
+    @property
+    def spec(self) -> StageSpec:
+        return self.run_context.stage(self.stage_name)
+
+    def requires(self):
+        return [self.workflow.stage_task(self.config_path, upstream.name) for upstream in self.run_context.upstream(self.spec)]
+
+
+class _GlobalTask(_StageTaskBase):
+    """A global stage: one task."""
+
+    def output(self) -> CompletionTarget:
+        run = self.run_context
+        return CompletionTarget(run.layout.stage_record(self.stage_name), stage_fingerprint(run, self.stage_name))
+
+    def run(self) -> None:
+        run = self.run_context
+        self.output().write(execute(run, self.spec, None))
+
+
+class _BlockStageTask(_StageTaskBase):
+    """All blocks of a block-wise stage, run as block groups: what later stages depend on."""
+
+    def requires(self):
+        run = self.run_context
+        configured = run.config.scheduling.block_groups
+        groups = configured or block_scheduling().auto_block_groups
+        group_class = _task_class(self.workflow, self.stage_name, "group")
+        return [group_class(config_path=self.config_path, blocks=format_blocks(first, stop)) for first, stop in block_groups(self.number_of_blocks, groups)]
+
+    @property
+    def number_of_blocks(self) -> int:
+        return self.spec.blocks(self.run_context).number_of_blocks
+
+    def output(self) -> StageCompletionTarget:
+        return stage_target(self.run_context, self.stage_name)
+
+    def run(self) -> None:
+        self.output().write({"number_of_blocks": self.number_of_blocks})
+
+
+class _BlockGroupTask(_StageTaskBase):
+    """Blocks `blocks` ("51-52": 51 to 52, or "51") of one stage, run one after the other in one worker."""
+
+    blocks = luigi.Parameter()
+
+    @property
+    def block_range(self) -> tuple[int, int]:
+        first, _, last = self.blocks.partition("-")
+        return int(first), int(last or first) + 1
+
+    def complete(self) -> bool:
+        return not self._pending_block_ids()
+
+    def _pending_block_ids(self) -> list[int]:
+        """Blocks of the group without a current record (one read of the group's journals)."""
+        first, stop = self.block_range
+        states = stage_target(self.run_context, self.stage_name).block_states((first, stop))
+        return [block_id for block_id in range(first, stop) if states.get(block_id) is not CompletionState.DONE]
+
+    def run(self) -> None:
+        run, spec = self.run_context, self.spec
+        pending = self._pending_block_ids()
+        failed = []
+        last_report = time.monotonic()
+        first, stop = self.block_range
+        with BlockJournal(run.layout.block_records(spec.name), first, stop) as journal:
+            for position, block_id in enumerate(pending, start=1):
+                # Taken before the block reads its input: input written meanwhile makes it stale again.
+                expected = block_fingerprints(run, spec.name)[block_id]
+                try:
+                    result = execute(run, spec, block_id)
+                except Exception:
+                    failed.append(block_id)  # its failure record and log name the problem; go on with the others
+                else:
+                    journal.append(block_id, expected, result)
+                if time.monotonic() - last_report > STATUS_INTERVAL or position == len(pending):
+                    self.set_status_message(f"{spec.name} blocks {self.blocks}: {position} of {len(pending)} run, {len(failed)} failed")
+                    self.set_progress_percentage(round(100 * position / len(pending)))
+                    last_report = time.monotonic()
+        if failed:
+            listing = "; ".join(f"block {block_id} (log: {run.layout.log(spec.name, block_id)})" for block_id in failed)
+            raise BlockFailures(f"{spec.name}: {len(failed)} of {len(pending)} blocks failed: {listing}")
+
+
+class _RootTask(luigi.WrapperTask):
+    """The whole workflow: complete when every stage is complete.
+
+    Every stage is required directly, not only the last: Luigi does not look behind a complete
+    task, so a lost upstream record (a deleted or damaged block) would otherwise go unnoticed.
+    """
+
+    config_path = luigi.Parameter()
+    until = luigi.Parameter(default="")
+    workflow: Workflow
+
+    @classmethod
+    def get_task_family(cls) -> str:
+        return cls.__name__
+
+    def requires(self):
+        return [self.workflow.stage_task(self.config_path, spec.name) for spec in self.workflow.stages(self.config_path, self.until)]
+
+
+def invalidate_records(run: Run, name: str, block_ids: list[int] | None = None) -> None:
+    """Make tasks of stage `name` pending (`block_ids` None: all of them), and nothing else.
+
+    A global stage's record goes; a block gets a journal line without fingerprint, which overrides
+    its earlier records and reopens its stage.
+    """
+    spec = run.stage(name)
+    if not spec.blockwise:
+        stage_record(run, name).remove()
+        return
+    number_of_blocks = spec.blocks(run).number_of_blocks
+    with BlockJournal(run.layout.block_records(name), 0, number_of_blocks) as journal:
+        for block_id in range(number_of_blocks) if block_ids is None else block_ids:
+            journal.append(block_id, None)
+
+
+def format_blocks(first: int, stop: int) -> str:
+    """Blocks first..stop-1 as people read them: "51-52", or "51" for one block."""
+    return str(first) if stop - first == 1 else f"{first}-{stop - 1}"
+
+
+def block_groups(number_of_blocks: int, max_groups: int) -> list[tuple[int, int]]:
+    """Split blocks 0..number_of_blocks-1 into at most `max_groups` contiguous, near-equal ranges.
+
+    Returns (first, stop) pairs. Sizes differ by at most one block, so the groups balance.
+    """
+    count = max(1, min(number_of_blocks, max_groups))
+    bounds = [round(index * number_of_blocks / count) for index in range(count + 1)]
+    return [(first, stop) for first, stop in zip(bounds[:-1], bounds[1:]) if stop > first]
+
+
+class BlockFailures(RuntimeError):
+    """Some blocks of a group failed; each left a failure record and a log."""
+
+
+# --- records ------------------------------------------------------------------------------------
+
+
+def stage_target(run: Run, name: str) -> StageCompletionTarget:
+    """The record of a block-wise stage as a whole, with its blocks' records."""
+    spec = run.stage(name)
+    return StageCompletionTarget(
+        run.layout.stage_record(name),
+        stage_fingerprint(run, name),
+        block_folder=run.layout.block_records(name),
+        number_of_blocks=spec.blocks(run).number_of_blocks,
+        block_fingerprints=lambda first, stop: block_fingerprints(run, name)[first:stop],
+    )
+
+
+def stage_record(run: Run, name: str) -> CompletionTarget:
+    """The completion record of a stage: a global stage's, or a block-wise stage's as a whole."""
+    return stage_target(run, name) if run.stage(name).blockwise else CompletionTarget(run.layout.stage_record(name), stage_fingerprint(run, name))
+
+
+def stage_results(run: Run, name: str) -> Any:
+    """The record results of a finished stage: a global stage's result dict, or {block_id: result}."""
+    spec = run.stage(name)
+    if not spec.blockwise:
+        return stage_record(run, spec.name).result()
+    target = stage_target(run, spec.name)
+    records = target.block_records()
+    expected = block_fingerprints(run, spec.name)
+    missing = [block_id for block_id in range(target.number_of_blocks) if block_id not in records or records[block_id].fingerprint != expected[block_id]]
+    if missing:
+        raise FileNotFoundError(f"{spec.name}: {len(missing)} blocks have no record with the expected fingerprint, e.g. {missing[:10]}")
+    return {block_id: records[block_id].result for block_id in range(target.number_of_blocks)}
+
+
+# --- running a stage's work ---------------------------------------------------------------------
+
+
+def execute(run: Run, spec: StageSpec, block_id: int | None) -> dict[str, Any]:
+    """Run a stage's work for one block (or the global stage) with its own log and failure record,
+    retrying up to `[scheduling] retries` times; return its result summary."""
+    log_path = run.layout.log(spec.name, block_id)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger(f"emflow.{spec.name}.{block_id}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    # The log file is created by the first message only: most blocks have nothing to say, and
+    # creating a file costs more than the rest of a block's bookkeeping. A log of an earlier
+    # attempt goes, so that a block's log is always about its last run.
+    log_path.unlink(missing_ok=True)
+    handler = logging.FileHandler(log_path, mode="w", delay=True)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    failure_path = run.layout.failure(spec.name, block_id)
+    retries = run.config.scheduling.retries
+    rss_at_start = current_rss_bytes()
+    started = time.perf_counter()
+    where = spec.name if block_id is None else f"{spec.name} block {block_id}"
+    try:
+        for attempt in range(1, retries + 2):
+            try:
+                results_of = functools.partial(stage_results, run)  # by stage name
+                context = GlobalContext(run, spec, logger, results_of) if block_id is None else BlockContext(run, spec, logger, results_of, block_id)
+                result = spec.run(context) or {}
+                inject_failure(spec.name, block_id)
+                break
+            except Exception:
+                if attempt > retries:
+                    raise
+                logger.warning("%s, attempt %d of %d failed, trying again:\n%s", where, attempt, retries + 1, traceback.format_exc())
+    except BaseException as error:
+        logger.error("%s failed:\n%s", where, traceback.format_exc())
+        record = {"stage": spec.name, "block_id": block_id, "error": f"{type(error).__name__}: {error}", "log": str(log_path)}
+        atomic_write_text(failure_path, json.dumps(record))
+        raise
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        # One logger per block would otherwise stay in logging's registry for the whole run.
+        logging.Logger.manager.loggerDict.pop(logger.name, None)
+    if failure_path.exists():
+        failure_path.unlink()
+    # The process's peak so far: with worker processes (forked per task) the peak of this task's
+    # process, the figure a job system's memory limit must cover. The resident set at the start
+    # tells what the process inherited (a forked worker counts its parent's pages too).
+    peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {
+        **result,
+        "attempts": attempt,
+        "seconds": round(time.perf_counter() - started, 6),
+        "peak_rss_bytes": peak_rss_bytes,
+        "rss_at_start_bytes": rss_at_start,
+    }
+
+
+class InjectedFailure(RuntimeError):
+    """Raised on purpose by `inject_failure`, to test retries and reruns."""
+
+
+def inject_failure(stage: str, block_id: int | None) -> None:
+    """Raise InjectedFailure for this attempt of a block task with probability `EMFLOW_INJECT_FAILURES`.
+
+    The environment variable (a fraction in [0, 1], unset = 0) exists for fault-injection tests
+    and drills. The failure comes after the block has written its outputs but before its record,
+    the moment at which a half-finished block is most easily mistaken for a finished one. Global
+    tasks never fail on purpose. The draw is random, not seeded, so a rerun fails other blocks.
+    """
+    fraction = os.environ.get(INJECT_FAILURES_VARIABLE)
+    if block_id is None or not fraction:
+        return
+    try:
+        probability = float(fraction)
+    except ValueError:
+        raise ValueError(f"{INJECT_FAILURES_VARIABLE} must be a fraction between 0 and 1, got {fraction!r}") from None
+    if random.random() < probability:
+        raise InjectedFailure(f"failure injected by {INJECT_FAILURES_VARIABLE}={fraction} into {stage} block {block_id}")
+
+
+def current_rss_bytes() -> int | None:
+    """This process's resident set size now (Linux); None where /proc is not available."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return None
+
+
+# --- fingerprints -------------------------------------------------------------------------------
+
+
+def forget_input_states() -> None:
+    """Drop this process's fingerprints, so that they take in input chunks written since.
+
+    Called before a run or status looks at the task graph; worker processes forked during the run
+    keep what the run started with.
+    """
+    _definition.cache_clear()
+    stage_fingerprint.cache_clear()
+    _block_fingerprints.cache_clear()
+    forget_chunk_states()
+
+
+@functools.lru_cache(maxsize=1024)
+def _definition(run: Run, name: str, static: bool = False) -> str:
+    """Fingerprint of what a stage computes: name, version, declared config values, blocking, input
+    identities and the stages it reads. A producing stage enters with its fingerprint, or with its
+    static definition when this stage's blocks are linked to its blocks (what its blocks hold then
+    enters block by block). `static`: leave out every input chunk and block state, upstream too."""
+    spec = run.stage(name)
+    upstream: list[Any] = []
+    for read in run.reads(spec):
+        producer = run.producer(read)
+        if producer is None:
+            upstream.append({"input": run.inputs[read.name].identity()})
+        elif static or run.linked_blocks(spec, read) is not None:
+            upstream.append(_definition(run, producer.name, True))
+        else:
+            upstream.append(stage_fingerprint(run, producer.name))
+    for creator in run.upstream(spec):
+        if creator.creates_outputs:
+            upstream.append(_definition(run, creator.name, True) if static else stage_fingerprint(run, creator.name))
+    return fingerprint(
+        {
+            "stage": spec.name,
+            "version": spec.version,
+            "parameters": stage_parameters(run, spec),
+            # The halo changes the regions block-wise stages read.
+            "blocking": [list(spec.blocks(run).block_shape), list(run.geometry.halo)] if spec.blockwise else None,
+            "upstream": upstream,
+        }
+    )
+
+
+def stage_parameters(run: Run, spec: StageSpec) -> dict[str, Any]:
+    """The config values (and further parameters) a stage's result depends on."""
+    from emflow.config import as_dict
+
+    parameters: dict[str, Any] = {}
+    for dotted in spec.config:
+        value: Any = run.config
+        for part in dotted.split("."):
+            value = getattr(value, part)
+        parameters[dotted] = as_dict(value)
+    if spec.parameters is not None:
+        parameters[""] = spec.parameters(run)
+    return parameters
+
+
+@functools.lru_cache(maxsize=1024)
+def stage_fingerprint(run: Run, name: str) -> str:
+    """What later stages depend on: the stage's definition, and the fingerprints of all its blocks
+    where they hold more (input chunk states, linked upstream blocks)."""
+    definition = _definition(run, name)
+    if not _has_block_states(run, run.stage(name)):
+        return definition
+    return fingerprint([definition, block_fingerprints(run, name)])
+
+
+def block_fingerprints(run: Run, name: str) -> list[str]:
+    """The fingerprint every block of a block-wise stage must have in its record."""
+    return _block_fingerprints(run, name)
+
+
+def _has_block_states(run: Run, spec: StageSpec) -> bool:
+    if not spec.blockwise:
+        return False
+    return any((run.producer(read) is None and read.region is not None) or run.linked_blocks(spec, read) is not None for read in run.reads(spec))
+
+
+@functools.lru_cache(maxsize=256)
+def _block_fingerprints(run: Run, name: str) -> list[str]:
+    spec = run.stage(name)
+    definition = _definition(run, name)
+    number_of_blocks = spec.blocks(run).number_of_blocks
+    if not _has_block_states(run, spec):
+        return [definition] * number_of_blocks
+    parts: list[list[bytes]] = []  # per read, per block: what the block's fingerprint adds
+    for read in run.reads(spec):
+        producer = run.producer(read)
+        if producer is None and read.region is not None:
+            dataset = run.inputs[read.name]
+            parts.append(region_states(dataset.path, dataset.key, run.regions(spec, read.region)))
+            continue
+        linked = run.linked_blocks(spec, read)
+        if linked is not None and producer is not None:
+            upstream = np.array(block_fingerprints(run, producer.name), dtype="S64")
+            parts.append([f"{producer.name}:".encode() + upstream[ids].tobytes() for ids in linked])
+    # Straight into one hash per block (no JSON): a finished run's check computes every block's.
+    fingerprints = []
+    for block_id in range(number_of_blocks):
+        digest = hashlib.sha256(definition.encode())
+        for part in parts:
+            digest.update(b"|")
+            digest.update(part[block_id])
+        fingerprints.append(digest.hexdigest())
+    return fingerprints
