@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 # 100 dpi: a 4-panel slice view of 6.4 x 1.9 inches is 640 x 190 pixels, about 100 kB.

@@ -76,7 +76,9 @@ def page(title: str, body: str) -> str:
     )
 
 
-def write_report_files(directory: str | Path, html_name: str, html_text: str, json_name: str, data: dict, figures: dict[str, bytes]) -> Path:
+def write_report_files(
+    directory: str | Path, html_name: str, html_text: str, json_name: str, data: dict, figures: dict[str, bytes]
+) -> Path:
     """Write figures, then the JSON, then the page (each atomically), so that a page on disk always
     finds its figures. Returns the page's path."""
     directory = Path(directory)
