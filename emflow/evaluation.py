@@ -297,7 +297,8 @@ class OverlapTable(NamedTuple):
     - ``anchor_counts``: (K,) int64, the pair's voxels in the block the anchor comes from.
 
     Tables of disjoint blocks merge exactly (`merge_overlaps`): counts and sums add, the anchor of the
-    block with most voxels wins. Only the anchors depend on the blocking.
+    block with most voxels wins. Only the anchors depend on the blocking. A table is plain arrays:
+    store it with ``np.savez(path, **table._asdict())`` and load it with ``OverlapTable(**np.load(path))``.
     """
 
     groundtruth_ids: np.ndarray
@@ -555,7 +556,12 @@ def block_voi_contributions(table: OverlapTable, block_tables) -> np.ndarray:
             np.searchsorted(groundtruth_ids, block.groundtruth_ids[labelled]).astype(np.int64) * segmentation_ids.size
             + np.searchsorted(segmentation_ids, block.segmentation_ids[labelled])
         )
-        positions = np.searchsorted(table_codes, block_codes)
+        positions = np.minimum(np.searchsorted(table_codes, block_codes), table_codes.size - 1)
+        if not (
+            np.array_equal(table.groundtruth_ids[rows[positions]], block.groundtruth_ids[labelled])
+            and np.array_equal(table.segmentation_ids[rows[positions]], block.segmentation_ids[labelled])
+        ):
+            raise ValueError("a block table has pairs that the merged table lacks: it is not one of the table's blocks")
         block_counts = block.counts[labelled]
         contributions.append([block_counts @ split_cost[positions], block_counts @ merge_cost[positions]])
     return np.asarray(contributions, dtype=np.float64).reshape(-1, 2)

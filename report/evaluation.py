@@ -100,9 +100,8 @@ def _view_figure(view: ErrorView) -> bytes:
         mask, partner_labels = view.groundtruth == error_id, view.segmentation
         title = f"worst split: GT body {error_id} in {view.error['number_of_segments']} segments (colours)"
     z, y, x = view_position(view.error)
-    raw = np.full(view.segmentation.shape, 0.5) if view.raw is None else view.raw
     return figures.error_view_figure(
-        raw, view.prediction, view.segmentation, view.groundtruth, mask, partner_labels,
+        view.raw, view.prediction, view.segmentation, view.groundtruth, mask, partner_labels,
         f"{title}; z = {view.section}, + at (y, x) = ({y}, {x})", marker=(y - view.origin[0], x - view.origin[1]),
     )
 

@@ -38,7 +38,8 @@ def _gray(image: np.ndarray) -> np.ndarray:
     """Raw intensities scaled to [0, 1] between their 1st and 99th percentile, as RGB."""
     image = np.asarray(image, dtype=np.float64)
     low, high = np.percentile(image, [1, 99]) if image.size else (0.0, 1.0)
-    scaled = np.clip((image - low) / max(high - low, 1e-12), 0, 1)
+    # A constant image (no raw data given) shows as mid gray.
+    scaled = np.clip((image - low) / (high - low), 0, 1) if high > low else np.full(image.shape, 0.5)
     return np.repeat(scaled[..., None], 3, axis=-1)
 
 
@@ -59,7 +60,7 @@ def _boundaries(labels: np.ndarray) -> np.ndarray:
 
 
 def error_view_figure(
-    raw: np.ndarray,
+    raw: np.ndarray | None,
     prediction: np.ndarray | None,
     segmentation: np.ndarray,
     groundtruth: np.ndarray,
@@ -71,7 +72,7 @@ def error_view_figure(
     """Four panels of one 2D crop: raw, prediction, segmentation over raw, the error over raw.
 
     Args:
-        raw: (Y, X) intensities.
+        raw: (Y, X) intensities, or None (a gray panel says so).
         prediction: (Y, X) boundary map or mean affinity in [0, 1], or None (panel says so).
         segmentation: (Y, X) segment ids; groundtruth boundaries are drawn on it in white.
         groundtruth: (Y, X) body ids.
@@ -81,12 +82,14 @@ def error_view_figure(
         title: the figure title.
         marker: (row, column) to mark with a cross (the error's position), or None.
     """
+    raw_name = "raw" if raw is not None else "raw (not given)"
+    raw = np.zeros(np.shape(segmentation)) if raw is None else raw
     figure = Figure(figsize=(8.0, 2.4))
     axes = figure.subplots(1, 4)
     segmentation_image = _overlay(raw, segmentation)
     segmentation_image[_boundaries(groundtruth)] = 1.0
     panels = [
-        ("raw", _gray(raw)),
+        (raw_name, _gray(raw)),
         ("prediction", None if prediction is None else np.clip(np.asarray(prediction, dtype=np.float64), 0, 1)),
         ("segmentation (GT borders white)", segmentation_image),
         ("error, by partner id", _overlay(raw, np.where(error_mask, error_labels, 0), error_mask, alpha=0.7)),

@@ -302,6 +302,9 @@ def test_block_voi_contributions_against_per_voxel_costs(flyem):
     np.testing.assert_allclose(contributions.sum(axis=0), [metrics["voi_split"], metrics["voi_merge"]], rtol=1e-12)
     # The blocks really differ, or the heat map would be blank.
     assert contributions[:, 0].max() > 3 * contributions[:, 0].min()
+    stranger = evaluation.block_overlaps(segmentation[:8] + 1, groundtruth[:8])
+    with pytest.raises(ValueError, match="not one of the table's blocks"):
+        evaluation.block_voi_contributions(merged, [stranger])
 
 
 def test_segmentation_errors_against_a_direct_computation(flyem):
