@@ -8,6 +8,7 @@ volume.
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,7 +122,7 @@ def write_evaluation_report(
     errors: dict,
     table: OverlapTable,
     resolution,
-    views: list[ErrorView] = (),
+    views: Sequence[ErrorView] = (),
     block_voi: np.ndarray | None = None,
     blocks_per_axis: tuple[int, int, int] | None = None,
     title: str = "Segmentation evaluation",
