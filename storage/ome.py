@@ -73,6 +73,20 @@ def create_level(group: zarr.Group, level: int, shape, chunks, dtype, *, channel
     )
 
 
+def create_levels(group: zarr.Group, level_factors, *, compressed: bool = True) -> list[zarr.Array]:
+    """(Re)create the levels ``s1..sN`` of ``group`` below its ``s0``, filled with zeros, to be
+    computed block by block: shapes from ``level_factors`` (see `level_shapes`), the dtype, chunks
+    and channel axis of ``s0``. Returns the new arrays, ``s1`` first."""
+    first = _level_array(group, level_path(0))
+    channel = first.metadata.dimension_names is not None and first.metadata.dimension_names[0] == CHANNEL_AXIS
+    channels = tuple(first.shape[:1]) if channel else ()
+    shapes = level_shapes(first.shape[int(channel):], level_factors)[1:]
+    return [
+        create_level(group, level, channels + shape, first.chunks, first.dtype, channel=channel, compressed=compressed)
+        for level, shape in enumerate(shapes, start=1)
+    ]
+
+
 def level_shapes(shape, level_factors) -> list[tuple[int, ...]]:
     """Shapes of levels 0..N: each level's shape is the previous one divided by its factors, rounded up.
 
