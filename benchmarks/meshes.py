@@ -19,7 +19,7 @@ from pathlib import Path
 
 import h5py
 
-from benchmarks.end_to_end import DATA_DIR, machine_description, write_results
+from benchmarks.end_to_end import SOURCE_PATH, machine_description, write_results
 from emflow.blocking import Blocking
 from emflow.meshes import block_meshes, merge_meshes, mesh_read_box
 from emflow.pyramid import downsample_labels
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results/meshes.json"))
     arguments = parser.parse_args(argv)
-    with h5py.File(DATA_DIR / "flyem_medulla_dev" / "volume.h5", "r") as file:
+    with h5py.File(SOURCE_PATH, "r") as file:
         labels = file["labels/neuron_ids"][...]
     megavoxels = labels.size / 1e6
     results = {"machine": machine_description(), "megavoxels": megavoxels, "levels": {}}
