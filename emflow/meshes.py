@@ -59,7 +59,8 @@ class Meshes:
 
     @classmethod
     def empty(cls) -> Meshes:
-        return cls(np.zeros(0, np.uint64), np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint32))
+        no_offsets = np.zeros(1, np.int64)
+        return cls(np.zeros(0, np.uint64), no_offsets, no_offsets, np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint32))
 
 
 def mesh_read_box(block: Box, shape) -> Box:

@@ -160,7 +160,9 @@ def write_multiscale_metadata(
     space_dimensions = len(tuple(resolution))
     channel = first.ndim == space_dimensions + 1
     if first.ndim not in (space_dimensions, space_dimensions + 1) or space_dimensions not in (2, 3):
-        raise ValueError(f"resolution {tuple(resolution)} does not fit {level_path(0)!r} of shape {first.shape}: one value per space axis (z, y, x or y, x)")
+        raise ValueError(
+            f"resolution {tuple(resolution)} does not fit {level_path(0)!r} of shape {first.shape}: one value per space axis (z, y, x or y, x)"
+        )
     _check_resolution(resolution, axis_names(space_dimensions))
     level_factors = [tuple(int(factor) for factor in factors) for factors in level_factors]
     for factors in level_factors:
@@ -233,7 +235,9 @@ def nanometers_per(unit: str | None) -> float:
 
 def _multiscale(names, datasets, unit: str, name: str | None, downsampling: str | None) -> dict:
     multiscale = {} if name is None else {"name": name}
-    multiscale["axes"] = [{"name": CHANNEL_AXIS, "type": "channel"} if axis == CHANNEL_AXIS else {"name": axis, "type": "space", "unit": unit} for axis in names]
+    multiscale["axes"] = [
+        {"name": CHANNEL_AXIS, "type": "channel"} if axis == CHANNEL_AXIS else {"name": axis, "type": "space", "unit": unit} for axis in names
+    ]
     multiscale["datasets"] = datasets
     if downsampling is not None:
         multiscale["type"] = downsampling

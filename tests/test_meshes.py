@@ -83,7 +83,8 @@ def test_a_body_mesh_has_the_area_and_volume_of_its_voxels(labels):
     # Enclosed volume (divergence theorem; faces counter-clockwise from outside in x, y, z) ≈ voxel volume.
     volume = -np.einsum("ij,ij->i", corners[:, 0], np.cross(corners[:, 1], corners[:, 2])).sum() / 6
     assert volume == pytest.approx(counts.max() * np.prod(RESOLUTION), rel=0.05)
-    assert vertices.min(axis=0).min() >= -RESOLUTION[0] / 2 and (vertices.max(axis=0) <= (np.asarray(labels.shape) - 0.5) * RESOLUTION).all()
+    assert vertices.min() >= -RESOLUTION[0] / 2
+    assert (vertices.max(axis=0) <= (np.asarray(labels.shape) - 0.5) * RESOLUTION).all()
 
 
 def test_written_meshes_read_back_and_are_neuroglancer_legacy_meshes(tmp_path, labels):

@@ -128,11 +128,14 @@ def test_block_images_of_the_output_group(tmp_path, flyem_crop):
 
     group = open_output_group(tmp_path / "out.zarr", create=True)
     supervoxels = create_block_image(group, "supervoxels", (64, 128, 128), BLOCK_SHAPE, np.uint64, RESOLUTION, label=True)
-    predictions = create_block_image(group, "predictions", (3, 64, 128, 128), (3, *BLOCK_SHAPE), np.float32, RESOLUTION, channel=True, compressed=False)
+    predictions = create_block_image(
+        group, "predictions", (3, 64, 128, 128), (3, *BLOCK_SHAPE), np.float32, RESOLUTION, channel=True, compressed=False
+    )
     supervoxels[:16, :32, :32] = flyem_crop["oversegmentation"][:16, :32, :32]
     assert predictions.metadata.dimension_names == ("c", "z", "y", "x")
     # Block tasks open the full-resolution level by the image's name.
-    np.testing.assert_array_equal(output_array(tmp_path / "out.zarr", "supervoxels")[:16, :32, :32], flyem_crop["oversegmentation"][:16, :32, :32])
+    stored = output_array(tmp_path / "out.zarr", "supervoxels")[:16, :32, :32]
+    np.testing.assert_array_equal(stored, flyem_crop["oversegmentation"][:16, :32, :32])
     ImageLabel.from_zarr(zarr.open_group(tmp_path / "out.zarr" / "supervoxels", mode="r"))
     Image.from_zarr(zarr.open_group(tmp_path / "out.zarr" / "predictions", mode="r"))
     assert {type(spec) for spec in napari_nodes(tmp_path / "out.zarr" / "supervoxels")[0].specs} >= {Label, Multiscales}
