@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import h5py
@@ -141,7 +141,7 @@ def run(*, scale: int = 2, in_memory_scales=(1, 2), block_shape=CHUNKS, memory_l
     run_dir = out_dir / "runs"
     run_dir.mkdir(parents=True, exist_ok=True)
     results = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine_description(),
         "block_shape": list(block_shape),
         "memory_limit_gib": memory_limit_gib,
@@ -158,7 +158,7 @@ def run(*, scale: int = 2, in_memory_scales=(1, 2), block_shape=CHUNKS, memory_l
             print(f"scale {each_scale}: {contender} ...", flush=True)
             rows[contender] = run_contender(contender, input_path, run_dir, block_shape, memory_limit_gib)
         reference = rows["emflow blockwise"].get("metrics", {})
-        for contender, row in rows.items():
+        for row in rows.values():
             if row["status"] == "ok":
                 row["largest_difference_to_emflow_blockwise"] = {
                     key: abs(row["metrics"][key] - reference[key]) for key in COMPARED_KEYS if key in row["metrics"] and key in reference

@@ -122,6 +122,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--workers", type=_positive_int, default=2, help="tasks run in parallel (default 2)")
     demo.set_defaults(handler=_demo)
 
+    view = commands.add_parser("view", help="show an output (raw, boundaries, segmentation, meshes) in neuroglancer, served locally")
+    from emflow.viewer import add_view_arguments, view_command
+
+    add_view_arguments(view)
+    view.set_defaults(handler=view_command)
+
     scheduler = commands.add_parser("scheduler", help="start, stop or query a luigid central scheduler for `emflow run --scheduler-host`")
     scheduler_commands = scheduler.add_subparsers(dest="scheduler_command", required=True)
     scheduler_start = scheduler_commands.add_parser("start", help="start luigid in the background (refused while the state folder's luigid runs)")

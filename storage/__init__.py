@@ -1,5 +1,6 @@
-"""Volume I/O for emflow: locations, opening zarr/HDF5 arrays, importing/writing, OME-Zarr metadata."""
+"""Volume I/O for emflow: locations, opening zarr/HDF5 arrays, importing/writing, OME-Zarr metadata, meshes."""
 
+from .ome import write_multiscale_metadata, write_ome_zarr_metadata
 from .volumes import (
     IMPORT_COMPLETE_ATTRIBUTE,
     RESOLUTION_ATTRIBUTE,
@@ -9,7 +10,6 @@ from .volumes import (
     opened_volume,
     parse_location,
     read_resolution,
-    write_ome_zarr_metadata,
     write_volume,
 )
 
@@ -22,6 +22,7 @@ __all__ = [
     "opened_volume",
     "parse_location",
     "read_resolution",
+    "write_multiscale_metadata",
     "write_ome_zarr_metadata",
     "write_volume",
 ]

@@ -18,6 +18,8 @@ import zarr
 
 from emflow.errors import OutputError
 
+from .ome import create_level, ome_multiscales, write_multiscale_metadata
+
 # Marks a zarr group as created by emflow, so that emflow never writes into anyone else's data.
 OWNER_ATTRIBUTE = "emflow"
 
@@ -73,6 +75,32 @@ def create_block_array(group: zarr.Group, name: str, shape, block_shape, dtype, 
     )
 
 
+def create_block_image(
+    group: zarr.Group,
+    name: str,
+    shape,
+    block_shape,
+    dtype,
+    resolution,
+    *,
+    label: bool = False,
+    channel: bool = False,
+    compressed: bool = True,
+) -> zarr.Array:
+    """(Re)create the OME-Zarr image (or label image) `name` with its full-resolution level `s0`
+    chunked by `block_shape` and filled with zeros; returns `s0`.
+
+    `shape` and `block_shape` include the channel axis first when `channel` (predictions);
+    `resolution` is the voxel size in nm (z, y, x). The image has one level until a pyramid stage
+    adds `s1..sN` (`emflow.storage.ome.create_levels`) and describes them all
+    (`write_multiscale_metadata` with the pyramid's factors). `output_array(path, name)` opens `s0`.
+    """
+    image = group.create_group(name, overwrite=True)
+    level = create_level(image, 0, shape, block_shape, dtype, channel=channel, compressed=compressed)
+    write_multiscale_metadata(image, resolution, name=name, label=label, downsampling="mode" if label else "mean")
+    return level
+
+
 def write_global_array(path: str | Path, name: str, data: np.ndarray, attributes: dict[str, Any] | None = None) -> None:
     """Write a whole array (graph, features, costs, node labels) as `name` in the output group."""
     group = open_output_group(path)
@@ -96,5 +124,8 @@ def write_global_array(path: str | Path, name: str, data: np.ndarray, attributes
 
 
 def output_array(path: str | Path, name: str) -> zarr.Array:
-    """An array of the output group, open for block reads and writes and for its attributes."""
-    return open_output_group(path)[name]
+    """An array of the output group, open for block reads and writes and for its attributes; for an
+    OME-Zarr image `name` (see `create_block_image`), its full-resolution level."""
+    node = open_output_group(path)[name]
+    multiscales = ome_multiscales(node.attrs) if isinstance(node, zarr.Group) else None
+    return node[multiscales[0]["datasets"][0]["path"]] if multiscales else node

@@ -18,6 +18,16 @@ from zarr.core.sync import sync
 
 from emflow.errors import InputError, OutputError
 
+# Re-exported for callers that import it from here (tasks/prepare.py).
+from .ome import (
+    create_level,
+    level_path,
+    nanometers_per,
+    ome_multiscales,
+    write_multiscale_metadata,
+    write_ome_zarr_metadata,  # noqa: F401
+)
+
 ZARR_SUFFIXES = (".zarr",)
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -27,16 +37,6 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 IMPORT_COMPLETE_ATTRIBUTE = "emflow_import_complete"
 RESOLUTION_ATTRIBUTE = "resolution_nm_zyx"
 
-# Nanometres per unit, for the OME-Zarr space units this module reads and writes.
-_NANOMETERS_PER_UNIT = {
-    "picometer": 1e-3,
-    "angstrom": 0.1,
-    "nanometer": 1.0,
-    "micrometer": 1e3,
-    "millimeter": 1e6,
-    "centimeter": 1e7,
-    "meter": 1e9,
-}
 # 64**3 voxels per default chunk, spread evenly over the axes (64^3 in 3D, 512^2 in 2D).
 _DEFAULT_CHUNK_VOXELS = 64**3
 # Largest block copied at once by import_volume.
@@ -192,13 +192,6 @@ def _walk_to(root, key: str, path: Path, is_group):
     return node
 
 
-def _ome_multiscales(attributes) -> list | None:
-    """The OME-Zarr ``multiscales`` list of a group's attributes: 0.5 (``ome``) or 0.4."""
-    if "ome" in attributes and "multiscales" in attributes["ome"]:
-        return attributes["ome"]["multiscales"]
-    return attributes.get("multiscales")
-
-
 def _open_zarr(path: Path, key: str, mode: str):
     try:
         root = zarr.open(store=str(path), mode=mode)
@@ -206,7 +199,7 @@ def _open_zarr(path: Path, key: str, mode: str):
         raise UnusableVolumeError(f"{path} cannot be opened as a zarr store ({type(error).__name__}: {error}); is it a zarr group or array?") from error
     node = _walk_to(root, key, path, lambda n: isinstance(n, zarr.Group))
     if isinstance(node, zarr.Group):
-        multiscales = _ome_multiscales(node.attrs)
+        multiscales = ome_multiscales(node.attrs)
         if not multiscales:
             members = ", ".join(sorted(node.keys())) or "nothing"
             raise UnusableVolumeError(
@@ -364,17 +357,6 @@ async def _has_stored_chunk(array: zarr.Array) -> bool:
     return False
 
 
-def _nanometers_per(unit: str | None) -> float:
-    if unit is None:
-        # OME-Zarr allows axes without unit; emflow's convention is nanometres.
-        return 1.0
-    if unit not in _NANOMETERS_PER_UNIT:
-        raise UnusableVolumeError(
-            f"unsupported space unit {unit!r}; expected one of {', '.join(_NANOMETERS_PER_UNIT)}"
-        )
-    return _NANOMETERS_PER_UNIT[unit]
-
-
 def _scale_of(transformations) -> np.ndarray | None:
     for transformation in transformations or ():
         if transformation.get("type") == "scale" and "scale" in transformation:
@@ -391,7 +373,7 @@ def _ome_resolution(array) -> tuple[float, ...] | None:
         parent = zarr.open_group(store=array.store, path=parent_path, mode="r")
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
         return None
-    for multiscale in _ome_multiscales(parent.attrs) or ():
+    for multiscale in ome_multiscales(parent.attrs) or ():
         for dataset in multiscale.get("datasets", ()):
             if dataset.get("path") != name:
                 continue
@@ -404,7 +386,7 @@ def _ome_resolution(array) -> tuple[float, ...] | None:
                 scale = scale * overall_scale
             axes = multiscale.get("axes") or [{"type": "space"}] * scale.size
             return tuple(
-                float(value) * _nanometers_per(axis.get("unit"))
+                float(value) * nanometers_per(axis.get("unit"))
                 for value, axis in zip(scale, axes)
                 if axis.get("type", "space") == "space"
             )
@@ -443,6 +425,7 @@ class _TiffStack:
             and tuple(series.keyframe.shape) == self.shape[1:]
         )
         self._whole = None
+        self.resolution = _tiff_resolution(self._file, self.ndim)
 
     def __getitem__(self, selection: tuple[slice, ...]) -> np.ndarray:
         if self._one_page_per_plane:
@@ -474,6 +457,8 @@ class _TiffFolder:
             raise VolumeNotFoundError(f"no TIFF files (.tif, .tiff) in folder {path}")
         with tifffile.TiffFile(self._paths[0]) as first:
             plane_shape, self.dtype = tuple(first.series[0].shape), first.series[0].dtype
+            # A plane's metadata holds the plane spacing only if ImageJ wrote it (`spacing`).
+            self.resolution = _tiff_resolution(first, 3)
         if len(plane_shape) != 2:
             raise UnusableVolumeError(f"{self._paths[0]}: a TIFF folder needs one 2D image per file, got shape {plane_shape}")
         self.shape = (len(self._paths),) + plane_shape
@@ -490,6 +475,62 @@ class _TiffFolder:
 
     def close(self) -> None:
         pass
+
+
+# Nanometres per length unit as ImageJ and OME-TIFF write them.
+_TIFF_NANOMETERS_PER_UNIT = {
+    "nm": 1.0, "nanometer": 1.0, "nanometre": 1.0,
+    "um": 1e3, "\u00b5m": 1e3, "\u03bcm": 1e3, "micron": 1e3, "microns": 1e3, "micrometer": 1e3, "micrometre": 1e3,
+    "mm": 1e6, "millimeter": 1e6, "cm": 1e7, "m": 1e9, "angstrom": 0.1, "å": 0.1,
+}
+# The TIFF tag ResolutionUnit: 2 inch, 3 centimetre (1: no unit).
+_TIFF_RESOLUTION_UNIT_NANOMETERS = {2: 2.54e7, 3: 1e7}
+
+
+def _tiff_resolution(tiff: tifffile.TiffFile, ndim: int) -> tuple[float, ...] | None:
+    """Voxel size in nm (z, y, x; or y, x for one image) recorded in a TIFF file, or None.
+
+    Read from OME-TIFF ``PhysicalSize{Z,Y,X}``, else from the X/YResolution tags (pixels per unit)
+    with the unit of ImageJ's metadata or of the ResolutionUnit tag, and for a stack the plane
+    spacing of ImageJ's metadata (``spacing``). None unless every axis is known.
+    """
+    if tiff.is_ome:
+        resolution = _ome_tiff_resolution(tiff.ome_metadata, ndim)
+        if resolution is not None:
+            return resolution
+    page = tiff.pages.first
+    x_tag, y_tag = page.tags.get("XResolution"), page.tags.get("YResolution")
+    imagej = tiff.imagej_metadata or {}
+    if "unit" in imagej:
+        per_unit = _TIFF_NANOMETERS_PER_UNIT.get(str(imagej["unit"]).strip().lower())
+    else:
+        unit_tag = page.tags.get("ResolutionUnit")
+        per_unit = _TIFF_RESOLUTION_UNIT_NANOMETERS.get(int(unit_tag.value)) if unit_tag is not None else None
+    if per_unit is None or x_tag is None or y_tag is None:
+        return None
+    pixels_per_unit = [numerator / denominator for numerator, denominator in (y_tag.value, x_tag.value)]
+    if min(pixels_per_unit) <= 0:
+        return None
+    in_plane = tuple(per_unit / value for value in pixels_per_unit)
+    if ndim == 2:
+        return in_plane
+    if "spacing" not in imagej or float(imagej["spacing"]) <= 0:
+        return None
+    return (float(imagej["spacing"]) * per_unit,) + in_plane
+
+
+def _ome_tiff_resolution(ome_xml: str, ndim: int) -> tuple[float, ...] | None:
+    pixels = re.search(r"<(?:\w+:)?Pixels\b([^>]*)>", ome_xml or "")
+    if pixels is None:
+        return None
+    attributes = dict(re.findall(r'(\w+)="([^"]*)"', pixels.group(1)))
+    resolution = []
+    for axis in "ZYX"[-ndim:]:
+        size, unit = attributes.get(f"PhysicalSize{axis}"), attributes.get(f"PhysicalSize{axis}Unit", "µm")
+        if size is None or unit.lower() not in _TIFF_NANOMETERS_PER_UNIT or float(size) <= 0:
+            return None
+        resolution.append(float(size) * _TIFF_NANOMETERS_PER_UNIT[unit.lower()])
+    return tuple(resolution)
 
 
 def _natural_key(path: Path) -> list:
@@ -525,43 +566,6 @@ def _open_destination_group(destination: Path) -> zarr.Group:
     return group
 
 
-def _write_zarr_array(source_volume, destination: Path, key: str, resolution, chunks) -> None:
-    """Copy ``source_volume`` block by block into a new zarr v3 array at ``destination:key``.
-
-    Shared by import_volume and write_volume: refuses a completed array or a group at the key,
-    recreates an incomplete one, and sets the completion flag after the last block.
-    """
-    key = key.strip("/")
-    shape = tuple(source_volume.shape)
-    chunks = _default_chunks(shape) if chunks is None else tuple(int(c) for c in chunks)
-    group = _open_destination_group(destination)
-    overwrite = False
-    if key in group:
-        existing = group[key]
-        if isinstance(existing, zarr.Group):
-            raise ExistingArrayError(f"{destination}:{key} already exists and is a group")
-        if existing.attrs.get(IMPORT_COMPLETE_ATTRIBUTE, False):
-            raise ExistingArrayError(
-                f"{destination}:{key} already exists (a completed import); delete it to "
-                "write it again"
-            )
-        overwrite = True
-
-    target = group.create_array(
-        name=key,
-        shape=shape,
-        dtype=source_volume.dtype,
-        chunks=chunks,
-        dimension_names=("z", "y", "x")[-len(shape):] if len(shape) <= 3 else None,
-        overwrite=overwrite,
-    )
-    if resolution is not None:
-        target.attrs[RESOLUTION_ATTRIBUTE] = [float(value) for value in resolution]
-    for block in _copy_blocks(shape, chunks, np.dtype(source_volume.dtype).itemsize):
-        target[block] = source_volume[block]
-    target.attrs[IMPORT_COMPLETE_ATTRIBUTE] = True
-
-
 def import_volume(
     source,
     destination,
@@ -571,30 +575,36 @@ def import_volume(
     resolution=None,
     chunks=None,
 ) -> None:
-    """Copy a TIFF stack or an HDF5 (or zarr) dataset into a chunked zarr v3 array.
+    """Copy a TIFF stack or an HDF5 (or zarr) dataset into an OME-Zarr 0.5 image ``destination:key``.
 
-    The copy is streamed block by block (slabs of ``chunks[0]`` planes), so sources larger than
-    memory are fine. The array at ``destination:key`` gets the attribute ``resolution_nm_zyx``
-    (when known) and, written last, ``emflow_import_complete = True``. A complete array is never
-    overwritten; an array without that flag is the leftover of an interrupted import and is
-    recreated from scratch.
+    The image is a zarr v3 group ``key`` holding the array ``s0`` (its full resolution level; a
+    pyramid's further levels ``s1``, ... can be added later, see `emflow.pyramid`), with axes z, y, x
+    (or y, x) in nanometres and the voxel size as their scale. ``open_volume(destination, key)``
+    opens ``s0``. The copy is streamed block by block (slabs of ``chunks[0]`` planes), so sources
+    larger than memory are fine. ``s0`` also keeps the voxel size as ``resolution_nm_zyx`` and gets,
+    written last, ``emflow_import_complete = True``. A complete image is never overwritten; an
+    image (or array) without that flag is the leftover of an interrupted import and is recreated
+    from scratch.
 
     Args:
         source: multi-page TIFF (``.tif``/``.tiff``; pages become z, giving (z, y, x)), a folder
             of single-plane TIFF files (one per z plane, in the numeric order of their names), or
             a volume ``open_volume`` accepts.
         destination: zarr store, created as zarr v3 if missing (an existing store must be v3).
-        key: array path inside ``destination``; intermediate groups are created.
+        key: path of the image group inside ``destination``; intermediate groups are created.
         source_key: dataset inside ``source``; required for HDF5/zarr, not allowed for TIFF.
-        resolution: voxel size in nanometres, one value per axis (z, y, x). Default: the source's
-            ``read_resolution``; omitted if unknown (TIFF metadata is not interpreted).
-        chunks: chunk shape of the new array. Default: about 64**3 voxels (64^3 for 3D, 512^2
-            for 2D), clipped to the shape.
+        resolution: voxel size in nanometres, one value per axis (z, y, x). Default: the one the
+            source records: ``read_resolution`` for HDF5/zarr; for TIFF, OME-TIFF physical sizes,
+            or the resolution tags with ImageJ's unit and plane spacing (see `_tiff_resolution`).
+        chunks: chunk shape of ``s0``. Default: about 64**3 voxels (64^3 for 3D, 512^2 for 2D),
+            clipped to the shape.
 
     Raises:
-        FileExistsError: if a completely imported array, or a group, exists at ``destination:key``.
-        ValueError: for a missing/superfluous ``source_key``, a v2 destination store, or
-            ``resolution``/``chunks`` whose length differs from the source's ndim.
+        FileExistsError: if a completely imported image, or another group, exists at
+            ``destination:key``.
+        ValueError: for a missing/superfluous ``source_key``, a v2 destination store, a voxel size
+            neither given nor recorded in the source, or ``resolution``/``chunks`` whose length
+            differs from the source's ndim.
         FileNotFoundError, KeyError: as ``open_volume`` for a missing source or source key.
     """
     source = Path(source)
@@ -606,14 +616,14 @@ def import_volume(
                 raise VolumeNotFoundError(f"volume file not found: {source}")
             source_volume = _TiffFolder(source) if source.is_dir() else _TiffStack(source)
             stack.callback(source_volume.close)
+            recorded = source_volume.resolution
         else:
             if source_key is None:
                 raise UnusableVolumeError(f"source_key is required to import from {source}")
             source_volume = open_volume(source, source_key)
             if isinstance(source_volume, HDF5Volume):
                 stack.enter_context(source_volume)
-            if resolution is None:
-                resolution = read_resolution(source_volume)
+            recorded = read_resolution(source_volume)
 
         shape = tuple(source_volume.shape)
         for name, value in (("chunks", chunks), ("resolution", resolution)):
@@ -622,16 +632,58 @@ def import_volume(
                     f"{name} {tuple(value)} has {len(value)} values for a "
                     f"{len(shape)}-dimensional volume of shape {shape}"
                 )
-        _write_zarr_array(source_volume, Path(destination), key, resolution, chunks)
+        destination, key = Path(destination), key.strip("/")
+        if destination.exists():
+            # An existing image is refused first: whatever else is wrong, it is never overwritten.
+            _refuse_completed_import(_open_destination_group(destination), destination, key)
+        if resolution is None:
+            resolution = recorded
+        if resolution is None or len(resolution) != len(shape):
+            raise UnusableVolumeError(
+                f"the voxel size of {source}{':' + source_key if source_key else ''} is not recorded in it; "
+                f"give it ({'z, y, x' if len(shape) == 3 else 'one value per axis'}, in nm: emflow import --resolution)"
+            )
+        group = _open_destination_group(destination)
+        _refuse_completed_import(group, destination, key)
+        _write_ome_image(source_volume, group, key, [float(value) for value in resolution], chunks)
+
+
+def _refuse_completed_import(group: zarr.Group, destination: Path, key: str) -> None:
+    """Raise ExistingArrayError if ``key`` holds a completed import or a group that is not an import."""
+    if key and key not in group:
+        return
+    existing = group[key] if key else group
+    if isinstance(existing, zarr.Group):
+        level = existing.get(level_path(0)) if ome_multiscales(existing.attrs) else None
+        if level is None:
+            raise ExistingArrayError(f"{destination}:{key} already exists and is a group")
+        existing = level
+    if existing.attrs.get(IMPORT_COMPLETE_ATTRIBUTE, False):
+        raise ExistingArrayError(f"{destination}:{key} already exists (a completed import); delete it to write it again")
+
+
+def _write_ome_image(source_volume, group: zarr.Group, key: str, resolution: list[float], chunks) -> None:
+    """Copy ``source_volume`` block by block into level ``s0`` of a new image group ``key``."""
+    shape = tuple(source_volume.shape)
+    chunks = _default_chunks(shape) if chunks is None else tuple(int(c) for c in chunks)
+    # Replaces the leftover of an interrupted import, array or group, whole.
+    image = group.create_group(key, overwrite=True)
+    level = create_level(image, 0, shape, chunks, source_volume.dtype)
+    level.attrs[RESOLUTION_ATTRIBUTE] = resolution
+    # The metadata comes before the data, so an interrupted import is recognisable as one.
+    write_multiscale_metadata(image, resolution, name=key.rpartition("/")[2])
+    for block in _copy_blocks(shape, chunks, np.dtype(source_volume.dtype).itemsize):
+        level[block] = source_volume[block]
+    level.attrs[IMPORT_COMPLETE_ATTRIBUTE] = True
 
 
 def write_volume(path, key: str, data, *, resolution=None, chunks=None) -> None:
-    """Write an in-memory array as a new zarr v3 array at ``path:key``.
+    """Write an in-memory array as a new zarr v3 array at ``path:key`` (a plain array, not an image).
 
-    Same storage rules as ``import_volume`` (store created as v3 if missing, default chunks,
-    ``resolution_nm_zyx`` attribute, completion flag, no overwriting a completed array), but
-    ``resolution`` is recorded as given, without checking it against ``data.ndim``, so that tests
-    can write deliberately inconsistent inputs.
+    Storage rules as ``import_volume`` (store created as v3 if missing, default chunks, completion
+    flag, no overwriting a completed array), but the array is not an OME-Zarr image: ``resolution``
+    is recorded as given in ``resolution_nm_zyx`` (or omitted when None), without checking it
+    against ``data.ndim``, so that tests can write deliberately inconsistent inputs.
 
     Args:
         path: zarr store.
@@ -644,57 +696,20 @@ def write_volume(path, key: str, data, *, resolution=None, chunks=None) -> None:
         FileExistsError: if a completed array, or a group, exists at ``path:key``.
         ValueError: if ``path`` is a zarr v2 store.
     """
-    _write_zarr_array(np.asarray(data), Path(path), key, resolution, chunks)
-
-
-def write_ome_zarr_metadata(
-    group: zarr.Group,
-    dataset_path: str,
-    resolution,
-    unit: str = "nanometer",
-    name: str | None = None,
-) -> None:
-    """Describe a (z, y, x) array of a zarr v3 group as a single-scale OME-Zarr 0.5 image.
-
-    Sets the group attribute ``ome`` = ``{"version": "0.5", "multiscales": [{"name": name,
-    "axes": [z, y, x as type "space" with unit], "datasets": [{"path": dataset_path,
-    "coordinateTransformations": [{"type": "scale", "scale": resolution}]}]}]}``, leaving other
-    attributes alone (``name`` is left out when None).
-
-    Args:
-        group: zarr v3 group holding the array.
-        dataset_path: path of the array relative to ``group``.
-        resolution: voxel size (z, y, x) in ``unit``.
-        unit: OME-Zarr space unit, one of picometer, angstrom, nanometer, micrometer, millimeter,
-            centimeter, meter.
-        name: optional image name.
-
-    Raises:
-        ValueError: for a zarr v2 group (OME-Zarr 0.5 requires v3), an unknown unit, a resolution
-            that is not three positive numbers, or a dataset that is not a 3D array.
-        KeyError: if ``dataset_path`` does not exist in ``group``.
-    """
-    if group.metadata.zarr_format != 3:
-        raise ValueError("OME-Zarr 0.5 metadata needs a zarr v3 group; this group is zarr v2")
-    if unit not in _NANOMETERS_PER_UNIT:
-        raise ValueError(
-            f"unsupported space unit {unit!r}; expected one of {', '.join(_NANOMETERS_PER_UNIT)}"
-        )
-    scale = [float(value) for value in resolution]
-    if len(scale) != 3 or min(scale) <= 0:
-        raise ValueError(f"resolution must be three positive numbers (z, y, x), got {resolution}")
-    if dataset_path not in group:
-        raise DatasetNotFoundError(f"no dataset {dataset_path!r} in group {group.path or '/'!r}")
-    dataset = group[dataset_path]
-    if not isinstance(dataset, zarr.Array) or dataset.ndim != 3:
-        raise ValueError(f"{dataset_path!r} must be a 3D (z, y, x) array")
-
-    multiscale = {} if name is None else {"name": name}
-    multiscale["axes"] = [{"name": axis, "type": "space", "unit": unit} for axis in "zyx"]
-    multiscale["datasets"] = [
-        {
-            "path": dataset_path,
-            "coordinateTransformations": [{"type": "scale", "scale": scale}],
-        }
-    ]
-    group.attrs["ome"] = {"version": "0.5", "multiscales": [multiscale]}
+    path, key, data = Path(path), key.strip("/"), np.asarray(data)
+    group = _open_destination_group(path)
+    _refuse_completed_import(group, path, key)
+    chunks = _default_chunks(data.shape) if chunks is None else tuple(int(c) for c in chunks)
+    target = group.create_array(
+        name=key,
+        shape=data.shape,
+        dtype=data.dtype,
+        chunks=chunks,
+        dimension_names=("z", "y", "x")[-data.ndim:] if data.ndim <= 3 else None,
+        overwrite=key in group,
+    )
+    if resolution is not None:
+        target.attrs[RESOLUTION_ATTRIBUTE] = [float(value) for value in resolution]
+    for block in _copy_blocks(data.shape, chunks, data.dtype.itemsize):
+        target[block] = data[block]
+    target.attrs[IMPORT_COMPLETE_ATTRIBUTE] = True

@@ -82,6 +82,8 @@ def test_import_tiff_and_hdf5_then_run(tmp_path, flyem_crop, data_dir):
     with h5py.File(tmp_path / "source.h5", "w") as source:
         # Membranes are dark in this FIB-SEM data: inverted raw intensity is a (poor) boundary map.
         source["membranes"] = 1.0 - flyem_crop["raw"].astype(np.float32) / 255.0
+        # The voxel size recorded in the source is taken over when --resolution is not given.
+        source["membranes"].attrs["resolution_nm_zyx"] = [10, 10, 10]
         boundaries = source["membranes"][...]
     assert run_cli("import", f"{tmp_path / 'source.h5'}:membranes", destination, "--key", "boundaries") == 0
     assert np.array_equal(read(destination, "boundaries"), boundaries)

@@ -234,16 +234,34 @@ def test_import_tiff_stack(tmp_path, data_dir):
     assert read_resolution(volume) == (50.0, 4.0, 4.0)
 
 
-def test_import_single_image_tiff_and_no_resolution(tmp_path, data_dir):
+def test_import_single_image_tiff_needs_a_voxel_size(tmp_path, data_dir):
     image = tifffile.imread(data_dir / "isbi2012" / "train-labels.tif", key=0)[:100, :200]
     tifffile.imwrite(tmp_path / "slice.tiff", image)
 
-    import_volume(tmp_path / "slice.tiff", tmp_path / "s.zarr", "slice")
+    with pytest.raises(ValueError, match=r"voxel size of .*slice\.tiff is not recorded.*--resolution"):
+        import_volume(tmp_path / "slice.tiff", tmp_path / "s.zarr", "slice")
+    assert not (tmp_path / "s.zarr").exists()
 
+    import_volume(tmp_path / "slice.tiff", tmp_path / "s.zarr", "slice", resolution=(4, 4))
     volume = open_volume(tmp_path / "s.zarr", "slice")
     np.testing.assert_array_equal(volume[...], image)
     assert volume.chunks == (100, 200)
-    assert "resolution_nm_zyx" not in volume.attrs
+    assert volume.metadata.dimension_names == ("y", "x")
+    assert read_resolution(volume) == (4.0, 4.0)
+
+
+def test_import_reads_the_voxel_size_of_tiff_metadata(tmp_path, data_dir):
+    stack = tifffile.imread(data_dir / "isbi2012" / "train-volume.tif")[:6, :64, :96]
+    # ImageJ: pixels per micron in the resolution tags, plane spacing and unit in its metadata.
+    tifffile.imwrite(tmp_path / "imagej.tif", stack, imagej=True, resolution=(250.0, 250.0), metadata={"spacing": 0.05, "unit": "um"})
+    # Plain TIFF: pixels per centimetre (ResolutionUnit 3) of one image.
+    tifffile.imwrite(tmp_path / "plane.tif", stack[0], resolution=(2.5e6, 2.5e6), resolutionunit=3)
+
+    import_volume(tmp_path / "imagej.tif", tmp_path / "t.zarr", "stack")
+    import_volume(tmp_path / "plane.tif", tmp_path / "t.zarr", "plane")
+    assert read_resolution(open_volume(tmp_path / "t.zarr", "stack")) == pytest.approx((50.0, 4.0, 4.0))
+    assert read_resolution(open_volume(tmp_path / "t.zarr", "plane")) == pytest.approx((4.0, 4.0))
+    np.testing.assert_array_equal(open_volume(tmp_path / "t.zarr", "stack")[...], stack)
 
 
 def test_import_refuses_to_overwrite_a_completed_array(tmp_path, flyem_h5):

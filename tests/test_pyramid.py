@@ -1,0 +1,105 @@
+"""emflow.pyramid: mode and mean downsampling of real EM data, blockwise equal to whole-volume."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from emflow.blocking import Blocking
+from emflow.pyramid import downsample_image, downsample_labels, pyramid_factors, source_box
+
+
+def direct_mode(labels: np.ndarray, factors) -> np.ndarray:
+    """The most frequent id of every window, smallest id on ties, counted window by window."""
+    shape = tuple(-(-size // factor) for size, factor in zip(labels.shape, factors))
+    result = np.zeros(shape, dtype=labels.dtype)
+    for index in itertools.product(*(range(size) for size in shape)):
+        window = labels[tuple(slice(i * f, (i + 1) * f) for i, f in zip(index, factors))]
+        ids, counts = np.unique(window, return_counts=True)
+        result[index] = ids[np.argmax(counts)]  # np.unique sorts: argmax takes the smallest of the most frequent
+    return result
+
+
+def count_ties(labels: np.ndarray, factors) -> int:
+    shape = tuple(-(-size // factor) for size, factor in zip(labels.shape, factors))
+    ties = 0
+    for index in itertools.product(*(range(size) for size in shape)):
+        _, counts = np.unique(labels[tuple(slice(i * f, (i + 1) * f) for i, f in zip(index, factors))], return_counts=True)
+        ties += int((counts == counts.max()).sum() > 1)
+    return ties
+
+
+@pytest.mark.parametrize("factors", [(2, 2, 2), (1, 2, 2), (2, 3, 1)])
+def test_mode_equals_a_direct_count_on_real_labels(flyem_crop, factors):
+    # Odd extents: the windows at the upper faces are clipped.
+    labels = flyem_crop["oversegmentation"][:17, :33, :31]
+    assert count_ties(labels, factors) > 10, "the crop must hold ties for the tie rule to be tested"
+    result = downsample_labels(labels, factors)
+    assert result.dtype == labels.dtype
+    np.testing.assert_array_equal(result, direct_mode(labels, factors))
+
+
+def test_mode_keeps_only_existing_ids_and_other_dtypes(flyem_crop):
+    labels = flyem_crop["neuron_ids"]
+    result = downsample_labels(labels.astype(np.int32), (2, 2, 2))
+    assert result.dtype == np.int32 and result.shape == (32, 64, 64)
+    assert set(np.unique(result)) <= set(np.unique(labels))
+    np.testing.assert_array_equal(result, downsample_labels(labels, (2, 2, 2)))
+    with pytest.raises(ValueError, match="negative"):
+        downsample_labels(-np.ones((2, 2, 2), dtype=np.int64), (2, 2, 2))
+    with pytest.raises(TypeError, match="integer"):
+        downsample_labels(np.zeros((2, 2, 2), dtype=np.float32), (2, 2, 2))
+
+
+def test_mean_equals_a_direct_mean_rounded_half_up(flyem_crop):
+    raw = flyem_crop["raw"][:9, :21, :20]
+    factors = (2, 4, 3)
+    result = downsample_image(raw, factors)
+    assert result.dtype == np.uint8 and result.shape == (5, 6, 7)
+    for index in itertools.product(*(range(size) for size in result.shape)):
+        window = raw[tuple(slice(i * f, (i + 1) * f) for i, f in zip(index, factors))].astype(np.float64)
+        assert result[index] == np.floor(window.mean() + 0.5)
+    floats = downsample_image(raw.astype(np.float32) / 255, factors)
+    assert floats.dtype == np.float32
+    np.testing.assert_allclose(floats * 255, downsample_image(raw.astype(np.float64), factors), rtol=1e-6)
+
+
+def build_pyramid_blockwise(level0: np.ndarray, level_factors, block_shape, downsample) -> list[np.ndarray]:
+    """Every level computed block by block: each block of level k + 1 reads only its source box of level k."""
+    levels = [level0]
+    for factors in level_factors:
+        source = levels[-1]
+        shape = tuple(-(-size // factor) for size, factor in zip(source.shape, factors))
+        target = np.full(shape, 255, dtype=source.dtype)
+        blocking = Blocking(shape, tuple(min(b, s) for b, s in zip(block_shape, shape)))
+        for block_id in range(blocking.number_of_blocks):
+            box = blocking.block(block_id)
+            target[box.slicing] = downsample(source[source_box(box, factors, source.shape).slicing], factors)
+        levels.append(target)
+    return levels
+
+
+@pytest.mark.parametrize("kind", ["labels", "raw"])
+def test_blockwise_pyramid_equals_whole_volume(flyem_crop, kind):
+    volume = flyem_crop["neuron_ids" if kind == "labels" else "raw"][:, :, :125]
+    downsample = downsample_labels if kind == "labels" else downsample_image
+    block_shape = (12, 20, 24)
+    level_factors = pyramid_factors((10, 10, 10), volume.shape, block_shape)
+    assert level_factors == [(2, 2, 2), (2, 2, 2), (2, 2, 2)]
+    blockwise = build_pyramid_blockwise(volume, level_factors, block_shape, downsample)
+    whole = volume
+    for factors, level in zip(level_factors, blockwise[1:]):
+        whole = downsample(whole, factors)
+        np.testing.assert_array_equal(level, whole)
+    assert all(size <= block for size, block in zip(blockwise[-1].shape, block_shape))
+
+
+def test_factors_follow_the_voxel_size():
+    # ssTEM (ISBI 2012): in-plane only until the in-plane voxel size nears the section thickness.
+    assert pyramid_factors((50, 4, 4), (30, 512, 512), (8, 32, 32)) == [(1, 2, 2)] * 4 + [(2, 2, 2)] * 2
+    assert pyramid_factors((10, 10, 10), (125, 250, 250), (64, 64, 64)) == [(2, 2, 2)] * 2
+    assert pyramid_factors((10, 10, 10), (64, 128, 128), (64, 128, 128)) == []
+    # An axis one voxel long is never downsampled.
+    assert pyramid_factors((10, 10, 10), (1, 100, 100), (1, 30, 30)) == [(1, 2, 2)] * 2
+    with pytest.raises(ValueError, match="positive"):
+        pyramid_factors((10, 0, 10), (8, 8, 8), (4, 4, 4))
