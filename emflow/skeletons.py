@@ -26,7 +26,6 @@ from bioimage_cpp.skeleton import distributed
 
 from .blocking import Blocking, Box
 
-
 # Label dtypes bioimage-cpp's labelled TEASAR takes as they are.
 _TEASAR_DTYPES = tuple(np.dtype(name) for name in ("uint8", "uint16", "uint32", "uint64", "int32", "int64"))
 

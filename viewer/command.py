@@ -23,11 +23,12 @@ def view_command(arguments) -> int:
     target = Path(arguments.target)
     sources = sources_from_output(target) if (target / "zarr.json").is_file() else sources_from_config(target)
     running = serve(sources, port=arguments.port)
-    print(f"emflow view: {running.url}", flush=True)
-    print(f"  serving {sources.output_path} (data from {running.data_url}); Ctrl-C to stop", flush=True)
-    if not arguments.no_browser:
-        webbrowser.open(running.url)
     try:
+        # Inside the try: Ctrl-C may come as soon as the URL is out.
+        print(f"emflow view: {running.url}", flush=True)
+        print(f"  serving {sources.output_path} (data from {running.data_url}); Ctrl-C to stop", flush=True)
+        if not arguments.no_browser:
+            webbrowser.open(running.url)
         threading.Event().wait()
     except KeyboardInterrupt:
         print("emflow view: stopped", file=sys.stderr)

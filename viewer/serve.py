@@ -28,6 +28,7 @@ import tornado.netutil
 import tornado.web
 import zarr
 
+from emflow.errors import UsageError
 from emflow.storage.ome import ome_multiscales
 from emflow.storage.output import OWNER_ATTRIBUTE
 from emflow.storage.precomputed import mesh_folder
@@ -48,15 +49,14 @@ class ViewSources:
 
 def sources_from_config(config_path: str | Path) -> ViewSources:
     """The sources of the run a config describes (output path, input path and keys, resolution)."""
-    from emflow.tasks.context import load_context
+    from emflow.config import load_config
 
-    context = load_context(str(Path(config_path).resolve()))
-    settings = context.config["input"]
+    settings = load_config(config_path).input
     return ViewSources(
-        output_path=context.output_path,
-        resolution=tuple(float(value) for value in settings["resolution"]),
-        raw=(settings["path"], settings["raw_key"]) if settings["raw_key"] else None,
-        boundaries=(settings["path"], settings["boundaries_key"]) if settings["boundaries_key"] else None,
+        output_path=Path(load_config(config_path).output.path),
+        resolution=tuple(float(value) for value in settings.resolution),
+        raw=(settings.path, settings.raw_key) if settings.raw_key else None,
+        boundaries=(settings.path, settings.boundaries_key) if settings.boundaries_key else None,
     )
 
 
@@ -65,7 +65,7 @@ def sources_from_output(output_path: str | Path) -> ViewSources:
     group = zarr.open_group(str(output_path), mode="r")
     owner = group.attrs.get(OWNER_ATTRIBUTE)
     if not isinstance(owner, dict) or "config" not in owner:
-        raise ValueError(f"{output_path} is not an output group written by an emflow run (no run config in its attributes)")
+        raise UsageError(f"{output_path} is not an output group written by an emflow run (no run config in its attributes)")
     settings = owner["config"]["input"]
     return ViewSources(
         output_path=Path(output_path),
