@@ -54,7 +54,7 @@ def _nothing(block) -> dict:
     return {}
 
 
-def trivial_stages(config) -> tuple[StageSpec, ...]:
+def trivial_stages(config, geometry) -> tuple[StageSpec, ...]:
     """Block-wise stages trivial_0 → trivial_1 → ...: nothing to compute, all the bookkeeping."""
     return tuple(
         StageSpec(f"trivial_{index}", blockwise=True, run=_nothing, reads=(Read.results(f"trivial_{index - 1}"),) if index else ())

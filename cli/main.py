@@ -93,6 +93,10 @@ def _parser() -> argparse.ArgumentParser:
     rerun.add_argument("--failed", action="store_true", help="rerun every task whose last attempt failed")
     rerun.set_defaults(handler=_rerun, until="")
 
+    report = commands.add_parser("report", help="write the run report of a finished run again (into <work_dir>/report/)")
+    report.add_argument("config", help="TOML config file")
+    report.set_defaults(handler=_report)
+
     status = commands.add_parser("status", help="per stage: blocks done / stale / failed / pending")
     status.add_argument("config", help="TOML config file")
     status.set_defaults(handler=_status)
@@ -112,9 +116,17 @@ def _parser() -> argparse.ArgumentParser:
     importer.add_argument("--resolution", type=float, nargs=3, metavar=("Z", "Y", "X"), help="voxel size in nm")
     importer.set_defaults(handler=_import)
 
-    evaluate = commands.add_parser("evaluate", help="VOI, adapted Rand error and CREMI score as JSON")
+    evaluate = commands.add_parser("evaluate", help="score a segmentation against ground truth block by block: JSON on stdout, optionally a report")
     evaluate.add_argument("segmentation", help="file.zarr:key or file.h5:key")
     evaluate.add_argument("groundtruth", help="file.zarr:key or file.h5:key (label 0 is ignored)")
+    evaluate.add_argument("--workers", type=_positive_int, default=1, help="tasks run in parallel (default 1)")
+    evaluate.add_argument("--report", help="folder for report.html, report.json and its figures")
+    evaluate.add_argument("--resolution", type=float, nargs=3, metavar=("Z", "Y", "X"), help="voxel size in nm (default: the segmentation's metadata)")
+    evaluate.add_argument("--raw", help="raw data (path:key), shown in the report's slice views")
+    evaluate.add_argument("--prediction", help="a boundary map (path:key), shown in the report's slice views")
+    evaluate.add_argument("--skeletons", help="ground-truth skeletons (.npz); default: computed from the ground truth")
+    evaluate.add_argument("--no-skeletons", action="store_true", help="leave out the skeleton metrics (expected run length)")
+    evaluate.add_argument("--work-dir", help="folder for partial results, so that a killed evaluation resumes (default: a temporary folder)")
     evaluate.set_defaults(handler=_evaluate)
 
     demo = commands.add_parser("demo", help="segment the shipped demo crop and score it")
@@ -243,7 +255,29 @@ def _run(arguments) -> int:
     from emflow.workflows.run import run_workflow
 
     report = run_workflow(arguments.config, _backend(arguments), update=arguments.update, until=arguments.until, command=arguments.command)
-    return _finish(report, "prediction" if arguments.until else "run")
+    code = _finish(report, "prediction" if arguments.until else "run")
+    if code == EXIT_OK and not arguments.until:
+        _write_run_report(arguments.config, regenerate=False)
+    return code
+
+
+def _write_run_report(config_path: str, *, regenerate: bool) -> None:
+    from emflow.workflows.report import report_is_current, write_report
+    from emflow.workflows.segmentation import load_run
+
+    run = load_run(str(Path(config_path).expanduser().resolve()))
+    if regenerate or (run.config.output.report and not report_is_current(run)):
+        print(f"emflow: run report: {write_report(run)}")
+
+
+def _report(arguments) -> int:
+    from emflow.errors import UsageError
+    from emflow.workflows.status import workflow_status
+
+    if any(status.done < status.total for status in workflow_status(str(Path(arguments.config).expanduser().resolve()))):
+        raise UsageError(f"{arguments.config}: the run is not finished (see `emflow status`); run it first")
+    _write_run_report(arguments.config, regenerate=True)
+    return EXIT_OK
 
 
 def _positive_int(text: str) -> int:
@@ -327,18 +361,27 @@ def _import(arguments) -> int:
 
 
 def _evaluate(arguments) -> int:
-    from contextlib import ExitStack
+    from emflow.workflows.evaluation import evaluate
 
-    from emflow.evaluation import evaluate
-    from emflow.storage.volumes import opened_volume, parse_location
-
-    with ExitStack() as stack:
-        volumes = [
-            stack.enter_context(opened_volume(*parse_location(location)))
-            for location in (arguments.segmentation, arguments.groundtruth)
-        ]
-        # The volumes go in as they are: evaluation reads them in slabs, never whole.
-        print(json.dumps(evaluate(*volumes), indent=2, sort_keys=True))
+    report, result = evaluate(
+        arguments.segmentation,
+        arguments.groundtruth,
+        resolution=arguments.resolution,
+        workers=arguments.workers,
+        report=arguments.report,
+        raw=arguments.raw or "",
+        prediction=arguments.prediction or "",
+        skeletons=arguments.skeletons,
+        skeleton_metrics=not arguments.no_skeletons,
+        work_dir=arguments.work_dir,
+    )
+    if result is None:
+        _report_failures(report)
+        return EXIT_TASK_FAILED
+    # Standard output is the JSON document alone; progress and the report's place go to stderr.
+    print(json.dumps(result, indent=2, sort_keys=True))
+    if arguments.report:
+        print(f"emflow evaluate: report written to {Path(arguments.report).resolve() / 'report.html'}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from emflow.errors import ConfigError
 
 from . import run, training
+from .evaluation import EvaluationConfig
 from .run import ROLES, RunConfig, check_halo
 from .schema import AUTO, Schema, as_dict, defaults, defaults_text, load, replace, resolve_function
 from .training import TrainingConfig
@@ -21,6 +22,7 @@ from .training import TrainingConfig
 __all__ = [
     "AUTO",
     "ConfigError",
+    "EvaluationConfig",
     "ROLES",
     "RunConfig",
     "TrainingConfig",
@@ -29,6 +31,7 @@ __all__ = [
     "default_config",
     "default_config_text",
     "load_config",
+    "load_evaluation_config",
     "load_training_config",
     "replace",
     "resolve_function",
@@ -49,6 +52,11 @@ def load_training_config(path: str | Path) -> TrainingConfig:
     """Read an `emflow train` config, merged over its defaults and validated; relative paths
     (`[data] path`, `[training] output`) are resolved against the config's folder."""
     return _load(TrainingConfig, path, "training config file", "training config key")
+
+
+def load_evaluation_config(path: str | Path) -> EvaluationConfig:
+    """Read an evaluation config (written by `emflow evaluate`), validated."""
+    return _load(EvaluationConfig, path, "evaluation config file", "evaluation config key")
 
 
 def default_config_text() -> str:

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from emflow.blocking import Blocking
 from emflow.config import AUTO, check_halo
 from emflow.errors import ConfigError
+from emflow.pyramid import pyramid_factors
+
+from .ome import level_shapes
 
 # "auto" blocks: this many voxels, twice as long in y and x as in z in nm: 64 x 128 x 128 at
 # isotropic voxels, the shape measured fastest end to end (docs/benchmarks.md), 16 x 256 x 256 at
@@ -20,24 +23,40 @@ AUTO_HALO_FRACTION = 1 / 8
 
 @dataclass(frozen=True)
 class Geometry:
-    """Shape (z, y, x) in voxels, voxel size in nm, and the blocking of a run."""
+    """Shape (z, y, x) in voxels, voxel size in nm, and the blocking of a run; `level_factors`:
+    the downsampling factors from each pyramid level to the next (`emflow.pyramid.pyramid_factors`),
+    empty without a pyramid."""
 
-    shape: tuple[int, int, int]
-    resolution: tuple[float, float, float]
-    block_shape: tuple[int, int, int]
-    halo: tuple[int, int, int]
+    shape: tuple[int, ...]
+    resolution: tuple[float, ...]
+    block_shape: tuple[int, ...]
+    halo: tuple[int, ...]
+    level_factors: tuple[tuple[int, ...], ...] = ()
 
     @property
     def blocking(self) -> Blocking:
         return Blocking(self.shape, self.block_shape)
 
+    def level_shape(self, level: int) -> tuple[int, ...]:
+        return level_shapes(self.shape, self.level_factors[:level])[-1]
 
-def resolve_geometry(shape, resolution, block_shape, halo, input_chunks=None) -> Geometry:
+    def level_resolution(self, level: int) -> tuple[float, ...]:
+        """Voxel size of pyramid level `level`, nm."""
+        factors = [math.prod(factors[axis] for factors in self.level_factors[:level]) for axis in range(len(self.shape))]
+        return tuple(size * factor for size, factor in zip(self.resolution, factors))
+
+    def level_blocking(self, level: int) -> Blocking:
+        """Blocks of pyramid level `level`: the block shape, clipped to the level's shape."""
+        shape = self.level_shape(level)
+        return Blocking(shape, tuple(min(block, size) for block, size in zip(self.block_shape, shape)))
+
+
+def resolve_geometry(shape, resolution, block_shape, halo, input_chunks=None, *, pyramid: bool = False) -> Geometry:
     """The geometry of a run from the config's `[blocking]` values, "auto" resolved.
 
     "auto" block shape (`auto_block_shape`), clipped to the volume; "auto" halo: an eighth of
     the block shape. An explicit block shape larger than the volume, or a halo larger than the
-    block, raises ConfigError naming the key.
+    block, raises ConfigError naming the key. `pyramid`: levels down to one that fits one block.
     """
     shape = tuple(int(size) for size in shape)
     if block_shape == AUTO:
@@ -52,7 +71,8 @@ def resolve_geometry(shape, resolution, block_shape, halo, input_chunks=None) ->
         halo = tuple(int(size * AUTO_HALO_FRACTION) for size in block_shape)
     halo = tuple(int(size) for size in halo)
     check_halo(block_shape, halo)
-    return Geometry(shape, tuple(float(value) for value in resolution), block_shape, halo)
+    level_factors = tuple(pyramid_factors(resolution, shape, block_shape)) if pyramid else ()
+    return Geometry(shape, tuple(float(value) for value in resolution), block_shape, halo, level_factors)
 
 
 def auto_block_shape(shape, resolution, input_chunks=None) -> tuple[int, ...]:

@@ -31,24 +31,35 @@ from emflow.targets import atomic_save_npy, atomic_save_npz
 
 from .inputs import InputDataset
 from .layout import Layout
-from .output import create_block_array, open_output_group, output_array, write_global_array
+from .ome import create_levels, level_path, write_multiscale_metadata
+from .output import create_block_image, open_output_group, output_array, write_global_array
 from .volumes import opened_volume, read_region
 
 
 @dataclass(frozen=True)
 class Volume:
-    """An output array written block by block: `path` in the output group, `dtype`, an optional
-    leading channel axis of `channels`; `quantized`: uint8 holding values in [0, 1] times 255, read
-    back as float32; `compressed`: zstd chunks (False for data compression barely shrinks, such as
-    float network outputs); `image_name`: the array is level `s0` of an OME-Zarr image of that name
-    (its parent group carries the multiscales metadata)."""
+    """An output array written block by block: level `level` of the OME-Zarr image (or label image,
+    `label`) `image` of the output group, of `dtype`, with an optional leading channel axis of
+    `channels`. `quantized`: uint8 holding values in [0, 1] times 255, read back as float32;
+    `compressed`: zstd chunks (False for data compression barely shrinks, such as float network
+    outputs)."""
 
-    path: str
+    image: str
     dtype: str
+    level: int = 0
     channels: int | None = None
     quantized: bool = False
     compressed: bool = True
-    image_name: str | None = None
+    label: bool = False
+
+    @property
+    def path(self) -> str:
+        return f"{self.image}/{level_path(self.level)}"
+
+
+def level_name(name: str, level: int) -> str:
+    """The name of level `level` of the volume named `name` (level 0 is `name` itself)."""
+    return name if level == 0 else f"{name}_s{level}"
 
 
 def describe_box(box: Box) -> str:
@@ -102,12 +113,26 @@ class Store:
     def output_array(self, name: str) -> zarr.Array:
         return _output_array(self.layout.output_path, self.volumes[name].path)
 
-    def create_volumes(self, group: zarr.Group, shape: tuple[int, ...], block_shape: tuple[int, ...]) -> None:
-        """(Re)create every volume in the output group, chunked by `block_shape`."""
-        for volume in self.volumes.values():
-            prefix = (volume.channels,) if volume.channels else ()
-            create_block_array(group, volume.path, prefix + tuple(shape), prefix + tuple(block_shape), volume.dtype, compressed=volume.compressed)
+    def create_volumes(self, group: zarr.Group, shape: tuple[int, ...], block_shape: tuple[int, ...], resolution, level_factors) -> None:
+        """(Re)create every volume's OME-Zarr image in the output group, level 0 chunked by
+        `block_shape` with the volume's `shape`; images with more levels get them, shapes from
+        `level_factors` (`emflow.storage.ome.level_shapes`), and metadata describing all of them."""
         _output_array.cache_clear()
+        for volume in self.volumes.values():
+            if volume.level:
+                continue
+            levels = max(other.level for other in self.volumes.values() if other.image == volume.image)
+            prefix = (volume.channels,) if volume.channels else ()
+            create_block_image(
+                group, volume.image, prefix + tuple(shape), prefix + tuple(block_shape), volume.dtype, resolution,
+                label=volume.label, channel=bool(volume.channels), compressed=volume.compressed,
+            )
+            if levels:
+                create_levels(group[volume.image], level_factors[:levels], compressed=volume.compressed)
+                write_multiscale_metadata(
+                    group[volume.image], resolution, level_factors[:levels], name=volume.image, label=volume.label,
+                    downsampling="mode" if volume.label else "mean",
+                )
 
     # --- tables -------------------------------------------------------------------------------
 
@@ -142,6 +167,11 @@ class Store:
         """Arrays of a block's partial result, from one opening of its file."""
         with np.load(self.layout.partial(stage, block_id, ".npz")) as partial:
             return tuple(partial[field] for field in fields)
+
+    def load_partial_bundle(self, stage: str, block_id: int) -> dict[str, np.ndarray]:
+        """Every array of a block's partial result, by name."""
+        with np.load(self.layout.partial(stage, block_id, ".npz")) as partial:
+            return {field: partial[field] for field in partial.files}
 
     def save_partial_array(self, stage: str, block_id: int, array: np.ndarray | None) -> None:
         """A block's partial result as one .npy file (other blocks read it memory-mapped); None: the

@@ -253,6 +253,12 @@ class GlobalContext(_Context):
     def save_bundle(self, **fields: np.ndarray) -> None:
         self.store.save_global(self.spec.name, **fields)
 
+    def partial_bundles(self, stage: str) -> Iterator[dict[str, np.ndarray]]:
+        """Every array of every block's partial result of `stage`, by name, in block order."""
+        self._check_declared(stage, "partials")
+        for block_id in range(self.number_of_blocks(stage)):
+            yield self.store.load_partial_bundle(stage, block_id)
+
     def partials(self, stage: str, *fields: str) -> Iterator[tuple[np.ndarray, ...]]:
         """The given arrays of every block's partial result of `stage`, in block order, one file
         open at a time (a global task holds O(its result), not every block's files)."""

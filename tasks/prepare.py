@@ -8,7 +8,6 @@ from emflow import __version__
 from emflow.config import as_dict
 from emflow.storage.inputs import reference_role
 from emflow.storage.output import OWNER_ATTRIBUTE
-from emflow.storage.volumes import write_ome_zarr_metadata
 
 from .context import GlobalContext, Run
 from .spec import StageSpec
@@ -26,11 +25,8 @@ def _prepare_output(stage: GlobalContext) -> dict:
     run = stage.run
     group = run.store.output_group(create=True)
     group.attrs[OWNER_ATTRIBUTE] = {"version": __version__, "config": as_dict(run.config), "input": input_identity(run)}
-    run.store.create_volumes(group, run.geometry.shape, run.geometry.block_shape)
-    for volume in run.store.volumes.values():
-        if volume.image_name is not None:
-            parent, _, level = volume.path.rpartition("/")
-            write_ome_zarr_metadata(group.require_group(parent), level, run.geometry.resolution, name=volume.image_name)
+    geometry = run.geometry
+    run.store.create_volumes(group, geometry.shape, geometry.block_shape, geometry.resolution, geometry.level_factors)
     stage.log.info("created output arrays of shape %s, chunks %s in %s", run.geometry.shape, run.geometry.block_shape, run.layout.output_path)
     return {"shape": list(run.geometry.shape), "number_of_blocks": run.geometry.blocking.number_of_blocks}
 
@@ -40,6 +36,7 @@ def _parameters(run: Run) -> dict:
         "inputs": {role: dataset.identity() for role, dataset in run.inputs.items()},
         "resolution": list(run.geometry.resolution),
         "block_shape": list(run.geometry.block_shape),
+        "level_factors": [list(factors) for factors in run.geometry.level_factors],
         "output": str(run.layout.output_path),
         "volumes": {name: dataclasses.asdict(volume) for name, volume in run.store.volumes.items()},
     }

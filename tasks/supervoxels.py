@@ -38,6 +38,8 @@ def _watershed(block: BlockContext) -> dict:
         labels = np.where(mask[inner], labels, 0)
     labels, number_of_supervoxels = relabel_consecutive(labels)
     block.write("supervoxels_block_local", labels)
+    # Voxels per supervoxel (ids 1..n of the block), for the segment sizes of the run report.
+    block.save_partial(sizes=np.bincount(labels.ravel(), minlength=number_of_supervoxels + 1)[1:])
     block.log.info("%d supervoxels (%s)", number_of_supervoxels, "2D per slice" if two_d else "3D")
     # The range of the block's boundary values lets `supervoxel_ids` refuse a constant volume
     # without reading it again.
@@ -49,7 +51,7 @@ WATERSHED = StageSpec(
     name="supervoxels",
     blockwise=True,
     reads=(Read.array("boundaries", CONFIGURED_HALO), Read.array("mask", CONFIGURED_HALO, optional=True)),
-    writes=(Write.array("supervoxels_block_local"),),
+    writes=(Write.array("supervoxels_block_local"), Write.partials()),
     config=("supervoxels",),
     run=_watershed,
 )
@@ -117,10 +119,10 @@ def _masked_given(block: BlockContext) -> np.ndarray:
 
 
 def _given_ids(block: BlockContext) -> dict:
-    ids = np.unique(_masked_given(block))
-    ids = ids[ids != 0]
-    block.save_partial(ids=ids)
-    return {"number_of_supervoxels": int(ids.size)}
+    ids, sizes = np.unique(_masked_given(block), return_counts=True)
+    foreground = ids != 0
+    block.save_partial(ids=ids[foreground], sizes=sizes[foreground])
+    return {"number_of_supervoxels": int(foreground.sum())}
 
 
 GIVEN_IDS = StageSpec(

@@ -120,6 +120,21 @@ def rerun_workflow(
     return invalidated, run_workflow(config_path, backend, before_run=invalidate_tasks, **run_options)
 
 
+# Descriptors of the run locks this process holds. A forked worker process closes its copies at
+# once: a child still alive when its run returns would otherwise keep the lock (flock locks belong
+# to the open file, which the child shares) and refuse the next run.
+_held_locks: set[int] = set()
+
+
+def _close_held_locks_in_child() -> None:
+    for descriptor in _held_locks:
+        os.close(descriptor)
+    _held_locks.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_locks_in_child)
+
+
 @contextmanager
 def run_lock(work_dir: Path) -> Iterator[None]:
     """Hold `<work_dir>/run.lock` for a run with the local scheduler, or raise RunInProgressError.
@@ -143,6 +158,8 @@ def run_lock(work_dir: Path) -> Iterator[None]:
         description = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, json.dumps(description).encode(), 0)
+        _held_locks.add(descriptor)
         yield
     finally:
+        _held_locks.discard(descriptor)
         os.close(descriptor)  # releases the lock

@@ -7,6 +7,7 @@ supervoxels, lifted edges, scales); everything else follows from the stage specs
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import stat
@@ -15,11 +16,11 @@ from pathlib import Path
 
 from emflow.config import RunConfig, load_config
 from emflow.errors import ConfigError
-from emflow.storage.geometry import resolve_geometry
+from emflow.storage.geometry import Geometry, resolve_geometry
 from emflow.storage.inputs import check_writable, describe_inputs, reference_role, refuse_unwritten_input, validate_inputs
 from emflow.storage.layout import Layout
 from emflow.storage.models import describe_model
-from emflow.storage.store import Store, Volume
+from emflow.storage.store import Store, Volume, level_name
 from emflow.tasks.adapter import Workflow
 from emflow.tasks.block_graph import BLOCK_GRAPH
 from emflow.tasks.context import Run
@@ -27,15 +28,22 @@ from emflow.tasks.edge_costs import EDGE_COSTS
 from emflow.tasks.hierarchical_multicut import hierarchical_stages
 from emflow.tasks.lifted_edges import LABEL_OVERLAPS, LIFTED_EDGES
 from emflow.tasks.merge_graph import MERGE_GRAPH
+from emflow.tasks.meshes import mesh_stages
 from emflow.tasks.multicut import multicut_stage
 from emflow.tasks.predict import BLEND_PREDICTIONS, PREDICT, model_path
 from emflow.tasks.prepare import PREPARE_OUTPUT
+from emflow.tasks.pyramid import pyramid_stage
 from emflow.tasks.spec import StageSpec
 from emflow.tasks.supervoxels import GIVEN, GIVEN_STAGES, WATERSHED_STAGES
 from emflow.tasks.write import WRITE_SEGMENTATION
 
 
-def segmentation_stages(config: RunConfig) -> tuple[StageSpec, ...]:
+def pyramid_images(config: RunConfig) -> tuple[tuple[str, bool], ...]:
+    """The output images that get pyramids: (volume name, whether it holds labels)."""
+    return ((("boundaries", False),) if config.predicting else ()) + (("supervoxels", True), ("segmentation", True))
+
+
+def segmentation_stages(config: RunConfig, geometry: Geometry) -> tuple[StageSpec, ...]:
     """The stages a config runs, in run order."""
     given_supervoxels = bool(config.input.supervoxels_key)
     lifted = config.lifted_multicut
@@ -50,17 +58,22 @@ def segmentation_stages(config: RunConfig) -> tuple[StageSpec, ...]:
     if n_scales:
         stages += hierarchical_stages(n_scales, lifted=lifted, given_supervoxels=given_supervoxels)
     stages += [multicut_stage(n_scales, lifted=lifted), WRITE_SEGMENTATION]
+    stages += [pyramid_stage(level, pyramid_images(config)) for level in range(1, len(geometry.level_factors) + 1)]
+    if config.meshes.enabled:
+        # A volume that fits one block has no pyramid: its meshes come from the full resolution.
+        stages += mesh_stages(min(config.meshes.level, len(geometry.level_factors)))
     return tuple(stages)
 
 
-def output_volumes(config: RunConfig) -> dict[str, Volume]:
-    """The output group's block-wise arrays, by name."""
+def output_volumes(config: RunConfig, geometry: Geometry) -> dict[str, Volume]:
+    """The output group's block-wise arrays, by name: level 0 of each OME-Zarr image, and the
+    levels of the pyramid images."""
     volumes = {
-        "supervoxels": Volume("supervoxels", "uint64"),
-        "segmentation": Volume("segmentation/s0", "uint64", image_name="segmentation"),
+        "supervoxels": Volume("supervoxels", "uint64", label=True),
+        "segmentation": Volume("segmentation", "uint64", label=True),
     }
     if not config.input.supervoxels_key:
-        volumes["supervoxels_block_local"] = Volume("supervoxels_block_local", "uint64")
+        volumes["supervoxels_block_local"] = Volume("supervoxels_block_local", "uint64", label=True)
     if config.predicting:
         channels = describe_model(model_path(config)).network_config.out_channels
         dtype = config.predict.output_dtype
@@ -68,11 +81,14 @@ def output_volumes(config: RunConfig) -> dict[str, Volume]:
         # the prediction stages' overhead (measured, benchmarks/inference.py).
         volumes["predictions"] = Volume("predictions", dtype, channels=channels, quantized=dtype == "uint8", compressed=dtype != "float32")
         volumes["boundaries"] = Volume("boundaries", dtype, quantized=dtype == "uint8", compressed=dtype != "float32")
+    for name, _ in pyramid_images(config):
+        for level in range(1, len(geometry.level_factors) + 1):
+            volumes[level_name(name, level)] = dataclasses.replace(volumes[name], level=level)
     return volumes
 
 
-def load_run(config_path: str, stages: Callable[[RunConfig], tuple[StageSpec, ...]] = segmentation_stages) -> Run:
-    """The run of a config file with the stages `stages(config)` (default: the segmentation's),
+def load_run(config_path: str, stages: Callable[[RunConfig, Geometry], tuple[StageSpec, ...]] = segmentation_stages) -> Run:
+    """The run of a config file with the stages `stages(config, geometry)` (default: the segmentation's),
     cached per process while the file stays the same.
 
     Raises ConfigError for a bad config or an output location that cannot be written, and
@@ -100,7 +116,9 @@ def _run_for_text(stages: Callable, config_path: str, config_text: str) -> Run:
     validate_inputs(inputs)
     refuse_unwritten_input(inputs)
     reference = inputs[reference_role(inputs)]
-    geometry = resolve_geometry(reference.shape, config.input.resolution, config.blocking.block_shape, config.blocking.halo, reference.chunks)
+    geometry = resolve_geometry(
+        reference.shape, config.input.resolution, config.blocking.block_shape, config.blocking.halo, reference.chunks, pyramid=config.output.pyramid
+    )
     output_path = Path(config.output.path)
     work_dir = Path(config.output.work_dir or f"{output_path}.work")
     check_writable(output_path, "output.path")
@@ -108,8 +126,8 @@ def _run_for_text(stages: Callable, config_path: str, config_text: str) -> Run:
     layout = Layout(output_path, work_dir)
     # The input role "supervoxels" is stored under another name: `supervoxels` is an output volume.
     arrays = {GIVEN if role == "supervoxels" else role: dataset for role, dataset in inputs.items()}
-    store = Store(layout, arrays, output_volumes(config))
-    return Run(config_path, config, arrays, geometry, layout, store, stages(config))
+    store = Store(layout, arrays, output_volumes(config, geometry))
+    return Run(config_path, config, arrays, geometry, layout, store, stages(config, geometry))
 
 
 SEGMENTATION = Workflow("segmentation", load_run)

@@ -1,0 +1,51 @@
+"""Multiscale pyramids of the output images: level k + 1 of every pyramid image, block by block.
+
+Each block of level k + 1 reads the box of level k it covers (`emflow.pyramid.source_box`, no halo)
+and writes its own box: whole chunks. Labels take each window's most frequent id, images its mean.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from emflow.blocking import Blocking
+from emflow.pyramid import downsample_image, downsample_labels
+from emflow.storage.store import level_name
+
+from .context import BlockContext, Run
+from .spec import Read, StageSpec, Write
+
+
+def _source_boxes(level: int):
+    """Region rule: for each block of level `level`, the box of level `level - 1` it is made from."""
+
+    def region(run: Run, blocking: Blocking) -> np.ndarray:
+        factors = np.asarray(run.geometry.level_factors[level - 1], dtype=np.int64)
+        source_shape = np.asarray(run.geometry.level_shape(level - 1), dtype=np.int64)
+        boxes = blocking.boxes_with_halo((0, 0, 0))
+        return np.stack([boxes[:, 0] * factors, np.minimum(boxes[:, 1] * factors, source_shape)], axis=1)
+
+    return region
+
+
+def _downsample(level: int, images: tuple[tuple[str, bool], ...]):
+    def run(block: BlockContext) -> dict:
+        factors = block.geometry.level_factors[level - 1]
+        for name, label in images:
+            source = block.read(level_name(name, level - 1))
+            block.write(level_name(name, level), downsample_labels(source, factors) if label else downsample_image(source, factors))
+        return {}
+
+    return run
+
+
+def pyramid_stage(level: int, images: tuple[tuple[str, bool], ...]) -> StageSpec:
+    """Level `level` (1 or more) of the images `images`, pairs of (volume name, is labels)."""
+    return StageSpec(
+        name=f"pyramid_s{level}",
+        blockwise=True,
+        reads=tuple(Read.array(level_name(name, level - 1), _source_boxes(level)) for name, _ in images),
+        writes=tuple(Write.array(level_name(name, level)) for name, _ in images),
+        blocking=lambda run: run.geometry.level_blocking(level),
+        run=_downsample(level, images),
+    )

@@ -1,0 +1,63 @@
+"""A run's output images as OME-Zarr: every image valid, labels read as labels, pyramid levels made
+block by block equal to downsampling the whole level."""
+
+import numpy as np
+import pytest
+import zarr
+from workflow_helpers import RESOLUTION, read, run_cli, write_config
+
+from emflow.pyramid import downsample_image, downsample_labels
+from emflow.workflows.segmentation import load_run
+
+ome_zarr_models = pytest.importorskip("ome_zarr_models", reason="ome-zarr-models is a test dependency: pip install ome-zarr-models")
+ome_zarr = pytest.importorskip("ome_zarr", reason="ome-zarr is a test dependency: pip install ome-zarr")
+from ome_zarr.io import parse_url  # noqa: E402
+from ome_zarr.reader import Label, Multiscales, Reader  # noqa: E402
+from ome_zarr_models.v05.image import Image  # noqa: E402
+from ome_zarr_models.v05.image_label import ImageLabel  # noqa: E402
+
+BLOCK_SHAPE = (16, 32, 32)  # 4 x 4 x 4 blocks of the crop: two pyramid levels, the last fitting one block
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, workflow_inputs):
+    folder = tmp_path_factory.mktemp("pyramid")
+    config = write_config(folder / "config.toml", workflow_inputs, folder / "out.zarr", block_shape=BLOCK_SHAPE, halo=(4, 8, 8), output={"pyramid": True})
+    assert run_cli("run", config, "--workers", "2") == 0
+    return load_run(str(config.resolve())), folder / "out.zarr"
+
+
+def test_pyramid_levels_are_stages_down_to_one_block(run):
+    run, _ = run
+    factors = run.geometry.level_factors
+    assert factors == ((2, 2, 2), (2, 2, 2))
+    assert [spec.name for spec in run.stages][-2:] == ["pyramid_s1", "pyramid_s2"]
+    assert run.geometry.level_shape(2) == (16, 32, 32) and run.geometry.level_blocking(2).number_of_blocks == 1
+
+
+@pytest.mark.parametrize("image, label", [("segmentation", True), ("supervoxels", True)])
+def test_block_wise_levels_equal_whole_volume_downsampling(run, image, label):
+    run, output = run
+    group = zarr.open_group(str(output / image), mode="r")
+    level = np.asarray(group["s0"][...])
+    for index, factors in enumerate(run.geometry.level_factors, start=1):
+        level = downsample_labels(level, factors) if label else downsample_image(level, factors)
+        assert np.array_equal(np.asarray(group[f"s{index}"][...]), level), f"{image} s{index}"
+
+
+def test_every_output_image_is_valid_ome_zarr_and_labels_read_as_labels(run):
+    run, output = run
+    for name, volume in run.store.volumes.items():
+        if volume.level:
+            continue
+        group = zarr.open_group(str(output / volume.image), mode="r")
+        model = (ImageLabel if volume.label else Image).from_zarr(group)
+        (multiscale,) = model.ome_attributes.multiscales
+        assert [axis.unit for axis in multiscale.axes if axis.type == "space"] == ["nanometer"] * 3, name
+        scale = multiscale.datasets[0].coordinateTransformations[0].scale
+        assert list(scale)[-3:] == RESOLUTION, name
+        assert all(group[dataset.path].metadata.dimension_names[-3:] == ("z", "y", "x") for dataset in multiscale.datasets), name
+        (node,) = list(Reader(parse_url(str(output / volume.image)))())
+        assert any(isinstance(spec, Multiscales) for spec in node.specs), name
+        assert any(isinstance(spec, Label) for spec in node.specs) == volume.label, name
+    assert np.array_equal(read(output, "segmentation"), np.asarray(zarr.open_group(str(output / "segmentation"), mode="r")["s0"][...]))

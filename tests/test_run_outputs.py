@@ -1,0 +1,59 @@
+"""What a run writes for people to look at: the run report, and segment meshes."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from emflow.blocking import Box
+from emflow.meshes import block_meshes
+from emflow.storage.precomputed import mesh_folder, read_legacy_mesh
+from workflow_helpers import read, run_cli, write_config
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, workflow_inputs):
+    folder = tmp_path_factory.mktemp("outputs")
+    config = write_config(
+        folder / "config.toml", workflow_inputs, folder / "out.zarr", block_shape=(16, 32, 32), halo=(4, 8, 8),
+        output={"pyramid": True, "report": True}, meshes={"enabled": True, "level": 1},
+    )
+    assert run_cli("run", config, "--workers", "2") == 0
+    return config, folder / "out.zarr"
+
+
+def test_the_run_report_holds_segments_stages_and_a_preview(finished):
+    config, output = finished
+    report = output.parent / "out.zarr.work" / "report"
+    data = json.loads((report / "run_report.json").read_text())
+    segmentation = read(output, "segmentation")
+    ids, counts = np.unique(segmentation[segmentation != 0], return_counts=True)
+    assert data["segments"]["number_of_segments"] == len(ids)
+    assert data["segments"]["largest_voxels"] == counts.max()
+    assert {"supervoxels", "block_graph", "multicut", "write_segmentation", "pyramid_s1", "meshes"} <= set(data["stages"])
+    assert all(stage["seconds"] > 0 for stage in data["stages"].values())
+    assert {"run_preview.png", "run_sizes.png", "run_stages.png"} <= {path.name for path in report.glob("*.png")}
+    # A no-op rerun leaves the report alone; `emflow report` writes it again.
+    written = (report / "run_report.json").stat().st_mtime_ns
+    assert run_cli("run", config) == 0
+    assert (report / "run_report.json").stat().st_mtime_ns == written
+    time.sleep(0.01)
+    assert run_cli("report", config) == 0
+    assert (report / "run_report.json").stat().st_mtime_ns > written
+
+
+def test_meshes_of_level_1_are_those_of_the_whole_level(finished):
+    _, output = finished
+    level = read(output, "segmentation/s1")
+    whole = block_meshes(level, Box((0, 0, 0), level.shape), level.shape, (20.0, 20.0, 20.0))
+    folder = mesh_folder(output)
+    assert json.loads((folder / "info").read_text())["@type"] == "neuroglancer_legacy_mesh"
+    for index in range(0, len(whole.ids), max(1, len(whole.ids) // 10)):
+        vertices, faces = read_legacy_mesh(folder, int(whole.ids[index]))
+        expected_vertices, expected_faces = whole.mesh(index)
+        assert len(faces) == len(expected_faces)
+        # The same surface: the same set of triangles, by their vertices' coordinates.
+        triangles = np.sort(np.round(vertices[faces.astype(np.int64)], 3).reshape(len(faces), -1), axis=0)
+        expected = np.sort(np.round(expected_vertices[expected_faces.astype(np.int64)], 3).reshape(len(expected_faces), -1), axis=0)
+        assert np.array_equal(np.unique(triangles, axis=0), np.unique(expected, axis=0))

@@ -1,0 +1,89 @@
+"""The run report: what a finished segmentation run holds and cost, without ground truth.
+
+Written into `<work folder>/report/` at the end of every `emflow run`, and again by `emflow report
+CONFIG`: segments and their size distribution, time and peak memory per stage, throughput, and a
+preview of the middle section with the segmentation over the raw data (`emflow.report.write_run_report`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from emflow.storage.volumes import opened_volume
+from emflow.tasks.adapter import stage_record, stage_target
+from emflow.tasks.context import Run
+
+
+def stage_statistics(run: Run) -> dict[str, tuple[float, int]]:
+    """Per finished stage, in run order: (seconds, peak RSS bytes) from its records: a global
+    stage's own; a block-wise stage's summed seconds and largest peak over its blocks."""
+    statistics = {}
+    for spec in run.stages:
+        if spec.blockwise:
+            records = stage_target(run, spec.name).block_records()
+            results = [record.result for record in records.values() if record.fingerprint]
+        else:
+            record = stage_record(run, spec.name).read()
+            results = [record["result"]] if record else []
+        if results:
+            seconds = float(sum(result.get("seconds", 0.0) for result in results))
+            statistics[spec.name] = (seconds, int(max(result.get("peak_rss_bytes", 0) for result in results)))
+    return statistics
+
+
+def segment_sizes(run: Run) -> np.ndarray:
+    """Voxels per segment (background left out), from each supervoxel's size and its segment: O(supervoxels)."""
+    node_labels = run.store.load_global("multicut", "node_labels")
+    sizes = np.zeros(len(node_labels), dtype=np.int64)
+    number_of_blocks = run.stage("supervoxels").blocks(run).number_of_blocks
+    if "given_supervoxels" in run.inputs:
+        table = run.store.load_global("supervoxel_ids", "ids")
+        for block_id in range(number_of_blocks):
+            ids, block_sizes = run.store.load_partial("supervoxels", block_id, "ids", "sizes")
+            np.add.at(sizes, np.searchsorted(table, ids) + 1, block_sizes)
+    else:
+        offsets = run.store.load_global("supervoxel_ids", "offsets")
+        for block_id in range(number_of_blocks):
+            (block_sizes,) = run.store.load_partial("supervoxels", block_id, "sizes")
+            sizes[int(offsets[block_id]) + 1 : int(offsets[block_id]) + 1 + len(block_sizes)] = block_sizes
+    return np.bincount(node_labels[1:].astype(np.int64), weights=sizes[1:], minlength=int(node_labels.max()) + 1)[1:].astype(np.int64)
+
+
+def report_is_current(run: Run) -> bool:
+    """Whether the run report is newer than every stage record (a no-op rerun leaves it alone)."""
+    report = run.layout.work_dir / "report" / "run_report.json"
+    if not report.exists():
+        return False
+    written = report.stat().st_mtime_ns
+    return all(stage_record(run, spec.name).path.stat().st_mtime_ns <= written for spec in run.stages if stage_record(run, spec.name).path.exists())
+
+
+def write_report(run: Run) -> Path:
+    """Write the run report of a finished run into `<work folder>/report/`; return its HTML page."""
+    from emflow.report import write_run_report  # matplotlib only where a report is written
+
+    statistics = stage_statistics(run)
+    middle = run.geometry.shape[0] // 2
+    section = np.s_[middle]
+    segmentation = np.asarray(run.store.output_array("segmentation")[section])
+    background = "raw" if "raw" in run.inputs else "boundaries"
+    if background in run.inputs:
+        dataset = run.inputs[background]
+        with opened_volume(dataset.path, dataset.key) as volume:
+            raw_section = np.asarray(volume[section])
+    else:
+        raw_section = np.asarray(run.store.output_array("boundaries")[section])
+    return write_run_report(
+        run.layout.work_dir / "report",
+        stage_seconds={name: seconds for name, (seconds, _) in statistics.items()},
+        stage_peak_rss_bytes={name: peak for name, (_, peak) in statistics.items()},
+        segment_sizes=segment_sizes(run),
+        raw_section=raw_section,
+        segmentation_section=segmentation,
+        resolution=run.geometry.resolution,
+        volume_shape=run.geometry.shape,
+        section_index=middle,
+        title=f"emflow run: {run.layout.output_path}",
+    )
