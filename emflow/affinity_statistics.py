@@ -1,0 +1,370 @@
+"""Mergeable statistics of affinities between pairs of labels (supervoxels, fragments).
+
+The *voxel pairs* of an affinity channel with offset ``o`` are ``(p, p + o)`` with both voxels in
+the volume; the channel's value at ``p`` is their affinity (the convention of
+:mod:`emflow.affinities`: 1 = same object). A voxel pair whose two labels differ and are both
+non-zero adds its affinity to the *label pair* ``(u, v)``, ``u < v``, of its two labels. For
+nearest-neighbour channels the label pairs are the edges of the region graph of
+:mod:`emflow.graph`; for long-range channels they are pairs of labels up to ``|o|`` apart, which
+need not touch.
+
+Per label pair the statistics are the number of voxel pairs, the sum of their affinities and a
+histogram of :data:`HISTOGRAM_BINS` bins over [0, 1]. All three are integers: affinities are
+clipped to [0, 1] and rounded to multiples of ``2**-24`` (:data:`FIXED_POINT_SCALE`; float32 has
+24 significant bits, so affinities near 1 are kept exactly and smaller ones to within 3e-8), and
+the sum is kept in those units. Integer sums do not depend on the order of addition, so merging
+block results is exact: blockwise statistics equal the whole volume's bit for bit, and mean and
+quantile linkages (:mod:`emflow.agglomeration`) combine exactly.
+
+Blockwise: a voxel pair's *anchor* is ``p + min(o, 0)`` (per axis), so both its voxels lie in
+``anchor + [0, |o|]``. A block owns the voxel pairs whose anchor lies in its inner box and reads
+its labels and affinities with a halo of :func:`statistics_halo` voxels on the forward faces
+(clipped to the volume); the inner boxes of a blocking then count every voxel pair once. For a
+nearest-neighbour channel the anchor is the pair's first voxel, the ownership rule of
+:func:`emflow.graph.block_edge_statistics`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .affinities import check_offsets
+from .blocking import Box
+
+HISTOGRAM_BINS = 256
+"""Histogram bins over [0, 1]; bin ``b`` holds affinities in ``[b / 256, (b + 1) / 256)``, 1.0 in the last."""
+
+FIXED_POINT_SCALE = 2**24
+"""Affinities are stored as integers in units of ``1 / FIXED_POINT_SCALE``."""
+
+_BIN_SHIFT = 16  # FIXED_POINT_SCALE // HISTOGRAM_BINS == 2**16
+_MAX_KEY_SPAN = 190_000_000  # span**2 * HISTOGRAM_BINS < 2**63
+
+
+@dataclass(frozen=True)
+class PairStatistics:
+    """Affinity statistics of label pairs.
+
+    Fields
+    ------
+    pairs:
+        ``(P, 2)`` ``uint64`` label pairs ``(u, v)``, ``0 < u < v``, sorted lexicographically,
+        unique.
+    counts:
+        ``(P,)`` ``int64`` number of voxel pairs.
+    sums:
+        ``(P,)`` ``int64`` sum of the voxel pairs' affinities in units of ``2**-24``.
+    histogram_offsets, histogram_bins, histogram_counts:
+        Sparse histograms, row by row: pair ``i``'s non-empty bins are
+        ``histogram_bins[histogram_offsets[i]:histogram_offsets[i + 1]]`` (``uint8``, ascending)
+        with their ``int64`` voxel-pair counts; ``histogram_offsets`` is ``(P + 1,)`` ``int64``.
+        A pair has at most ``min(count, 256)`` non-empty bins, so the histograms never take more
+        room than the voxel pairs behind them.
+    """
+
+    pairs: np.ndarray
+    counts: np.ndarray
+    sums: np.ndarray
+    histogram_offsets: np.ndarray
+    histogram_bins: np.ndarray
+    histogram_counts: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def mean(self) -> np.ndarray:
+        """``(P,)`` ``float64`` mean affinity of each pair."""
+        return self.sums / (self.counts.astype(np.float64) * FIXED_POINT_SCALE)
+
+    def quantile(self, q: float) -> np.ndarray:
+        """``(P,)`` ``float64`` ``q``-quantile of each pair's affinities, from its histogram.
+
+        The quantile is the centre ``(b + 0.5) / 256`` of the bin ``b`` that holds the
+        ``max(1, ceil(q * count))``-th smallest value: ``q = 0`` gives the bin of the minimum,
+        ``q = 1`` that of the maximum, ``q = 0.5`` the lower median.
+        """
+        ranks = quantile_ranks(self.counts, q)
+        cumulative = np.cumsum(self.histogram_counts)
+        before = np.concatenate([[0], cumulative])[self.histogram_offsets[:-1]]
+        # The cumulative counts rise globally, so the first entry reaching `before + rank` lies in
+        # the pair's own row.
+        entries = np.searchsorted(cumulative, before + ranks, side="left")
+        return bin_centres(self.histogram_bins[entries])
+
+    def dense_histograms(self) -> np.ndarray:
+        """``(P, 256)`` ``int64`` histograms (for small ``P``: 2 KiB per pair)."""
+        dense = np.zeros((len(self), HISTOGRAM_BINS), dtype=np.int64)
+        rows = np.repeat(np.arange(len(self)), np.diff(self.histogram_offsets))
+        dense[rows, self.histogram_bins] = self.histogram_counts
+        return dense
+
+    def select(self, keep: np.ndarray) -> PairStatistics:
+        """The statistics of the pairs where the ``(P,)`` bool ``keep`` is True."""
+        keep = np.asarray(keep, dtype=bool)
+        if keep.shape != (len(self),):
+            raise ValueError(f"keep must have shape ({len(self)},), got {keep.shape}")
+        row_sizes = np.diff(self.histogram_offsets)
+        entries = np.repeat(keep, row_sizes)
+        offsets = np.zeros(int(keep.sum()) + 1, dtype=np.int64)
+        np.cumsum(row_sizes[keep], out=offsets[1:])
+        return PairStatistics(
+            self.pairs[keep], self.counts[keep], self.sums[keep],
+            offsets, self.histogram_bins[entries], self.histogram_counts[entries],
+        )
+
+
+def quantile_ranks(counts: np.ndarray, q: float) -> np.ndarray:
+    """``max(1, ceil(q * counts))``: the 1-based rank of the ``q``-quantile among ``counts`` values (int64)."""
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"quantile must lie in [0, 1], got {q}")
+    return np.maximum(np.ceil(q * np.asarray(counts, dtype=np.float64)), 1).astype(np.int64)
+
+
+def bin_centres(bins) -> np.ndarray:
+    """Affinity at the centre of histogram bins, ``(bins + 0.5) / 256`` (float64)."""
+    return (np.asarray(bins, dtype=np.float64) + 0.5) / HISTOGRAM_BINS
+
+
+def nearest_neighbour_channels(offsets: Sequence[Sequence[int]]) -> list[int]:
+    """Indices of the channels whose offset is a nearest neighbour (one step along one axis)."""
+    return [channel for channel, offset in enumerate(check_offsets(offsets)) if np.abs(offset).sum() == 1]
+
+
+def long_range_channels(offsets: Sequence[Sequence[int]]) -> list[int]:
+    """Indices of the channels whose offset is longer than one step."""
+    return [channel for channel, offset in enumerate(check_offsets(offsets)) if np.abs(offset).sum() > 1]
+
+
+def statistics_halo(offsets: Sequence[Sequence[int]], channels: Sequence[int] | None = None) -> tuple[int, ...]:
+    """Forward halo (voxels per axis) a block needs for the voxel pairs of ``channels`` (default all)."""
+    offsets = check_offsets(offsets)
+    channels = range(len(offsets)) if channels is None else list(channels)
+    return tuple(int(step) for step in np.abs(offsets[list(channels)]).max(axis=0))
+
+
+def block_pair_statistics(
+    labels: np.ndarray,
+    affinities: np.ndarray,
+    offsets: Sequence[Sequence[int]],
+    own_box: Box,
+    *,
+    channels: Sequence[int] | None = None,
+) -> PairStatistics:
+    """Statistics of the voxel pairs one block owns, from affinities.
+
+    ``labels`` are the block's integer ids ``(z, y, x)`` read with a forward halo of at least
+    :func:`statistics_halo` (clipped to the volume), ``affinities`` float ``(C, z, y, x)`` of the
+    same box with one channel per row of ``offsets``, ``own_box`` the block's inner box in the
+    coordinates of that array, ``channels`` the channels to count (default: all), e.g.
+    :func:`nearest_neighbour_channels` for region-graph edges or :func:`long_range_channels` for
+    lifted and repulsive pairs. Single-threaded, because workflows parallelise over blocks.
+    """
+    labels = _as_labels(labels)
+    offsets = check_offsets(offsets)
+    affinities = np.asarray(affinities)
+    if affinities.shape != (len(offsets),) + labels.shape:
+        raise ValueError(f"affinities must have shape {(len(offsets),) + labels.shape}, got {affinities.shape}")
+    channels = range(len(offsets)) if channels is None else list(channels)
+    firsts, seconds, values = [], [], []
+    for channel in channels:
+        pair = _owned_pairs(labels, offsets[channel], own_box)
+        if pair is None:
+            continue
+        # The first slicing is p, where the channel stores the affinity of (p, p + offset).
+        first_slicing, second_slicing = pair
+        first, second = labels[first_slicing], labels[second_slicing]
+        cross = (first != second) & (first != 0) & (second != 0)
+        firsts.append(first[cross])
+        seconds.append(second[cross])
+        values.append(_fixed_point(affinities[channel][first_slicing][cross]))
+    return _aggregate(firsts, seconds, values)
+
+
+def block_boundary_pair_statistics(labels: np.ndarray, boundaries: np.ndarray, own_box: Box) -> PairStatistics:
+    """Statistics of the face voxel pairs one block owns, from a boundary map.
+
+    For a boundary map (float ``(z, y, x)``, 1 = membrane) instead of affinities, the affinity of
+    a face voxel pair ``(x, x + e_axis)`` is 1 minus the mean of the two voxels' boundary values,
+    so that the pair's boundary value is the one :mod:`emflow.graph` uses. ``labels`` and
+    ``boundaries`` are read with a forward halo of one voxel; ``own_box`` as in
+    :func:`block_pair_statistics`.
+    """
+    labels = _as_labels(labels)
+    boundaries = np.asarray(boundaries)
+    if boundaries.shape != labels.shape:
+        raise ValueError(f"boundaries must have shape {labels.shape}, got {boundaries.shape}")
+    firsts, seconds, values = [], [], []
+    for axis in range(labels.ndim):
+        offset = np.zeros(labels.ndim, dtype=np.int64)
+        offset[axis] = 1
+        pair = _owned_pairs(labels, offset, own_box)
+        if pair is None:
+            continue
+        first_slicing, second_slicing = pair
+        first, second = labels[first_slicing], labels[second_slicing]
+        cross = (first != second) & (first != 0) & (second != 0)
+        boundary = (boundaries[first_slicing][cross].astype(np.float64) + boundaries[second_slicing][cross]) / 2
+        firsts.append(first[cross])
+        seconds.append(second[cross])
+        values.append(_fixed_point(1.0 - boundary))
+    return _aggregate(firsts, seconds, values)
+
+
+def pair_statistics(
+    labels: np.ndarray,
+    affinities: np.ndarray,
+    offsets: Sequence[Sequence[int]],
+    *,
+    channels: Sequence[int] | None = None,
+) -> PairStatistics:
+    """Statistics of a whole volume held in memory; equal to merging any blocking's block results."""
+    labels = np.asarray(labels)
+    return block_pair_statistics(labels, affinities, offsets, Box((0,) * labels.ndim, labels.shape), channels=channels)
+
+
+def boundary_pair_statistics(labels: np.ndarray, boundaries: np.ndarray) -> PairStatistics:
+    """:func:`block_boundary_pair_statistics` of a whole volume held in memory."""
+    labels = np.asarray(labels)
+    return block_boundary_pair_statistics(labels, boundaries, Box((0,) * labels.ndim, labels.shape))
+
+
+def merge_pair_statistics(parts: Iterable[PairStatistics]) -> PairStatistics:
+    """Combine statistics of the same pairs from several blocks (or of merged groups of blocks).
+
+    Counts, sums and histograms add; the result is exact and does not depend on the order of
+    ``parts``. Outputs are valid inputs, so a large merge can run as a tree of smaller ones.
+    """
+    parts = list(parts)
+    if not parts:
+        return _empty()
+    pairs = np.concatenate([part.pairs for part in parts]).reshape(-1, 2)
+    order = np.lexsort((pairs[:, 1], pairs[:, 0]))
+    sorted_pairs = pairs[order]
+    starts = _run_starts(sorted_pairs[:, 0], sorted_pairs[:, 1])
+    merged_index = np.empty(len(pairs), dtype=np.int64)
+    merged_index[order] = _run_index(len(pairs), starts)
+    counts = _add_runs(np.concatenate([part.counts for part in parts])[order], starts)
+    sums = _add_runs(np.concatenate([part.sums for part in parts])[order], starts)
+
+    # Histogram entries keyed by (merged pair, bin), summed per key.
+    row_offset = np.cumsum([0] + [len(part) for part in parts])
+    entry_rows = np.concatenate([
+        np.repeat(np.arange(len(part)) + row_offset[index], np.diff(part.histogram_offsets))
+        for index, part in enumerate(parts)
+    ])
+    keys = merged_index[entry_rows] * HISTOGRAM_BINS + np.concatenate([part.histogram_bins for part in parts])
+    entry_order = np.argsort(keys)
+    entry_counts = np.concatenate([part.histogram_counts for part in parts])[entry_order]
+    return _from_sorted_pairs(sorted_pairs[starts], counts, sums, keys[entry_order], entry_counts)
+
+
+def _as_labels(labels) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 3 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be a 3D integer array, got {labels.dtype} of shape {labels.shape}")
+    return labels
+
+
+def _owned_pairs(labels: np.ndarray, offset, own_box: Box):
+    """Slicings (p, p + offset) over the voxel pairs whose anchor lies in ``own_box``, or None if none."""
+    first, second = [], []
+    for begin, end, size, step in zip(own_box.begin, own_box.end, labels.shape, offset):
+        step = int(step)
+        # Anchors a in [begin, end) with a + |step| inside the array.
+        last = min(end, size - abs(step))
+        if last <= begin:
+            return None
+        first.append(slice(begin + max(-step, 0), last + max(-step, 0)))
+        second.append(slice(begin + max(step, 0), last + max(step, 0)))
+    return tuple(first), tuple(second)
+
+
+def _fixed_point(values: np.ndarray) -> np.ndarray:
+    return np.rint(np.clip(values.astype(np.float64), 0.0, 1.0) * FIXED_POINT_SCALE).astype(np.int64)
+
+
+def _run_starts(*sorted_keys: np.ndarray) -> np.ndarray:
+    """Indices where any of the sorted key columns changes (the starts of runs of equal keys)."""
+    if len(sorted_keys[0]) == 0:
+        return np.zeros(0, dtype=np.int64)
+    changed = np.zeros(len(sorted_keys[0]), dtype=bool)
+    changed[0] = True
+    for key in sorted_keys:
+        changed[1:] |= key[1:] != key[:-1]
+    return np.flatnonzero(changed)
+
+
+def _run_index(length: int, starts: np.ndarray) -> np.ndarray:
+    """For each of ``length`` sorted entries, the index of its run (``starts`` from :func:`_run_starts`)."""
+    index = np.zeros(length, dtype=np.int64)
+    index[starts[1:]] = 1
+    return np.cumsum(index)
+
+
+def _add_runs(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    if len(starts) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.add.reduceat(values.astype(np.int64, copy=False), starts)
+
+
+def _aggregate(firsts, seconds, values) -> PairStatistics:
+    """Statistics from per-voxel-pair labels and fixed-point affinities."""
+    first = np.concatenate(firsts) if firsts else np.zeros(0, np.uint64)
+    if len(first) == 0:
+        return _empty()
+    second, values = np.concatenate(seconds), np.concatenate(values)
+    u = np.minimum(first, second).astype(np.uint64)
+    v = np.maximum(first, second).astype(np.uint64)
+    # Keys (u, v, bin) in one int64, so that one sort groups the voxel pairs. Label ids relative to
+    # the block's smallest one fit unless the block's ids span more than 1.9e8 (then they are made
+    # dense first, by a sort twice as long: 3.5 s instead of 0.3 s for 1.9 M long-range pairs).
+    lowest, span = u.min(), int(v.max() - u.min()) + 1
+    if span <= _MAX_KEY_SPAN:
+        ids = None
+        local_u, local_v = (u - lowest).astype(np.int64), (v - lowest).astype(np.int64)
+    else:
+        ids, inverse = np.unique(np.concatenate([u, v]), return_inverse=True)
+        local_u, local_v = inverse[: len(u)].astype(np.int64), inverse[len(u):].astype(np.int64)
+        span = len(ids)
+    keys = (local_u * span + local_v) * HISTOGRAM_BINS + np.minimum(values >> _BIN_SHIFT, HISTOGRAM_BINS - 1)
+    order = np.argsort(keys)
+    keys = keys[order]
+    pair_keys = keys // HISTOGRAM_BINS
+    pair_starts = _run_starts(pair_keys)
+    counts = np.diff(np.append(pair_starts, len(keys)))
+    sums = _add_runs(values[order], pair_starts)
+    local_u, local_v = np.divmod(pair_keys[pair_starts], span)
+    if ids is None:
+        pairs = np.stack([local_u.astype(np.uint64) + lowest, local_v.astype(np.uint64) + lowest], axis=1)
+    else:
+        pairs = np.stack([ids[local_u], ids[local_v]], axis=1)
+    histogram_keys = _run_index(len(keys), pair_starts) * HISTOGRAM_BINS + (keys % HISTOGRAM_BINS)
+    return _from_sorted_pairs(pairs, counts, sums, histogram_keys, np.ones(len(keys), dtype=np.int64))
+
+
+def _from_sorted_pairs(pairs, counts, sums, histogram_keys, histogram_key_counts) -> PairStatistics:
+    """Assemble statistics; ``histogram_keys`` are sorted ``pair index * 256 + bin``, repeats summed."""
+    starts = _run_starts(histogram_keys)
+    entry_keys = histogram_keys[starts]
+    entry_counts = _add_runs(histogram_key_counts, starts)
+    rows = entry_keys // HISTOGRAM_BINS
+    offsets = np.zeros(len(pairs) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=len(pairs)), out=offsets[1:])
+    return PairStatistics(
+        pairs=np.asarray(pairs, dtype=np.uint64).reshape(-1, 2),
+        counts=np.asarray(counts, dtype=np.int64),
+        sums=np.asarray(sums, dtype=np.int64),
+        histogram_offsets=offsets,
+        histogram_bins=(entry_keys % HISTOGRAM_BINS).astype(np.uint8),
+        histogram_counts=entry_counts.astype(np.int64),
+    )
+
+
+def _empty() -> PairStatistics:
+    return PairStatistics(
+        np.zeros((0, 2), np.uint64), np.zeros(0, np.int64), np.zeros(0, np.int64),
+        np.zeros(1, np.int64), np.zeros(0, np.uint8), np.zeros(0, np.int64),
+    )
