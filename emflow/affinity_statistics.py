@@ -35,12 +35,11 @@ from .affinities import check_offsets
 from .blocking import Box
 
 HISTOGRAM_BINS = 256
-"""Histogram bins over [0, 1]; bin ``b`` holds affinities in ``[b / 256, (b + 1) / 256)``, 1.0 in the last."""
+"""Histogram bins over [0, 1]; bin ``b`` holds affinities in ``[b / 256, (b + 1) / 256)``, 1.0 in the last (as waterz)."""
 
 FIXED_POINT_SCALE = 2**24
 """Affinities are stored as integers in units of ``1 / FIXED_POINT_SCALE``."""
 
-_BIN_SHIFT = 16  # FIXED_POINT_SCALE // HISTOGRAM_BINS == 2**16
 _MAX_KEY_SPAN = 190_000_000  # span**2 * HISTOGRAM_BINS < 2**63
 
 
@@ -83,8 +82,9 @@ class PairStatistics:
         """``(P,)`` ``float64`` ``q``-quantile of each pair's affinities, from its histogram.
 
         The quantile is the centre ``(b + 0.5) / 256`` of the bin ``b`` that holds the
-        ``max(1, ceil(q * count))``-th smallest value: ``q = 0`` gives the bin of the minimum,
-        ``q = 1`` that of the maximum, ``q = 0.5`` the lower median.
+        ``min(floor(q * count) + 1, count)``-th smallest value (:func:`quantile_ranks`): ``q = 0``
+        gives the bin of the minimum, ``q = 1`` that of the maximum, ``q = 0.5`` the upper median.
+        This is waterz's ``HistogramQuantileAffinity`` for ``q`` in percent, with the same bins.
         """
         ranks = quantile_ranks(self.counts, q)
         cumulative = np.cumsum(self.histogram_counts)
@@ -117,10 +117,11 @@ class PairStatistics:
 
 
 def quantile_ranks(counts: np.ndarray, q: float) -> np.ndarray:
-    """``max(1, ceil(q * counts))``: the 1-based rank of the ``q``-quantile among ``counts`` values (int64)."""
+    """``min(floor(q * counts) + 1, counts)``: the 1-based rank of the ``q``-quantile among ``counts`` values (int64)."""
     if not 0.0 <= q <= 1.0:
         raise ValueError(f"quantile must lie in [0, 1], got {q}")
-    return np.maximum(np.ceil(q * np.asarray(counts, dtype=np.float64)), 1).astype(np.int64)
+    counts = np.asarray(counts, dtype=np.int64)
+    return np.minimum(np.floor(q * counts.astype(np.float64)).astype(np.int64) + 1, counts)
 
 
 def bin_centres(bins) -> np.ndarray:
@@ -168,7 +169,7 @@ def block_pair_statistics(
     if affinities.shape != (len(offsets),) + labels.shape:
         raise ValueError(f"affinities must have shape {(len(offsets),) + labels.shape}, got {affinities.shape}")
     channels = range(len(offsets)) if channels is None else list(channels)
-    firsts, seconds, values = [], [], []
+    firsts, seconds, values, bins = [], [], [], []
     for channel in channels:
         pair = _owned_pairs(labels, offsets[channel], own_box)
         if pair is None:
@@ -179,8 +180,10 @@ def block_pair_statistics(
         cross = (first != second) & (first != 0) & (second != 0)
         firsts.append(first[cross])
         seconds.append(second[cross])
-        values.append(_fixed_point(affinities[channel][first_slicing][cross]))
-    return _aggregate(firsts, seconds, values)
+        fixed, binned = _quantized(affinities[channel][first_slicing][cross])
+        values.append(fixed)
+        bins.append(binned)
+    return _aggregate(firsts, seconds, values, bins)
 
 
 def block_boundary_pair_statistics(labels: np.ndarray, boundaries: np.ndarray, own_box: Box) -> PairStatistics:
@@ -196,7 +199,7 @@ def block_boundary_pair_statistics(labels: np.ndarray, boundaries: np.ndarray, o
     boundaries = np.asarray(boundaries)
     if boundaries.shape != labels.shape:
         raise ValueError(f"boundaries must have shape {labels.shape}, got {boundaries.shape}")
-    firsts, seconds, values = [], [], []
+    firsts, seconds, values, bins = [], [], [], []
     for axis in range(labels.ndim):
         offset = np.zeros(labels.ndim, dtype=np.int64)
         offset[axis] = 1
@@ -209,8 +212,10 @@ def block_boundary_pair_statistics(labels: np.ndarray, boundaries: np.ndarray, o
         boundary = (boundaries[first_slicing][cross].astype(np.float64) + boundaries[second_slicing][cross]) / 2
         firsts.append(first[cross])
         seconds.append(second[cross])
-        values.append(_fixed_point(1.0 - boundary))
-    return _aggregate(firsts, seconds, values)
+        fixed, binned = _quantized(1.0 - boundary)
+        values.append(fixed)
+        bins.append(binned)
+    return _aggregate(firsts, seconds, values, bins)
 
 
 def pair_statistics(
@@ -282,8 +287,15 @@ def _owned_pairs(labels: np.ndarray, offset, own_box: Box):
     return tuple(first), tuple(second)
 
 
-def _fixed_point(values: np.ndarray) -> np.ndarray:
-    return np.rint(np.clip(values.astype(np.float64), 0.0, 1.0) * FIXED_POINT_SCALE).astype(np.int64)
+def _quantized(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed-point values (int64) and histogram bins (int64) of affinities, clipped to [0, 1].
+
+    The bin comes from the value itself, not from its fixed-point rounding, which may cross a bin
+    boundary: ``floor(a * 256)``, exact in floating point, as waterz's ``discretize``.
+    """
+    values = np.clip(values.astype(np.float64), 0.0, 1.0)
+    bins = np.minimum((values * HISTOGRAM_BINS).astype(np.int64), HISTOGRAM_BINS - 1)
+    return np.rint(values * FIXED_POINT_SCALE).astype(np.int64), bins
 
 
 def _run_starts(*sorted_keys: np.ndarray) -> np.ndarray:
@@ -310,12 +322,12 @@ def _add_runs(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
     return np.add.reduceat(values.astype(np.int64, copy=False), starts)
 
 
-def _aggregate(firsts, seconds, values) -> PairStatistics:
-    """Statistics from per-voxel-pair labels and fixed-point affinities."""
+def _aggregate(firsts, seconds, values, bins) -> PairStatistics:
+    """Statistics from per-voxel-pair labels, fixed-point affinities and histogram bins."""
     first = np.concatenate(firsts) if firsts else np.zeros(0, np.uint64)
     if len(first) == 0:
         return _empty()
-    second, values = np.concatenate(seconds), np.concatenate(values)
+    second, values, bins = np.concatenate(seconds), np.concatenate(values), np.concatenate(bins)
     u = np.minimum(first, second).astype(np.uint64)
     v = np.maximum(first, second).astype(np.uint64)
     # Keys (u, v, bin) in one int64, so that one sort groups the voxel pairs. Label ids relative to
@@ -329,7 +341,7 @@ def _aggregate(firsts, seconds, values) -> PairStatistics:
         ids, inverse = np.unique(np.concatenate([u, v]), return_inverse=True)
         local_u, local_v = inverse[: len(u)].astype(np.int64), inverse[len(u):].astype(np.int64)
         span = len(ids)
-    keys = (local_u * span + local_v) * HISTOGRAM_BINS + np.minimum(values >> _BIN_SHIFT, HISTOGRAM_BINS - 1)
+    keys = (local_u * span + local_v) * HISTOGRAM_BINS + bins
     order = np.argsort(keys)
     keys = keys[order]
     pair_keys = keys // HISTOGRAM_BINS
