@@ -379,7 +379,7 @@ def report(inputs: dict, chosen: dict) -> list[dict]:
             result, seconds, peak = measured(function)
         except RuntimeError as error:
             rows.append({"input": input_name, "method": method, "parameters": parameters, "status": str(error).splitlines()[-1]})
-            return
+            return None
         segmentations = result if per_threshold else {None: result}
         for threshold, segmentation in segmentations.items():
             row_parameters = dict(parameters, **({} if threshold is None else {"threshold": threshold}))
@@ -390,6 +390,7 @@ def report(inputs: dict, chosen: dict) -> list[dict]:
                 "seconds": seconds, "peak_rss_bytes": peak, "segments": int(len(np.unique(segmentation))),
                 "quality": quality(segmentation, groundtruth),
             })
+        return result
 
     for input_name in ("CNN", "GT boundaries"):
         data = region[input_name]
@@ -431,9 +432,13 @@ def report(inputs: dict, chosen: dict) -> list[dict]:
     for input_name in ("CNN", "GT affinities"):
         affinities = region[input_name]["affinities"]
         parameters = chosen.get(f"{input_name}: mutex watershed", {"strides": (1, 2, 2), "min_size": 100})
-        add(input_name, "emflow mutex watershed, in memory", parameters, partial(mutex_watershed, affinities, offsets, **parameters))
-        add(input_name, "emflow mutex watershed, blockwise", dict(parameters, blocks=MWS_BLOCK_SHAPE, halo=MWS_HALO),
-            partial(emflow_blockwise_mutex_watershed, affinities, offsets, parameters))
+        in_memory = add(input_name, "emflow mutex watershed, in memory", parameters,
+                        partial(mutex_watershed, affinities, offsets, **parameters))
+        blockwise = add(input_name, "emflow mutex watershed, blockwise", dict(parameters, blocks=MWS_BLOCK_SHAPE, halo=MWS_HALO),
+                        partial(emflow_blockwise_mutex_watershed, affinities, offsets, parameters))
+        if in_memory is not None and blockwise is not None:
+            # How far the blockwise result is from the in-memory one (the latter as reference).
+            rows[-1]["versus_in_memory"] = quality(blockwise, in_memory)
         if available("elf") is None:
             add(input_name, "elf mutex_watershed", {"strides": parameters["strides"]},
                 partial(elf_mutex_watershed, affinities, offsets, parameters["strides"]))
@@ -457,6 +462,13 @@ def markdown(results: dict) -> str:
             f"| {row['input']} | {row['method']} | {parameters} | {q['adapted_rand_error']:.3f} | {q['voi_split']:.3f} | "
             f"{q['voi_merge']:.3f} | {row['segments']} | {row['seconds']:.1f} | {row['peak_rss_bytes'] / 2**20:.0f} |"
         )
+    for row in results["rows"]:
+        if "versus_in_memory" in row:
+            q = row["versus_in_memory"]
+            lines.append(
+                f"\n{row['input']}: blockwise against in-memory mutex watershed: ARAND {q['adapted_rand_error']:.3f}, "
+                f"VOI split {q['voi_split']:.3f}, merge {q['voi_merge']:.3f}"
+            )
     return "\n".join(lines)
 
 
