@@ -221,7 +221,11 @@ def stitch_mapping(
     """
     inner_counts = np.asarray(inner_counts, dtype=np.int64)
     total_counts = np.asarray(total_counts, dtype=np.int64)
-    face_blocks = np.asarray(face_blocks, dtype=np.int64).reshape(len(merges), -1)
+    face_blocks = np.asarray(face_blocks, dtype=np.int64)
+    if face_blocks.size == 0:
+        face_blocks = face_blocks.reshape(0, 2)
+    if face_blocks.ndim != 2 or len(face_blocks) != len(merges):
+        raise ValueError(f"face_blocks must have one row per merge array, got shape {face_blocks.shape} for {len(merges)}")
     # Node of (block b, local id l >= 1): offsets[b] + l - 1.
     offsets = block_offsets(total_counts).astype(np.int64)
     number_of_nodes = int(total_counts.sum())

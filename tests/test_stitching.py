@@ -140,6 +140,13 @@ def test_stitch_mapping_numbers_groups_by_first_present_object():
     assert mapping[1].tolist() == [0, 2, 0]
 
 
+def test_one_block_needs_no_stitching(flyem_crop):
+    groundtruth = flyem_crop["neuron_ids"][:16, :32, :32]
+    segmentation = stitch_blocks(groundtruth.shape, groundtruth.shape, OVERLAP, lambda box: groundtruth[box.slicing])
+    assert evaluate(segmentation, groundtruth)["adapted_rand_error"] == 0
+    assert [lut.tolist() for lut in stitch_mapping([2], [2], faces(Blocking((4, 4, 4), (4, 4, 4))), [])] == [[0, 1, 2]]
+
+
 def test_faces_of_a_blocking():
     blocking = Blocking((64, 128, 128), BLOCK_SHAPE)
     rows = faces(blocking)
