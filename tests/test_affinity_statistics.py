@@ -79,7 +79,8 @@ def test_blockwise_boundary_statistics_equal_whole_volume(problem):
     def block_function(slicing, own_box):
         return block_boundary_pair_statistics(supervoxels[slicing], boundaries[slicing], own_box)
 
-    assert_equal_statistics(blockwise(supervoxels, (24, 48, 40), (1, 1, 1), block_function), boundary_pair_statistics(supervoxels, boundaries))
+    merged = blockwise(supervoxels, (24, 48, 40), (1, 1, 1), block_function)
+    assert_equal_statistics(merged, boundary_pair_statistics(supervoxels, boundaries))
 
 
 def test_merge_is_associative(problem):

@@ -145,7 +145,8 @@ def test_equals_waterz(graph, linkage):
         "mean": "OneMinus<MeanAffinity<RegionGraphType, ScoreValue>>",
         "quantile": "OneMinus<HistogramQuantileAffinity<RegionGraphType, 50, ScoreValue, 256, false>>",
     }[linkage]
-    theirs = [segmentation.copy() for segmentation in waterz.agglomerate(affinities, thresholds, fragments=supervoxels.copy(), scoring_function=scoring)]
+    theirs = waterz.agglomerate(affinities, thresholds, fragments=supervoxels.copy(), scoring_function=scoring)
+    theirs = [segmentation.copy() for segmentation in theirs]
     ours = agglomerate(number_of_nodes, statistics, thresholds, linkage=linkage)
     for node_labels, segmentation in zip(ours, theirs):
         difference = adapted_rand_error(node_labels[supervoxels], segmentation)[0]
