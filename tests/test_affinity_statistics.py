@@ -158,3 +158,16 @@ def test_no_pairs_give_empty_statistics():
     assert statistics.pairs.shape == (0, 2) and len(statistics.histogram_offsets) == 1
     assert_equal_statistics(merge_pair_statistics([statistics, statistics]), statistics)
     assert len(merge_pair_statistics([])) == 0
+
+
+def test_sparse_global_ids_give_the_same_statistics(problem):
+    """Ids spanning more than int64 keys allow (e.g. block offsets in a huge volume) are made dense first."""
+    supervoxels, affinities, _ = problem
+    spread = np.uint64(10**12)
+    sparse = supervoxels.astype(np.uint64) * spread
+    dense_statistics = pair_statistics(supervoxels, affinities, OFFSETS)
+    sparse_statistics = pair_statistics(sparse, affinities, OFFSETS)
+    assert np.array_equal(sparse_statistics.pairs, dense_statistics.pairs * spread)
+    for name in FIELDS:
+        if name != "pairs":
+            assert np.array_equal(getattr(sparse_statistics, name), getattr(dense_statistics, name)), name
