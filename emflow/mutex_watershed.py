@@ -26,7 +26,15 @@ Blockwise, as volara and elf do, in three stages:
 
 :func:`blockwise_mutex_watershed` composes the three in memory. It is not the grid mutex watershed
 of the whole volume: inside a block fragments follow the voxel-level algorithm, across fragments
-the decisions use mean affinities. ``benchmarks/methods_in_memory.py`` measures the difference.
+the decisions use mean affinities. Measured (``benchmarks/methods_in_memory.py``, the dev cube's
+held-out half, 125x128x250, blocks 64x128x128 with halo 9, adapted Rand error): with the shipped
+model's affinities (strides (2, 4, 4), ``min_size`` 100, chosen on the other half) 0.167 in
+memory and 0.160 blockwise against the groundtruth, 0.085 between the two; with groundtruth
+affinities plus noise 0.2, 0.004 both and 0.000 between; on the test crop with noise 0.25, 0.028
+in memory, 0.018 blockwise, 0.011 between (the test's bound). Mean weights make the fragment graph
+sensitive to impure fragments: on the test crop with noise-free affinities, the fragment mutex
+watershed of the FlyEM oversegmentation (some of whose supervoxels straddle two neurons) has an
+adapted Rand error of 0.41, that of groundtruth pieces 0.001. Use it on mutex watershed fragments.
 """
 
 from __future__ import annotations
