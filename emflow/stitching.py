@@ -274,7 +274,7 @@ def stitch_blocks(
     merges = []
     for lower, upper, _ in face_blocks:
         lower_slicing, upper_slicing = face_slicings(blocking, lower, upper, overlap)
-        statistics = overlap_statistics(blocks[lower][0][0][lower_slicing], blocks[upper][0][0][upper_slicing])
+        statistics = overlap_statistics(blocks[lower][0][0][lower_slicing], blocks[upper][0][0][upper_slicing], min_region=min_overlap)
         merges.append(face_merges(statistics, mode, min_overlap=min_overlap, fraction=fraction))
     mapping = stitch_mapping([block[0][1] for block in blocks], [block[0][2] for block in blocks], face_blocks, merges)
     segmentation = np.zeros(tuple(shape), dtype=np.uint64)
