@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from bioimage_cpp.graph import lifted_multicut as bic_lifted
 
+from .affinity_statistics import PairStatistics
+from .costs import probabilities_to_costs
 from .graph import undirected_graph
 from .multicut import as_edges_and_costs, check_edges
 
@@ -45,3 +47,40 @@ def lifted_edges_from_node_labels(
     lifted_edges = np.unique(np.sort(lifted_edges, axis=1), axis=0).reshape(-1, 2)
     same = node_labels[lifted_edges[:, 0]] == node_labels[lifted_edges[:, 1]]
     return lifted_edges, np.where(same, float(weight), -float(weight))
+
+
+def lifted_edges_from_affinities(
+    number_of_nodes: int,
+    edges: np.ndarray,
+    long_range: PairStatistics,
+    *,
+    beta: float = 0.5,
+    weighting: str = "none",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lifted edges carrying the evidence of a CNN's long-range affinities (Lee et al. 2017).
+
+    ``long_range`` are the statistics of the long-range channels' voxel pairs
+    (:func:`emflow.affinity_statistics.block_pair_statistics` with
+    :func:`~emflow.affinity_statistics.long_range_channels`, merged over blocks): every pair of
+    supervoxels ``(u, v)`` that some voxel pair ``(p, p + offset)`` joins, with the sum and count
+    of those affinities. ``edges`` are the local edges ``(E, 2)`` (sorted, unique, ``u < v``) on
+    nodes ``0..number_of_nodes - 1``.
+
+    A pair that is also a local edge gets no lifted edge: its evidence is the local edge, whose
+    cost comes from the nearest-neighbour affinities (or the boundary map) of the contact itself,
+    and adding the long-range affinities across the same contact would count that pair twice.
+    The lifted edges are therefore those of bioimage-cpp's ``lifted_edges_from_affinities``.
+
+    Costs are :func:`emflow.costs.probabilities_to_costs` of the cut probability ``1 - mean
+    long-range affinity`` with ``beta``; ``weighting="size"`` scales them by the voxel-pair counts
+    over the largest count. Returns ``(L, 2)`` ``uint64`` lifted edges (sorted, unique, ``u < v``)
+    and their ``(L,)`` ``float64`` costs (positive = attractive).
+    """
+    edges, _ = as_edges_and_costs(edges, np.zeros(len(edges)))
+    check_edges(edges, number_of_nodes)
+    pairs = np.asarray(long_range.pairs, dtype=np.uint64).reshape(-1, 2)
+    check_edges(pairs, number_of_nodes, "long-range pairs")
+    local = undirected_graph(number_of_nodes, edges).find_edges(pairs) >= 0
+    lifted = long_range.select(~local)
+    costs = probabilities_to_costs(1.0 - lifted.mean(), beta=beta, edge_sizes=lifted.counts, weighting=weighting)
+    return lifted.pairs, costs

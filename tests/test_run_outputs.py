@@ -5,11 +5,11 @@ import time
 
 import numpy as np
 import pytest
+from workflow_helpers import read, run_cli, write_config
 
 from emflow.blocking import Box
 from emflow.meshes import block_meshes
 from emflow.storage.precomputed import mesh_folder, read_legacy_mesh
-from workflow_helpers import read, run_cli, write_config
 
 
 @pytest.fixture(scope="module")
