@@ -16,16 +16,17 @@ import tifffile
 import zarr
 from zarr.core.sync import sync
 
+from emflow.blocking import Blocking
 from emflow.errors import InputError, OutputError
+from emflow.pyramid import downsample_image, pyramid_factors, source_box
 
-# Re-exported for callers that import it from here (tasks/prepare.py).
 from .ome import (
     create_level,
+    create_levels,
     level_path,
     nanometers_per,
     ome_multiscales,
     write_multiscale_metadata,
-    write_ome_zarr_metadata,  # noqa: F401
 )
 
 ZARR_SUFFIXES = (".zarr",)
@@ -674,7 +675,22 @@ def _write_ome_image(source_volume, group: zarr.Group, key: str, resolution: lis
     write_multiscale_metadata(image, resolution, name=key.rpartition("/")[2])
     for block in _copy_blocks(shape, chunks, np.dtype(source_volume.dtype).itemsize):
         level[block] = source_volume[block]
+    if len(shape) == 3:
+        _write_image_pyramid(image, resolution, chunks)
     level.attrs[IMPORT_COMPLETE_ATTRIBUTE] = True
+
+
+def _write_image_pyramid(image: zarr.Group, resolution: list[float], chunks: tuple[int, ...]) -> None:
+    """Levels s1.. of an imported 3D image, down to one that fits one chunk, each chunk of a level
+    averaged from the box of the level before it covers (`emflow.pyramid`), and the metadata of all."""
+    factors = pyramid_factors(resolution, image[level_path(0)].shape, chunks)
+    for number, (level, level_factors) in enumerate(zip(create_levels(image, factors), factors), start=1):
+        source = image[level_path(number - 1)]
+        blocking = Blocking(level.shape, tuple(min(chunk, size) for chunk, size in zip(chunks, level.shape)))
+        for block_id in range(blocking.number_of_blocks):
+            box = blocking.block(block_id)
+            level[box.slicing] = downsample_image(np.asarray(source[source_box(box, level_factors, source.shape).slicing]), level_factors)
+    write_multiscale_metadata(image, resolution, factors, name=image.basename, downsampling="mean")
 
 
 def write_volume(path, key: str, data, *, resolution=None, chunks=None) -> None:
