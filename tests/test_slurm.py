@@ -178,8 +178,10 @@ def test_slurm_run_equals_a_local_run(on_cluster, workflow_inputs, reference_seg
     assert exit_code == 0, stderr
     assert np.array_equal(read(tmp_path / "slurm.zarr", "segmentation"), reference_segmentation)
     job_id = _job_id(stderr)
-    progress = [line for line in stderr.splitlines() if line.startswith("progress: ")]
-    assert progress and "| jobs: 2 COMPLETED" in progress[-1] and "write_segmentation 8/8" in progress[-1]
+    # Not a terminal: timestamped lines, among them the last stage's end and the array's.
+    progress = [line for line in stderr.splitlines() if re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", line)]
+    assert any(re.search(r" write_segmentation done: 8 blocks( in |$)", line) for line in progress), stderr
+    assert any(line.endswith(" jobs: 2 COMPLETED") for line in progress), stderr
     work_dir = tmp_path / "slurm.zarr.work"
     script = (work_dir / "slurm" / "workers.sbatch").read_text()
     assert "#SBATCH --array=\"0-1\"" in script and f"exec {sys.executable} -m emflow.cli.main run {config} --workers 1" in script
