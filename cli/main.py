@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 
 from emflow.cluster.luigid import DEFAULT_PORT
@@ -68,6 +69,7 @@ def _write_crash_log(arguments) -> Path:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emflow", description="Blockwise multicut segmentation of 3D EM volumes.")
+    parser.add_argument("--version", action="version", version=f"emflow {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run the workflow of a config file (resumes where it stopped)")
@@ -229,21 +231,49 @@ def _slurm_options(arguments) -> dict[str, bool]:
     }
 
 
-def _finish(report, what: str) -> int:
-    """The end of a run: its report on the terminal, and the exit code."""
+def _finish(report, what: str, config_path: str | Path, until: str = "", done_before: Sequence[str] = ()) -> int:
+    """The end of a run: its summary (output, segments, time and memory per stage) or its failures, and the exit code."""
+    from emflow.workflows.summary import run_summary
+
+    from .summary import print_summary
+
     if not report.succeeded:
         _report_failures(report)
         return EXIT_TASK_FAILED
-    where = f" (SLURM job array {report.job_id})" if report.job_id is not None else ""
-    print(f"emflow: {what} complete in {report.seconds:.1f} s{where}")
+    print_summary(run_summary(config_path, until, done_before=done_before), report, what)
     return EXIT_OK
 
 
 def _run(arguments) -> int:
     from emflow.workflows.run import run_workflow
 
-    report = run_workflow(arguments.config, _backend(arguments), update=arguments.update, until=arguments.until, command=arguments.command)
-    return _finish(report, "prediction" if arguments.until else "run")
+    done_before = _DoneBefore(arguments.until)
+    report = run_workflow(
+        arguments.config, _backend(arguments), update=arguments.update, until=arguments.until, command=arguments.command, before_run=done_before
+    )
+    return _finish(report, "prediction" if arguments.until else "run", arguments.config, arguments.until, done_before.stages)
+
+
+class _DoneBefore:
+    """A `before_run` hook noting the stages that were done before the run, for its summary."""
+
+    def __init__(self, until: str = ""):
+        self.until = until
+        self.stages: list[str] = []
+
+    def __call__(self, config_path: str) -> None:
+        from emflow.workflows.status import workflow_status
+
+        self.stages = [status.stage for status in workflow_status(config_path, self.until) if status.done == status.total]
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("emflow")
+    except PackageNotFoundError:
+        return "(not installed: run from a source folder; pip install -e . records the version)"
 
 
 def _positive_int(text: str) -> int:
@@ -278,7 +308,7 @@ def _rerun(arguments) -> int:
         arguments.config, _backend(arguments), stage=arguments.stage, block_ids=arguments.blocks, failed=arguments.failed, update=arguments.update
     )
     print(f"emflow: invalidated {'; '.join(invalidated) if invalidated else 'nothing (no task had failed)'}", file=sys.stderr)
-    return _finish(report, "run")
+    return _finish(report, "run", arguments.config)
 
 
 def _train(arguments) -> int:

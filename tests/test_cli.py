@@ -109,3 +109,22 @@ def test_demo_runs_from_the_shipped_crop_and_scores_it(tmp_path):
     # adapted Rand error 0.263, VOI 1.75 (see the model card); this guards against regressions.
     assert printed["adapted_rand_error"] < 0.3 and printed["voi_sum"] < 2.0
     assert read(tmp_path / "demo" / "demo_segmentation.zarr", "predictions").shape == (9,) + groundtruth.shape
+
+
+def test_version_is_the_installed_distributions(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_:
+        run_cli("--version")
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"emflow {version('emflow')}\n"
+
+
+def test_a_reader_that_goes_away_is_no_error(tmp_path, inputs):
+    """`emflow status c.toml | head -1`: the pipe closes before emflow writes; no traceback, exit 0."""
+    config = write_config(tmp_path / "config.toml", inputs, tmp_path / "out.zarr")
+    process = subprocess.Popen([sys.executable, "-m", "emflow", "status", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # long before the interpreter has started and printed anything
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 0, stderr
+    assert stderr == ""

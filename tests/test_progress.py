@@ -13,6 +13,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
+from workflow_helpers import read, run_cli, write_config
+
 from emflow.cluster.progress import LogProgress, StageProgress, TerminalProgress, format_duration, format_rate, progress_display
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ")
@@ -140,3 +143,30 @@ def test_output_that_is_not_a_terminal_gets_timestamped_lines():
     assert isinstance(progress_display(io.StringIO()), LogProgress)
     assert TerminalProgress.interval < LogProgress.interval
 
+
+def test_a_run_shows_progress_lines_and_ends_with_its_summary(tmp_path, workflow_inputs, capsys):
+    config = write_config(tmp_path / "config.toml", workflow_inputs, tmp_path / "out.zarr")
+    assert run_cli("run", config) == 0
+    captured = capsys.readouterr()
+    progress = captured.err.splitlines()
+    assert all(TIMESTAMP.match(line) for line in progress), progress
+    assert any(re.search(r" write_segmentation done: 8 blocks( in |$)", line) for line in progress), progress
+    out = captured.out
+    segmentation = read(tmp_path / "out.zarr", "segmentation")
+    segments = np.unique(segmentation[segmentation != 0]).size
+    assert re.search(r"^emflow: run complete in \d+\.\d s$", out, re.MULTILINE), out
+    assert f"  output: {tmp_path / 'out.zarr'}\n" in out
+    assert f"    segmentation  (64, 128, 128) uint64, {segments} segments\n" in out
+    assert f"  look at it: emflow view {config}\n" in out
+    stages = ("prepare_output", "supervoxels", "supervoxel_ids", "relabel_supervoxels", "block_graph", "merge_graph", "edge_costs", "multicut", "write_segmentation")
+    for stage in stages:
+        # tasks, seconds summed over them, the largest peak memory of their processes.
+        tasks = 1 if stage in ("prepare_output", "supervoxel_ids", "merge_graph", "edge_costs", "multicut") else 8
+        assert re.search(rf"^  {stage} +{tasks} +\d+\.\d\d +\d+ MiB$", out, re.MULTILINE), out
+    assert re.search(r"^  this run +37 +\d+\.\d\d +\d+ MiB$", out, re.MULTILINE), out
+
+    # Nothing left to do: said so, and each stage's figures are marked as the earlier run's.
+    assert run_cli("run", config) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^emflow: nothing to do: every stage was done before \(\d+\.\d s to check\)$", out, re.MULTILINE), out
+    assert all(re.search(rf"^  {stage} .*\(done before this run\)$", out, re.MULTILINE) for stage in stages), out
