@@ -120,7 +120,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=_evaluate)
 
     demo = commands.add_parser("demo", help="segment the shipped demo crop and score it")
-    demo.add_argument("--out", default="emflow-demo", help="folder for the demo's input and results (default ./emflow-demo)")
+    demo.add_argument(
+        "--out", help="folder for the demo's input, results and scores (default: emflow/demo in $XDG_CACHE_HOME, else ~/.cache; about 170 MB)"
+    )
     demo.add_argument("--workers", type=_positive_int, default=2, help="tasks run in parallel (default 2)")
     demo.set_defaults(handler=_demo)
 
@@ -231,8 +233,9 @@ def _slurm_options(arguments) -> dict[str, bool]:
     }
 
 
-def _finish(report, what: str, config_path: str | Path, until: str = "", done_before: Sequence[str] = ()) -> int:
-    """The end of a run: its summary (output, segments, time and memory per stage) or its failures, and the exit code."""
+def _finish(report, what: str, config_path: str | Path, until: str = "", done_before: Sequence[str] = (), *, view: bool = True) -> int:
+    """The end of a run: its summary (output, segments, time and memory per stage, `view`: the command
+    that shows it) or its failures, and the exit code."""
     from emflow.workflows.summary import run_summary
 
     from .summary import print_summary
@@ -240,7 +243,7 @@ def _finish(report, what: str, config_path: str | Path, until: str = "", done_be
     if not report.succeeded:
         _report_failures(report)
         return EXIT_TASK_FAILED
-    print_summary(run_summary(config_path, until, done_before=done_before), report, what)
+    print_summary(run_summary(config_path, until, done_before=done_before), report, what, view=view)
     return EXIT_OK
 
 
@@ -373,15 +376,19 @@ def _evaluate(arguments) -> int:
 
 
 def _demo(arguments) -> int:
-    from emflow.workflows.demo import run_demo
+    from emflow.workflows.demo import default_demo_dir, run_demo
 
-    result = run_demo(arguments.out, workers=arguments.workers)
-    if not result.report.succeeded:
-        _report_failures(result.report)
-        return EXIT_TASK_FAILED
-    print(json.dumps(result.metrics, indent=2, sort_keys=True))
-    print(f"emflow demo: segmentation written to {result.segmentation} (run took {result.report.seconds:.1f} s)")
-    return EXIT_OK
+    from .summary import print_demo_scores
+
+    out = Path(arguments.out or default_demo_dir()).expanduser().resolve()
+    print(f"emflow demo: working in {out} (choose another folder with --out DIR)", file=sys.stderr, flush=True)
+    done_before = _DoneBefore()
+    result = run_demo(out, workers=arguments.workers, before_run=done_before)
+    # The command to look at the result comes last, after the scores.
+    status = _finish(result.report, "demo run", result.config_path, done_before=done_before.stages, view=False)
+    if status == EXIT_OK:
+        print_demo_scores(result)
+    return status
 
 
 # `emflow scheduler`: exit 1 when a scheduler could not be started or stopped; `status` exits 3

@@ -19,7 +19,7 @@ def format_bytes(size: int) -> str:
     return f"{size / 2**30:.1f} GiB"
 
 
-def print_summary(summary: RunSummary, report: RunReport, what: str = "run", stream: TextIO | None = None) -> None:
+def print_summary(summary: RunSummary, report: RunReport, what: str = "run", stream: TextIO | None = None, *, view: bool = True) -> None:
     """Print e.g.::
 
     emflow: run complete in 56.1 s
@@ -46,7 +46,8 @@ def print_summary(summary: RunSummary, report: RunReport, what: str = "run", str
             f", {summary.number_of_segments} segments" if array.name == "segmentation" and summary.number_of_segments is not None else ""
         )
         lines.append(f"    {array.name}  {array.shape} {array.dtype}{segments}")
-    lines.append(f"  look at it: emflow view {summary.config_path}")
+    if view:
+        lines.append(f"  look at it: emflow view {summary.config_path}")
     width = max(len("stage"), *(len(stage.stage) for stage in summary.stages))
     lines += ["", f"  {'stage':<{width}}  {'tasks':>6}  {'time (s)':>9}  {'peak memory':>11}"]
     for stage in summary.stages:
@@ -63,3 +64,30 @@ def print_summary(summary: RunSummary, report: RunReport, what: str = "run", str
     )
     print("\n".join(lines), file=stream, flush=True)
 
+
+# The metrics the demo prints, in this order, with what they mean.
+DEMO_METRICS = (
+    ("adapted_rand_error", "adapted Rand error", "0 = perfect"),
+    ("voi_split", "VOI split", "bits; over-segmentation"),
+    ("voi_merge", "VOI merge", "bits; under-segmentation"),
+    ("rand_precision", "Rand precision", "falls with false merges"),
+    ("rand_recall", "Rand recall", "falls with false splits"),
+    ("cremi_score", "CREMI score", "sqrt(VOI x adapted Rand error)"),
+)
+
+
+def print_demo_scores(result, stream: TextIO | None = None) -> None:
+    """The demo's scores against its ground truth, their judgement, and where to look at the result."""
+    from emflow.evaluation import judgement
+
+    stream = sys.stdout if stream is None else stream
+    metrics = result.metrics
+    width = max(len(label) for _, label, _ in DEMO_METRICS)
+    lines = ["", "scores against the crop's ground truth (label 0 ignored):"]
+    lines += [f"  {label:<{width}}  {metrics[key]:.3f}  ({meaning})" for key, label, meaning in DEMO_METRICS if key in metrics]
+    lines += [
+        f"judgement: {judgement(metrics)}",
+        f"segmentation: {result.segmentation} (all metrics: {result.metrics_path})",
+        f"look at it: emflow view {result.config_path}",
+    ]
+    print("\n".join(lines), file=stream, flush=True)
