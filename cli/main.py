@@ -352,7 +352,8 @@ def _import(arguments) -> int:
     from emflow.storage.volumes import import_volume, parse_location
 
     source, source_key = arguments.source, arguments.source_key
-    if source_key is None and ":" in Path(source).name:
+    # SOURCE as file.h5:group/dataset (the key may hold slashes: not Path(source).name).
+    if source_key is None and ":" in source and not Path(source).exists():
         source, source_key = parse_location(source)
     import_volume(source, arguments.destination, arguments.key, source_key=source_key, resolution=arguments.resolution)
     print(f"emflow: wrote {arguments.destination}:{arguments.key}")

@@ -93,6 +93,35 @@ def test_import_tiff_and_hdf5_then_run(tmp_path, flyem_crop, data_dir):
     assert run_cli("run", config) == 0
 
 
+
+def test_a_tiff_where_a_volume_is_read_names_emflow_import(tmp_path, inputs, flyem_crop, capsys):
+    tiff = tmp_path / "stack.tif"
+    tifffile.imwrite(tiff, flyem_crop["raw"])
+    command = f"`emflow import {tiff} data.zarr --key stack --resolution Z Y X`"
+    config = write_config(tmp_path / "config.toml", tiff, tmp_path / "out.zarr")
+    assert run_cli("run", config) == 2
+    error = capsys.readouterr().err
+    assert f"{tiff} is a TIFF file" in error and command in error and 'path = "data.zarr"' in error
+    assert not (tmp_path / "out.zarr").exists()
+    for segmentation in (str(tiff), f"{tiff}:raw"):
+        assert run_cli("evaluate", segmentation, f"{inputs}:neuron_ids") == 2
+        error = capsys.readouterr().err
+        assert f"{tiff} is a TIFF file" in error and command in error
+
+
+def test_an_hdf5_import_without_its_dataset_lists_what_the_file_holds(tmp_path, capsys):
+    source = tmp_path / "volume.h5"
+    with h5py.File(source, "w") as file:
+        file["volumes/raw"] = np.zeros((4, 8, 8), np.uint8)
+        file["volumes/labels/neuron_ids"] = np.zeros((4, 8, 8), np.uint32)
+    assert run_cli("import", source, tmp_path / "out.zarr", "--key", "raw", "--resolution", "10", "10", "10") == 2
+    error = capsys.readouterr().err
+    assert f"{source} holds 2 datasets: volumes/labels/neuron_ids (4, 8, 8) uint32; volumes/raw (4, 8, 8) uint8." in error
+    # The example is the dataset named like the new array, as a command that works.
+    assert f"`emflow import {source}:volumes/raw {tmp_path / 'out.zarr'} --key raw` (or --source-key volumes/raw)" in error
+    assert not (tmp_path / "out.zarr").exists()
+    assert run_cli("import", f"{source}:volumes/raw", tmp_path / "out.zarr", "--key", "raw", "--resolution", "10", "10", "10") == 0
+
 def test_demo_runs_from_the_shipped_crop_and_scores_it(tmp_path):
     """By default in the user's cache (never the current folder), ending with its scores, their
     judgement and how to look at the result; --out chooses the folder."""
