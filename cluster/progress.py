@@ -84,9 +84,11 @@ class _StageClock:
         self.finished: set[str] = set()
         self.first = True
 
-    def observe(self, stages: Sequence[StageProgress], now: float):
+    def observe(self, stages: Sequence[StageProgress], now: float) -> tuple[list[StageProgress], list[StageProgress], list[StageProgress]]:
         """(stages done before this process looked, stages that started, stages that finished)."""
-        done_before, started, finished = [], [], []
+        done_before: list[StageProgress] = []
+        started: list[StageProgress] = []
+        finished: list[StageProgress] = []
         for stage in stages:
             if stage.stage in self.finished:
                 continue

@@ -40,4 +40,5 @@ def require_chromium() -> str:
     path = find_program(*names)
     if path is None:
         require_programs("the tests that render pages in a browser", names[:1], "apt-get install chromium")
+        raise AssertionError("unreachable: require_programs skips or fails")
     return path
