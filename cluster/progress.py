@@ -288,15 +288,15 @@ class ProgressThread:
     def __init__(self, progress: Callable[[], Sequence[StageProgress]], display: TerminalProgress | LogProgress | None = None):
         self.progress = progress
         self.display = progress_display() if display is None else display
+        # The first look before any task can run: what it finds done was done before this run.
+        self._show()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="emflow-progress", daemon=True)
         self._thread.start()
 
     def _poll(self) -> None:
-        while True:
+        while not self._stop.wait(self.display.interval):
             self._show()
-            if self._stop.wait(self.display.interval):
-                return
 
     def _show(self) -> None:
         try:

@@ -90,8 +90,9 @@ def run_tasks(
     # children's garbage collector, so fewer of the parent's pages are copied on write (measured: 6 %
     # less wall time end to end with 2 workers).
     gc.freeze()
-    reporter = start_progress(progress)
+    reporter = None
     try:
+        reporter = start_progress(progress)
         result = _build(tasks, backend.workers, scheduler)
         # Incomplete with no task failed: tasks the scheduler still calls done (its cooldown, see the
         # module's docstring), which it hands out once the cooldown has passed.

@@ -88,13 +88,15 @@ def run_on_slurm(
             file=sys.stderr,
             flush=True,
         )
-        reporter = ProgressThread(progress)
+        reporter = None
         try:
+            reporter = ProgressThread(progress)
             array_tasks = _wait(job_id, options.jobs, reporter.display.note, poll_interval)
         except BaseException:
-            reporter.stop()
             # The workers would outlive this process (and lose the scheduler it may have started).
             _cancel(job_id)
+            if reporter is not None:
+                reporter.stop()
             print(f"emflow: cancelled SLURM job array {job_id}", file=sys.stderr, flush=True)
             raise
         reporter.stop()
