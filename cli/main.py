@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 
 from emflow.cluster.luigid import DEFAULT_PORT
@@ -68,6 +69,7 @@ def _write_crash_log(arguments) -> Path:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emflow", description="Blockwise multicut segmentation of 3D EM volumes.")
+    parser.add_argument("--version", action="version", version=f"emflow {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run the workflow of a config file (resumes where it stopped)")
@@ -130,7 +132,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=_evaluate)
 
     demo = commands.add_parser("demo", help="segment the shipped demo crop and score it")
-    demo.add_argument("--out", default="emflow-demo", help="folder for the demo's input and results (default ./emflow-demo)")
+    demo.add_argument(
+        "--out", help="folder for the demo's input, results and scores (default: emflow/demo in $XDG_CACHE_HOME, else ~/.cache; about 170 MB)"
+    )
     demo.add_argument("--workers", type=_positive_int, default=2, help="tasks run in parallel (default 2)")
     demo.set_defaults(handler=_demo)
 
@@ -241,21 +245,28 @@ def _slurm_options(arguments) -> dict[str, bool]:
     }
 
 
-def _finish(report, what: str) -> int:
-    """The end of a run: its report on the terminal, and the exit code."""
+def _finish(report, what: str, config_path: str | Path, until: str = "", done_before: Sequence[str] = (), *, view: bool = True) -> int:
+    """The end of a run: its summary (output, segments, time and memory per stage, `view`: the command
+    that shows it) or its failures, and the exit code."""
+    from emflow.workflows.summary import run_summary
+
+    from .summary import print_summary
+
     if not report.succeeded:
         _report_failures(report)
         return EXIT_TASK_FAILED
-    where = f" (SLURM job array {report.job_id})" if report.job_id is not None else ""
-    print(f"emflow: {what} complete in {report.seconds:.1f} s{where}")
+    print_summary(run_summary(config_path, until, done_before=done_before), report, what, view=view)
     return EXIT_OK
 
 
 def _run(arguments) -> int:
     from emflow.workflows.run import run_workflow
 
-    report = run_workflow(arguments.config, _backend(arguments), update=arguments.update, until=arguments.until, command=arguments.command)
-    code = _finish(report, "prediction" if arguments.until else "run")
+    done_before = _DoneBefore(arguments.until)
+    report = run_workflow(
+        arguments.config, _backend(arguments), update=arguments.update, until=arguments.until, command=arguments.command, before_run=done_before
+    )
+    code = _finish(report, "prediction" if arguments.until else "run", arguments.config, arguments.until, done_before.stages)
     if code == EXIT_OK and not arguments.until:
         _write_run_report(arguments.config, regenerate=False)
     return code
@@ -278,6 +289,28 @@ def _report(arguments) -> int:
         raise UsageError(f"{arguments.config}: the run is not finished (see `emflow status`); run it first")
     _write_run_report(arguments.config, regenerate=True)
     return EXIT_OK
+
+
+class _DoneBefore:
+    """A `before_run` hook noting the stages that were done before the run, for its summary."""
+
+    def __init__(self, until: str = ""):
+        self.until = until
+        self.stages: list[str] = []
+
+    def __call__(self, config_path: str) -> None:
+        from emflow.workflows.status import workflow_status
+
+        self.stages = [status.stage for status in workflow_status(config_path, self.until) if status.done == status.total]
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("emflow")
+    except PackageNotFoundError:
+        return "(not installed: run from a source folder; pip install -e . records the version)"
 
 
 def _positive_int(text: str) -> int:
@@ -312,7 +345,7 @@ def _rerun(arguments) -> int:
         arguments.config, _backend(arguments), stage=arguments.stage, block_ids=arguments.blocks, failed=arguments.failed, update=arguments.update
     )
     print(f"emflow: invalidated {'; '.join(invalidated) if invalidated else 'nothing (no task had failed)'}", file=sys.stderr)
-    return _finish(report, "run")
+    return _finish(report, "run", arguments.config)
 
 
 def _train(arguments) -> int:
@@ -353,7 +386,8 @@ def _import(arguments) -> int:
     from emflow.storage.volumes import import_volume, parse_location
 
     source, source_key = arguments.source, arguments.source_key
-    if source_key is None and ":" in Path(source).name:
+    # SOURCE as file.h5:group/dataset (the key may hold slashes: not Path(source).name).
+    if source_key is None and ":" in source and not Path(source).exists():
         source, source_key = parse_location(source)
     import_volume(source, arguments.destination, arguments.key, source_key=source_key, resolution=arguments.resolution)
     print(f"emflow: wrote {arguments.destination}:{arguments.key}")
@@ -386,15 +420,19 @@ def _evaluate(arguments) -> int:
 
 
 def _demo(arguments) -> int:
-    from emflow.workflows.demo import run_demo
+    from emflow.workflows.demo import default_demo_dir, run_demo
 
-    result = run_demo(arguments.out, workers=arguments.workers)
-    if not result.report.succeeded:
-        _report_failures(result.report)
-        return EXIT_TASK_FAILED
-    print(json.dumps(result.metrics, indent=2, sort_keys=True))
-    print(f"emflow demo: segmentation written to {result.segmentation} (run took {result.report.seconds:.1f} s)")
-    return EXIT_OK
+    from .summary import print_demo_scores
+
+    out = Path(arguments.out or default_demo_dir()).expanduser().resolve()
+    print(f"emflow demo: working in {out} (choose another folder with --out DIR)", file=sys.stderr, flush=True)
+    done_before = _DoneBefore()
+    result = run_demo(out, workers=arguments.workers, before_run=done_before)
+    # The command to look at the result comes last, after the scores.
+    status = _finish(result.report, "demo run", result.config_path, done_before=done_before.stages, view=False)
+    if status == EXIT_OK:
+        print_demo_scores(result)
+    return status
 
 
 # `emflow scheduler`: exit 1 when a scheduler could not be started or stopped; `status` exits 3

@@ -13,6 +13,7 @@ import luigi
 
 from .backends import Backend, CentralScheduler, LocalScheduler, RunReport, Slurm, SlurmOptions, holds_lock
 from .luigid import DEFAULT_PORT, SchedulerError, SchedulerState, scheduler_status, start_scheduler, stop_scheduler
+from .progress import StageProgress
 from .runner import run_tasks
 from .slurm import run_on_slurm
 
@@ -40,7 +41,7 @@ def run_on(
     *,
     work_dir: Path,
     scheduler_log: Path,
-    progress: Callable[[], str],
+    progress: Callable[[], Sequence[StageProgress]],
     worker_command: Sequence[str],
     job_name: str,
     progress_interval: float = 5.0,
@@ -48,7 +49,8 @@ def run_on(
     """Run `tasks` on `backend`; failure records are collected from `<work_dir>/failed`.
 
     `worker_command`: the command a SLURM array task runs to be one worker (completed with the
-    scheduler's address); `job_name`: the array's name.
+    scheduler's address); `job_name`: the array's name. `progress` is shown on stderr while the tasks
+    run (`emflow.cluster.progress`); `progress_interval`: seconds between two looks at SLURM's queue.
     """
     failure_dir = work_dir / "failed"
     if isinstance(backend, Slurm):
@@ -56,4 +58,4 @@ def run_on(
             tasks, backend, worker_command=worker_command, work_dir=work_dir, failure_dir=failure_dir,
             scheduler_log=scheduler_log, job_name=job_name, progress=progress, poll_interval=progress_interval,
         )
-    return run_tasks(tasks, backend, failure_dir=failure_dir, scheduler_log=scheduler_log, progress=progress, progress_interval=progress_interval)
+    return run_tasks(tasks, backend, failure_dir=failure_dir, scheduler_log=scheduler_log, progress=progress)

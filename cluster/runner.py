@@ -32,8 +32,6 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -46,6 +44,7 @@ from luigi.execution_summary import LuigiStatusCode
 from luigi.task_status import FAILED
 
 from .backends import CentralScheduler, LocalScheduler, RunReport, check_reachable
+from .progress import StageProgress, start_progress
 
 # Luigi's statuses of a run in which a task of this process failed.
 _FAILED_HERE = (LuigiStatusCode.FAILED, LuigiStatusCode.FAILED_AND_SCHEDULING_FAILED)
@@ -57,8 +56,7 @@ def run_tasks(
     *,
     failure_dir: Path,
     scheduler_log: Path,
-    progress: Callable[[], str] | None = None,
-    progress_interval: float = 5.0,
+    progress: Callable[[], Sequence[StageProgress]] | None = None,
 ) -> RunReport:
     """Build `tasks` with Luigi, with its embedded scheduler or a central one.
 
@@ -66,16 +64,11 @@ def run_tasks(
     then also waits for the tasks they run, and succeeds when all of `tasks` are complete at the
     end, whoever ran them. An unreachable central scheduler raises SchedulerUnreachable at once.
 
-    `progress`, if given, is called every `progress_interval` seconds from a background thread and
-    its line printed to stderr when it changes. Luigi's own log (scheduling, worker deaths) goes to
+    `progress`, if given, is shown on stderr while the tasks run (`emflow.cluster.progress`: bars
+    on a terminal, timestamped lines otherwise). Luigi's own log (scheduling, worker deaths) goes to
     `scheduler_log`, not to the terminal: failed tasks are reported from their failure records.
     """
     started = time.time()
-    stop = threading.Event()
-    reporter = None
-    if progress is not None:
-        reporter = threading.Thread(target=_report_progress, args=(progress, progress_interval, stop), daemon=True)
-        reporter.start()
     central = isinstance(backend, CentralScheduler)
     if central:
         check_reachable(backend.host, backend.port)
@@ -97,7 +90,9 @@ def run_tasks(
     # children's garbage collector, so fewer of the parent's pages are copied on write (measured: 6 %
     # less wall time end to end with 2 workers).
     gc.freeze()
+    reporter = None
     try:
+        reporter = start_progress(progress)
         result = _build(tasks, backend.workers, scheduler)
         # Incomplete with no task failed: tasks the scheduler still calls done (its cooldown, see the
         # module's docstring), which it hands out once the cooldown has passed.
@@ -109,10 +104,8 @@ def run_tasks(
         luigi_logger.removeHandler(handler)
         luigi_logger.propagate = propagate
         handler.close()
-        stop.set()
         if reporter is not None:
-            reporter.join()
-            print(progress(), file=sys.stderr, flush=True)
+            reporter.stop()
     # Not Luigi's status alone: tasks run by another process make it NOT_RUN (see the module's docstring).
     complete, failed_here = _complete(tasks), result.status in _FAILED_HERE
     return RunReport(
@@ -182,12 +175,3 @@ def collect_failures(failure_dir: Path, since: float = 0.0) -> list[dict]:
         if modified >= since - 1.0:
             records.append((modified, json.loads(path.read_text())))
     return [record for _, record in sorted(records, key=lambda item: item[0])]
-
-
-def _report_progress(progress: Callable[[], str], interval: float, stop: threading.Event) -> None:
-    last = None
-    while not stop.wait(interval):
-        line = progress()
-        if line != last:
-            print(line, file=sys.stderr, flush=True)
-            last = line

@@ -37,6 +37,7 @@ from emflow.errors import UserError
 
 from .backends import UNKNOWN_STATE, ArrayTaskState, RunReport, Slurm, SlurmOptions, check_reachable
 from .luigid import start_luigid, stop_luigid
+from .progress import ProgressThread, StageProgress
 from .runner import collect_failures
 
 
@@ -54,7 +55,7 @@ def run_on_slurm(
     failure_dir: Path,
     scheduler_log: Path,
     job_name: str,
-    progress: Callable[[], str],
+    progress: Callable[[], Sequence[StageProgress]],
     poll_interval: float = 5.0,
 ) -> RunReport:
     """Build `tasks` with `options.jobs` SLURM array tasks, each running `worker_command` completed
@@ -62,9 +63,9 @@ def run_on_slurm(
 
     The workers connect to the luigid at `backend.scheduler_host:scheduler_port`; with no
     `scheduler_host`, a luigid is started for the run on `listen_address` (default: this host's
-    name), which the compute nodes must reach, and stopped at the end. Progress (`progress()` and
-    the array tasks' states) goes to stderr every `poll_interval` seconds when it changes. Ctrl-C (or
-    any error while waiting) cancels the jobs.
+    name), which the compute nodes must reach, and stopped at the end. Progress (`progress()`, see
+    `emflow.cluster.progress`, and the array tasks' states, polled every `poll_interval` seconds)
+    goes to stderr. Ctrl-C (or any error while waiting) cancels the jobs.
     """
     options = backend.options
     started = time.time()
@@ -87,13 +88,18 @@ def run_on_slurm(
             file=sys.stderr,
             flush=True,
         )
+        reporter = None
         try:
-            array_tasks = _wait(job_id, options.jobs, progress, poll_interval)
+            reporter = ProgressThread(progress)
+            array_tasks = _wait(job_id, options.jobs, reporter.display.note, poll_interval)
         except BaseException:
             # The workers would outlive this process (and lose the scheduler it may have started).
             _cancel(job_id)
+            if reporter is not None:
+                reporter.stop()
             print(f"emflow: cancelled SLURM job array {job_id}", file=sys.stderr, flush=True)
             raise
+        reporter.stop()
     finally:
         if luigid_pid is not None:
             stop_luigid(luigid_pid)
@@ -173,10 +179,9 @@ def _slurm_command(arguments: list[str]) -> subprocess.CompletedProcess:
         return subprocess.CompletedProcess(arguments, 1, "", f"{arguments[0]} did not answer within 120 s")
 
 
-def _wait(job_id: str, jobs: int, progress: Callable[[], str], poll_interval: float) -> list[ArrayTaskState]:
-    """Poll the array's tasks until all have ended; print progress lines to stderr when they change."""
+def _wait(job_id: str, jobs: int, note: Callable[[str], None], poll_interval: float) -> list[ArrayTaskState]:
+    """Poll the array's tasks until all have ended; `note` their states ("jobs: 1 PENDING, 1 RUNNING")."""
     last_seen: dict[int, ArrayTaskState] = {index: ArrayTaskState(index, "PENDING") for index in range(jobs)}
-    last_line = None
     while True:
         listed = _queued_states(job_id)
         if listed is not None:
@@ -186,10 +191,7 @@ def _wait(job_id: str, jobs: int, progress: Callable[[], str], poll_interval: fl
                 elif not last_seen[index].ended:
                     # Gone from the queue unseen: cancelled while pending, or its record expired.
                     last_seen[index] = _accounted_state(job_id, index)
-        line = f"{progress()} | jobs: {_state_counts(last_seen.values())}"
-        if line != last_line:
-            print(line, file=sys.stderr, flush=True)
-            last_line = line
+        note(f"jobs: {_state_counts(last_seen.values())}")
         if all(task.ended for task in last_seen.values()):
             return [last_seen[index] for index in range(jobs)]
         time.sleep(poll_interval)

@@ -87,6 +87,8 @@ def parse_location(text: str) -> tuple[str, str]:
         if not separator:
             path, key = text, None
     if not key or not key.strip("/"):
+        if Path(path).suffix.lower() in TIFF_SUFFIXES:
+            raise UnusableVolumeError(_tiff_message(Path(path)))
         raise UnusableVolumeError(
             f"location {text!r} names no dataset: write it as 'volume.zarr:key' or "
             "'volume.h5:group/dataset'"
@@ -159,9 +161,7 @@ def _is_zarr_path(path: Path) -> bool:
 def _check_volume_path(path: Path) -> str:
     """The container format of ``path`` ("zarr" or "hdf5"); raises if unsupported or missing."""
     if path.suffix.lower() in TIFF_SUFFIXES:
-        raise UnusableVolumeError(
-            f"{path}: TIFF files are not opened directly; convert them with import_volume first"
-        )
+        raise UnusableVolumeError(_tiff_message(path))
     if not path.exists():
         raise VolumeNotFoundError(f"volume file not found: {path}")
     if path.suffix.lower() in HDF5_SUFFIXES:
@@ -171,6 +171,16 @@ def _check_volume_path(path: Path) -> str:
     raise UnusableVolumeError(
         f"{path}: unsupported volume format; expected a zarr store "
         f"({', '.join(ZARR_SUFFIXES)}) or an HDF5 file ({', '.join(HDF5_SUFFIXES)})"
+    )
+
+
+def _tiff_message(path: Path) -> str:
+    """Why a TIFF is refused where a volume is read, and the command that converts it."""
+    key = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem) or "raw"
+    return (
+        f"{path} is a TIFF file; emflow reads zarr and HDF5 volumes. Convert it once with "
+        f"`emflow import {path} data.zarr --key {key} --resolution Z Y X` (the voxel size in nm; leave it out where the "
+        f"file records it), then use data.zarr:{key} (in a run config: path = \"data.zarr\" with key {key})"
     )
 
 
@@ -620,7 +630,7 @@ def import_volume(
             recorded = source_volume.resolution
         else:
             if source_key is None:
-                raise UnusableVolumeError(f"source_key is required to import from {source}")
+                raise UnusableVolumeError(_name_a_dataset(source, Path(destination), key))
             source_volume = open_volume(source, source_key)
             if isinstance(source_volume, HDF5Volume):
                 stack.enter_context(source_volume)
@@ -647,6 +657,52 @@ def import_volume(
         group = _open_destination_group(destination)
         _refuse_completed_import(group, destination, key)
         _write_ome_image(source_volume, group, key, [float(value) for value in resolution], chunks)
+
+
+def datasets_in(path) -> list[tuple[str, tuple[int, ...], str]]:
+    """Every array in an HDF5 file or zarr group as (key, shape, dtype), in key order; an OME-Zarr
+    image counts as its group (the key `open_volume` takes), with its full-resolution level's shape."""
+    path = Path(path)
+    found: list[tuple[str, tuple[int, ...], str]] = []
+    if _check_volume_path(path) == "hdf5":
+        with h5py.File(path, "r") as file:
+            file.visititems(lambda key, node: found.append((key, node.shape, str(node.dtype))) if isinstance(node, h5py.Dataset) else None)
+        return sorted(found)
+
+    def visit(group: zarr.Group, prefix: str) -> None:
+        for name, node in group.members():
+            key = f"{prefix}{name}"
+            if isinstance(node, zarr.Array):
+                found.append((key, node.shape, str(node.dtype)))
+            elif ome_multiscales(node.attrs):
+                level = _open_zarr(path, key, "r")
+                found.append((key, level.shape, str(level.dtype)))
+            else:
+                visit(node, f"{key}/")
+
+    root = zarr.open(store=str(path), mode="r")
+    if isinstance(root, zarr.Array):
+        return [("", root.shape, str(root.dtype))]
+    visit(root, "")
+    return sorted(found)
+
+
+def _name_a_dataset(source: Path, destination: Path, key: str) -> str:
+    """The message for an import from an HDF5 file or zarr group that names no dataset in it."""
+    try:
+        datasets = datasets_in(source)
+    except (OSError, ValueError, KeyError, zarr.errors.BaseZarrError) as error:
+        return f"{source}: name the dataset to import from it (SOURCE as file.h5:group/dataset, or --source-key); its contents cannot be listed ({error})"
+    if not datasets:
+        return f"{source} holds no datasets to import"
+    # The dataset named like the new array (`--key raw`: "raw", "volumes/raw"), else the first.
+    example = next((name for name, _, _ in datasets if name.rsplit("/", 1)[-1] == key.rsplit("/", 1)[-1]), datasets[0][0])
+    listing = "; ".join(f"{name} {shape} {dtype}" for name, shape, dtype in datasets[:20])
+    more = f"; and {len(datasets) - 20} more" if len(datasets) > 20 else ""
+    return (
+        f"{source} holds {len(datasets)} dataset{'s' if len(datasets) > 1 else ''}: {listing}{more}. Name the one to import, e.g. "
+        f"`emflow import {source}:{example} {destination} --key {key or 'raw'}` (or --source-key {example})"
+    )
 
 
 def _refuse_completed_import(group: zarr.Group, destination: Path, key: str) -> None:

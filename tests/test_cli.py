@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ import tifffile
 from workflow_helpers import read, run_cli, write_config, write_inputs
 
 from emflow.config import default_config
-from emflow.evaluation import evaluate
+from emflow.evaluation import evaluate, judgement
 from emflow.workflows.demo import demo_data_path
 
 
@@ -92,20 +93,86 @@ def test_import_tiff_and_hdf5_then_run(tmp_path, flyem_crop, data_dir):
     assert run_cli("run", config) == 0
 
 
+
+def test_a_tiff_where_a_volume_is_read_names_emflow_import(tmp_path, inputs, flyem_crop, capsys):
+    tiff = tmp_path / "stack.tif"
+    tifffile.imwrite(tiff, flyem_crop["raw"])
+    command = f"`emflow import {tiff} data.zarr --key stack --resolution Z Y X`"
+    config = write_config(tmp_path / "config.toml", tiff, tmp_path / "out.zarr")
+    assert run_cli("run", config) == 2
+    error = capsys.readouterr().err
+    assert f"{tiff} is a TIFF file" in error and command in error and 'path = "data.zarr"' in error
+    assert not (tmp_path / "out.zarr").exists()
+    for segmentation in (str(tiff), f"{tiff}:raw"):
+        assert run_cli("evaluate", segmentation, f"{inputs}:neuron_ids") == 2
+        error = capsys.readouterr().err
+        assert f"{tiff} is a TIFF file" in error and command in error
+
+
+def test_an_hdf5_import_without_its_dataset_lists_what_the_file_holds(tmp_path, capsys):
+    source = tmp_path / "volume.h5"
+    with h5py.File(source, "w") as file:
+        file["volumes/raw"] = np.zeros((4, 8, 8), np.uint8)
+        file["volumes/labels/neuron_ids"] = np.zeros((4, 8, 8), np.uint32)
+    assert run_cli("import", source, tmp_path / "out.zarr", "--key", "raw", "--resolution", "10", "10", "10") == 2
+    error = capsys.readouterr().err
+    assert f"{source} holds 2 datasets: volumes/labels/neuron_ids (4, 8, 8) uint32; volumes/raw (4, 8, 8) uint8." in error
+    # The example is the dataset named like the new array, as a command that works.
+    assert f"`emflow import {source}:volumes/raw {tmp_path / 'out.zarr'} --key raw` (or --source-key volumes/raw)" in error
+    assert not (tmp_path / "out.zarr").exists()
+    assert run_cli("import", f"{source}:volumes/raw", tmp_path / "out.zarr", "--key", "raw", "--resolution", "10", "10", "10") == 0
+
 def test_demo_runs_from_the_shipped_crop_and_scores_it(tmp_path):
+    """By default in the user's cache (never the current folder), ending with its scores, their
+    judgement and how to look at the result; --out chooses the folder."""
+    cwd, cache = tmp_path / "cwd", tmp_path / "cache"
+    cwd.mkdir()
+    environment = {**os.environ, "XDG_CACHE_HOME": str(cache)}
     started = time.perf_counter()
-    completed = subprocess.run(
-        [sys.executable, "-m", "emflow", "demo", "--out", str(tmp_path / "demo")], capture_output=True, text=True, timeout=600
-    )
+    completed = subprocess.run([sys.executable, "-m", "emflow", "demo"], capture_output=True, text=True, timeout=600, cwd=cwd, env=environment)
     seconds = time.perf_counter() - started
     assert completed.returncode == 0, completed.stderr
-    printed = json.loads(completed.stdout[: completed.stdout.rindex("}") + 1])
-    assert str(tmp_path / "demo" / "demo_segmentation.zarr") in completed.stdout
+    demo_dir = cache / "emflow" / "demo"
+    assert f"emflow demo: working in {demo_dir} " in completed.stderr
+    assert not any(cwd.iterdir()), "nothing is written into the current folder"
+    printed = json.loads((demo_dir / "metrics.json").read_text())
     with h5py.File(demo_data_path(), "r") as demo:
         groundtruth = demo["neuron_ids"][...]
-    assert printed == pytest.approx(evaluate(read(tmp_path / "demo" / "demo_segmentation.zarr", "segmentation"), groundtruth))
+    segmentation = read(demo_dir / "demo_segmentation.zarr", "segmentation")
+    assert printed == pytest.approx(evaluate(segmentation, groundtruth))
     assert seconds < 120
     # From raw data through the shipped CNN, on a crop the model was not trained on. Measured:
     # adapted Rand error 0.263, VOI 1.75 (see the model card); this guards against regressions.
     assert printed["adapted_rand_error"] < 0.3 and printed["voi_sum"] < 2.0
-    assert read(tmp_path / "demo" / "demo_segmentation.zarr", "predictions").shape == (9,) + groundtruth.shape
+    assert read(demo_dir / "demo_segmentation.zarr", "predictions").shape == (9,) + groundtruth.shape
+    out = completed.stdout
+    assert f"segmentation  (64, 128, 128) uint64, {np.unique(segmentation[segmentation != 0]).size} segments" in out
+    assert f"  adapted Rand error  {printed['adapted_rand_error']:.3f}  (0 = perfect)" in out
+    assert f"judgement: {judgement(printed)}\n" in out
+    assert out.endswith(f"segmentation: {demo_dir / 'demo_segmentation.zarr'}:segmentation (all metrics: {demo_dir / 'metrics.json'})\n"
+                        f"look at it: emflow view {demo_dir / 'demo.toml'}\n")
+
+    # --out: here the same folder, whose run is done, so only the scores are computed again.
+    again = subprocess.run([sys.executable, "-m", "emflow", "demo", "--out", str(demo_dir)], capture_output=True, text=True, timeout=600, cwd=cwd)
+    assert again.returncode == 0, again.stderr
+    assert "emflow: nothing to do: every stage was done before" in again.stdout and f"judgement: {judgement(printed)}\n" in again.stdout
+    assert not any(cwd.iterdir())
+
+
+def test_version_is_the_installed_distributions(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_:
+        run_cli("--version")
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"emflow {version('emflow')}\n"
+
+
+def test_a_reader_that_goes_away_is_no_error(tmp_path, inputs):
+    """`emflow status c.toml | head -1`: the pipe closes before emflow writes; no traceback, exit 0."""
+    config = write_config(tmp_path / "config.toml", inputs, tmp_path / "out.zarr")
+    process = subprocess.Popen([sys.executable, "-m", "emflow", "status", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # long before the interpreter has started and printed anything
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 0, stderr
+    assert stderr == ""

@@ -2,28 +2,25 @@
 
 import json
 import re
-import shutil
 import struct
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+from system_programs import require_chromium
 
 from emflow import evaluation
 from emflow.blocking import Blocking
 from emflow.report import read_error_view, write_evaluation_report, write_run_report
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 RESOLUTION = (10.0, 10.0, 10.0)
 
 
 def _rendered_dom(page: Path, profile: Path) -> str:
     """The page's DOM after Chromium loaded it and its scripts ran (the figure check among them)."""
-    if CHROMIUM is None:
-        pytest.skip("no Chromium found (looked for chromium, chromium-browser, google-chrome on PATH)")
     result = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
+        [require_chromium(), "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
          "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
         capture_output=True, text=True, timeout=120, check=True,
     )

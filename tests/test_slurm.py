@@ -12,7 +12,6 @@ import getpass
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from system_programs import SEARCH_PATH, require_programs
 from workflow_helpers import read, run_cli, write_config
 
 from emflow.cluster.luigid import free_port, start_luigid, stop_luigid
@@ -33,8 +33,6 @@ from emflow.cluster.luigid import free_port, start_luigid, stop_luigid
 TESTS_DIR = Path(__file__).resolve().parent
 DAEMONS = ("munged", "slurmctld", "slurmd")
 COMMANDS = ("sbatch", "squeue", "scancel", "sinfo")
-# Where Debian puts the daemons; not on a non-root user's PATH.
-DAEMON_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 
 
 @dataclass
@@ -87,12 +85,7 @@ PartitionName=test Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 
 @pytest.fixture(scope="module")
 def slurm_cluster(tmp_path_factory):
-    missing = [name for name in DAEMONS + COMMANDS if shutil.which(name, path=DAEMON_PATH) is None]
-    if missing:
-        pytest.fail(
-            f"SLURM is not installed (missing {', '.join(missing)}): run .ci/run, which installs Debian's slurm-wlm and munge "
-            "(or: apt-get install slurm-wlm munge)"
-        )
+    require_programs("the SLURM tests", DAEMONS + COMMANDS, "apt-get install slurm-wlm munge")
     folder = tmp_path_factory.mktemp("slurm")
     for name in ("munge", "state", "spool", "log"):
         (folder / name).mkdir()
@@ -103,7 +96,7 @@ def slurm_cluster(tmp_path_factory):
     (folder / "slurm.conf").write_text(_slurm_conf(folder, munge_socket))
     env = {
         **os.environ,
-        "PATH": DAEMON_PATH,
+        "PATH": SEARCH_PATH,
         "SLURM_CONF": str(folder / "slurm.conf"),
         # The jobs import the test plugins (tests/plugin_functions.py) as the submitter does.
         "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS_DIR), os.environ.get("PYTHONPATH")])),
@@ -178,8 +171,10 @@ def test_slurm_run_equals_a_local_run(on_cluster, workflow_inputs, reference_seg
     assert exit_code == 0, stderr
     assert np.array_equal(read(tmp_path / "slurm.zarr", "segmentation"), reference_segmentation)
     job_id = _job_id(stderr)
-    progress = [line for line in stderr.splitlines() if line.startswith("progress: ")]
-    assert progress and "| jobs: 2 COMPLETED" in progress[-1] and "write_segmentation 8/8" in progress[-1]
+    # Not a terminal: timestamped lines, among them the last stage's end and the array's.
+    progress = [line for line in stderr.splitlines() if re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", line)]
+    assert any(re.search(r" write_segmentation done: 8 blocks( in |$)", line) for line in progress), stderr
+    assert any(line.endswith(" jobs: 2 COMPLETED") for line in progress), stderr
     work_dir = tmp_path / "slurm.zarr.work"
     script = (work_dir / "slurm" / "workers.sbatch").read_text()
     assert "#SBATCH --array=\"0-1\"" in script and f"exec {sys.executable} -m emflow.cli.main run {config} --workers 1" in script

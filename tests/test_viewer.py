@@ -6,7 +6,6 @@ Set EMFLOW_VIEWER_SCREENSHOT to a .png path to keep the screenshot (the README's
 import io
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import h5py
 import numpy as np
 import pytest
 from PIL import Image
+from system_programs import require_chromium
 
 from emflow.blocking import Blocking
 from emflow.meshes import block_meshes, merge_meshes, mesh_read_box
@@ -27,7 +27,6 @@ from emflow.storage.precomputed import mesh_folder, write_legacy_meshes
 pytest.importorskip("neuroglancer", reason="neuroglancer is needed by emflow view: pip install neuroglancer")
 from emflow.viewer.serve import serve, sources_from_output  # noqa: E402
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 RESOLUTION = (10.0, 10.0, 10.0)
 BLOCK_SHAPE = (32, 64, 64)
 
@@ -64,11 +63,11 @@ def screenshot(viewer, segmentation_visible: bool) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(reply.screenshot.image)).convert("RGB")).astype(np.float64)
 
 
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"headless Chromium not found at {CHROMIUM}")
 def test_segmentation_is_drawn_over_the_raw_data(tmp_path, output):
+    chromium = require_chromium()
     running = serve(sources_from_output(output))
     browser = subprocess.Popen(
-        [CHROMIUM, "--headless=new", "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--window-size=800,600"]
+        [chromium, "--headless=new", "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--window-size=800,600"]
         + [f"--user-data-dir={tmp_path / 'chromium'}", running.url],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

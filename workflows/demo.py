@@ -7,6 +7,7 @@ cube that the shipped model was not trained on (see its model card).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import tomli_w
 from emflow.cluster import LocalScheduler, RunReport
 from emflow.evaluation import evaluate
 from emflow.storage.volumes import open_volume, write_volume
+from emflow.targets import atomic_write_text
 
 from .run import run_workflow
 
@@ -28,9 +30,21 @@ DEMO_BLOCK_SHAPE = [32, 64, 64]
 
 @dataclass
 class DemoResult:
+    """The demo's run report; its metrics (None when the run failed), also written to `metrics_path`;
+    the segmentation as `path:key`, and the config, which `emflow view` takes."""
+
     report: RunReport
     metrics: dict | None
     segmentation: str
+    config_path: Path
+    metrics_path: Path
+
+
+def default_demo_dir() -> Path:
+    """Where the demo works unless told otherwise: `$XDG_CACHE_HOME/emflow/demo` (else
+    `~/.cache/emflow/demo`), so that it never fills the current folder (a checkout, say)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "emflow" / "demo"
 
 
 def demo_data_path() -> Path:
@@ -58,19 +72,23 @@ def prepare_demo(out_dir: Path) -> Path:
         "blocking": {"block_shape": DEMO_BLOCK_SHAPE, "halo": [8, 16, 16]},
     }
     config_path = out_dir / "demo.toml"
-    config_path.write_text(tomli_w.dumps(config))
+    atomic_write_text(config_path, tomli_w.dumps(config))
     return config_path
 
 
-def run_demo(out_dir: str | Path, *, workers: int = 2) -> DemoResult:
-    out_dir = Path(out_dir).resolve()
+def run_demo(out_dir: str | Path, *, workers: int = 2, **run_options) -> DemoResult:
+    """Run the demo in `out_dir` (resumes, or does nothing, where an earlier demo ran) and score it;
+    `run_options` go to `run_workflow`."""
+    out_dir = Path(out_dir).expanduser().resolve()
     config_path = prepare_demo(out_dir)
-    report = run_workflow(config_path, LocalScheduler(workers))
+    report = run_workflow(config_path, LocalScheduler(workers), **run_options)
     segmentation = f"{out_dir / 'demo_segmentation.zarr'}:segmentation"
+    metrics_path = out_dir / "metrics.json"
     metrics = None
     if report.succeeded:
         with h5py.File(demo_data_path(), "r") as demo:
             groundtruth = demo["neuron_ids"][...]
         volume = open_volume(out_dir / "demo_segmentation.zarr", "segmentation")
         metrics = evaluate(np.asarray(volume[...]), groundtruth)
-    return DemoResult(report=report, metrics=metrics, segmentation=segmentation)
+        atomic_write_text(metrics_path, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return DemoResult(report=report, metrics=metrics, segmentation=segmentation, config_path=config_path, metrics_path=metrics_path)

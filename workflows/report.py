@@ -12,25 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from emflow.storage.volumes import opened_volume
-from emflow.tasks.adapter import stage_record, stage_target
+from emflow.tasks.adapter import stage_record
 from emflow.tasks.context import Run
 
-
-def stage_statistics(run: Run) -> dict[str, tuple[float, int]]:
-    """Per finished stage, in run order: (seconds, peak RSS bytes) from its records: a global
-    stage's own; a block-wise stage's summed seconds and largest peak over its blocks."""
-    statistics = {}
-    for spec in run.stages:
-        if spec.blockwise:
-            records = stage_target(run, spec.name).block_records()
-            results = [record.result for record in records.values() if record.fingerprint]
-        else:
-            record = stage_record(run, spec.name).read()
-            results = [record["result"]] if record else []
-        if results:
-            seconds = float(sum(result.get("seconds", 0.0) for result in results))
-            statistics[spec.name] = (seconds, int(max(result.get("peak_rss_bytes", 0) for result in results)))
-    return statistics
+from .summary import stage_cost
 
 
 def segment_sizes(run: Run) -> np.ndarray:
@@ -64,7 +49,7 @@ def write_report(run: Run) -> Path:
     """Write the run report of a finished run into `<work folder>/report/`; return its HTML page."""
     from emflow.report import write_run_report  # matplotlib only where a report is written
 
-    statistics = stage_statistics(run)
+    costs = [stage_cost(run, spec) for spec in run.stages]
     middle = run.geometry.shape[0] // 2
     section = np.s_[middle]
     segmentation = np.asarray(run.store.output_array("segmentation")[section])
@@ -77,8 +62,8 @@ def write_report(run: Run) -> Path:
         raw_section = np.asarray(run.store.output_array("boundaries")[section])
     return write_run_report(
         run.layout.work_dir / "report",
-        stage_seconds={name: seconds for name, (seconds, _) in statistics.items()},
-        stage_peak_rss_bytes={name: peak for name, (_, peak) in statistics.items()},
+        stage_seconds={cost.stage: cost.seconds for cost in costs},
+        stage_peak_rss_bytes={cost.stage: cost.peak_rss_bytes for cost in costs},
         segment_sizes=segment_sizes(run),
         raw_section=raw_section,
         segmentation_section=segmentation,

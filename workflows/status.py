@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from emflow.cluster.progress import StageProgress
 from emflow.errors import UsageError
 from emflow.targets import CompletionState, JournalReader
 from emflow.tasks.adapter import Workflow, block_fingerprints, forget_input_states, invalidate_records, stage_record, stage_target
@@ -134,17 +135,18 @@ def _blocks_reading(run: Run, spec: StageSpec, invalidated: dict[str, set[int] |
     return reading
 
 
-def progress_reporter(config_path: str, until: str = "", *, workflow: Workflow = SEGMENTATION) -> Callable[[], str]:
-    """A callable giving one line of per-stage progress: blocks done out of all blocks.
+def progress_reporter(config_path: str, until: str = "", *, workflow: Workflow = SEGMENTATION) -> Callable[[], list[StageProgress]]:
+    """A callable giving each stage's progress: tasks done out of all, and whether it can run
+    (every stage it reads from is done); `emflow.cluster.progress` shows it.
 
-    Block journals are read incrementally, so each line costs only the records added since the last.
+    Block journals are read incrementally, so each call costs only the records added since the last.
     """
     run = workflow.load_run(config_path)
     stages = workflow.stages(config_path, until)
     readers = {spec.name: JournalReader(run.layout.block_records(spec.name)) for spec in stages if spec.blockwise}
 
-    def line() -> str:
-        parts = []
+    def progress() -> list[StageProgress]:
+        snapshot, complete = [], {}
         for spec in stages:
             target = stage_record(run, spec.name)
             if spec.blockwise:
@@ -157,7 +159,9 @@ def progress_reporter(config_path: str, until: str = "", *, workflow: Workflow =
                     done = sum(1 for block_id, record in records.items() if block_id < total and record.fingerprint == fingerprints[block_id])
             else:
                 total, done = 1, int(target.exists())
-            parts.append(f"{spec.name} {done}/{total}")
-        return "progress: " + ", ".join(parts)
+            complete[spec.name] = done == total
+            ready = all(complete.get(upstream.name, True) for upstream in run.upstream(spec))
+            snapshot.append(StageProgress(spec.name, done, total, blockwise=spec.blockwise, ready=ready))
+        return snapshot
 
-    return line
+    return progress
