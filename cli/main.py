@@ -1,13 +1,16 @@
 """`emflow run | predict | rerun | train | status | scheduler | config defaults | config training-defaults | import | evaluate | demo`.
 
 Exit codes: 0 success; 1 a task failed (the failed blocks and their logs are named); 2 bad input,
-config or output (one message naming the problem, nothing written); 75 another run with the
-local scheduler is working on the same output (nothing done; try again later).
+config or output (one message naming the problem, nothing written); 74 the run could not write
+(no space left, a read-only file system, no permission: one line names the file and the cause;
+run again once fixed, it resumes); 75 another run with the local scheduler is working on the same
+output (nothing done; try again later).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -19,6 +22,8 @@ from pathlib import Path
 from emflow.cluster.luigid import DEFAULT_PORT
 
 EXIT_OK, EXIT_TASK_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+# sysexits.h's EX_IOERR: a run that could not write (space, permission) and stopped.
+EXIT_CANNOT_WRITE = 74
 # sysexits.h's EX_TEMPFAIL: "try again later", for a run that found another one working on its output.
 EXIT_RUN_IN_PROGRESS = 75
 
@@ -37,10 +42,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     except Exception as error:
         from emflow.errors import RunInProgressError, UserError
+        from emflow.targets.atomic import CannotWrite
 
         if isinstance(error, RunInProgressError):
             print(f"emflow: {error}", file=sys.stderr)
             return EXIT_RUN_IN_PROGRESS
+        if isinstance(error, CannotWrite):
+            print(f"emflow: error: {_cannot_write_line(error.filename, error.strerror, error.errno)}", file=sys.stderr)
+            return EXIT_CANNOT_WRITE
         if isinstance(error, UserError):
             print(f"emflow: error: {error}", file=sys.stderr)
             return EXIT_BAD_INPUT
@@ -52,18 +61,31 @@ def main(argv: list[str] | None = None) -> int:
 
 def _write_crash_log(arguments) -> Path:
     """Write the current exception's traceback to the run's log folder (or a temporary folder)."""
-    folder = Path(tempfile.gettempdir())
+    text = f"emflow {' '.join(sys.argv[1:])}\n{traceback.format_exc()}"
+    name = f"emflow-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    folders = [Path(tempfile.gettempdir())]
     try:
         from emflow.config import load_config
 
         config = load_config(arguments.config)
-        folder = Path(config.output.work_dir or f"{config.output.path}.work") / "logs"
-        folder.mkdir(parents=True, exist_ok=True)
+        folders.insert(0, Path(config.output.work_dir or f"{config.output.path}.work") / "logs")
     except Exception:
         pass  # no usable config: the temporary folder
-    path = folder / f"emflow-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-    path.write_text(f"emflow {' '.join(sys.argv[1:])}\n{traceback.format_exc()}")
-    return path
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(text)
+            return folder / name
+        except OSError:
+            continue  # a full or read-only work folder: the next
+    return folders[-1] / name
+
+
+def _cannot_write_line(path: str, cause: str, number: int | None) -> str:
+    import errno
+
+    code = f" ({errno.errorcode[number]})" if number in errno.errorcode else ""
+    return f"cannot write {path}: {cause}{code}; the run stopped there. Free space or fix the permission, then run the same command again: it resumes where it stopped"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -229,9 +251,37 @@ def _slurm_options(arguments) -> dict[str, bool]:
     }
 
 
-def _finish(report, what: str) -> int:
-    """The end of a run: its report on the terminal, and the exit code."""
+def _warnings() -> tuple[list[str], object]:
+    """A list of warnings and a function that prints each as it comes and keeps it, for the summary (`_finish`)."""
+    warnings: list[str] = []
+
+    def warn(line: str) -> None:
+        print(f"emflow: warning: {line}", file=sys.stderr, flush=True)
+        warnings.append(line)
+
+    return warnings, warn
+
+
+def _finish(report, what: str, warnings: list[str] = ()) -> int:
+    """The end of a run: its report on the terminal (warnings again last), and the exit code."""
+    try:
+        return _outcome(report, what)
+    finally:
+        for line in warnings:
+            print(f"emflow: warning: {line}", file=sys.stderr)
+
+
+def _outcome(report, what: str) -> int:
     if not report.succeeded:
+        cannot_write = [failure["cannot_write"] for failure in report.failures if isinstance(failure.get("cannot_write"), dict)]
+        if cannot_write:
+            # Every task that tried to write failed the same way: one line, naming the first file.
+            first = cannot_write[0]
+            print(f"emflow: error: {_cannot_write_line(first['path'], first['cause'], first.get('errno'))}", file=sys.stderr)
+            others = [failure for failure in report.failures if not isinstance(failure.get("cannot_write"), dict)]
+            if others:
+                _report_failures(dataclasses.replace(report, failures=others))
+            return EXIT_CANNOT_WRITE
         _report_failures(report)
         return EXIT_TASK_FAILED
     where = f" (SLURM job array {report.job_id})" if report.job_id is not None else ""
@@ -242,8 +292,9 @@ def _finish(report, what: str) -> int:
 def _run(arguments) -> int:
     from emflow.workflows.run import run_workflow
 
-    report = run_workflow(arguments.config, _backend(arguments), update=arguments.update, until=arguments.until, command=arguments.command)
-    return _finish(report, "prediction" if arguments.until else "run")
+    warnings, warn = _warnings()
+    report = run_workflow(arguments.config, _backend(arguments), update=arguments.update, until=arguments.until, command=arguments.command, warn=warn)
+    return _finish(report, "prediction" if arguments.until else "run", warnings)
 
 
 def _positive_int(text: str) -> int:
@@ -274,11 +325,12 @@ def _rerun(arguments) -> int:
         raise UsageError("emflow rerun needs --stage STAGE [--blocks 3,17], or --failed")
     if arguments.failed and arguments.blocks is not None:
         raise UsageError("emflow rerun takes --blocks or --failed, not both")
+    warnings, warn = _warnings()
     invalidated, report = rerun_workflow(
-        arguments.config, _backend(arguments), stage=arguments.stage, block_ids=arguments.blocks, failed=arguments.failed, update=arguments.update
+        arguments.config, _backend(arguments), stage=arguments.stage, block_ids=arguments.blocks, failed=arguments.failed, update=arguments.update, warn=warn
     )
     print(f"emflow: invalidated {'; '.join(invalidated) if invalidated else 'nothing (no task had failed)'}", file=sys.stderr)
-    return _finish(report, "run")
+    return _finish(report, "run", warnings)
 
 
 def _train(arguments) -> int:

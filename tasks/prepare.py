@@ -25,7 +25,9 @@ def input_identity(run: Run) -> dict[str, str]:
 def _prepare_output(stage: GlobalContext) -> dict:
     run = stage.run
     group = run.store.output_group(create=True)
-    group.attrs[OWNER_ATTRIBUTE] = {"version": __version__, "config": as_dict(run.config), "input": input_identity(run)}
+    # The work folder whose records describe this output (`emflow.workflows.run.check_run`).
+    owner = {"version": __version__, "config": as_dict(run.config), "input": input_identity(run), "work_dir": str(run.layout.work_dir)}
+    group.attrs[OWNER_ATTRIBUTE] = owner
     run.store.create_volumes(group, run.geometry.shape, run.geometry.block_shape)
     for volume in run.store.volumes.values():
         if volume.image_name is not None:
