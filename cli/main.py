@@ -1,4 +1,4 @@
-"""`emflow run | predict | rerun | train | status | scheduler | config defaults | config training-defaults | import | evaluate | demo`.
+"""`emflow run | predict | rerun | train | status | verify | clean | scheduler | config defaults | config training-defaults | import | evaluate | demo`.
 
 Exit codes: 0 success; 1 a task failed (the failed blocks and their logs are named); 2 bad input,
 config or output (one message naming the problem, nothing written); 74 the run could not write
@@ -119,6 +119,15 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("config", help="TOML config file")
     status.set_defaults(handler=_status)
 
+    verify = commands.add_parser("verify", help="read every file the run wrote and compare it with the SHA-256 digest recorded when it was written")
+    verify.add_argument("config", help="TOML config file")
+    verify.add_argument("--repair", action="store_true", help="invalidate the tasks whose files are damaged, so that the next `emflow run` writes them again")
+    verify.set_defaults(handler=_verify)
+
+    clean = commands.add_parser("clean", help="remove the per-block partial results a finished run no longer needs (a rerun stays a no-op)")
+    clean.add_argument("config", help="TOML config file")
+    clean.set_defaults(handler=_clean)
+
     config = commands.add_parser("config", help="configuration helpers")
     config_commands = config.add_subparsers(dest="config_command", required=True)
     defaults = config_commands.add_parser("defaults", help="print the complete default config, documented")
@@ -206,7 +215,8 @@ def _report_failures(report) -> None:
         print(f"  array task {report.job_id}_{task.index} {task.description}\n    log: {log}{written}", file=sys.stderr)
     for failure in report.failures:
         block = "global task" if failure["block_id"] is None else f"block {failure['block_id']}"
-        print(f"  {failure['stage']} {block}: {failure['error']}\n    log: {failure['log']}", file=sys.stderr)
+        box = f" (block box {failure['box']})" if failure.get("box") else ""
+        print(f"  {failure['stage']} {block}: {failure['error']}{box}\n    log: {failure['log']}", file=sys.stderr)
     if report.complete or report.failures:
         return
     if report.job_id is None:
@@ -350,6 +360,40 @@ def _status(arguments) -> int:
     print(f"{'stage':<{width}}  {'done':>7}  {'stale':>7}  {'failed':>7}  {'pending':>7}  {'total':>7}")
     for status in statuses:
         print(f"{status.stage:<{width}}  {status.done:>7}  {status.stale:>7}  {status.failed:>7}  {status.pending:>7}  {status.total:>7}")
+    return EXIT_OK
+
+
+def _verify(arguments) -> int:
+    from emflow.workflows.maintenance import verify_run
+
+    verification = verify_run(str(Path(arguments.config).expanduser().resolve()), repair=arguments.repair)
+    shown = 20
+    for problem in verification.problems[:shown]:
+        print(f"  {problem.describe()}", file=sys.stderr)
+    if len(verification.problems) > shown:
+        print(f"  ... and {len(verification.problems) - shown} more", file=sys.stderr)
+    damage = verification.damage
+    notes = [f"{verification.not_done} tasks not done (see emflow status)"] if verification.not_done else []
+    notes += [f"{verification.removed} partial results removed by emflow clean"] if verification.removed else []
+    summary = f"{verification.files} files ({verification.bytes / 1e6:.1f} MB) read and compared with their recorded SHA-256 digests"
+    summary += "".join(f"; {note}" for note in notes)
+    if not damage:
+        print(f"emflow verify: {summary}: every file is as written")
+        return EXIT_OK
+    action = "invalidated the tasks that wrote them; `emflow run` writes them again" if arguments.repair else "run `emflow verify --repair` then `emflow run` to write them again"
+    print(f"emflow verify: {summary}: {len(damage)} damaged, changed or missing; {action}", file=sys.stderr)
+    return EXIT_TASK_FAILED
+
+
+def _clean(arguments) -> int:
+    from emflow.workflows.maintenance import clean_run
+
+    removed = clean_run(str(Path(arguments.config).expanduser().resolve()))
+    if not removed:
+        print("emflow clean: nothing to remove")
+        return EXIT_OK
+    listing = ", ".join(f"{entry.stage} ({entry.files} files, {entry.bytes / 1e6:.1f} MB)" for entry in removed)
+    print(f"emflow clean: removed the partial results of {listing}; a rerun stays a no-op, and reprocessing computes again those it needs")
     return EXIT_OK
 
 

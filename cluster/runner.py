@@ -39,6 +39,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import re
 import sys
 import threading
 import time
@@ -105,8 +106,6 @@ def run_tasks(
     # The scheduler hands out a task only once its dependencies are done; checking them again in
     # the worker would re-read every block record of a stage before the stage's own task runs.
     luigi_config.set("worker", "check_unfulfilled_deps", "false")
-    luigi_config.set("core", "rpc-retry-attempts", str(RPC_ATTEMPTS))
-    luigi_config.set("core", "rpc-retry-wait", str(RPC_WAIT_SECONDS))
     handler = QuietFileHandler(scheduler_log, delay=True)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     # "luigi-interface" is the worker's logger; "luigi" the parent of the scheduler's and others'.
@@ -131,9 +130,8 @@ def run_tasks(
             time.sleep(luigi.scheduler.scheduler().stable_done_cooldown_secs)
             result = _build(tasks, backend.workers, scheduler)
     except luigi.rpc.RPCError as error:
-        cause = error.sub_exception if getattr(error, "sub_exception", None) is not None else error
         raise SchedulerUnreachable(
-            f"the central scheduler on {backend.host}:{backend.port} stopped answering during the run ({type(cause).__name__}: {cause}); "
+            f"the central scheduler on {backend.host}:{backend.port} stopped answering during the run ({_cause(error)}); "
             "start it again (`emflow scheduler start`) and run the same command: the run resumes where it stopped"
         ) from None
     finally:
@@ -158,6 +156,13 @@ def run_tasks(
         seconds=time.time() - started,
         failed_here=failed_here,
     )
+
+
+def _cause(error: luigi.rpc.RPCError) -> str:
+    """The root of a failed call to the scheduler, e.g. "Connection refused", not the HTTP library's paragraph."""
+    cause = error.sub_exception if error.sub_exception is not None else error
+    system = re.findall(r"\[Errno -?\d+\] ([^\"')\]]+)", str(cause))
+    return system[-1].strip() if system else f"{type(cause).__name__}: {str(cause)[:200]}"
 
 
 def _build(tasks: Sequence[luigi.Task], workers: int, scheduler: dict):
@@ -205,6 +210,13 @@ class CooperatingWorkerFactory(luigi.interface._WorkerSchedulerFactory):
 
     def create_worker(self, scheduler, worker_processes, assistant=False):
         return CooperatingWorker(scheduler=scheduler, worker_processes=worker_processes, assistant=assistant)
+
+    def create_remote_scheduler(self, url):
+        # Luigi reads these from its [core] config only, where setting them makes every task warn
+        # that the config holds parameters it does not consume.
+        scheduler = super().create_remote_scheduler(url)
+        scheduler._rpc_retry_attempts, scheduler._rpc_retry_wait = RPC_ATTEMPTS, RPC_WAIT_SECONDS
+        return scheduler
 
 
 def collect_failures(failure_dir: Path, since: float = 0.0) -> list[dict]:

@@ -9,6 +9,7 @@
 <work>/blocks/<stage>/<block_id>.npz|.npy  a block's partial result (per-block bundle)
 <work>/global/<stage>/<field>.npy          a global stage's arrays, read memory-mapped by block tasks
 <work>/run.lock               held by a run with the local scheduler
+<work>/cleaned.json           the stages whose partial results `emflow clean` removed
 <output>.lock                 held too: two work folders never write one output at once
 ```
 
@@ -65,6 +66,10 @@ class Layout:
     @property
     def run_lock(self) -> Path:
         return self.work_dir / "run.lock"
+
+    @property
+    def clean_record(self) -> Path:
+        return self.work_dir / "cleaned.json"
 
     @property
     def output_lock(self) -> Path:

@@ -28,6 +28,7 @@ import zarr
 from emflow.blocking import Box
 from emflow.errors import InputError
 from emflow.targets import atomic_save_npy, atomic_save_npz
+from emflow.targets.atomic import writing
 
 from .inputs import InputDataset
 from .layout import Layout
@@ -54,6 +55,12 @@ class Volume:
 def describe_box(box: Box) -> str:
     """A box as messages show it: "z 0:40, y 0:72, x 56:128"."""
     return ", ".join(f"{axis} {begin}:{end}" for axis, begin, end in zip("zyx", box.begin, box.end))
+
+
+def describe_slicing(slicing: tuple[slice, ...]) -> str:
+    """A selection of bounded slices (z, y, x last) as messages show a box: "z 0:40, y 0:72, x 56:128"."""
+    axes = ("zyx" if len(slicing) <= 3 else "c" * (len(slicing) - 3) + "zyx")[-len(slicing):]
+    return ", ".join(f"{axis} {part.start}:{part.stop}" for axis, part in zip(axes, slicing))
 
 
 class Store:
@@ -90,7 +97,8 @@ class Store:
         if volume.quantized:
             data = np.round(np.asarray(data) * 255).astype(np.uint8)
         selection = ((slice(None),) if volume.channels else ()) + box.slicing
-        self.output_array(name)[selection] = data
+        with writing(f"{self.layout.output_path / volume.path} (box {describe_box(box)})"):
+            self.output_array(name)[selection] = data
 
     @contextmanager
     def opened_input(self, name: str) -> Iterator[Any]:
@@ -106,14 +114,16 @@ class Store:
         """(Re)create every volume in the output group, chunked by `block_shape`."""
         for volume in self.volumes.values():
             prefix = (volume.channels,) if volume.channels else ()
-            create_block_array(group, volume.path, prefix + tuple(shape), prefix + tuple(block_shape), volume.dtype, compressed=volume.compressed)
+            with writing(self.layout.output_path / volume.path):
+                create_block_array(group, volume.path, prefix + tuple(shape), prefix + tuple(block_shape), volume.dtype, compressed=volume.compressed)
         _output_array.cache_clear()
 
     # --- tables -------------------------------------------------------------------------------
 
     def write_table(self, path: str, data: np.ndarray, attributes: dict[str, Any] | None = None) -> None:
         """Write a whole array of the output group (`graph/edges`, ...)."""
-        write_global_array(self.layout.output_path, path, data, attributes)
+        with writing(self.layout.output_path / path):
+            write_global_array(self.layout.output_path, path, data, attributes)
 
     def read_table(self, path: str) -> np.ndarray:
         return np.asarray(output_array(self.layout.output_path, path)[...])
@@ -122,7 +132,8 @@ class Store:
         return dict(output_array(self.layout.output_path, path).attrs)
 
     def output_group(self, *, create: bool = False) -> zarr.Group:
-        return open_output_group(self.layout.output_path, create=create)
+        with writing(self.layout.output_path):
+            return open_output_group(self.layout.output_path, create=create)
 
     # --- global bundles and partials ------------------------------------------------------------
 

@@ -60,6 +60,7 @@ import numpy as np
 from emflow.errors import UsageError
 from emflow.storage.chunks import chunk_files, file_states, folder_states, forget_chunk_states, region_states, same_state
 from emflow.storage.layout import failure_fallback
+from emflow.storage.store import describe_box
 from emflow.targets import (
     BlockJournal,
     BlockRecord,
@@ -593,11 +594,15 @@ class _failure_recorded:  # noqa: N801 (used as a statement: `with _failure_reco
         if error is None:
             return False
         where = self.spec.name if self.block_id is None else f"{self.spec.name} block {self.block_id}"
-        failure = cannot_write(error) if isinstance(error, Exception) else None
+        # A write error names its file, except an error of `write` itself: then the file system is named.
+        layout = self.run.layout
+        failure = cannot_write(error, f"a file in {layout.output_path} or {layout.work_dir}") if isinstance(error, Exception) else None
         if self.logger is not None:
             self.logger.error("%s failed:\n%s", where, "".join(traceback.format_exception(kind, error, trace)))
         log = self.run.layout.log(self.spec.name, self.block_id)
         record: dict[str, Any] = {"stage": self.spec.name, "block_id": self.block_id, "error": f"{type(error).__name__}: {error}", "log": str(log)}
+        if self.block_id is not None:
+            record["box"] = describe_box(self.spec.blocks(self.run).block(self.block_id))
         if failure is not None:
             record.update(error=str(failure), cannot_write={"path": failure.filename, "cause": failure.strerror, "errno": failure.errno})
         text = json.dumps(record)

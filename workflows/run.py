@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import socket
 import sys
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 from emflow.cluster import Backend, LocalScheduler, RunReport, Slurm, holds_lock, run_on
 from emflow.errors import ConfigError, OutputError, RunInProgressError, UsageError
 from emflow.storage.inputs import input_warnings
+from emflow.storage.layout import failure_fallback
 from emflow.storage.output import OWNER_ATTRIBUTE, open_output_group
 from emflow.targets.atomic import writing
 from emflow.tasks.adapter import Workflow, invalidate_records, use_workers
@@ -142,7 +144,7 @@ def run_workflow(
         use_workers(workers, shared_scheduler=not isinstance(backend, LocalScheduler))
         # What a SLURM array task runs; each checks the output again, so --update holds for them too.
         worker_command = [sys.executable, "-m", "emflow.cli.main", command, config_path, "--workers", str(workers), *(["--update"] if update else [])]
-        return run_on(
+        report = run_on(
             backend,
             [workflow.root_task(config_path, until)],
             work_dir=run.layout.work_dir,
@@ -152,6 +154,11 @@ def run_workflow(
             job_name=f"emflow-{Path(config_path).stem}",
             progress_interval=progress_interval,
         )
+    if report.succeeded:
+        # Failure records that could not be written into the work folder are read (see
+        # `emflow.cluster.runner.collect_failures`) and done with.
+        shutil.rmtree(failure_fallback(run.layout.work_dir), ignore_errors=True)
+    return report
 
 
 def rerun_workflow(
