@@ -186,6 +186,8 @@ class ValueRange:
         return self.chunks == self.of
 
     def describe(self) -> str:
+        if not self.of:
+            return f"{_number(self.minimum)} (no chunk is stored: every voxel holds the fill value)"
         how = f"all its {self.of} stored" if self.exact else f"{self.chunks} of its {self.of} stored"
         return f"{_number(self.minimum)}..{_number(self.maximum)} (read from {how} chunks)"
 
@@ -194,10 +196,10 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:.4g}"
 
 
-def sample_value_range(dataset: InputDataset, chunks: int = SAMPLED_CHUNKS) -> ValueRange | None:
+def sample_value_range(dataset: InputDataset, chunks: int = SAMPLED_CHUNKS) -> ValueRange:
     """The value range of a dataset from up to `chunks` of its stored chunks (for HDF5, boxes of
     its chunk shape, or of 128 voxels a side), spread evenly over them in C order (deterministic);
-    None if none is stored. Costs reading those chunks."""
+    the fill value if no chunk is stored. Costs reading those chunks."""
     layout, stored = stored_chunks(dataset.path, dataset.key)
     if stored is not None:
         grid = tuple(layout.grid_shape)
@@ -206,7 +208,9 @@ def sample_value_range(dataset: InputDataset, chunks: int = SAMPLED_CHUNKS) -> V
         grid = dataset.chunks or tuple(min(extent, 128) for extent in dataset.shape)
         count = math.prod(-(-extent // size) for extent, size in zip(dataset.shape, grid))
     if count == 0:
-        return None
+        with opened_volume(dataset.path, dataset.key) as volume:
+            fill = float(np.asarray(volume.fill_value).item())  # nothing stored: the fill value everywhere
+        return ValueRange(fill, fill, 0, 0)
     picks = sorted({round(index * (count - 1) / max(1, chunks - 1)) for index in range(min(chunks, count))})
     if stored is not None:
         positions = stored[picks]
@@ -254,8 +258,6 @@ def input_warnings(inputs: dict[str, InputDataset]) -> list[str]:
         if dataset is None:
             continue
         values = sample_value_range(dataset)
-        if values is None:
-            continue
         dtype = np.dtype(dataset.dtype)
         if role == "mask":
             if values.maximum == 0 and values.exact:

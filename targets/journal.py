@@ -35,8 +35,11 @@ from typing import Any
 from .atomic import writing
 
 JOURNAL_SUFFIX = ".jsonl"
-# Largest block id, sequence number and file size or time a record may hold (they are int64 elsewhere).
+# Largest block id, file size or time a record may hold (they are int64 elsewhere).
 _LIMIT = 2**63
+# Sequence numbers grow by one per record of a block; a larger one is damage, and would otherwise
+# outrank every record a writer could add after it.
+_SEQ_LIMIT = 2**52
 
 
 @dataclass(frozen=True)
@@ -211,6 +214,7 @@ def parse_record(line: bytes) -> BlockRecord | None:
             and math.isfinite(finished)
             and isinstance(result, dict)
             and _is_count(seq)
+            and seq < _SEQ_LIMIT
             and isinstance(writer, str)
             and (data is None or _is_data(data))
         )

@@ -211,7 +211,12 @@ class _BlockStageTask(_StageTaskBase):
         return stage_target(self.run_context, self.stage_name)
 
     def run(self) -> None:
-        self.output().write({"number_of_blocks": self.number_of_blocks})
+        run = self.run_context
+        with _failure_recorded(run, self.spec, None):
+            self.output().write({"number_of_blocks": self.number_of_blocks})
+        failure = run.layout.failure(self.stage_name, None)
+        if failure.exists():
+            failure.unlink()
 
 
 class _BlockGroupTask(_StageTaskBase):
