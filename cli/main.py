@@ -29,6 +29,46 @@ EXIT_RUN_IN_PROGRESS = 75
 
 
 def main(argv: list[str] | None = None) -> int:
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _QuietStream(sys.stdout), _QuietStream(sys.stderr)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+class _QuietStream:
+    """stdout or stderr ignoring writes that fail for want of space or permission (output
+    redirected to a file on the full disk the run stopped on): what emflow says is lost then, but
+    not the run, nor its exit code."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        from emflow.targets.atomic import CANNOT_WRITE_ERRNOS
+
+        try:
+            return self._stream.write(text)
+        except OSError as error:
+            if error.errno not in CANNOT_WRITE_ERRNOS:
+                raise
+            return len(text)
+
+    def flush(self) -> None:
+        from emflow.targets.atomic import CANNOT_WRITE_ERRNOS
+
+        try:
+            self._stream.flush()
+        except OSError as error:
+            if error.errno not in CANNOT_WRITE_ERRNOS:
+                raise
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = _parser()
     arguments = parser.parse_args(argv)
     try:

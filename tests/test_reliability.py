@@ -220,6 +220,16 @@ def test_a_full_file_system_stops_the_run_with_one_line_and_the_run_resumes_iden
         assert_identical(folder / "out.zarr", reference)
 
 
+def test_a_run_whose_own_log_is_on_the_full_file_system_still_ends_with_its_exit_code(tmp_path, inputs):
+    # cron's `emflow run c.toml >> run.log 2>&1`, with the log beside the data: what the run says is
+    # lost once the disk is full, but not its exit code.
+    with small_file_system(tmp_path / "small", "300k") as folder:
+        config = write_config(folder / "config.toml", inputs, folder / "out.zarr")
+        with open(folder / "run.log", "w") as log:
+            completed = subprocess.run([sys.executable, "-m", "emflow.cli.main", "run", str(config)], stdout=log, stderr=log, timeout=600)
+        assert completed.returncode == 74, (folder / "run.log").read_text()[-3000:]
+
+
 def test_an_output_turned_read_only_mid_run_stops_it_with_one_line_and_the_run_resumes_identically(tmp_path, inputs, reference, capsys):
     """Read-only by a bind mount of the output onto itself, remounted read-only (root), or by taking
     away write permission (other users; root ignores it)."""

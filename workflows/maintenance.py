@@ -71,17 +71,18 @@ class Verification:
 
     @property
     def damage(self) -> list[FileProblem]:
-        """Problems a run must repair: every output problem, and work-folder results with other bytes."""
-        return [problem for problem in self.problems if problem.output or problem.problem != "missing"]
+        """Problems to repair: every output problem, and work-folder results with other bytes but
+        the same size and time. A missing or rewritten work-folder result is found by the run that
+        needs it, and computed again then (`emflow.workflows.status.plan_repairs`)."""
+        return [problem for problem in self.problems if problem.output or problem.problem == "damaged"]
 
 
 def verify_run(config_path: str, *, repair: bool = False, workflow: Workflow = SEGMENTATION) -> Verification:
     """Read every file the finished tasks of a run recorded and compare it with its record.
 
-    With `repair`, the tasks that wrote a damaged, changed or missing output file, or a damaged or
-    changed work-folder result, are invalidated (under the run's lock), so that the next `emflow
-    run` computes them again. A missing work-folder result is no damage: it is computed again when
-    a task that reads it runs (`emflow.workflows.status.plan_repairs`).
+    With `repair`, the tasks that wrote a damaged, changed or missing output file, or a damaged
+    work-folder result, are invalidated (under the run's lock), so that the next `emflow run`
+    computes them again (see `Verification.damage`).
     """
     forget_input_states()
     run = workflow.load_run(config_path)
