@@ -20,7 +20,7 @@ import zarr
 from emflow.errors import ConfigError, InputError
 
 from .chunks import chunk_box, missing_chunks, stored_chunks
-from .volumes import IMPORT_COMPLETE_ATTRIBUTE, RESOLUTION_ATTRIBUTE, opened_volume, read_region, unwritten_fill_value
+from .volumes import IMPORT_COMPLETE_ATTRIBUTE, RESOLUTION_ATTRIBUTE, DamagedDataError, opened_volume, read_region, unwritten_fill_value
 
 # What messages call the input of each role.
 _DESCRIPTIONS = {"boundaries": "boundary map", "raw": "raw data"}
@@ -196,10 +196,11 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:.4g}"
 
 
-def sample_value_range(dataset: InputDataset, chunks: int = SAMPLED_CHUNKS) -> ValueRange:
+def sample_value_range(dataset: InputDataset, chunks: int = SAMPLED_CHUNKS) -> ValueRange | None:
     """The value range of a dataset from up to `chunks` of its stored chunks (for HDF5, boxes of
     its chunk shape, or of 128 voxels a side), spread evenly over them in C order (deterministic);
-    the fill value if no chunk is stored. Costs reading those chunks."""
+    the fill value if no chunk is stored; None if no chunk read could be decoded. Costs reading
+    those chunks."""
     layout, stored = stored_chunks(dataset.path, dataset.key)
     if stored is not None:
         grid = tuple(layout.grid_shape)
@@ -220,13 +221,18 @@ def sample_value_range(dataset: InputDataset, chunks: int = SAMPLED_CHUNKS) -> V
     with opened_volume(dataset.path, dataset.key) as volume:
         for position in positions.tolist():
             box = tuple(slice(index * size, min((index + 1) * size, extent)) for index, size, extent in zip(position, grid, dataset.shape))
-            values = read_region(volume, box, dataset.location)
+            try:
+                values = read_region(volume, box, dataset.location)
+            except DamagedDataError:
+                continue  # the blocks reading it fail with its name and file, each in its own log
             if values.size:
                 minimum, maximum = min(minimum, float(values.min())), max(maximum, float(values.max()))
         unwritten = stored is not None and count < math.prod(-(-extent // size) for extent, size in zip(dataset.shape, grid))
         if len(picks) == count and unwritten:
             fill = float(np.asarray(volume.fill_value).item())  # what the chunks never written hold
             minimum, maximum = min(minimum, fill), max(maximum, fill)
+    if minimum > maximum:
+        return None  # every chunk read is damaged, or empty
     return ValueRange(minimum, maximum, len(picks), count)
 
 
@@ -258,6 +264,8 @@ def input_warnings(inputs: dict[str, InputDataset]) -> list[str]:
         if dataset is None:
             continue
         values = sample_value_range(dataset)
+        if values is None:
+            continue
         dtype = np.dtype(dataset.dtype)
         if role == "mask":
             if values.maximum == 0 and values.exact:

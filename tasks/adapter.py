@@ -58,7 +58,7 @@ import luigi
 import numpy as np
 
 from emflow.errors import UsageError
-from emflow.storage.chunks import chunk_files, file_states, folder_states, forget_chunk_states, region_states, same_state
+from emflow.storage.chunks import chunk_files, file_states, folder_states, forget_chunk_states, region_states, same_state, states_array
 from emflow.storage.layout import failure_fallback
 from emflow.storage.store import describe_box
 from emflow.targets import (
@@ -66,6 +66,7 @@ from emflow.targets import (
     BlockRecord,
     CompletionState,
     CompletionTarget,
+    JournalReader,
     StageCompletionTarget,
     atomic_write_text,
     fingerprint,
@@ -440,17 +441,26 @@ def changed_outputs(run: Run, spec: StageSpec, records: dict[int, BlockRecord]) 
 
 def outputs_digest(run: Run, spec: StageSpec) -> str:
     """One digest of the state (size, modification time) of every output file of every block of a
-    stage, in block order: equal digests, every file as it was (one `stat` per file)."""
-    try:
-        files = output_files(run, spec)
-    except FileNotFoundError:
-        return "missing"
-    digest = hashlib.sha256()
-    for paths in files:
-        for state in file_states(paths):
-            digest.update(b"-" if state is None else f"{state[0]},{state[1]};".encode())
-        digest.update(b"|")
-    return digest.hexdigest()
+    stage, in block order: equal digests, every file as it was (one `stat` per file, 4 µs here).
+
+    Kept per process for as long as the stage's journals do not change (until
+    `forget_input_states`): a no-op run asks for it several times (status, repairs, Luigi), and its
+    files change only with new block records. Damage done to a stage's files while a run goes on
+    is found by the next run."""
+    key = (run, spec.name, tuple(JournalReader(run.layout.block_records(spec.name)).snapshot().items()))
+    if key not in _DIGESTS:
+        try:
+            files = output_files(run, spec)
+        except FileNotFoundError:
+            return "missing"
+        flat = [path for paths in files for path in paths]
+        counts = np.array([len(paths) for paths in files], dtype=np.int64)
+        _DIGESTS[key] = hashlib.sha256(states_array(flat).tobytes() + counts.tobytes()).hexdigest()
+    return _DIGESTS[key]
+
+
+# Stage output digests of this process (`outputs_digest`), dropped by `forget_input_states`.
+_DIGESTS: dict[tuple, str] = {}
 
 
 def global_data(run: Run, spec: StageSpec) -> dict[str, dict[str, list]]:
@@ -666,6 +676,7 @@ def forget_input_states() -> None:
     _definition.cache_clear()
     stage_fingerprint.cache_clear()
     _block_fingerprints.cache_clear()
+    _DIGESTS.clear()
     forget_chunk_states()
 
 

@@ -139,12 +139,21 @@ def plan_repairs(run: Run, stages: list[StageSpec]) -> Plan:
     pending, a missing one costs nothing (`emflow clean` removes them). Stages are visited from the
     last to the first: each pending (or repaired) task asks for the results it reads, checked
     against the states its producer recorded (one `stat` per file); a linked reader asks for the
-    blocks it reads only. Costs one completeness check per stage when nothing is pending.
+    blocks it reads only. When the stage creating the output runs again, every task that wrote
+    into the output runs again too: Luigi decides what runs before anything runs, and would keep
+    them as done. Costs one completeness check per stage when nothing is pending.
     """
     wanted: dict[str, set[int]] = {}  # per producer, the tasks asked for: block ids, or {0} for a global stage
     reasons: dict[str, str] = {}
     changed: dict[str, str] = {}
     repairs = []
+    # The stage creating the output creates its arrays anew: what every later stage wrote into them goes.
+    created = [spec.name for spec in stages if spec.creates_outputs and _pending_tasks(run, spec, {})]
+    for spec in stages:
+        if created and not spec.creates_outputs and any(write.kind in ("array", "table") for write in spec.writes):
+            tasks = range(spec.blocks(run).number_of_blocks) if spec.blockwise else [0]
+            wanted[spec.name] = set(tasks)
+            reasons[spec.name] = f"{created[0]} runs again and creates the output's arrays anew"
     for spec in reversed(stages):
         running = _pending_tasks(run, spec, changed)
         repair = wanted.get(spec.name, set()) - running
