@@ -255,8 +255,8 @@ def _report_failures(report) -> None:
         print(f"  array task {report.job_id}_{task.index} {task.description}\n    log: {log}{written}", file=sys.stderr)
     for failure in report.failures:
         block = "global task" if failure["block_id"] is None else f"block {failure['block_id']}"
-        box = f" (block box {failure['box']})" if failure.get("box") else ""
-        print(f"  {failure['stage']} {block}: {failure['error']}{box}\n    log: {failure['log']}", file=sys.stderr)
+        box = f"\n    block box: {failure['box']}" if failure.get("box") else ""
+        print(f"  {failure['stage']} {block}: {failure['error']}\n    log: {failure['log']}{box}", file=sys.stderr)
     if report.complete or report.failures:
         return
     if report.job_id is None:

@@ -557,7 +557,7 @@ def test_a_block_failure_names_the_dataset_and_the_box_in_voxels_never_python_re
     assert run_cli("run", config) == 1
     err = capsys.readouterr().err
     assert f"predict block 0: InputError: raw data {tmp_path}/input.zarr:raw must be finite and in [0, 1] when stored as floats; box z " in err
-    assert "(block box z 0:16, y 0:32, x 0:32)" in err
+    assert "block box: z 0:16, y 0:32, x 0:32" in err
     assert "slice(" not in err and "Box(" not in err
 
 

@@ -147,8 +147,10 @@ def plan_repairs(run: Run, stages: list[StageSpec]) -> Plan:
     reasons: dict[str, str] = {}
     changed: dict[str, str] = {}
     repairs = []
-    # The stage creating the output creates its arrays anew: what every later stage wrote into them goes.
-    created = [spec.name for spec in stages if spec.creates_outputs and _pending_tasks(run, spec, {})]
+    # The stage creating the output, run before and running again, creates its arrays anew: what
+    # every later stage wrote into them goes. (Not on a first run: with a central scheduler, another
+    # process may have run it and later tasks between this process's looks at their records.)
+    created = [spec.name for spec in stages if spec.creates_outputs and stage_record(run, spec.name).state() in _STALE]
     for spec in stages:
         if created and not spec.creates_outputs and any(write.kind in ("array", "table") for write in spec.writes):
             tasks = range(spec.blocks(run).number_of_blocks) if spec.blockwise else [0]
