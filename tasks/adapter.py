@@ -50,7 +50,8 @@ import random
 import resource
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -591,46 +592,38 @@ def execute(run: Run, spec: StageSpec, block_id: int | None) -> tuple[dict[str, 
     return summary, data
 
 
-class _failure_recorded:  # noqa: N801 (used as a statement: `with _failure_recorded(...)`)
+@contextmanager
+def _failure_recorded(run: Run, spec: StageSpec, block_id: int | None, logger: logging.Logger | None = None) -> Iterator[None]:
     """Write a failure record for a task whose work (or record) raises, and raise on.
 
     A write that failed for want of space or permission goes up as `CannotWrite`, naming the file
     and the cause; its failure record says so (`cannot_write`). A failure record that cannot be
     written into the work folder (full, read-only) goes to `failure_fallback`; if that fails too,
     the error still goes up, and the run's report falls back on Luigi's word."""
-
-    def __init__(self, run: Run, spec: StageSpec, block_id: int | None, logger: logging.Logger | None = None):
-        self.run, self.spec, self.block_id, self.logger = run, spec, block_id, logger
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, error, trace) -> bool:
-        if error is None:
-            return False
-        where = self.spec.name if self.block_id is None else f"{self.spec.name} block {self.block_id}"
-        # A write error names its file, except an error of `write` itself: then the file system is named.
-        layout = self.run.layout
+    try:
+        yield
+    except BaseException as error:
+        where = spec.name if block_id is None else f"{spec.name} block {block_id}"
+        # A write error names its file, except an error of `write` itself: then the file systems are named.
+        layout = run.layout
         failure = cannot_write(error, f"a file in {layout.output_path} or {layout.work_dir}") if isinstance(error, Exception) else None
-        if self.logger is not None:
-            self.logger.error("%s failed:\n%s", where, "".join(traceback.format_exception(kind, error, trace)))
-        log = self.run.layout.log(self.spec.name, self.block_id)
-        record: dict[str, Any] = {"stage": self.spec.name, "block_id": self.block_id, "error": f"{type(error).__name__}: {error}", "log": str(log)}
-        if self.block_id is not None:
-            record["box"] = describe_box(self.spec.blocks(self.run).block(self.block_id))
+        if logger is not None:
+            logger.error("%s failed:\n%s", where, traceback.format_exc())
+        record: dict[str, Any] = {"stage": spec.name, "block_id": block_id, "error": f"{type(error).__name__}: {error}", "log": str(layout.log(spec.name, block_id))}
+        if block_id is not None:
+            record["box"] = describe_box(spec.blocks(run).block(block_id))
         if failure is not None:
             record.update(error=str(failure), cannot_write={"path": failure.filename, "cause": failure.strerror, "errno": failure.errno})
         text = json.dumps(record)
-        path = self.run.layout.failure(self.spec.name, self.block_id)
-        for folder in (None, failure_fallback(self.run.layout.work_dir)):
+        for path in (layout.failure(spec.name, block_id), failure_fallback(layout.work_dir) / f"{spec.name}.{block_id}.{os.getpid()}.json"):
             try:
-                atomic_write_text(path if folder is None else folder / f"{self.spec.name}.{self.block_id}.{os.getpid()}.json", text)
+                atomic_write_text(path, text)
                 break
             except OSError:
                 continue
         if failure is not None and failure is not error:
             raise failure from error
-        return False
+        raise
 
 
 class InjectedFailure(RuntimeError):
