@@ -4,7 +4,8 @@ order; the run that finally completes must equal an uninterrupted run bitwise, a
 must find every output file as written.
 
 The full file system is a small tmpfs the output lives on, which only root can mount: run as
-another user, the test keeps the other kinds of chaos and says (on stderr) that it leaves that one out.
+another user, the test keeps the other kinds of chaos and says (a warning in pytest's summary) that
+it leaves that one out.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import random
 import signal
 import subprocess
-import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -39,14 +40,14 @@ def reference(tmp_path_factory, inputs) -> dict[str, np.ndarray]:
 
 
 def _mount_tmpfs(folder: Path) -> bool:
-    """A tmpfs at `folder` if this process may mount one; False (said on stderr) if not."""
+    """A tmpfs at `folder` if this process may mount one; False (said in a warning) if not."""
     folder.mkdir()
     if os.geteuid() != 0:
-        print("test_chaos: not root, so no small tmpfs: the full file system is left out of the chaos", file=sys.stderr)
+        warnings.warn("test_chaos: not root, so no small tmpfs: the full file system is left out of the chaos", stacklevel=2)
         return False
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(folder)], capture_output=True, text=True)
     if mounted.returncode:
-        print(f"test_chaos: cannot mount a tmpfs ({mounted.stderr.strip()}): the full file system is left out of the chaos", file=sys.stderr)
+        warnings.warn(f"test_chaos: cannot mount a tmpfs ({mounted.stderr.strip()}): the full file system is left out of the chaos", stacklevel=2)
     return mounted.returncode == 0
 
 
