@@ -465,10 +465,13 @@ _DIGESTS: dict[tuple, str] = {}
 
 
 def global_data(run: Run, spec: StageSpec) -> dict[str, dict[str, list]]:
-    """What a global stage wrote, for its record: "outputs", every file of the tables it writes
-    (and, for the stage creating the output, each volume's metadata), by path in the output group;
-    "bundle", its global arrays, by path in the work folder. Each with state and digest."""
-    return {"outputs": _global_outputs(run, spec, digest=True), "bundle": _bundle_files(run, spec, digest=True)}
+    """What a global stage wrote, for its record: "outputs", every file of the tables it writes, by
+    path in the output group; "bundle", its global arrays, by path in the work folder; "volumes",
+    for the stage creating the output, each volume's metadata file. Each with state and digest."""
+    data = {"outputs": _global_outputs(run, spec, digest=True), "bundle": _bundle_files(run, spec, digest=True)}
+    if spec.creates_outputs:
+        data["volumes"] = _volume_metadata(run, digest=True)
+    return data
 
 
 def _global_outputs(run: Run, spec: StageSpec, *, digest: bool) -> dict[str, list]:
@@ -477,12 +480,13 @@ def _global_outputs(run: Run, spec: StageSpec, *, digest: bool) -> dict[str, lis
     for write in spec.writes:
         if write.kind == "table":
             states.update(folder_states(root / write.name, root, digest=digest))
-    if spec.creates_outputs:
-        # The volumes' own metadata, not their groups': later stages add to those (OME pyramid levels).
-        for volume in run.store.volumes.values():
-            path = f"{volume.path}/zarr.json"
-            states[path] = file_states([root / path], digest=digest)[0]
     return states
+
+
+def _volume_metadata(run: Run, *, digest: bool) -> dict[str, list | None]:
+    # The volumes' own metadata, not their groups': later stages add to those (OME pyramid levels).
+    paths = [f"{volume.path}/zarr.json" for volume in run.store.volumes.values()]
+    return dict(zip(paths, file_states([run.layout.output_path / path for path in paths], digest=digest)))
 
 
 def _bundle_files(run: Run, spec: StageSpec, *, digest: bool) -> dict[str, list]:
@@ -492,7 +496,15 @@ def _bundle_files(run: Run, spec: StageSpec, *, digest: bool) -> dict[str, list]
 
 
 def global_outputs_changed(run: Run, spec: StageSpec, data: dict[str, Any]) -> str | None:
-    """Why the output files a global stage recorded are not as it wrote them (None: they are)."""
+    """Why the output files a global stage recorded are not as it wrote them (None: they are).
+
+    A volume's metadata counts by its presence only: writing attributes rewrites it (OME axis
+    names, a pyramid's levels), and what matters is that the array is still the one created."""
+    volumes = data.get("volumes")
+    if isinstance(volumes, dict):
+        missing = [path for path, state in _volume_metadata(run, digest=False).items() if state is None]
+        if missing:
+            return f"{run.layout.output_path / missing[0]} is missing"
     return _changed_files(data.get("outputs"), _global_outputs(run, spec, digest=False), run.layout.output_path)
 
 

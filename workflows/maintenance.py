@@ -135,6 +135,9 @@ def _verify_global(run: Run, stage: str, verification: Verification) -> None:
     for kind, root, output in (("outputs", run.layout.output_path, True), ("bundle", run.layout.work_dir, False)):
         for relative, recorded in sorted((data.get(kind) or {}).items()):
             _check(verification, stage, None, root / relative, recorded, output=output)
+    for relative in sorted(data.get("volumes") or {}):  # by presence only (see `global_outputs_changed`)
+        if not (run.layout.output_path / relative).exists():
+            verification.problems.append(FileProblem(stage, None, str(run.layout.output_path / relative), "missing", True))
 
 
 def _verify_blocks(run: Run, stage: str, verification: Verification, removed: set[str]) -> None:

@@ -19,7 +19,7 @@ from emflow.storage.inputs import input_warnings
 from emflow.storage.layout import failure_fallback
 from emflow.storage.output import OWNER_ATTRIBUTE, open_output_group
 from emflow.targets.atomic import writing
-from emflow.tasks.adapter import Workflow, invalidate_records, use_workers
+from emflow.tasks.adapter import Workflow, use_workers
 from emflow.tasks.context import Run
 from emflow.tasks.prepare import input_identity
 
@@ -66,7 +66,7 @@ def check_run(
                 f"output path {run.layout.output_path} holds the results of the run whose work folder is {work_dir}, "
                 f"not this config's {run.layout.work_dir}: its records describe that output, and this config's would not. "
                 "Set output.work_dir to that folder, choose another output path, or run again with --update to take the output "
-                "over (what this config finds changed in it is computed again)."
+                "over (everything is computed again)."
             )
     statuses = workflow_status(config_path, until, workflow=workflow)
     return config_path, statuses, input_warnings(run.inputs)
@@ -125,10 +125,11 @@ def run_workflow(
     run = workflow.load_run(config_path)
     with run_lock(run.layout) if holds_lock(backend) else nullcontext():
         if update and _owner_work_folder(run) is not None:
-            # Taking the output over: the stage creating it runs again and marks it as this run's.
+            # Taking the output over: the stage creating it runs again, marks it as this run's and
+            # creates its arrays anew, and so everything that writes into them runs again.
             for spec in run.stages:
                 if spec.creates_outputs:
-                    invalidate_records(run, spec.name)
+                    invalidate(run, spec.name)
         if before_run is not None:
             before_run(config_path)
         plan = repair(run, workflow.stages(config_path, until))
