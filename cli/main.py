@@ -1,13 +1,16 @@
-"""`emflow run | predict | rerun | train | status | scheduler | config defaults | config training-defaults | import | evaluate | demo`.
+"""`emflow run | predict | rerun | train | status | verify | clean | scheduler | config defaults | config training-defaults | import | evaluate | demo`.
 
 Exit codes: 0 success; 1 a task failed (the failed blocks and their logs are named); 2 bad input,
-config or output (one message naming the problem, nothing written); 75 another run with the
-local scheduler is working on the same output (nothing done; try again later).
+config or output (one message naming the problem, nothing written); 74 the run could not write
+(no space left, a read-only file system, no permission: one line names the file and the cause;
+run again once fixed, it resumes); 75 another run with the local scheduler is working on the same
+output (nothing done; try again later).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -20,11 +23,53 @@ from pathlib import Path
 from emflow.cluster.luigid import DEFAULT_PORT
 
 EXIT_OK, EXIT_TASK_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+# sysexits.h's EX_IOERR: a run that could not write (space, permission) and stopped.
+EXIT_CANNOT_WRITE = 74
 # sysexits.h's EX_TEMPFAIL: "try again later", for a run that found another one working on its output.
 EXIT_RUN_IN_PROGRESS = 75
 
 
 def main(argv: list[str] | None = None) -> int:
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _QuietStream(sys.stdout), _QuietStream(sys.stderr)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+class _QuietStream:
+    """stdout or stderr ignoring writes that fail for want of space or permission (output
+    redirected to a file on the full disk the run stopped on): what emflow says is lost then, but
+    not the run, nor its exit code."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        from emflow.targets.atomic import CANNOT_WRITE_ERRNOS
+
+        try:
+            return self._stream.write(text)
+        except OSError as error:
+            if error.errno not in CANNOT_WRITE_ERRNOS:
+                raise
+            return len(text)
+
+    def flush(self) -> None:
+        from emflow.targets.atomic import CANNOT_WRITE_ERRNOS
+
+        try:
+            self._stream.flush()
+        except OSError as error:
+            if error.errno not in CANNOT_WRITE_ERRNOS:
+                raise
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = _parser()
     arguments = parser.parse_args(argv)
     try:
@@ -38,10 +83,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     except Exception as error:
         from emflow.errors import RunInProgressError, UserError
+        from emflow.targets.atomic import CannotWrite
 
         if isinstance(error, RunInProgressError):
             print(f"emflow: {error}", file=sys.stderr)
             return EXIT_RUN_IN_PROGRESS
+        if isinstance(error, CannotWrite):
+            print(f"emflow: error: {_cannot_write_line(error.filename, error.strerror, error.errno)}", file=sys.stderr)
+            return EXIT_CANNOT_WRITE
         if isinstance(error, UserError):
             print(f"emflow: error: {error}", file=sys.stderr)
             return EXIT_BAD_INPUT
@@ -53,18 +102,31 @@ def main(argv: list[str] | None = None) -> int:
 
 def _write_crash_log(arguments) -> Path:
     """Write the current exception's traceback to the run's log folder (or a temporary folder)."""
-    folder = Path(tempfile.gettempdir())
+    text = f"emflow {' '.join(sys.argv[1:])}\n{traceback.format_exc()}"
+    name = f"emflow-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    folders = [Path(tempfile.gettempdir())]
     try:
         from emflow.config import load_config
 
         config = load_config(arguments.config)
-        folder = Path(config.output.work_dir or f"{config.output.path}.work") / "logs"
-        folder.mkdir(parents=True, exist_ok=True)
+        folders.insert(0, Path(config.output.work_dir or f"{config.output.path}.work") / "logs")
     except Exception:
         pass  # no usable config: the temporary folder
-    path = folder / f"emflow-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-    path.write_text(f"emflow {' '.join(sys.argv[1:])}\n{traceback.format_exc()}")
-    return path
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(text)
+            return folder / name
+        except OSError:
+            continue  # a full or read-only work folder: the next
+    return folders[-1] / name
+
+
+def _cannot_write_line(path: str, cause: str, number: int | None) -> str:
+    import errno
+
+    code = f" ({errno.errorcode[number]})" if number in errno.errorcode else ""
+    return f"cannot write {path}: {cause}{code}; the run stopped there. Free space or fix the permission, then run the same command again: it resumes where it stopped"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -102,6 +164,15 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="per stage: blocks done / stale / failed / pending")
     status.add_argument("config", help="TOML config file")
     status.set_defaults(handler=_status)
+
+    verify = commands.add_parser("verify", help="read every file the run wrote and compare it with the SHA-256 digest recorded when it was written")
+    verify.add_argument("config", help="TOML config file")
+    verify.add_argument("--repair", action="store_true", help="invalidate the tasks whose files are damaged, so that the next `emflow run` writes them again")
+    verify.set_defaults(handler=_verify)
+
+    clean = commands.add_parser("clean", help="remove the per-block partial results a finished run no longer needs (a rerun stays a no-op)")
+    clean.add_argument("config", help="TOML config file")
+    clean.set_defaults(handler=_clean)
 
     config = commands.add_parser("config", help="configuration helpers")
     config_commands = config.add_subparsers(dest="config_command", required=True)
@@ -200,7 +271,8 @@ def _report_failures(report) -> None:
         print(f"  array task {report.job_id}_{task.index} {task.description}\n    log: {log}{written}", file=sys.stderr)
     for failure in report.failures:
         block = "global task" if failure["block_id"] is None else f"block {failure['block_id']}"
-        print(f"  {failure['stage']} {block}: {failure['error']}\n    log: {failure['log']}", file=sys.stderr)
+        box = f"\n    block box: {failure['box']}" if failure.get("box") else ""
+        print(f"  {failure['stage']} {block}: {failure['error']}\n    log: {failure['log']}{box}", file=sys.stderr)
     if report.complete or report.failures:
         return
     if report.job_id is None:
@@ -245,14 +317,44 @@ def _slurm_options(arguments) -> dict[str, bool]:
     }
 
 
-def _finish(report, what: str, config_path: str | Path, until: str = "", done_before: Sequence[str] = (), *, view: bool = True) -> int:
+def _warnings() -> tuple[list[str], object]:
+    """A list of warnings and a function that prints each as it comes and keeps it, for the summary (`_finish`)."""
+    warnings: list[str] = []
+
+    def warn(line: str) -> None:
+        print(f"emflow: warning: {line}", file=sys.stderr, flush=True)
+        warnings.append(line)
+
+    return warnings, warn
+
+
+def _finish(
+    report, what: str, config_path: str | Path, until: str = "", done_before: Sequence[str] = (), *, view: bool = True, warnings: Sequence[str] = ()
+) -> int:
     """The end of a run: its summary (output, segments, time and memory per stage, `view`: the command
-    that shows it) or its failures, and the exit code."""
+    that shows it) or its failures, then its warnings again, and the exit code."""
+    try:
+        return _outcome(report, what, config_path, until, done_before, view)
+    finally:
+        for line in warnings:
+            print(f"emflow: warning: {line}", file=sys.stderr)
+
+
+def _outcome(report, what: str, config_path: str | Path, until: str, done_before: Sequence[str], view: bool) -> int:
     from emflow.workflows.summary import run_summary
 
     from .summary import print_summary
 
     if not report.succeeded:
+        cannot_write = [failure["cannot_write"] for failure in report.failures if isinstance(failure.get("cannot_write"), dict)]
+        if cannot_write:
+            # Every task that tried to write failed the same way: one line, naming the first file.
+            first = cannot_write[0]
+            print(f"emflow: error: {_cannot_write_line(first['path'], first['cause'], first.get('errno'))}", file=sys.stderr)
+            others = [failure for failure in report.failures if not isinstance(failure.get("cannot_write"), dict)]
+            if others:
+                _report_failures(dataclasses.replace(report, failures=others))
+            return EXIT_CANNOT_WRITE
         _report_failures(report)
         return EXIT_TASK_FAILED
     print_summary(run_summary(config_path, until, done_before=done_before), report, what, view=view)
@@ -263,10 +365,12 @@ def _run(arguments) -> int:
     from emflow.workflows.run import run_workflow
 
     done_before = _DoneBefore(arguments.until)
+    warnings, warn = _warnings()
     report = run_workflow(
-        arguments.config, _backend(arguments), update=arguments.update, until=arguments.until, command=arguments.command, before_run=done_before
+        arguments.config, _backend(arguments), update=arguments.update, until=arguments.until, command=arguments.command,
+        before_run=done_before, warn=warn,
     )
-    code = _finish(report, "prediction" if arguments.until else "run", arguments.config, arguments.until, done_before.stages)
+    code = _finish(report, "prediction" if arguments.until else "run", arguments.config, arguments.until, done_before.stages, warnings=warnings)
     if code == EXIT_OK and not arguments.until:
         _write_run_report(arguments.config, regenerate=False)
     return code
@@ -341,11 +445,12 @@ def _rerun(arguments) -> int:
         raise UsageError("emflow rerun needs --stage STAGE [--blocks 3,17], or --failed")
     if arguments.failed and arguments.blocks is not None:
         raise UsageError("emflow rerun takes --blocks or --failed, not both")
+    warnings, warn = _warnings()
     invalidated, report = rerun_workflow(
-        arguments.config, _backend(arguments), stage=arguments.stage, block_ids=arguments.blocks, failed=arguments.failed, update=arguments.update
+        arguments.config, _backend(arguments), stage=arguments.stage, block_ids=arguments.blocks, failed=arguments.failed, update=arguments.update, warn=warn
     )
     print(f"emflow: invalidated {'; '.join(invalidated) if invalidated else 'nothing (no task had failed)'}", file=sys.stderr)
-    return _finish(report, "run", arguments.config)
+    return _finish(report, "run", arguments.config, warnings=warnings)
 
 
 def _train(arguments) -> int:
@@ -365,6 +470,40 @@ def _status(arguments) -> int:
     print(f"{'stage':<{width}}  {'done':>7}  {'stale':>7}  {'failed':>7}  {'pending':>7}  {'total':>7}")
     for status in statuses:
         print(f"{status.stage:<{width}}  {status.done:>7}  {status.stale:>7}  {status.failed:>7}  {status.pending:>7}  {status.total:>7}")
+    return EXIT_OK
+
+
+def _verify(arguments) -> int:
+    from emflow.workflows.maintenance import verify_run
+
+    verification = verify_run(str(Path(arguments.config).expanduser().resolve()), repair=arguments.repair)
+    shown = 20
+    for problem in verification.problems[:shown]:
+        print(f"  {problem.describe()}", file=sys.stderr)
+    if len(verification.problems) > shown:
+        print(f"  ... and {len(verification.problems) - shown} more", file=sys.stderr)
+    damage = verification.damage
+    notes = [f"{verification.not_done} tasks not done (see emflow status)"] if verification.not_done else []
+    notes += [f"{verification.removed} partial results removed by emflow clean"] if verification.removed else []
+    summary = f"{verification.files} files ({verification.bytes / 1e6:.1f} MB) read and compared with their recorded SHA-256 digests"
+    summary += "".join(f"; {note}" for note in notes)
+    if not damage:
+        print(f"emflow verify: {summary}: every file is as written")
+        return EXIT_OK
+    action = "invalidated the tasks that wrote them; `emflow run` writes them again" if arguments.repair else "run `emflow verify --repair` then `emflow run` to write them again"
+    print(f"emflow verify: {summary}: {len(damage)} damaged, changed or missing; {action}", file=sys.stderr)
+    return EXIT_TASK_FAILED
+
+
+def _clean(arguments) -> int:
+    from emflow.workflows.maintenance import clean_run
+
+    removed = clean_run(str(Path(arguments.config).expanduser().resolve()))
+    if not removed:
+        print("emflow clean: nothing to remove")
+        return EXIT_OK
+    listing = ", ".join(f"{entry.stage} ({entry.files} files, {entry.bytes / 1e6:.1f} MB)" for entry in removed)
+    print(f"emflow clean: removed the partial results of {listing}; a rerun stays a no-op, and reprocessing computes again those it needs")
     return EXIT_OK
 
 

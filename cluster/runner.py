@@ -25,6 +25,13 @@ worker at a time, so none is run twice. Three things in Luigi need care then:
   follows a run of the same tasks within seconds, with their outputs removed or stale, finds them
   done there and runs none of them. Such a build ends incomplete with no task failed, and
   `run_tasks` builds once more when the cooldown has passed.
+- A central scheduler that stops answering: Luigi retries each call 3 times, 30 s apart, then
+  raises RPCError out of `luigi.build`, about 2 minutes later. Here each call is tried
+  `RPC_ATTEMPTS` times `RPC_WAIT_SECONDS` apart, and the error becomes one line naming the
+  scheduler's host and port (SchedulerUnreachable), a few seconds after it went.
+
+Logs never reach the terminal: Luigi's go to the scheduler log, through a handler that stops
+writing at its first failure (a full disk) instead of printing a traceback per message.
 """
 
 from __future__ import annotations
@@ -32,22 +39,33 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import luigi
 import luigi.interface
+import luigi.rpc
 import luigi.scheduler
 import luigi.worker
 from luigi.execution_summary import LuigiStatusCode
 from luigi.task_status import FAILED
 
-from .backends import CentralScheduler, LocalScheduler, RunReport, check_reachable
+from emflow.storage.layout import failure_fallback
+from emflow.targets.atomic import writing
+from emflow.targets.logs import QuietFileHandler
+
+from .backends import CentralScheduler, LocalScheduler, RunReport, SchedulerUnreachable, check_reachable
 from .progress import StageProgress, start_progress
 
 # Luigi's statuses of a run in which a task of this process failed.
 _FAILED_HERE = (LuigiStatusCode.FAILED, LuigiStatusCode.FAILED_AND_SCHEDULING_FAILED)
+# Calls to a central scheduler: attempts and seconds between them (Luigi's defaults: 3 and 30 s).
+# A scheduler that refuses connections fails the run after about 2 s; one that drops them, after
+# 3 connect timeouts (10 s each, Luigi's default, kept: a busy luigid may take seconds to answer).
+RPC_ATTEMPTS = 3
+RPC_WAIT_SECONDS = 1
 
 
 def run_tasks(
@@ -73,19 +91,26 @@ def run_tasks(
     if central:
         check_reachable(backend.host, backend.port)
     scheduler = {"local_scheduler": False, "scheduler_host": backend.host, "scheduler_port": backend.port} if central else {"local_scheduler": True}
-    scheduler_log.parent.mkdir(parents=True, exist_ok=True)
+    with writing(scheduler_log.parent):
+        scheduler_log.parent.mkdir(parents=True, exist_ok=True)
     luigi_config = luigi.configuration.get_config()
     # Luigi would otherwise add its own terminal handler on the first build of the process.
     luigi_config.set("core", "no_configure_logging", "true")
     # The scheduler hands out a task only once its dependencies are done; checking them again in
     # the worker would re-read every block record of a stage before the stage's own task runs.
     luigi_config.set("worker", "check_unfulfilled_deps", "false")
-    luigi_logger = logging.getLogger("luigi-interface")
-    handler = logging.FileHandler(scheduler_log)
+    handler = QuietFileHandler(scheduler_log, delay=True)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    luigi_logger.addHandler(handler)
-    luigi_logger.setLevel(logging.INFO)
-    propagate, luigi_logger.propagate = luigi_logger.propagate, False
+    # "luigi-interface" is the worker's logger; "luigi" the parent of the scheduler's and others'.
+    luigi_loggers = [logging.getLogger(name) for name in ("luigi-interface", "luigi")]
+    saved = [(logger.level, logger.propagate) for logger in luigi_loggers]
+    for logger in luigi_loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    # Whatever else fails to write a log message says nothing on the terminal (Python prints a
+    # traceback per failed message otherwise).
+    raise_exceptions, logging.raiseExceptions = logging.raiseExceptions, False
     # Luigi forks a process per task with several workers; objects frozen here are left alone by the
     # children's garbage collector, so fewer of the parent's pages are copied on write (measured: 6 %
     # less wall time end to end with 2 workers).
@@ -99,10 +124,18 @@ def run_tasks(
         if central and result.status not in _FAILED_HERE and not result.worker.saw_a_failed_task and not _complete(tasks):
             time.sleep(luigi.scheduler.scheduler().stable_done_cooldown_secs)
             result = _build(tasks, backend.workers, scheduler)
+    except luigi.rpc.RPCError as error:
+        raise SchedulerUnreachable(
+            f"the central scheduler on {backend.host}:{backend.port} stopped answering during the run ({_cause(error)}); "
+            "start it again (`emflow scheduler start`) and run the same command: the run resumes where it stopped"
+        ) from None
     finally:
         gc.unfreeze()
-        luigi_logger.removeHandler(handler)
-        luigi_logger.propagate = propagate
+        for logger, (level, propagate) in zip(luigi_loggers, saved):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+            logger.propagate = propagate
+        logging.raiseExceptions = raise_exceptions
         handler.close()
         if reporter is not None:
             reporter.stop()
@@ -116,6 +149,13 @@ def run_tasks(
         seconds=time.time() - started,
         failed_here=failed_here,
     )
+
+
+def _cause(error: luigi.rpc.RPCError) -> str:
+    """The root of a failed call to the scheduler, e.g. "Connection refused", not the HTTP library's paragraph."""
+    cause = error.sub_exception if error.sub_exception is not None else error
+    system = re.findall(r"\[Errno -?\d+\] ([^\"')\]]+)", str(cause))
+    return system[-1].strip() if system else f"{type(cause).__name__}: {str(cause)[:200]}"
 
 
 def _build(tasks: Sequence[luigi.Task], workers: int, scheduler: dict):
@@ -164,14 +204,28 @@ class CooperatingWorkerFactory(luigi.interface._WorkerSchedulerFactory):
     def create_worker(self, scheduler, worker_processes, assistant=False):
         return CooperatingWorker(scheduler=scheduler, worker_processes=worker_processes, assistant=assistant)
 
+    def create_remote_scheduler(self, url):
+        # Luigi reads these from its [core] config only, where setting them makes every task warn
+        # that the config holds parameters it does not consume.
+        scheduler = super().create_remote_scheduler(url)
+        scheduler._rpc_retry_attempts, scheduler._rpc_retry_wait = RPC_ATTEMPTS, RPC_WAIT_SECONDS
+        return scheduler
+
 
 def collect_failures(failure_dir: Path, since: float = 0.0) -> list[dict]:
-    """Failure records written at or after `since` (seconds since the epoch), oldest first."""
-    if not failure_dir.exists():
-        return []
+    """Failure records written at or after `since` (seconds since the epoch), oldest first: those
+    of the work folder `failure_dir.parent`, and those that could not be written there
+    (`emflow.storage.layout.failure_fallback`). A damaged record is skipped."""
     records = []
-    for path in failure_dir.rglob("*.json"):
-        modified = path.stat().st_mtime
-        if modified >= since - 1.0:
-            records.append((modified, json.loads(path.read_text())))
+    for folder in (failure_dir, failure_fallback(failure_dir.parent)):
+        if not folder.exists():
+            continue
+        for path in folder.rglob("*.json"):
+            try:
+                modified = path.stat().st_mtime
+                record = json.loads(path.read_text()) if modified >= since - 1.0 else None
+            except (OSError, ValueError):
+                continue
+            if isinstance(record, dict) and {"stage", "block_id", "error", "log"} <= record.keys():
+                records.append((modified, record))
     return [record for _, record in sorted(records, key=lambda item: item[0])]

@@ -9,11 +9,18 @@
 <work>/blocks/<stage>/<block_id>.npz|.npy  a block's partial result (per-block bundle)
 <work>/global/<stage>/<field>.npy          a global stage's arrays, read memory-mapped by block tasks
 <work>/run.lock               held by a run with the local scheduler
+<work>/cleaned.json           the stages whose partial results `emflow clean` removed
+<output>.lock                 held too: two work folders never write one output at once
 ```
+
+A failure record that cannot be written into the work folder (it is full, or read-only) goes to
+`failure_fallback(work folder)` in the system's temporary folder instead.
 """
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,3 +66,19 @@ class Layout:
     @property
     def run_lock(self) -> Path:
         return self.work_dir / "run.lock"
+
+    @property
+    def clean_record(self) -> Path:
+        return self.work_dir / "cleaned.json"
+
+    @property
+    def output_lock(self) -> Path:
+        """Held with `run_lock`, beside the output: another work folder's run of the same output waits."""
+        return self.output_path.with_name(self.output_path.name + ".lock")
+
+
+def failure_fallback(work_dir: Path) -> Path:
+    """Where failure records go when the work folder `work_dir` cannot take them (full, read-only):
+    a folder of the system's temporary folder named after the work folder's path."""
+    digest = hashlib.sha256(str(Path(work_dir).absolute()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / "emflow-failures" / digest

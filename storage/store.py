@@ -28,6 +28,7 @@ import zarr
 from emflow.blocking import Box
 from emflow.errors import InputError
 from emflow.targets import atomic_save_npy, atomic_save_npz
+from emflow.targets.atomic import writing
 
 from .inputs import InputDataset
 from .layout import Layout
@@ -67,6 +68,12 @@ def describe_box(box: Box) -> str:
     return ", ".join(f"{axis} {begin}:{end}" for axis, begin, end in zip("zyx", box.begin, box.end))
 
 
+def describe_slicing(slicing: tuple[slice, ...]) -> str:
+    """A selection of bounded slices (z, y, x last) as messages show a box: "z 0:40, y 0:72, x 56:128"."""
+    axes = ("zyx" if len(slicing) <= 3 else "c" * (len(slicing) - 3) + "zyx")[-len(slicing):]
+    return ", ".join(f"{axis} {part.start}:{part.stop}" for axis, part in zip(axes, slicing))
+
+
 class Store:
     """The named arrays of one run (see the module docstring)."""
 
@@ -101,7 +108,8 @@ class Store:
         if volume.quantized:
             data = np.round(np.asarray(data) * 255).astype(np.uint8)
         selection = ((slice(None),) if volume.channels else ()) + box.slicing
-        self.output_array(name)[selection] = data
+        with writing(f"{self.layout.output_path / volume.path} (box {describe_box(box)})"):
+            self.output_array(name)[selection] = data
 
     @contextmanager
     def opened_input(self, name: str) -> Iterator[Any]:
@@ -123,22 +131,24 @@ class Store:
                 continue
             levels = max(other.level for other in self.volumes.values() if other.image == volume.image)
             prefix = (volume.channels,) if volume.channels else ()
-            create_block_image(
-                group, volume.image, prefix + tuple(shape), prefix + tuple(block_shape), volume.dtype, resolution,
-                label=volume.label, channel=bool(volume.channels), compressed=volume.compressed,
-            )
-            if levels:
-                create_levels(group[volume.image], level_factors[:levels], compressed=volume.compressed)
-                write_multiscale_metadata(
-                    group[volume.image], resolution, level_factors[:levels], name=volume.image, label=volume.label,
-                    downsampling="mode" if volume.label else "mean",
+            with writing(self.layout.output_path / volume.image):
+                create_block_image(
+                    group, volume.image, prefix + tuple(shape), prefix + tuple(block_shape), volume.dtype, resolution,
+                    label=volume.label, channel=bool(volume.channels), compressed=volume.compressed,
                 )
+                if levels:
+                    create_levels(group[volume.image], level_factors[:levels], compressed=volume.compressed)
+                    write_multiscale_metadata(
+                        group[volume.image], resolution, level_factors[:levels], name=volume.image, label=volume.label,
+                        downsampling="mode" if volume.label else "mean",
+                    )
 
     # --- tables -------------------------------------------------------------------------------
 
     def write_table(self, path: str, data: np.ndarray, attributes: dict[str, Any] | None = None) -> None:
         """Write a whole array of the output group (`graph/edges`, ...)."""
-        write_global_array(self.layout.output_path, path, data, attributes)
+        with writing(self.layout.output_path / path):
+            write_global_array(self.layout.output_path, path, data, attributes)
 
     def read_table(self, path: str) -> np.ndarray:
         return np.asarray(output_array(self.layout.output_path, path)[...])
@@ -147,7 +157,8 @@ class Store:
         return dict(output_array(self.layout.output_path, path).attrs)
 
     def output_group(self, *, create: bool = False) -> zarr.Group:
-        return open_output_group(self.layout.output_path, create=create)
+        with writing(self.layout.output_path):
+            return open_output_group(self.layout.output_path, create=create)
 
     # --- global bundles and partials ------------------------------------------------------------
 

@@ -4,14 +4,13 @@ This package is the only code that knows what a finished (stage, block) looks li
 """
 
 from .atomic import atomic_save_npy, atomic_save_npz, atomic_write_bytes, atomic_write_text
-from .completion import BlockTarget, CompletionState, CompletionTarget, StageCompletionTarget, record_state
+from .completion import CompletionState, CompletionTarget, StageCompletionTarget, record_state
 from .fingerprint import fingerprint
-from .journal import BlockJournal, BlockRecord, JournalReader
+from .journal import BlockJournal, BlockRecord, JournalReader, parse_record
 
 __all__ = [
     "BlockJournal",
     "BlockRecord",
-    "BlockTarget",
     "CompletionState",
     "CompletionTarget",
     "JournalReader",
@@ -21,5 +20,6 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "fingerprint",
+    "parse_record",
     "record_state",
 ]

@@ -1,14 +1,17 @@
 """Completion records: written last, so a result without its record is never taken as done.
 
 A record holds the fingerprint of everything the result depends on (see the tasks'
-`stage_fingerprint`) and a small `result` dict (e.g. the number of supervoxels a block produced). A
-task is complete only if its record exists *and* carries the expected fingerprint; a record with
-another fingerprint marks the task stale (its output came from another config or input).
+`stage_fingerprint`), a small `result` dict (e.g. the number of supervoxels a block produced) and
+the state of the files the task wrote (`data`). A task is complete only if its record exists,
+carries the expected fingerprint *and* the files it wrote into the output are still as it wrote
+them; a record with another fingerprint marks the task stale (its output came from another config
+or input), one whose output files changed or went marks it changed.
 
 Global tasks have a JSON file each, written atomically. Blocks have a line each in their stage's
 journals (`journal.py`). A block-wise stage also has a file of its own, written once all its blocks
 are done, which notes the size of every journal of the stage: while no journal has grown since,
-the whole stage is done, which costs one directory listing to check however many blocks it has.
+the whole stage is done, which costs one directory listing to check however many blocks it has,
+plus one `stat` per output file its blocks wrote (compared through one digest of all their states).
 """
 
 from __future__ import annotations
@@ -23,13 +26,17 @@ from typing import Any
 import luigi
 
 from .atomic import atomic_write_text
-from .journal import BlockJournal, BlockRecord, JournalReader
+from .journal import BlockRecord, JournalReader
+
+# What a record's data says changed, if anything: a reason naming a file, or None.
+DataCheck = Callable[[dict[str, Any]], str | None]
 
 
 class CompletionState(enum.Enum):
     DONE = "done"
     STALE = "stale"
     PENDING = "pending"
+    CHANGED = "changed"  # the record is current, but what the task wrote was changed or deleted since
 
 
 def record_state(fingerprint: str | None, expected_fingerprint: str) -> CompletionState:
@@ -39,74 +46,58 @@ def record_state(fingerprint: str | None, expected_fingerprint: str) -> Completi
 
 
 class CompletionTarget(luigi.Target):
-    """The record of a global task: one JSON file."""
+    """The record of a global task: one JSON file. `data_changed(data)` tells whether what the task
+    wrote (the record's `data`, see `write`) is no longer on disk as recorded, and why."""
 
-    def __init__(self, path: str | Path, expected_fingerprint: str):
+    def __init__(self, path: str | Path, expected_fingerprint: str, *, data_changed: DataCheck | None = None):
         self.path = Path(path)
         self.expected_fingerprint = expected_fingerprint
+        self.data_changed = data_changed
 
     def read(self) -> dict[str, Any] | None:
         try:
             return json.loads(self.path.read_text())
         except FileNotFoundError:
             return None
-        except json.JSONDecodeError:
+        except (ValueError, OSError, RecursionError):
             # Records are written atomically, so this is damage from outside; treat as not done.
             return None
 
     def state(self) -> CompletionState:
         record = self.read()
-        return record_state(None if record is None else record.get("fingerprint"), self.expected_fingerprint)
+        if not isinstance(record, dict):
+            return CompletionState.PENDING
+        state = record_state(record.get("fingerprint"), self.expected_fingerprint)
+        if state is CompletionState.DONE and self.changes(record) is not None:
+            return CompletionState.CHANGED
+        return state
+
+    def changes(self, record: dict[str, Any] | None = None) -> str | None:
+        """Why what the task wrote is not as recorded (None: it is, or the record holds no data)."""
+        record = self.read() if record is None else record
+        data = record.get("data") if isinstance(record, dict) else None
+        if self.data_changed is None or not isinstance(data, dict):
+            return None
+        return self.data_changed(data)
 
     def exists(self) -> bool:
         return self.state() is CompletionState.DONE
 
     def result(self) -> dict[str, Any]:
         record = self.read()
-        if record is None or record.get("fingerprint") != self.expected_fingerprint:
+        if not isinstance(record, dict) or record.get("fingerprint") != self.expected_fingerprint:
             raise FileNotFoundError(f"no completion record with the expected fingerprint at {self.path}")
         return record["result"]
 
-    def write(self, result: dict[str, Any] | None = None) -> None:
+    def write(self, result: dict[str, Any] | None = None, data: dict[str, Any] | None = None) -> None:
+        """Record the task as done with its result summary and `data`, the state of what it wrote."""
         record = {"fingerprint": self.expected_fingerprint, "finished": time.time(), "result": result or {}}
+        if data is not None:
+            record["data"] = data
         atomic_write_text(self.path, json.dumps(record, sort_keys=True))
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
-
-
-class BlockTarget(luigi.Target):
-    """The record of one block: its latest line in the journals of its stage's folder."""
-
-    def __init__(self, folder: str | Path, block_id: int, expected_fingerprint: str):
-        self.folder = Path(folder)
-        self.block_id = block_id
-        self.expected_fingerprint = expected_fingerprint
-
-    def read(self) -> BlockRecord | None:
-        return JournalReader(self.folder, (self.block_id, self.block_id + 1)).refresh().get(self.block_id)
-
-    def state(self) -> CompletionState:
-        record = self.read()
-        return record_state(None if record is None else record.fingerprint, self.expected_fingerprint)
-
-    def exists(self) -> bool:
-        return self.state() is CompletionState.DONE
-
-    def result(self) -> dict[str, Any]:
-        record = self.read()
-        if record is None or record.fingerprint != self.expected_fingerprint:
-            raise FileNotFoundError(f"no record of block {self.block_id} with the expected fingerprint in {self.folder}")
-        return record.result
-
-    def write(self, result: dict[str, Any] | None = None) -> None:
-        with BlockJournal(self.folder, self.block_id, self.block_id + 1) as journal:
-            journal.append(self.block_id, self.expected_fingerprint, result)
-
-    def remove(self) -> None:
-        """Invalidate the block: a line without fingerprint overrides its earlier records."""
-        with BlockJournal(self.folder, self.block_id, self.block_id + 1) as journal:
-            journal.append(self.block_id, None)
 
 
 class StageCompletionTarget(CompletionTarget):
@@ -115,6 +106,9 @@ class StageCompletionTarget(CompletionTarget):
     `expected_fingerprint` is the stage's (which covers the state of every input chunk its blocks
     read); `block_fingerprints(first, stop)` gives the fingerprint each block of a range must have
     (which covers the chunks that block reads), so one changed chunk makes only its blocks stale.
+    `changed_blocks(records)` gives, of some blocks' current records, those whose output files are
+    not as recorded (block id → reason); `outputs_digest()` one digest of the current state of every
+    output file of every block, kept in the stage's record.
     """
 
     def __init__(
@@ -125,17 +119,24 @@ class StageCompletionTarget(CompletionTarget):
         block_folder: str | Path,
         number_of_blocks: int,
         block_fingerprints: Callable[[int, int], list[str]],
+        changed_blocks: Callable[[dict[int, BlockRecord]], dict[int, str]] | None = None,
+        outputs_digest: Callable[[], str] | None = None,
     ):
         super().__init__(path, expected_fingerprint)
         self.block_folder = Path(block_folder)
         self.number_of_blocks = number_of_blocks
         self.block_fingerprints = block_fingerprints
+        self.changed_blocks = changed_blocks
+        self.outputs_digest = outputs_digest
 
     def exists(self) -> bool:
         record = self.read()
-        if record is None or record.get("fingerprint") != self.expected_fingerprint:
+        if not isinstance(record, dict) or record.get("fingerprint") != self.expected_fingerprint:
             return False
-        return record["result"].get("journals") == JournalReader(self.block_folder).snapshot()
+        result = record.get("result")
+        if not isinstance(result, dict) or result.get("journals") != JournalReader(self.block_folder).snapshot():
+            return False
+        return self.outputs_digest is None or result.get("outputs_digest") == self.outputs_digest()
 
     def block_records(self, block_range: tuple[int, int] | None = None) -> dict[int, BlockRecord]:
         """The latest record of every block of the stage (or of `block_range`) that has one."""
@@ -145,12 +146,20 @@ class StageCompletionTarget(CompletionTarget):
 
     def block_states(self, block_range: tuple[int, int] | None = None) -> dict[int, CompletionState]:
         """State of every block of the stage (or of `block_range`) that has a record."""
+        return self.block_states_of(self.block_records(block_range), block_range)
+
+    def block_states_of(self, records: dict[int, BlockRecord], block_range: tuple[int, int] | None = None) -> dict[int, CompletionState]:
+        """The states of blocks with these records (those of the stage's blocks in `block_range`)."""
         first, stop = block_range or (0, self.number_of_blocks)
-        records = self.block_records((first, stop))
         if not records:
             return {}
         expected = self.block_fingerprints(first, stop)
-        return {block_id: record_state(record.fingerprint, expected[block_id - first]) for block_id, record in records.items()}
+        states = {block_id: record_state(record.fingerprint, expected[block_id - first]) for block_id, record in records.items()}
+        if self.changed_blocks is not None:
+            done = {block_id: records[block_id] for block_id, state in states.items() if state is CompletionState.DONE}
+            for block_id in self.changed_blocks(done):
+                states[block_id] = CompletionState.CHANGED
+        return states
 
     def write(self, result: dict[str, Any] | None = None) -> None:
         """Record the stage as done; raises if a block of it is not."""
@@ -158,4 +167,5 @@ class StageCompletionTarget(CompletionTarget):
         missing = [block_id for block_id in range(self.number_of_blocks) if states.get(block_id) is not CompletionState.DONE]
         if missing:
             raise RuntimeError(f"{len(missing)} blocks of the stage in {self.block_folder} are not done, e.g. {missing[:10]}")
-        super().write({**(result or {}), "journals": JournalReader(self.block_folder).snapshot()})
+        digest = {} if self.outputs_digest is None else {"outputs_digest": self.outputs_digest()}
+        super().write({**(result or {}), "journals": JournalReader(self.block_folder).snapshot(), **digest})

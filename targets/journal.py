@@ -4,58 +4,112 @@ Creating a file costs 0.5 to 1 ms on the disks measured here (far more on cluste
 more than all the rest of a block's bookkeeping, so block records are not files of their own.
 Each stage has a folder of journals; the blocks `first`..`stop - 1` run by one block group append
 to `<first>-<stop>.jsonl`, one JSON line per block, in one `write` call on a file opened with
-O_APPEND (so a line is never interleaved with another). A line counts only when it is complete and
-parses: a line cut short by a killed writer is ignored, and the next writer starts on a new line.
+O_APPEND (so a line is never interleaved with another on one host). A line counts only when it is
+complete, parses and has the fields of a record with the right types: a line cut short by a killed
+writer, or damaged in any other way, is ignored (its block is recomputed), and the next writer
+starts on a new line. Invalidations (`emflow rerun`, repairs) go to a journal of their own writer,
+`<first>-<stop>.<host>-<pid>.jsonl`, so that a user's command on one host never appends to a file
+a run on another host appends to: O_APPEND is not atomic across the hosts of a network filesystem.
 
-A block's state is its most recent line (by the time it was written) over all journals of the
-stage, so a later run with another config, or an invalidation (a line with no fingerprint),
-overrides an earlier record wherever that record is.
+Order. A block's state is its latest record over all journals of the stage, and "latest" never
+depends on a clock: each record carries a sequence number one above that of the block's latest
+record its writer had read (a Lamport clock), so a record written after another was read always
+wins over it, whatever the hosts' clocks say. Records with equal numbers were written without
+either writer seeing the other (an invalidation while the block ran): the invalidation wins, so a
+block is at worst computed once more. A record also names its writer (host and process id), which
+breaks the remaining ties the same way on every reader. Lines of journals written before sequence
+numbers existed count as number 0, ordered among themselves by their time stamps.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .atomic import writing
+
 JOURNAL_SUFFIX = ".jsonl"
+# Largest block id, file size or time a record may hold (they are int64 elsewhere).
+_LIMIT = 2**63
+# Sequence numbers grow by one per record of a block; a larger one is damage, and would otherwise
+# outrank every record a writer could add after it.
+_SEQ_LIMIT = 2**52
 
 
 @dataclass(frozen=True)
 class BlockRecord:
+    """One journal line: a block's fingerprint (None: invalidated), when and by whom it was written,
+    its result summary, and what it wrote (`data`: the states of its files, see
+    `emflow.tasks.adapter.block_data`; None in records written before emflow recorded them)."""
+
     block_id: int
-    fingerprint: str | None  # None: invalidated
+    fingerprint: str | None
     finished: float
     result: dict[str, Any] = field(default_factory=dict)
+    seq: int = 0
+    writer: str = ""
+    data: dict[str, list] | None = None
+
+    @property
+    def order(self) -> tuple:
+        """What "later" means: the sequence number, then an invalidation over a record, then (for
+        records without a sequence number only) the time stamp, then the writer."""
+        return (self.seq, self.fingerprint is None, self.finished if self.seq == 0 else 0.0, self.writer)
 
 
-def journal_name(first_block: int, stop_block: int) -> str:
-    return f"{first_block}-{stop_block}{JOURNAL_SUFFIX}"
+def journal_name(first_block: int, stop_block: int, writer: str | None = None) -> str:
+    return f"{first_block}-{stop_block}{'' if writer is None else '.' + writer}{JOURNAL_SUFFIX}"
 
 
 def journal_range(name: str) -> tuple[int, int] | None:
     """The block range of a journal file name, or None if `name` is not a journal."""
-    if not name.endswith(JOURNAL_SUFFIX):
+    if not name.endswith(JOURNAL_SUFFIX) or name.startswith("."):
         return None
-    first, separator, stop = name[: -len(JOURNAL_SUFFIX)].partition("-")
+    first, separator, stop = name[: -len(JOURNAL_SUFFIX)].split(".", 1)[0].partition("-")
     if not (separator and first.isdigit() and stop.isdigit()):
         return None
     return int(first), int(stop)
 
 
-class BlockJournal:
-    """Appends the records of blocks `first_block`..`stop_block - 1` of one stage."""
+def writer_name() -> str:
+    """This process as records name their writer: "<host>-<pid>" (no dots, so it fits in a journal's name)."""
+    return f"{socket.gethostname().replace('.', '_')}-{os.getpid()}"
 
-    def __init__(self, folder: str | Path, first_block: int, stop_block: int):
-        self.path = Path(folder) / journal_name(first_block, stop_block)
+
+class BlockJournal:
+    """Appends the records of blocks `first_block`..`stop_block - 1` of one stage.
+
+    `own_file`: append to a journal of this writer's own (invalidations), not the block group's.
+    """
+
+    def __init__(self, folder: str | Path, first_block: int, stop_block: int, *, own_file: bool = False):
+        self.writer = writer_name()
+        self.path = Path(folder) / journal_name(first_block, stop_block, self.writer if own_file else None)
         self._descriptor: int | None = None
 
-    def append(self, block_id: int, fingerprint: str | None, result: dict[str, Any] | None = None) -> None:
-        record = {"block_id": int(block_id), "fingerprint": fingerprint, "finished": time.time(), "result": result or {}}
-        os.write(self._open(), (json.dumps(record, sort_keys=True) + "\n").encode())
+    def append(
+        self, block_id: int, fingerprint: str | None, result: dict[str, Any] | None = None, *, after: int = 0, data: dict[str, list] | None = None
+    ) -> None:
+        """Record a block; `after`: the sequence number of the block's latest record this writer read (0: none)."""
+        record = {
+            "block_id": int(block_id),
+            "fingerprint": fingerprint,
+            "finished": time.time(),
+            "result": result or {},
+            "seq": int(after) + 1,
+            "writer": self.writer,
+        }
+        if data is not None:
+            record["data"] = data
+        line = (json.dumps(record, sort_keys=True) + "\n").encode()
+        with writing(self.path):
+            os.write(self._open(), line)
 
     def _open(self) -> int:
         if self._descriptor is None:
@@ -83,7 +137,8 @@ class JournalReader:
 
     With `block_range` (first, stop), only journals whose range overlaps it are read. `refresh()`
     reads what was appended since the last call, so a reader kept across calls (progress reports)
-    costs only the new lines.
+    costs only the new lines. It never raises for what a journal holds: a line that is not a
+    record is skipped, and a journal that cannot be read counts as empty.
     """
 
     def __init__(self, folder: str | Path, block_range: tuple[int, int] | None = None):
@@ -94,17 +149,20 @@ class JournalReader:
 
     def refresh(self) -> dict[int, BlockRecord]:
         try:
-            names = os.listdir(self.folder)
-        except FileNotFoundError:
+            names = sorted(os.listdir(self.folder))
+        except (FileNotFoundError, NotADirectoryError):
             names = []
         for name in names:
             block_range = journal_range(name)
             if block_range is None or not self._overlaps(block_range):
                 continue
             offset = self._offsets.get(name, 0)
-            with open(self.folder / name, "rb") as handle:
-                handle.seek(offset)
-                appended = handle.read()
+            try:
+                with open(self.folder / name, "rb") as handle:
+                    handle.seek(offset)
+                    appended = handle.read()
+            except OSError:
+                continue  # a folder or unreadable file named like a journal: no records
             complete = appended.rfind(b"\n") + 1  # a last line without newline may still be written
             for line in appended[:complete].splitlines():
                 self._add(line)
@@ -115,9 +173,16 @@ class JournalReader:
         """Size of each journal in the folder: changes whenever a block record is added."""
         try:
             names = os.listdir(self.folder)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return {}
-        return {name: os.stat(self.folder / name).st_size for name in sorted(names) if journal_range(name) is not None}
+        sizes = {}
+        for name in sorted(names):
+            if journal_range(name) is not None:
+                try:
+                    sizes[name] = os.stat(self.folder / name).st_size
+                except OSError:
+                    sizes[name] = -1
+        return sizes
 
     def _overlaps(self, block_range: tuple[int, int]) -> bool:
         if self.block_range is None:
@@ -125,11 +190,53 @@ class JournalReader:
         return block_range[0] < self.block_range[1] and self.block_range[0] < block_range[1]
 
     def _add(self, line: bytes) -> None:
-        try:
-            fields = json.loads(line)
-            record = BlockRecord(int(fields["block_id"]), fields["fingerprint"], float(fields["finished"]), fields["result"])
-        except (ValueError, KeyError, TypeError):
-            return  # a line damaged from outside; never taken as a record
+        record = parse_record(line)
+        if record is None:
+            return
         known = self._records.get(record.block_id)
-        if known is None or record.finished >= known.finished:
+        if known is None or record.order >= known.order:
             self._records[record.block_id] = record
+
+
+def parse_record(line: bytes) -> BlockRecord | None:
+    """The record a journal line holds, or None for anything else (never raises)."""
+    try:
+        fields = json.loads(line)
+        if not isinstance(fields, dict):
+            return None
+        block_id, fingerprint, finished, result = fields["block_id"], fields["fingerprint"], fields["finished"], fields["result"]
+        seq, writer, data = fields.get("seq", 0), fields.get("writer", ""), fields.get("data")
+        valid = (
+            _is_count(block_id)
+            and (fingerprint is None or isinstance(fingerprint, str))
+            and isinstance(finished, (int, float))
+            and not isinstance(finished, bool)
+            and math.isfinite(finished)
+            and isinstance(result, dict)
+            and _is_count(seq)
+            and seq < _SEQ_LIMIT
+            and isinstance(writer, str)
+            and (data is None or _is_data(data))
+        )
+        return BlockRecord(block_id, fingerprint, float(finished), result, seq, writer, data) if valid else None
+    except Exception:  # any damage (not JSON, nested too deep, not UTF-8, ...) is a line that is not a record
+        return None
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _LIMIT
+
+
+def _is_data(data: Any) -> bool:
+    """What a block wrote, as `block_data` records it: lists of file states, each None or [size, mtime_ns, digest]."""
+    if not isinstance(data, dict):
+        return False
+    for states in data.values():
+        if not isinstance(states, list):
+            return False
+        for state in states:
+            if state is None:
+                continue
+            if not (isinstance(state, list) and len(state) == 3 and _is_count(state[0]) and _is_count(state[1]) and isinstance(state[2], str)):
+                return False
+    return True

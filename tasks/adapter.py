@@ -13,9 +13,20 @@ several workers Luigi forks a process per task (see the README's design section 
 A group runs its contiguous range of blocks one after the other in its worker.
 
 Completion. A block is done when its latest record (a line in its stage's journals, see
-`emflow.targets.journal`) holds its block fingerprint. A block-wise stage is done when its own
-record holds the stage fingerprint and no journal of the stage has grown since it was written: one
-directory listing (plus, once per process, a `stat` per input chunk for the fingerprints).
+`emflow.targets.journal`) holds its block fingerprint and the output chunks it wrote are as it
+wrote them. A block-wise stage is done when its own record holds the stage fingerprint, no journal
+of the stage has grown since it was written (one directory listing) and the output chunks of all
+its blocks are as they were then (one `stat` per chunk; plus, once per process, a `stat` per input
+chunk for the fingerprints). A global stage is done when its record holds its fingerprint and the
+tables it wrote are as it wrote them.
+
+Data. What a task wrote is recorded with its record (`block_data`, `global_data`): per file, its
+size, modification time and SHA-256 digest, taken right after the task wrote it. Output files
+(chunks of volumes, tables, the volumes' metadata) are checked by every completeness check: a
+missing or changed one makes its task pending again. Work-folder files (per-block partials, global
+bundles) are only read by later tasks, so they are checked when a task that reads them is pending
+(`emflow.workflows.status.plan_repairs`): `emflow clean` may remove them from a finished run. The
+digests are for `emflow verify`, which reads every file.
 
 Fingerprints. A stage's definition hashes its name and version, the config values it declares, its
 blocking, the identity of the input datasets it reads, and the fingerprints of the stages it reads
@@ -39,7 +50,8 @@ import random
 import resource
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +59,24 @@ import luigi
 import numpy as np
 
 from emflow.errors import UsageError
-from emflow.storage.chunks import forget_chunk_states, region_states
-from emflow.targets import BlockJournal, CompletionState, CompletionTarget, StageCompletionTarget, atomic_write_text, fingerprint
+from emflow.storage.chunks import chunk_files, file_states, folder_states, forget_chunk_states, region_states, same_state, states_array
+from emflow.storage.layout import failure_fallback
+from emflow.storage.store import describe_box
+from emflow.targets import (
+    BlockJournal,
+    BlockRecord,
+    CompletionState,
+    CompletionTarget,
+    JournalReader,
+    StageCompletionTarget,
+    atomic_write_text,
+    fingerprint,
+)
+from emflow.targets.atomic import CannotWrite, cannot_write
+from emflow.targets.logs import QuietFileHandler
 
 from .context import BlockContext, GlobalContext, Run
-from .spec import StageSpec
+from .spec import BOX, StageSpec
 
 # Seconds between two progress messages a block group sends to the scheduler (an HTTP call with luigid).
 STATUS_INTERVAL = 2.0
@@ -161,12 +186,13 @@ class _GlobalTask(_StageTaskBase):
     """A global stage: one task."""
 
     def output(self) -> CompletionTarget:
-        run = self.run_context
-        return CompletionTarget(run.layout.stage_record(self.stage_name), stage_fingerprint(run, self.stage_name))
+        return stage_record(self.run_context, self.stage_name)
 
     def run(self) -> None:
         run = self.run_context
-        self.output().write(execute(run, self.spec, None))
+        result, data = execute(run, self.spec, None)
+        with _failure_recorded(run, self.spec, None):
+            self.output().write(result, data)
 
 
 class _BlockStageTask(_StageTaskBase):
@@ -187,7 +213,12 @@ class _BlockStageTask(_StageTaskBase):
         return stage_target(self.run_context, self.stage_name)
 
     def run(self) -> None:
-        self.output().write({"number_of_blocks": self.number_of_blocks})
+        run = self.run_context
+        with _failure_recorded(run, self.spec, None):
+            self.output().write({"number_of_blocks": self.number_of_blocks})
+        failure = run.layout.failure(self.stage_name, None)
+        if failure.exists():
+            failure.unlink()
 
 
 class _BlockGroupTask(_StageTaskBase):
@@ -201,37 +232,55 @@ class _BlockGroupTask(_StageTaskBase):
         return int(first), int(last or first) + 1
 
     def complete(self) -> bool:
-        return not self._pending_block_ids()
+        return not self._pending_blocks()
 
-    def _pending_block_ids(self) -> list[int]:
-        """Blocks of the group without a current record (one read of the group's journals)."""
+    def _pending_blocks(self) -> dict[int, int]:
+        """Blocks of the group without a current record (one read of the group's journals), each
+        with the sequence number of its latest record (0: none), which its new record must pass."""
         first, stop = self.block_range
-        states = stage_target(self.run_context, self.stage_name).block_states((first, stop))
-        return [block_id for block_id in range(first, stop) if states.get(block_id) is not CompletionState.DONE]
+        target = stage_target(self.run_context, self.stage_name)
+        records = target.block_records((first, stop))
+        states = target.block_states_of(records, (first, stop))
+        return {
+            block_id: records[block_id].seq if block_id in records else 0
+            for block_id in range(first, stop)
+            if states.get(block_id) is not CompletionState.DONE
+        }
 
     def run(self) -> None:
         run, spec = self.run_context, self.spec
-        pending = self._pending_block_ids()
+        pending = self._pending_blocks()
         failed = []
         last_report = time.monotonic()
         first, stop = self.block_range
         with BlockJournal(run.layout.block_records(spec.name), first, stop) as journal:
-            for position, block_id in enumerate(pending, start=1):
+            for position, (block_id, seq) in enumerate(pending.items(), start=1):
                 # Taken before the block reads its input: input written meanwhile makes it stale again.
                 expected = block_fingerprints(run, spec.name)[block_id]
                 try:
-                    result = execute(run, spec, block_id)
+                    result, data = execute(run, spec, block_id)
+                except CannotWrite:
+                    raise  # the other blocks could not write either: stop here (see `execute`)
                 except Exception:
                     failed.append(block_id)  # its failure record and log name the problem; go on with the others
                 else:
-                    journal.append(block_id, expected, result)
+                    with _failure_recorded(run, spec, block_id):
+                        journal.append(block_id, expected, result, after=seq, data=data)
                 if time.monotonic() - last_report > STATUS_INTERVAL or position == len(pending):
-                    self.set_status_message(f"{spec.name} blocks {self.blocks}: {position} of {len(pending)} run, {len(failed)} failed")
-                    self.set_progress_percentage(round(100 * position / len(pending)))
+                    self._report(f"{spec.name} blocks {self.blocks}: {position} of {len(pending)} run, {len(failed)} failed", round(100 * position / len(pending)))
                     last_report = time.monotonic()
         if failed:
             listing = "; ".join(f"block {block_id} (log: {run.layout.log(spec.name, block_id)})" for block_id in failed)
             raise BlockFailures(f"{spec.name}: {len(failed)} of {len(pending)} blocks failed: {listing}")
+
+    def _report(self, message: str, percentage: int) -> None:
+        """Progress for luigid's visualiser. A scheduler that does not answer fails the run in the
+        process that asks it for work (`emflow.cluster.runner`), not the blocks of a group."""
+        try:
+            self.set_status_message(message)
+            self.set_progress_percentage(percentage)
+        except Exception:  # luigi.rpc.RPCError, and whatever a dying connection raises
+            pass
 
 
 class _RootTask(luigi.WrapperTask):
@@ -263,10 +312,11 @@ def invalidate_records(run: Run, name: str, block_ids: list[int] | None = None) 
     if not spec.blockwise:
         stage_record(run, name).remove()
         return
-    number_of_blocks = spec.blocks(run).number_of_blocks
-    with BlockJournal(run.layout.block_records(name), 0, number_of_blocks) as journal:
-        for block_id in range(number_of_blocks) if block_ids is None else block_ids:
-            journal.append(block_id, None)
+    target = stage_target(run, name)
+    records = target.block_records()
+    with BlockJournal(target.block_folder, 0, target.number_of_blocks, own_file=True) as journal:
+        for block_id in range(target.number_of_blocks) if block_ids is None else block_ids:
+            journal.append(block_id, None, after=records[block_id].seq if block_id in records else 0)
 
 
 def format_blocks(first: int, stop: int) -> str:
@@ -294,18 +344,183 @@ class BlockFailures(RuntimeError):
 def stage_target(run: Run, name: str) -> StageCompletionTarget:
     """The record of a block-wise stage as a whole, with its blocks' records."""
     spec = run.stage(name)
+    writes_outputs = any(write.kind == "array" for write in spec.writes)
     return StageCompletionTarget(
         run.layout.stage_record(name),
         stage_fingerprint(run, name),
         block_folder=run.layout.block_records(name),
         number_of_blocks=spec.blocks(run).number_of_blocks,
         block_fingerprints=lambda first, stop: block_fingerprints(run, name)[first:stop],
+        changed_blocks=lambda records: changed_outputs(run, spec, records),
+        outputs_digest=(lambda: outputs_digest(run, spec)) if writes_outputs else None,
     )
 
 
 def stage_record(run: Run, name: str) -> CompletionTarget:
     """The completion record of a stage: a global stage's, or a block-wise stage's as a whole."""
-    return stage_target(run, name) if run.stage(name).blockwise else CompletionTarget(run.layout.stage_record(name), stage_fingerprint(run, name))
+    spec = run.stage(name)
+    if spec.blockwise:
+        return stage_target(run, name)
+    return CompletionTarget(run.layout.stage_record(name), stage_fingerprint(run, name), data_changed=lambda data: global_outputs_changed(run, spec, data))
+
+
+# --- what tasks wrote ---------------------------------------------------------------------------
+
+
+def output_files(run: Run, spec: StageSpec) -> list[list[str]]:
+    """The output files each block of a block-wise stage writes: the chunk files of the output
+    volumes it writes over its box, one list of paths per block, in the same order always.
+
+    Raises FileNotFoundError while an output volume it writes does not exist (no output group)."""
+    volumes = [run.store.volumes[write.name] for write in spec.writes if write.kind == "array"]
+    # The chunk layout of each volume is cached by its metadata file's state (a recreated output array).
+    key = ("output files", spec.name, tuple(_metadata_state(run, volume.path) for volume in volumes))
+    if key not in run._memo:
+        files: list[list[str]] = [[] for _ in range(spec.blocks(run).number_of_blocks)]
+        for volume in volumes:
+            for block_files, volume_files in zip(files, chunk_files(run.layout.output_path, volume.path, run.regions(spec, BOX))):
+                block_files.extend(volume_files)
+        run._memo[key] = files
+    return run._memo[key]
+
+
+def partial_files(run: Run, spec: StageSpec) -> list[list[str]]:
+    """The partial result files of each block of a block-wise stage (its .npz and .npy: a block
+    writes one or none), one list per block; empty lists for a stage without partials."""
+    key = ("partial files", spec.name)
+    if key not in run._memo:
+        number_of_blocks = spec.blocks(run).number_of_blocks
+        if any(write.kind == "partials" for write in spec.writes):
+            run._memo[key] = [[str(run.layout.partial(spec.name, block_id, suffix)) for suffix in (".npz", ".npy")] for block_id in range(number_of_blocks)]
+        else:
+            run._memo[key] = [[] for _ in range(number_of_blocks)]
+    return run._memo[key]
+
+
+def _metadata_state(run: Run, path: str) -> tuple[int, int] | None:
+    try:
+        status = os.stat(run.layout.output_path / path / "zarr.json")
+    except OSError:
+        raise FileNotFoundError(f"output array {run.layout.output_path / path} does not exist") from None
+    return status.st_ino, status.st_mtime_ns
+
+
+def block_data(run: Run, spec: StageSpec, block_id: int) -> dict[str, list]:
+    """What a block wrote, for its record: the state and digest of each of its "outputs"
+    (`output_files`) and "partials" (`partial_files`)."""
+    return {
+        "outputs": file_states(output_files(run, spec)[block_id], digest=True),
+        "partials": file_states(partial_files(run, spec)[block_id], digest=True),
+    }
+
+
+def changed_outputs(run: Run, spec: StageSpec, records: dict[int, BlockRecord]) -> dict[int, str]:
+    """Of these current records of a block-wise stage, the blocks whose output files are no longer
+    as recorded (a `stat` each), with the first such file. Records without data (written before
+    emflow recorded it) are taken as they are."""
+    if not records or not any(write.kind == "array" for write in spec.writes):
+        return {}
+    try:
+        files = output_files(run, spec)
+    except FileNotFoundError as error:
+        return {block_id: str(error) for block_id, record in records.items() if record.data is not None}
+    changed = {}
+    for block_id, record in records.items():
+        if record.data is None:
+            continue
+        recorded = record.data.get("outputs", [])
+        paths = files[block_id]
+        if len(recorded) != len(paths):
+            changed[block_id] = f"its record names {len(recorded)} output files, not {len(paths)}"
+            continue
+        for path, state, current in zip(paths, recorded, file_states(paths)):
+            if not same_state(state, current):
+                changed[block_id] = f"{path} {'is missing' if current is None else 'was changed'}"
+                break
+    return changed
+
+
+def outputs_digest(run: Run, spec: StageSpec) -> str:
+    """One digest of the state (size, modification time) of every output file of every block of a
+    stage, in block order: equal digests, every file as it was (one `stat` per file, 4 µs here).
+
+    Kept per process for as long as the stage's journals do not change (until
+    `forget_input_states`): a no-op run asks for it several times (status, repairs, Luigi), and its
+    files change only with new block records. Damage done to a stage's files while a run goes on
+    is found by the next run."""
+    key = (run, spec.name, tuple(JournalReader(run.layout.block_records(spec.name)).snapshot().items()))
+    if key not in _DIGESTS:
+        try:
+            files = output_files(run, spec)
+        except FileNotFoundError:
+            return "missing"
+        flat = [path for paths in files for path in paths]
+        counts = np.array([len(paths) for paths in files], dtype=np.int64)
+        _DIGESTS[key] = hashlib.sha256(states_array(flat).tobytes() + counts.tobytes()).hexdigest()
+    return _DIGESTS[key]
+
+
+# Stage output digests of this process (`outputs_digest`), dropped by `forget_input_states`.
+_DIGESTS: dict[tuple, str] = {}
+
+
+def global_data(run: Run, spec: StageSpec) -> dict[str, dict[str, list]]:
+    """What a global stage wrote, for its record: "outputs", every file of the tables it writes, by
+    path in the output group; "bundle", its global arrays, by path in the work folder; "volumes",
+    for the stage creating the output, each volume's metadata file. Each with state and digest."""
+    data = {"outputs": _global_outputs(run, spec, digest=True), "bundle": _bundle_files(run, spec, digest=True)}
+    if spec.creates_outputs:
+        data["volumes"] = _volume_metadata(run, digest=True)
+    return data
+
+
+def _global_outputs(run: Run, spec: StageSpec, *, digest: bool) -> dict[str, list]:
+    root = run.layout.output_path
+    states: dict[str, list] = {}
+    for write in spec.writes:
+        if write.kind == "table":
+            states.update(folder_states(root / write.name, root, digest=digest))
+    return states
+
+
+def _volume_metadata(run: Run, *, digest: bool) -> dict[str, list | None]:
+    # The volumes' own metadata, not their groups': later stages add to those (OME pyramid levels).
+    paths = [f"{volume.path}/zarr.json" for volume in run.store.volumes.values()]
+    return dict(zip(paths, file_states([run.layout.output_path / path for path in paths], digest=digest)))
+
+
+def _bundle_files(run: Run, spec: StageSpec, *, digest: bool) -> dict[str, list]:
+    if not any(write.kind == "bundle" for write in spec.writes):
+        return {}
+    return folder_states(run.layout.work_dir / "global" / spec.name, run.layout.work_dir, digest=digest)
+
+
+def global_outputs_changed(run: Run, spec: StageSpec, data: dict[str, Any]) -> str | None:
+    """Why the output files a global stage recorded are not as it wrote them (None: they are).
+
+    A volume's metadata counts by its presence only: writing attributes rewrites it (OME axis
+    names, a pyramid's levels), and what matters is that the array is still the one created."""
+    volumes = data.get("volumes")
+    if isinstance(volumes, dict):
+        missing = [path for path, state in _volume_metadata(run, digest=False).items() if state is None]
+        if missing:
+            return f"{run.layout.output_path / missing[0]} is missing"
+    return _changed_files(data.get("outputs"), _global_outputs(run, spec, digest=False), run.layout.output_path)
+
+
+def bundle_changed(run: Run, spec: StageSpec, data: dict[str, Any]) -> str | None:
+    """Why the global arrays a global stage recorded are not as it wrote them (None: they are)."""
+    return _changed_files(data.get("bundle"), _bundle_files(run, spec, digest=False), run.layout.work_dir)
+
+
+def _changed_files(recorded: Any, current: dict[str, list], root: Path) -> str | None:
+    if not isinstance(recorded, dict):
+        return None  # a record without data: taken as it is
+    for path in sorted(set(recorded) | set(current)):
+        if not same_state(recorded.get(path), current.get(path)):
+            what = "is missing" if current.get(path) is None else "was not written by this task" if recorded.get(path) is None else "was changed"
+            return f"{root / path} {what}"
+    return None
 
 
 def stage_results(run: Run, name: str) -> Any:
@@ -325,61 +540,102 @@ def stage_results(run: Run, name: str) -> Any:
 # --- running a stage's work ---------------------------------------------------------------------
 
 
-def execute(run: Run, spec: StageSpec, block_id: int | None) -> dict[str, Any]:
+def execute(run: Run, spec: StageSpec, block_id: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run a stage's work for one block (or the global stage) with its own log and failure record,
-    retrying up to `[scheduling] retries` times; return its result summary."""
+    retrying up to `[scheduling] retries` times; return its result summary and what it wrote
+    (`block_data` or `global_data`).
+
+    A write that fails for want of space or permission (`CannotWrite`) is not retried: the
+    failure record names the file and the cause, and the error goes up, so that the run stops.
+    """
     log_path = run.layout.log(spec.name, block_id)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     logger = logging.getLogger(f"emflow.{spec.name}.{block_id}")
     logger.setLevel(logging.INFO)
     logger.propagate = False
     # The log file is created by the first message only: most blocks have nothing to say, and
     # creating a file costs more than the rest of a block's bookkeeping. A log of an earlier
-    # attempt goes, so that a block's log is always about its last run.
-    log_path.unlink(missing_ok=True)
-    handler = logging.FileHandler(log_path, mode="w", delay=True)
+    # attempt goes, so that a block's log is always about its last run. A log that cannot be
+    # written stays short, silently (QuietFileHandler): the failure record says what went wrong.
+    try:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.unlink(missing_ok=True)
+    except OSError:
+        pass
+    handler = QuietFileHandler(log_path, mode="w", delay=True)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logger.addHandler(handler)
-    failure_path = run.layout.failure(spec.name, block_id)
     retries = run.config.scheduling.retries
     rss_at_start = current_rss_bytes()
     started = time.perf_counter()
     where = spec.name if block_id is None else f"{spec.name} block {block_id}"
     try:
-        for attempt in range(1, retries + 2):
-            try:
-                results_of = functools.partial(stage_results, run)  # by stage name
-                context = GlobalContext(run, spec, logger, results_of) if block_id is None else BlockContext(run, spec, logger, results_of, block_id)
-                result = spec.run(context) or {}
-                inject_failure(spec.name, block_id)
-                break
-            except Exception:
-                if attempt > retries:
-                    raise
-                logger.warning("%s, attempt %d of %d failed, trying again:\n%s", where, attempt, retries + 1, traceback.format_exc())
-    except BaseException as error:
-        logger.error("%s failed:\n%s", where, traceback.format_exc())
-        record = {"stage": spec.name, "block_id": block_id, "error": f"{type(error).__name__}: {error}", "log": str(log_path)}
-        atomic_write_text(failure_path, json.dumps(record))
-        raise
+        with _failure_recorded(run, spec, block_id, logger):
+            for attempt in range(1, retries + 2):
+                try:
+                    results_of = functools.partial(stage_results, run)  # by stage name
+                    context = GlobalContext(run, spec, logger, results_of) if block_id is None else BlockContext(run, spec, logger, results_of, block_id)
+                    result = spec.run(context) or {}
+                    data = global_data(run, spec) if block_id is None else block_data(run, spec, block_id)
+                    inject_failure(spec.name, block_id)
+                    break
+                except Exception as error:
+                    if attempt > retries or cannot_write(error) is not None:
+                        raise
+                    logger.warning("%s, attempt %d of %d failed, trying again:\n%s", where, attempt, retries + 1, traceback.format_exc())
     finally:
         logger.removeHandler(handler)
         handler.close()
         # One logger per block would otherwise stay in logging's registry for the whole run.
         logging.Logger.manager.loggerDict.pop(logger.name, None)
+    failure_path = run.layout.failure(spec.name, block_id)
     if failure_path.exists():
         failure_path.unlink()
     # The process's peak so far: with worker processes (forked per task) the peak of this task's
     # process, the figure a job system's memory limit must cover. The resident set at the start
     # tells what the process inherited (a forked worker counts its parent's pages too).
     peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {
+    summary = {
         **result,
         "attempts": attempt,
         "seconds": round(time.perf_counter() - started, 6),
         "peak_rss_bytes": peak_rss_bytes,
         "rss_at_start_bytes": rss_at_start,
     }
+    return summary, data
+
+
+@contextmanager
+def _failure_recorded(run: Run, spec: StageSpec, block_id: int | None, logger: logging.Logger | None = None) -> Iterator[None]:
+    """Write a failure record for a task whose work (or record) raises, and raise on.
+
+    A write that failed for want of space or permission goes up as `CannotWrite`, naming the file
+    and the cause; its failure record says so (`cannot_write`). A failure record that cannot be
+    written into the work folder (full, read-only) goes to `failure_fallback`; if that fails too,
+    the error still goes up, and the run's report falls back on Luigi's word."""
+    try:
+        yield
+    except BaseException as error:
+        where = spec.name if block_id is None else f"{spec.name} block {block_id}"
+        # A write error names its file, except an error of `write` itself: then the file systems are named.
+        layout = run.layout
+        failure = cannot_write(error, f"a file in {layout.output_path} or {layout.work_dir}") if isinstance(error, Exception) else None
+        if logger is not None:
+            logger.error("%s failed:\n%s", where, traceback.format_exc())
+        record: dict[str, Any] = {"stage": spec.name, "block_id": block_id, "error": f"{type(error).__name__}: {error}", "log": str(layout.log(spec.name, block_id))}
+        if block_id is not None:
+            record["box"] = describe_box(spec.blocks(run).block(block_id))
+        if failure is not None:
+            record.update(error=str(failure), cannot_write={"path": failure.filename, "cause": failure.strerror, "errno": failure.errno})
+        text = json.dumps(record)
+        for path in (layout.failure(spec.name, block_id), failure_fallback(layout.work_dir) / f"{spec.name}.{block_id}.{os.getpid()}.json"):
+            try:
+                atomic_write_text(path, text)
+                break
+            except OSError:
+                continue
+        if failure is not None and failure is not error:
+            raise failure from error
+        raise
 
 
 class InjectedFailure(RuntimeError):
@@ -425,6 +681,7 @@ def forget_input_states() -> None:
     _definition.cache_clear()
     stage_fingerprint.cache_clear()
     _block_fingerprints.cache_clear()
+    _DIGESTS.clear()
     forget_chunk_states()
 
 

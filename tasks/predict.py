@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from emflow.errors import ConfigError
+from emflow.errors import ConfigError, InputError
 from emflow.inference import PatchGrid, accumulate_patches, add_overlap, blend
 from emflow.storage.models import ModelDescription, cached_model, describe_model, shipped_model_path
+from emflow.storage.store import describe_slicing
 from emflow.storage.volumes import read_region
 
 from .adapter import worker_processes
@@ -68,7 +69,7 @@ class _NormalizedVolume:
     def __getitem__(self, slicing) -> np.ndarray:
         raw = read_region(self.volume, slicing, self.name)
         if np.issubdtype(raw.dtype, np.floating) and raw.size and not (np.isfinite(raw).all() and 0 <= raw.min() and raw.max() <= 1):
-            raise ValueError(f"raw data {self.name} must be finite and in [0, 1] when stored as floats; {slicing} is not")
+            raise InputError(f"raw data {self.name} must be finite and in [0, 1] when stored as floats; box {describe_slicing(slicing)} is not")
         return self.model.normalize(raw)
 
 

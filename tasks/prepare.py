@@ -24,7 +24,9 @@ def input_identity(run: Run) -> dict[str, str]:
 def _prepare_output(stage: GlobalContext) -> dict:
     run = stage.run
     group = run.store.output_group(create=True)
-    group.attrs[OWNER_ATTRIBUTE] = {"version": __version__, "config": as_dict(run.config), "input": input_identity(run)}
+    # The work folder whose records describe this output (`emflow.workflows.run.check_run`).
+    owner = {"version": __version__, "config": as_dict(run.config), "input": input_identity(run), "work_dir": str(run.layout.work_dir)}
+    group.attrs[OWNER_ATTRIBUTE] = owner
     geometry = run.geometry
     run.store.create_volumes(group, geometry.shape, geometry.block_shape, geometry.resolution, geometry.level_factors)
     stage.log.info("created output arrays of shape %s, chunks %s in %s", run.geometry.shape, run.geometry.block_shape, run.layout.output_path)

@@ -140,8 +140,10 @@ def start_run(config: Path, *, workers: int = 1, environment: dict[str, str] | N
         except BaseException:
             traceback.print_exc()
         finally:
-            sys.stdout.flush()
-            os._exit(code)
+            try:
+                sys.stdout.flush()  # may fail (a log on a full disk): the child must end here all the same
+            finally:
+                os._exit(code)
     return Run(pid, folder, log)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import socket
 import sys
 import time
@@ -13,26 +14,33 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from emflow.cluster import Backend, LocalScheduler, RunReport, Slurm, holds_lock, run_on
-from emflow.errors import OutputError, RunInProgressError, UsageError
+from emflow.errors import ConfigError, OutputError, RunInProgressError, UsageError
+from emflow.storage.inputs import input_warnings
+from emflow.storage.layout import failure_fallback
 from emflow.storage.output import OWNER_ATTRIBUTE, open_output_group
+from emflow.targets.atomic import writing
 from emflow.tasks.adapter import Workflow, use_workers
+from emflow.tasks.context import Run
 from emflow.tasks.prepare import input_identity
 
 from .segmentation import SEGMENTATION
-from .status import StageStatus, failed_tasks, invalidate, progress_reporter, workflow_status
+from .status import StageStatus, failed_tasks, invalidate, progress_reporter, repair, workflow_status
 
 
 class DifferentInputError(OutputError):
     """The output holds results computed from another input; replacing them needs the user's consent."""
 
 
-def check_run(config_path: str | Path, *, update: bool = False, until: str = "", workflow: Workflow = SEGMENTATION) -> tuple[str, list[StageStatus]]:
+def check_run(
+    config_path: str | Path, *, update: bool = False, until: str = "", workflow: Workflow = SEGMENTATION
+) -> tuple[str, list[StageStatus], list[str]]:
     """Validate config, inputs and output before any task runs.
 
-    Returns the canonical config path and the status of each stage. Raises a UserError (ConfigError,
-    InputError, OutputError, ...) naming the problem. Results of another config on the same input are
-    stale and will be recomputed (reprocessing); results computed from another input are replaced
-    only with `update=True`.
+    Returns the canonical config path, the status of each stage and warnings about the inputs
+    (`emflow.storage.inputs.input_warnings`). Raises a UserError (ConfigError, InputError,
+    OutputError, ...) naming the problem. Results of another config on the same input are stale and
+    will be recomputed (reprocessing); results computed from another input are replaced only with
+    `update=True`; results of a run with another work folder are taken over only with `update=True`.
     """
     config_path = str(Path(config_path).expanduser().resolve())
     run = workflow.load_run(config_path)
@@ -41,8 +49,10 @@ def check_run(config_path: str | Path, *, update: bool = False, until: str = "",
             f"{config_path} names a boundary map (input.boundaries_key), so there is nothing to predict; "
             "remove that key to predict boundaries from input.raw_key"
         )
+    check_placement(run)
     if run.layout.output_path.exists() and not update:
-        recorded = open_output_group(run.layout.output_path).attrs[OWNER_ATTRIBUTE].get("input")
+        owner = open_output_group(run.layout.output_path).attrs[OWNER_ATTRIBUTE]
+        recorded = owner.get("input") if isinstance(owner, dict) else None
         identity = input_identity(run)
         if recorded is not None and recorded != identity:
             raise DifferentInputError(
@@ -50,7 +60,40 @@ def check_run(config_path: str | Path, *, update: bool = False, until: str = "",
                 f"({recorded['path']}:{recorded['key']}, not {identity['path']}:{identity['key']}). "
                 "Choose another output path, or run again with --update to replace those results."
             )
-    return config_path, workflow_status(config_path, until, workflow=workflow)
+        work_dir = _owner_work_folder(run)
+        if work_dir is not None:
+            raise OtherWorkFolderError(
+                f"output path {run.layout.output_path} holds the results of the run whose work folder is {work_dir}, "
+                f"not this config's {run.layout.work_dir}: its records describe that output, and this config's would not. "
+                "Set output.work_dir to that folder, choose another output path, or run again with --update to take the output "
+                "over (everything is computed again)."
+            )
+    statuses = workflow_status(config_path, until, workflow=workflow)
+    return config_path, statuses, input_warnings(run.inputs)
+
+
+class OtherWorkFolderError(OutputError):
+    """The output was written by a run with another work folder; taking it over needs the user's consent."""
+
+
+def check_placement(run: Run) -> None:
+    """Refuse (ConfigError, before anything is written) an output and work folder that overlap
+    each other, or lie inside an input container: the run would write over data it reads, or
+    over its own records."""
+    output, work = run.layout.output_path.resolve(), run.layout.work_dir.resolve()
+    if output == work or output.is_relative_to(work) or work.is_relative_to(output):
+        raise ConfigError(
+            f"config keys output.path and output.work_dir: the work folder {work} and the output {output} "
+            "must be separate folders, neither inside the other; choose another output.work_dir"
+        )
+    for dataset in run.inputs.values():
+        container = Path(dataset.path).resolve()
+        for key, path in (("output.path", output), ("output.work_dir", work)):
+            if path == container or path.is_relative_to(container):
+                raise ConfigError(
+                    f"config key {key}: {path} lies inside the input {container} (dataset {dataset.key}); "
+                    "emflow never writes into its input: choose a path outside it"
+                )
 
 
 def run_workflow(
@@ -63,6 +106,8 @@ def run_workflow(
     progress_interval: float = 5.0,
     before_run: Callable[[str], object] | None = None,
     workflow: Workflow = SEGMENTATION,
+    say: Callable[[str], object] | None = None,
+    warn: Callable[[str], object] | None = None,
 ) -> RunReport:
     """Run the workflow of a config file, or its stages up to `until` (e.g. "blend_predictions"), on `backend`.
 
@@ -70,18 +115,37 @@ def run_workflow(
     (`run_lock`); with a central scheduler several processes may work on one run, and luigid keeps
     them apart. `before_run(config_path)` is called once the checks passed and the lock is held.
     `command`: the `emflow` command a SLURM array task runs as one worker ("run" or "predict").
+    `say(line)` tells the user what the run found (default: stderr): output changed or deleted since
+    it was recorded, and work-folder results computed again because a pending task needs them.
+    `warn(line)` gets each warning about the inputs (default: stderr), before anything runs.
     """
-    config_path, _ = check_run(config_path, update=update, until=until, workflow=workflow)
+    config_path, _, warnings = check_run(config_path, update=update, until=until, workflow=workflow)
+    for line in warnings:
+        (warn or _warn_on_stderr)(line)
     run = workflow.load_run(config_path)
-    with run_lock(run.layout.work_dir) if holds_lock(backend) else nullcontext():
+    with run_lock(run.layout) if holds_lock(backend) else nullcontext():
+        if update and _owner_work_folder(run) is not None:
+            # Taking the output over: the stage creating it runs again, marks it as this run's and
+            # creates its arrays anew, and so everything that writes into them runs again.
+            for spec in run.stages:
+                if spec.creates_outputs:
+                    invalidate(run, spec.name)
         if before_run is not None:
             before_run(config_path)
+        plan = repair(run, workflow.stages(config_path, until))
+        if not run.layout.output_path.exists() and plan.changed:
+            lines = [f"the output {run.layout.output_path} does not exist: every task that wrote into it runs again"]
+            lines += [f"computing again {needed.describe()}" for needed in plan.repairs]
+        else:
+            lines = plan.messages()
+        for line in lines:
+            (say or _to_stderr)(line)
         workers = backend.options.cpus if isinstance(backend, Slurm) else backend.workers
         # Every process building a run through a central scheduler must agree on the block groups.
         use_workers(workers, shared_scheduler=not isinstance(backend, LocalScheduler))
         # What a SLURM array task runs; each checks the output again, so --update holds for them too.
         worker_command = [sys.executable, "-m", "emflow.cli.main", command, config_path, "--workers", str(workers), *(["--update"] if update else [])]
-        return run_on(
+        report = run_on(
             backend,
             [workflow.root_task(config_path, until)],
             work_dir=run.layout.work_dir,
@@ -91,6 +155,11 @@ def run_workflow(
             job_name=f"emflow-{Path(config_path).stem}",
             progress_interval=progress_interval,
         )
+    if report.succeeded:
+        # Failure records that could not be written into the work folder are read (see
+        # `emflow.cluster.runner.collect_failures`) and done with.
+        shutil.rmtree(failure_fallback(run.layout.work_dir), ignore_errors=True)
+    return report
 
 
 def rerun_workflow(
@@ -135,17 +204,42 @@ def _close_held_locks_in_child() -> None:
 os.register_at_fork(after_in_child=_close_held_locks_in_child)
 
 
+def _to_stderr(line: str) -> None:
+    print(f"emflow: {line}", file=sys.stderr, flush=True)
+
+
+def _warn_on_stderr(line: str) -> None:
+    print(f"emflow: warning: {line}", file=sys.stderr, flush=True)
+
+
+def _owner_work_folder(run: Run) -> str | None:
+    """The work folder the output's owner mark names, if the output exists and it is not this run's."""
+    if not run.layout.output_path.exists():
+        return None
+    owner = open_output_group(run.layout.output_path).attrs[OWNER_ATTRIBUTE]
+    work_dir = owner.get("work_dir") if isinstance(owner, dict) else None
+    return work_dir if isinstance(work_dir, str) and Path(work_dir).resolve() != run.layout.work_dir.resolve() else None
+
+
 @contextmanager
-def run_lock(work_dir: Path) -> Iterator[None]:
-    """Hold `<work_dir>/run.lock` for a run with the local scheduler, or raise RunInProgressError.
+def run_lock(layout) -> Iterator[None]:
+    """Hold the locks of a run with the local scheduler, or raise RunInProgressError: the output's
+    (`<output>.lock`, so that runs with other work folders never write one output at once) and the
+    work folder's (`<work_dir>/run.lock`).
 
     Two such runs of one output would run the same blocks side by side (a cron run overlapping a
-    long one). The lock is an flock, so the kernel releases it when its holder dies, even by
+    long one). The locks are flocks, so the kernel releases them when their holder dies, even by
     kill -9: a crashed run never leaves a stale lock behind.
     """
-    work_dir.mkdir(parents=True, exist_ok=True)
-    path = work_dir / "run.lock"
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    with _lock(layout.output_lock, layout.work_dir), _lock(layout.run_lock, layout.work_dir):
+        yield
+
+
+@contextmanager
+def _lock(path: Path, work_dir: Path) -> Iterator[None]:
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -155,7 +249,7 @@ def run_lock(work_dir: Path) -> Iterator[None]:
                 f"another emflow run is working on this output ({holder or 'holder unknown'}; lock {path}); "
                 "this one exits without doing anything"
             ) from None
-        description = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        description = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"), "work_dir": str(work_dir)}
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, json.dumps(description).encode(), 0)
         _held_locks.add(descriptor)
