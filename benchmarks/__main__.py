@@ -7,11 +7,14 @@ Runs, in one process tree and one sitting so that contenders share the machine's
 - orchestration: overhead per block-stage at 5,000 and 20,000 blocks, local scheduler and luigid,
   plain Luigi beside it, and a no-op rerun (`--quick`: 500 and 2,000 blocks);
 - hierarchical_multicut: hierarchical vs global multicut energy and time, with elf's blockwise_multicut.
-Three more run only when named with --only and have their own page. `reprocessing` (cron
+Four more run only when named with --only and have their own page. `reprocessing` (cron
 operations: a full run, a no-op rerun, `emflow status`, and a run after new data in one input
 chunk, counting the blocks each stage recomputed; `--only reprocessing --markdown
-docs/operations_benchmarks.md`), and two that need a trained model (`--model PATH`, default the
-shipped one):
+docs/operations_benchmarks.md`), `methods` (every `[segmentation] method` as `emflow run` on the
+dev cube's held-out half with the shipped model's affinities and with GT-derived inputs, beside
+elf's and waterz's in-memory equivalents, parameters chosen on the other half; `--only methods
+--markdown docs/methods_benchmarks.md`), and two that need a trained model (`--model PATH`,
+default the shipped one):
 - inference: CNN throughput, a bare forward pass vs the sliding-window patches vs `emflow predict`,
   on the CPU and on a GPU when torch sees one;
 - cnn_accuracy: segmentation from raw data with the CNN on FlyEM data the model was not trained on,
@@ -34,7 +37,7 @@ from . import end_to_end, hierarchical_multicut, memory, orchestration
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_NAMES = ("end_to_end", "memory", "orchestration", "hierarchical_multicut")
-NAMES = DEFAULT_NAMES + ("inference", "cnn_accuracy", "reprocessing")
+NAMES = DEFAULT_NAMES + ("inference", "cnn_accuracy", "reprocessing", "methods")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
 
             results[name] = reprocessing.run()
             section = reprocessing.markdown(results[name])
+        elif name == "methods":
+            from . import methods
+
+            results[name] = methods.run(arguments.quick)
+            section = methods.markdown(results[name])
         else:
             module = orchestration if name == "orchestration" else hierarchical_multicut
             results[name] = module.run(arguments.quick)
