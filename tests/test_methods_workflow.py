@@ -316,3 +316,22 @@ def test_bad_method_parameters_are_refused_with_the_key_named(tmp_path, bad_inpu
         assert fragment in message, (fragment, message)
     assert not (tmp_path / "out.zarr").exists(), "nothing is written"
     assert len(message.strip().splitlines()) == 1, f"one line: {message!r}"
+
+
+def test_a_stitching_plugin_segments_each_block_and_is_stitched_as_in_memory(tmp_path, inputs):
+    from plugin_functions import threshold_components
+
+    config = write_config(
+        tmp_path / "config.toml", inputs, tmp_path / "out.zarr", block_shape=BLOCK_SHAPE,
+        segmentation={"method": "stitching"},
+        stitching={"function": "plugin_functions:threshold_components", "threshold": 0.4, "mode": "conservative", "overlap": [4, 8, 8]},
+    )
+    assert run_cli("run", config) == 0
+    boundaries = read(inputs, "boundaries")
+
+    def segmenter(box: Box) -> np.ndarray:
+        return threshold_components(boundaries[box.slicing], resolution=tuple(RESOLUTION), mask=None, threshold=0.4)
+
+    expected = stitch_blocks(boundaries.shape, BLOCK_SHAPE, (4, 8, 8), segmenter, mode="conservative")
+    assert np.array_equal(read(tmp_path / "out.zarr", "segmentation"), expected)
+    assert 1 < expected.max() < read(tmp_path / "out.zarr", "supervoxels").max()
