@@ -28,12 +28,13 @@ wins): agglomeration thresholds 0.05..0.95 for emflow, waterz and elf's MALA; li
 100. emflow's defaults are the choices for the CNN input.
 
 Contenders on y < 128:
-- emflow, each method one `emflow run` (`run_workflow`, 1 worker, blocks 64x64x128 (8 blocks),
-  default halo, no pyramid or report) with the chosen parameters: multicut (beta 0.5), lifted
-  multicut from the long-range affinities, agglomeration mean and quantile 0.5 (every reported
-  threshold from one run), mutex watershed (fragment halo "auto" = 9), stitching (per-block
-  multicut, overlap 8, each mode). Time is the whole workflow: reading and writing every
-  intermediate array, supervoxels included.
+- emflow, each method one `emflow run` (`run_workflow`, 1 worker, the default blocks 64x128x128
+  (4 blocks on the half) and halo, no pyramid or report) with the chosen parameters: multicut
+  (beta 0.5), lifted multicut from the long-range affinities, agglomeration mean and quantile 0.5
+  (every reported threshold from one run), mutex watershed (fragment halo "auto" = 9), stitching
+  (per-block multicut, overlap 8, each mode). The two whose result depends on the blocking, the
+  mutex watershed and stitching (chosen mode), once more with 64x64x128 blocks (8 blocks). Time is
+  the whole workflow: reading and writing every intermediate array, supervoxels included.
 - emflow's whole-volume mutex watershed in memory, the reference of the blockwise one.
 - elf (python-elf, on bioimage-cpp): `simple_multicut_workflow` with emflow's parameters, its own
   supervoxels; `mala_clustering` (a median over one value per edge, the mean affinity, not over
@@ -82,6 +83,7 @@ from emflow.lifted_edges import lifted_edges_from_affinities
 from emflow.multicut import solve_lifted_multicut
 from emflow.mutex_watershed import mutex_watershed
 from emflow.stitching import MODES, multicut_block_segmenter, stitch_blocks
+from emflow.storage.geometry import auto_block_shape
 from emflow.supervoxels import distance_transform_watershed
 from emflow.workflows.run import run_workflow
 
@@ -119,8 +121,12 @@ MWS_GRID = [
     for min_size in (0, 100)
 ]
 MALA_THRESHOLDS = [round(0.1 * step, 1) for step in range(2, 9)]
-# Blocks of every emflow run, and of the in-memory stitching of the tuning (8 blocks on the half).
-BLOCK_SHAPE, STITCH_OVERLAP = (64, 64, 128), (8, 8, 8)
+# emflow's default ("auto") blocks at 10 nm, 64x128x128: those of every emflow run (4 blocks on the
+# half) and of the in-memory stitching of the tuning; the methods whose result depends on the
+# blocking (mutex watershed, stitching) also run with half as long blocks along y (8 blocks).
+DEFAULT_BLOCK_SHAPE = auto_block_shape((125, 250, 250), (10.0, 10.0, 10.0))
+SMALL_BLOCK_SHAPE = (64, 64, 128)
+STITCH_OVERLAP = (8, 8, 8)
 QUALITY_KEYS = ("adapted_rand_error", "voi_split", "voi_merge")
 
 
@@ -322,19 +328,18 @@ def write_workflow_inputs(folder: Path, region: dict) -> Path:
     group = zarr.open_group(str(path), mode="w")
     offsets = region["offsets"]
     for key, data in (("cnn_affinities", region["CNN"]["affinities"]), ("gt_affinities", region["GT affinities"]["affinities"])):
-        group.create_array(key, data=data.astype(np.float32), chunks=(len(offsets), *clipped(BLOCK_SHAPE, data.shape[1:]))).attrs["offsets"] = offsets
+        group.create_array(key, data=data.astype(np.float32), chunks=(len(offsets), *clipped(DEFAULT_BLOCK_SHAPE, data.shape[1:]))).attrs["offsets"] = offsets
     boundaries = region["GT boundaries"]["boundaries"]
-    group.create_array("gt_boundaries", data=boundaries.astype(np.float32), chunks=clipped(BLOCK_SHAPE, boundaries.shape))
+    group.create_array("gt_boundaries", data=boundaries.astype(np.float32), chunks=clipped(DEFAULT_BLOCK_SHAPE, boundaries.shape))
     return path
 
 
-def workflow_config(folder: Path, name: str, inputs: Path, input_key: dict, sections: dict, shape) -> Path:
+def workflow_config(folder: Path, name: str, inputs: Path, input_key: dict, sections: dict) -> Path:
     """An `emflow run` config for one method (`sections`) on the input `input_key` ({"affinities_key": ...} or
-    {"boundaries_key": ...})."""
+    {"boundaries_key": ...}); default blocks unless `sections` set them."""
     config = {
         "input": {"path": str(inputs), "resolution": [10.0, 10.0, 10.0], **input_key},
         "output": {"path": str(folder / f"{name}.zarr"), "pyramid": False, "report": False},
-        "blocking": {"block_shape": list(clipped(BLOCK_SHAPE, shape))},
         **sections,
     }
     path = folder / f"{name}.toml"
@@ -375,10 +380,14 @@ def method_sections(input_name: str, chosen: dict) -> dict:
         thresholds = [threshold] + [other for other in REPORTED_THRESHOLDS if other != threshold]
         sections = {"segmentation": {"method": "agglomeration"}, "agglomeration": {"linkage": linkage, "thresholds": thresholds}}
         methods[f"emflow agglomeration, {linkage}"] = (sections, threshold)
+    small_blocks = {"blocking": {"block_shape": list(SMALL_BLOCK_SHAPE)}}
     for mode in MODES:
         methods[f"emflow stitching, {mode}"] = ({"segmentation": {"method": "stitching"}, "stitching": {"mode": mode}}, None)
+    mode = chosen.get(f"{input_name}: stitching mode", "medium")
+    methods[f"emflow stitching, {mode}, small blocks"] = ({"segmentation": {"method": "stitching"}, "stitching": {"mode": mode}, **small_blocks}, None)
     if input_name == "CNN":
         methods["emflow mutex watershed"] = (mutex_watershed_sections, None)
+        methods["emflow mutex watershed, small blocks"] = ({**mutex_watershed_sections, **small_blocks}, None)
     return methods
 
 
@@ -415,7 +424,7 @@ def tune(inputs: dict) -> dict:
             for weighting in ("none", "size")
         }
         chosen[f"{input_name}: lifted weighting"] = best(scores)
-        block_shape, segmenter = clipped(BLOCK_SHAPE, supervoxels.shape), multicut_block_segmenter(data["boundaries"])
+        block_shape, segmenter = clipped(DEFAULT_BLOCK_SHAPE, supervoxels.shape), multicut_block_segmenter(data["boundaries"])
         stitched = {
             mode: quality(stitch_blocks(supervoxels.shape, block_shape, STITCH_OVERLAP, segmenter, mode=mode), groundtruth)
             for mode in MODES
@@ -467,7 +476,7 @@ def report(inputs: dict, chosen: dict, folder: Path) -> list[dict]:
     def add_workflow(input_name, method, sections, chosen_threshold):
         """Run one method's workflow; returns its output volumes (None if it failed)."""
         name = f"{input_name}-{method}".replace(" ", "_").replace(",", "")
-        config = workflow_config(folder, name, workflow_inputs, INPUT_KEYS[input_name], sections, groundtruth.shape)
+        config = workflow_config(folder, name, workflow_inputs, INPUT_KEYS[input_name], sections)
         print(f"{input_name}: {method} (emflow run) ...", flush=True)
         try:
             _, seconds, peak = measured(partial(run_emflow, config))
@@ -517,8 +526,9 @@ def report(inputs: dict, chosen: dict, folder: Path) -> list[dict]:
 
 def markdown(results: dict) -> str:
     lines = [
-        f"Dev cube y < 128 (125x128x250 at 10 nm), parameters chosen on y >= 128; emflow rows are `emflow run` with blocks {BLOCK_SHAPE}, "
-        "1 worker; seconds and peak RSS (above the process's start) of each call or run.",
+        "Dev cube y < 128 (125x128x250 at 10 nm), parameters chosen on y >= 128; emflow rows are `emflow run`, 1 worker, with the "
+        f"default blocks {'x'.join(map(str, DEFAULT_BLOCK_SHAPE))} (4 blocks), \"small blocks\" {'x'.join(map(str, SMALL_BLOCK_SHAPE))} (8 blocks); "
+        "seconds and peak RSS (above the process's start) of each call or run.",
         "",
         "| input | method | parameters | ARAND | VOI split | VOI merge | segments | seconds | peak RSS MiB |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -562,7 +572,7 @@ def run(quick: bool = False, cache: Path = Path("/tmp/emflow_benchmark_cache")) 
         "machine": machine_description(),
         "versions": {name: _version(name) for name in ("bioimage-cpp", "python-elf", "waterz")},
         "regions": {"tune": "y >= 128", "report": "y < 128", "z": "< 32 (quick)" if quick else "all"},
-        "block_shape": BLOCK_SHAPE,
+        "block_shapes": {"default": DEFAULT_BLOCK_SHAPE, "small": SMALL_BLOCK_SHAPE},
         "gt_affinity_noise": GT_AFFINITY_NOISE,
         "chosen_on_tuning_half": {key: value for key, value in chosen.items()},
         "rows": rows,
