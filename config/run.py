@@ -207,7 +207,7 @@ class LiftedConfig(Section):
     weighting: Literal["none", "size"] = key(
         "size", "source \"affinities\": \"size\" scales each lifted cost by its number of voxel pairs over the largest number,\n"
         "as [costs] weighting does for local edges; \"none\" leaves them. \"size\" was chosen on the dev cube's tuning\n"
-        "half (benchmarks/methods.py: adapted Rand error 0.211 against 0.229 for the plain multicut)."
+        "half with the shipped model's affinities (benchmarks/methods.py; figures in docs/methods_benchmarks.md)."
     )
 
     def check(self, name: str, what: str) -> None:
@@ -309,7 +309,7 @@ class StitchingConfig(Section):
     method: Literal["multicut", "agglomeration"] = key("multicut", "The built-in per-block segmenter: \"multicut\" or \"agglomeration\".")
     mode: Literal["conservative", "medium", "aggressive"] = key(
         "medium", "\"conservative\", \"medium\" or \"aggressive\" (see above). \"medium\" was best on the dev cube's tuning half\n"
-        "(benchmarks/methods.py)."
+        "with the shipped model's predictions (benchmarks/methods.py)."
     )
     overlap: tuple[int, int, int] = key([8, 8, 8], "Voxels (z, y, x) each block is grown by per side; at most the block shape.", minimum=1)
     min_overlap: int = key(20, "Fewest common voxels of a candidate pair (and of a meeting region, in conservative mode).")
