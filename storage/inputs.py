@@ -118,7 +118,7 @@ def validate_inputs(inputs: dict[str, InputDataset]) -> None:
         raise InputError(f"mask dataset {mask.location} must be boolean or integer, got dtype {mask.dtype}")
 
 
-def input_affinity_offsets(dataset: InputDataset, configured: tuple[tuple[int, ...], ...]) -> tuple[tuple[int, int, int], ...]:
+def input_affinity_offsets(dataset: InputDataset, configured: tuple[tuple[int, ...], ...]) -> tuple[tuple[int, ...], ...]:
     """The offsets of the channels of an affinities input: `configured` ([input] affinity_offsets), or
     else the dataset's `offsets` attribute (emflow's `predictions` output carries one).
 
