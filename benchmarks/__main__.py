@@ -7,11 +7,14 @@ Runs, in one process tree and one sitting so that contenders share the machine's
 - orchestration: overhead per block-stage at 5,000 and 20,000 blocks, local scheduler and luigid,
   plain Luigi beside it, and a no-op rerun (`--quick`: 500 and 2,000 blocks);
 - hierarchical_multicut: hierarchical vs global multicut energy and time, with elf's blockwise_multicut.
-Three more run only when named with --only and have their own page. `reprocessing` (cron
+Four more run only when named with --only and have their own page. `reprocessing` (cron
 operations: a full run, a no-op rerun, `emflow status`, and a run after new data in one input
 chunk, counting the blocks each stage recomputed; `--only reprocessing --markdown
-docs/operations_benchmarks.md`), and two that need a trained model (`--model PATH`, default the
-shipped one):
+docs/operations_benchmarks.md`), `methods` (every `[segmentation] method` as `emflow run` on the
+dev cube's held-out half with the shipped model's affinities and with GT-derived inputs, beside
+elf's and waterz's in-memory equivalents, parameters chosen on the other half; `--only methods
+--markdown docs/methods_benchmarks.md`), and two that need a trained model (`--model PATH`,
+default the shipped one):
 - inference: CNN throughput, a bare forward pass vs the sliding-window patches vs `emflow predict`,
   on the CPU and on a GPU when torch sees one;
 - cnn_accuracy: segmentation from raw data with the CNN on FlyEM data the model was not trained on,
@@ -24,17 +27,18 @@ docs/benchmarks.md (`--markdown` for another page, e.g.
 from __future__ import annotations
 
 import argparse
+import importlib
 import platform
 import time
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-from . import end_to_end, hierarchical_multicut, memory, orchestration
+from . import end_to_end
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_NAMES = ("end_to_end", "memory", "orchestration", "hierarchical_multicut")
-NAMES = DEFAULT_NAMES + ("inference", "cnn_accuracy", "reprocessing")
+NAMES = DEFAULT_NAMES + ("inference", "cnn_accuracy", "reprocessing", "methods")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = end_to_end.run(scale=1 if arguments.quick else 2, repeats=1 if arguments.quick else 3, skip_elf=arguments.skip_elf)
             section = end_to_end.markdown(results[name])
         elif name == "memory":
+            from . import memory
+
             results[name] = memory.run(arguments.quick)
             section = memory.markdown(results[name])
         elif name == "inference":
@@ -90,8 +96,15 @@ def main(argv: list[str] | None = None) -> int:
 
             results[name] = reprocessing.run()
             section = reprocessing.markdown(results[name])
+        elif name == "methods":
+            from . import methods
+
+            results[name] = methods.run(arguments.quick)
+            section = methods.markdown(results[name])
         else:
-            module = orchestration if name == "orchestration" else hierarchical_multicut
+            # orchestration, hierarchical_multicut: imported where they run, so that one benchmark's
+            # imports cannot keep the others from running.
+            module = importlib.import_module(f".{name}", __package__)
             results[name] = module.run(arguments.quick)
             section = module.markdown(results[name])
         results["seconds"][name] = time.perf_counter() - started

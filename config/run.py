@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from emflow.affinities import NEAREST_OFFSETS
 from emflow.errors import ConfigError
 
 from .schema import AUTO, Section, key, resolve_function
@@ -24,7 +25,7 @@ the config file. Stages marked "pluggable" take `function = "package.module:func
 keys of that section are passed to the function as keyword arguments (for a plugin, the keys its
 signature accepts). Lengths are in voxels unless a key says nm."""
 
-ROLES = ("boundaries", "supervoxels", "mask", "raw", "lifted_labels")
+ROLES = ("boundaries", "affinities", "supervoxels", "mask", "raw", "lifted_labels")
 """The input datasets a config can name (`[input] <role>_key`)."""
 
 
@@ -35,7 +36,18 @@ class InputConfig(Section):
     path: str = key("", "Container with the input volumes: a zarr group or array (v2 or v3), or an HDF5 file.\n"
                     "TIFF stacks are converted first with `emflow import`.", required=True)
     boundaries_key: str = key("", "Boundary map in `path`: float, values in [0, 1], 1 = membrane. Axes (z, y, x). \"\" = predict it\n"
-                              "from `raw_key` with a CNN (see [predict]). One of the two keys is required.")
+                              "from `raw_key` with a CNN (see [predict]), or derive it from `affinities_key`. One of the three\n"
+                              "keys is required.")
+    affinities_key: str = key("", "Affinities in `path` (bring your own predictions): float, values in [0, 1], 1 = same object, axes\n"
+                              "(C, z, y, x), channel c the affinity of each voxel v to v + affinity_offsets[c]. The boundary map\n"
+                              "is derived from the three nearest-neighbour channels (1 - the mean affinity to the 6 neighbours);\n"
+                              "the long-range channels feed the mutex watershed and lifted edges ([lifted] source). An\n"
+                              "alternative to `boundaries_key` and to predicting from `raw_key`.")
+    affinity_offsets: tuple[tuple[int, int, int], ...] = key(
+        (), "Offset (z, y, x) of each channel of `affinities_key`; must hold (-1, 0, 0), (0, -1, 0) and (0, 0, -1).\n"
+        "[] = the dataset's `offsets` attribute, which emflow's `predictions` output carries (when predicting,\n"
+        "the model's offsets are used)."
+    )
     raw_key: str = key("", "Raw EM data in `path`: unsigned integers, or floats in [0, 1]. Required when `boundaries_key`\n"
                        "is \"\" (the CNN reads it); otherwise optional, checked for shape and kept for provenance.")
     supervoxels_key: str = key("", "Precomputed supervoxels in `path` (optional, \"\" = run the watershed). Any unsigned or signed\n"
@@ -49,8 +61,19 @@ class InputConfig(Section):
     def check(self, name: str, what: str) -> None:
         if not all(math.isfinite(value) and value > 0 for value in self.resolution):
             raise ConfigError(f"{what} input.resolution must be three positive numbers, the voxel size in nm (z, y, x), got {list(self.resolution)}")
-        if not self.boundaries_key and not self.raw_key:
-            raise ConfigError(f"{what} input.boundaries_key or input.raw_key is required (without a boundary map, boundaries are predicted from raw data)")
+        if not self.boundaries_key and not self.affinities_key and not self.raw_key:
+            raise ConfigError(
+                f"{what} input.boundaries_key, input.affinities_key or input.raw_key is required "
+                "(without a boundary map or affinities, boundaries are predicted from raw data)"
+            )
+        if self.boundaries_key and self.affinities_key:
+            raise ConfigError(
+                f"{what} input.boundaries_key and input.affinities_key are both given; give one: the boundary map is derived from the affinities"
+            )
+        if self.affinity_offsets:
+            if not self.affinities_key:
+                raise ConfigError(f"{what} input.affinity_offsets describes the channels of input.affinities_key, which is not given")
+            check_affinity_offsets(self.affinity_offsets, f"{what} input.affinity_offsets")
 
     def keys(self) -> dict[str, str]:
         """The dataset key of every input role given (see `ROLES`)."""
@@ -98,8 +121,18 @@ class BlockingConfig(Section):
             check_halo(self.block_shape, self.halo, what)
 
 
-def check_halo(block_shape: tuple[int, ...], halo: tuple[int, ...], what: str = "config key") -> None:
-    """A halo must not exceed the block.
+def check_affinity_offsets(offsets: tuple[tuple, ...], what: str) -> None:
+    """Affinity offsets must be integer 3-vectors, none (0, 0, 0), the three nearest neighbours among them."""
+    if not all(float(step).is_integer() for offset in offsets for step in offset) or any(not any(offset) for offset in offsets):
+        raise ConfigError(f"{what} must be a list of non-zero integer offsets (z, y, x), got {[list(offset) for offset in offsets]}")
+    missing = [list(offset) for offset in NEAREST_OFFSETS if offset not in {tuple(int(step) for step in given) for given in offsets}]
+    if missing:
+        raise ConfigError(f"{what} must hold the nearest-neighbour offsets (-1, 0, 0), (0, -1, 0) and (0, 0, -1), from which the boundary map "
+                          f"is derived; missing {missing}")
+
+
+def check_halo(block_shape: tuple[int, ...], halo: tuple[int, ...], what: str = "config key", name: str = "blocking.halo") -> None:
+    """A halo (the key `name`) must not exceed the block.
 
     "Not above" rather than "below": a halo equal to the block still keeps the box a block reads
     within its 26 neighbours (3 blocks per axis), which is what bounds a block's read and memory
@@ -109,8 +142,8 @@ def check_halo(block_shape: tuple[int, ...], halo: tuple[int, ...], what: str = 
     too_large = [axis for axis, (size, block) in enumerate(zip(halo, block_shape)) if size > block]
     if too_large:
         raise ConfigError(
-            f"{what} blocking.halo {list(halo)} is larger than blocking.block_shape {list(block_shape)} "
-            f"along axis {', '.join(map(str, too_large))}; a halo must not exceed the block: make it smaller or the blocks larger"
+            f"{what} {name} {list(halo)} is larger than blocking.block_shape {list(block_shape)} "
+            f"along axis {', '.join(map(str, too_large))}; it must not exceed the block: make it smaller or the blocks larger"
         )
 
 
@@ -156,19 +189,140 @@ class MeshesConfig(Section):
 
 @dataclass(frozen=True)
 class LiftedConfig(Section):
-    """Used when [input] lifted_labels_key is set. Each supervoxel takes the label covering most of its
-    voxels; every two labelled supervoxels 2 to `graph_depth` hops apart in the region adjacency graph
-    get a lifted edge with cost +weight (same label, attractive) or -weight (different labels,
-    repulsive), solved with the local edges as a lifted multicut (built-in solvers only)."""
+    """Lifted multicut ([segmentation] method "multicut"): lifted edges join supervoxels that need not touch,
+    solved with the local edges as a lifted multicut (built-in solvers only), globally or hierarchically.
+    source "labels" (used when [input] lifted_labels_key is set): each supervoxel takes the label
+    covering most of its voxels; every two labelled supervoxels 2 to `graph_depth` hops apart get a
+    lifted edge with cost +weight (same label) or -weight (different labels). source "affinities":
+    every two supervoxels that do not touch but that a long-range affinity channel joins get a lifted
+    edge, its cost the log-odds of 1 - their mean long-range affinity with [multicut] beta (Lee et al.
+    2017); needs affinities ([input] affinities_key, or a model predicting them)."""
 
-    graph_depth: int = key(3, "Largest distance in hops of a lifted edge (at least 2: neighbours are local edges).")
-    weight: float = key(1.0, "Absolute cost of a lifted edge; positive.")
+    source: Literal["labels", "affinities"] = key(
+        "labels", "\"labels\" (lifted edges from [input] lifted_labels_key; without it, a plain multicut) or \"affinities\"\n"
+        "(lifted edges from the long-range affinity channels)."
+    )
+    graph_depth: int = key(3, "source \"labels\": largest distance in hops of a lifted edge (at least 2: neighbours are local edges).")
+    weight: float = key(1.0, "source \"labels\": absolute cost of a lifted edge; positive.")
+    weighting: Literal["none", "size"] = key(
+        "size", "source \"affinities\": \"size\" scales each lifted cost by its number of voxel pairs over the largest number,\n"
+        "as [costs] weighting does for local edges; \"none\" leaves them. \"size\" was chosen on the dev cube's tuning\n"
+        "half with the shipped model's affinities (benchmarks/methods.py; figures in docs/methods_benchmarks.md)."
+    )
 
     def check(self, name: str, what: str) -> None:
         if self.graph_depth < 2:
             raise ConfigError(f"{what} lifted.graph_depth must be at least 2 (neighbours are local edges), got {self.graph_depth}")
         if self.weight <= 0:
             raise ConfigError(f"{what} lifted.weight must be positive, got {self.weight}")
+
+
+@dataclass(frozen=True)
+class SegmentationConfig(Section):
+    """How supervoxels become segments. "multicut": region graph, edge costs and a (lifted, optionally
+    hierarchical) multicut ([multicut], [costs], [lifted]). "agglomeration": greedy mean or quantile
+    agglomeration of the region graph, one segmentation per threshold ([agglomeration]).
+    "mutex-watershed": blockwise mutex watershed fragments, then a mutex watershed of the fragment graph
+    ([mutex_watershed]; needs affinities). "stitching": each block segmented on its own with an
+    overlap, blocks matched across the overlaps and merged ([stitching]). The README compares them."""
+
+    method: Literal["multicut", "agglomeration", "mutex-watershed", "stitching"] = key(
+        "multicut", "\"multicut\", \"agglomeration\", \"mutex-watershed\" or \"stitching\"."
+    )
+
+
+@dataclass(frozen=True)
+class AgglomerationConfig(Section):
+    """[segmentation] method "agglomeration" (waterz; Funke et al. 2017): starting from the supervoxels,
+    repeatedly merge the two adjacent regions whose boundary has the lowest score, 1 minus the mean (or
+    quantile) affinity of all voxel pairs on it, while that score is below the threshold. Affinities
+    come from the nearest-neighbour channels ([input] affinities_key, or predicted), or, for a boundary
+    map, 1 - the mean boundary value of each face voxel pair. One pass gives every threshold: each
+    threshold gets its own segmentation (`segmentation` for the first, `segmentation_threshold_<t>`
+    for the others), and the merges with their scores are kept (graph/merges, graph/merge_scores)."""
+
+    linkage: Literal["mean", "quantile"] = key("mean", "\"mean\" or \"quantile\" (the `quantile` of the boundary's affinities, from 256-bin histograms).")
+    quantile: float = key(0.5, "The quantile of linkage \"quantile\", in [0, 1] (0.5: the median, as waterz's default).")
+    thresholds: tuple[float, ...] = key(
+        [0.6], "Score thresholds in [0, 1] (higher merges more), no repeats. Default chosen on the dev cube's tuning half\n"
+        "with the shipped model's predictions (benchmarks/methods.py): 0.6 for the mean (adapted Rand error 0.224\n"
+        "on the held-out half), 0.55 is best for the quantile 0.5 and for boundary maps derived from groundtruth."
+    )
+
+    def check(self, name: str, what: str) -> None:
+        if not 0.0 <= self.quantile <= 1.0:
+            raise ConfigError(f"{what} agglomeration.quantile must lie in [0, 1], got {self.quantile}")
+        if not self.thresholds:
+            raise ConfigError(f"{what} agglomeration.thresholds must name at least one threshold")
+        if not all(0.0 <= threshold <= 1.0 for threshold in self.thresholds) or len(set(self.thresholds)) != len(self.thresholds):
+            raise ConfigError(f"{what} agglomeration.thresholds must be distinct numbers in [0, 1], got {list(self.thresholds)}")
+
+
+@dataclass(frozen=True)
+class MutexWatershedConfig(Section):
+    """[segmentation] method "mutex-watershed" (Wolf et al. 2018), blockwise as in elf and volara: per
+    block (read with `halo`), the mutex watershed of the voxel grid, attractive edges the nearest-
+    neighbour affinities, repulsive edges 1 - the long-range ones, cut to the block and split into
+    connected fragments, small fragments dissolved; then the mutex watershed of the global fragment
+    graph, attractive weight the mean nearest-neighbour affinity of touching fragments, repulsive
+    weight 1 - the mean long-range affinity of fragment pairs, both accumulated across blocks. Needs
+    affinities with long-range channels. Defaults chosen on the dev cube's tuning half with the shipped
+    model's predictions (benchmarks/methods.py, strides (1, 1, 1), (1, 2, 2), (2, 4, 4) x min_size 0, 100)."""
+
+    strides: tuple[int, int, int] = key([2, 4, 4], "Keep the repulsive edges of every strides-th voxel per axis (z, y, x): faster, and less\n"
+                                        "over-segmentation from noisy long-range affinities.", minimum=1)
+    randomized_strides: bool = key(False, "Keep a random 1 / prod(strides) of the repulsive edges instead (seeded per block: `seed` + block id).")
+    seed: int = key(0, "Seed of `randomized_strides`.")
+    min_size: int = key(100, "Fragments smaller than this (voxels) are dissolved into their neighbours by a seeded watershed on\n"
+                        "the boundary map the affinities imply.")
+    halo: tuple[int, int, int] | Literal["auto"] = key(
+        AUTO, "Context read around each block for its fragments, (z, y, x); \"auto\" = the longest offset per axis, so\n"
+        "that every repulsive edge of a block's voxels is seen.", minimum=0
+    )
+
+    def check(self, name: str, what: str) -> None:
+        if self.min_size < 0:
+            raise ConfigError(f"{what} mutex_watershed.min_size must be 0 or more, got {self.min_size}")
+
+
+@dataclass(frozen=True)
+class StitchingConfig(Section):
+    """[segmentation] method "stitching" (Plaza & Berg 2016), pluggable: each block is segmented on its own,
+    grown by `overlap` voxels per side; the objects of face-neighbouring blocks are matched in the slab
+    where the grown blocks overlap and merged globally by union-find. The per-block segmenter is
+    `method` ("multicut": supervoxels ([supervoxels]) and a multicut of the block's own region graph
+    with [multicut] beta and solver; "agglomeration": the block's region graph agglomerated with
+    [agglomeration] linkage, quantile and its first threshold), or a plugin. Signature:
+      function(boundaries, *, resolution, mask, **parameters) -> labels
+    boundaries: float32 (z, y, x) of the grown block; mask: bool array or None. Returns integer labels
+    of the same shape, 0 = background. A pair (a, b) of objects of two blocks overlapping in n(a, b)
+    voxels is a candidate when n(a, b) >= min_overlap; f_a, f_b are n(a, b) over each object's slab
+    voxels. Modes: "conservative" merges candidates with f_a and f_b >= fraction that meet in one
+    connected region only and lie in no second such pair (few merges, many splits); "medium" merges
+    mutual best candidates; "aggressive" also candidates with max(f_a, f_b) >= 0.5 (bridges objects
+    one block split)."""
+
+    default_function = ""
+    reserved = frozenset({"function", "mode", "overlap", "method", "min_overlap", "fraction"})
+
+    function: str = key("", "\"\" = the built-in segmenter named by `method`, or a plugin \"package.module:function\".")
+    method: Literal["multicut", "agglomeration"] = key("multicut", "The built-in per-block segmenter: \"multicut\" or \"agglomeration\".")
+    mode: Literal["conservative", "medium", "aggressive"] = key(
+        "medium", "\"conservative\", \"medium\" or \"aggressive\" (see above). \"medium\" was best on the dev cube's tuning half\n"
+        "with the shipped model's predictions (benchmarks/methods.py)."
+    )
+    overlap: tuple[int, int, int] = key([8, 8, 8], "Voxels (z, y, x) each block is grown by per side; at most the block shape.", minimum=1)
+    min_overlap: int = key(20, "Fewest common voxels of a candidate pair (and of a meeting region, in conservative mode).")
+    fraction: float = key(0.8, "Overlap fraction of conservative mode, in (0.5, 1].")
+    extra: tuple[tuple[str, Any], ...] = field(default=())  # a plugin's keys (see Section)
+
+    def check(self, name: str, what: str) -> None:
+        if self.uses_plugin:
+            resolve_function(self.function, f"{name}.function")
+        if self.min_overlap < 1:
+            raise ConfigError(f"{what} stitching.min_overlap must be at least 1, got {self.min_overlap}")
+        if not 0.5 < self.fraction <= 1.0:
+            raise ConfigError(f"{what} stitching.fraction must lie in (0.5, 1], got {self.fraction}")
 
 
 @dataclass(frozen=True)
@@ -296,30 +450,65 @@ class RunConfig:
     blocking: BlockingConfig
     predict: PredictConfig
     meshes: MeshesConfig
-    lifted: LiftedConfig
     scheduling: SchedulingConfig
+    segmentation: SegmentationConfig
     supervoxels: SupervoxelsConfig
     costs: CostsConfig
     multicut: MulticutConfig
+    lifted: LiftedConfig
+    agglomeration: AgglomerationConfig
+    mutex_watershed: MutexWatershedConfig
+    stitching: StitchingConfig
 
     # Keys holding paths, resolved against the config file's folder.
     paths: ClassVar[tuple[tuple[str, str], ...]] = (("input", "path"), ("output", "path"), ("output", "work_dir"), ("predict", "model"))
 
     @property
     def predicting(self) -> bool:
-        """Whether the boundary map is predicted from raw data (no `boundaries_key` given)."""
-        return not self.input.boundaries_key
+        """Whether the boundary map is predicted from raw data (neither `boundaries_key` nor `affinities_key` given)."""
+        return not self.input.boundaries_key and not self.input.affinities_key
+
+    @property
+    def method(self) -> str:
+        return self.segmentation.method
 
     @property
     def lifted_multicut(self) -> bool:
-        return bool(self.input.lifted_labels_key)
+        """Whether the multicut is lifted: lifted edges from a label volume or from affinities."""
+        return self.method == "multicut" and (bool(self.input.lifted_labels_key) or self.lifted.source == "affinities")
+
+    @property
+    def needs_affinities(self) -> str:
+        """The setting that needs affinities with long-range channels, as messages name it ("" if none does)."""
+        if self.method == "mutex-watershed":
+            return "segmentation.method = 'mutex-watershed'"
+        if self.lifted_multicut and self.lifted.source == "affinities":
+            return "lifted.source = 'affinities'"
+        return ""
 
     def check(self) -> None:
         """Checks across sections."""
         if self.meshes.enabled and self.meshes.level and not self.output.pyramid:
             raise ConfigError(f"config key meshes.level = {self.meshes.level} meshes a pyramid level: set output.pyramid = true, or meshes.level = 0")
+        lifted_key = "lifted.source = \"affinities\"" if self.lifted.source == "affinities" else "input.lifted_labels_key"
         if self.lifted_multicut and self.multicut.uses_plugin:
             raise ConfigError(
-                "config key input.lifted_labels_key asks for a lifted multicut, solved with the built-in solvers; "
+                f"config key {lifted_key} asks for a lifted multicut, solved with the built-in solvers; "
                 f"it cannot be combined with multicut.function = {self.multicut.function!r}"
+            )
+        if self.lifted.source == "affinities" and self.input.lifted_labels_key:
+            raise ConfigError("config keys lifted.source = \"affinities\" and input.lifted_labels_key are both given; lifted edges come from one "
+                              "source: set lifted.source = \"labels\" or remove input.lifted_labels_key")
+        method = f"segmentation.method = {self.method!r}"
+        if self.method != "multicut":
+            for given, name in ((self.input.lifted_labels_key, "input.lifted_labels_key"), (self.lifted.source == "affinities", "lifted.source"),
+                                (self.multicut.n_scales, "multicut.n_scales")):
+                if given:
+                    raise ConfigError(f"config key {name} belongs to segmentation.method = 'multicut'; it cannot be combined with {method}")
+        if self.method == "mutex-watershed" and self.input.supervoxels_key:
+            raise ConfigError(f"config key input.supervoxels_key cannot be combined with {method}: the mutex watershed makes its own fragments")
+        if self.needs_affinities and self.input.boundaries_key:
+            raise ConfigError(
+                f"config key {self.needs_affinities} needs affinities, and input.boundaries_key gives a boundary map: give input.affinities_key "
+                "instead, or leave both out to predict affinities from input.raw_key"
             )

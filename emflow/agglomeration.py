@@ -26,7 +26,7 @@ the boundaries of the region with fewer neighbours, so the work is ``O(E log E)`
 Measured on the dev cube's supervoxel graph (2,037 nodes, 8,679 edges, all 2,035 merges): 0.13 s
 for the mean and 0.27 s for the quantile linkage (2 shared cores, busy), against 1.6 s for the
 statistics of its 7.8 M voxels; millions of edges would take minutes and ask for a compiled loop.
-The merges equal waterz's (``benchmarks/methods_in_memory.py`` and the tests compare them).
+The merges equal waterz's (``benchmarks/methods.py`` and the tests compare them).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ Blockwise, as volara and elf do, in three stages:
 
 :func:`blockwise_mutex_watershed` composes the three in memory. It is not the grid mutex watershed
 of the whole volume: inside a block fragments follow the voxel-level algorithm, across fragments
-the decisions use mean affinities. Measured (``benchmarks/methods_in_memory.py``, the dev cube's
+the decisions use mean affinities. Measured (``benchmarks/methods.py``, the dev cube's
 held-out half, 125x128x250, blocks 64x128x128 with halo 9, adapted Rand error): with the shipped
 model's affinities (strides (2, 4, 4), ``min_size`` 100, chosen on the other half) 0.167 in
 memory and 0.160 blockwise against the groundtruth, 0.085 between the two; with groundtruth

@@ -51,7 +51,8 @@ class ChunkLayout:
 def region_states(path: str | Path, key: str, regions: np.ndarray) -> list[bytes]:
     """For each region, the state of every stored chunk of dataset `key` in `path` it intersects.
 
-    `regions`: int (number_of_regions, 2, ndim), begin and end of each box. Returns one bytes
+    `regions`: int (number_of_regions, 2, ndim), begin and end of each box (a dataset with more
+    axes, such as affinities (C, z, y, x), is read along all of its leading axes). Returns one bytes
     string per region: the (size, modification time) pairs of its chunks in grid order, -1 for a
     chunk not written; equal bytes, equal chunk states. The states of a dataset's chunks are read
     once per process, with one `stat` per chunk, and kept until `forget_chunk_states()`. A state
@@ -63,6 +64,10 @@ def region_states(path: str | Path, key: str, regions: np.ndarray) -> list[bytes
         return [states.tobytes()] * len(regions)
     grid_shape = np.asarray(layout.grid_shape, dtype=np.int64)
     regions = np.asarray(regions, dtype=np.int64)
+    leading = len(layout.shape) - regions.shape[2]
+    if leading:  # a dataset with channel axes first (affinities): every channel of the region
+        whole = np.asarray(layout.shape[:leading], dtype=np.int64)
+        regions = np.concatenate([np.stack([np.zeros_like(whole), whole])[None].repeat(len(regions), axis=0), regions], axis=2)
     first = regions[:, 0] // grid_shape
     stop = np.where(regions[:, 1] > regions[:, 0], (regions[:, 1] - 1) // grid_shape + 1, first)
     return [states[tuple(slice(begin, end) for begin, end in zip(low, high))].tobytes() for low, high in zip(first.tolist(), stop.tolist())]

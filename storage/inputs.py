@@ -17,13 +17,16 @@ from typing import Any
 import numpy as np
 import zarr
 
+from emflow.config.run import check_affinity_offsets
 from emflow.errors import ConfigError, InputError
 
 from .chunks import chunk_box, missing_chunks, stored_chunks
 from .volumes import IMPORT_COMPLETE_ATTRIBUTE, RESOLUTION_ATTRIBUTE, DamagedDataError, opened_volume, read_region, unwritten_fill_value
 
 # What messages call the input of each role.
-_DESCRIPTIONS = {"boundaries": "boundary map", "raw": "raw data"}
+_DESCRIPTIONS = {"boundaries": "boundary map", "raw": "raw data", "affinities": "affinities"}
+# Roles whose datasets have a leading channel axis before (z, y, x).
+CHANNEL_ROLES = ("affinities",)
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,15 @@ class InputDataset:
     @property
     def description(self) -> str:
         return _DESCRIPTIONS.get(self.role, f"{self.role.replace('_', ' ')} dataset")
+
+    @property
+    def volume_shape(self) -> tuple[int, ...]:
+        """The (z, y, x) shape: without the channel axis of affinities."""
+        return self.shape[1:] if self.role in CHANNEL_ROLES else self.shape
+
+    @property
+    def volume_chunks(self) -> tuple[int, ...] | None:
+        return self.chunks[1:] if self.chunks and self.role in CHANNEL_ROLES else self.chunks
 
     def identity(self) -> dict[str, Any]:
         return {"path": self.path, "key": self.key, "shape": list(self.shape), "dtype": self.dtype}
@@ -96,28 +108,31 @@ def _import_complete(volume) -> bool | None:
 
 
 def reference_role(inputs: dict[str, InputDataset]) -> str:
-    """The input that defines the volume's shape: the boundary map, or the raw data it is predicted from."""
-    return "boundaries" if "boundaries" in inputs else "raw"
+    """The input that defines the volume's shape: the boundary map, the affinities it is derived from,
+    or the raw data it is predicted from."""
+    return next(role for role in ("boundaries", "affinities", "raw") if role in inputs)
 
 
 def validate_inputs(inputs: dict[str, InputDataset]) -> None:
     """Raise InputError naming the first problem with the input datasets' shapes and dtypes."""
     reference = inputs[reference_role(inputs)]
     what = f"{reference.description} {reference.location}"
-    if len(reference.shape) != 3:
+    if reference.role == "affinities" and len(reference.shape) != 4:
+        raise InputError(f"{what} must be 4D (C, z, y, x), one channel per offset, got shape {reference.shape}")
+    if reference.role != "affinities" and len(reference.shape) != 3:
         raise InputError(f"{what} must be 3D (z, y, x), got shape {reference.shape}")
     if 0 in reference.shape:
         raise InputError(f"{what} is empty (shape {reference.shape})")
-    if reference.role == "boundaries" and not np.issubdtype(np.dtype(reference.dtype), np.floating):
+    if reference.role in ("boundaries", "affinities") and not np.issubdtype(np.dtype(reference.dtype), np.floating):
         raise InputError(f"{what} must be float with values in [0, 1], got dtype {reference.dtype}")
     raw = inputs.get("raw")
     if raw is not None and not (np.issubdtype(np.dtype(raw.dtype), np.unsignedinteger) or np.issubdtype(np.dtype(raw.dtype), np.floating)):
         raise InputError(f"raw data {raw.location} must be unsigned integer or float in [0, 1], got dtype {raw.dtype}")
     for other in inputs.values():
-        if other.shape != reference.shape:
+        if other.volume_shape != reference.volume_shape:
             raise InputError(
                 f"{other.role.replace('_', ' ')} dataset {other.location} has shape {other.shape}, "
-                f"but the {what} has shape {reference.shape}; all input datasets must have the same shape"
+                f"but the {what} has shape {reference.shape}; all input datasets must have the same shape (z, y, x)"
             )
     for role in ("supervoxels", "lifted_labels"):
         if role in inputs and not np.issubdtype(np.dtype(inputs[role].dtype), np.integer):
@@ -132,6 +147,34 @@ def validate_inputs(inputs: dict[str, InputDataset]) -> None:
                 f"{dataset.description} {dataset.location} was not completely imported: `emflow import` wrote its voxel size but "
                 f"not the mark it writes once all data is in{stored}. Run the import again (it replaces the unfinished one) and then this run"
             )
+
+
+def input_affinity_offsets(dataset: InputDataset, configured: tuple[tuple[int, ...], ...]) -> tuple[tuple[int, ...], ...]:
+    """The offsets of the channels of an affinities input: `configured` ([input] affinity_offsets), or
+    else the dataset's `offsets` attribute (emflow's `predictions` output carries one).
+
+    Raises ConfigError when neither gives offsets, or (naming the dataset) when they do not fit its
+    channels: each offset must be three integers, and there must be one offset per channel.
+    """
+    offsets = configured
+    if not offsets:
+        with opened_volume(dataset.path, dataset.key) as volume:
+            offsets = volume.attrs.get("offsets")
+        if offsets is None:
+            raise ConfigError(
+                f"config key input.affinity_offsets is required: affinities {dataset.location} have no `offsets` attribute "
+                "naming the offset of each channel"
+            )
+        what = f"the `offsets` attribute of affinities {dataset.location}"
+        if not isinstance(offsets, list) or not all(isinstance(offset, list) and len(offset) == 3 for offset in offsets):
+            raise InputError(f"{what} must be a list of offsets (z, y, x), got {offsets!r}")
+        check_affinity_offsets(offsets, what)
+    if len(offsets) != dataset.shape[0]:
+        raise InputError(
+            f"affinities {dataset.location} have {dataset.shape[0]} channels, but {len(offsets)} offsets "
+            f"({'input.affinity_offsets' if configured else 'its offsets attribute'}): one offset per channel"
+        )
+    return tuple(tuple(int(step) for step in offset) for offset in offsets)
 
 
 def refuse_unwritten_input(inputs: dict[str, InputDataset]) -> None:

@@ -119,6 +119,8 @@ class ModelDescription:
     sha256: str
     network_config: UNetConfig
     patch_shape: tuple[int, int, int]
+    target: str = "affinities"
+    offsets: tuple[tuple[int, int, int], ...] = ()
 
 
 def describe_model(path: str | Path) -> ModelDescription:
@@ -143,7 +145,10 @@ def _file_key(path: str | Path) -> tuple[str, int, int]:
 def _describe_model(path: str, modified_ns: int, size: int) -> ModelDescription:
     state = read_model_state(path)
     try:
-        return ModelDescription(file_digest(path), UNetConfig(**state["network_config"]), tuple(state["patch_shape"]))
+        return ModelDescription(
+            file_digest(path), UNetConfig(**state["network_config"]), tuple(state["patch_shape"]),
+            state["target"], tuple(tuple(int(step) for step in offset) for offset in state["offsets"]),
+        )
     except (KeyError, TypeError) as error:
         raise ValueError(f"{path} is not a usable emflow model file: {error}") from error
 

@@ -43,7 +43,8 @@ class Volume:
     `label`) `image` of the output group, of `dtype`, with an optional leading channel axis of
     `channels`. `quantized`: uint8 holding values in [0, 1] times 255, read back as float32;
     `compressed`: zstd chunks (False for data compression barely shrinks, such as float network
-    outputs)."""
+    outputs). `attributes`: (name, JSON-able value) pairs written into the level-0 array's
+    attributes (the `offsets` of affinity predictions)."""
 
     image: str
     dtype: str
@@ -52,6 +53,7 @@ class Volume:
     quantized: bool = False
     compressed: bool = True
     label: bool = False
+    attributes: tuple[tuple[str, Any], ...] = ()
 
     @property
     def path(self) -> str:
@@ -90,12 +92,14 @@ class Store:
     def read(self, name: str, box: Box, *, channels: bool = True) -> np.ndarray:
         """Array `name` (an input role or a volume) inside `box`; a volume with channels keeps its
         channel axis first. A damaged input chunk raises DamagedDataError naming the dataset, the
-        box and the chunk's file. The boundary map comes back as float32 in [0, 1], checked."""
+        box and the chunk's file. The boundary map and affinities come back as float32 in [0, 1], checked."""
         if name in self.inputs:
             dataset = self.inputs[name]
+            # Every channel of an input with a channel axis (affinities).
+            selection = (slice(None),) * (len(dataset.shape) - len(box.begin)) + box.slicing
             with opened_volume(dataset.path, dataset.key) as volume:
-                data = read_region(volume, box.slicing, dataset.location)
-            return _checked_boundaries(data, box, dataset) if name == "boundaries" else data
+                data = read_region(volume, selection, dataset.location)
+            return _checked_values(data, box, dataset) if name in ("boundaries", "affinities") else data
         volume = self.volumes[name]
         selection = ((slice(None),) if volume.channels else ()) + box.slicing
         data = np.asarray(self.output_array(name)[selection])
@@ -132,10 +136,12 @@ class Store:
             levels = max(other.level for other in self.volumes.values() if other.image == volume.image)
             prefix = (volume.channels,) if volume.channels else ()
             with writing(self.layout.output_path / volume.image):
-                create_block_image(
+                level = create_block_image(
                     group, volume.image, prefix + tuple(shape), prefix + tuple(block_shape), volume.dtype, resolution,
                     label=volume.label, channel=bool(volume.channels), compressed=volume.compressed,
                 )
+                if volume.attributes:
+                    level.attrs.update({key: _json_value(value) for key, value in volume.attributes})
                 if levels:
                     create_levels(group[volume.image], level_factors[:levels], compressed=volume.compressed)
                     write_multiscale_metadata(
@@ -197,24 +203,32 @@ class Store:
         return np.load(self.layout.partial(stage, block_id, ".npy"), mmap_mode="r")
 
 
+def _json_value(value: Any) -> Any:
+    return [_json_value(item) for item in value] if isinstance(value, tuple) else value
+
+
 @functools.lru_cache(maxsize=64)
 def _output_array(output_path, path: str) -> zarr.Array:
     # Opened once per process and array: every block task of a stage writes the same array.
     return output_array(output_path, path)
 
 
-def _checked_boundaries(boundaries: np.ndarray, box: Box, dataset: InputDataset) -> np.ndarray:
-    """An input boundary map's values as float32, refused (InputError) if not finite or outside [0, 1]."""
-    boundaries = boundaries.astype(np.float32, copy=False)
-    what = f"boundary map {dataset.location}"
+def _checked_values(values: np.ndarray, box: Box, dataset: InputDataset) -> np.ndarray:
+    """An input boundary map's (or affinities') values as float32, refused (InputError) if not
+    finite or outside [0, 1]."""
+    values = values.astype(np.float32, copy=False)
+    what = f"{dataset.description} {dataset.location}"
     for name, bad in (("NaN", np.isnan), ("infinite", np.isinf)):
-        where = np.flatnonzero(bad(boundaries))
+        where = np.flatnonzero(bad(values))
         if where.size:
-            first = tuple(int(start + index) for start, index in zip(box.begin, np.unravel_index(where[0], boundaries.shape)))
+            # The voxel (z, y, x) of the first one; a channel axis of affinities goes first.
+            position = np.unravel_index(where[0], values.shape)[values.ndim - len(box.begin):]
+            first = tuple(int(start + index) for start, index in zip(box.begin, position))
             raise InputError(
                 f"{what} holds {where.size} {name} value{'s' if where.size > 1 else ''} in box {describe_box(box)} "
-                f"(the first at voxel (z, y, x) = {first}); boundary values must lie in [0, 1]: fix the boundary map and run again"
+                f"(the first at voxel (z, y, x) = {first}); {dataset.description} values must lie in [0, 1]: "
+                f"fix the {dataset.description} and run again"
             )
-    if boundaries.size and (boundaries.min() < 0 or boundaries.max() > 1):
-        raise InputError(f"{what} has values outside [0, 1] in box {describe_box(box)} (min {boundaries.min()}, max {boundaries.max()})")
-    return boundaries
+    if values.size and (values.min() < 0 or values.max() > 1):
+        raise InputError(f"{what} has values outside [0, 1] in box {describe_box(box)} (min {values.min()}, max {values.max()})")
+    return values

@@ -46,6 +46,19 @@ def boxes(halo: tuple[int, ...] | None = None) -> RegionRule:
     return region
 
 
+def forward_boxes(halo: Callable[[Run], tuple[int, ...]]) -> RegionRule:
+    """Each block's box grown by `halo(run)` voxels on its upper faces only, clipped to the volume:
+    what a block reads to see the voxel pairs (p, p + offset) it owns (`emflow.affinity_statistics`),
+    or the blocks after it."""
+
+    def region(run: Run, blocking: Blocking) -> np.ndarray:
+        regions = blocking.boxes_with_halo((0,) * len(blocking.shape))
+        regions[:, 1] = np.minimum(regions[:, 1] + np.asarray(halo(run), dtype=np.int64), np.asarray(blocking.shape, dtype=np.int64))
+        return regions
+
+    return region
+
+
 BOX = boxes((0, 0, 0))
 CONFIGURED_HALO = boxes(None)
 

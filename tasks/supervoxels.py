@@ -23,17 +23,28 @@ from .spec import BOX, CONFIGURED_HALO, Read, StageSpec, Write
 GIVEN = "given_supervoxels"
 
 
-def _watershed(block: BlockContext) -> dict:
-    section = block.config.supervoxels
-    resolution = block.geometry.resolution
-    two_d = use_two_d(resolution, section.anisotropy_threshold) if section.dimensionality == "auto" else section.dimensionality == "2d"
+def two_d_supervoxels(config, resolution: tuple[float, ...]) -> bool:
+    """Whether the supervoxels are 2D per z-slice (`[supervoxels] dimensionality`, resolved)."""
+    section = config.supervoxels
+    return use_two_d(resolution, section.anisotropy_threshold) if section.dimensionality == "auto" else section.dimensionality == "2d"
+
+
+def watershed(config, resolution: tuple[float, ...], boundaries: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """The configured supervoxel function (`[supervoxels]`) on a boundary map, its result checked."""
+    section = config.supervoxels
     function = resolve_function(section.function, "supervoxels.function")
-    boundaries, mask = block.read("boundaries"), block.read_optional("mask")
-    inner = block.inner("boundaries").slicing
-    labels = np.asarray(function(boundaries, resolution=resolution, two_d=two_d, mask=None if mask is None else mask.astype(bool), **section.parameters()))
+    labels = np.asarray(function(boundaries, resolution=resolution, two_d=two_d_supervoxels(config, resolution), mask=mask, **section.parameters()))
     if labels.shape != boundaries.shape or not np.issubdtype(labels.dtype, np.integer):
         raise TypeError(f"{section.function} returned {labels.dtype} labels of shape {labels.shape}; expected integer labels of shape {boundaries.shape}")
-    labels = labels[inner]
+    return labels
+
+
+def _watershed(block: BlockContext) -> dict:
+    resolution = block.geometry.resolution
+    two_d = two_d_supervoxels(block.config, resolution)
+    boundaries, mask = block.read("boundaries"), block.read_optional("mask")
+    inner = block.inner("boundaries").slicing
+    labels = watershed(block.config, resolution, boundaries, None if mask is None else mask.astype(bool))[inner]
     if mask is not None:
         labels = np.where(mask[inner], labels, 0)
     labels, number_of_supervoxels = relabel_consecutive(labels)

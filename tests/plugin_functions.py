@@ -48,3 +48,13 @@ def slow_supervoxels(boundaries, *, seconds: float = 1.0, **parameters):
     """The default supervoxels, `seconds` late: blocks that take long enough to be caught running."""
     time.sleep(seconds)
     return distance_transform_watershed(boundaries, **parameters)
+
+
+def threshold_components(boundaries, *, resolution, mask, threshold: float = 0.5):
+    """A stitching segmenter: connected components of the voxels below `threshold` (membranes are 0)."""
+    from bioimage_cpp.segmentation import label
+
+    foreground = boundaries < threshold
+    if mask is not None:
+        foreground &= mask
+    return label(foreground.astype(np.uint32), connectivity=1)

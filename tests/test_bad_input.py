@@ -258,7 +258,7 @@ TABLE = [
         config_case("config key multicut.n_scales", "built-in solvers", multicut={"n_scales": 1, "function": "plugin_functions:attractive_components", "solver": None}),
         2,
     ),
-    ("no_boundaries_or_raw_key", config_case("config key input.boundaries_key or input.raw_key is required", input={"boundaries_key": "", "raw_key": ""}), 2),
+    ("no_boundaries_affinities_or_raw_key", config_case("config key input.boundaries_key, input.affinities_key or input.raw_key is required", input={"boundaries_key": "", "raw_key": ""}), 2),
     # Only the data, the output and the voxel size are required; everything else has a default.
     *[
         (f"required_key_{section}_{key}", config_case(f"config key {section}.{key} is required", **{section: {key: None}}), 2)

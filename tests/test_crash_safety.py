@@ -49,10 +49,16 @@ INJECT_FAILURES = "EMFLOW_INJECT_FAILURES"  # emflow.tasks.base.INJECT_FAILURES_
 
 # Arrays of the output that make up the result; compared bitwise (dtype, shape and bytes).
 RESULT_ARRAYS = ("segmentation/s0", "supervoxels", "graph/edges", "graph/edge_features", "graph/edge_costs", "graph/node_labels")
-# Block-wise stages whose blocks each write one chunk of an output array (block shape = chunk shape).
-BLOCK_CHUNK_OUTPUTS = {"supervoxels": "supervoxels_block_local", "relabel_supervoxels": "supervoxels", "write_segmentation": "segmentation/s0"}
+# Block-wise stages whose blocks each write one chunk of an output array (block shape = chunk shape);
+# the stages of the other segmentation methods too (tests/test_methods_workflow.py).
+BLOCK_CHUNK_OUTPUTS = {
+    "supervoxels": "supervoxels_block_local",
+    "relabel_supervoxels": "supervoxels",
+    "write_segmentation": "segmentation/s0",
+    "derive_boundaries": "boundaries/s0",
+}
 # Block-wise stages whose blocks each write a partial result file in the work folder.
-BLOCK_FILE_OUTPUTS = {"block_graph"}
+BLOCK_FILE_OUTPUTS = {"block_graph", "pair_statistics", "stitch_faces"}
 # Output arrays each global stage writes (its files under <work>/global/<stage>/ are compared too).
 GLOBAL_OUTPUTS = {
     "prepare_output": (),
@@ -60,6 +66,10 @@ GLOBAL_OUTPUTS = {
     "merge_graph": ("graph/edges", "graph/edge_features"),
     "edge_costs": ("graph/edge_costs",),
     "multicut": ("graph/node_labels",),
+    "lifted_edges": ("graph/lifted_edges", "graph/lifted_costs"),
+    "agglomeration": ("graph/node_labels", "graph/merges", "graph/merge_scores"),
+    "mutex_watershed": ("graph/node_labels",),
+    "stitch": ("graph/node_labels",),
 }
 
 

@@ -20,7 +20,9 @@ from .summary import stage_cost
 
 def segment_sizes(run: Run) -> np.ndarray:
     """Voxels per segment (background left out), from each supervoxel's size and its segment: O(supervoxels)."""
-    node_labels = run.store.load_global("multicut", "node_labels")
+    # The global stage whose node labels the segmentation is written from (multicut, agglomeration, ...).
+    source = next(read.name for read in run.stage("write_segmentation").reads if read.kind == "bundle")
+    node_labels = run.store.load_global(source, "node_labels")
     sizes = np.zeros(len(node_labels), dtype=np.int64)
     number_of_blocks = run.stage("supervoxels").blocks(run).number_of_blocks
     if "given_supervoxels" in run.inputs:

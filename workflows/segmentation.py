@@ -1,8 +1,16 @@
-"""The segmentation workflow: (raw → CNN prediction →) boundary map → supervoxels → region adjacency
-graph → edge costs → (lifted) multicut → segmentation.
+"""The segmentation workflow: (raw → CNN prediction →) boundary map (or affinities) → supervoxels →
+segments by one of four methods → segmentation.
+
+- multicut: region adjacency graph → edge costs → (lifted, hierarchical) multicut;
+- agglomeration: affinity statistics of the region graph → mean or quantile agglomeration;
+- mutex watershed: blockwise mutex watershed fragments (the supervoxels) → affinity statistics →
+  mutex watershed of the fragment graph;
+- stitching: each block segmented on its own with an overlap (its objects the supervoxels) →
+  matches across the overlaps → union-find.
 
 `segmentation_stages` is the only place that knows which stages a config runs (prediction, given
-supervoxels, lifted edges, scales); everything else follows from the stage specs.
+affinities or supervoxels, the method, lifted edges, scales); everything else follows from the
+stage specs.
 """
 
 from __future__ import annotations
@@ -14,33 +22,53 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-from emflow.config import RunConfig, load_config
+from emflow.affinity_statistics import long_range_channels
+from emflow.config import AUTO, RunConfig, check_halo, load_config, replace
 from emflow.errors import ConfigError
 from emflow.storage.geometry import Geometry, resolve_geometry
-from emflow.storage.inputs import check_writable, describe_inputs, reference_role, refuse_unwritten_input, validate_inputs
+from emflow.storage.inputs import (
+    check_writable,
+    describe_inputs,
+    input_affinity_offsets,
+    reference_role,
+    refuse_unwritten_input,
+    validate_inputs,
+)
 from emflow.storage.layout import Layout
 from emflow.storage.models import describe_model
 from emflow.storage.store import Store, Volume, level_name
 from emflow.tasks.adapter import Workflow
+from emflow.tasks.affinities import DERIVE_BOUNDARIES, affinity_array, affinity_offsets
+from emflow.tasks.agglomeration import AGGLOMERATION, segmentation_volumes
 from emflow.tasks.block_graph import BLOCK_GRAPH
 from emflow.tasks.context import Run
 from emflow.tasks.edge_costs import EDGE_COSTS
 from emflow.tasks.hierarchical_multicut import hierarchical_stages
-from emflow.tasks.lifted_edges import LABEL_OVERLAPS, LIFTED_EDGES
+from emflow.tasks.lifted_edges import LABEL_OVERLAPS, LIFTED_EDGES, LIFTED_EDGES_FROM_AFFINITIES
 from emflow.tasks.merge_graph import MERGE_GRAPH
 from emflow.tasks.meshes import mesh_stages
 from emflow.tasks.multicut import multicut_stage
+from emflow.tasks.mutex_watershed import MUTEX_WATERSHED, fragment_stage
+from emflow.tasks.pair_statistics import statistics_stage
 from emflow.tasks.predict import BLEND_PREDICTIONS, PREDICT, model_path
 from emflow.tasks.prepare import PREPARE_OUTPUT
 from emflow.tasks.pyramid import pyramid_stage
 from emflow.tasks.spec import StageSpec
-from emflow.tasks.supervoxels import GIVEN, GIVEN_STAGES, WATERSHED_STAGES
-from emflow.tasks.write import WRITE_SEGMENTATION
+from emflow.tasks.stitching import SEGMENT_BLOCKS, STITCH, STITCH_FACES
+from emflow.tasks.supervoxels import GIVEN, GIVEN_STAGES, RELABEL_WATERSHED, SUPERVOXEL_OFFSETS, WATERSHED_STAGES
+from emflow.tasks.write import write_stage
+
+
+def has_boundaries_volume(config: RunConfig) -> bool:
+    """Whether the output holds a boundary map: predicted, or derived from given affinities for the
+    supervoxels of every method but the mutex watershed, which makes its fragments from the affinities."""
+    return config.predicting or bool(config.input.affinities_key) and config.method != "mutex-watershed"
 
 
 def pyramid_images(config: RunConfig) -> tuple[tuple[str, bool], ...]:
     """The output images that get pyramids: (volume name, whether it holds labels)."""
-    return ((("boundaries", False),) if config.predicting else ()) + (("supervoxels", True), ("segmentation", True))
+    boundaries = (("boundaries", False),) if has_boundaries_volume(config) else ()
+    return boundaries + (("supervoxels", True),) + tuple((name, True) for name in segmentation_volumes(config))
 
 
 def segmentation_stages(config: RunConfig, geometry: Geometry) -> tuple[StageSpec, ...]:
@@ -48,16 +76,37 @@ def segmentation_stages(config: RunConfig, geometry: Geometry) -> tuple[StageSpe
     given_supervoxels = bool(config.input.supervoxels_key)
     lifted = config.lifted_multicut
     n_scales = config.multicut.n_scales
+    method = config.method
+    # The array holding the run's affinities; None when it has only a boundary map.
+    affinities = affinity_array(config) if affinity_offsets(config) else None
     stages: list[StageSpec] = [PREPARE_OUTPUT]
     if config.predicting:
         stages += [PREDICT, BLEND_PREDICTIONS]
-    stages += GIVEN_STAGES if given_supervoxels else WATERSHED_STAGES
-    stages += [BLOCK_GRAPH, MERGE_GRAPH, EDGE_COSTS]
-    if lifted:
-        stages += [LABEL_OVERLAPS, LIFTED_EDGES]
-    if n_scales:
-        stages += hierarchical_stages(n_scales, lifted=lifted, given_supervoxels=given_supervoxels)
-    stages += [multicut_stage(n_scales, lifted=lifted), WRITE_SEGMENTATION]
+    elif has_boundaries_volume(config):
+        stages += [DERIVE_BOUNDARIES]
+    if method == "mutex-watershed":
+        assert affinities is not None
+        stages += [fragment_stage(affinities), SUPERVOXEL_OFFSETS, RELABEL_WATERSHED]
+    elif method == "stitching":
+        stages += [SEGMENT_BLOCKS, SUPERVOXEL_OFFSETS, RELABEL_WATERSHED]
+    else:
+        stages += GIVEN_STAGES if given_supervoxels else WATERSHED_STAGES
+    if method == "multicut":
+        stages += [BLOCK_GRAPH, MERGE_GRAPH, EDGE_COSTS]
+        if lifted and config.lifted.source == "affinities":
+            stages += [statistics_stage(("long_range",), affinities), LIFTED_EDGES_FROM_AFFINITIES]
+        elif lifted:
+            stages += [LABEL_OVERLAPS, LIFTED_EDGES]
+        if n_scales:
+            stages += hierarchical_stages(n_scales, lifted=lifted, given_supervoxels=given_supervoxels)
+        stages += [multicut_stage(n_scales, lifted=lifted)]
+    elif method == "agglomeration":
+        stages += [statistics_stage(("nearest",), affinities), AGGLOMERATION]
+    elif method == "mutex-watershed":
+        stages += [statistics_stage(("nearest", "long_range"), affinities), MUTEX_WATERSHED]
+    else:
+        stages += [STITCH_FACES, STITCH]
+    stages += [write_stage(stages[-1].name, segmentation_volumes(config))]
     stages += [pyramid_stage(level, pyramid_images(config)) for level in range(1, len(geometry.level_factors) + 1)]
     if config.meshes.enabled:
         # A volume that fits one block has no pyramid: its meshes come from the full resolution.
@@ -68,23 +117,45 @@ def segmentation_stages(config: RunConfig, geometry: Geometry) -> tuple[StageSpe
 def output_volumes(config: RunConfig, geometry: Geometry) -> dict[str, Volume]:
     """The output group's block-wise arrays, by name: level 0 of each OME-Zarr image, and the
     levels of the pyramid images."""
-    volumes = {
-        "supervoxels": Volume("supervoxels", "uint64", label=True),
-        "segmentation": Volume("segmentation", "uint64", label=True),
-    }
-    if not config.input.supervoxels_key:
+    volumes = {"supervoxels": Volume("supervoxels", "uint64", label=True)}
+    volumes |= {name: Volume(name, "uint64", label=True) for name in segmentation_volumes(config)}
+    if not config.input.supervoxels_key or config.method == "stitching":
         volumes["supervoxels_block_local"] = Volume("supervoxels_block_local", "uint64", label=True)
     if config.predicting:
-        channels = describe_model(model_path(config)).network_config.out_channels
+        description = describe_model(model_path(config))
         dtype = config.predict.output_dtype
+        # Affinity predictions say which offset each channel holds, so that they can be given back
+        # as `[input] affinities_key` without `affinity_offsets`.
+        attributes = (("offsets", description.offsets),) if description.target == "affinities" else ()
         # zstd shrinks float32 probabilities by only a few percent but made writing them a third of
         # the prediction stages' overhead (measured, benchmarks/inference.py).
-        volumes["predictions"] = Volume("predictions", dtype, channels=channels, quantized=dtype == "uint8", compressed=dtype != "float32")
+        volumes["predictions"] = Volume(
+            "predictions", dtype, channels=description.network_config.out_channels, quantized=dtype == "uint8", compressed=dtype != "float32",
+            attributes=attributes,
+        )
         volumes["boundaries"] = Volume("boundaries", dtype, quantized=dtype == "uint8", compressed=dtype != "float32")
+    elif has_boundaries_volume(config):
+        volumes["boundaries"] = Volume("boundaries", "float32", compressed=False)
     for name, _ in pyramid_images(config):
         for level in range(1, len(geometry.level_factors) + 1):
             volumes[level_name(name, level)] = dataclasses.replace(volumes[name], level=level)
     return volumes
+
+
+def check_method(config: RunConfig, geometry: Geometry) -> None:
+    """Raise ConfigError for settings of the segmentation method that the run's data or geometry rule out."""
+    if config.needs_affinities:
+        offsets = affinity_offsets(config)
+        if not offsets or not long_range_channels(offsets):
+            what = f"the model {model_path(config)} predicts a boundary map" if not offsets else "the affinities have no long-range channel"
+            raise ConfigError(
+                f"config key {config.needs_affinities} needs affinities with long-range channels, and {what}: give them as input.affinities_key "
+                "(with input.affinity_offsets), or predict them with a model trained on affinities ([predict] model)"
+            )
+    if config.method == "mutex-watershed" and config.mutex_watershed.halo != AUTO:
+        check_halo(geometry.block_shape, config.mutex_watershed.halo, name="mutex_watershed.halo")
+    if config.method == "stitching":
+        check_halo(geometry.block_shape, config.stitching.overlap, name="stitching.overlap")
 
 
 def load_run(config_path: str, stages: Callable[[RunConfig, Geometry], tuple[StageSpec, ...]] = segmentation_stages) -> Run:
@@ -115,10 +186,14 @@ def _run_for_text(stages: Callable, config_path: str, config_text: str) -> Run:
     inputs = describe_inputs(config.input.path, config.input.keys())
     validate_inputs(inputs)
     refuse_unwritten_input(inputs)
+    if "affinities" in inputs:
+        config = replace(config, input={"affinity_offsets": input_affinity_offsets(inputs["affinities"], config.input.affinity_offsets)})
     reference = inputs[reference_role(inputs)]
     geometry = resolve_geometry(
-        reference.shape, config.input.resolution, config.blocking.block_shape, config.blocking.halo, reference.chunks, pyramid=config.output.pyramid
+        reference.volume_shape, config.input.resolution, config.blocking.block_shape, config.blocking.halo, reference.volume_chunks,
+        pyramid=config.output.pyramid,
     )
+    check_method(config, geometry)
     output_path = Path(config.output.path)
     work_dir = Path(config.output.work_dir or f"{output_path}.work")
     check_writable(output_path, "output.path")

@@ -1,17 +1,20 @@
-"""Segmentation methods side by side, in memory, on the FlyEM dev cube's held-out half.
+"""Segmentation methods side by side on the FlyEM dev cube's held-out half: emflow's workflows
+(`[segmentation] method`) beside elf's and waterz's in-memory equivalents.
 
-Temporary script (to become `python -m benchmarks --only methods`). The region is the dev cube
-(flyem_medulla_dev/volume.h5, 125x250x250, 10 nm) at y < 128, all z and x (125x128x250), which the
-shipped model did not see in training; parameters are chosen on the other half, y >= 128, and
-only reported on y < 128. Inputs:
+`python -m benchmarks --only methods --markdown docs/methods_benchmarks.md`, or on its own
+`python -m benchmarks.methods [--quick]`. The region is the dev cube (flyem_medulla_dev/volume.h5,
+125x250x250, 10 nm) at y < 128, all z and x (125x128x250), which the shipped model did not see in
+training; parameters are chosen on the other half, y >= 128, and only reported on y < 128. Inputs:
 
 - CNN: the shipped model's affinities (offsets (-1,0,0), (0,-1,0), (0,0,-1), then 3 and 9 voxels
   along each axis), predicted for the whole cube in one blended pass (`predict_box`, the model's
-  32x96x96 patches, overlap 8x24x24) and cached in `--cache`; the boundary map is the workflow's,
-  1 - the mean nearest-neighbour affinity of each voxel.
+  32x96x96 patches, overlap 8x24x24) and cached in `--cache`; emflow's workflows get them as
+  `[input] affinities_key` (bring your own predictions), the contenders get the boundary map the
+  workflow derives from them, 1 - the mean nearest-neighbour affinity of each voxel.
 - GT boundaries: `boundaries_from_labels(neuron_ids, sigma=1, noise=0.1, seed=0)`, the boundary map
-  of the other benchmarks. Agglomeration scores come from it (a face voxel pair's affinity is 1 -
-  the mean of the two voxels' boundary values), and so do waterz's nearest-neighbour affinities.
+  of the other benchmarks (`[input] boundaries_key`). Agglomeration scores come from it (a face voxel
+  pair's affinity is 1 - the mean of the two voxels' boundary values), and so do waterz's
+  nearest-neighbour affinities.
 - GT affinities: `affinities_from_labels(neuron_ids, offsets)` plus Gaussian noise of standard
   deviation 0.2, clipped to [0, 1] (seed 0), for the mutex watershed: a near-perfect reference, like
   the GT boundaries. Independent noise per voxel pair makes a sharp transition: on the tuning half
@@ -19,29 +22,34 @@ only reported on y < 128. Inputs:
   disconnected pieces), 0.55 at 0.25, when the largest of millions of noisy boundary affinities
   start to outweigh the repulsion.
 
-Contenders (emflow's are the functions the blockwise stages call, run on the whole region):
-- multicut: distance-transform watershed supervoxels (emflow's defaults), boundary-map edge
-  features, size-weighted log-odds costs (beta 0.5), greedy additive + Kernighan-Lin. Time includes
-  the supervoxels. elf's `simple_multicut_workflow` with the same parameters beside it.
-- lifted multicut: the same plus lifted edges from the long-range affinities (beta 0.5; lifted
-  costs weighted by their voxel-pair counts like the local ones, or not, chosen on y >= 128).
-- stitched multicut: the multicut of each block of 64x64x128 grown by 8 voxels, stitched
-  (`emflow.stitching`, all three modes).
-- agglomeration mean / quantile 0.5 on the same supervoxels: one pass for all thresholds (time: the
-  statistics and the pass, supervoxels excluded). waterz 0.10 (`OneMinus<MeanAffinity>` and
-  `OneMinus<HistogramQuantileAffinity<50, 256 bins>>`) on the same supervoxels and affinities, and
-  elf's `mala_clustering` (bioimage-cpp's MALA policy: a median over one value per edge, the mean
-  affinity, not over voxel pairs), tuned the same way.
-- mutex watershed, in memory and blockwise (64x128x128 blocks, halo 9 = the longest offset, global
-  fragment-graph mutex watershed), and elf's `mutex_watershed` with the same strides (elf has no
-  size filter; its input is 1 - affinities, elf flips the attractive channels back).
+Tuning (in memory, on y >= 128, with the functions the stages call; the lowest adapted Rand error
+wins): agglomeration thresholds 0.05..0.95 for emflow, waterz and elf's MALA; lifted cost weighting
+"none" or "size"; stitching mode; mutex watershed strides None, (1, 2, 2), (2, 4, 4) x min_size 0,
+100. emflow's defaults are the choices for the CNN input.
+
+Contenders on y < 128:
+- emflow, each method one `emflow run` (`run_workflow`, 1 worker, the default blocks 64x128x128
+  (4 blocks on the half) and halo, no pyramid or report) with the chosen parameters: multicut
+  (beta 0.5), lifted multicut from the long-range affinities, agglomeration mean and quantile 0.5
+  (every reported threshold from one run), mutex watershed (fragment halo "auto" = 9), stitching
+  (per-block multicut, overlap 8, each mode). The two whose result depends on the blocking, the
+  mutex watershed and stitching (chosen mode), once more with 64x64x128 blocks (8 blocks). Time is
+  the whole workflow: reading and writing every intermediate array, supervoxels included.
+- emflow's whole-volume mutex watershed in memory, the reference of the blockwise one.
+- elf (python-elf, on bioimage-cpp): `simple_multicut_workflow` with emflow's parameters, its own
+  supervoxels; `mala_clustering` (a median over one value per edge, the mean affinity, not over
+  voxel pairs) and waterz 0.10 (`OneMinus<MeanAffinity>`, `OneMinus<HistogramQuantileAffinity<50,
+  256 bins>>`) on the supervoxels of emflow's multicut run, so that their agglomerations and
+  emflow's start from the same fragments; elf's `mutex_watershed` with the same strides (no size
+  filter; its input is 1 - affinities, elf flips the attractive channels back). waterz is used when
+  it imports (not a dependency of emflow) and reported "unavailable" otherwise.
 
 Each measured run is a fresh (spawned) child process: seconds of the call, and its peak resident
 memory above what it held when the call started (interpreter, imports and the inputs), from
-/proc/self/status VmHWM after resetting it. Quality: `emflow.evaluation.evaluate` against the groundtruth (label 0 ignored).
+/proc/self/status VmHWM after resetting it. Quality: `emflow.evaluation.evaluate` against the
+groundtruth (label 0 ignored).
 
-Usage: python -m benchmarks.methods_in_memory [--quick] [--cache DIR] [--json PATH]
-Prints a Markdown table and writes benchmarks/results/methods_in_memory.json.
+Prints a Markdown table and writes benchmarks/results/methods.json.
 """
 
 from __future__ import annotations
@@ -60,19 +68,24 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import tomli_w
+import zarr
 
 from emflow.affinities import affinities_from_labels, boundaries_from_affinities
 from emflow.affinity_statistics import boundary_pair_statistics, long_range_channels, nearest_neighbour_channels, pair_statistics
 from emflow.agglomeration import merge_history
 from emflow.boundaries import boundaries_from_labels
+from emflow.cluster import LocalScheduler
 from emflow.costs import edge_costs_from_features
 from emflow.evaluation import evaluate
 from emflow.graph import in_core_graph_features
 from emflow.lifted_edges import lifted_edges_from_affinities
-from emflow.multicut import solve_lifted_multicut, solve_multicut
-from emflow.mutex_watershed import blockwise_mutex_watershed, mutex_watershed
+from emflow.multicut import solve_lifted_multicut
+from emflow.mutex_watershed import mutex_watershed
 from emflow.stitching import MODES, multicut_block_segmenter, stitch_blocks
+from emflow.storage.geometry import auto_block_shape
 from emflow.supervoxels import distance_transform_watershed
+from emflow.workflows.run import run_workflow
 
 try:
     from benchmarks.elf_multicut import elf_parameters
@@ -108,8 +121,12 @@ MWS_GRID = [
     for min_size in (0, 100)
 ]
 MALA_THRESHOLDS = [round(0.1 * step, 1) for step in range(2, 9)]
-MWS_BLOCK_SHAPE, MWS_HALO = (64, 128, 128), (9, 9, 9)
-STITCH_BLOCK_SHAPE, STITCH_OVERLAP = (64, 64, 128), (8, 8, 8)
+# emflow's default ("auto") blocks at 10 nm, 64x128x128: those of every emflow run (4 blocks on the
+# half) and of the in-memory stitching of the tuning; the methods whose result depends on the
+# blocking (mutex watershed, stitching) also run with half as long blocks along y (8 blocks).
+DEFAULT_BLOCK_SHAPE = auto_block_shape((125, 250, 250), (10.0, 10.0, 10.0))
+SMALL_BLOCK_SHAPE = (64, 64, 128)
+STITCH_OVERLAP = (8, 8, 8)
 QUALITY_KEYS = ("adapted_rand_error", "voi_split", "voi_merge")
 
 
@@ -207,22 +224,7 @@ def quality(segmentation: np.ndarray, groundtruth: np.ndarray) -> dict:
     return {key: metrics[key] for key in QUALITY_KEYS}
 
 
-# --- contenders --------------------------------------------------------------------------------
-
-
-def emflow_multicut(boundaries, supervoxels=None):
-    supervoxels = distance_transform_watershed(boundaries) if supervoxels is None else supervoxels
-    edges, features, number_of_nodes = in_core_graph_features(supervoxels, boundaries)
-    return solve_multicut(number_of_nodes, edges, edge_costs_from_features(features))[supervoxels]
-
-
-def emflow_stitched_multicut(boundaries, mode):
-    block_shape = clipped(STITCH_BLOCK_SHAPE, boundaries.shape)
-    return stitch_blocks(boundaries.shape, block_shape, STITCH_OVERLAP, multicut_block_segmenter(boundaries), mode=mode)
-
-
-def emflow_blockwise_mutex_watershed(affinities, offsets, parameters):
-    return blockwise_mutex_watershed(affinities, offsets, clipped(MWS_BLOCK_SHAPE, affinities.shape[1:]), MWS_HALO, **parameters)[0]
+# --- contenders in memory ---------------------------------------------------------------------
 
 
 def emflow_lifted_multicut(boundaries, affinities, offsets, weighting):
@@ -317,6 +319,78 @@ def available(module: str) -> str | None:
     return MISSING.get(module)
 
 
+# --- emflow's workflows ------------------------------------------------------------------------
+
+
+def write_workflow_inputs(folder: Path, region: dict) -> Path:
+    """The report region's inputs as one zarr group: affinities (with their offsets) and boundary maps."""
+    path = folder / "inputs.zarr"
+    group = zarr.open_group(str(path), mode="w")
+    offsets = region["offsets"]
+    for key, data in (("cnn_affinities", region["CNN"]["affinities"]), ("gt_affinities", region["GT affinities"]["affinities"])):
+        group.create_array(key, data=data.astype(np.float32), chunks=(len(offsets), *clipped(DEFAULT_BLOCK_SHAPE, data.shape[1:]))).attrs["offsets"] = offsets
+    boundaries = region["GT boundaries"]["boundaries"]
+    group.create_array("gt_boundaries", data=boundaries.astype(np.float32), chunks=clipped(DEFAULT_BLOCK_SHAPE, boundaries.shape))
+    return path
+
+
+def workflow_config(folder: Path, name: str, inputs: Path, input_key: dict, sections: dict) -> Path:
+    """An `emflow run` config for one method (`sections`) on the input `input_key` ({"affinities_key": ...} or
+    {"boundaries_key": ...}); default blocks unless `sections` set them."""
+    config = {
+        "input": {"path": str(inputs), "resolution": [10.0, 10.0, 10.0], **input_key},
+        "output": {"path": str(folder / f"{name}.zarr"), "pyramid": False, "report": False},
+        **sections,
+    }
+    path = folder / f"{name}.toml"
+    path.write_text(tomli_w.dumps(config))
+    return path
+
+
+def run_emflow(config: Path) -> None:
+    """`emflow run CONFIG` with one worker, in this process (the measured child; the workflow modules
+    are imported with this module, before the child's peak memory is reset)."""
+    report = run_workflow(config, LocalScheduler(1), progress_interval=1e9)
+    if not report.succeeded:
+        raise RuntimeError(f"emflow run {config} failed")
+
+
+def segmentations_of(output: Path, names: dict) -> dict:
+    """The output volumes `names` ({key: volume}) of a finished run."""
+    from emflow.storage.volumes import open_volume
+
+    return {key: np.asarray(open_volume(output, volume)[...]) for key, volume in names.items()}
+
+
+def method_sections(input_name: str, chosen: dict) -> dict:
+    """Per emflow method (row name) on an input: its config sections, and for agglomeration the
+    chosen threshold (listed first in the sections: it is the run's `segmentation`)."""
+    parameters = chosen.get(f"{input_name}: mutex watershed", {"strides": (2, 4, 4), "min_size": 100})
+    mutex_watershed_sections = {
+        "segmentation": {"method": "mutex-watershed"},
+        "mutex_watershed": {"strides": list(parameters["strides"] or (1, 1, 1)), "min_size": parameters["min_size"]},
+    }
+    if input_name == "GT affinities":
+        return {"emflow mutex watershed": (mutex_watershed_sections, None)}
+    methods = {"emflow multicut": ({}, None)}
+    if input_name == "CNN":
+        methods["emflow lifted multicut"] = ({"lifted": {"source": "affinities", "weighting": chosen.get("CNN: lifted weighting", "size")}}, None)
+    for linkage in ("mean", "quantile"):
+        threshold = chosen.get(f"{input_name}: emflow {linkage} threshold", 0.5)
+        thresholds = [threshold] + [other for other in REPORTED_THRESHOLDS if other != threshold]
+        sections = {"segmentation": {"method": "agglomeration"}, "agglomeration": {"linkage": linkage, "thresholds": thresholds}}
+        methods[f"emflow agglomeration, {linkage}"] = (sections, threshold)
+    small_blocks = {"blocking": {"block_shape": list(SMALL_BLOCK_SHAPE)}}
+    for mode in MODES:
+        methods[f"emflow stitching, {mode}"] = ({"segmentation": {"method": "stitching"}, "stitching": {"mode": mode}}, None)
+    mode = chosen.get(f"{input_name}: stitching mode", "medium")
+    methods[f"emflow stitching, {mode}, small blocks"] = ({"segmentation": {"method": "stitching"}, "stitching": {"mode": mode}, **small_blocks}, None)
+    if input_name == "CNN":
+        methods["emflow mutex watershed"] = (mutex_watershed_sections, None)
+        methods["emflow mutex watershed, small blocks"] = ({**mutex_watershed_sections, **small_blocks}, None)
+    return methods
+
+
 # --- tuning ------------------------------------------------------------------------------------
 
 
@@ -350,7 +424,7 @@ def tune(inputs: dict) -> dict:
             for weighting in ("none", "size")
         }
         chosen[f"{input_name}: lifted weighting"] = best(scores)
-        block_shape, segmenter = clipped(STITCH_BLOCK_SHAPE, supervoxels.shape), multicut_block_segmenter(data["boundaries"])
+        block_shape, segmenter = clipped(DEFAULT_BLOCK_SHAPE, supervoxels.shape), multicut_block_segmenter(data["boundaries"])
         stitched = {
             mode: quality(stitch_blocks(supervoxels.shape, block_shape, STITCH_OVERLAP, segmenter, mode=mode), groundtruth)
             for mode in MODES
@@ -369,11 +443,20 @@ def tune(inputs: dict) -> dict:
 
 # --- the report --------------------------------------------------------------------------------
 
+INPUT_KEYS = {"CNN": {"affinities_key": "cnn_affinities"}, "GT boundaries": {"boundaries_key": "gt_boundaries"}, "GT affinities": {"affinities_key": "gt_affinities"}}
 
-def report(inputs: dict, chosen: dict) -> list[dict]:
+
+def report(inputs: dict, chosen: dict, folder: Path) -> list[dict]:
     region = inputs["report"]
     groundtruth, offsets = region["groundtruth"], region["offsets"]
+    workflow_inputs = write_workflow_inputs(folder, region)
     rows = []
+
+    def row(input_name, method, parameters, segmentation, seconds, peak):
+        return {
+            "input": input_name, "method": method, "parameters": parameters, "status": "ok", "seconds": seconds,
+            "peak_rss_bytes": peak, "segments": int(len(np.unique(segmentation))), "quality": quality(segmentation, groundtruth),
+        }
 
     def add(input_name, method, parameters, function, *, per_threshold=None):
         print(f"{input_name}: {method} ...", flush=True)
@@ -387,68 +470,66 @@ def report(inputs: dict, chosen: dict) -> list[dict]:
             row_parameters = dict(parameters, **({} if threshold is None else {"threshold": threshold}))
             if threshold is not None:
                 row_parameters["chosen"] = threshold == per_threshold
-            rows.append({
-                "input": input_name, "method": method, "parameters": row_parameters, "status": "ok",
-                "seconds": seconds, "peak_rss_bytes": peak, "segments": int(len(np.unique(segmentation))),
-                "quality": quality(segmentation, groundtruth),
-            })
+            rows.append(row(input_name, method, row_parameters, segmentation, seconds, peak))
         return result
 
-    for input_name in ("CNN", "GT boundaries"):
-        data = region[input_name]
-        boundaries = data["boundaries"]
-        supervoxels, seconds, peak = measured(partial(distance_transform_watershed, boundaries))
-        rows.append({
-            "input": input_name, "method": "emflow supervoxels (distance-transform watershed)", "parameters": {}, "status": "ok",
-            "seconds": seconds, "peak_rss_bytes": peak, "segments": int(supervoxels.max()), "quality": quality(supervoxels, groundtruth),
-        })
-        add(input_name, "emflow multicut", {"beta": 0.5}, partial(emflow_multicut, boundaries))
-        if "affinities" in data:
-            weighting = chosen.get(f"{input_name}: lifted weighting", "none")
-            add(input_name, "emflow lifted multicut", {"beta": 0.5, "lifted weighting": weighting},
-                partial(emflow_lifted_multicut, boundaries, data["affinities"], offsets, weighting))
-        for mode in MODES:
-            add(input_name, f"emflow stitched multicut, {mode}", {"blocks": STITCH_BLOCK_SHAPE, "overlap": STITCH_OVERLAP},
-                partial(emflow_stitched_multicut, boundaries, mode))
-        for linkage in ("mean", "quantile"):
-            threshold = chosen.get(f"{input_name}: emflow {linkage} threshold")
-            thresholds = sorted({*REPORTED_THRESHOLDS, *([threshold] if threshold is not None else [])})
-            add(input_name, f"emflow agglomeration, {linkage}", {},
-                partial(emflow_agglomeration, supervoxels, data, offsets, linkage, thresholds),
-                per_threshold=threshold)
-            if available("waterz") is None:
-                threshold = chosen.get(f"{input_name}: waterz {linkage} threshold")
-                thresholds = sorted({*REPORTED_THRESHOLDS, *([threshold] if threshold is not None else [])})
-                add(input_name, f"waterz, {linkage}", {},
-                    partial(waterz_agglomeration, supervoxels, data, offsets, linkage, thresholds),
-                    per_threshold=threshold)
-            else:
-                unavailable = f"unavailable: {available('waterz')}"
-                rows.append({"input": input_name, "method": f"waterz, {linkage}", "parameters": {}, "status": unavailable})
-        if available("elf") is None:
-            add(input_name, "elf simple_multicut_workflow", {"beta": 0.5}, partial(elf_multicut, boundaries))
-            threshold = chosen.get(f"{input_name}: elf mala threshold", 0.5)
-            add(input_name, "elf mala_clustering", {}, partial(elf_mala, supervoxels, data, offsets, [threshold]),
-                per_threshold=threshold)
+    def add_workflow(input_name, method, sections, chosen_threshold):
+        """Run one method's workflow; returns its output volumes (None if it failed)."""
+        name = f"{input_name}-{method}".replace(" ", "_").replace(",", "")
+        config = workflow_config(folder, name, workflow_inputs, INPUT_KEYS[input_name], sections)
+        print(f"{input_name}: {method} (emflow run) ...", flush=True)
+        try:
+            _, seconds, peak = measured(partial(run_emflow, config))
+        except RuntimeError as error:
+            rows.append({"input": input_name, "method": method, "parameters": sections, "status": str(error).splitlines()[-1]})
+            return None
+        parameters = {key: value for section in sections.values() for key, value in section.items() if key not in ("method", "thresholds")}
+        thresholds = sections.get("agglomeration", {}).get("thresholds", [None])
+        volumes = {threshold: "segmentation" if index == 0 else f"segmentation_threshold_{threshold:g}" for index, threshold in enumerate(thresholds)}
+        outputs = segmentations_of(folder / f"{name}.zarr", {**volumes, "supervoxels": "supervoxels"})
+        for threshold in sorted(volumes, key=lambda value: -1 if value is None else value):
+            extra = {} if threshold is None else {"threshold": threshold, "chosen": threshold == chosen_threshold}
+            rows.append(row(input_name, method, dict(parameters, **extra), outputs[threshold], seconds, peak))
+        return outputs
 
-    for input_name in ("CNN", "GT affinities"):
-        affinities = region[input_name]["affinities"]
-        parameters = chosen.get(f"{input_name}: mutex watershed", {"strides": (1, 2, 2), "min_size": 100})
-        in_memory = add(input_name, "emflow mutex watershed, in memory", parameters,
-                        partial(mutex_watershed, affinities, offsets, **parameters))
-        blockwise = add(input_name, "emflow mutex watershed, blockwise", dict(parameters, blocks=MWS_BLOCK_SHAPE, halo=MWS_HALO),
-                        partial(emflow_blockwise_mutex_watershed, affinities, offsets, parameters))
-        if in_memory is not None and blockwise is not None:
-            # How far the blockwise result is from the in-memory one (the latter as reference).
-            rows[-1]["versus_in_memory"] = quality(blockwise, in_memory)
-        if available("elf") is None:
-            add(input_name, "elf mutex_watershed", {"strides": parameters["strides"]},
-                partial(elf_mutex_watershed, affinities, offsets, parameters["strides"]))
+    for input_name in ("CNN", "GT boundaries", "GT affinities"):
+        data = region[input_name]
+        outputs = {method: add_workflow(input_name, method, sections, threshold) for method, (sections, threshold) in method_sections(input_name, chosen).items()}
+        multicut = outputs.get("emflow multicut")
+        if multicut is not None:
+            # The contenders' agglomerations start from the supervoxels of emflow's multicut run.
+            supervoxels = multicut["supervoxels"]
+            for linkage in ("mean", "quantile"):
+                if available("waterz") is None:
+                    threshold = chosen.get(f"{input_name}: waterz {linkage} threshold")
+                    thresholds = sorted({*REPORTED_THRESHOLDS, *([threshold] if threshold is not None else [])})
+                    add(input_name, f"waterz, {linkage}", {},
+                        partial(waterz_agglomeration, supervoxels, data, offsets, linkage, thresholds), per_threshold=threshold)
+                else:
+                    rows.append({"input": input_name, "method": f"waterz, {linkage}", "parameters": {}, "status": f"unavailable: {available('waterz')}"})
+            if available("elf") is None:
+                add(input_name, "elf simple_multicut_workflow", {"beta": 0.5}, partial(elf_multicut, data["boundaries"]))
+                threshold = chosen.get(f"{input_name}: elf mala threshold", 0.5)
+                add(input_name, "elf mala_clustering", {}, partial(elf_mala, supervoxels, data, offsets, [threshold]), per_threshold=threshold)
+        if "affinities" in data:
+            parameters = chosen.get(f"{input_name}: mutex watershed", {"strides": (2, 4, 4), "min_size": 100})
+            in_memory = add(input_name, "emflow mutex watershed, in memory", parameters, partial(mutex_watershed, data["affinities"], offsets, **parameters))
+            blockwise = outputs.get("emflow mutex watershed")
+            if in_memory is not None and blockwise is not None:
+                # How far the blockwise result is from the in-memory one (the latter as reference).
+                rows[-1]["blockwise_against_in_memory"] = quality(blockwise[None], in_memory)
+            if available("elf") is None:
+                add(input_name, "elf mutex_watershed", {"strides": parameters["strides"]},
+                    partial(elf_mutex_watershed, data["affinities"], offsets, parameters["strides"]))
     return rows
 
 
 def markdown(results: dict) -> str:
     lines = [
+        "Dev cube y < 128 (125x128x250 at 10 nm), parameters chosen on y >= 128; emflow rows are `emflow run`, 1 worker, with the "
+        f"default blocks {'x'.join(map(str, DEFAULT_BLOCK_SHAPE))} (4 blocks), \"small blocks\" {'x'.join(map(str, SMALL_BLOCK_SHAPE))} (8 blocks); "
+        "seconds and peak RSS (above the process's start) of each call or run.",
+        "",
         "| input | method | parameters | ARAND | VOI split | VOI merge | segments | seconds | peak RSS MiB |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -465,37 +546,47 @@ def markdown(results: dict) -> str:
             f"{q['voi_merge']:.3f} | {row['segments']} | {row['seconds']:.1f} | {row['peak_rss_bytes'] / 2**20:.0f} |"
         )
     for row in results["rows"]:
-        if "versus_in_memory" in row:
-            q = row["versus_in_memory"]
+        if "blockwise_against_in_memory" in row:
+            q = row["blockwise_against_in_memory"]
             lines.append(
-                f"\n{row['input']}: blockwise against in-memory mutex watershed: ARAND {q['adapted_rand_error']:.3f}, "
+                f"\n{row['input']}: blockwise (emflow run) against in-memory mutex watershed: ARAND {q['adapted_rand_error']:.3f}, "
                 f"VOI split {q['voi_split']:.3f}, merge {q['voi_merge']:.3f}"
             )
+    chosen = ", ".join(f"{key}: {value}" for key, value in results["chosen_on_tuning_half"].items())
+    lines.append(f"\nChosen on y >= 128: {chosen}.")
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache", type=Path, default=Path("/tmp/emflow_benchmark_cache"), help="folder for the cached CNN prediction")
-    parser.add_argument("--json", type=Path, default=BENCHMARKS_DIR / "results" / "methods_in_memory.json")
-    parser.add_argument("--quick", action="store_true", help="the first 32 planes of each half: a look, not figures to quote")
-    arguments = parser.parse_args(argv)
+def run(quick: bool = False, cache: Path = Path("/tmp/emflow_benchmark_cache")) -> dict:
+    """The whole benchmark (`python -m benchmarks --only methods`); `quick`: the first 32 planes of each half."""
+    import tempfile
 
     started = time.perf_counter()
-    inputs = region_inputs(arguments.cache, arguments.quick)
+    inputs = region_inputs(cache, quick)
     chosen = tune(inputs)
     print("chosen on y >= 128:", chosen, flush=True)
-    rows = report(inputs, chosen)
-    results = {
+    with tempfile.TemporaryDirectory(prefix="emflow_methods_") as folder:
+        rows = report(inputs, chosen, Path(folder))
+    return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine_description(),
         "versions": {name: _version(name) for name in ("bioimage-cpp", "python-elf", "waterz")},
-        "regions": {"tune": "y >= 128", "report": "y < 128", "z": "< 32 (quick)" if arguments.quick else "all"},
+        "regions": {"tune": "y >= 128", "report": "y < 128", "z": "< 32 (quick)" if quick else "all"},
+        "block_shapes": {"default": DEFAULT_BLOCK_SHAPE, "small": SMALL_BLOCK_SHAPE},
         "gt_affinity_noise": GT_AFFINITY_NOISE,
         "chosen_on_tuning_half": {key: value for key, value in chosen.items()},
         "rows": rows,
         "seconds": time.perf_counter() - started,
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/emflow_benchmark_cache"), help="folder for the cached CNN prediction")
+    parser.add_argument("--json", type=Path, default=BENCHMARKS_DIR / "results" / "methods.json")
+    parser.add_argument("--quick", action="store_true", help="the first 32 planes of each half: a look, not figures to quote")
+    arguments = parser.parse_args(argv)
+    results = run(arguments.quick, arguments.cache)
     write_results(arguments.json, results)
     print(markdown(results))
     print(f"\nwrote {arguments.json} ({results['seconds']:.0f} s)")
