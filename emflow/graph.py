@@ -76,8 +76,9 @@ def _z_pair_counts(supervoxels: np.ndarray, own_begin, own_shape, edges: np.ndar
 
     ``edges`` are the sorted edges of the same owned box (:func:`block_edge_statistics`); the
     z-pairs' edges are a subset of them. bioimage-cpp's affinity statistics with the single
-    offset (1, 0, 0) and affinity 1 count exactly those pairs (13 ms on a 64x128x128 block, a
-    third of the boundary-map statistics; numpy's unique over the pairs took 180 ms).
+    offset (1, 0, 0) and affinity 1 count exactly those pairs: 4 ms on a 64x128x128 block of the
+    dev cube's supervoxels (1,661 edges), beside 12 ms for the boundary-map statistics; numpy's
+    unique over the block's z-pairs took about 15 times as long as the affinity statistics.
     """
     ones = np.ones((1,) + supervoxels.shape, dtype=np.float64)
     z_edges, z_stats = distributed.block_affinity_stats(supervoxels, ones, [_Z_OFFSET], own_begin, own_shape, number_of_threads=1)
