@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from emflow.model import ModelDescription, TrainedModel
+from emflow.model import ModelDescription, TrainedModel, choose_model
 
 SHIPPED_MODEL_NAME = "flyem_fib_affinities.pt"
 CHECKPOINT_PATTERN = re.compile(r"^iteration_(\d{8})\.pt$")
@@ -43,6 +43,13 @@ def shipped_models() -> list[ModelDescription]:
     """Descriptions of every model shipped with the package, by file name; for `emflow.model.choose_model`
     (its choice's `name` is the file name `shipped_model_path` takes)."""
     return [describe_model(path) for path in sorted(shipped_models_folder().glob("*.pt"))]
+
+
+def shipped_model_for(resolution) -> Path:
+    """The shipped model trained closest to the voxel size (z, y, x) in nm (`emflow.model.choose_model`),
+    what `[predict] model = "auto"` means; raises NoSuitableModel, naming every shipped model, when none
+    is within 2x along every axis."""
+    return shipped_model_path(choose_model(resolution, shipped_models()).name)
 
 
 def atomic_torch_save(path: str | Path, payload: Any) -> None:

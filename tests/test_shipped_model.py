@@ -8,7 +8,16 @@ import pytest
 import torch
 
 from emflow.model import ModelDescription, NoSuitableModel, TrainedModel, choose_model, resolution_distance
-from emflow.storage.models import describe_model, file_digest, load_model, read_model_state, shipped_model_path, shipped_models, shipped_models_folder
+from emflow.storage.models import (
+    describe_model,
+    file_digest,
+    load_model,
+    read_model_state,
+    shipped_model_for,
+    shipped_model_path,
+    shipped_models,
+    shipped_models_folder,
+)
 
 SHIPPED = sorted(path.name for path in shipped_models_folder().glob("*.pt"))
 # What each shipped model was trained on: voxel size (z, y, x) in nm and modality.
@@ -79,13 +88,14 @@ def test_the_closest_shipped_model_is_chosen_by_voxel_size():
     assert [model.name for model in models] == SHIPPED
     assert choose_model((10, 10, 10), models).name == "flyem_fib_affinities.pt"
     assert choose_model((8, 8, 8), models).name == "flyem_fib_affinities.pt"
+    assert shipped_model_for((8, 8, 8)) == shipped_model_path()
     if "sstem_isbi2012_boundaries.pt" in SHIPPED:
         # CREMI (40 x 4 x 4 nm) and ISBI 2012 itself.
         assert choose_model((40, 4, 4), models).name == "sstem_isbi2012_boundaries.pt"
         assert choose_model((50, 4, 4), models).name == "sstem_isbi2012_boundaries.pt"
     # The FlyEM cube subsampled to 40 x 10 x 10 nm: 4x the FIB-SEM model's sections, 2.5x the ssTEM model's pixels.
     with pytest.raises(NoSuitableModel) as refused:
-        choose_model((40, 10, 10), models)
+        shipped_model_for((40, 10, 10))
     for name in SHIPPED:
         assert name in str(refused.value)
 
