@@ -155,7 +155,8 @@ def run_dev_cube(skip_cnn: bool) -> dict:
                     "seconds": time.perf_counter() - started,
                 }
             results[f"{map_name} | {half}"] = row
-            print(f"{map_name:9s} {half:18s} " + "  ".join(f"{name} {value['adapted_rand_error']:.4f}" for name, value in row.items()), flush=True)
+            scores = "  ".join(f"{name} {value['adapted_rand_error']:.4f}" for name, value in row.items())
+            print(f"{map_name:9s} {half:18s} {scores}", flush=True)
     return {"shape": list(labels.shape), "resolution_nm": list(SUBSAMPLED_RESOLUTION), "results": results}
 
 
@@ -213,7 +214,9 @@ def thresholded_segmentation(boundaries: np.ndarray, threshold: float) -> np.nda
 
 def challenge_protocol_scores(boundaries: np.ndarray, groundtruth: np.ndarray) -> dict:
     """Best V_rand and best V_info over the thresholds, each with its threshold (as the challenge's script)."""
-    by_threshold = {float(threshold): isbi2012_scores_private(thresholded_segmentation(boundaries, threshold), groundtruth) for threshold in THRESHOLDS}
+    by_threshold = {
+        float(threshold): isbi2012_scores_private(thresholded_segmentation(boundaries, threshold), groundtruth) for threshold in THRESHOLDS
+    }
     best_rand = max(by_threshold, key=lambda threshold: by_threshold[threshold]["v_rand"])
     best_info = max(by_threshold, key=lambda threshold: by_threshold[threshold]["v_info"])
     return {
@@ -317,7 +320,8 @@ def run_isbi(model_path: Path) -> dict:
             f" | emflow: V_rand {pipeline['v_rand']:.4f} V_info {pipeline['v_info']:.4f}",
             flush=True,
         )
-    return {"sections": [ISBI_HELD_OUT_SECTIONS.start, ISBI_HELD_OUT_SECTIONS.stop], "resolution_nm": list(ISBI_RESOLUTION), "results": results}
+    sections = [ISBI_HELD_OUT_SECTIONS.start, ISBI_HELD_OUT_SECTIONS.stop]
+    return {"sections": sections, "resolution_nm": list(ISBI_RESOLUTION), "results": results}
 
 
 def markdown(results: dict) -> str:
@@ -325,8 +329,10 @@ def markdown(results: dict) -> str:
     dev = results.get("dev_cube")
     if dev:
         lines += [
-            f"### Serial-section accuracy: FlyEM dev cube, every {SUBSAMPLING}th section ({'x'.join(map(str, dev['shape']))}, "
-            f"{'x'.join(f'{value:g}' for value in dev['resolution_nm'])} nm)",
+            (
+                f"### Serial-section accuracy: FlyEM dev cube, every {SUBSAMPLING}th section ({'x'.join(map(str, dev['shape']))}, "
+                f"{'x'.join(f'{value:g}' for value in dev['resolution_nm'])} nm)"
+            ),
             "",
             "| map | region | emflow orientation | emflow size | emflow none | elf defaults | elf xyz | elf z | ratio |",
             "|---|---|---|---|---|---|---|---|---|",
@@ -338,9 +344,12 @@ def markdown(results: dict) -> str:
             lines.append(f"| {map_name} | {half} | " + " | ".join(cells) + f" | {ratio:.2f} |")
         lines += [
             "",
-            "Adapted Rand error (VOI split/merge in bits); ratio = emflow orientation / elf defaults. "
-            "emflow: per-section supervoxels (dimensionality auto), Kernighan-Lin, beta 0.5, the given cost weighting. "
-            "elf: `simple_multicut_workflow(use_2dws=True)`, defaults, or emflow's watershed parameters with the weighting scheme named.",
+            (
+                "Adapted Rand error (VOI split/merge in bits); ratio = emflow orientation / elf defaults. "
+                "emflow: per-section supervoxels (dimensionality auto), Kernighan-Lin, beta 0.5, the given cost weighting. "
+                "elf: `simple_multicut_workflow(use_2dws=True)`, defaults, or emflow's watershed parameters with the "
+                "weighting scheme named."
+            ),
             "",
         ]
     isbi = results.get("isbi2012")
@@ -348,20 +357,24 @@ def markdown(results: dict) -> str:
         lines += [
             f"### ISBI 2012, held-out training sections {isbi['sections'][0]}-{isbi['sections'][1] - 1}",
             "",
-            "| boundary map | V_rand, threshold + CC | V_info, threshold + CC | V_rand, emflow | V_info, emflow | Rand split/merge, emflow |",
+            "| boundary map | V_rand, threshold + CC | V_info, threshold + CC | V_rand, emflow | V_info, emflow "
+            "| Rand split/merge, emflow |",
             "|---|---|---|---|---|---|",
         ]
         for name, row in isbi["results"].items():
             protocol, pipeline = row["challenge_protocol"], row["emflow_pipeline"]
             lines.append(
-                f"| {name} | {protocol['v_rand']:.4f} (t {protocol['v_rand_threshold']:g}) | {protocol['v_info']:.4f} (t {protocol['v_info_threshold']:g}) "
+                f"| {name} | {protocol['v_rand']:.4f} (t {protocol['v_rand_threshold']:g}) "
+                f"| {protocol['v_info']:.4f} (t {protocol['v_info_threshold']:g}) "
                 f"| {pipeline['v_rand']:.4f} | {pipeline['v_info']:.4f} | {pipeline['rand_split']:.4f} / {pipeline['rand_merge']:.4f} |"
             )
         lines += [
             "",
-            "Foreground-restricted scores (1 = perfect), per section and averaged, from this script's private copy of the "
-            "ISBI 2012 measures. Threshold + CC: the challenge's protocol, best over thresholds 0.0-0.9. emflow: the in-memory "
-            "pipeline (per-section supervoxels, orientation weighting, Kernighan-Lin, beta 0.5) on the same map.",
+            (
+                "Foreground-restricted scores (1 = perfect), per section and averaged, from this script's private copy of the "
+                "ISBI 2012 measures. Threshold + CC: the challenge's protocol, best over thresholds 0.0-0.9. emflow: the in-memory "
+                "pipeline (per-section supervoxels, orientation weighting, Kernighan-Lin, beta 0.5) on the same map."
+            ),
             "",
         ]
     return "\n".join(lines)
@@ -371,7 +384,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-cnn", action="store_true", help="dev cube without the FIB-SEM model's boundary map")
     parser.add_argument("--skip-isbi", action="store_true", help="no ISBI 2012 part")
-    parser.add_argument("--model", type=Path, default=shipped_model_path(SSTEM_MODEL), help=f"ssTEM model (default the shipped {SSTEM_MODEL})")
+    parser.add_argument(
+        "--model", type=Path, default=shipped_model_path(SSTEM_MODEL), help=f"ssTEM model (default the shipped {SSTEM_MODEL})"
+    )
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "anisotropic_in_memory.json")
     arguments = parser.parse_args(argv)
     results = {

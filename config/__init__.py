@@ -304,13 +304,21 @@ def _check_training_semantics(config: dict[str, dict[str, Any]]) -> None:
         config["data"][key] = [int(value) for value in config["data"][key]]
     resolution = config["data"]["resolution"]
     if any(resolution) and not all(math.isfinite(value) and value > 0 for value in resolution):
-        raise ConfigError(f"training config key data.resolution must be the voxel size in nm (z, y, x), three positive numbers, or [0, 0, 0] (not recorded), got {resolution}")
+        raise ConfigError(
+            f"training config key data.resolution must be the voxel size in nm (z, y, x), three positive numbers, "
+            f"or [0, 0, 0] (not recorded), got {resolution}"
+        )
     config["data"]["resolution"] = [float(value) for value in resolution]
     model, training = config["model"], config["training"]
     if config["data"]["labels_2d"] and model["target"] == "affinities" and any(offset[0] != 0 for offset in model["offsets"]):
-        raise ConfigError("training config key data.labels_2d: labels not linked across sections define no affinities across sections; use in-plane model.offsets (z step 0) or model.target = 'boundaries'")
+        raise ConfigError(
+            "training config key data.labels_2d: labels not linked across sections define no affinities across sections; "
+            "use in-plane model.offsets (z step 0) or model.target = 'boundaries'"
+        )
     if config["data"]["labels_2d"] and "malis" in training["loss"]:
-        raise ConfigError("training config key training.loss: MALIS needs affinities across sections, which data.labels_2d labels do not define")
+        raise ConfigError(
+            "training config key training.loss: MALIS needs affinities across sections, which data.labels_2d labels do not define"
+        )
     if any(not float(value).is_integer() or value <= 0 for value in training["patch_shape"]):
         raise ConfigError(f"training config key training.patch_shape must be positive integers, got {training['patch_shape']}")
     training["patch_shape"] = [int(value) for value in training["patch_shape"]]

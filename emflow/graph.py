@@ -131,7 +131,8 @@ def merge_edge_features(
         distributed.merge_block_edge_stats(graph, stats, block_edges, np.ascontiguousarray(block_stats[:, :5]))
         if len(block_edges):
             # Every block edge is a graph edge (merge_edges made the graph from them); counts are integers, so the sum is exact.
-            z_sizes += np.bincount(graph.find_edges(np.asarray(block_edges, dtype=np.uint64)), weights=block_stats[:, 5], minlength=len(z_sizes))
+            edge_ids = graph.find_edges(np.asarray(block_edges, dtype=np.uint64))
+            z_sizes += np.bincount(edge_ids, weights=block_stats[:, 5], minlength=len(z_sizes))
     features = distributed.finalize_edge_features(stats, compute_complex_features=True)
     return np.column_stack([features, z_sizes])
 

@@ -199,7 +199,9 @@ def resolution_distance(first: Sequence[float], second: Sequence[float]) -> floa
     return max(abs(math.log(a / b)) for a, b in zip(check_resolution(first), check_resolution(second)))
 
 
-def choose_model(resolution: Sequence[float], models: Sequence[ModelDescription], *, max_ratio: float = MAX_RESOLUTION_RATIO) -> ModelDescription:
+def choose_model(
+    resolution: Sequence[float], models: Sequence[ModelDescription], *, max_ratio: float = MAX_RESOLUTION_RATIO
+) -> ModelDescription:
     """The model whose training voxel size is closest to `resolution` (nm, z, y, x).
 
     Distance: `resolution_distance`; ties go to the smaller sum of |log ratio| over the axes, then
@@ -212,7 +214,12 @@ def choose_model(resolution: Sequence[float], models: Sequence[ModelDescription]
     if max_ratio < 1:
         raise ValueError(f"max_ratio must be at least 1, got {max_ratio}")
     candidates = [
-        (resolution_distance(resolution, model.resolution), sum(abs(math.log(a / b)) for a, b in zip(resolution, model.resolution)), model.name, model)
+        (
+            resolution_distance(resolution, model.resolution),
+            sum(abs(math.log(a / b)) for a, b in zip(resolution, model.resolution)),
+            model.name,
+            model,
+        )
         for model in models
         if model.resolution is not None
     ]

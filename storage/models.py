@@ -36,7 +36,8 @@ def describe_model(path: str | Path) -> ModelDescription:
     """Name (the file name), training voxel size and modality of a model file, read without building its network."""
     state = read_model_state(path)
     resolution = state.get("resolution")
-    return ModelDescription(Path(path).name, None if resolution is None else tuple(float(value) for value in resolution), state.get("modality", ""))
+    resolution = None if resolution is None else tuple(float(value) for value in resolution)
+    return ModelDescription(Path(path).name, resolution, state.get("modality", ""))
 
 
 def shipped_models() -> list[ModelDescription]:

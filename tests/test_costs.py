@@ -80,7 +80,8 @@ def test_orientation_weighting_of_mixed_edges(graph_features):
     sizes, z_sizes = graph_features[:, FEATURE_NAMES.index("size")], graph_features[:, FEATURE_NAMES.index("z_size")]
     weighted = probabilities_to_costs(probabilities, edge_sizes=sizes, z_sizes=z_sizes, weighting="orientation")
     in_plane = sizes - z_sizes
-    np.testing.assert_allclose(weighted, probabilities_to_costs(probabilities) * (z_sizes / z_sizes.max() + in_plane / in_plane.max()), rtol=1e-12)
+    expected = probabilities_to_costs(probabilities) * (z_sizes / z_sizes.max() + in_plane / in_plane.max())
+    np.testing.assert_allclose(weighted, expected, rtol=1e-12)
     # Without pairs of one orientation, that term drops out and it is size weighting.
     np.testing.assert_allclose(
         probabilities_to_costs(probabilities, edge_sizes=sizes, z_sizes=np.zeros_like(sizes), weighting="orientation"),
