@@ -152,8 +152,10 @@ class PredictConfig(Section):
     """Used when [input] boundaries_key is "": a U-Net predicts boundaries or affinities from raw data,
     block by block, and the boundary map the later stages read is derived from them."""
 
-    model: str = key("", "Model file written by `emflow train`; \"\" = the model shipped with emflow (trained on FlyEM\n"
-                     "FIB-SEM at 10 nm isotropic, see emflow/data/models/flyem_fib_affinities.md).")
+    model: str = key("auto", "Model file written by `emflow train`, or \"auto\": the model shipped with emflow whose training\n"
+                     "voxel size is closest to [input] resolution, within 2x along every axis (FlyEM FIB-SEM at 10 nm\n"
+                     "isotropic, ssTEM at 50 x 4 x 4 nm; their cards are in emflow/data/models/). A model file trained more\n"
+                     "than 2x away from the input's voxel size runs, with a warning.")
     patch_shape: tuple[int, int, int] = key([0, 0, 0], "Sliding-window patch (z, y, x); 0s = the model's training patch. Each axis must be divisible by\n"
                                             "the network's downsampling. Larger patches waste less on overlap and need more memory.", minimum=0)
     overlap: tuple[int, int, int] = key([8, 24, 24], "Overlap of neighbouring patches (z, y, x), less than the patch; blended with Gaussian weights.", minimum=0)
@@ -386,16 +388,20 @@ class SupervoxelsConfig(Section):
 class CostsConfig(Section):
     """Stage 4 (pluggable): edge costs from edge features. Signature:
       function(features, *, beta, **parameters) -> edge_costs
-    features: float64 (number_of_edges, 5), columns mean, std, min, max, size of the boundary map on
-    the face between two supervoxels. Returns float64 (number_of_edges,); positive = attractive."""
+    features: float64 (number_of_edges, 6), columns mean, std, min, max, size of the boundary map on
+    the face between two supervoxels and z_size, the face's voxel pairs between sections
+    (emflow.graph.FEATURE_NAMES). Returns float64 (number_of_edges,); positive = attractive."""
 
     default_function = "emflow.costs:edge_costs_from_features"
     reserved = frozenset({"function"})
 
     function: str = key(default_function, "The edge cost function, \"package.module:function\".")
-    weighting: Literal["none", "size"] = key(
-        "size", "\"size\" scales costs by the face size relative to the largest face, so that many tiny, noisy\n"
-        "faces cannot outvote the large faces of the same pair of objects; \"none\" leaves costs as they are."
+    weighting: Literal["none", "size", "orientation"] = key(
+        "orientation", "\"size\" scales costs by the face size relative to the largest face, so that many tiny, noisy\n"
+        "faces cannot outvote the large faces of the same pair of objects; \"orientation\" does so for the pairs\n"
+        "between sections and the in-plane pairs apart (elf's \"xyz\"), so that on serial-section data the large\n"
+        "overlaps between sections cannot outvote in-plane evidence (about \"size\" on isotropic data);\n"
+        "\"none\" leaves costs as they are."
     )
     extra: tuple[tuple[str, Any], ...] = field(default=())  # a plugin's keys (see Section)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -31,7 +32,21 @@ class DataConfig(Section):
     train_stop: tuple[int, int, int] = key([0, 0, 0], "End of the training region (see `train_start`).", minimum=0)
     validation_start: tuple[int, int, int] = key([0, 0, 0], "Held-out region for the validation loss (not trained on); all stops 0 = no validation.",
                                                  minimum=0)
-    validation_stop: tuple[int, int, int] = key([0, 0, 0], "End of the held-out region (see `validation_start`).", minimum=0)
+    validation_stop: tuple[int, int, int] = key([0, 0, 0], "End of the held-out region (see `validation_start`); for a serial-section stack e.g.\n"
+                                                "train_stop = [24, 0, 0], validation_start = [24, 0, 0].", minimum=0)
+    labels_2d: bool = key(False, "The labels are 2D per section, their ids NOT linked across sections (e.g. ISBI 2012's ground\n"
+                          "truth): targets then come from in-plane neighbours only (boundaries: the 4 in-plane neighbours;\n"
+                          "affinities: offsets must have z step 0; MALIS is refused).")
+    resolution: tuple[float, float, float] = key([0.0, 0.0, 0.0], "Voxel size (z, y, x) in nm of the training data, recorded in the model so that a workflow\n"
+                                                 "can choose a model by the input's voxel size; [0, 0, 0] = not recorded (never chosen automatically).")
+    modality: str = key("", "Imaging modality of the training data (e.g. \"FIB-SEM\", \"ssTEM\"), recorded in the model.")
+
+    def check(self, name: str, what: str) -> None:
+        if any(self.resolution) and not all(math.isfinite(value) and value > 0 for value in self.resolution):
+            raise ConfigError(
+                f"{what} data.resolution must be the voxel size in nm (z, y, x), three positive numbers, or [0, 0, 0] (not recorded), "
+                f"got {list(self.resolution)}"
+            )
 
 
 @dataclass(frozen=True)
@@ -122,6 +137,13 @@ class TrainingConfig:
 
     def check(self) -> None:
         """Checks across sections."""
+        if self.data.labels_2d and self.model.target == "affinities" and any(offset[0] != 0 for offset in self.model.offsets):
+            raise ConfigError(
+                "training config key data.labels_2d: labels not linked across sections define no affinities across sections; "
+                "use in-plane model.offsets (z step 0) or model.target = 'boundaries'"
+            )
+        if self.data.labels_2d and "malis" in self.training.loss:
+            raise ConfigError("training config key training.loss: MALIS needs affinities across sections, which data.labels_2d labels do not define")
         if "malis" in self.training.loss:
             missing = [offset for offset in NEAREST_NEIGHBOURS if offset not in self.model.offsets]
             if self.model.target != "affinities" or missing:

@@ -61,16 +61,18 @@ def affinities_from_labels(labels: np.ndarray, offsets: Sequence[Sequence[int]])
     return affinities, mask
 
 
-def boundary_target(labels: np.ndarray) -> np.ndarray:
+def boundary_target(labels: np.ndarray, *, in_plane: bool = False) -> np.ndarray:
     """Binary boundary map: 1 where a voxel's label is 0 or differs from a 6-neighbour's.
 
-    labels: integer (z, y, x). Returns float32 (z, y, x).
+    labels: integer (z, y, x). in_plane: compare with the 4 in-plane neighbours only, for labels
+    whose ids are not linked across sections (2D ground truth such as ISBI 2012's), where every
+    z-neighbour would differ. Returns float32 (z, y, x).
     """
     labels = np.asarray(labels)
     if labels.ndim != 3 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be a 3D integer array, got {labels.dtype} of shape {labels.shape}")
     boundary = labels == 0
-    for offset in NEAREST_OFFSETS:
+    for offset in NEAREST_OFFSETS[1:] if in_plane else NEAREST_OFFSETS:
         here, there = _shifted_pairs(labels.shape, offset)
         differs = labels[here] != labels[there]
         boundary[here] |= differs

@@ -8,6 +8,13 @@ Nodes are supervoxel ids ``0..max_id``; id 0 is background (masked out) and
 has no edges. Edges are ``(E, 2)`` ``uint64`` rows ``(u, v)`` with
 ``u < v``, sorted lexicographically. The feature of a voxel pair across an
 edge is the mean of the two voxels' boundary values.
+
+Edges know their orientation: ``z_size`` counts the voxel pairs of an edge
+that cross between sections (z-neighbours), ``size - z_size`` the in-plane
+ones. With supervoxels computed per section (2D), an edge is either a z-edge
+(all its pairs cross) or an in-plane edge (none does); serial-section data
+needs the two weighted apart (:mod:`emflow.costs`), because a z-edge is the
+overlap area of two sections' regions and an in-plane edge a line of contact.
 """
 
 from __future__ import annotations
@@ -21,10 +28,18 @@ from bioimage_cpp.graph.features import COMPLEX_EDGE_FEATURE_NAMES, edge_map_fea
 
 from .blocking import Box
 
-FEATURE_NAMES = ("mean", "std", "min", "max", "size")
-"""Columns of the edge feature arrays; ``size`` is the number of voxel pairs."""
+FEATURE_NAMES = ("mean", "std", "min", "max", "size", "z_size")
+"""Columns of the edge feature arrays; ``size`` is the number of voxel pairs,
+``z_size`` the number of those between z-neighbours (axis 0)."""
 
-_IN_CORE_COLUMNS = [COMPLEX_EDGE_FEATURE_NAMES.index(name) for name in FEATURE_NAMES]
+STATISTICS_COLUMNS = ("count", "mean", "M2", "min", "max", "z_count")
+"""Columns of the per-block partial statistics of :func:`block_edge_statistics`."""
+
+# Offset of the voxel pairs that cross between sections: from a voxel to the next along z, so that
+# the pair belongs to its first voxel, as the boundary-map statistics' pairs do.
+_Z_OFFSET = (1, 0, 0)
+
+_IN_CORE_COLUMNS = [COMPLEX_EDGE_FEATURE_NAMES.index(name) for name in FEATURE_NAMES[:5]]
 
 
 def block_edge_statistics(
@@ -41,17 +56,49 @@ def block_edge_statistics(
     ``own_box``, so the inner boxes of a blocking count every pair once.
 
     Returns ``(edges, stats)``: ``(n, 2)`` ``uint64`` edges without
-    background, and ``(n, 5)`` ``float64`` statistics
-    ``[count, mean, M2, min, max]`` (M2: sum of squared deviations from the
-    mean), to be combined by :func:`merge_edge_features`. Single-threaded,
-    because workflows parallelise over blocks.
+    background, and ``(n, 6)`` ``float64`` statistics
+    :data:`STATISTICS_COLUMNS` ``[count, mean, M2, min, max, z_count]`` (M2:
+    sum of squared deviations from the mean; z_count: pairs between
+    z-neighbours), to be combined by :func:`merge_edge_features`.
+    Single-threaded, because workflows parallelise over blocks.
     """
     supervoxels = np.asarray(supervoxels, dtype=np.uint64)
     edges, stats = distributed.block_edge_map_stats(
         supervoxels, boundaries, own_box.begin, own_box.shape, number_of_threads=1
     )
+    z_counts = _z_pair_counts(supervoxels, own_box.begin, own_box.shape, edges)
     foreground = edges[:, 0] != 0
-    return edges[foreground], stats[foreground]
+    return edges[foreground], np.column_stack([stats, z_counts])[foreground]
+
+
+def _z_pair_counts(supervoxels: np.ndarray, own_begin, own_shape, edges: np.ndarray) -> np.ndarray:
+    """``(len(edges),)`` ``float64``: how many of each edge's owned voxel pairs are z-neighbours.
+
+    ``edges`` are the sorted edges of the same owned box (:func:`block_edge_statistics`); the
+    z-pairs' edges are a subset of them. bioimage-cpp's affinity statistics with the single
+    offset (1, 0, 0) and affinity 1 count exactly those pairs: 4 ms on a 64x128x128 block of the
+    dev cube's supervoxels (1,661 edges), beside 12 ms for the boundary-map statistics; numpy's
+    unique over the block's z-pairs took about 15 times as long as the affinity statistics.
+    """
+    ones = np.ones((1,) + supervoxels.shape, dtype=np.float64)
+    z_edges, z_stats = distributed.block_affinity_stats(supervoxels, ones, [_Z_OFFSET], own_begin, own_shape, number_of_threads=1)
+    counts = np.zeros(len(edges), dtype=np.float64)
+    if len(z_edges):
+        counts[_rows_of(edges, z_edges)] = z_stats[:, 0]
+    return counts
+
+
+def _rows_of(edges: np.ndarray, subset: np.ndarray) -> np.ndarray:
+    """Row index in ``edges`` (sorted, unique) of each row of ``subset`` (all present in ``edges``)."""
+    # Node ids compacted to 0..n-1 make each edge one int64 key, sorted as the edges are.
+    nodes = np.unique(edges)
+    width = np.int64(len(nodes))
+    keys = np.searchsorted(nodes, edges[:, 0]).astype(np.int64) * width + np.searchsorted(nodes, edges[:, 1])
+    subset_keys = np.searchsorted(nodes, subset[:, 0]).astype(np.int64) * width + np.searchsorted(nodes, subset[:, 1])
+    rows = np.searchsorted(keys, subset_keys)
+    if not (rows < len(keys)).all() or not np.array_equal(keys[rows], subset_keys):
+        raise ValueError("z-pair edges that are not edges of the block; this is a bug")
+    return rows
 
 
 def merge_edges(block_edges: Sequence[np.ndarray]) -> np.ndarray:
@@ -71,14 +118,23 @@ def merge_edge_features(
     yields the ``(edges, stats)`` pairs of :func:`block_edge_statistics`; it
     is consumed once, so blocks can be streamed from storage.
 
-    Returns ``(E, 5)`` ``float64`` features with columns :data:`FEATURE_NAMES`
+    Returns ``(E, 6)`` ``float64`` features with columns :data:`FEATURE_NAMES`
     (``std`` is the population standard deviation).
     """
     graph = undirected_graph(number_of_nodes, edges)
     stats = distributed.empty_edge_stats(graph.number_of_edges)
+    z_sizes = np.zeros(graph.number_of_edges, dtype=np.float64)
     for block_edges, block_stats in block_results:
-        distributed.merge_block_edge_stats(graph, stats, block_edges, block_stats)
-    return distributed.finalize_edge_features(stats, compute_complex_features=True)
+        block_stats = np.asarray(block_stats, dtype=np.float64)
+        if block_stats.ndim != 2 or block_stats.shape[1] != len(STATISTICS_COLUMNS):
+            raise ValueError(f"block statistics must have shape (n, {len(STATISTICS_COLUMNS)}), got {block_stats.shape}")
+        distributed.merge_block_edge_stats(graph, stats, block_edges, np.ascontiguousarray(block_stats[:, :5]))
+        if len(block_edges):
+            # Every block edge is a graph edge (merge_edges made the graph from them); counts are integers, so the sum is exact.
+            edge_ids = graph.find_edges(np.asarray(block_edges, dtype=np.uint64))
+            z_sizes += np.bincount(edge_ids, weights=block_stats[:, 5], minlength=len(z_sizes))
+    features = distributed.finalize_edge_features(stats, compute_complex_features=True)
+    return np.column_stack([features, z_sizes])
 
 
 def in_core_graph_features(
@@ -89,15 +145,16 @@ def in_core_graph_features(
 
     ``supervoxels`` are ``uint64`` ids, ``boundaries`` a float map of the
     same shape. Returns ``(edges, features, number_of_nodes)``: ``(E, 2)``
-    ``uint64`` edges without background, ``(E, 5)`` ``float64`` features
+    ``uint64`` edges without background, ``(E, 6)`` ``float64`` features
     with columns :data:`FEATURE_NAMES`, and ``max id + 1``.
     """
     supervoxels = np.asarray(supervoxels, dtype=np.uint64)
     rag = bic_graph.region_adjacency_graph(supervoxels)
     edges = rag.uv_ids()
     features = edge_map_features_complex(rag, supervoxels, boundaries)[:, _IN_CORE_COLUMNS]
+    z_sizes = _z_pair_counts(supervoxels, (0,) * supervoxels.ndim, supervoxels.shape, edges)
     foreground = edges[:, 0] != 0
-    return edges[foreground], features[foreground], int(rag.number_of_nodes)
+    return edges[foreground], np.column_stack([features, z_sizes])[foreground], int(rag.number_of_nodes)
 
 
 def undirected_graph(number_of_nodes: int, edges: np.ndarray) -> bic_graph.UndirectedGraph:

@@ -41,11 +41,19 @@ def sample_patch(
     return np.asarray(raw[slicing]), np.asarray(labels[slicing])
 
 
-def training_targets(labels: np.ndarray, target: str, offsets: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """(target, mask), float32 (C, z, y, x): boundary map (C = 1) or affinities (C = offsets)."""
+def training_targets(
+    labels: np.ndarray, target: str, offsets: Sequence[Sequence[int]], *, in_plane: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """(target, mask), float32 (C, z, y, x): boundary map (C = 1) or affinities (C = offsets).
+
+    in_plane: the labels' ids are not linked across sections, so boundaries come from in-plane
+    neighbours only and affinity offsets must lie in-plane (z step 0).
+    """
     if target == "boundaries":
-        boundaries = boundary_target(labels)[None]
+        boundaries = boundary_target(labels, in_plane=in_plane)[None]
         return boundaries, np.ones_like(boundaries)
+    if in_plane and any(int(offset[0]) != 0 for offset in offsets):
+        raise ValueError(f"labels not linked across sections define no affinities across sections; offsets {list(offsets)} step in z")
     return affinities_from_labels(labels, offsets)
 
 
@@ -101,8 +109,12 @@ def training_loss(
     offsets: Sequence[Sequence[int]],
     loss: str,
     malis_weight: float = 1.0,
+    in_plane: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss of a batch of logits (N, C, z, y, x) against GT labels, one (z, y, x) array per item.
+
+    in_plane: the labels are 2D per section (see `training_targets`); MALIS, which needs the
+    z-affinities, is refused for them.
 
     Returns the loss to minimise and its parts as floats, for the training log.
     """
@@ -112,11 +124,13 @@ def training_loss(
     if "bce" in loss:
         targets, weights = [], []
         for item_labels in labels:
-            item_target, item_mask = training_targets(item_labels, target, offsets)
+            item_target, item_mask = training_targets(item_labels, target, offsets, in_plane=in_plane)
             targets.append(item_target)
             weights.append(balanced_weights(item_target, item_mask))
         parts["bce"] = bce_loss(logits, torch.from_numpy(np.stack(targets)).to(logits), torch.from_numpy(np.stack(weights)).to(logits))
     if "malis" in loss:
+        if in_plane:
+            raise ValueError("MALIS needs affinities across sections, which labels not linked across sections do not define")
         channels = nearest_channels(offsets)
         probabilities = torch.sigmoid(logits[:, channels])
         parts["malis"] = malis_weight * torch.stack([malis_loss(item, item_labels) for item, item_labels in zip(probabilities, labels)]).mean()

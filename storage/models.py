@@ -19,16 +19,42 @@ from typing import Any
 import torch
 
 from emflow.errors import ConfigError
-from emflow.model import TrainedModel
+from emflow.model import ModelDomain, TrainedModel, choose_model
 from emflow.unet import UNetConfig
 
 SHIPPED_MODEL_NAME = "flyem_fib_affinities.pt"
 CHECKPOINT_PATTERN = re.compile(r"^iteration_(\d{8})\.pt$")
 
 
-def shipped_model_path() -> Path:
-    """The model trained by emflow on the FlyEM medulla dev cube and shipped with the package (see its model card)."""
-    return Path(str(resources.files("emflow") / "data" / "models" / SHIPPED_MODEL_NAME))
+def shipped_models_folder() -> Path:
+    return Path(str(resources.files("emflow") / "data" / "models"))
+
+
+def shipped_model_path(name: str = SHIPPED_MODEL_NAME) -> Path:
+    """A model shipped with the package (see its model card beside it); by default the one trained
+    by emflow on the FlyEM medulla dev cube (10 nm FIB-SEM), which `[predict] model = ""` uses."""
+    return shipped_models_folder() / name
+
+
+def model_domain(path: str | Path) -> ModelDomain:
+    """Name (the file name), training voxel size and modality of a model file, read without building its network."""
+    state = read_model_state(path)
+    resolution = state.get("resolution")
+    resolution = None if resolution is None else tuple(float(value) for value in resolution)
+    return ModelDomain(Path(path).name, resolution, state.get("modality", ""))
+
+
+def shipped_models() -> list[ModelDomain]:
+    """Descriptions of every model shipped with the package, by file name; for `emflow.model.choose_model`
+    (its choice's `name` is the file name `shipped_model_path` takes)."""
+    return [model_domain(path) for path in sorted(shipped_models_folder().glob("*.pt"))]
+
+
+def shipped_model_for(resolution) -> Path:
+    """The shipped model trained closest to the voxel size (z, y, x) in nm (`emflow.model.choose_model`),
+    what `[predict] model = "auto"` means; raises NoSuitableModel, naming every shipped model, when none
+    is within 2x along every axis."""
+    return shipped_model_path(choose_model(resolution, shipped_models()).name)
 
 
 def atomic_torch_save(path: str | Path, payload: Any) -> None:

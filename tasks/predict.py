@@ -11,6 +11,7 @@ affinities to its neighbours on both sides, so blending reads one voxel more on 
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -18,7 +19,8 @@ import numpy as np
 
 from emflow.errors import ConfigError, InputError
 from emflow.inference import PatchGrid, accumulate_patches, add_overlap, blend
-from emflow.storage.models import ModelDescription, cached_model, describe_model, shipped_model_path
+from emflow.model import MAX_RESOLUTION_RATIO, NoSuitableModel, resolution_distance
+from emflow.storage.models import ModelDescription, cached_model, describe_model, model_domain, shipped_model_for
 from emflow.storage.store import describe_slicing
 from emflow.storage.volumes import read_region
 
@@ -32,8 +34,31 @@ from .spec import Read, StageSpec, Write, boxes
 
 
 def model_path(config) -> Path:
-    """The model file a config predicts with."""
-    return Path(config.predict.model or shipped_model_path())
+    """The model file a config predicts with: `[predict] model`, or for "auto" the shipped model
+    trained closest to the input's voxel size; ConfigError naming every shipped model when none
+    was trained within 2x of it along every axis."""
+    if config.predict.model != "auto":
+        return Path(config.predict.model)
+    try:
+        return shipped_model_for(config.input.resolution)
+    except NoSuitableModel as error:
+        raise ConfigError(f"config key predict.model = \"auto\": {error}") from error
+
+
+def model_warnings(config) -> list[str]:
+    """A warning when the model a config names was trained on a voxel size more than 2x away from
+    the input's along some axis (models that do not record theirs are not judged)."""
+    if not config.predicting or config.predict.model == "auto":
+        return []
+    domain = model_domain(model_path(config))
+    if domain.resolution is None or resolution_distance(domain.resolution, config.input.resolution) <= math.log(MAX_RESOLUTION_RATIO) + 1e-12:
+        return []
+    return [
+        f"warning: model {config.predict.model} was trained at {list(domain.resolution)} nm (z, y, x)"
+        + (f" ({domain.modality})" if domain.modality else "")
+        + f", more than {MAX_RESOLUTION_RATIO:g}x from the input's voxel size {list(config.input.resolution)} nm along some axis: "
+        "expect poor boundaries; train a model for this data (emflow train)"
+    ]
 
 
 def model_description(run: Run) -> ModelDescription:

@@ -11,11 +11,15 @@ from conftest import DATA_DIR
 from emflow import malis
 from emflow.cli.main import main
 from emflow.config import ConfigError
-from emflow.storage.models import file_digest, latest_checkpoint, load_model
+from emflow.affinities import boundary_target
+from emflow.storage.models import file_digest, latest_checkpoint, load_model, shipped_model_path
+from emflow.storage.volumes import import_volume
 from emflow.training import balanced_weights, malis_loss, training_targets
 from emflow.workflows.train import train
 
 VOLUME = DATA_DIR / "flyem_medulla_dev" / "volume.h5"
+ISBI = DATA_DIR / "isbi2012"
+SSTEM_CONFIG = shipped_model_path("sstem_isbi2012_boundaries.pt").with_suffix(".train.toml")
 
 
 def write_training_config(path, output, **sections):
@@ -147,6 +151,9 @@ def test_resuming_with_another_config_is_refused(tmp_path):
         ({"data": {"labels_key": "labels/missing"}}, "labels/missing"),
         ({"model": {"pooling": [[1, 2]]}}, "lists of 3 integers"),
         ({"training": {"loss": "dice"}}, "training.loss"),
+        ({"data": {"labels_2d": True}}, "labels not linked across sections"),
+        ({"data": {"labels_2d": True}, "model": {"offsets": [[0, -1, 0], [0, 0, -1]]}, "training": {"loss": "bce+malis"}}, "MALIS"),
+        ({"data": {"resolution": [40, 0, 4]}}, "data.resolution"),
     ],
 )
 def test_bad_training_configs_exit_2_naming_the_problem(tmp_path, capsys, sections, message):
@@ -154,3 +161,56 @@ def test_bad_training_configs_exit_2_naming_the_problem(tmp_path, capsys, sectio
     assert main(["train", str(config)]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out" / "model.pt").exists()
+
+
+@pytest.fixture(scope="module")
+def isbi_zarr(tmp_path_factory):
+    """The ISBI 2012 training volume and its per-section instances, converted as the ssTEM model card says."""
+    path = tmp_path_factory.mktemp("isbi") / "isbi2012.zarr"
+    import_volume(ISBI / "train-volume.tif", path, "raw", resolution=(50, 4, 4))
+    import_volume(ISBI / "train-labels-instances-2d.tif", path, "labels_2d", resolution=(50, 4, 4))
+    return path
+
+
+def test_targets_of_per_section_labels_use_in_plane_neighbours_only(isbi_zarr):
+    import zarr
+
+    labels = np.asarray(zarr.open_group(isbi_zarr, mode="r")["labels_2d"][:4, :64, :64]).astype(np.int64)
+    target, mask = training_targets(labels, "boundaries", [], in_plane=True)
+    expected = np.stack([boundary_target(section[None])[0] for section in labels])
+    np.testing.assert_array_equal(target[0], expected)
+    assert 0.1 < target.mean() < 0.5 and mask.all()
+    # Ids are numbered per section, so comparing z-neighbours would mark most interiors as boundary.
+    assert boundary_target(labels).mean() > 1.5 * target.mean()
+    with pytest.raises(ValueError, match="across sections"):
+        training_targets(labels, "affinities", [(-1, 0, 0), (0, -1, 0)], in_plane=True)
+
+
+def test_the_sstem_config_trains_resumes_bitwise_and_records_its_data(tmp_path, isbi_zarr):
+    """The shipped ssTEM training config, shortened to a few iterations on tiny patches."""
+    import tomllib
+
+    def shortened(name, iterations):
+        config = tomllib.loads(SSTEM_CONFIG.read_text())
+        config["data"]["path"] = str(isbi_zarr)
+        config["model"].update({"width": 4})
+        config["training"].update(
+            {"output": str(tmp_path / name), "iterations": iterations, "patch_shape": [4, 32, 32], "checkpoint_every": 2,
+             "log_every": 1, "validate_every": 2, "validation_patches": 2}
+        )
+        path = tmp_path / f"{name}.toml"
+        path.write_text(tomli_w.dumps(config))
+        return path
+
+    straight = train(shortened("straight", 4), log=lambda line: None)
+    train(shortened("interrupted", 3), log=lambda line: None)
+    (tmp_path / "interrupted" / "checkpoints" / "iteration_00000003.pt").unlink()
+    resumed = train(shortened("interrupted", 4), log=lambda line: None)
+    assert resumed.resumed_from == 2
+    first, second = load_model(straight.model_path), load_model(resumed.model_path)
+    for name, tensor in first.network.state_dict().items():
+        torch.testing.assert_close(second.network.state_dict()[name], tensor, rtol=0, atol=0)
+    assert _losses(tmp_path / "straight") == _losses(tmp_path / "interrupted")
+    assert first.target == "boundaries" and first.network.config.two_d_levels == 2
+    assert first.resolution == (50.0, 4.0, 4.0) and first.modality == "ssTEM"
+    assert first.metadata["training_config"]["data"]["labels_2d"] is True

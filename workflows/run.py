@@ -21,6 +21,7 @@ from emflow.storage.output import OWNER_ATTRIBUTE, open_output_group
 from emflow.targets.atomic import writing
 from emflow.tasks.adapter import Workflow, use_workers
 from emflow.tasks.context import Run
+from emflow.tasks.predict import model_warnings
 from emflow.tasks.prepare import input_identity
 
 from .segmentation import SEGMENTATION
@@ -69,7 +70,7 @@ def check_run(
                 "over (everything is computed again)."
             )
     statuses = workflow_status(config_path, until, workflow=workflow)
-    return config_path, statuses, input_warnings(run.inputs)
+    return config_path, statuses, model_warnings(run.config) + input_warnings(run.inputs)
 
 
 class OtherWorkFolderError(OutputError):

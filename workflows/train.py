@@ -108,6 +108,7 @@ def train(config_path: str | Path, *, log: Callable[[str], None] = print) -> Tra
     train_box = tuple(slice(first, last) for first, last in zip(train_start, train_stop))
     input_mean, input_std = model_input_statistics(raw[train_box])
     target, offsets = model_section["target"], [tuple(offset) for offset in model_section["offsets"]]
+    in_plane = config["data"]["labels_2d"]
 
     output = Path(training["output"])
     checkpoints = output / "checkpoints"
@@ -149,7 +150,7 @@ def train(config_path: str | Path, *, log: Callable[[str], None] = print) -> Tra
         with torch.no_grad():
             losses = [
                 training_loss(
-                    network(normalise(patch_raw[None, None])), [patch_labels], target=target, offsets=offsets, loss="bce"
+                    network(normalise(patch_raw[None, None])), [patch_labels], target=target, offsets=offsets, loss="bce", in_plane=in_plane
                 )[0].item()
                 for patch_raw, patch_labels in validation_patches
             ]
@@ -178,7 +179,9 @@ def train(config_path: str | Path, *, log: Callable[[str], None] = print) -> Tra
         if loss_name == "bce+malis" and iteration < training["malis_start"]:
             loss_name = "bce"
         logits = network(normalise(np.stack(batch_raw)[:, None]))
-        loss, parts = training_loss(logits, batch_labels, target=target, offsets=offsets, loss=loss_name, malis_weight=training["malis_weight"])
+        loss, parts = training_loss(
+            logits, batch_labels, target=target, offsets=offsets, loss=loss_name, malis_weight=training["malis_weight"], in_plane=in_plane
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -229,6 +232,8 @@ def train(config_path: str | Path, *, log: Callable[[str], None] = print) -> Tra
             "threads": torch.get_num_threads(),
             "validation_loss": last_validation,
         },
+        resolution=tuple(config["data"]["resolution"]) if any(config["data"]["resolution"]) else None,
+        modality=config["data"]["modality"],
     )
     model_path = output / "model.pt"
     save_model(model_path, model)
