@@ -175,7 +175,7 @@ def isbi_zarr(tmp_path_factory):
 def test_targets_of_per_section_labels_use_in_plane_neighbours_only(isbi_zarr):
     import zarr
 
-    labels = np.asarray(zarr.open_group(isbi_zarr, mode="r")["labels_2d"][:4, :64, :64]).astype(np.int64)
+    labels = np.asarray(zarr.open_group(isbi_zarr, mode="r")["labels_2d"]["s0"][:4, :64, :64]).astype(np.int64)
     target, mask = training_targets(labels, "boundaries", [], in_plane=True)
     expected = np.stack([boundary_target(section[None])[0] for section in labels])
     np.testing.assert_array_equal(target[0], expected)
