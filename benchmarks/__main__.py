@@ -46,16 +46,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat: a look in a few minutes, not figures to quote")
     parser.add_argument("--skip-elf", action="store_true", help="end_to_end and cnn_accuracy without elf")
     parser.add_argument(
-        "--only", nargs="+", choices=NAMES, default=list(DEFAULT_NAMES),
+        "--only",
+        nargs="+",
+        choices=NAMES,
+        default=list(DEFAULT_NAMES),
         help=f"benchmarks to run (default: {' '.join(DEFAULT_NAMES)}; inference and cnn_accuracy only when named)",
     )
     parser.add_argument("--model", type=Path, metavar="PATH", help="model file for inference and cnn_accuracy (default: the shipped model)")
     parser.add_argument(
-        "--json", type=Path, metavar="PATH", default=ROOT / "benchmarks" / "results" / "benchmarks.json",
+        "--json",
+        type=Path,
+        metavar="PATH",
+        default=ROOT / "benchmarks" / "results" / "benchmarks.json",
         help="raw results (default benchmarks/results/benchmarks.json)",
     )
     parser.add_argument(
-        "--markdown", type=Path, metavar="PATH", default=ROOT / "docs" / "benchmarks.md",
+        "--markdown",
+        type=Path,
+        metavar="PATH",
+        default=ROOT / "docs" / "benchmarks.md",
         help="page for the tables of the benchmarks run, replaced (default docs/benchmarks.md)",
     )
     arguments = parser.parse_args(argv)
@@ -73,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {name} ...", flush=True)
         started = time.perf_counter()
         if name == "end_to_end":
-            results[name] = end_to_end.run(scale=1 if arguments.quick else 2, repeats=1 if arguments.quick else 3, skip_elf=arguments.skip_elf)
+            results[name] = end_to_end.run(
+                scale=1 if arguments.quick else 2, repeats=1 if arguments.quick else 3, skip_elf=arguments.skip_elf
+            )
             section = end_to_end.markdown(results[name])
         elif name == "memory":
             from . import memory

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "anisotropic_in_memory.json")
     arguments = parser.parse_args(argv)
     results = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": {name: metadata.version(name) for name in ("emflow", "python-elf", "torch", "scikit-learn")},
         "dev_cube": run_dev_cube(arguments.skip_cnn),
     }

@@ -108,13 +108,37 @@ def datasets(quick: bool) -> list[Dataset]:
     dev_region = np.s_[:64, :128, :128] if quick else np.s_[:, :128, :]
     found = [
         Dataset(
-            "FlyEM dev, held out", DEV_PATH, "raw", "labels/neuron_ids", dev_region, dev_resolution,
-            "the training cube's y < 128; the model was trained on y >= 128 only", with_reference=True,
+            "FlyEM dev, held out",
+            DEV_PATH,
+            "raw",
+            "labels/neuron_ids",
+            dev_region,
+            dev_resolution,
+            "the training cube's y < 128; the model was trained on y >= 128 only",
+            with_reference=True,
         ),
-        Dataset("gala test", GALA_PATH, "test/raw", "test/neuron_ids", np.s_[:, :, :], gala_resolution, "another FIB-SEM crop, voxel size assumed"),
+        Dataset(
+            "gala test",
+            GALA_PATH,
+            "test/raw",
+            "test/neuron_ids",
+            np.s_[:, :, :],
+            gala_resolution,
+            "another FIB-SEM crop, voxel size assumed",
+        ),
     ]
     if not quick:
-        found.append(Dataset("gala train", GALA_PATH, "train/raw", "train/neuron_ids", np.s_[:, :, :], gala_resolution, "another FIB-SEM crop, voxel size assumed"))
+        found.append(
+            Dataset(
+                "gala train",
+                GALA_PATH,
+                "train/raw",
+                "train/neuron_ids",
+                np.s_[:, :, :],
+                gala_resolution,
+                "another FIB-SEM crop, voxel size assumed",
+            )
+        )
     return found
 
 
@@ -125,7 +149,9 @@ def resolve_model_path(model: Path | None) -> Path:
     return path.resolve()
 
 
-def emflow_config(run_dir: Path, name: str, input_path: Path, resolution, block_shape, *, model_path: Path | None, boundaries_key: str = "") -> Path:
+def emflow_config(
+    run_dir: Path, name: str, input_path: Path, resolution, block_shape, *, model_path: Path | None, boundaries_key: str = ""
+) -> Path:
     """A config with emflow's defaults except the input, the blocks and (for a CNN run) the model."""
     defaults = default_config()
     config = {
@@ -169,8 +195,15 @@ def run_elf(input_path: Path, boundaries_key: str, run_dir: Path, groundtruth: n
     segmentation_path, report_path, log_path = run_dir / "elf.zarr", run_dir / "elf_report.json", run_dir / "elf.log"
     shutil.rmtree(segmentation_path, ignore_errors=True)
     command = [
-        sys.executable, str(ELF_SCRIPT), f"{input_path}:{boundaries_key}", f"{segmentation_path}:segmentation", str(report_path),
-        "--threads", str(workers), "--chunks", *map(str, chunks),
+        sys.executable,
+        str(ELF_SCRIPT),
+        f"{input_path}:{boundaries_key}",
+        f"{segmentation_path}:segmentation",
+        str(report_path),
+        "--threads",
+        str(workers),
+        "--chunks",
+        *map(str, chunks),
     ]
     measurement = run_measured(command, log_path)
     if measurement.exit_code == EXIT_ELF_UNAVAILABLE:
@@ -217,7 +250,9 @@ def run_dataset(dataset: Dataset, out_dir: Path, model_path: Path, workers: int,
         print(f"{dataset.name}: {GT_BOUNDARIES} ...", flush=True)
         reference = boundaries_from_labels(groundtruth, sigma=1.0, noise=0.1, seed=0)
         write_volume(input_path, "gt_boundaries", reference, resolution=dataset.resolution, chunks=block_shape)
-        config_path = emflow_config(run_dir, "emflow_gt", input_path, dataset.resolution, block_shape, model_path=None, boundaries_key="gt_boundaries")
+        config_path = emflow_config(
+            run_dir, "emflow_gt", input_path, dataset.resolution, block_shape, model_path=None, boundaries_key="gt_boundaries"
+        )
         contenders[GT_BOUNDARIES] = run_emflow(config_path, run_dir, groundtruth, workers)
 
     cnn_quality = contenders[CNN]["quality"]
@@ -305,7 +340,10 @@ def markdown(results: dict) -> str:
                 f"| {dataset['name']} | {_shape(dataset['shape'])} | {name} | {metrics['adapted_rand_error']:.4f} | "
                 f"{metrics['voi_split']:.3f} | {metrics['voi_merge']:.3f} | {contender['seconds']:.1f} |"
             )
-    lines += ["", f"Goal (CNN contender, each dataset): ARAND <= {goal['adapted_rand_error']:.2f} and VOI split + merge <= {goal['voi_sum']:.1f}."]
+    lines += [
+        "",
+        f"Goal (CNN contender, each dataset): ARAND <= {goal['adapted_rand_error']:.2f} and VOI split + merge <= {goal['voi_sum']:.1f}.",
+    ]
     for dataset in results["datasets"]:
         metrics = dataset["contenders"][CNN]["quality"]
         lines.append(
@@ -327,7 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, help="model file (default: the shipped model)")
     parser.add_argument("--workers", type=int, default=WORKERS, help=f"emflow worker processes and elf threads (default {WORKERS})")
     parser.add_argument("--skip-elf", action="store_true", help="emflow only")
-    parser.add_argument("--out", type=Path, help="folder for inputs and outputs, kept (default: a temporary folder under benchmarks/results, removed)")
+    parser.add_argument(
+        "--out", type=Path, help="folder for inputs and outputs, kept (default: a temporary folder under benchmarks/results, removed)"
+    )
     parser.add_argument("--json", type=Path, default=RESULTS_DIR / "cnn_accuracy.json", help="default benchmarks/results/cnn_accuracy.json")
     arguments = parser.parse_args(argv)
     if arguments.workers < 1:

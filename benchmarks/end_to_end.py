@@ -257,8 +257,15 @@ class ElfUnavailable(RuntimeError):
 
 def elf_command(input_path: Path, run_dir: Path, chunks: list[int], workers: int) -> list[str]:
     return [
-        sys.executable, str(ELF_SCRIPT), f"{input_path}:boundaries", f"{run_dir / 'elf.zarr'}:segmentation",
-        str(run_dir / "elf_report.json"), "--threads", str(workers), "--chunks", *map(str, chunks),
+        sys.executable,
+        str(ELF_SCRIPT),
+        f"{input_path}:boundaries",
+        f"{run_dir / 'elf.zarr'}:segmentation",
+        str(run_dir / "elf_report.json"),
+        "--threads",
+        str(workers),
+        "--chunks",
+        *map(str, chunks),
     ]
 
 
@@ -271,7 +278,12 @@ def run_elf_once(command: list[str], run_dir: Path) -> dict:
     if measurement.exit_code != 0:
         raise SystemExit(f"elf run failed (exit code {measurement.exit_code}); see {run_dir / 'elf.log'}")
     report = json.loads(report_path.read_text())
-    return {"measurement": asdict(measurement), "phase_seconds": report["seconds"], "version": report["version"], "parameters": report["parameters"]}
+    return {
+        "measurement": asdict(measurement),
+        "phase_seconds": report["seconds"],
+        "version": report["version"],
+        "parameters": report["parameters"],
+    }
 
 
 def summarize(runs: list[dict], segmentation, input_path: Path) -> dict:
@@ -323,7 +335,9 @@ def print_table(results: dict) -> None:
         f"(FlyEM dev cube tiled {volume['scale']}x per axis, mirrored), {results['workers']} workers/threads, "
         f"emflow blocks {'x'.join(map(str, results['block_shape']))}; median of {results['repeats']} runs, memory the largest"
     )
-    print(f"{'contender':<10} {'wall s':>8} {'MVox/s':>8} {'max RSS GiB':>12} {'tree PSS GiB':>13} {'ARAND':>7} {'VOI split':>10} {'VOI merge':>10}")
+    print(
+        f"{'contender':<10} {'wall s':>8} {'MVox/s':>8} {'max RSS GiB':>12} {'tree PSS GiB':>13} {'ARAND':>7} {'VOI split':>10} {'VOI merge':>10}"
+    )
     for name in ("emflow", "elf"):
         result = results[name]
         if result["status"] != "ok":
@@ -338,14 +352,16 @@ def print_table(results: dict) -> None:
     if "ratios" in results:
         ratios = results["ratios"]
         print(
-            f"emflow / elf: speed (MVox/s) {ratios['speed']:.2f}, max RSS {ratios['max_rss']:.2f}, "
-            f"tree PSS {ratios['peak_tree_pss']:.2f}"
+            f"emflow / elf: speed (MVox/s) {ratios['speed']:.2f}, max RSS {ratios['max_rss']:.2f}, tree PSS {ratios['peak_tree_pss']:.2f}"
         )
     for name in ("emflow", "elf"):
         if results[name]["status"] == "ok":
             print(f"{name} wall s of each run: " + ", ".join(f"{run['measurement']['wall_seconds']:.1f}" for run in results[name]["runs"]))
     stages = results["emflow"]["runs"][-1]["task_seconds_by_stage"]
-    print("emflow task s per stage, summed over blocks (last run): " + ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in stages.items()))
+    print(
+        "emflow task s per stage, summed over blocks (last run): "
+        + ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in stages.items())
+    )
     if results["elf"]["status"] == "ok":
         phases = results["elf"]["runs"][-1]["phase_seconds"]
         print("elf phase s (last run): " + ", ".join(f"{phase} {seconds:.1f}" for phase, seconds in phases.items()))
@@ -456,7 +472,10 @@ def markdown(results: dict) -> str:
         )
     if "ratios" in results:
         ratios = results["ratios"]
-        lines += ["", f"emflow / elf: speed {ratios['speed']:.2f}x, max RSS {ratios['max_rss']:.2f}x, tree PSS {ratios['peak_tree_pss']:.2f}x."]
+        lines += [
+            "",
+            f"emflow / elf: speed {ratios['speed']:.2f}x, max RSS {ratios['max_rss']:.2f}x, tree PSS {ratios['peak_tree_pss']:.2f}x.",
+        ]
     return "\n".join(lines)
 
 
@@ -466,13 +485,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scale", type=int, default=2, help="copies of the dev cube per axis (default 2: 62.5 MVox)")
     parser.add_argument("--workers", type=int, default=2, help="emflow worker processes and elf threads (default 2)")
     parser.add_argument(
-        "--block-shape", type=int, nargs=3, metavar=("Z", "Y", "X"), default=defaults["blocking"]["block_shape"],
+        "--block-shape",
+        type=int,
+        nargs=3,
+        metavar=("Z", "Y", "X"),
+        default=defaults["blocking"]["block_shape"],
         help="emflow block shape, also the input's chunk shape (default: emflow's default)",
     )
     parser.add_argument("--repeats", type=int, default=3, help="runs per contender, alternating; the median time is reported (default 3)")
-    parser.add_argument("--out", type=Path, help="folder for inputs and outputs, kept (default: a temporary folder under benchmarks/results, removed)")
+    parser.add_argument(
+        "--out", type=Path, help="folder for inputs and outputs, kept (default: a temporary folder under benchmarks/results, removed)"
+    )
     parser.add_argument("--skip-elf", action="store_true", help="run emflow only")
-    parser.add_argument("--json", type=Path, default=RESULTS_DIR / "end_to_end.json", help="where to write the results (default benchmarks/results/end_to_end.json)")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=RESULTS_DIR / "end_to_end.json",
+        help="where to write the results (default benchmarks/results/end_to_end.json)",
+    )
     arguments = parser.parse_args(argv)
     if min(arguments.scale, arguments.workers, arguments.repeats) < 1:
         parser.error("--scale, --workers and --repeats must be at least 1")

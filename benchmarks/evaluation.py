@@ -119,8 +119,19 @@ def _child(contender: str, input_path: Path, report_path: Path, block_shape: tup
 def run_contender(contender: str, input_path: Path, run_dir: Path, block_shape, memory_limit_gib: float) -> dict:
     name = contender.replace(" ", "_")
     report_path = run_dir / f"{input_path.stem}_{name}.json"
-    command = [sys.executable, "-m", "benchmarks.evaluation", "--child", contender, str(input_path), str(report_path),
-               "--block-shape", *map(str, block_shape), "--memory-limit-gib", str(memory_limit_gib)]
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.evaluation",
+        "--child",
+        contender,
+        str(input_path),
+        str(report_path),
+        "--block-shape",
+        *map(str, block_shape),
+        "--memory-limit-gib",
+        str(memory_limit_gib),
+    ]
     measurement = run_measured(command, run_dir / f"{input_path.stem}_{name}.log")
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
     if measurement.exit_code == EXIT_OUT_OF_MEMORY:
@@ -168,19 +179,26 @@ def run(*, scale: int = 2, in_memory_scales=(1, 2), block_shape=CHUNKS, memory_l
 
 
 def print_table(results: dict) -> None:
-    print(f"\nevaluation, one thread per contender, emflow blocks {'x'.join(map(str, results['block_shape']))}, "
-          f"in-memory contenders under {results['memory_limit_gib']} GiB address space")
-    print(f"{'MVox':>6} {'contender':<17} {'wall s':>8} {'MVox/s':>7} {'max RSS MiB':>12} "
-          f"{'VOI split':>9} {'VOI merge':>9} {'ARAND':>8}  status")
+    print(
+        f"\nevaluation, one thread per contender, emflow blocks {'x'.join(map(str, results['block_shape']))}, "
+        f"in-memory contenders under {results['memory_limit_gib']} GiB address space"
+    )
+    print(
+        f"{'MVox':>6} {'contender':<17} {'wall s':>8} {'MVox/s':>7} {'max RSS MiB':>12} "
+        f"{'VOI split':>9} {'VOI merge':>9} {'ARAND':>8}  status"
+    )
     for scale in sorted(results["scales"], key=int):
         entry = results["scales"][scale]
         for contender, row in entry["contenders"].items():
             seconds = row["measurement"]["wall_seconds"]
             metrics = row.get("metrics", {})
-            numbers = " ".join(f"{metrics[key]:>{width}.4f}" if key in metrics else " " * width
-                               for key, width in zip(COMPARED_KEYS, (9, 9, 8)))
-            print(f"{entry['megavoxels']:>6.1f} {contender:<17} {seconds:>8.1f} {entry['megavoxels'] / seconds:>7.2f} "
-                  f"{row['measurement']['max_rss_bytes'] / 2**20:>12.0f} {numbers}  {row['status']}")
+            numbers = " ".join(
+                f"{metrics[key]:>{width}.4f}" if key in metrics else " " * width for key, width in zip(COMPARED_KEYS, (9, 9, 8))
+            )
+            print(
+                f"{entry['megavoxels']:>6.1f} {contender:<17} {seconds:>8.1f} {entry['megavoxels'] / seconds:>7.2f} "
+                f"{row['measurement']['max_rss_bytes'] / 2**20:>12.0f} {numbers}  {row['status']}"
+            )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -199,8 +217,13 @@ def main(argv: list[str] | None = None) -> None:
     if arguments.child:
         contender, input_path, report_path = arguments.child
         sys.exit(_child(contender, Path(input_path), Path(report_path), tuple(arguments.block_shape), arguments.memory_limit_gib))
-    results = run(scale=arguments.scale, in_memory_scales=arguments.in_memory_scales, block_shape=tuple(arguments.block_shape),
-                  memory_limit_gib=arguments.memory_limit_gib, out=arguments.out)
+    results = run(
+        scale=arguments.scale,
+        in_memory_scales=arguments.in_memory_scales,
+        block_shape=tuple(arguments.block_shape),
+        memory_limit_gib=arguments.memory_limit_gib,
+        out=arguments.out,
+    )
     write_results(arguments.json, results)
     print_table(results)
 

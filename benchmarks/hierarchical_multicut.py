@@ -98,7 +98,9 @@ def block_supervoxels(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Supervoxels as the workflow's supervoxel stages make them, and the count per block."""
     section = config["supervoxels"]
-    two_d = use_two_d(resolution, section["anisotropy_threshold"]) if section["dimensionality"] == "auto" else section["dimensionality"] == "2d"
+    two_d = (
+        use_two_d(resolution, section["anisotropy_threshold"]) if section["dimensionality"] == "auto" else section["dimensionality"] == "2d"
+    )
     parameters = function_parameters(config, "supervoxels")
     halo = tuple(config["blocking"]["halo"])
     local = np.zeros(boundaries.shape, dtype=np.uint64)
@@ -171,9 +173,15 @@ def contenders(problem: dict, block_shape: tuple[int, ...]):
     solver, seed = problem["parameters"]["solver"], problem["parameters"]["seed"]
     yield "global", lambda: solve_multicut(n, edges, costs, solver=solver, seed=seed)
     for scales in EMFLOW_SCALES:
-        yield f"emflow n_scales={scales}", lambda scales=scales: hierarchical_multicut(
-            multicut_problem(n, edges, costs), problem["node_block_ids"], problem["blocking"].blocks_per_axis,
-            n_scales=scales, solver=multicut_solver(solver, seed=seed),
+        yield (
+            f"emflow n_scales={scales}",
+            lambda scales=scales: hierarchical_multicut(
+                multicut_problem(n, edges, costs),
+                problem["node_block_ids"],
+                problem["blocking"].blocks_per_axis,
+                n_scales=scales,
+                solver=multicut_solver(solver, seed=seed),
+            ),
         )
     try:
         from elf.segmentation.multicut import blockwise_multicut
@@ -183,8 +191,11 @@ def contenders(problem: dict, block_shape: tuple[int, ...]):
         return
     graph = undirected_graph(n, edges)
     for levels in ELF_LEVELS:
-        yield f"elf n_levels={levels}", lambda levels=levels: blockwise_multicut(
-            graph, costs, problem["supervoxels"], solver, block_shape, n_threads=ELF_THREADS, n_levels=levels
+        yield (
+            f"elf n_levels={levels}",
+            lambda levels=levels: blockwise_multicut(
+                graph, costs, problem["supervoxels"], solver, block_shape, n_threads=ELF_THREADS, n_levels=levels
+            ),
         )
 
 
@@ -321,7 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the whole dev cube only")
     parser.add_argument(
-        "--json", type=Path, default=RESULTS_DIR / "hierarchical_multicut.json",
+        "--json",
+        type=Path,
+        default=RESULTS_DIR / "hierarchical_multicut.json",
         help="where to write the results (default benchmarks/results/hierarchical_multicut.json)",
     )
     arguments = parser.parse_args(argv)

@@ -139,7 +139,9 @@ def run_patches(predictor, patches: list[np.ndarray], batch_size: int) -> None:
         predictor(np.stack(patches[first : first + batch_size]))
 
 
-def predict_config(run_dir: Path, input_path: Path, model_path: Path, resolution, block_shape, grid: PatchGrid, batch_size: int, device: str) -> Path:
+def predict_config(
+    run_dir: Path, input_path: Path, model_path: Path, resolution, block_shape, grid: PatchGrid, batch_size: int, device: str
+) -> Path:
     """The config of `emflow predict` on the raw crop: the benchmark's grid and blocks, defaults otherwise."""
     defaults = default_config()
     config = {
@@ -180,7 +182,14 @@ def run_emflow_predict(config_path: Path, run_dir: Path) -> dict:
 
 
 def measure_device(
-    device: str, model: TrainedModel, network_input: np.ndarray, grid: PatchGrid, batch_size: int, repeats: int, config_path: Path, run_dir: Path
+    device: str,
+    model: TrainedModel,
+    network_input: np.ndarray,
+    grid: PatchGrid,
+    batch_size: int,
+    repeats: int,
+    config_path: Path,
+    run_dir: Path,
 ) -> dict:
     """Measurements (a), (b), (b') and (c) of the module docstring on one device."""
     predictor = model.predictor(device, "auto")
@@ -189,7 +198,9 @@ def measure_device(
     measurements = {
         "bare": lambda: predictor(whole),
         "patches": lambda: run_patches(predictor, patches, batch_size),
-        "blended_in_memory": lambda: model.boundaries(predict_box(predictor, network_input, grid, (0, 0, 0), network_input.shape, batch_size=batch_size)),
+        "blended_in_memory": lambda: model.boundaries(
+            predict_box(predictor, network_input, grid, (0, 0, 0), network_input.shape, batch_size=batch_size)
+        ),
     }
     print(f"{device}: warming up ...", flush=True)
     # The first passes of a process pay one-off costs (kernel selection, allocations); recorded
@@ -202,15 +213,20 @@ def measure_device(
             seconds[name].append(timed(action))
             print(f"{device} run {repeat}/{repeats}: {name} {seconds[name][-1]:.2f} s", flush=True)
         workflow_runs.append(run_emflow_predict(config_path, run_dir))
-        print(f"{device} run {repeat}/{repeats}: emflow predict {workflow_runs[-1]['wall_seconds']:.2f} s wall, "
-              f"{workflow_runs[-1]['task_seconds']:.2f} s in tasks", flush=True)
+        print(
+            f"{device} run {repeat}/{repeats}: emflow predict {workflow_runs[-1]['wall_seconds']:.2f} s wall, "
+            f"{workflow_runs[-1]['task_seconds']:.2f} s in tasks",
+            flush=True,
+        )
     medians = {name: statistics.median(values) for name, values in seconds.items()}
     medians["workflow_tasks"] = statistics.median(run["task_seconds"] for run in workflow_runs)
     medians["workflow_wall"] = statistics.median(run["wall_seconds"] for run in workflow_runs)
     bare, patches_only = medians["bare"], medians["patches"]
     return {
         "device": str(predictor.device),
-        "device_name": torch.cuda.get_device_name(predictor.device) if predictor.device.type == "cuda" else machine_description()["cpu_model"],
+        "device_name": torch.cuda.get_device_name(predictor.device)
+        if predictor.device.type == "cuda"
+        else machine_description()["cpu_model"],
         "precision": predictor.precision,
         "warm_up_seconds": warm_up_seconds,
         "seconds": seconds,
@@ -369,9 +385,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"crop {_shape(QUICK_CROP_SHAPE)}, one run")
     parser.add_argument("--model", type=Path, help="model file (default: the shipped model)")
-    parser.add_argument("--patch-shape", type=int, nargs=3, metavar=("Z", "Y", "X"), default=PATCH_SHAPE, help=f"default {_shape(PATCH_SHAPE)}")
+    parser.add_argument(
+        "--patch-shape", type=int, nargs=3, metavar=("Z", "Y", "X"), default=PATCH_SHAPE, help=f"default {_shape(PATCH_SHAPE)}"
+    )
     parser.add_argument("--overlap", type=int, nargs=3, metavar=("Z", "Y", "X"), default=OVERLAP, help=f"default {_shape(OVERLAP)}")
-    parser.add_argument("--block-shape", type=int, nargs=3, metavar=("Z", "Y", "X"), default=BLOCK_SHAPE, help=f"default {_shape(BLOCK_SHAPE)}, clipped to the crop")
+    parser.add_argument(
+        "--block-shape",
+        type=int,
+        nargs=3,
+        metavar=("Z", "Y", "X"),
+        default=BLOCK_SHAPE,
+        help=f"default {_shape(BLOCK_SHAPE)}, clipped to the crop",
+    )
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"patches per forward pass (default {BATCH_SIZE})")
     parser.add_argument("--repeats", type=int, help=f"runs per measurement, median reported (default {REPEATS}; --quick: 1)")
     parser.add_argument("--json", type=Path, default=RESULTS_DIR / "inference.json", help="default benchmarks/results/inference.json")

@@ -31,9 +31,7 @@ def most_populated_crop_offset(neuron_ids: np.ndarray, crop_shape, step: int) ->
 
     Ties go to the smallest offset in z, y, x order.
     """
-    candidate_starts = [
-        range(0, extent - size + 1, step) for extent, size in zip(neuron_ids.shape, crop_shape)
-    ]
+    candidate_starts = [range(0, extent - size + 1, step) for extent, size in zip(neuron_ids.shape, crop_shape)]
     best_offset, best_count = None, -1
     for offset in itertools.product(*candidate_starts):
         crop = neuron_ids[tuple(slice(o, o + s) for o, s in zip(offset, crop_shape))]
@@ -65,9 +63,7 @@ def main() -> None:
         output.attrs["crop_offset_zyx"] = list(offset)
         output.attrs["license"] = "CC BY 3.0, see LICENSE-flyem-medulla.txt"
         for name, data in (("raw", raw.astype(np.uint8)), ("neuron_ids", neuron_ids)):
-            dataset = output.create_dataset(
-                name, data=data, chunks=(32, 64, 64), compression="gzip", compression_opts=9
-            )
+            dataset = output.create_dataset(name, data=data, chunks=(32, 64, 64), compression="gzip", compression_opts=9)
             dataset.attrs["resolution_nm_zyx"] = RESOLUTION_NM_ZYX
 
     size = arguments.output.stat().st_size

@@ -115,11 +115,7 @@ REGIONS = {"tune": np.s_[:, 128:, :], "report": np.s_[:, :128, :]}
 GT_AFFINITY_NOISE = 0.2
 THRESHOLDS = [round(0.05 * step, 2) for step in range(1, 20)]
 REPORTED_THRESHOLDS = (0.3, 0.5, 0.7)
-MWS_GRID = [
-    {"strides": strides, "min_size": min_size}
-    for strides in (None, (1, 2, 2), (2, 4, 4))
-    for min_size in (0, 100)
-]
+MWS_GRID = [{"strides": strides, "min_size": min_size} for strides in (None, (1, 2, 2), (2, 4, 4)) for min_size in (0, 100)]
 MALA_THRESHOLDS = [round(0.1 * step, 1) for step in range(2, 9)]
 # emflow's default ("auto") blocks at 10 nm, 64x128x128: those of every emflow run (4 blocks on the
 # half) and of the in-memory stitching of the tuning; the methods whose result depends on the
@@ -328,7 +324,9 @@ def write_workflow_inputs(folder: Path, region: dict) -> Path:
     group = zarr.open_group(str(path), mode="w")
     offsets = region["offsets"]
     for key, data in (("cnn_affinities", region["CNN"]["affinities"]), ("gt_affinities", region["GT affinities"]["affinities"])):
-        group.create_array(key, data=data.astype(np.float32), chunks=(len(offsets), *clipped(DEFAULT_BLOCK_SHAPE, data.shape[1:]))).attrs["offsets"] = offsets
+        group.create_array(key, data=data.astype(np.float32), chunks=(len(offsets), *clipped(DEFAULT_BLOCK_SHAPE, data.shape[1:]))).attrs[
+            "offsets"
+        ] = offsets
     boundaries = region["GT boundaries"]["boundaries"]
     group.create_array("gt_boundaries", data=boundaries.astype(np.float32), chunks=clipped(DEFAULT_BLOCK_SHAPE, boundaries.shape))
     return path
@@ -374,7 +372,10 @@ def method_sections(input_name: str, chosen: dict) -> dict:
         return {"emflow mutex watershed": (mutex_watershed_sections, None)}
     methods = {"emflow multicut": ({}, None)}
     if input_name == "CNN":
-        methods["emflow lifted multicut"] = ({"lifted": {"source": "affinities", "weighting": chosen.get("CNN: lifted weighting", "size")}}, None)
+        methods["emflow lifted multicut"] = (
+            {"lifted": {"source": "affinities", "weighting": chosen.get("CNN: lifted weighting", "size")}},
+            None,
+        )
     for linkage in ("mean", "quantile"):
         threshold = chosen.get(f"{input_name}: emflow {linkage} threshold", 0.5)
         thresholds = [threshold] + [other for other in REPORTED_THRESHOLDS if other != threshold]
@@ -384,7 +385,10 @@ def method_sections(input_name: str, chosen: dict) -> dict:
     for mode in MODES:
         methods[f"emflow stitching, {mode}"] = ({"segmentation": {"method": "stitching"}, "stitching": {"mode": mode}}, None)
     mode = chosen.get(f"{input_name}: stitching mode", "medium")
-    methods[f"emflow stitching, {mode}, small blocks"] = ({"segmentation": {"method": "stitching"}, "stitching": {"mode": mode}, **small_blocks}, None)
+    methods[f"emflow stitching, {mode}, small blocks"] = (
+        {"segmentation": {"method": "stitching"}, "stitching": {"mode": mode}, **small_blocks},
+        None,
+    )
     if input_name == "CNN":
         methods["emflow mutex watershed"] = (mutex_watershed_sections, None)
         methods["emflow mutex watershed, small blocks"] = ({**mutex_watershed_sections, **small_blocks}, None)
@@ -433,8 +437,7 @@ def tune(inputs: dict) -> dict:
     for input_name in ("CNN", "GT affinities"):
         affinities = region[input_name]["affinities"]
         scores = {
-            index: quality(mutex_watershed(affinities, offsets, **parameters), groundtruth)
-            for index, parameters in enumerate(MWS_GRID)
+            index: quality(mutex_watershed(affinities, offsets, **parameters), groundtruth) for index, parameters in enumerate(MWS_GRID)
         }
         chosen[f"{input_name}: mutex watershed"] = MWS_GRID[best(scores)]
         print(f"tuned {input_name} mutex watershed: {chosen[f'{input_name}: mutex watershed']}", flush=True)
@@ -443,7 +446,11 @@ def tune(inputs: dict) -> dict:
 
 # --- the report --------------------------------------------------------------------------------
 
-INPUT_KEYS = {"CNN": {"affinities_key": "cnn_affinities"}, "GT boundaries": {"boundaries_key": "gt_boundaries"}, "GT affinities": {"affinities_key": "gt_affinities"}}
+INPUT_KEYS = {
+    "CNN": {"affinities_key": "cnn_affinities"},
+    "GT boundaries": {"boundaries_key": "gt_boundaries"},
+    "GT affinities": {"affinities_key": "gt_affinities"},
+}
 
 
 def report(inputs: dict, chosen: dict, folder: Path) -> list[dict]:
@@ -454,8 +461,14 @@ def report(inputs: dict, chosen: dict, folder: Path) -> list[dict]:
 
     def row(input_name, method, parameters, segmentation, seconds, peak):
         return {
-            "input": input_name, "method": method, "parameters": parameters, "status": "ok", "seconds": seconds,
-            "peak_rss_bytes": peak, "segments": int(len(np.unique(segmentation))), "quality": quality(segmentation, groundtruth),
+            "input": input_name,
+            "method": method,
+            "parameters": parameters,
+            "status": "ok",
+            "seconds": seconds,
+            "peak_rss_bytes": peak,
+            "segments": int(len(np.unique(segmentation))),
+            "quality": quality(segmentation, groundtruth),
         }
 
     def add(input_name, method, parameters, function, *, per_threshold=None):
@@ -485,7 +498,10 @@ def report(inputs: dict, chosen: dict, folder: Path) -> list[dict]:
             return None
         parameters = {key: value for section in sections.values() for key, value in section.items() if key not in ("method", "thresholds")}
         thresholds = sections.get("agglomeration", {}).get("thresholds", [None])
-        volumes = {threshold: "segmentation" if index == 0 else f"segmentation_threshold_{threshold:g}" for index, threshold in enumerate(thresholds)}
+        volumes = {
+            threshold: "segmentation" if index == 0 else f"segmentation_threshold_{threshold:g}"
+            for index, threshold in enumerate(thresholds)
+        }
         outputs = segmentations_of(folder / f"{name}.zarr", {**volumes, "supervoxels": "supervoxels"})
         for threshold in sorted(volumes, key=lambda value: -1 if value is None else value):
             extra = {} if threshold is None else {"threshold": threshold, "chosen": threshold == chosen_threshold}
@@ -494,7 +510,10 @@ def report(inputs: dict, chosen: dict, folder: Path) -> list[dict]:
 
     for input_name in ("CNN", "GT boundaries", "GT affinities"):
         data = region[input_name]
-        outputs = {method: add_workflow(input_name, method, sections, threshold) for method, (sections, threshold) in method_sections(input_name, chosen).items()}
+        outputs = {
+            method: add_workflow(input_name, method, sections, threshold)
+            for method, (sections, threshold) in method_sections(input_name, chosen).items()
+        }
         multicut = outputs.get("emflow multicut")
         if multicut is not None:
             # The contenders' agglomerations start from the supervoxels of emflow's multicut run.
@@ -503,31 +522,58 @@ def report(inputs: dict, chosen: dict, folder: Path) -> list[dict]:
                 if available("waterz") is None:
                     threshold = chosen.get(f"{input_name}: waterz {linkage} threshold")
                     thresholds = sorted({*REPORTED_THRESHOLDS, *([threshold] if threshold is not None else [])})
-                    add(input_name, f"waterz, {linkage}", {},
-                        partial(waterz_agglomeration, supervoxels, data, offsets, linkage, thresholds), per_threshold=threshold)
+                    add(
+                        input_name,
+                        f"waterz, {linkage}",
+                        {},
+                        partial(waterz_agglomeration, supervoxels, data, offsets, linkage, thresholds),
+                        per_threshold=threshold,
+                    )
                 else:
-                    rows.append({"input": input_name, "method": f"waterz, {linkage}", "parameters": {}, "status": f"unavailable: {available('waterz')}"})
+                    rows.append(
+                        {
+                            "input": input_name,
+                            "method": f"waterz, {linkage}",
+                            "parameters": {},
+                            "status": f"unavailable: {available('waterz')}",
+                        }
+                    )
             if available("elf") is None:
                 add(input_name, "elf simple_multicut_workflow", {"beta": 0.5}, partial(elf_multicut, data["boundaries"]))
                 threshold = chosen.get(f"{input_name}: elf mala threshold", 0.5)
-                add(input_name, "elf mala_clustering", {}, partial(elf_mala, supervoxels, data, offsets, [threshold]), per_threshold=threshold)
+                add(
+                    input_name,
+                    "elf mala_clustering",
+                    {},
+                    partial(elf_mala, supervoxels, data, offsets, [threshold]),
+                    per_threshold=threshold,
+                )
         if "affinities" in data:
             parameters = chosen.get(f"{input_name}: mutex watershed", {"strides": (2, 4, 4), "min_size": 100})
-            in_memory = add(input_name, "emflow mutex watershed, in memory", parameters, partial(mutex_watershed, data["affinities"], offsets, **parameters))
+            in_memory = add(
+                input_name,
+                "emflow mutex watershed, in memory",
+                parameters,
+                partial(mutex_watershed, data["affinities"], offsets, **parameters),
+            )
             blockwise = outputs.get("emflow mutex watershed")
             if in_memory is not None and blockwise is not None:
                 # How far the blockwise result is from the in-memory one (the latter as reference).
                 rows[-1]["blockwise_against_in_memory"] = quality(blockwise[None], in_memory)
             if available("elf") is None:
-                add(input_name, "elf mutex_watershed", {"strides": parameters["strides"]},
-                    partial(elf_mutex_watershed, data["affinities"], offsets, parameters["strides"]))
+                add(
+                    input_name,
+                    "elf mutex_watershed",
+                    {"strides": parameters["strides"]},
+                    partial(elf_mutex_watershed, data["affinities"], offsets, parameters["strides"]),
+                )
     return rows
 
 
 def markdown(results: dict) -> str:
     lines = [
         "Dev cube y < 128 (125x128x250 at 10 nm), parameters chosen on y >= 128; emflow rows are `emflow run`, 1 worker, with the "
-        f"default blocks {'x'.join(map(str, DEFAULT_BLOCK_SHAPE))} (4 blocks), \"small blocks\" {'x'.join(map(str, SMALL_BLOCK_SHAPE))} (8 blocks); "
+        f'default blocks {"x".join(map(str, DEFAULT_BLOCK_SHAPE))} (4 blocks), "small blocks" {"x".join(map(str, SMALL_BLOCK_SHAPE))} (8 blocks); '
         "seconds and peak RSS (above the process's start) of each call or run.",
         "",
         "| input | method | parameters | ARAND | VOI split | VOI merge | segments | seconds | peak RSS MiB |",

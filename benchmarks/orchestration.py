@@ -74,7 +74,11 @@ class PlainBlock(luigi.Task):
     number_of_blocks = luigi.IntParameter()
 
     def requires(self):
-        return [PlainStage(folder=self.folder, stage_index=self.stage_index - 1, number_of_blocks=self.number_of_blocks)] if self.stage_index else []
+        return (
+            [PlainStage(folder=self.folder, stage_index=self.stage_index - 1, number_of_blocks=self.number_of_blocks)]
+            if self.stage_index
+            else []
+        )
 
     def output(self):
         return CompletionTarget(Path(self.folder) / f"trivial_{self.stage_index}" / f"{self.block_id}.json", "plain")
@@ -89,7 +93,10 @@ class PlainStage(luigi.WrapperTask):
     number_of_blocks = luigi.IntParameter()
 
     def requires(self):
-        return [PlainBlock(folder=self.folder, stage_index=self.stage_index, block_id=block_id, number_of_blocks=self.number_of_blocks) for block_id in range(self.number_of_blocks)]
+        return [
+            PlainBlock(folder=self.folder, stage_index=self.stage_index, block_id=block_id, number_of_blocks=self.number_of_blocks)
+            for block_id in range(self.number_of_blocks)
+        ]
 
 
 def block_grid(number_of_blocks: int) -> tuple[int, int, int]:
@@ -123,7 +130,9 @@ def run_emflow(config_path: Path, workers: int, scheduler_port: int | None) -> d
     backend = LocalScheduler(workers) if scheduler_port is None else CentralScheduler("127.0.0.1", scheduler_port, workers)
     use_workers(workers)
     started = time.perf_counter()
-    report = run_tasks([TRIVIAL.root_task(str(config_path))], backend, failure_dir=work_dir / "failed", scheduler_log=work_dir / "logs" / "luigi.log")
+    report = run_tasks(
+        [TRIVIAL.root_task(str(config_path))], backend, failure_dir=work_dir / "failed", scheduler_log=work_dir / "logs" / "luigi.log"
+    )
     return {"seconds": time.perf_counter() - started, "succeeded": report.succeeded}
 
 
@@ -144,7 +153,12 @@ def measure_in_child(*arguments: str) -> dict:
     # Write back what earlier runs (or benchmarks) left dirty, so that this run does not pay for it.
     os.sync()
     started = time.perf_counter()
-    completed = subprocess.run([sys.executable, "-m", "benchmarks.orchestration", *arguments], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks.orchestration", *arguments],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     wall = time.perf_counter() - started
     result = json.loads(completed.stdout.strip().splitlines()[-1]) if completed.returncode == 0 else {}
     if not result.get("succeeded"):
@@ -157,14 +171,19 @@ def benchmark(block_counts: list[int], plain_block_counts: list[int], workers: i
     server, port = start_luigid(scratch / "luigid")
     try:
         for number_of_blocks in block_counts:
-            for contender, port_arguments in (("emflow local scheduler", []), ("emflow luigid, 2 worker processes", ["--scheduler-port", str(port)])):
+            for contender, port_arguments in (
+                ("emflow local scheduler", []),
+                ("emflow luigid, 2 worker processes", ["--scheduler-port", str(port)]),
+            ):
                 folder = scratch / f"{'luigid' if port_arguments else 'local'}-{number_of_blocks}"
                 config = write_trivial_config(folder, number_of_blocks)
                 child_workers = 2 if port_arguments else workers
                 run = measure_in_child("--child-emflow", str(config), "--workers", str(child_workers), *port_arguments)
                 row = {"contender": contender, "blocks": number_of_blocks, "workers": child_workers, **run}
                 if not port_arguments and number_of_blocks == max(block_counts):
-                    row["noop_rerun_seconds"] = measure_in_child("--child-emflow", str(config), "--workers", str(child_workers))["process_seconds"]
+                    row["noop_rerun_seconds"] = measure_in_child("--child-emflow", str(config), "--workers", str(child_workers))[
+                        "process_seconds"
+                    ]
                 rows.append(row)
                 shutil.rmtree(folder)
     finally:

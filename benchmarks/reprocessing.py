@@ -49,7 +49,9 @@ def write_input(folder: Path) -> Path:
     with h5py.File(DATA, "r") as volume:
         groundtruth = volume["labels/neuron_ids"][...]
     path = folder / "input.zarr"
-    write_volume(path, "boundaries", boundaries_from_labels(groundtruth, sigma=1.0, noise=0.1, seed=0), resolution=[10.0] * 3, chunks=BLOCK_SHAPE)
+    write_volume(
+        path, "boundaries", boundaries_from_labels(groundtruth, sigma=1.0, noise=0.1, seed=0), resolution=[10.0] * 3, chunks=BLOCK_SHAPE
+    )
     return path
 
 
@@ -108,7 +110,9 @@ def run(workers: int = 2, scratch: Path | None = None) -> dict:
         fresh_config = write_config(scratch, input_path, "fresh")
         fresh = timed("run", str(fresh_config), "--workers", str(workers))
         identical = all(
-            np.array_equal(np.asarray(open_volume(scratch / "cron.zarr", key)[...]), np.asarray(open_volume(scratch / "fresh.zarr", key)[...]))
+            np.array_equal(
+                np.asarray(open_volume(scratch / "cron.zarr", key)[...]), np.asarray(open_volume(scratch / "fresh.zarr", key)[...])
+            )
             for key in ("segmentation/s0", "supervoxels")
         )
         return {
@@ -119,7 +123,13 @@ def run(workers: int = 2, scratch: Path | None = None) -> dict:
             "number_of_blocks": Blocking(shape, BLOCK_SHAPE).number_of_blocks,
             "workers": workers,
             "changed_chunk": [[item.start, item.stop] for item in chunk],
-            "seconds": {"full_run": full, "no_op_run": no_op, "status": status, "one_chunk_changed_run": incremental, "fresh_run_of_changed_input": fresh},
+            "seconds": {
+                "full_run": full,
+                "no_op_run": no_op,
+                "status": status,
+                "one_chunk_changed_run": incremental,
+                "fresh_run_of_changed_input": fresh,
+            },
             "blocks_recomputed": recomputed,
             "identical_to_fresh_run": identical,
         }

@@ -96,7 +96,10 @@ def _main(argv: list[str] | None) -> int:
             return EXIT_BAD_INPUT
         # Anything else is a bug in emflow: the traceback goes to a log, one line to the terminal.
         log = _write_crash_log(arguments)
-        print(f"emflow: internal error ({type(error).__name__}: {error}); this is a bug in emflow, not in your input. Traceback: {log}", file=sys.stderr)
+        print(
+            f"emflow: internal error ({type(error).__name__}: {error}); this is a bug in emflow, not in your input. Traceback: {log}",
+            file=sys.stderr,
+        )
         return EXIT_TASK_FAILED
 
 
@@ -152,7 +155,9 @@ def _parser() -> argparse.ArgumentParser:
 
     rerun = commands.add_parser("rerun", help="invalidate blocks (or failed tasks) and everything that read them, then run")
     _add_run_arguments(rerun)
-    rerun.add_argument("--stage", default="", help="stage whose tasks to rerun (see `emflow status`); with --failed, limits it to that stage")
+    rerun.add_argument(
+        "--stage", default="", help="stage whose tasks to rerun (see `emflow status`); with --failed, limits it to that stage"
+    )
     rerun.add_argument("--blocks", type=_block_list, help="comma-separated block ids of --stage, e.g. 3,17 (default: the whole stage)")
     rerun.add_argument("--failed", action="store_true", help="rerun every task whose last attempt failed")
     rerun.set_defaults(handler=_rerun, until="")
@@ -165,9 +170,15 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("config", help="TOML config file")
     status.set_defaults(handler=_status)
 
-    verify = commands.add_parser("verify", help="read every file the run wrote and compare it with the SHA-256 digest recorded when it was written")
+    verify = commands.add_parser(
+        "verify", help="read every file the run wrote and compare it with the SHA-256 digest recorded when it was written"
+    )
     verify.add_argument("config", help="TOML config file")
-    verify.add_argument("--repair", action="store_true", help="invalidate the tasks whose files are damaged, so that the next `emflow run` writes them again")
+    verify.add_argument(
+        "--repair",
+        action="store_true",
+        help="invalidate the tasks whose files are damaged, so that the next `emflow run` writes them again",
+    )
     verify.set_defaults(handler=_verify)
 
     clean = commands.add_parser("clean", help="remove the per-block partial results a finished run no longer needs (a rerun stays a no-op)")
@@ -189,22 +200,29 @@ def _parser() -> argparse.ArgumentParser:
     importer.add_argument("--resolution", type=float, nargs=3, metavar=("Z", "Y", "X"), help="voxel size in nm")
     importer.set_defaults(handler=_import)
 
-    evaluate = commands.add_parser("evaluate", help="score a segmentation against ground truth block by block: JSON on stdout, optionally a report")
+    evaluate = commands.add_parser(
+        "evaluate", help="score a segmentation against ground truth block by block: JSON on stdout, optionally a report"
+    )
     evaluate.add_argument("segmentation", help="file.zarr:key or file.h5:key")
     evaluate.add_argument("groundtruth", help="file.zarr:key or file.h5:key (label 0 is ignored)")
     evaluate.add_argument("--workers", type=_positive_int, default=1, help="tasks run in parallel (default 1)")
     evaluate.add_argument("--report", help="folder for report.html, report.json and its figures")
-    evaluate.add_argument("--resolution", type=float, nargs=3, metavar=("Z", "Y", "X"), help="voxel size in nm (default: the segmentation's metadata)")
+    evaluate.add_argument(
+        "--resolution", type=float, nargs=3, metavar=("Z", "Y", "X"), help="voxel size in nm (default: the segmentation's metadata)"
+    )
     evaluate.add_argument("--raw", help="raw data (path:key), shown in the report's slice views")
     evaluate.add_argument("--prediction", help="a boundary map (path:key), shown in the report's slice views")
     evaluate.add_argument("--skeletons", help="ground-truth skeletons (.npz); default: computed from the ground truth")
     evaluate.add_argument("--no-skeletons", action="store_true", help="leave out the skeleton metrics (expected run length)")
-    evaluate.add_argument("--work-dir", help="folder for partial results, so that a killed evaluation resumes (default: a temporary folder)")
+    evaluate.add_argument(
+        "--work-dir", help="folder for partial results, so that a killed evaluation resumes (default: a temporary folder)"
+    )
     evaluate.set_defaults(handler=_evaluate)
 
     demo = commands.add_parser("demo", help="segment the shipped demo crop and score it")
     demo.add_argument(
-        "--out", help="folder for the demo's input, results and scores (default: emflow/demo in $XDG_CACHE_HOME, else ~/.cache; about 170 MB)"
+        "--out",
+        help="folder for the demo's input, results and scores (default: emflow/demo in $XDG_CACHE_HOME, else ~/.cache; about 170 MB)",
     )
     demo.add_argument("--workers", type=_positive_int, default=2, help="tasks run in parallel (default 2)")
     demo.set_defaults(handler=_demo)
@@ -217,11 +235,19 @@ def _parser() -> argparse.ArgumentParser:
 
     scheduler = commands.add_parser("scheduler", help="start, stop or query a luigid central scheduler for `emflow run --scheduler-host`")
     scheduler_commands = scheduler.add_subparsers(dest="scheduler_command", required=True)
-    scheduler_start = scheduler_commands.add_parser("start", help="start luigid in the background (refused while the state folder's luigid runs)")
-    scheduler_start.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 for workers on other hosts)")
+    scheduler_start = scheduler_commands.add_parser(
+        "start", help="start luigid in the background (refused while the state folder's luigid runs)"
+    )
+    scheduler_start.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 for workers on other hosts)",
+    )
     scheduler_start.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT})")
     scheduler_stop = scheduler_commands.add_parser("stop", help="stop the luigid of the state folder (SIGTERM, SIGKILL after 30 s)")
-    scheduler_status = scheduler_commands.add_parser("status", help="whether it runs, where, and its tasks by status; exit 0 running, 3 not running")
+    scheduler_status = scheduler_commands.add_parser(
+        "status", help="whether it runs, where, and its tasks by status; exit 0 running, 3 not running"
+    )
     for command, handler in ((scheduler_start, _scheduler_start), (scheduler_stop, _scheduler_stop), (scheduler_status, _scheduler_status)):
         command.add_argument(
             "--state-dir",
@@ -243,10 +269,14 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_slurm_arguments(parser: argparse.ArgumentParser) -> None:
-    slurm = parser.add_argument_group("SLURM", "submit the run as a job array of workers that pull tasks from one central scheduler, and wait for it")
+    slurm = parser.add_argument_group(
+        "SLURM", "submit the run as a job array of workers that pull tasks from one central scheduler, and wait for it"
+    )
     slurm.add_argument("--slurm", action="store_true", help="run on SLURM (sbatch) instead of on this machine")
     slurm.add_argument("--jobs", type=_positive_int, default=1, help="array tasks (workers) to submit (default 1)")
-    slurm.add_argument("--cpus", type=_positive_int, default=1, help="CPUs of each array task, which runs as many worker processes (default 1)")
+    slurm.add_argument(
+        "--cpus", type=_positive_int, default=1, help="CPUs of each array task, which runs as many worker processes (default 1)"
+    )
     slurm.add_argument("--partition", help="partition to submit to (default: the cluster's default)")
     slurm.add_argument("--time", help="time limit of each array task, as sbatch takes it (e.g. 4:00:00)")
     slurm.add_argument("--mem", help="memory of each array task, as sbatch takes it (e.g. 16G)")
@@ -278,9 +308,15 @@ def _report_failures(report) -> None:
     if report.job_id is None:
         print(f"  no task recorded a failure (a worker may have died): see {report.scheduler_log}", file=sys.stderr)
     elif report.unsuccessful_tasks:
-        print("  no task recorded a failure: a job that ended early leaves unfinished what it ran; run the same command again to resume", file=sys.stderr)
+        print(
+            "  no task recorded a failure: a job that ended early leaves unfinished what it ran; run the same command again to resume",
+            file=sys.stderr,
+        )
     else:
-        print(f"  every job COMPLETED, yet the workflow is not complete and no task recorded a failure: see the job logs in {report.log_dir}", file=sys.stderr)
+        print(
+            f"  every job COMPLETED, yet the workflow is not complete and no task recorded a failure: see the job logs in {report.log_dir}",
+            file=sys.stderr,
+        )
 
 
 def _backend(arguments):
@@ -296,10 +332,14 @@ def _backend(arguments):
             return CentralScheduler(arguments.scheduler_host, arguments.scheduler_port, arguments.workers)
         return LocalScheduler(arguments.workers)
     if arguments.workers != 1 or arguments.local_scheduler:
-        raise UsageError("with --slurm, each job runs --cpus worker processes for a central scheduler: leave out --workers and --local-scheduler")
+        raise UsageError(
+            "with --slurm, each job runs --cpus worker processes for a central scheduler: leave out --workers and --local-scheduler"
+        )
     if arguments.listen_address is not None and arguments.scheduler_host is not None:
         raise UsageError("--listen-address is for the run's own scheduler: leave it out with --scheduler-host")
-    options = SlurmOptions(jobs=arguments.jobs, cpus=arguments.cpus, partition=arguments.partition, time=arguments.time, memory=arguments.mem)
+    options = SlurmOptions(
+        jobs=arguments.jobs, cpus=arguments.cpus, partition=arguments.partition, time=arguments.time, memory=arguments.mem
+    )
     return Slurm(options, arguments.scheduler_host, arguments.scheduler_port, arguments.listen_address)
 
 
@@ -329,7 +369,14 @@ def _warnings() -> tuple[list[str], object]:
 
 
 def _finish(
-    report, what: str, config_path: str | Path, until: str = "", done_before: Sequence[str] = (), *, view: bool = True, warnings: Sequence[str] = ()
+    report,
+    what: str,
+    config_path: str | Path,
+    until: str = "",
+    done_before: Sequence[str] = (),
+    *,
+    view: bool = True,
+    warnings: Sequence[str] = (),
 ) -> int:
     """The end of a run: its summary (output, segments, time and memory per stage, `view`: the command
     that shows it) or its failures, then its warnings again, and the exit code."""
@@ -367,10 +414,17 @@ def _run(arguments) -> int:
     done_before = _DoneBefore(arguments.until)
     warnings, warn = _warnings()
     report = run_workflow(
-        arguments.config, _backend(arguments), update=arguments.update, until=arguments.until, command=arguments.command,
-        before_run=done_before, warn=warn,
+        arguments.config,
+        _backend(arguments),
+        update=arguments.update,
+        until=arguments.until,
+        command=arguments.command,
+        before_run=done_before,
+        warn=warn,
     )
-    code = _finish(report, "prediction" if arguments.until else "run", arguments.config, arguments.until, done_before.stages, warnings=warnings)
+    code = _finish(
+        report, "prediction" if arguments.until else "run", arguments.config, arguments.until, done_before.stages, warnings=warnings
+    )
     if code == EXIT_OK and not arguments.until:
         _write_run_report(arguments.config, regenerate=False)
     return code
@@ -447,7 +501,13 @@ def _rerun(arguments) -> int:
         raise UsageError("emflow rerun takes --blocks or --failed, not both")
     warnings, warn = _warnings()
     invalidated, report = rerun_workflow(
-        arguments.config, _backend(arguments), stage=arguments.stage, block_ids=arguments.blocks, failed=arguments.failed, update=arguments.update, warn=warn
+        arguments.config,
+        _backend(arguments),
+        stage=arguments.stage,
+        block_ids=arguments.blocks,
+        failed=arguments.failed,
+        update=arguments.update,
+        warn=warn,
     )
     print(f"emflow: invalidated {'; '.join(invalidated) if invalidated else 'nothing (no task had failed)'}", file=sys.stderr)
     return _finish(report, "run", arguments.config, warnings=warnings)
@@ -490,7 +550,11 @@ def _verify(arguments) -> int:
     if not damage:
         print(f"emflow verify: {summary}: every file is as written")
         return EXIT_OK
-    action = "invalidated the tasks that wrote them; `emflow run` writes them again" if arguments.repair else "run `emflow verify --repair` then `emflow run` to write them again"
+    action = (
+        "invalidated the tasks that wrote them; `emflow run` writes them again"
+        if arguments.repair
+        else "run `emflow verify --repair` then `emflow run` to write them again"
+    )
     print(f"emflow verify: {summary}: {len(damage)} damaged, changed or missing; {action}", file=sys.stderr)
     return EXIT_TASK_FAILED
 

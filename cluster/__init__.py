@@ -55,7 +55,14 @@ def run_on(
     failure_dir = work_dir / "failed"
     if isinstance(backend, Slurm):
         return run_on_slurm(
-            tasks, backend, worker_command=worker_command, work_dir=work_dir, failure_dir=failure_dir,
-            scheduler_log=scheduler_log, job_name=job_name, progress=progress, poll_interval=progress_interval,
+            tasks,
+            backend,
+            worker_command=worker_command,
+            work_dir=work_dir,
+            failure_dir=failure_dir,
+            scheduler_log=scheduler_log,
+            job_name=job_name,
+            progress=progress,
+            poll_interval=progress_interval,
         )
     return run_tasks(tasks, backend, failure_dir=failure_dir, scheduler_log=scheduler_log, progress=progress)

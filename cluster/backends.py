@@ -11,7 +11,9 @@ from emflow.errors import UserError
 from .luigid import DEFAULT_PORT
 
 # States in which a SLURM array task has ended (squeue's long names; sacct's are the same).
-ENDED_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE"})
+ENDED_STATES = frozenset(
+    {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
+)
 # An array task that left the queue before this process saw how it ended.
 UNKNOWN_STATE = "UNKNOWN"
 

@@ -77,7 +77,9 @@ def free_port(host: str = DEFAULT_HOST) -> int:
         return probe.getsockname()[1]
 
 
-def start_luigid(state_dir: str | Path, *, host: str = DEFAULT_HOST, port: int | None = None, timeout: float = 30.0) -> tuple[subprocess.Popen, int]:
+def start_luigid(
+    state_dir: str | Path, *, host: str = DEFAULT_HOST, port: int | None = None, timeout: float = 30.0
+) -> tuple[subprocess.Popen, int]:
     """Start luigid as a child process listening on `host:port` (a free port if None), with its
     output, log and state in `state_dir`; return the process and the port once it answers."""
     state_dir = Path(state_dir).resolve()
@@ -106,7 +108,9 @@ def stop_luigid(pid: int, timeout: float = 30.0) -> None:
     _wait_for_exit(pid, timeout)
 
 
-def start_scheduler(state_dir: str | Path = DEFAULT_STATE_DIR, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, timeout: float = 30.0) -> SchedulerState:
+def start_scheduler(
+    state_dir: str | Path = DEFAULT_STATE_DIR, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, timeout: float = 30.0
+) -> SchedulerState:
     """Start a luigid that outlives this process (in a session of its own), described by `state_dir`.
 
     Returns its state once it answers HTTP requests. Raises SchedulerError when the pid file of
@@ -197,8 +201,19 @@ def _launch(state_dir: Path, host: str, port: int, *, detached: bool) -> subproc
     with open(state_dir / OUTPUT_FILE, "ab") as output:
         return subprocess.Popen(
             # luigid's entry point run by this interpreter, so nothing depends on PATH.
-            [sys.executable, "-c", "from luigi.cmdline import luigid; luigid()", "--address", host, "--port", str(port),
-             "--logdir", str(state_dir), "--state-path", str(state_dir / "state.pickle")],
+            [
+                sys.executable,
+                "-c",
+                "from luigi.cmdline import luigid; luigid()",
+                "--address",
+                host,
+                "--port",
+                str(port),
+                "--logdir",
+                str(state_dir),
+                "--state-path",
+                str(state_dir / "state.pickle"),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=subprocess.STDOUT,
@@ -235,7 +250,9 @@ def _check_port_is_free(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as error:
-            raise SchedulerError(f"cannot listen on {host}:{port} ({error.strerror}): another program uses the port; choose another with --port") from None
+            raise SchedulerError(
+                f"cannot listen on {host}:{port} ({error.strerror}): another program uses the port; choose another with --port"
+            ) from None
 
 
 def _read_address(state_dir: Path) -> dict:

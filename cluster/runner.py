@@ -90,7 +90,9 @@ def run_tasks(
     central = isinstance(backend, CentralScheduler)
     if central:
         check_reachable(backend.host, backend.port)
-    scheduler = {"local_scheduler": False, "scheduler_host": backend.host, "scheduler_port": backend.port} if central else {"local_scheduler": True}
+    scheduler = (
+        {"local_scheduler": False, "scheduler_host": backend.host, "scheduler_port": backend.port} if central else {"local_scheduler": True}
+    )
     with writing(scheduler_log.parent):
         scheduler_log.parent.mkdir(parents=True, exist_ok=True)
     luigi_config = luigi.configuration.get_config()

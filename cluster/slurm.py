@@ -200,7 +200,9 @@ def _wait(job_id: str, jobs: int, note: Callable[[str], None], poll_interval: fl
 def _queued_states(job_id: str) -> dict[int, ArrayTaskState] | None:
     """The array's tasks that slurmctld still knows (ended ones for MinJobAge seconds), by index;
     None when squeue did not answer (a busy controller: ask again later)."""
-    completed = _slurm_command(["squeue", "--noheader", "--array", "--states=all", f"--jobs={job_id}", "--Format=ArrayTaskID:|,State:|,exit_code:|"])
+    completed = _slurm_command(
+        ["squeue", "--noheader", "--array", "--states=all", f"--jobs={job_id}", "--Format=ArrayTaskID:|,State:|,exit_code:|"]
+    )
     if completed.returncode != 0:
         # Once all of the array's records have expired, squeue knows no such job.
         return {} if "Invalid job id" in completed.stderr else None
@@ -217,7 +219,9 @@ def _queued_states(job_id: str) -> dict[int, ArrayTaskState] | None:
 def _accounted_state(job_id: str, index: int) -> ArrayTaskState:
     """How array task `index` ended according to SLURM's accounting (sacct), or UNKNOWN where the
     cluster keeps none."""
-    completed = _slurm_command(["sacct", "--noheader", "--parsable2", "--allocations", f"--jobs={job_id}_{index}", "--format=State,ExitCode"])
+    completed = _slurm_command(
+        ["sacct", "--noheader", "--parsable2", "--allocations", f"--jobs={job_id}_{index}", "--format=State,ExitCode"]
+    )
     # One line such as "CANCELLED by 1000|0:15" (state, then exit code:signal); nothing without accounting.
     match = re.match(r"(\w+)[^|\n]*\|(\d+):(\d+)", completed.stdout.strip()) if completed.returncode == 0 else None
     if match is None:

@@ -22,7 +22,7 @@ class EvaluatedVolumes(Section):
     groundtruth: str = key("", "The ground truth (0 = unlabelled, ignored).", required=True)
     raw: str = key("", "Raw data, shown in the report's slice views (optional).")
     prediction: str = key("", "A boundary map, shown in the report's slice views (optional).")
-    skeletons: str = key("", "Ground-truth skeletons, an .npz file (`emflow.storage.skeletons`); \"\" = computed from the ground truth.")
+    skeletons: str = key("", 'Ground-truth skeletons, an .npz file (`emflow.storage.skeletons`); "" = computed from the ground truth.')
 
 
 @dataclass(frozen=True)
@@ -30,9 +30,9 @@ class EvaluationSection(Section):
     """How to evaluate."""
 
     resolution: tuple[float, float, float] = key((), "Voxel size in nm (z, y, x).", required=True)
-    block_shape: tuple[int, int, int] | Literal["auto"] = key(AUTO, "Blocks evaluated by one task each (\"auto\": as for a run).", minimum=1)
+    block_shape: tuple[int, int, int] | Literal["auto"] = key(AUTO, 'Blocks evaluated by one task each ("auto": as for a run).', minimum=1)
     skeleton_metrics: bool = key(True, "Compute expected run length and merges and splits along ground-truth skeletons.")
-    report: str = key("", "Folder for report.html, report.json and figures (\"\" = no report).")
+    report: str = key("", 'Folder for report.html, report.json and figures ("" = no report).')
     work_dir: str = key("", "Folder for partial results and records.", required=True)
 
     def check(self, name: str, what: str) -> None:

@@ -33,34 +33,59 @@ ROLES = ("boundaries", "affinities", "supervoxels", "mask", "raw", "lifted_label
 class InputConfig(Section):
     """The input volumes: raw EM data or a boundary map, and optional extras."""
 
-    path: str = key("", "Container with the input volumes: a zarr group or array (v2 or v3), or an HDF5 file.\n"
-                    "TIFF stacks are converted first with `emflow import`.", required=True)
-    boundaries_key: str = key("", "Boundary map in `path`: float, values in [0, 1], 1 = membrane. Axes (z, y, x). \"\" = predict it\n"
-                              "from `raw_key` with a CNN (see [predict]), or derive it from `affinities_key`. One of the three\n"
-                              "keys is required.")
-    affinities_key: str = key("", "Affinities in `path` (bring your own predictions): float, values in [0, 1], 1 = same object, axes\n"
-                              "(C, z, y, x), channel c the affinity of each voxel v to v + affinity_offsets[c]. The boundary map\n"
-                              "is derived from the three nearest-neighbour channels (1 - the mean affinity to the 6 neighbours);\n"
-                              "the long-range channels feed the mutex watershed and lifted edges ([lifted] source). An\n"
-                              "alternative to `boundaries_key` and to predicting from `raw_key`.")
-    affinity_offsets: tuple[tuple[int, int, int], ...] = key(
-        (), "Offset (z, y, x) of each channel of `affinities_key`; must hold (-1, 0, 0), (0, -1, 0) and (0, 0, -1).\n"
-        "[] = the dataset's `offsets` attribute, which emflow's `predictions` output carries (when predicting,\n"
-        "the model's offsets are used)."
+    path: str = key(
+        "",
+        "Container with the input volumes: a zarr group or array (v2 or v3), or an HDF5 file.\n"
+        "TIFF stacks are converted first with `emflow import`.",
+        required=True,
     )
-    raw_key: str = key("", "Raw EM data in `path`: unsigned integers, or floats in [0, 1]. Required when `boundaries_key`\n"
-                       "is \"\" (the CNN reads it); otherwise optional, checked for shape and kept for provenance.")
-    supervoxels_key: str = key("", "Precomputed supervoxels in `path` (optional, \"\" = run the watershed). Any unsigned or signed\n"
-                               "integer ids; 0 = background. They are relabelled to consecutive ids 1..n.")
-    lifted_labels_key: str = key("", "Labels for lifted multicut in `path` (optional, \"\" = plain multicut): integer object ids, 0 =\n"
-                                 "unknown; e.g. a previous segmentation or sparse proofreading. See [lifted].")
-    mask_key: str = key("", "Foreground mask in `path` (optional, \"\" = everything is foreground). Voxels where the mask is 0\n"
-                        "get supervoxel and segment id 0 and take part in no edge.")
+    boundaries_key: str = key(
+        "",
+        'Boundary map in `path`: float, values in [0, 1], 1 = membrane. Axes (z, y, x). "" = predict it\n'
+        "from `raw_key` with a CNN (see [predict]), or derive it from `affinities_key`. One of the three\n"
+        "keys is required.",
+    )
+    affinities_key: str = key(
+        "",
+        "Affinities in `path` (bring your own predictions): float, values in [0, 1], 1 = same object, axes\n"
+        "(C, z, y, x), channel c the affinity of each voxel v to v + affinity_offsets[c]. The boundary map\n"
+        "is derived from the three nearest-neighbour channels (1 - the mean affinity to the 6 neighbours);\n"
+        "the long-range channels feed the mutex watershed and lifted edges ([lifted] source). An\n"
+        "alternative to `boundaries_key` and to predicting from `raw_key`.",
+    )
+    affinity_offsets: tuple[tuple[int, int, int], ...] = key(
+        (),
+        "Offset (z, y, x) of each channel of `affinities_key`; must hold (-1, 0, 0), (0, -1, 0) and (0, 0, -1).\n"
+        "[] = the dataset's `offsets` attribute, which emflow's `predictions` output carries (when predicting,\n"
+        "the model's offsets are used).",
+    )
+    raw_key: str = key(
+        "",
+        "Raw EM data in `path`: unsigned integers, or floats in [0, 1]. Required when `boundaries_key`\n"
+        'is "" (the CNN reads it); otherwise optional, checked for shape and kept for provenance.',
+    )
+    supervoxels_key: str = key(
+        "",
+        'Precomputed supervoxels in `path` (optional, "" = run the watershed). Any unsigned or signed\n'
+        "integer ids; 0 = background. They are relabelled to consecutive ids 1..n.",
+    )
+    lifted_labels_key: str = key(
+        "",
+        'Labels for lifted multicut in `path` (optional, "" = plain multicut): integer object ids, 0 =\n'
+        "unknown; e.g. a previous segmentation or sparse proofreading. See [lifted].",
+    )
+    mask_key: str = key(
+        "",
+        'Foreground mask in `path` (optional, "" = everything is foreground). Voxels where the mask is 0\n'
+        "get supervoxel and segment id 0 and take part in no edge.",
+    )
     resolution: tuple[float, float, float] = key((), "Voxel size in nm, (z, y, x); positive.", required=True)
 
     def check(self, name: str, what: str) -> None:
         if not all(math.isfinite(value) and value > 0 for value in self.resolution):
-            raise ConfigError(f"{what} input.resolution must be three positive numbers, the voxel size in nm (z, y, x), got {list(self.resolution)}")
+            raise ConfigError(
+                f"{what} input.resolution must be three positive numbers, the voxel size in nm (z, y, x), got {list(self.resolution)}"
+            )
         if not self.boundaries_key and not self.affinities_key and not self.raw_key:
             raise ConfigError(
                 f"{what} input.boundaries_key, input.affinities_key or input.raw_key is required "
@@ -85,9 +110,12 @@ class OutputConfig(Section):
     """Where results go."""
 
     path: str = key("", "Zarr v3 group the results are written to; created if missing.", required=True)
-    work_dir: str = key("", "Folder for per-block partial results, completion records and logs (\"\" = `<path>.work`).")
-    report: bool = key(True, "Write a run report (segments, sizes, time and memory per stage, a preview image) into\n"
-                       "`<work_dir>/report/` at the end of a run that computed something; `emflow report` rewrites it.")
+    work_dir: str = key("", 'Folder for per-block partial results, completion records and logs ("" = `<path>.work`).')
+    report: bool = key(
+        True,
+        "Write a run report (segments, sizes, time and memory per stage, a preview image) into\n"
+        "`<work_dir>/report/` at the end of a run that computed something; `emflow report` rewrites it.",
+    )
     pyramid: bool = key(
         True,
         "Write multiscale pyramids of the boundary map, supervoxels and segmentation (OME-Zarr levels\n"
@@ -103,7 +131,7 @@ class BlockingConfig(Section):
     block_shape: tuple[int, int, int] | Literal["auto"] = key(
         AUTO,
         "Shape of one block, (z, y, x); also the chunk shape of the block-wise output arrays, so that\n"
-        "every block write is whole chunks. Must not exceed the volume along any axis. \"auto\": about\n"
+        'every block write is whole chunks. Must not exceed the volume along any axis. "auto": about\n'
         "2 million voxels of about equal extent in nm per axis, a whole number of the input's chunks\n"
         "along each axis where they are smaller, clipped to the volume (64 x 128 x 128 at 10 nm).",
         minimum=1,
@@ -111,7 +139,7 @@ class BlockingConfig(Section):
     halo: tuple[int, int, int] | Literal["auto"] = key(
         AUTO,
         "Context read around each block by the supervoxel stage, (z, y, x), so that seeds and basins\n"
-        "near a block face see their neighbourhood. At most `block_shape` along every axis. \"auto\":\n"
+        'near a block face see their neighbourhood. At most `block_shape` along every axis. "auto":\n'
         "an eighth of the block shape (8 x 16 x 16 for 64 x 128 x 128 blocks).",
         minimum=0,
     )
@@ -127,8 +155,10 @@ def check_affinity_offsets(offsets: tuple[tuple, ...], what: str) -> None:
         raise ConfigError(f"{what} must be a list of non-zero integer offsets (z, y, x), got {[list(offset) for offset in offsets]}")
     missing = [list(offset) for offset in NEAREST_OFFSETS if offset not in {tuple(int(step) for step in given) for given in offsets}]
     if missing:
-        raise ConfigError(f"{what} must hold the nearest-neighbour offsets (-1, 0, 0), (0, -1, 0) and (0, 0, -1), from which the boundary map "
-                          f"is derived; missing {missing}")
+        raise ConfigError(
+            f"{what} must hold the nearest-neighbour offsets (-1, 0, 0), (0, -1, 0) and (0, 0, -1), from which the boundary map "
+            f"is derived; missing {missing}"
+        )
 
 
 def check_halo(block_shape: tuple[int, ...], halo: tuple[int, ...], what: str = "config key", name: str = "blocking.halo") -> None:
@@ -152,21 +182,31 @@ class PredictConfig(Section):
     """Used when [input] boundaries_key is "": a U-Net predicts boundaries or affinities from raw data,
     block by block, and the boundary map the later stages read is derived from them."""
 
-    model: str = key("auto", "Model file written by `emflow train`, or \"auto\": the model shipped with emflow whose training\n"
-                     "voxel size is closest to [input] resolution, within 2x along every axis (FlyEM FIB-SEM at 10 nm\n"
-                     "isotropic, ssTEM at 50 x 4 x 4 nm; their cards are in emflow/data/models/). A model file trained more\n"
-                     "than 2x away from the input's voxel size runs, with a warning.")
-    patch_shape: tuple[int, int, int] = key([0, 0, 0], "Sliding-window patch (z, y, x); 0s = the model's training patch. Each axis must be divisible by\n"
-                                            "the network's downsampling. Larger patches waste less on overlap and need more memory.", minimum=0)
-    overlap: tuple[int, int, int] = key([8, 24, 24], "Overlap of neighbouring patches (z, y, x), less than the patch; blended with Gaussian weights.", minimum=0)
+    model: str = key(
+        "auto",
+        'Model file written by `emflow train`, or "auto": the model shipped with emflow whose training\n'
+        "voxel size is closest to [input] resolution, within 2x along every axis (FlyEM FIB-SEM at 10 nm\n"
+        "isotropic, ssTEM at 50 x 4 x 4 nm; their cards are in emflow/data/models/). A model file trained more\n"
+        "than 2x away from the input's voxel size runs, with a warning.",
+    )
+    patch_shape: tuple[int, int, int] = key(
+        [0, 0, 0],
+        "Sliding-window patch (z, y, x); 0s = the model's training patch. Each axis must be divisible by\n"
+        "the network's downsampling. Larger patches waste less on overlap and need more memory.",
+        minimum=0,
+    )
+    overlap: tuple[int, int, int] = key(
+        [8, 24, 24], "Overlap of neighbouring patches (z, y, x), less than the patch; blended with Gaussian weights.", minimum=0
+    )
     batch_size: int = key(1, "Patches per forward pass.")
-    device: str = key("auto", "\"auto\" (a CUDA GPU if there is one, else the CPU), \"cpu\", \"cuda\", \"cuda:1\", ...")
+    device: str = key("auto", '"auto" (a CUDA GPU if there is one, else the CPU), "cpu", "cuda", "cuda:1", ...')
     precision: Literal["auto", "float32", "bfloat16", "float16"] = key(
-        "auto", "\"auto\" (bfloat16 autocast on a GPU, float32 on the CPU), \"float32\", \"bfloat16\" or \"float16\"."
+        "auto", '"auto" (bfloat16 autocast on a GPU, float32 on the CPU), "float32", "bfloat16" or "float16".'
     )
     output_dtype: Literal["float32", "uint8"] = key(
-        "float32", "dtype of the `predictions` and `boundaries` output arrays: \"float32\", or \"uint8\" (value * 255,\n"
-        "a quarter of the size, 1/510 maximum error)."
+        "float32",
+        'dtype of the `predictions` and `boundaries` output arrays: "float32", or "uint8" (value * 255,\n'
+        "a quarter of the size, 1/510 maximum error).",
     )
 
     def check(self, name: str, what: str) -> None:
@@ -201,15 +241,17 @@ class LiftedConfig(Section):
     2017); needs affinities ([input] affinities_key, or a model predicting them)."""
 
     source: Literal["labels", "affinities"] = key(
-        "labels", "\"labels\" (lifted edges from [input] lifted_labels_key; without it, a plain multicut) or \"affinities\"\n"
-        "(lifted edges from the long-range affinity channels)."
+        "labels",
+        '"labels" (lifted edges from [input] lifted_labels_key; without it, a plain multicut) or "affinities"\n'
+        "(lifted edges from the long-range affinity channels).",
     )
-    graph_depth: int = key(3, "source \"labels\": largest distance in hops of a lifted edge (at least 2: neighbours are local edges).")
-    weight: float = key(1.0, "source \"labels\": absolute cost of a lifted edge; positive.")
+    graph_depth: int = key(3, 'source "labels": largest distance in hops of a lifted edge (at least 2: neighbours are local edges).')
+    weight: float = key(1.0, 'source "labels": absolute cost of a lifted edge; positive.')
     weighting: Literal["none", "size"] = key(
-        "size", "source \"affinities\": \"size\" scales each lifted cost by its number of voxel pairs over the largest number,\n"
-        "as [costs] weighting does for local edges; \"none\" leaves them. \"size\" was chosen on the dev cube's tuning\n"
-        "half with the shipped model's affinities (benchmarks/methods.py; figures in docs/methods_benchmarks.md)."
+        "size",
+        'source "affinities": "size" scales each lifted cost by its number of voxel pairs over the largest number,\n'
+        'as [costs] weighting does for local edges; "none" leaves them. "size" was chosen on the dev cube\'s tuning\n'
+        "half with the shipped model's affinities (benchmarks/methods.py; figures in docs/methods_benchmarks.md).",
     )
 
     def check(self, name: str, what: str) -> None:
@@ -229,7 +271,7 @@ class SegmentationConfig(Section):
     overlap, blocks matched across the overlaps and merged ([stitching]). The README compares them."""
 
     method: Literal["multicut", "agglomeration", "mutex-watershed", "stitching"] = key(
-        "multicut", "\"multicut\", \"agglomeration\", \"mutex-watershed\" or \"stitching\"."
+        "multicut", '"multicut", "agglomeration", "mutex-watershed" or "stitching".'
     )
 
 
@@ -243,12 +285,15 @@ class AgglomerationConfig(Section):
     threshold gets its own segmentation (`segmentation` for the first, `segmentation_threshold_<t>`
     for the others), and the merges with their scores are kept (graph/merges, graph/merge_scores)."""
 
-    linkage: Literal["mean", "quantile"] = key("mean", "\"mean\" or \"quantile\" (the `quantile` of the boundary's affinities, from 256-bin histograms).")
-    quantile: float = key(0.5, "The quantile of linkage \"quantile\", in [0, 1] (0.5: the median, as waterz's default).")
+    linkage: Literal["mean", "quantile"] = key(
+        "mean", '"mean" or "quantile" (the `quantile` of the boundary\'s affinities, from 256-bin histograms).'
+    )
+    quantile: float = key(0.5, 'The quantile of linkage "quantile", in [0, 1] (0.5: the median, as waterz\'s default).')
     thresholds: tuple[float, ...] = key(
-        [0.6], "Score thresholds in [0, 1] (higher merges more), no repeats. Default chosen on the dev cube's tuning half\n"
+        [0.6],
+        "Score thresholds in [0, 1] (higher merges more), no repeats. Default chosen on the dev cube's tuning half\n"
         "with the shipped model's predictions (benchmarks/methods.py): 0.6 for the mean (adapted Rand error 0.224\n"
-        "on the held-out half), 0.55 is best for the quantile 0.5 and for boundary maps derived from groundtruth."
+        "on the held-out half), 0.55 is best for the quantile 0.5 and for boundary maps derived from groundtruth.",
     )
 
     def check(self, name: str, what: str) -> None:
@@ -271,15 +316,26 @@ class MutexWatershedConfig(Section):
     affinities with long-range channels. Defaults chosen on the dev cube's tuning half with the shipped
     model's predictions (benchmarks/methods.py, strides (1, 1, 1), (1, 2, 2), (2, 4, 4) x min_size 0, 100)."""
 
-    strides: tuple[int, int, int] = key([2, 4, 4], "Keep the repulsive edges of every strides-th voxel per axis (z, y, x): faster, and less\n"
-                                        "over-segmentation from noisy long-range affinities.", minimum=1)
-    randomized_strides: bool = key(False, "Keep a random 1 / prod(strides) of the repulsive edges instead (seeded per block: `seed` + block id).")
+    strides: tuple[int, int, int] = key(
+        [2, 4, 4],
+        "Keep the repulsive edges of every strides-th voxel per axis (z, y, x): faster, and less\n"
+        "over-segmentation from noisy long-range affinities.",
+        minimum=1,
+    )
+    randomized_strides: bool = key(
+        False, "Keep a random 1 / prod(strides) of the repulsive edges instead (seeded per block: `seed` + block id)."
+    )
     seed: int = key(0, "Seed of `randomized_strides`.")
-    min_size: int = key(100, "Fragments smaller than this (voxels) are dissolved into their neighbours by a seeded watershed on\n"
-                        "the boundary map the affinities imply.")
+    min_size: int = key(
+        100,
+        "Fragments smaller than this (voxels) are dissolved into their neighbours by a seeded watershed on\n"
+        "the boundary map the affinities imply.",
+    )
     halo: tuple[int, int, int] | Literal["auto"] = key(
-        AUTO, "Context read around each block for its fragments, (z, y, x); \"auto\" = the longest offset per axis, so\n"
-        "that every repulsive edge of a block's voxels is seen.", minimum=0
+        AUTO,
+        'Context read around each block for its fragments, (z, y, x); "auto" = the longest offset per axis, so\n'
+        "that every repulsive edge of a block's voxels is seen.",
+        minimum=0,
     )
 
     def check(self, name: str, what: str) -> None:
@@ -307,11 +363,12 @@ class StitchingConfig(Section):
     default_function = ""
     reserved = frozenset({"function", "mode", "overlap", "method", "min_overlap", "fraction"})
 
-    function: str = key("", "\"\" = the built-in segmenter named by `method`, or a plugin \"package.module:function\".")
-    method: Literal["multicut", "agglomeration"] = key("multicut", "The built-in per-block segmenter: \"multicut\" or \"agglomeration\".")
+    function: str = key("", '"" = the built-in segmenter named by `method`, or a plugin "package.module:function".')
+    method: Literal["multicut", "agglomeration"] = key("multicut", 'The built-in per-block segmenter: "multicut" or "agglomeration".')
     mode: Literal["conservative", "medium", "aggressive"] = key(
-        "medium", "\"conservative\", \"medium\" or \"aggressive\" (see above). \"medium\" was best on the dev cube's tuning half\n"
-        "with the shipped model's predictions (benchmarks/methods.py)."
+        "medium",
+        '"conservative", "medium" or "aggressive" (see above). "medium" was best on the dev cube\'s tuning half\n'
+        "with the shipped model's predictions (benchmarks/methods.py).",
     )
     overlap: tuple[int, int, int] = key([8, 8, 8], "Voxels (z, y, x) each block is grown by per side; at most the block shape.", minimum=1)
     min_overlap: int = key(20, "Fewest common voxels of a candidate pair (and of a meeting region, in conservative mode).")
@@ -333,7 +390,7 @@ class SchedulingConfig(Section):
 
     block_groups: int = key(
         0,
-        "The block tasks of one stage run inside at most this many Luigi tasks (\"block groups\"), each\n"
+        'The block tasks of one stage run inside at most this many Luigi tasks ("block groups"), each\n'
         "running its blocks one after the other in one worker process. Luigi's scheduler slows down with\n"
         "the square of the number of tasks it knows, and each task it runs with several workers costs a\n"
         "process fork, so fewer groups are faster; more balance the load better. 0 = 4 per worker process\n"
@@ -366,16 +423,20 @@ class SupervoxelsConfig(Section):
     default_function = "emflow.supervoxels:distance_transform_watershed"
     reserved = frozenset({"function", "dimensionality", "anisotropy_threshold"})
 
-    function: str = key(default_function, "The supervoxel function, \"package.module:function\".")
+    function: str = key(default_function, 'The supervoxel function, "package.module:function".')
     dimensionality: Literal["auto", "2d", "3d"] = key(
-        "auto", "\"auto\" = 2D per z-slice when z resolution / xy resolution >= anisotropy_threshold, else 3D;\n"
-        "\"2d\" or \"3d\" forces the choice. Resolved here and passed to the function as `two_d`."
+        "auto",
+        '"auto" = 2D per z-slice when z resolution / xy resolution >= anisotropy_threshold, else 3D;\n'
+        '"2d" or "3d" forces the choice. Resolved here and passed to the function as `two_d`.',
     )
-    anisotropy_threshold: float = key(2.0, "Ratio of z to xy voxel size from which \"auto\" chooses 2D supervoxels.")
+    anisotropy_threshold: float = key(2.0, 'Ratio of z to xy voxel size from which "auto" chooses 2D supervoxels.')
     threshold: float = key(0.5, "Voxels with boundary value below this are foreground for the distance transform.")
     sigma_seeds: float = key(2.0, "Gaussian sigma for smoothing the distance transform before finding seeds.")
-    sigma_weights: float = key(1.0, "Gaussian sigma for smoothing the boundary map used as the flooding heightmap. Membranes are\n"
-                               "only a few voxels thick; stronger smoothing erodes thin ones and merges neurons.")
+    sigma_weights: float = key(
+        1.0,
+        "Gaussian sigma for smoothing the boundary map used as the flooding heightmap. Membranes are\n"
+        "only a few voxels thick; stronger smoothing erodes thin ones and merges neurons.",
+    )
     min_size: int = key(25, "Supervoxels smaller than this (voxels) are dissolved into their neighbours.")
     alpha: float = key(0.8, "Heightmap = alpha * boundaries + (1 - alpha) * inverted normalised distance.")
     extra: tuple[tuple[str, Any], ...] = field(default=())  # a plugin's keys (see Section)
@@ -395,13 +456,14 @@ class CostsConfig(Section):
     default_function = "emflow.costs:edge_costs_from_features"
     reserved = frozenset({"function"})
 
-    function: str = key(default_function, "The edge cost function, \"package.module:function\".")
+    function: str = key(default_function, 'The edge cost function, "package.module:function".')
     weighting: Literal["none", "size", "orientation"] = key(
-        "orientation", "\"size\" scales costs by the face size relative to the largest face, so that many tiny, noisy\n"
-        "faces cannot outvote the large faces of the same pair of objects; \"orientation\" does so for the pairs\n"
-        "between sections and the in-plane pairs apart (elf's \"xyz\"), so that on serial-section data the large\n"
-        "overlaps between sections cannot outvote in-plane evidence (about \"size\" on isotropic data);\n"
-        "\"none\" leaves costs as they are."
+        "orientation",
+        '"size" scales costs by the face size relative to the largest face, so that many tiny, noisy\n'
+        'faces cannot outvote the large faces of the same pair of objects; "orientation" does so for the pairs\n'
+        'between sections and the in-plane pairs apart (elf\'s "xyz"), so that on serial-section data the large\n'
+        'overlaps between sections cannot outvote in-plane evidence (about "size" on isotropic data);\n'
+        '"none" leaves costs as they are.',
     )
     extra: tuple[tuple[str, Any], ...] = field(default=())  # a plugin's keys (see Section)
 
@@ -418,11 +480,14 @@ class MulticutConfig(Section):
     default_function = "emflow.multicut:solve_multicut"
     reserved = frozenset({"function", "beta", "n_scales"})
 
-    function: str = key(default_function, "The multicut function, \"package.module:function\".")
-    beta: float = key(0.5, "Boundary bias: costs = log((1 - p) / p) + log((1 - beta) / beta). Lower beta merges\n"
-                      "more. Read by the edge-cost stage, not passed to the solver.")
+    function: str = key(default_function, 'The multicut function, "package.module:function".')
+    beta: float = key(
+        0.5,
+        "Boundary bias: costs = log((1 - p) / p) + log((1 - beta) / beta). Lower beta merges\n"
+        "more. Read by the edge-cost stage, not passed to the solver.",
+    )
     solver: Literal["greedy-additive", "kernighan-lin", "fusion-moves"] = key(
-        "kernighan-lin", "\"greedy-additive\", \"kernighan-lin\" (greedy additive warm start) or \"fusion-moves\"."
+        "kernighan-lin", '"greedy-additive", "kernighan-lin" (greedy additive warm start) or "fusion-moves".'
     )
     seed: int = key(0, "Seed of the solver's randomised steps, for reproducible results.")
     n_scales: int = key(
@@ -495,24 +560,33 @@ class RunConfig:
     def check(self) -> None:
         """Checks across sections."""
         if self.meshes.enabled and self.meshes.level and not self.output.pyramid:
-            raise ConfigError(f"config key meshes.level = {self.meshes.level} meshes a pyramid level: set output.pyramid = true, or meshes.level = 0")
-        lifted_key = "lifted.source = \"affinities\"" if self.lifted.source == "affinities" else "input.lifted_labels_key"
+            raise ConfigError(
+                f"config key meshes.level = {self.meshes.level} meshes a pyramid level: set output.pyramid = true, or meshes.level = 0"
+            )
+        lifted_key = 'lifted.source = "affinities"' if self.lifted.source == "affinities" else "input.lifted_labels_key"
         if self.lifted_multicut and self.multicut.uses_plugin:
             raise ConfigError(
                 f"config key {lifted_key} asks for a lifted multicut, solved with the built-in solvers; "
                 f"it cannot be combined with multicut.function = {self.multicut.function!r}"
             )
         if self.lifted.source == "affinities" and self.input.lifted_labels_key:
-            raise ConfigError("config keys lifted.source = \"affinities\" and input.lifted_labels_key are both given; lifted edges come from one "
-                              "source: set lifted.source = \"labels\" or remove input.lifted_labels_key")
+            raise ConfigError(
+                'config keys lifted.source = "affinities" and input.lifted_labels_key are both given; lifted edges come from one '
+                'source: set lifted.source = "labels" or remove input.lifted_labels_key'
+            )
         method = f"segmentation.method = {self.method!r}"
         if self.method != "multicut":
-            for given, name in ((self.input.lifted_labels_key, "input.lifted_labels_key"), (self.lifted.source == "affinities", "lifted.source"),
-                                (self.multicut.n_scales, "multicut.n_scales")):
+            for given, name in (
+                (self.input.lifted_labels_key, "input.lifted_labels_key"),
+                (self.lifted.source == "affinities", "lifted.source"),
+                (self.multicut.n_scales, "multicut.n_scales"),
+            ):
                 if given:
                     raise ConfigError(f"config key {name} belongs to segmentation.method = 'multicut'; it cannot be combined with {method}")
         if self.method == "mutex-watershed" and self.input.supervoxels_key:
-            raise ConfigError(f"config key input.supervoxels_key cannot be combined with {method}: the mutex watershed makes its own fragments")
+            raise ConfigError(
+                f"config key input.supervoxels_key cannot be combined with {method}: the mutex watershed makes its own fragments"
+            )
         if self.needs_affinities and self.input.boundaries_key:
             raise ConfigError(
                 f"config key {self.needs_affinities} needs affinities, and input.boundaries_key gives a boundary map: give input.affinities_key "

@@ -25,21 +25,36 @@ class DataConfig(Section):
 
     path: str = key("", "Container with the training volumes: an HDF5 file or a zarr group.", required=True)
     raw_key: str = key("", "Raw EM data in `path` (unsigned integers or floats in [0, 1]).", required=True)
-    labels_key: str = key("", "Instance ground truth in `path`, same shape as raw: integer ids, 0 = boundary or\n"
-                          "background (affinity 0 to everything).", required=True)
-    train_start: tuple[int, int, int] = key([0, 0, 0], "Training region [start, stop) of the volumes; a stop of 0 along an axis means the volume's end.",
-                                            minimum=0)
+    labels_key: str = key(
+        "",
+        "Instance ground truth in `path`, same shape as raw: integer ids, 0 = boundary or\nbackground (affinity 0 to everything).",
+        required=True,
+    )
+    train_start: tuple[int, int, int] = key(
+        [0, 0, 0], "Training region [start, stop) of the volumes; a stop of 0 along an axis means the volume's end.", minimum=0
+    )
     train_stop: tuple[int, int, int] = key([0, 0, 0], "End of the training region (see `train_start`).", minimum=0)
-    validation_start: tuple[int, int, int] = key([0, 0, 0], "Held-out region for the validation loss (not trained on); all stops 0 = no validation.",
-                                                 minimum=0)
-    validation_stop: tuple[int, int, int] = key([0, 0, 0], "End of the held-out region (see `validation_start`); for a serial-section stack e.g.\n"
-                                                "train_stop = [24, 0, 0], validation_start = [24, 0, 0].", minimum=0)
-    labels_2d: bool = key(False, "The labels are 2D per section, their ids NOT linked across sections (e.g. ISBI 2012's ground\n"
-                          "truth): targets then come from in-plane neighbours only (boundaries: the 4 in-plane neighbours;\n"
-                          "affinities: offsets must have z step 0; MALIS is refused).")
-    resolution: tuple[float, float, float] = key([0.0, 0.0, 0.0], "Voxel size (z, y, x) in nm of the training data, recorded in the model so that a workflow\n"
-                                                 "can choose a model by the input's voxel size; [0, 0, 0] = not recorded (never chosen automatically).")
-    modality: str = key("", "Imaging modality of the training data (e.g. \"FIB-SEM\", \"ssTEM\"), recorded in the model.")
+    validation_start: tuple[int, int, int] = key(
+        [0, 0, 0], "Held-out region for the validation loss (not trained on); all stops 0 = no validation.", minimum=0
+    )
+    validation_stop: tuple[int, int, int] = key(
+        [0, 0, 0],
+        "End of the held-out region (see `validation_start`); for a serial-section stack e.g.\n"
+        "train_stop = [24, 0, 0], validation_start = [24, 0, 0].",
+        minimum=0,
+    )
+    labels_2d: bool = key(
+        False,
+        "The labels are 2D per section, their ids NOT linked across sections (e.g. ISBI 2012's ground\n"
+        "truth): targets then come from in-plane neighbours only (boundaries: the 4 in-plane neighbours;\n"
+        "affinities: offsets must have z step 0; MALIS is refused).",
+    )
+    resolution: tuple[float, float, float] = key(
+        [0.0, 0.0, 0.0],
+        "Voxel size (z, y, x) in nm of the training data, recorded in the model so that a workflow\n"
+        "can choose a model by the input's voxel size; [0, 0, 0] = not recorded (never chosen automatically).",
+    )
+    modality: str = key("", 'Imaging modality of the training data (e.g. "FIB-SEM", "ssTEM"), recorded in the model.')
 
     def check(self, name: str, what: str) -> None:
         if any(self.resolution) and not all(math.isfinite(value) and value > 0 for value in self.resolution):
@@ -53,7 +68,7 @@ class DataConfig(Section):
 class ModelConfig(Section):
     """The network: a 3D U-Net (emflow/unet.py)."""
 
-    target: Literal["affinities", "boundaries"] = key("affinities", "\"affinities\" (one channel per offset) or \"boundaries\" (one channel).")
+    target: Literal["affinities", "boundaries"] = key("affinities", '"affinities" (one channel per offset) or "boundaries" (one channel).')
     offsets: tuple[tuple[int, int, int], ...] = key(
         [[-1, 0, 0], [0, -1, 0], [0, 0, -1], [-3, 0, 0], [0, -3, 0], [0, 0, -3], [-9, 0, 0], [0, -9, 0], [0, 0, -9]],
         "Affinity offsets (z, y, x), each pointing backwards: the three nearest neighbours come first,\n"
@@ -65,7 +80,7 @@ class ModelConfig(Section):
         [[2, 2, 2], [2, 2, 2]], "Per-level pooling factors (depth - 1 of them); use [1, 2, 2] for the first levels of serial-section data."
     )
     two_d_levels: int = key(0, "The first `two_d_levels` levels use in-plane (1, 3, 3) kernels (2D-3D hybrid).")
-    norm: Literal["group", "none"] = key("group", "\"group\" (GroupNorm) or \"none\".")
+    norm: Literal["group", "none"] = key("group", '"group" (GroupNorm) or "none".')
 
     def check(self, name: str, what: str) -> None:
         if self.target == "affinities" and not self.offsets:
@@ -81,11 +96,14 @@ class TrainingSection(Section):
     output: str = key("", "Folder for checkpoints, the training log and the final model (`model.pt`).", required=True)
     iterations: int = key(2000, "Training iterations (one batch each).")
     batch_size: int = key(1, "Patches per iteration.")
-    patch_shape: tuple[int, int, int] = key([32, 96, 96], "Must be divisible by the product of the pooling factors along each axis.", minimum=1)
+    patch_shape: tuple[int, int, int] = key(
+        [32, 96, 96], "Must be divisible by the product of the pooling factors along each axis.", minimum=1
+    )
     learning_rate: float = key(0.001, "Adam's learning rate.")
     loss: Literal["bce", "malis", "bce+malis"] = key(
-        "bce", "\"bce\" (class-balanced binary cross-entropy), \"malis\" (constrained MALIS, affinities only) or\n"
-        "\"bce+malis\". MALIS joins at iteration `malis_start`, scaled by `malis_weight`."
+        "bce",
+        '"bce" (class-balanced binary cross-entropy), "malis" (constrained MALIS, affinities only) or\n'
+        '"bce+malis". MALIS joins at iteration `malis_start`, scaled by `malis_weight`.',
     )
     malis_weight: float = key(1.0, "Weight of the MALIS loss.")
     malis_start: int = key(0, "Iteration at which MALIS joins.")
@@ -94,7 +112,7 @@ class TrainingSection(Section):
     validate_every: int = key(200, "Log the validation loss every this many iterations.")
     validation_patches: int = key(8, "Fixed patches of the held-out region the validation loss is taken on.")
     seed: int = key(0, "Seed of every random choice (patches, augmentation, initial weights).")
-    device: str = key("auto", "\"auto\" (a CUDA GPU if there is one, else the CPU), \"cpu\", \"cuda\", \"cuda:1\", ...")
+    device: str = key("auto", '"auto" (a CUDA GPU if there is one, else the CPU), "cpu", "cuda", "cuda:1", ...')
     threads: int = key(0, "CPU threads for torch (0 = all cores).")
 
     def check(self, name: str, what: str) -> None:
@@ -143,7 +161,9 @@ class TrainingConfig:
                 "use in-plane model.offsets (z step 0) or model.target = 'boundaries'"
             )
         if self.data.labels_2d and "malis" in self.training.loss:
-            raise ConfigError("training config key training.loss: MALIS needs affinities across sections, which data.labels_2d labels do not define")
+            raise ConfigError(
+                "training config key training.loss: MALIS needs affinities across sections, which data.labels_2d labels do not define"
+            )
         if "malis" in self.training.loss:
             missing = [offset for offset in NEAREST_NEIGHBOURS if offset not in self.model.offsets]
             if self.model.target != "affinities" or missing:

@@ -111,8 +111,12 @@ class PairStatistics:
         offsets = np.zeros(int(keep.sum()) + 1, dtype=np.int64)
         np.cumsum(row_sizes[keep], out=offsets[1:])
         return PairStatistics(
-            self.pairs[keep], self.counts[keep], self.sums[keep],
-            offsets, self.histogram_bins[entries], self.histogram_counts[entries],
+            self.pairs[keep],
+            self.counts[keep],
+            self.sums[keep],
+            offsets,
+            self.histogram_bins[entries],
+            self.histogram_counts[entries],
         )
 
 
@@ -254,10 +258,9 @@ def merge_pair_statistics(parts: Iterable[PairStatistics]) -> PairStatistics:
 
     # Histogram entries keyed by (merged pair, bin), summed per key.
     row_offset = np.cumsum([0] + [len(part) for part in parts])
-    entry_rows = np.concatenate([
-        np.repeat(np.arange(len(part)) + row_offset[index], np.diff(part.histogram_offsets))
-        for index, part in enumerate(parts)
-    ])
+    entry_rows = np.concatenate(
+        [np.repeat(np.arange(len(part)) + row_offset[index], np.diff(part.histogram_offsets)) for index, part in enumerate(parts)]
+    )
     keys = merged_index[entry_rows] * HISTOGRAM_BINS + np.concatenate([part.histogram_bins for part in parts])
     entry_order = np.argsort(keys)
     entry_counts = np.concatenate([part.histogram_counts for part in parts])[entry_order]
@@ -401,6 +404,10 @@ def _from_sorted_pairs(pairs, counts, sums, histogram_keys, histogram_key_counts
 
 def _empty() -> PairStatistics:
     return PairStatistics(
-        np.zeros((0, 2), np.uint64), np.zeros(0, np.int64), np.zeros(0, np.int64),
-        np.zeros(1, np.int64), np.zeros(0, np.uint8), np.zeros(0, np.int64),
+        np.zeros((0, 2), np.uint64),
+        np.zeros(0, np.int64),
+        np.zeros(0, np.int64),
+        np.zeros(1, np.int64),
+        np.zeros(0, np.uint8),
+        np.zeros(0, np.int64),
     )

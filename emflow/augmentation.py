@@ -207,11 +207,7 @@ def _validate(raw, labels, rng, *, probabilities, strengths, misalignment_max_sh
     for name, value in strengths.items():
         if not (np.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be finite and non-negative, got {value}")
-    if (
-        isinstance(misalignment_max_shift, bool)
-        or not isinstance(misalignment_max_shift, (int, np.integer))
-        or misalignment_max_shift < 0
-    ):
+    if isinstance(misalignment_max_shift, bool) or not isinstance(misalignment_max_shift, (int, np.integer)) or misalignment_max_shift < 0:
         raise ValueError(f"misalignment_max_shift must be a non-negative integer, got {misalignment_max_shift!r}")
 
 
@@ -229,16 +225,13 @@ def _deform_elastically(raw, labels, rng, magnitude: float, sigma: float):
     # Per-section 2D interpolation: about twice as fast as one 3D call with a constant z coordinate.
     deformed_raw = np.empty(raw.shape, dtype=raw.dtype)
     for section in range(raw.shape[0]):
-        ndimage.map_coordinates(
-            raw[section], sample_coordinates, output=deformed_raw[section], order=1, mode="reflect"
-        )
+        ndimage.map_coordinates(raw[section], sample_coordinates, output=deformed_raw[section], order=1, mode="reflect")
 
     # Nearest-neighbour lookup by integer indexing rather than map_coordinates(order=0): ids never
     # pass through float64, so ids above 2**53 survive too. The rounding and the half-sample
     # reflection at the border are those of map_coordinates(mode="reflect").
     nearest_y, nearest_x = (
-        _reflect_index(np.rint(axis_coordinates).astype(np.intp), size)
-        for axis_coordinates, size in zip(sample_coordinates, plane_shape)
+        _reflect_index(np.rint(axis_coordinates).astype(np.intp), size) for axis_coordinates, size in zip(sample_coordinates, plane_shape)
     )
     deformed_labels = labels[:, nearest_y, nearest_x]
     return deformed_raw, deformed_labels

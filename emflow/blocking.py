@@ -75,19 +75,12 @@ class Blocking:
         shape = _as_index_tuple(self.shape, "shape")
         block_shape = _as_index_tuple(self.block_shape, "block_shape")
         if len(shape) != len(block_shape):
-            raise ValueError(
-                f"shape and block_shape must have the same ndim, got {shape} and {block_shape}"
-            )
+            raise ValueError(f"shape and block_shape must have the same ndim, got {shape} and {block_shape}")
         for axis, (size, block_size) in enumerate(zip(shape, block_shape)):
             if size <= 0 or block_size <= 0:
-                raise ValueError(
-                    f"shape and block_shape must be positive, got {size} and {block_size} "
-                    f"along axis {axis}"
-                )
+                raise ValueError(f"shape and block_shape must be positive, got {size} and {block_size} along axis {axis}")
             if block_size > size:
-                raise ValueError(
-                    f"block_shape {block_size} is larger than the volume ({size}) along axis {axis}"
-                )
+                raise ValueError(f"block_shape {block_size} is larger than the volume ({size}) along axis {axis}")
         object.__setattr__(self, "shape", shape)
         object.__setattr__(self, "block_shape", block_shape)
 
@@ -105,9 +98,7 @@ class Blocking:
         """Position of block ``block_id`` in the block grid (C order)."""
         block_id = int(block_id)
         if not 0 <= block_id < self.number_of_blocks:
-            raise IndexError(
-                f"block_id {block_id} out of range for {self.number_of_blocks} blocks"
-            )
+            raise IndexError(f"block_id {block_id} out of range for {self.number_of_blocks} blocks")
         position = []
         for blocks in reversed(self.blocks_per_axis):
             block_id, index = divmod(block_id, blocks)

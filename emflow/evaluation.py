@@ -48,10 +48,7 @@ class ContingencyTable(NamedTuple):
 
 def _check_same_shape(segmentation, groundtruth):
     if tuple(segmentation.shape) != tuple(groundtruth.shape):
-        raise ValueError(
-            f"segmentation shape {tuple(segmentation.shape)} differs from "
-            f"groundtruth shape {tuple(groundtruth.shape)}"
-        )
+        raise ValueError(f"segmentation shape {tuple(segmentation.shape)} differs from groundtruth shape {tuple(groundtruth.shape)}")
 
 
 def _consecutive_ids(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -197,14 +194,10 @@ def variation_of_information(segmentation, groundtruth, ignore_labels=()) -> tup
     Raises:
         ValueError: if the shapes differ or no voxel is left after ignoring.
     """
-    return _variation_of_information_from_table(
-        contingency_table(segmentation, groundtruth, ignore_labels)
-    )
+    return _variation_of_information_from_table(contingency_table(segmentation, groundtruth, ignore_labels))
 
 
-def adapted_rand_error(
-    segmentation, groundtruth, ignore_labels=(0,)
-) -> tuple[float, float, float]:
+def adapted_rand_error(segmentation, groundtruth, ignore_labels=(0,)) -> tuple[float, float, float]:
     """Adapted Rand error (SNEMI3D definition) with its precision and recall.
 
     Over voxel pairs, precision = (pairs in one segment of both) / (pairs in one segmentation
@@ -227,9 +220,7 @@ def adapted_rand_error(
     Raises:
         ValueError: if the shapes differ or no voxel is left after ignoring.
     """
-    return _adapted_rand_error_from_table(
-        contingency_table(segmentation, groundtruth, ignore_labels)
-    )
+    return _adapted_rand_error_from_table(contingency_table(segmentation, groundtruth, ignore_labels))
 
 
 def evaluate(segmentation, groundtruth) -> dict:
@@ -394,9 +385,7 @@ def _merge_tables(tables: list[OverlapTable]) -> OverlapTable:
         + (-columns.anchor_counts, columns.segmentation_ids, columns.groundtruth_ids)
     )
     columns = OverlapTable(*(column[order] for column in columns))
-    starts = np.flatnonzero(
-        np.concatenate([[True], (np.diff(columns.groundtruth_ids) != 0) | (np.diff(columns.segmentation_ids) != 0)])
-    )
+    starts = np.flatnonzero(np.concatenate([[True], (np.diff(columns.groundtruth_ids) != 0) | (np.diff(columns.segmentation_ids) != 0)]))
     return OverlapTable(
         groundtruth_ids=columns.groundtruth_ids[starts],
         segmentation_ids=columns.segmentation_ids[starts],
@@ -468,9 +457,7 @@ def contingency_from_overlaps(table: OverlapTable, ignore_labels=(0,)) -> Contin
     kept = ~np.isin(table.groundtruth_ids, np.asarray(list(ignore_labels), dtype=np.uint64))
     groundtruth_ids, rows = np.unique(table.groundtruth_ids[kept], return_inverse=True)
     segmentation_ids, columns = np.unique(table.segmentation_ids[kept], return_inverse=True)
-    counts = scipy.sparse.coo_array(
-        (table.counts[kept], (rows, columns)), shape=(groundtruth_ids.size, segmentation_ids.size)
-    ).tocsr()
+    counts = scipy.sparse.coo_array((table.counts[kept], (rows, columns)), shape=(groundtruth_ids.size, segmentation_ids.size)).tocsr()
     return ContingencyTable(counts, groundtruth_ids, segmentation_ids)
 
 
@@ -540,8 +527,8 @@ def block_voi_contributions(table: OverlapTable, block_tables) -> np.ndarray:
     Returns:
         float64 (number of blocks, 2): bits of [split, merge] per block, in the order of ``block_tables``.
     """
-    rows, groundtruth_index, segmentation_index, groundtruth_ids, segmentation_ids, groundtruth_sizes, segmentation_sizes = (
-        _labelled_rows(table)
+    rows, groundtruth_index, segmentation_index, groundtruth_ids, segmentation_ids, groundtruth_sizes, segmentation_sizes = _labelled_rows(
+        table
     )
     total = float(table.counts[rows].sum())
     counts = table.counts[rows].astype(np.float64)
@@ -552,10 +539,9 @@ def block_voi_contributions(table: OverlapTable, block_tables) -> np.ndarray:
     contributions = []
     for block in block_tables:
         labelled = block.groundtruth_ids != 0
-        block_codes = (
-            np.searchsorted(groundtruth_ids, block.groundtruth_ids[labelled]).astype(np.int64) * segmentation_ids.size
-            + np.searchsorted(segmentation_ids, block.segmentation_ids[labelled])
-        )
+        block_codes = np.searchsorted(groundtruth_ids, block.groundtruth_ids[labelled]).astype(
+            np.int64
+        ) * segmentation_ids.size + np.searchsorted(segmentation_ids, block.segmentation_ids[labelled])
         positions = np.minimum(np.searchsorted(table_codes, block_codes), table_codes.size - 1)
         if not (
             np.array_equal(table.groundtruth_ids[rows[positions]], block.groundtruth_ids[labelled])
@@ -610,8 +596,8 @@ def segmentation_errors(table: OverlapTable, resolution=None, number_of_worst: i
         ValueError: if no voxel has a groundtruth label other than 0.
     """
     resolution = (1.0,) * table.anchors.shape[1] if resolution is None else tuple(float(r) for r in resolution)
-    rows, groundtruth_index, segmentation_index, groundtruth_ids, segmentation_ids, groundtruth_sizes, segmentation_sizes = (
-        _labelled_rows(table)
+    rows, groundtruth_index, segmentation_index, groundtruth_ids, segmentation_ids, groundtruth_sizes, segmentation_sizes = _labelled_rows(
+        table
     )
     counts = table.counts[rows]
     total = float(counts.sum())
@@ -637,26 +623,30 @@ def segmentation_errors(table: OverlapTable, resolution=None, number_of_worst: i
 
     worst_splits = []
     for body in np.lexsort((groundtruth_ids, -body_split))[:number_of_worst]:
-        body_rows = by_body[body_starts[body]:body_starts[body + 1]]
-        worst_splits.append({
-            "groundtruth_id": int(groundtruth_ids[body]),
-            "voxels": int(groundtruth_sizes[body]),
-            "voi_split_bits": float(body_split[body]),
-            "number_of_segments": int(segments_per_body[body]),
-            **_located(table, body_rows[0], resolution),
-            "overlaps": overlaps(body_rows, "segmentation_id", table.segmentation_ids),
-        })
+        body_rows = by_body[body_starts[body] : body_starts[body + 1]]
+        worst_splits.append(
+            {
+                "groundtruth_id": int(groundtruth_ids[body]),
+                "voxels": int(groundtruth_sizes[body]),
+                "voi_split_bits": float(body_split[body]),
+                "number_of_segments": int(segments_per_body[body]),
+                **_located(table, body_rows[0], resolution),
+                "overlaps": overlaps(body_rows, "segmentation_id", table.segmentation_ids),
+            }
+        )
     worst_merges = []
     for segment in np.lexsort((segmentation_ids, -segment_merge))[:number_of_worst]:
-        segment_rows = by_segment[segment_starts[segment]:segment_starts[segment + 1]]
-        worst_merges.append({
-            "segmentation_id": int(segmentation_ids[segment]),
-            "voxels": int(segmentation_sizes[segment]),
-            "voi_merge_bits": float(segment_merge[segment]),
-            "number_of_bodies": int(bodies_per_segment[segment]),
-            **_located(table, segment_rows[0], resolution),
-            "overlaps": overlaps(segment_rows, "groundtruth_id", table.groundtruth_ids),
-        })
+        segment_rows = by_segment[segment_starts[segment] : segment_starts[segment + 1]]
+        worst_merges.append(
+            {
+                "segmentation_id": int(segmentation_ids[segment]),
+                "voxels": int(segmentation_sizes[segment]),
+                "voi_merge_bits": float(segment_merge[segment]),
+                "number_of_bodies": int(bodies_per_segment[segment]),
+                **_located(table, segment_rows[0], resolution),
+                "overlaps": overlaps(segment_rows, "groundtruth_id", table.groundtruth_ids),
+            }
+        )
 
     partners_of_body = np.stack([table.segmentation_ids[by_body], table.counts[by_body]], axis=1).tolist()
     partners_of_segment = np.stack([table.groundtruth_ids[by_segment], table.counts[by_segment]], axis=1).tolist()

@@ -63,9 +63,7 @@ def block_edge_statistics(
     Single-threaded, because workflows parallelise over blocks.
     """
     supervoxels = np.asarray(supervoxels, dtype=np.uint64)
-    edges, stats = distributed.block_edge_map_stats(
-        supervoxels, boundaries, own_box.begin, own_box.shape, number_of_threads=1
-    )
+    edges, stats = distributed.block_edge_map_stats(supervoxels, boundaries, own_box.begin, own_box.shape, number_of_threads=1)
     z_counts = _z_pair_counts(supervoxels, own_box.begin, own_box.shape, edges)
     foreground = edges[:, 0] != 0
     return edges[foreground], np.column_stack([stats, z_counts])[foreground]

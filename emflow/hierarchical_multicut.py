@@ -83,9 +83,7 @@ def coarse_block_ids(block_ids, blocks_per_axis: Sequence[int], scale: int) -> n
         raise ValueError(f"block id {int(block_ids.max())} >= number of blocks {number_of_blocks}")
     valid = block_ids >= 0
     positions = np.unravel_index(block_ids[valid], blocks_per_axis)
-    coarse = np.ravel_multi_index(
-        tuple(position >> scale for position in positions), coarse_blocks_per_axis(blocks_per_axis, scale)
-    )
+    coarse = np.ravel_multi_index(tuple(position >> scale for position in positions), coarse_blocks_per_axis(blocks_per_axis, scale))
     result = np.full(block_ids.shape, -1, dtype=np.int64)
     result[valid] = coarse
     return result
@@ -184,7 +182,9 @@ class Decomposition:
         if problem.lifted_edges is None or problem.lifted_costs is None:
             return Subproblem(problem.edges[edge_ids], problem.edge_costs[edge_ids])
         lifted_ids = self.block_lifted_edge_ids(block_id)
-        return Subproblem(problem.edges[edge_ids], problem.edge_costs[edge_ids], problem.lifted_edges[lifted_ids], problem.lifted_costs[lifted_ids])
+        return Subproblem(
+            problem.edges[edge_ids], problem.edge_costs[edge_ids], problem.lifted_edges[lifted_ids], problem.lifted_costs[lifted_ids]
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -370,6 +370,7 @@ def hierarchical_multicut(
         node_mappings.append(node_mapping)
     return project_node_labels(solver(problem), node_mappings)
 
+
 # --- helpers ------------------------------------------------------------------------------------
 
 
@@ -438,9 +439,7 @@ def _contraction_mapping(number_of_nodes: int, contracted_edges: np.ndarray) -> 
     return mapping, int(mapping.max()) + 1
 
 
-def _mapped_edges(
-    edges: np.ndarray, costs: np.ndarray, node_mapping: np.ndarray, number_of_nodes: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _mapped_edges(edges: np.ndarray, costs: np.ndarray, node_mapping: np.ndarray, number_of_nodes: int) -> tuple[np.ndarray, np.ndarray]:
     # Edges between different new nodes, parallel ones merged with summed costs; sorted, u < v.
     u = node_mapping[edges[:, 0]]
     v = node_mapping[edges[:, 1]]

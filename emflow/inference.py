@@ -179,7 +179,9 @@ def accumulate_patches(
     patch_origins = list(itertools.product(*origins))
     for first in range(0, len(patch_origins), batch_size):
         slicings = [
-            tuple(slice(origin - offset, origin - offset + size) for origin, offset, size in zip(patch_origin, span_start, grid.patch_shape))
+            tuple(
+                slice(origin - offset, origin - offset + size) for origin, offset, size in zip(patch_origin, span_start, grid.patch_shape)
+            )
             for patch_origin in patch_origins[first : first + batch_size]
         ]
         predictions = predict_patches(np.stack([region[slicing] for slicing in slicings])[:, None])

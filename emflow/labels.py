@@ -59,9 +59,7 @@ def map_labels(labels, keys, values) -> np.ndarray:
     keys = _as_label_array(keys)
     values = _as_label_array(values)
     if keys.ndim != 1 or keys.shape != values.shape:
-        raise ValueError(
-            f"keys and values must be 1D of the same length, got {keys.shape} and {values.shape}"
-        )
+        raise ValueError(f"keys and values must be 1D of the same length, got {keys.shape} and {values.shape}")
     if np.any(keys[1:] <= keys[:-1]):
         raise ValueError("keys must be sorted and unique")
     if keys.size == 0 or keys[0] != 0:

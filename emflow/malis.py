@@ -76,10 +76,7 @@ def _validate(affinities, labels) -> tuple[np.ndarray, np.ndarray]:
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must have an integer dtype, got {labels.dtype}")
     if affinities.shape != (3,) + labels.shape:
-        raise ValueError(
-            f"affinities must have shape (3,) + labels.shape = {(3,) + labels.shape}, "
-            f"got {affinities.shape}"
-        )
+        raise ValueError(f"affinities must have shape (3,) + labels.shape = {(3,) + labels.shape}, got {affinities.shape}")
     if not (np.issubdtype(affinities.dtype, np.floating) or np.issubdtype(affinities.dtype, np.integer)):
         raise ValueError(f"affinities must be real numbers, got dtype {affinities.dtype}")
     # float32 -> float64 is exact, so ranks and ties are those of the input values.
@@ -89,9 +86,7 @@ def _validate(affinities, labels) -> tuple[np.ndarray, np.ndarray]:
     if affinities.size and (affinities.min() < 0 or affinities.max() > 1):
         # The constrained passes clamp to 0 and 1 as the extremes of the order; values outside
         # [0, 1] would rank beyond them and break that.
-        raise ValueError(
-            f"affinities must lie in [0, 1], got values in [{affinities.min()}, {affinities.max()}]"
-        )
+        raise ValueError(f"affinities must lie in [0, 1], got values in [{affinities.min()}, {affinities.max()}]")
     return affinities, labels
 
 
@@ -150,9 +145,7 @@ def _maximin_pair_counts(
     rank_of_edge[rank_order] = np.arange(number_of_edges)
 
     if negative_only:
-        node_of_voxel, number_of_nodes = _contract_leading_merges(
-            rank_of_edge, voxel, neighbour, flat_labels
-        )
+        node_of_voxel, number_of_nodes = _contract_leading_merges(rank_of_edge, voxel, neighbour, flat_labels)
         node_labels = np.zeros(number_of_nodes, dtype=flat_labels.dtype)
         node_labels[node_of_voxel] = flat_labels
         node_sizes = np.bincount(node_of_voxel, minlength=number_of_nodes)
@@ -161,9 +154,8 @@ def _maximin_pair_counts(
         # Of parallel edges between two nodes only the strongest can merge them, and a sparse
         # matrix would sum duplicates, so keep the first of each pair in rank order.
         between_nodes = rank_order[node_a[rank_order] != node_b[rank_order]]
-        pair_codes = (
-            np.minimum(node_a[between_nodes], node_b[between_nodes]) * number_of_nodes
-            + np.maximum(node_a[between_nodes], node_b[between_nodes])
+        pair_codes = np.minimum(node_a[between_nodes], node_b[between_nodes]) * number_of_nodes + np.maximum(
+            node_a[between_nodes], node_b[between_nodes]
         )
         _, first_of_pair = np.unique(pair_codes, return_index=True)
         candidate_edges = between_nodes[first_of_pair]
@@ -228,17 +220,13 @@ def _contract_leading_merges(
     for ends in (voxel, neighbour):
         np.minimum.at(highest_leaving_rank, piece_of_voxel[ends[leaving]], rank_of_edge[leaving])
     early_merge = is_merge & (rank_of_edge < highest_leaving_rank[piece_of_voxel[voxel]])
-    number_of_nodes, node_of_voxel = _components(
-        voxel[early_merge], neighbour[early_merge], number_of_voxels
-    )
+    number_of_nodes, node_of_voxel = _components(voxel[early_merge], neighbour[early_merge], number_of_voxels)
     return node_of_voxel, number_of_nodes
 
 
 def _components(ends_a: np.ndarray, ends_b: np.ndarray, number_of_nodes: int) -> tuple[int, np.ndarray]:
     """Connected components of an undirected graph given as edge end arrays."""
-    graph = coo_matrix(
-        (np.ones(ends_a.size, dtype=np.int8), (ends_a, ends_b)), shape=(number_of_nodes, number_of_nodes)
-    )
+    graph = coo_matrix((np.ones(ends_a.size, dtype=np.int8), (ends_a, ends_b)), shape=(number_of_nodes, number_of_nodes))
     return connected_components(graph, directed=False)
 
 
@@ -387,9 +375,7 @@ def malis_weights(affinities, labels, *, constrained: bool = True) -> tuple[np.n
     else:
         voxel_labels = flat_labels[voxel]
         groundtruth_merges = (voxel_labels == flat_labels[neighbour]) & (voxel_labels != 0)
-        positive, _ = _maximin_pair_counts(
-            np.where(groundtruth_merges, edge_values, 0.0), voxel, neighbour, flat_labels
-        )
+        positive, _ = _maximin_pair_counts(np.where(groundtruth_merges, edge_values, 0.0), voxel, neighbour, flat_labels)
         _, negative = _maximin_pair_counts(
             np.where(groundtruth_merges, 1.0, edge_values),
             voxel,

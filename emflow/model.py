@@ -124,7 +124,7 @@ class TrainedModel:
 
 
 def resolve_device(device: str) -> torch.device:
-    """"auto" = the first CUDA GPU if there is one, else the CPU; otherwise a torch device string."""
+    """ "auto" = the first CUDA GPU if there is one, else the CPU; otherwise a torch device string."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resolved = torch.device(device)
@@ -199,9 +199,7 @@ def resolution_distance(first: Sequence[float], second: Sequence[float]) -> floa
     return max(abs(math.log(a / b)) for a, b in zip(check_resolution(first), check_resolution(second)))
 
 
-def choose_model(
-    resolution: Sequence[float], models: Sequence[ModelDomain], *, max_ratio: float = MAX_RESOLUTION_RATIO
-) -> ModelDomain:
+def choose_model(resolution: Sequence[float], models: Sequence[ModelDomain], *, max_ratio: float = MAX_RESOLUTION_RATIO) -> ModelDomain:
     """The model whose training voxel size is closest to `resolution` (nm, z, y, x).
 
     Distance: `resolution_distance`; ties go to the smaller sum of |log ratio| over the axes, then
@@ -226,11 +224,14 @@ def choose_model(
     # A small tolerance, so that exactly max_ratio away is accepted despite rounding in the logarithm.
     suitable = [candidate for candidate in candidates if candidate[0] <= math.log(max_ratio) + 1e-12]
     if not suitable:
-        described = "; ".join(
-            f"{model.name}: {'unknown' if model.resolution is None else list(model.resolution)} nm"
-            + (f" ({model.modality})" if model.modality else "")
-            for model in models
-        ) or "no models"
+        described = (
+            "; ".join(
+                f"{model.name}: {'unknown' if model.resolution is None else list(model.resolution)} nm"
+                + (f" ({model.modality})" if model.modality else "")
+                for model in models
+            )
+            or "no models"
+        )
         raise NoSuitableModel(
             f"no model was trained within {max_ratio:g}x of the voxel size {list(resolution)} nm (z, y, x) along every axis; "
             f"models: {described}. Train one for this data (emflow train) or name a boundary map or model file"

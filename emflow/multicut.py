@@ -138,7 +138,9 @@ def _solver_chain(module, name: str, seed: int):
     return chained([greedy, fusion_moves, kernighan_lin])
 
 
-def solve_multicut(number_of_nodes: int, edges: np.ndarray, edge_costs: np.ndarray, *, solver: str = "kernighan-lin", seed: int = 0) -> np.ndarray:
+def solve_multicut(
+    number_of_nodes: int, edges: np.ndarray, edge_costs: np.ndarray, *, solver: str = "kernighan-lin", seed: int = 0
+) -> np.ndarray:
     """Segment ids of the plain multicut problem (``multicut_solver(solver, seed=seed)``).
 
     The signature of a multicut plugin (``[multicut] function``), of which this is the default.

@@ -118,9 +118,12 @@ def mutex_watershed_fragments(
     np.random.seed(seed)
     try:
         segments = grid_mutex_watershed(
-            weights, ordered_offsets, len(attractive),
+            weights,
+            ordered_offsets,
+            len(attractive),
             strides=None if strides is None else [int(stride) for stride in strides],
-            randomized_strides=randomized_strides, mask=mask,
+            randomized_strides=randomized_strides,
+            mask=mask,
         )
     finally:
         np.random.set_state(state)
@@ -187,11 +190,18 @@ def blockwise_mutex_watershed(
     block_fragments = []
     for block_id in range(blocking.number_of_blocks):
         outer, inner = blocking.block_with_halo(block_id, halo)
-        block_fragments.append(mutex_watershed_fragments(
-            affinities[(slice(None),) + outer.slicing], offsets, inner,
-            strides=strides, randomized_strides=randomized_strides, seed=seed + block_id,
-            mask=None if mask is None else mask[outer.slicing], min_size=min_size,
-        ))
+        block_fragments.append(
+            mutex_watershed_fragments(
+                affinities[(slice(None),) + outer.slicing],
+                offsets,
+                inner,
+                strides=strides,
+                randomized_strides=randomized_strides,
+                seed=seed + block_id,
+                mask=None if mask is None else mask[outer.slicing],
+                min_size=min_size,
+            )
+        )
     fragments = np.zeros(affinities.shape[1:], dtype=np.uint64)
     counts = [int(block.max()) for block in block_fragments]
     for block_id, (offset, block) in enumerate(zip(block_offsets(counts), block_fragments)):

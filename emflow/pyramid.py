@@ -48,7 +48,12 @@ def pyramid_factors(resolution, shape, block_shape) -> list[tuple[int, ...]]:
     resolution = np.asarray(resolution, dtype=np.float64)
     shape = np.asarray(shape, dtype=np.int64)
     block_shape = np.asarray(block_shape, dtype=np.int64)
-    if not (resolution.shape == shape.shape == block_shape.shape) or (resolution <= 0).any() or (shape < 1).any() or (block_shape < 1).any():
+    if (
+        not (resolution.shape == shape.shape == block_shape.shape)
+        or (resolution <= 0).any()
+        or (shape < 1).any()
+        or (block_shape < 1).any()
+    ):
         raise ValueError(
             f"resolution {tuple(resolution)}, shape {tuple(shape)} and block_shape {tuple(block_shape)} must be positive, one value per axis"
         )

@@ -210,7 +210,6 @@ def node_segments(segmentation, voxels: np.ndarray, block_shape) -> np.ndarray:
     return segments
 
 
-
 def _distinct_pairs(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     order = np.lexsort((second, first))
     first, second = first[order], second[order]

@@ -162,8 +162,13 @@ def overlap_statistics(lower_labels: np.ndarray, upper_labels: np.ndarray, *, mi
     counted = (region_pairs >= 0) & (region_voxels >= min_region)
     pair_regions = np.bincount(region_pairs[counted], minlength=len(pairs))
     return OverlapStatistics(
-        pairs.reshape(-1, 2), pair_voxels.astype(np.int64), pair_regions.astype(np.int64),
-        lower_ids, lower_voxels, upper_ids, upper_voxels,
+        pairs.reshape(-1, 2),
+        pair_voxels.astype(np.int64),
+        pair_regions.astype(np.int64),
+        lower_ids,
+        lower_voxels,
+        upper_ids,
+        upper_voxels,
     )
 
 
@@ -296,6 +301,7 @@ def multicut_block_segmenter(
     given volume's, relabelled within the block, or :func:`emflow.supervoxels.distance_transform_watershed`
     of the block's boundaries), edge costs with ``beta`` and size weighting, ``solver``.
     """
+
     def segment(box: Box) -> np.ndarray:
         block_boundaries = boundaries[box.slicing]
         block_supervoxels = _block_supervoxels(block_boundaries, None if supervoxels is None else supervoxels[box.slicing])
@@ -319,6 +325,7 @@ def agglomeration_block_segmenter(
     Arguments as :func:`multicut_block_segmenter`; scores from the boundary map
     (:func:`emflow.affinity_statistics.boundary_pair_statistics`), one ``threshold``.
     """
+
     def segment(box: Box) -> np.ndarray:
         block_boundaries = boundaries[box.slicing]
         block_supervoxels = _block_supervoxels(block_boundaries, None if supervoxels is None else supervoxels[box.slicing])

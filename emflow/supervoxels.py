@@ -85,8 +85,11 @@ def distance_transform_watershed(
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
     parameters = dict(
-        threshold=threshold, sigma_seeds=sigma_seeds, sigma_weights=sigma_weights,
-        min_size=min_size, alpha=alpha,
+        threshold=threshold,
+        sigma_seeds=sigma_seeds,
+        sigma_weights=sigma_weights,
+        min_size=min_size,
+        alpha=alpha,
     )
 
     if not two_d:
@@ -199,9 +202,7 @@ def _smooth(image: np.ndarray, sigma: float, resolution: tuple[float, ...]) -> n
     return gaussian_smoothing(image, tuple(sigma * finest / r for r in resolution))
 
 
-def _distance_transform_watershed(
-    boundaries, resolution, *, threshold, sigma_seeds, sigma_weights, min_size, alpha, mask
-) -> np.ndarray:
+def _distance_transform_watershed(boundaries, resolution, *, threshold, sigma_seeds, sigma_weights, min_size, alpha, mask) -> np.ndarray:
     interior = boundaries < threshold
     if mask is not None:
         # Mask borders act as boundaries, so seeds sit in the middle of the
@@ -223,12 +224,8 @@ def _distance_transform_watershed(
     seeds = label(maxima, connectivity=maxima.ndim)
 
     distance_range = float(distance.max() - distance.min())
-    normalized_distance = (
-        (distance - distance.min()) / distance_range if distance_range > 0 else np.zeros_like(distance)
-    )
-    heightmap = (
-        alpha * _smooth(boundaries, sigma_weights, resolution) + (1.0 - alpha) * (1.0 - normalized_distance)
-    ).astype(np.float32)
+    normalized_distance = (distance - distance.min()) / distance_range if distance_range > 0 else np.zeros_like(distance)
+    heightmap = (alpha * _smooth(boundaries, sigma_weights, resolution) + (1.0 - alpha) * (1.0 - normalized_distance)).astype(np.float32)
 
     supervoxels = watershed(heightmap, seeds, mask=mask)
     return size_filter(supervoxels, heightmap, min_size, mask=mask)

@@ -34,9 +34,7 @@ def sample_patch(
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A random patch (uniform origin) of raw and labels inside [region_start, region_stop)."""
-    origin = [
-        int(rng.integers(first, last - size + 1)) for first, last, size in zip(region_start, region_stop, patch_shape)
-    ]
+    origin = [int(rng.integers(first, last - size + 1)) for first, last, size in zip(region_start, region_stop, patch_shape)]
     slicing = tuple(slice(first, first + size) for first, size in zip(origin, patch_shape))
     return np.asarray(raw[slicing]), np.asarray(labels[slicing])
 
@@ -133,6 +131,8 @@ def training_loss(
             raise ValueError("MALIS needs affinities across sections, which labels not linked across sections do not define")
         channels = nearest_channels(offsets)
         probabilities = torch.sigmoid(logits[:, channels])
-        parts["malis"] = malis_weight * torch.stack([malis_loss(item, item_labels) for item, item_labels in zip(probabilities, labels)]).mean()
+        parts["malis"] = (
+            malis_weight * torch.stack([malis_loss(item, item_labels) for item, item_labels in zip(probabilities, labels)]).mean()
+        )
     total = sum(parts.values())
     return total, {name: float(value.detach()) for name, value in parts.items()}

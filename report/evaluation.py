@@ -102,15 +102,27 @@ def _view_figure(view: ErrorView) -> bytes:
         title = f"worst split: GT body {error_id} in {view.error['number_of_segments']} segments (colours)"
     z, y, x = view_position(view.error)
     return figures.error_view_figure(
-        view.raw, view.prediction, view.segmentation, view.groundtruth, mask, partner_labels,
-        f"{title}; z = {view.section}, + at (y, x) = ({y}, {x})", marker=(y - view.origin[0], x - view.origin[1]),
+        view.raw,
+        view.prediction,
+        view.segmentation,
+        view.groundtruth,
+        mask,
+        partner_labels,
+        f"{title}; z = {view.section}, + at (y, x) = ({y}, {x})",
+        marker=(y - view.origin[0], x - view.origin[1]),
     )
 
 
 def _error_rows(errors: list[dict], id_key: str, bits_key: str, count_key: str) -> list[list]:
     return [
-        [error[id_key], error[bits_key], error["voxels"], error[count_key], str(error["position_voxel"]),
-         str([round(value, 1) for value in error["position_nm"]])]
+        [
+            error[id_key],
+            error[bits_key],
+            error["voxels"],
+            error[count_key],
+            str(error["position_voxel"]),
+            str([round(value, 1) for value in error["position_nm"]]),
+        ]
         for error in errors
     ]
 
@@ -154,28 +166,45 @@ def write_evaluation_report(
         figure_files[name], captions[name] = png, caption
         return page.figure(name, caption)
 
-    body = [f'<p class="verdict">{html.escape(verdict)}</p>', "<h2>Metrics</h2>",
-            page.table(["metric", "value", "meaning"], [[key, value, METRIC_NOTES.get(key, "")] for key, value in metrics.items()
-                                                       if isinstance(value, (int, float))])]
+    body = [
+        f'<p class="verdict">{html.escape(verdict)}</p>',
+        "<h2>Metrics</h2>",
+        page.table(
+            ["metric", "value", "meaning"],
+            [[key, value, METRIC_NOTES.get(key, "")] for key, value in metrics.items() if isinstance(value, (int, float))],
+        ),
+    ]
 
     for kind, key, id_key, bits_key, count_key, partner in (
         ("merge", "worst_merges", "segmentation_id", "voi_merge_bits", "number_of_bodies", "GT bodies"),
         ("split", "worst_splits", "groundtruth_id", "voi_split_bits", "number_of_segments", "segments"),
     ):
         body.append(f"<h2>Worst {kind}s (by share of the VOI {kind} term)</h2>")
-        body.append(page.table([id_key, f"VOI {kind} (bits)", "voxels", partner, "position (voxel z, y, x)", "position (nm)"],
-                               _error_rows(errors[key], id_key, bits_key, count_key)))
+        body.append(
+            page.table(
+                [id_key, f"VOI {kind} (bits)", "voxels", partner, "position (voxel z, y, x)", "position (nm)"],
+                _error_rows(errors[key], id_key, bits_key, count_key),
+            )
+        )
         for index, view in enumerate(view for view in views if view.kind == kind):
-            body.append(add_figure(
-                f"worst_{kind}_{index}.png", _view_figure(view),
-                f"Slice view of the {kind} {view.error[id_key]}: raw, prediction, segmentation, and the error's voxels "
-                f"coloured by their {partner}; centred on its second-largest overlap, where the error shows.",
-            ))
+            body.append(
+                add_figure(
+                    f"worst_{kind}_{index}.png",
+                    _view_figure(view),
+                    f"Slice view of the {kind} {view.error[id_key]}: raw, prediction, segmentation, and the error's voxels "
+                    f"coloured by their {partner}; centred on its second-largest overlap, where the error shows.",
+                )
+            )
 
     if block_voi is not None:
         body.append("<h2>Where the errors are</h2>")
-        body.append(add_figure("voi_per_block.png", figures.voi_heat_map_figure(block_voi, blocks_per_axis),
-                               "Share of the VOI split and merge terms carried by each block's voxels (bits)."))
+        body.append(
+            add_figure(
+                "voi_per_block.png",
+                figures.voi_heat_map_figure(block_voi, blocks_per_axis),
+                "Share of the VOI split and merge terms carried by each block's voxels (bits).",
+            )
+        )
 
     segment_ids = table.segmentation_ids
     segment_sizes = np.bincount(np.unique(segment_ids, return_inverse=True)[1], weights=table.counts).astype(np.int64)
@@ -184,9 +213,15 @@ def write_evaluation_report(
     groundtruth_sizes = np.bincount(np.unique(table.groundtruth_ids[labelled], return_inverse=True)[1], weights=table.counts[labelled])
     voxel_volume_um3 = float(np.prod(np.asarray(resolution, dtype=np.float64))) * 1e-9
     body.append("<h2>Sizes</h2>")
-    body.append(add_figure("sizes.png", figures.size_histogram_figure(
-        {"segments (id != 0)": segment_sizes, "GT bodies": groundtruth_sizes.astype(np.int64)}, voxel_volume_um3),
-        "Object sizes of the segmentation against the groundtruth."))
+    body.append(
+        add_figure(
+            "sizes.png",
+            figures.size_histogram_figure(
+                {"segments (id != 0)": segment_sizes, "GT bodies": groundtruth_sizes.astype(np.int64)}, voxel_volume_um3
+            ),
+            "Object sizes of the segmentation against the groundtruth.",
+        )
+    )
     body.append('<p>All numbers, every body\'s splits and every merging segment: <a href="report.json">report.json</a>.</p>')
 
     data = {

@@ -122,8 +122,9 @@ def voi_heat_map_figure(contributions: np.ndarray, blocks_per_axis: tuple[int, i
     figure = Figure(figsize=(6.4, 4.6))
     axes = figure.subplots(2, 2)
     for row, term in enumerate(("split", "merge")):
-        for column, (view, summed_axis, labels) in enumerate((("top view, summed over z", 0, ("x block", "y block")),
-                                                              ("side view, summed over y", 1, ("x block", "z block")))):
+        for column, (view, summed_axis, labels) in enumerate(
+            (("top view, summed over z", 0, ("x block", "y block")), ("side view, summed over y", 1, ("x block", "z block")))
+        ):
             axis = axes[row, column]
             image = axis.imshow(grid[..., row].sum(axis=summed_axis), cmap="viridis", interpolation="nearest", origin="upper")
             figure.colorbar(image, ax=axis, fraction=0.046, pad=0.03).ax.tick_params(labelsize=6)

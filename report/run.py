@@ -75,8 +75,10 @@ def write_run_report(
     total_seconds = float(sum(stage_seconds.values()))
     section_index = int(volume_shape[0]) // 2 if section_index is None else int(section_index)
     summary = size_summary(segment_sizes, voxel_volume_um3)
-    stages = {name: {"seconds": float(seconds), "peak_rss_bytes": int(stage_peak_rss_bytes.get(name, 0))}
-              for name, seconds in stage_seconds.items()}
+    stages = {
+        name: {"seconds": float(seconds), "peak_rss_bytes": int(stage_peak_rss_bytes.get(name, 0))}
+        for name, seconds in stage_seconds.items()
+    }
     captions = {
         "run_preview.png": f"Section z = {section_index}: raw, and the segmentation over it.",
         "run_sizes.png": "Segment sizes (background left out).",
@@ -107,13 +109,18 @@ def write_run_report(
         ["largest peak memory (MiB)", data["peak_rss_bytes"] / 2**20],
     ]
     body = [
-        "<h2>Run</h2>", page.table(["", "value"], overview),
-        "<h2>Segments</h2>", page.table(["statistic", "value"], [[key, value] for key, value in summary.items()]),
+        "<h2>Run</h2>",
+        page.table(["", "value"], overview),
+        "<h2>Segments</h2>",
+        page.table(["statistic", "value"], [[key, value] for key, value in summary.items()]),
         page.figure("run_sizes.png", captions["run_sizes.png"]),
-        "<h2>Preview</h2>", page.figure("run_preview.png", captions["run_preview.png"]),
+        "<h2>Preview</h2>",
+        page.figure("run_preview.png", captions["run_preview.png"]),
         "<h2>Stages</h2>",
-        page.table(["stage", "seconds", "peak RSS (MiB)"],
-                   [[name, stage["seconds"], stage["peak_rss_bytes"] / 2**20] for name, stage in stages.items()]),
+        page.table(
+            ["stage", "seconds", "peak RSS (MiB)"],
+            [[name, stage["seconds"], stage["peak_rss_bytes"] / 2**20] for name, stage in stages.items()],
+        ),
         page.figure("run_stages.png", captions["run_stages.png"]),
         '<p>All numbers: <a href="run_report.json">run_report.json</a>.</p>',
     ]

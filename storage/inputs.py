@@ -79,7 +79,9 @@ def describe_inputs(path: str, keys: dict[str, str]) -> dict[str, InputDataset]:
             try:
                 volume = stack.enter_context(opened_volume(path, key))
             except FileNotFoundError as error:
-                raise InputError(f"config key input.path: {error}; check the path (a relative path is relative to the config file)") from error
+                raise InputError(
+                    f"config key input.path: {error}; check the path (a relative path is relative to the config file)"
+                ) from error
             except KeyError as error:
                 raise InputError(f"config key input.{role}_key: {error.args[0]}") from error
             except ValueError as error:
@@ -312,13 +314,19 @@ def input_warnings(inputs: dict[str, InputDataset]) -> list[str]:
         dtype = np.dtype(dataset.dtype)
         if role == "mask":
             if values.maximum == 0 and values.exact:
-                raise InputError(f"mask dataset {dataset.location} is 0 everywhere ({values.describe()}): every voxel would be masked out "
-                                 "and the segmentation empty; check input.mask_key")
+                raise InputError(
+                    f"mask dataset {dataset.location} is 0 everywhere ({values.describe()}): every voxel would be masked out "
+                    "and the segmentation empty; check input.mask_key"
+                )
             if values.maximum == 0:
-                warnings.append(f"mask dataset {dataset.location} is 0 wherever it was read ({values.describe()}): most or all of the volume is masked out")
+                warnings.append(
+                    f"mask dataset {dataset.location} is 0 wherever it was read ({values.describe()}): most or all of the volume is masked out"
+                )
             continue
         low, high = (0.0, float(np.iinfo(dtype).max)) if np.issubdtype(dtype, np.integer) else (0.0, 1.0)
-        span = (values.maximum - values.minimum + (1 if np.issubdtype(dtype, np.integer) else 0)) / (high - low + (1 if np.issubdtype(dtype, np.integer) else 0))
+        span = (values.maximum - values.minimum + (1 if np.issubdtype(dtype, np.integer) else 0)) / (
+            high - low + (1 if np.issubdtype(dtype, np.integer) else 0)
+        )
         if span < TINY_RANGE:
             effect = (
                 f"the network sees them scaled by 1/{_number(high)}, nearly constant, and the segmentation is likely one segment or noise; "
@@ -334,7 +342,7 @@ def input_warnings(inputs: dict[str, InputDataset]) -> list[str]:
 
 
 def _describe_box(begin, end) -> str:
-    return ", ".join(f"{axis} {start}:{stop}" for axis, start, stop in zip("zyx"[-len(begin):], begin, end))
+    return ", ".join(f"{axis} {start}:{stop}" for axis, start, stop in zip("zyx"[-len(begin) :], begin, end))
 
 
 def check_writable(path: Path, key: str) -> None:
@@ -352,4 +360,6 @@ def check_writable(path: Path, key: str) -> None:
     if not existing.is_dir():
         raise ConfigError(f"config key {key}: cannot create {path}: {existing} is a file, not a folder; choose another path")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"config key {key}: cannot write {path}: {existing} is not writable (permissions or a read-only file system); choose another path")
+        raise ConfigError(
+            f"config key {key}: cannot write {path}: {existing} is not writable (permissions or a read-only file system); choose another path"
+        )

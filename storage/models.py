@@ -172,8 +172,11 @@ def _describe_model(path: str, modified_ns: int, size: int) -> ModelDescription:
     state = read_model_state(path)
     try:
         return ModelDescription(
-            file_digest(path), UNetConfig(**state["network_config"]), tuple(state["patch_shape"]),
-            state["target"], tuple(tuple(int(step) for step in offset) for offset in state["offsets"]),
+            file_digest(path),
+            UNetConfig(**state["network_config"]),
+            tuple(state["patch_shape"]),
+            state["target"],
+            tuple(tuple(int(step) for step in offset) for offset in state["offsets"]),
         )
     except (KeyError, TypeError) as error:
         raise ValueError(f"{path} is not a usable emflow model file: {error}") from error

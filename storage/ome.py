@@ -82,7 +82,7 @@ def create_levels(group: zarr.Group, level_factors, *, compressed: bool = True) 
     first = _level_array(group, level_path(0))
     channel = first.metadata.dimension_names is not None and first.metadata.dimension_names[0] == CHANNEL_AXIS
     channels = tuple(first.shape[:1]) if channel else ()
-    shapes = level_shapes(first.shape[int(channel):], level_factors)[1:]
+    shapes = level_shapes(first.shape[int(channel) :], level_factors)[1:]
     return [
         create_level(group, level, channels + shape, first.chunks, first.dtype, channel=channel, compressed=compressed)
         for level, shape in enumerate(shapes, start=1)
@@ -172,7 +172,7 @@ def write_multiscale_metadata(
             raise ValueError(f"level factors {factors} must be {space_dimensions} whole numbers of at least 1")
     names = axis_names(space_dimensions, channel=channel)
     channels = first.shape[:1] if channel else ()
-    for level, shape in enumerate(level_shapes(first.shape[int(channel):], level_factors)):
+    for level, shape in enumerate(level_shapes(first.shape[int(channel) :], level_factors)):
         array = first if level == 0 else _level_array(group, level_path(level))
         if tuple(array.shape) != channels + shape:
             raise ValueError(f"level {level_path(level)!r} has shape {array.shape}, expected {channels + shape} from the level factors")
@@ -242,7 +242,8 @@ class UnsupportedUnitError(InputError, ValueError):
 def _multiscale(names, datasets, unit: str, name: str | None, downsampling: str | None) -> dict:
     multiscale = {} if name is None else {"name": name}
     multiscale["axes"] = [
-        {"name": CHANNEL_AXIS, "type": "channel"} if axis == CHANNEL_AXIS else {"name": axis, "type": "space", "unit": unit} for axis in names
+        {"name": CHANNEL_AXIS, "type": "channel"} if axis == CHANNEL_AXIS else {"name": axis, "type": "space", "unit": unit}
+        for axis in names
     ]
     multiscale["datasets"] = datasets
     if downsampling is not None:

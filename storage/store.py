@@ -72,7 +72,7 @@ def describe_box(box: Box) -> str:
 
 def describe_slicing(slicing: tuple[slice, ...]) -> str:
     """A selection of bounded slices (z, y, x last) as messages show a box: "z 0:40, y 0:72, x 56:128"."""
-    axes = ("zyx" if len(slicing) <= 3 else "c" * (len(slicing) - 3) + "zyx")[-len(slicing):]
+    axes = ("zyx" if len(slicing) <= 3 else "c" * (len(slicing) - 3) + "zyx")[-len(slicing) :]
     return ", ".join(f"{axis} {part.start}:{part.stop}" for axis, part in zip(axes, slicing))
 
 
@@ -137,15 +137,26 @@ class Store:
             prefix = (volume.channels,) if volume.channels else ()
             with writing(self.layout.output_path / volume.image):
                 level = create_block_image(
-                    group, volume.image, prefix + tuple(shape), prefix + tuple(block_shape), volume.dtype, resolution,
-                    label=volume.label, channel=bool(volume.channels), compressed=volume.compressed,
+                    group,
+                    volume.image,
+                    prefix + tuple(shape),
+                    prefix + tuple(block_shape),
+                    volume.dtype,
+                    resolution,
+                    label=volume.label,
+                    channel=bool(volume.channels),
+                    compressed=volume.compressed,
                 )
                 if volume.attributes:
                     level.attrs.update({key: _json_value(value) for key, value in volume.attributes})
                 if levels:
                     create_levels(group[volume.image], level_factors[:levels], compressed=volume.compressed)
                     write_multiscale_metadata(
-                        group[volume.image], resolution, level_factors[:levels], name=volume.image, label=volume.label,
+                        group[volume.image],
+                        resolution,
+                        level_factors[:levels],
+                        name=volume.image,
+                        label=volume.label,
                         downsampling="mode" if volume.label else "mean",
                     )
 
@@ -222,7 +233,7 @@ def _checked_values(values: np.ndarray, box: Box, dataset: InputDataset) -> np.n
         where = np.flatnonzero(bad(values))
         if where.size:
             # The voxel (z, y, x) of the first one; a channel axis of affinities goes first.
-            position = np.unravel_index(where[0], values.shape)[values.ndim - len(box.begin):]
+            position = np.unravel_index(where[0], values.shape)[values.ndim - len(box.begin) :]
             first = tuple(int(start + index) for start, index in zip(box.begin, position))
             raise InputError(
                 f"{what} holds {where.size} {name} value{'s' if where.size > 1 else ''} in box {describe_box(box)} "

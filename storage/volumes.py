@@ -43,6 +43,7 @@ _DEFAULT_CHUNK_VOXELS = 64**3
 # Largest block copied at once by import_volume.
 _COPY_BLOCK_BYTES = 256 * 2**20
 
+
 class VolumeNotFoundError(InputError, FileNotFoundError):
     """No volume file or folder at the given path."""
 
@@ -89,10 +90,7 @@ def parse_location(text: str) -> tuple[str, str]:
     if not key or not key.strip("/"):
         if Path(path).suffix.lower() in TIFF_SUFFIXES:
             raise UnusableVolumeError(_tiff_message(Path(path)))
-        raise UnusableVolumeError(
-            f"location {text!r} names no dataset: write it as 'volume.zarr:key' or "
-            "'volume.h5:group/dataset'"
-        )
+        raise UnusableVolumeError(f"location {text!r} names no dataset: write it as 'volume.zarr:key' or 'volume.h5:group/dataset'")
     return path, key
 
 
@@ -145,10 +143,7 @@ class HDF5Volume:
     def __repr__(self) -> str:
         if not self.file.id.valid:
             return "<HDF5Volume (closed)>"
-        return (
-            f"<HDF5Volume {self.file.filename}:{self.dataset.name} "
-            f"shape={self.shape} dtype={self.dtype}>"
-        )
+        return f"<HDF5Volume {self.file.filename}:{self.dataset.name} shape={self.shape} dtype={self.dtype}>"
 
 
 def _is_zarr_path(path: Path) -> bool:
@@ -180,7 +175,7 @@ def _tiff_message(path: Path) -> str:
     return (
         f"{path} is a TIFF file; emflow reads zarr and HDF5 volumes. Convert it once with "
         f"`emflow import {path} data.zarr --key {key} --resolution Z Y X` (the voxel size in nm; leave it out where the "
-        f"file records it), then use data.zarr:{key} (in a run config: path = \"data.zarr\" with key {key})"
+        f'file records it), then use data.zarr:{key} (in a run config: path = "data.zarr" with key {key})'
     )
 
 
@@ -194,10 +189,7 @@ def _walk_to(root, key: str, path: Path, is_group):
             raise DatasetNotFoundError(f"key {key!r} not found in {path}: {level!r} is an array, not a group")
         if part not in node:
             available = ", ".join(sorted(node.keys())) or "nothing"
-            raise DatasetNotFoundError(
-                f"key {key!r} not found in {path}: no {part!r} under {level!r}, "
-                f"which contains: {available}"
-            )
+            raise DatasetNotFoundError(f"key {key!r} not found in {path}: no {part!r} under {level!r}, which contains: {available}")
         node = node[part]
         walked.append(part)
     return node
@@ -207,15 +199,16 @@ def _open_zarr(path: Path, key: str, mode: str):
     try:
         root = zarr.open(store=str(path), mode=mode)
     except (zarr.errors.BaseZarrError, ValueError) as error:  # no metadata, or metadata that is not JSON
-        raise UnusableVolumeError(f"{path} cannot be opened as a zarr store ({type(error).__name__}: {error}); is it a zarr group or array?") from error
+        raise UnusableVolumeError(
+            f"{path} cannot be opened as a zarr store ({type(error).__name__}: {error}); is it a zarr group or array?"
+        ) from error
     node = _walk_to(root, key, path, lambda n: isinstance(n, zarr.Group))
     if isinstance(node, zarr.Group):
         multiscales = ome_multiscales(node.attrs)
         if not multiscales:
             members = ", ".join(sorted(node.keys())) or "nothing"
             raise UnusableVolumeError(
-                f"{path}:{key} is a zarr group without OME-Zarr multiscales metadata, not an "
-                f"array; it contains: {members}"
+                f"{path}:{key} is a zarr group without OME-Zarr multiscales metadata, not an array; it contains: {members}"
             )
         # The first dataset of the first multiscale is the full-resolution level.
         node = node[multiscales[0]["datasets"][0]["path"]]
@@ -231,9 +224,7 @@ def _open_hdf5(path: Path, key: str, mode: str) -> HDF5Volume:
         node = _walk_to(file, key, path, lambda n: isinstance(n, h5py.Group))
         if not isinstance(node, h5py.Dataset):
             members = ", ".join(sorted(node.keys())) or "nothing"
-            raise UnusableVolumeError(
-                f"{path}:{key} is an HDF5 group, not a dataset; it contains: {members}"
-            )
+            raise UnusableVolumeError(f"{path}:{key} is an HDF5 group, not a dataset; it contains: {members}")
     except BaseException:
         file.close()
         raise
@@ -318,9 +309,7 @@ def _damaged_chunks(array: zarr.Array, selection: tuple[slice, ...]) -> list[tup
     Positions and files are those of the stored unit: the shard for a sharded array.
     """
     unit = array.shards or array.chunks
-    ranges = [
-        range(part.start // step, -(-part.stop // step)) for part, step in zip(selection, unit)
-    ]
+    ranges = [range(part.start // step, -(-part.stop // step)) for part, step in zip(selection, unit)]
     root = getattr(array.store, "root", None)
     damaged = []
     for coords in itertools.product(*ranges):
@@ -348,7 +337,11 @@ def unwritten_fill_value(volume):
     if isinstance(volume, HDF5Volume):
         dataset = volume.dataset
         properties = dataset.id.get_create_plist()
-        in_file = not dataset.is_virtual and properties.get_external_count() == 0 and properties.get_layout() in (h5py.h5d.CHUNKED, h5py.h5d.CONTIGUOUS)
+        in_file = (
+            not dataset.is_virtual
+            and properties.get_external_count() == 0
+            and properties.get_layout() in (h5py.h5d.CHUNKED, h5py.h5d.CONTIGUOUS)
+        )
         unwritten = in_file and dataset.id.get_storage_size() == 0
     elif isinstance(volume, zarr.Array):
         # zarr's own bridge to its async store API: the public `nchunks_initialized` lists every chunk.
@@ -397,9 +390,7 @@ def _ome_resolution(array) -> tuple[float, ...] | None:
                 scale = scale * overall_scale
             axes = multiscale.get("axes") or [{"type": "space"}] * scale.size
             return tuple(
-                float(value) * nanometers_per(axis.get("unit"))
-                for value, axis in zip(scale, axes)
-                if axis.get("type", "space") == "space"
+                float(value) * nanometers_per(axis.get("unit")) for value, axis in zip(scale, axes) if axis.get("type", "space") == "space"
             )
     return None
 
@@ -430,11 +421,7 @@ class _TiffStack:
         self.shape = tuple(series.shape)
         self.dtype = series.dtype
         self.ndim = len(self.shape)
-        self._one_page_per_plane = (
-            self.ndim >= 3
-            and len(series.pages) == self.shape[0]
-            and tuple(series.keyframe.shape) == self.shape[1:]
-        )
+        self._one_page_per_plane = self.ndim >= 3 and len(series.pages) == self.shape[0] and tuple(series.keyframe.shape) == self.shape[1:]
         self._whole = None
         self.resolution = _tiff_resolution(self._file, self.ndim)
 
@@ -480,7 +467,9 @@ class _TiffFolder:
         for path in self._paths[selection[0]]:
             plane = tifffile.imread(path)
             if plane.shape != self.shape[1:] or plane.dtype != self.dtype:
-                raise UnusableVolumeError(f"{path}: {plane.dtype} image of shape {plane.shape}, expected {self.dtype} {self.shape[1:]} like the first file")
+                raise UnusableVolumeError(
+                    f"{path}: {plane.dtype} image of shape {plane.shape}, expected {self.dtype} {self.shape[1:]} like the first file"
+                )
             planes.append(plane[tuple(selection[1:])])
         return np.stack(planes)
 
@@ -490,9 +479,22 @@ class _TiffFolder:
 
 # Nanometres per length unit as ImageJ and OME-TIFF write them.
 _TIFF_NANOMETERS_PER_UNIT = {
-    "nm": 1.0, "nanometer": 1.0, "nanometre": 1.0,
-    "um": 1e3, "\u00b5m": 1e3, "\u03bcm": 1e3, "micron": 1e3, "microns": 1e3, "micrometer": 1e3, "micrometre": 1e3,
-    "mm": 1e6, "millimeter": 1e6, "cm": 1e7, "m": 1e9, "angstrom": 0.1, "å": 0.1,
+    "nm": 1.0,
+    "nanometer": 1.0,
+    "nanometre": 1.0,
+    "um": 1e3,
+    "\u00b5m": 1e3,
+    "\u03bcm": 1e3,
+    "micron": 1e3,
+    "microns": 1e3,
+    "micrometer": 1e3,
+    "micrometre": 1e3,
+    "mm": 1e6,
+    "millimeter": 1e6,
+    "cm": 1e7,
+    "m": 1e9,
+    "angstrom": 0.1,
+    "å": 0.1,
 }
 # The TIFF tag ResolutionUnit: 2 inch, 3 centimetre (1: no unit).
 _TIFF_RESOLUTION_UNIT_NANOMETERS = {2: 2.54e7, 3: 1e7}
@@ -560,10 +562,7 @@ def _copy_blocks(shape, chunks, itemsize):
     block = slab if math.prod(slab) * itemsize <= _COPY_BLOCK_BYTES else tuple(chunks)
     starts = [range(0, extent, step) for extent, step in zip(shape, block)]
     for corner in itertools.product(*starts):
-        yield tuple(
-            slice(start, min(start + step, extent))
-            for start, step, extent in zip(corner, block, shape)
-        )
+        yield tuple(slice(start, min(start + step, extent)) for start, step, extent in zip(corner, block, shape))
 
 
 def _open_destination_group(destination: Path) -> zarr.Group:
@@ -640,8 +639,7 @@ def import_volume(
         for name, value in (("chunks", chunks), ("resolution", resolution)):
             if value is not None and len(value) != len(shape):
                 raise UnusableVolumeError(
-                    f"{name} {tuple(value)} has {len(value)} values for a "
-                    f"{len(shape)}-dimensional volume of shape {shape}"
+                    f"{name} {tuple(value)} has {len(value)} values for a {len(shape)}-dimensional volume of shape {shape}"
                 )
         destination, key = Path(destination), key.strip("/")
         if destination.exists():
@@ -777,7 +775,7 @@ def write_volume(path, key: str, data, *, resolution=None, chunks=None) -> None:
         shape=data.shape,
         dtype=data.dtype,
         chunks=chunks,
-        dimension_names=("z", "y", "x")[-data.ndim:] if data.ndim <= 3 else None,
+        dimension_names=("z", "y", "x")[-data.ndim :] if data.ndim <= 3 else None,
         overwrite=key in group,
     )
     if resolution is not None:

@@ -94,7 +94,13 @@ class BlockJournal:
         self._descriptor: int | None = None
 
     def append(
-        self, block_id: int, fingerprint: str | None, result: dict[str, Any] | None = None, *, after: int = 0, data: dict[str, list] | None = None
+        self,
+        block_id: int,
+        fingerprint: str | None,
+        result: dict[str, Any] | None = None,
+        *,
+        after: int = 0,
+        data: dict[str, list] | None = None,
     ) -> None:
         """Record a block; `after`: the sequence number of the block's latest record this writer read (0: none)."""
         record = {
@@ -237,6 +243,8 @@ def _is_data(data: Any) -> bool:
         for state in states:
             if state is None:
                 continue
-            if not (isinstance(state, list) and len(state) == 3 and _is_count(state[0]) and _is_count(state[1]) and isinstance(state[2], str)):
+            if not (
+                isinstance(state, list) and len(state) == 3 and _is_count(state[0]) and _is_count(state[1]) and isinstance(state[2], str)
+            ):
                 return False
     return True

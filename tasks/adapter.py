@@ -203,7 +203,10 @@ class _BlockStageTask(_StageTaskBase):
         configured = run.config.scheduling.block_groups
         groups = configured or block_scheduling().auto_block_groups
         group_class = _task_class(self.workflow, self.stage_name, "group")
-        return [group_class(config_path=self.config_path, blocks=format_blocks(first, stop)) for first, stop in block_groups(self.number_of_blocks, groups)]
+        return [
+            group_class(config_path=self.config_path, blocks=format_blocks(first, stop))
+            for first, stop in block_groups(self.number_of_blocks, groups)
+        ]
 
     @property
     def number_of_blocks(self) -> int:
@@ -267,7 +270,10 @@ class _BlockGroupTask(_StageTaskBase):
                     with _failure_recorded(run, spec, block_id):
                         journal.append(block_id, expected, result, after=seq, data=data)
                 if time.monotonic() - last_report > STATUS_INTERVAL or position == len(pending):
-                    self._report(f"{spec.name} blocks {self.blocks}: {position} of {len(pending)} run, {len(failed)} failed", round(100 * position / len(pending)))
+                    self._report(
+                        f"{spec.name} blocks {self.blocks}: {position} of {len(pending)} run, {len(failed)} failed",
+                        round(100 * position / len(pending)),
+                    )
                     last_report = time.monotonic()
         if failed:
             listing = "; ".join(f"block {block_id} (log: {run.layout.log(spec.name, block_id)})" for block_id in failed)
@@ -361,7 +367,9 @@ def stage_record(run: Run, name: str) -> CompletionTarget:
     spec = run.stage(name)
     if spec.blockwise:
         return stage_target(run, name)
-    return CompletionTarget(run.layout.stage_record(name), stage_fingerprint(run, name), data_changed=lambda data: global_outputs_changed(run, spec, data))
+    return CompletionTarget(
+        run.layout.stage_record(name), stage_fingerprint(run, name), data_changed=lambda data: global_outputs_changed(run, spec, data)
+    )
 
 
 # --- what tasks wrote ---------------------------------------------------------------------------
@@ -391,7 +399,10 @@ def partial_files(run: Run, spec: StageSpec) -> list[list[str]]:
     if key not in run._memo:
         number_of_blocks = spec.blocks(run).number_of_blocks
         if any(write.kind == "partials" for write in spec.writes):
-            run._memo[key] = [[str(run.layout.partial(spec.name, block_id, suffix)) for suffix in (".npz", ".npy")] for block_id in range(number_of_blocks)]
+            run._memo[key] = [
+                [str(run.layout.partial(spec.name, block_id, suffix)) for suffix in (".npz", ".npy")]
+                for block_id in range(number_of_blocks)
+            ]
         else:
             run._memo[key] = [[] for _ in range(number_of_blocks)]
     return run._memo[key]
@@ -518,7 +529,13 @@ def _changed_files(recorded: Any, current: dict[str, list], root: Path) -> str |
         return None  # a record without data: taken as it is
     for path in sorted(set(recorded) | set(current)):
         if not same_state(recorded.get(path), current.get(path)):
-            what = "is missing" if current.get(path) is None else "was not written by this task" if recorded.get(path) is None else "was changed"
+            what = (
+                "is missing"
+                if current.get(path) is None
+                else "was not written by this task"
+                if recorded.get(path) is None
+                else "was changed"
+            )
             return f"{root / path} {what}"
     return None
 
@@ -531,7 +548,11 @@ def stage_results(run: Run, name: str) -> Any:
     target = stage_target(run, spec.name)
     records = target.block_records()
     expected = block_fingerprints(run, spec.name)
-    missing = [block_id for block_id in range(target.number_of_blocks) if block_id not in records or records[block_id].fingerprint != expected[block_id]]
+    missing = [
+        block_id
+        for block_id in range(target.number_of_blocks)
+        if block_id not in records or records[block_id].fingerprint != expected[block_id]
+    ]
     if missing:
         raise FileNotFoundError(f"{spec.name}: {len(missing)} blocks have no record with the expected fingerprint, e.g. {missing[:10]}")
     return {block_id: records[block_id].result for block_id in range(target.number_of_blocks)}
@@ -573,7 +594,11 @@ def execute(run: Run, spec: StageSpec, block_id: int | None) -> tuple[dict[str, 
             for attempt in range(1, retries + 2):
                 try:
                     results_of = functools.partial(stage_results, run)  # by stage name
-                    context = GlobalContext(run, spec, logger, results_of) if block_id is None else BlockContext(run, spec, logger, results_of, block_id)
+                    context = (
+                        GlobalContext(run, spec, logger, results_of)
+                        if block_id is None
+                        else BlockContext(run, spec, logger, results_of, block_id)
+                    )
                     result = spec.run(context) or {}
                     data = global_data(run, spec) if block_id is None else block_data(run, spec, block_id)
                     inject_failure(spec.name, block_id)
@@ -621,7 +646,12 @@ def _failure_recorded(run: Run, spec: StageSpec, block_id: int | None, logger: l
         failure = cannot_write(error, f"a file in {layout.output_path} or {layout.work_dir}") if isinstance(error, Exception) else None
         if logger is not None:
             logger.error("%s failed:\n%s", where, traceback.format_exc())
-        record: dict[str, Any] = {"stage": spec.name, "block_id": block_id, "error": f"{type(error).__name__}: {error}", "log": str(layout.log(spec.name, block_id))}
+        record: dict[str, Any] = {
+            "stage": spec.name,
+            "block_id": block_id,
+            "error": f"{type(error).__name__}: {error}",
+            "log": str(layout.log(spec.name, block_id)),
+        }
         if block_id is not None:
             record["box"] = describe_box(spec.blocks(run).block(block_id))
         if failure is not None:
@@ -749,7 +779,9 @@ def block_fingerprints(run: Run, name: str) -> list[str]:
 def _has_block_states(run: Run, spec: StageSpec) -> bool:
     if not spec.blockwise:
         return False
-    return any((run.producer(read) is None and read.region is not None) or run.linked_blocks(spec, read) is not None for read in run.reads(spec))
+    return any(
+        (run.producer(read) is None and read.region is not None) or run.linked_blocks(spec, read) is not None for read in run.reads(spec)
+    )
 
 
 @functools.lru_cache(maxsize=256)

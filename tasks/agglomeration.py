@@ -38,7 +38,9 @@ def _agglomeration(stage: GlobalContext) -> dict:
     section = stage.config.agglomeration
     number_of_nodes = stage.results("supervoxel_ids")["number_of_supervoxels"] + 1
     statistics = merged_statistics(stage, "nearest")
-    history = merge_history(number_of_nodes, statistics, linkage=section.linkage, quantile=section.quantile, stop_score=max(section.thresholds))
+    history = merge_history(
+        number_of_nodes, statistics, linkage=section.linkage, quantile=section.quantile, stop_score=max(section.thresholds)
+    )
     node_labels = [history.labels_at_threshold(threshold) for threshold in section.thresholds]
     stage.write_table("graph/node_labels", node_labels[0], {"threshold": section.thresholds[0]})
     # The whole pass up to the largest threshold: any lower threshold's segmentation follows from it.

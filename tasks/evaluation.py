@@ -89,9 +89,18 @@ def _save_skeletons(stage: GlobalContext, skeletons: Skeletons) -> dict:
     order = np.argsort(block_ids, kind="stable")
     offsets = np.searchsorted(block_ids[order], np.arange(blocking.number_of_blocks + 1))
     stage.save_bundle(
-        nodes=skeletons.nodes, edges=skeletons.edges, skeleton_ids=skeletons.skeleton_ids, node_order=order, block_offsets=offsets, voxels=voxels[order]
+        nodes=skeletons.nodes,
+        edges=skeletons.edges,
+        skeleton_ids=skeletons.skeleton_ids,
+        node_order=order,
+        block_offsets=offsets,
+        voxels=voxels[order],
     )
-    return {"skeletons": int(len(np.unique(skeletons.skeleton_ids))), "nodes": int(len(skeletons.nodes)), "nodes_outside": int((~inside).sum())}
+    return {
+        "skeletons": int(len(np.unique(skeletons.skeleton_ids))),
+        "nodes": int(len(skeletons.nodes)),
+        "nodes_outside": int((~inside).sum()),
+    }
 
 
 def _stitched_skeletons(stage: GlobalContext) -> dict:
@@ -106,7 +115,9 @@ def _given_skeletons(stage: GlobalContext) -> dict:
 STITCHED_SKELETONS = StageSpec(
     name="skeletons", blockwise=False, reads=(Read.partials("skeleton_fragments"),), writes=(Write.bundle(),), run=_stitched_skeletons
 )
-GIVEN_SKELETONS = StageSpec(name="skeletons", blockwise=False, writes=(Write.bundle(),), config=("volumes.skeletons",), run=_given_skeletons)
+GIVEN_SKELETONS = StageSpec(
+    name="skeletons", blockwise=False, writes=(Write.bundle(),), config=("volumes.skeletons",), run=_given_skeletons
+)
 
 
 def _node_segments(block: BlockContext) -> dict:
@@ -153,11 +164,17 @@ def _write_report(stage: GlobalContext, metrics: dict, errors: dict, table: Over
 
     views = []
     with ExitStack() as stack:
-        volumes = {name: stack.enter_context(stage.store.opened_input(name)) for name in ("segmentation", "groundtruth", "raw", "prediction") if name in stage.run.inputs}
+        volumes = {
+            name: stack.enter_context(stage.store.opened_input(name))
+            for name in ("segmentation", "groundtruth", "raw", "prediction")
+            if name in stage.run.inputs
+        }
         for kind, key in (("merge", "worst_merges"), ("split", "worst_splits")):
             if errors[key]:
                 views.append(
-                    read_error_view(kind, errors[key][0], volumes["segmentation"], volumes["groundtruth"], volumes.get("raw"), volumes.get("prediction"))
+                    read_error_view(
+                        kind, errors[key][0], volumes["segmentation"], volumes["groundtruth"], volumes.get("raw"), volumes.get("prediction")
+                    )
                 )
     write_evaluation_report(
         stage.config.evaluation.report,
@@ -180,6 +197,8 @@ def evaluation_stages(skeleton_metrics_wanted: bool, skeletons_given: bool) -> t
         stages += [NODE_SEGMENTS]
         reads += [Read.bundle("skeletons"), Read.partials("node_segments")]
     stages.append(
-        StageSpec(name="evaluate", blockwise=False, reads=tuple(reads), writes=(Write.bundle(),), config=("evaluation.report",), run=_evaluate)
+        StageSpec(
+            name="evaluate", blockwise=False, reads=tuple(reads), writes=(Write.bundle(),), config=("evaluation.report",), run=_evaluate
+        )
     )
     return tuple(stages)

@@ -55,7 +55,9 @@ def graph_problem(stage: GlobalContext) -> MulticutProblem:
     """The multicut problem of the region graph: local edges and costs, and lifted ones for a lifted run."""
     edges = stage.read_table("graph/edges")
     number_of_nodes = int(stage.table_attributes("graph/edges")["number_of_nodes"])
-    lifted = [stage.read_bundle("lifted_edges", field) for field in ("lifted_edges", "lifted_costs")] if stage.config.lifted_multicut else []
+    lifted = (
+        [stage.read_bundle("lifted_edges", field) for field in ("lifted_edges", "lifted_costs")] if stage.config.lifted_multicut else []
+    )
     return multicut_problem(number_of_nodes, edges, stage.read_table("graph/edge_costs"), *lifted)
 
 
@@ -101,8 +103,18 @@ def _problem(scale: int, given_supervoxels: bool):
             inner_edge_costs=problem.edge_costs[decomposition.edge_ids],
         )
         stage.save_bundle(**arrays)
-        stage.log.info("scale %d: %d nodes, %d edges, %d of them inside blocks", scale, problem.number_of_nodes, len(problem.edges), len(decomposition.edge_ids))
-        return {"number_of_nodes": int(problem.number_of_nodes), "number_of_edges": int(len(problem.edges)), "inner_edges": int(len(decomposition.edge_ids))}
+        stage.log.info(
+            "scale %d: %d nodes, %d edges, %d of them inside blocks",
+            scale,
+            problem.number_of_nodes,
+            len(problem.edges),
+            len(decomposition.edge_ids),
+        )
+        return {
+            "number_of_nodes": int(problem.number_of_nodes),
+            "number_of_edges": int(len(problem.edges)),
+            "inner_edges": int(len(decomposition.edge_ids)),
+        }
 
     return run
 
@@ -144,7 +156,15 @@ def hierarchical_stages(n_scales: int, *, lifted: bool, given_supervoxels: bool)
             reads += [Read.partials("supervoxels"), Read.bundle("supervoxel_ids")] if given_supervoxels else [Read.results("supervoxels")]
         else:
             reads = [Read.bundle(problem_stage(scale - 1)), Read.partials(subproblem_stage(scale - 1))]
-        stages.append(StageSpec(name=problem_stage(scale), blockwise=False, reads=tuple(reads), writes=(Write.bundle(),), run=_problem(scale, given_supervoxels)))
+        stages.append(
+            StageSpec(
+                name=problem_stage(scale),
+                blockwise=False,
+                reads=tuple(reads),
+                writes=(Write.bundle(),),
+                run=_problem(scale, given_supervoxels),
+            )
+        )
         if scale < n_scales:
             stages.append(
                 StageSpec(

@@ -43,7 +43,9 @@ LABEL_OVERLAPS = StageSpec(
 def _lifted_edges(stage: GlobalContext) -> dict:
     number_of_nodes = int(stage.table_attributes("graph/edges")["number_of_nodes"])
     partials = list(stage.partials("lifted_label_overlaps", "pairs", "counts"))
-    node_labels = majority_labels(number_of_nodes, np.concatenate([pairs for pairs, _ in partials]), np.concatenate([counts for _, counts in partials]))
+    node_labels = majority_labels(
+        number_of_nodes, np.concatenate([pairs for pairs, _ in partials]), np.concatenate([counts for _, counts in partials])
+    )
     section = stage.config.lifted
     lifted_edges, lifted_costs = lifted_edges_from_node_labels(
         number_of_nodes, stage.read_table("graph/edges"), node_labels, graph_depth=section.graph_depth, weight=section.weight
@@ -70,7 +72,11 @@ def _lifted_edges_from_affinities(stage: GlobalContext) -> dict:
     number_of_nodes = int(stage.table_attributes("graph/edges")["number_of_nodes"])
     long_range = merged_statistics(stage, "long_range")
     lifted_edges, lifted_costs = lifted_edges_from_affinities(
-        number_of_nodes, stage.read_table("graph/edges"), long_range, beta=stage.config.multicut.beta, weighting=stage.config.lifted.weighting
+        number_of_nodes,
+        stage.read_table("graph/edges"),
+        long_range,
+        beta=stage.config.multicut.beta,
+        weighting=stage.config.lifted.weighting,
     )
     stage.write_table("graph/lifted_edges", lifted_edges)
     stage.write_table("graph/lifted_costs", lifted_costs)

@@ -23,7 +23,9 @@ def _mesh_read_boxes(run: Run, blocking: Blocking) -> np.ndarray:
 def _block_meshes(level: int):
     def run(block: BlockContext) -> dict:
         geometry = block.geometry
-        meshes = block_meshes(block.read(level_name("segmentation", level)), block.box, geometry.level_shape(level), geometry.level_resolution(level))
+        meshes = block_meshes(
+            block.read(level_name("segmentation", level)), block.box, geometry.level_shape(level), geometry.level_resolution(level)
+        )
         block.save_partial(**meshes.arrays())
         return {"segments": int(len(meshes.ids)), "faces": int(len(meshes.faces))}
 

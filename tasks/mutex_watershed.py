@@ -45,9 +45,14 @@ def fragment_stage(affinities: str) -> StageSpec:
         section = block.config.mutex_watershed
         mask = block.read_optional("mask")
         fragments = mutex_watershed_fragments(
-            block.read(affinities), affinity_offsets(block.config), block.inner(affinities),
-            strides=section.strides, randomized_strides=section.randomized_strides, seed=section.seed + block.block_id,
-            mask=None if mask is None else mask.astype(bool), min_size=section.min_size,
+            block.read(affinities),
+            affinity_offsets(block.config),
+            block.inner(affinities),
+            strides=section.strides,
+            randomized_strides=section.randomized_strides,
+            seed=section.seed + block.block_id,
+            mask=None if mask is None else mask.astype(bool),
+            min_size=section.min_size,
         )
         number_of_fragments = int(fragments.max(initial=0))
         block.write("supervoxels_block_local", fragments)
@@ -74,7 +79,13 @@ def _mutex_watershed(stage: GlobalContext) -> dict:
     stage.write_table("graph/node_labels", node_labels)
     stage.save_bundle(node_labels=node_labels)
     number_of_segments = int(np.unique(node_labels[1:]).size)
-    stage.log.info("%d fragments, %d attractive and %d repulsive pairs: %d segments", number_of_nodes - 1, len(attractive), len(repulsive), number_of_segments)
+    stage.log.info(
+        "%d fragments, %d attractive and %d repulsive pairs: %d segments",
+        number_of_nodes - 1,
+        len(attractive),
+        len(repulsive),
+        number_of_segments,
+    )
     return {"attractive_pairs": len(attractive), "repulsive_pairs": len(repulsive), "number_of_segments": number_of_segments}
 
 

@@ -66,7 +66,11 @@ def statistics_stage(kinds: tuple[str, ...], affinities: str | None) -> StageSpe
         blockwise=True,
         reads=(Read.array("supervoxels", region), Read.array(source, region)),
         writes=(Write.partials(),),
-        parameters=lambda run: {"kinds": list(kinds), "source": source, "offsets": [list(offset) for offset in affinity_offsets(run.config)]},
+        parameters=lambda run: {
+            "kinds": list(kinds),
+            "source": source,
+            "offsets": [list(offset) for offset in affinity_offsets(run.config)],
+        },
         run=run,
         description=f"affinity statistics ({', '.join(kinds)}) of the supervoxel pairs a block owns",
     )

@@ -42,7 +42,7 @@ def model_path(config) -> Path:
     try:
         return shipped_model_for(config.input.resolution)
     except NoSuitableModel as error:
-        raise ConfigError(f"config key predict.model = \"auto\": {error}") from error
+        raise ConfigError(f'config key predict.model = "auto": {error}') from error
 
 
 def model_warnings(config) -> list[str]:
@@ -51,7 +51,10 @@ def model_warnings(config) -> list[str]:
     if not config.predicting or config.predict.model == "auto":
         return []
     domain = model_domain(model_path(config))
-    if domain.resolution is None or resolution_distance(domain.resolution, config.input.resolution) <= math.log(MAX_RESOLUTION_RATIO) + 1e-12:
+    if (
+        domain.resolution is None
+        or resolution_distance(domain.resolution, config.input.resolution) <= math.log(MAX_RESOLUTION_RATIO) + 1e-12
+    ):
         return []
     return [
         f"warning: model {config.predict.model} was trained at {list(domain.resolution)} nm (z, y, x)"
@@ -94,7 +97,9 @@ class _NormalizedVolume:
     def __getitem__(self, slicing) -> np.ndarray:
         raw = read_region(self.volume, slicing, self.name)
         if np.issubdtype(raw.dtype, np.floating) and raw.size and not (np.isfinite(raw).all() and 0 <= raw.min() and raw.max() <= 1):
-            raise InputError(f"raw data {self.name} must be finite and in [0, 1] when stored as floats; box {describe_slicing(slicing)} is not")
+            raise InputError(
+                f"raw data {self.name} must be finite and in [0, 1] when stored as floats; box {describe_slicing(slicing)} is not"
+            )
         return self.model.normalize(raw)
 
 
@@ -127,7 +132,11 @@ def _predict(block: BlockContext) -> dict:
         network_input = _NormalizedVolume(raw, model, block.run.inputs["raw"].location)
         span_start, accumulated = accumulate_patches(predictor, network_input, grid, origins, batch_size=predict.batch_size)
     block.save_partial_array(accumulated)
-    return {"patches": int(np.prod([len(axis_origins) for axis_origins in origins])), "span_start": list(span_start), "device": str(predictor.device)}
+    return {
+        "patches": int(np.prod([len(axis_origins) for axis_origins in origins])),
+        "span_start": list(span_start),
+        "device": str(predictor.device),
+    }
 
 
 def _predict_parameters(run: Run) -> dict:
@@ -174,4 +183,3 @@ BLEND_PREDICTIONS = StageSpec(
     config=("predict.output_dtype",),
     run=_blend,
 )
-

@@ -29,7 +29,9 @@ def _prepare_output(stage: GlobalContext) -> dict:
     group.attrs[OWNER_ATTRIBUTE] = owner
     geometry = run.geometry
     run.store.create_volumes(group, geometry.shape, geometry.block_shape, geometry.resolution, geometry.level_factors)
-    stage.log.info("created output arrays of shape %s, chunks %s in %s", run.geometry.shape, run.geometry.block_shape, run.layout.output_path)
+    stage.log.info(
+        "created output arrays of shape %s, chunks %s in %s", run.geometry.shape, run.geometry.block_shape, run.layout.output_path
+    )
     return {"shape": list(run.geometry.shape), "number_of_blocks": run.geometry.blocking.number_of_blocks}
 
 

@@ -39,7 +39,9 @@ from .spec import BOX, Read, StageSpec, Write, boxes, forward_boxes
 from .supervoxels import GIVEN, watershed
 
 
-def segment_block(config, resolution: tuple[float, ...], boundaries: np.ndarray, mask: np.ndarray | None, given: np.ndarray | None) -> np.ndarray:
+def segment_block(
+    config, resolution: tuple[float, ...], boundaries: np.ndarray, mask: np.ndarray | None, given: np.ndarray | None
+) -> np.ndarray:
     """One grown block's segmentation by the configured segmenter (`[stitching] function` or `method`).
 
     `boundaries` float32 (z, y, x), `mask` bool or None, `given` the given supervoxels of the box or
@@ -50,7 +52,9 @@ def segment_block(config, resolution: tuple[float, ...], boundaries: np.ndarray,
         function = resolve_function(section.function, "stitching.function")
         labels = np.asarray(function(boundaries, resolution=resolution, mask=mask, **section.parameters()))
         if labels.shape != boundaries.shape or not np.issubdtype(labels.dtype, np.integer):
-            raise TypeError(f"{section.function} returned {labels.dtype} labels of shape {labels.shape}; expected integer labels of shape {boundaries.shape}")
+            raise TypeError(
+                f"{section.function} returned {labels.dtype} labels of shape {labels.shape}; expected integer labels of shape {boundaries.shape}"
+            )
         return labels
     if given is not None:
         supervoxels = relabel_consecutive(given if mask is None else np.where(mask, given, 0))[0]
@@ -61,7 +65,11 @@ def segment_block(config, resolution: tuple[float, ...], boundaries: np.ndarray,
     else:
         agglomeration = config.agglomeration
         segmenter = agglomeration_block_segmenter(
-            boundaries, threshold=agglomeration.thresholds[0], linkage=agglomeration.linkage, quantile=agglomeration.quantile, supervoxels=supervoxels
+            boundaries,
+            threshold=agglomeration.thresholds[0],
+            linkage=agglomeration.linkage,
+            quantile=agglomeration.quantile,
+            supervoxels=supervoxels,
         )
     return segmenter(Box((0,) * boundaries.ndim, boundaries.shape))
 
@@ -137,7 +145,9 @@ def _stitch_faces(block: BlockContext) -> dict:
     merges = {}
     for axis, upper in _upper_neighbours(block.blocking, block.block_id):
         lower_slicing, upper_slicing = face_slicings(block.blocking, block.block_id, upper, section.overlap)
-        statistics = overlap_statistics(labels[lower_slicing], block.load_partial_array("supervoxels", upper)[upper_slicing], min_region=section.min_overlap)
+        statistics = overlap_statistics(
+            labels[lower_slicing], block.load_partial_array("supervoxels", upper)[upper_slicing], min_region=section.min_overlap
+        )
         merges[f"axis{axis}"] = face_merges(statistics, section.mode, min_overlap=section.min_overlap, fraction=section.fraction)
     block.save_partial(**merges)
     return {"merges": sum(len(pairs) for pairs in merges.values())}
@@ -173,8 +183,14 @@ def _stitch(stage: GlobalContext) -> dict:
     stage.write_table("graph/node_labels", node_labels)
     stage.save_bundle(node_labels=node_labels)
     number_of_segments = int(node_labels.max(initial=0))
-    stage.log.info("%d objects in %d blocks, %d merges over %d faces: %d segments", sum(inner_counts), number_of_blocks,
-                   sum(len(pairs) for pairs in merges), len(merges), number_of_segments)
+    stage.log.info(
+        "%d objects in %d blocks, %d merges over %d faces: %d segments",
+        sum(inner_counts),
+        number_of_blocks,
+        sum(len(pairs) for pairs in merges),
+        len(merges),
+        number_of_segments,
+    )
     return {"merges": int(sum(len(pairs) for pairs in merges)), "number_of_segments": number_of_segments}
 
 

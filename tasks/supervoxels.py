@@ -33,9 +33,13 @@ def watershed(config, resolution: tuple[float, ...], boundaries: np.ndarray, mas
     """The configured supervoxel function (`[supervoxels]`) on a boundary map, its result checked."""
     section = config.supervoxels
     function = resolve_function(section.function, "supervoxels.function")
-    labels = np.asarray(function(boundaries, resolution=resolution, two_d=two_d_supervoxels(config, resolution), mask=mask, **section.parameters()))
+    labels = np.asarray(
+        function(boundaries, resolution=resolution, two_d=two_d_supervoxels(config, resolution), mask=mask, **section.parameters())
+    )
     if labels.shape != boundaries.shape or not np.issubdtype(labels.dtype, np.integer):
-        raise TypeError(f"{section.function} returned {labels.dtype} labels of shape {labels.shape}; expected integer labels of shape {boundaries.shape}")
+        raise TypeError(
+            f"{section.function} returned {labels.dtype} labels of shape {labels.shape}; expected integer labels of shape {boundaries.shape}"
+        )
     return labels
 
 
@@ -55,7 +59,10 @@ def _watershed(block: BlockContext) -> dict:
     # The range of the block's boundary values lets `supervoxel_ids` refuse a constant volume
     # without reading it again.
     inner_boundaries = boundaries[inner]
-    return {"number_of_supervoxels": int(number_of_supervoxels), "boundary_range": [float(inner_boundaries.min()), float(inner_boundaries.max())]}
+    return {
+        "number_of_supervoxels": int(number_of_supervoxels),
+        "boundary_range": [float(inner_boundaries.min()), float(inner_boundaries.max())],
+    }
 
 
 WATERSHED = StageSpec(
@@ -77,7 +84,11 @@ def refuse_constant_boundaries(stage: GlobalContext, block_ranges: list[list[flo
     values = {value for block_range in block_ranges if block_range is not None for value in block_range}
     if block_ranges and len(values) == 1:
         run = stage.run
-        what = "the predicted boundary map (output array boundaries)" if "boundaries" not in run.inputs else f"boundary map {run.inputs['boundaries'].location}"
+        what = (
+            "the predicted boundary map (output array boundaries)"
+            if "boundaries" not in run.inputs
+            else f"boundary map {run.inputs['boundaries'].location}"
+        )
         raise InputError(f"{what} is constant: every voxel is {values.pop()}, so there is nothing to segment; check the input data")
 
 

@@ -67,7 +67,9 @@ def small_affinity_model(tmp_path_factory):
     torch.manual_seed(0)
     offsets = ((-1, 0, 0), (0, -1, 0), (0, 0, -1), (0, -4, 0))
     network = UNet3D(UNetConfig(out_channels=len(offsets), depth=3, width=4, pooling=((1, 2, 2), (1, 2, 2)), two_d_levels=1))
-    model = TrainedModel(network=network.eval(), target="affinities", offsets=offsets, input_mean=0.5, input_std=0.2, patch_shape=(16, 32, 32))
+    model = TrainedModel(
+        network=network.eval(), target="affinities", offsets=offsets, input_mean=0.5, input_std=0.2, patch_shape=(16, 32, 32)
+    )
     path = tmp_path_factory.mktemp("models") / "small_affinities.pt"
     save_model(path, model)
     return path
@@ -91,4 +93,3 @@ def reference_segmentation(tmp_path_factory, workflow_inputs) -> np.ndarray:
     folder = tmp_path_factory.mktemp("reference")
     assert run_cli("run", write_config(folder / "config.toml", workflow_inputs, folder / "out.zarr")) == 0
     return read(folder / "out.zarr", "segmentation")
-

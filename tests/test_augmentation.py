@@ -69,9 +69,7 @@ def test_inputs_untouched_and_shape_dtype_range_kept(patch, raw_dtype, label_dty
     labels = patch[1].astype(label_dtype)
     raw_before, labels_before = raw.copy(), labels.copy()
     for seed in range(5):
-        augmented_raw, augmented_labels = augment(
-            raw, labels, np.random.default_rng(seed), intensity=0.5, gamma=0.5, **EVERYTHING
-        )
+        augmented_raw, augmented_labels = augment(raw, labels, np.random.default_rng(seed), intensity=0.5, gamma=0.5, **EVERYTHING)
         assert augmented_raw.shape == raw.shape and augmented_raw.dtype == raw_dtype
         assert augmented_labels.shape == labels.shape and augmented_labels.dtype == label_dtype
         assert augmented_raw.min() >= 0 and augmented_raw.max() <= 1
@@ -117,15 +115,9 @@ def test_flips_and_transposes_move_raw_and_labels_identically(patch):
     candidates = list(itertools.product(itertools.product((False, True), repeat=3), (False, True)))
     seen = set()
     for seed in range(32):
-        augmented_raw, augmented_labels = augment(
-            raw, labels, np.random.default_rng(seed), **{**NOTHING, "flip": True, "transpose": True}
-        )
+        augmented_raw, augmented_labels = augment(raw, labels, np.random.default_rng(seed), **{**NOTHING, "flip": True, "transpose": True})
         # The real labels have no symmetry, so exactly one flip/transpose combination explains them.
-        matches = [
-            (flips, swap)
-            for flips, swap in candidates
-            if np.array_equal(_flip_transpose(labels, flips, swap), augmented_labels)
-        ]
+        matches = [(flips, swap) for flips, swap in candidates if np.array_equal(_flip_transpose(labels, flips, swap), augmented_labels)]
         assert len(matches) == 1
         flips, swap = matches[0]
         np.testing.assert_array_equal(_flip_transpose(raw, flips, swap), augmented_raw)
@@ -139,9 +131,7 @@ def test_flips_and_transposes_move_raw_and_labels_identically(patch):
 def test_no_transpose_when_y_and_x_differ(patch):
     raw, labels = patch[0][:, :, :48], patch[1][:, :, :48]
     for seed in range(16):
-        augmented_raw, augmented_labels = augment(
-            raw, labels, np.random.default_rng(seed), **{**NOTHING, "flip": True, "transpose": True}
-        )
+        augmented_raw, augmented_labels = augment(raw, labels, np.random.default_rng(seed), **{**NOTHING, "flip": True, "transpose": True})
         assert augmented_raw.shape == raw.shape
         matches = [
             flips
@@ -158,9 +148,7 @@ def test_elastic_deformation_keeps_label_ids_and_raw_label_alignment(patch):
     boundary_raw = _boundary_mask(labels).astype(np.float32)
     elastic_only = {**NOTHING, "elastic_probability": 1.0}
     for seed in range(3):
-        deformed_raw, deformed_labels = augment(
-            boundary_raw, labels, np.random.default_rng(seed), elastic_magnitude=3.0, **elastic_only
-        )
+        deformed_raw, deformed_labels = augment(boundary_raw, labels, np.random.default_rng(seed), elastic_magnitude=3.0, **elastic_only)
         assert np.isin(deformed_labels, np.unique(labels)).all()
         changed = np.mean(deformed_labels != labels)
         assert changed > 0.05, "the deformation should move a noticeable part of the labels"
@@ -178,9 +166,7 @@ def test_elastic_deformation_is_in_plane_and_shared_by_all_sections(patch):
     # A stack of identical sections stays a stack of identical sections.
     raw = np.repeat(patch[0][:1], 8, axis=0)
     labels = np.repeat(patch[1][:1], 8, axis=0)
-    deformed_raw, deformed_labels = augment(
-        raw, labels, np.random.default_rng(3), **{**NOTHING, "elastic_probability": 1.0}
-    )
+    deformed_raw, deformed_labels = augment(raw, labels, np.random.default_rng(3), **{**NOTHING, "elastic_probability": 1.0})
     assert not np.array_equal(deformed_labels, labels)
     for section in range(1, 8):
         np.testing.assert_array_equal(deformed_raw[section], deformed_raw[0])
@@ -219,17 +205,13 @@ def test_gamma_alone_is_a_power_law(patch):
 
 def test_missing_sections_become_constant_and_leave_labels(patch):
     raw, labels = patch
-    augmented_raw, augmented_labels = augment(
-        raw, labels, np.random.default_rng(0), **{**NOTHING, "missing_section_probability": 1.0}
-    )
+    augmented_raw, augmented_labels = augment(raw, labels, np.random.default_rng(0), **{**NOTHING, "missing_section_probability": 1.0})
     for section in augmented_raw:
         assert np.all(section == section.flat[0])
     np.testing.assert_allclose(augmented_raw[:, 0, 0], raw.mean(), rtol=1e-5)
     np.testing.assert_array_equal(augmented_labels, labels)
 
-    augmented_raw, _ = augment(
-        raw, labels, np.random.default_rng(0), **{**NOTHING, "missing_section_probability": 0.5}
-    )
+    augmented_raw, _ = augment(raw, labels, np.random.default_rng(0), **{**NOTHING, "missing_section_probability": 0.5})
     missing = np.array([np.all(section == section.flat[0]) for section in augmented_raw])
     assert 0 < missing.sum() < len(missing)
     np.testing.assert_array_equal(augmented_raw[~missing], raw[~missing])
@@ -248,13 +230,8 @@ def test_misalignment_shifts_raw_and_labels_from_one_section_on(patch):
     interior = np.s_[:, max_shift:-max_shift, max_shift:-max_shift]
     first_sections = set()
     for seed in range(8):
-        augmented_raw, augmented_labels = augment(
-            raw, labels, np.random.default_rng(seed), **{**NOTHING, "misalignment_probability": 1.0}
-        )
-        unchanged = [
-            np.array_equal(augmented_raw[z], raw[z]) and np.array_equal(augmented_labels[z], labels[z])
-            for z in range(len(raw))
-        ]
+        augmented_raw, augmented_labels = augment(raw, labels, np.random.default_rng(seed), **{**NOTHING, "misalignment_probability": 1.0})
+        unchanged = [np.array_equal(augmented_raw[z], raw[z]) and np.array_equal(augmented_labels[z], labels[z]) for z in range(len(raw))]
         # Exactly one jump: an unshifted prefix of at least one section, then only shifted sections.
         first_shifted = unchanged.index(False)
         assert first_shifted >= 1
@@ -275,17 +252,13 @@ def test_misalignment_shifts_raw_and_labels_from_one_section_on(patch):
         uncovered = np.ones(raw.shape[1:], dtype=bool)
         uncovered[max(shift_y, 0) : raw.shape[1] + min(shift_y, 0), max(shift_x, 0) : raw.shape[2] + min(shift_x, 0)] = False
         assert np.all(tail_labels[:, uncovered] == 0)
-        np.testing.assert_array_equal(
-            tail_labels[:, ~uncovered], _shifted(labels[first_shifted:], *matches[0])[:, ~uncovered]
-        )
+        np.testing.assert_array_equal(tail_labels[:, ~uncovered], _shifted(labels[first_shifted:], *matches[0])[:, ~uncovered])
     assert len(first_sections) > 1
 
 
 def test_blur_lowers_the_gradient_energy_of_blurred_sections_only(patch):
     raw, labels = patch
-    augmented_raw, augmented_labels = augment(
-        raw, labels, np.random.default_rng(4), **{**NOTHING, "blur_probability": 0.5}
-    )
+    augmented_raw, augmented_labels = augment(raw, labels, np.random.default_rng(4), **{**NOTHING, "blur_probability": 0.5})
     np.testing.assert_array_equal(augmented_labels, labels)
     blurred = np.array([not np.array_equal(augmented_raw[z], raw[z]) for z in range(len(raw))])
     assert 0 < blurred.sum() < len(blurred)

@@ -62,7 +62,9 @@ def _boundary_map_case(data: np.ndarray, *fragments: str) -> Callable[[Path, Pat
 
     def build(tmp: Path, inputs: Path) -> Case:
         write_volume(tmp / "in.zarr", "boundaries", data, resolution=RESOLUTION)
-        config = write_config(tmp / "config.toml", tmp / "in.zarr", tmp / "out.zarr", block_shape=(8, 16, 16), halo=(2, 4, 4), input={"raw_key": ""})
+        config = write_config(
+            tmp / "config.toml", tmp / "in.zarr", tmp / "out.zarr", block_shape=(8, 16, 16), halo=(2, 4, 4), input={"raw_key": ""}
+        )
         return Case(config, (f"{tmp}/in.zarr:boundaries", *fragments))
 
     return build
@@ -92,7 +94,9 @@ def constant_hdf5_dataset(tmp, inputs):
     """An HDF5 dataset created and never written: every voxel is its fill value."""
     with h5py.File(tmp / "in.h5", "w") as file:
         file.create_dataset("boundaries", shape=(16, 32, 32), dtype="float32", chunks=(8, 16, 16), fillvalue=1.0)
-    config = write_config(tmp / "config.toml", tmp / "in.h5", tmp / "out.zarr", block_shape=(8, 16, 16), halo=(2, 4, 4), input={"raw_key": ""})
+    config = write_config(
+        tmp / "config.toml", tmp / "in.h5", tmp / "out.zarr", block_shape=(8, 16, 16), halo=(2, 4, 4), input={"raw_key": ""}
+    )
     return Case(config, (f"{tmp}/in.h5:boundaries", "is constant", "fill value 1.0"))
 
 
@@ -100,7 +104,9 @@ def shape_mismatch(tmp, inputs):
     write_volume(tmp / "in.zarr", "boundaries", np.full((32, 64, 64), 0.5, np.float32), resolution=RESOLUTION)
     write_volume(tmp / "in.zarr", "raw", np.ones((32, 64, 48), np.uint8), resolution=RESOLUTION)
     config = write_config(tmp / "config.toml", tmp / "in.zarr", tmp / "out.zarr", block_shape=(16, 32, 32))
-    return Case(config, (f"raw dataset {tmp}/in.zarr:raw has shape (32, 64, 48)", f"boundary map {tmp}/in.zarr:boundaries has shape (32, 64, 64)"))
+    return Case(
+        config, (f"raw dataset {tmp}/in.zarr:raw has shape (32, 64, 48)", f"boundary map {tmp}/in.zarr:boundaries has shape (32, 64, 64)")
+    )
 
 
 def _bad_value_case(value: float, name: str) -> Callable[[Path, Path], Case]:
@@ -112,7 +118,11 @@ def _bad_value_case(value: float, name: str) -> Callable[[Path, Path], Case]:
         write_volume(tmp / "in.zarr", "boundaries", boundaries, resolution=RESOLUTION, chunks=BLOCK_SHAPE)
         config = write_config(tmp / "config.toml", tmp / "in.zarr", tmp / "out.zarr", block_shape=BLOCK_SHAPE, input={"raw_key": ""})
         problem = f"1 {name} value in box z 0:36, y 0:72, x 0:72 (the first at voxel (z, y, x) = (20, 40, 40))"
-        return Case(config, ("supervoxels block 0:", f"{tmp}/in.zarr:boundaries", problem, "log:"), then=lambda message: _logs_hold(message, problem))
+        return Case(
+            config,
+            ("supervoxels block 0:", f"{tmp}/in.zarr:boundaries", problem, "log:"),
+            then=lambda message: _logs_hold(message, problem),
+        )
 
     return build
 
@@ -216,32 +226,74 @@ TABLE = [
     ("invalid_toml", invalid_toml, 2),
     # Input files and datasets.
     ("missing_input_file", missing_input_file, 2),
-    ("missing_dataset_key", config_case("config key input.boundaries_key", "key 'membranes' not found", "contains: boundaries", input={"boundaries_key": "membranes"}), 2),
+    (
+        "missing_dataset_key",
+        config_case(
+            "config key input.boundaries_key", "key 'membranes' not found", "contains: boundaries", input={"boundaries_key": "membranes"}
+        ),
+        2,
+    ),
     ("input_file_not_a_volume", input_file_not_a_volume, 2),
     ("wrong_ndim", _boundary_map_case(np.zeros((32, 32), np.float32), "must be 3D (z, y, x), got shape (32, 32)"), 2),
     ("wrong_dtype", _boundary_map_case(np.zeros((16, 32, 32), np.uint8), "must be float with values in [0, 1], got dtype uint8"), 2),
-    ("wrong_dtype_of_supervoxels", config_case("supervoxels dataset", "input.zarr:boundaries must hold integer ids, got dtype float32", input={"supervoxels_key": "boundaries"}), 2),
+    (
+        "wrong_dtype_of_supervoxels",
+        config_case(
+            "supervoxels dataset", "input.zarr:boundaries must hold integer ids, got dtype float32", input={"supervoxels_key": "boundaries"}
+        ),
+        2,
+    ),
     ("nan_in_boundaries", _bad_value_case(np.nan, "NaN"), 1),
     ("inf_in_boundaries", _bad_value_case(np.inf, "infinite"), 1),
     ("empty_volume", _boundary_map_case(np.zeros((0, 32, 32), np.float32), "is empty (shape (0, 32, 32))"), 2),
     ("constant_volume", _boundary_map_case(np.zeros((16, 32, 32), np.float32), "is constant", "fill value 0.0"), 2),
     ("constant_hdf5_dataset", constant_hdf5_dataset, 2),
     # Written chunks of one value: found once every block has read its part, by the id-range stage.
-    ("constant_written_volume", _boundary_map_case(np.full((16, 32, 32), 0.25, np.float32), "supervoxel_ids global task", "is constant: every voxel is 0.25"), 1),
+    (
+        "constant_written_volume",
+        _boundary_map_case(np.full((16, 32, 32), 0.25, np.float32), "supervoxel_ids global task", "is constant: every voxel is 0.25"),
+        1,
+    ),
     ("shape_mismatch_raw_boundaries", shape_mismatch, 2),
     ("corrupted_chunk", corrupted_chunk, 1),
     # Blocking and resolution.
     ("block_shape_wrong_length", config_case("config key blocking.block_shape must be a list of 3 numbers", block_shape=(32, 64)), 2),
-    ("block_shape_not_a_list", config_case("config key blocking.block_shape must be a list of 3 numbers", blocking={"block_shape": "big"}), 2),
+    (
+        "block_shape_not_a_list",
+        config_case("config key blocking.block_shape must be a list of 3 numbers", blocking={"block_shape": "big"}),
+        2,
+    ),
     ("block_shape_zero", config_case("config key blocking.block_shape must be three positive integers", block_shape=(0, 64, 64)), 2),
     ("block_shape_negative", config_case("config key blocking.block_shape must be three positive integers", block_shape=(32, -64, 64)), 2),
-    ("block_shape_not_integer", config_case("config key blocking.block_shape must be three positive integers", block_shape=(32.5, 64, 64)), 2),
-    ("block_shape_larger_than_volume", config_case("config key blocking.block_shape [128, 64, 64] is larger than the volume [64, 128, 128] along axis 0", block_shape=(128, 64, 64)), 2),
-    ("halo_larger_than_block", config_case("config key blocking.halo [40, 8, 8] is larger than blocking.block_shape [32, 64, 64] along axis 0", halo=(40, 8, 8)), 2),
+    (
+        "block_shape_not_integer",
+        config_case("config key blocking.block_shape must be three positive integers", block_shape=(32.5, 64, 64)),
+        2,
+    ),
+    (
+        "block_shape_larger_than_volume",
+        config_case(
+            "config key blocking.block_shape [128, 64, 64] is larger than the volume [64, 128, 128] along axis 0", block_shape=(128, 64, 64)
+        ),
+        2,
+    ),
+    (
+        "halo_larger_than_block",
+        config_case("config key blocking.halo [40, 8, 8] is larger than blocking.block_shape [32, 64, 64] along axis 0", halo=(40, 8, 8)),
+        2,
+    ),
     ("halo_not_integer", config_case("config key blocking.halo must be three non-negative integers", halo=(1.5, 2, 2)), 2),
     ("halo_negative", config_case("config key blocking.halo must be three non-negative integers", halo=(4, -8, 8)), 2),
-    ("resolution_zero", config_case("config key input.resolution must be three positive numbers", input={"resolution": [0.0, 10.0, 10.0]}), 2),
-    ("resolution_negative", config_case("config key input.resolution must be three positive numbers", input={"resolution": [10.0, -10.0, 10.0]}), 2),
+    (
+        "resolution_zero",
+        config_case("config key input.resolution must be three positive numbers", input={"resolution": [0.0, 10.0, 10.0]}),
+        2,
+    ),
+    (
+        "resolution_negative",
+        config_case("config key input.resolution must be three positive numbers", input={"resolution": [10.0, -10.0, 10.0]}),
+        2,
+    ),
     ("resolution_wrong_length", config_case("config key input.resolution must be a list of 3 numbers", input={"resolution": [10, 10]}), 2),
     # Config keys and values.
     ("unknown_config_key", config_case("unknown config key multicut.betta", multicut={"betta": 0.5}), 2),
@@ -250,21 +302,44 @@ TABLE = [
     ("wrong_type_of_integer_key", config_case("config key multicut.n_scales must be int, got 1.5", multicut={"n_scales": 1.5}), 2),
     ("beta_out_of_range", config_case("config key multicut.beta must lie strictly between 0 and 1", multicut={"beta": 1.5}), 2),
     ("unknown_solver", config_case("config key multicut.solver must be one of", "'kernighan-lin'", multicut={"solver": "magic"}), 2),
-    ("plugin_not_importable", config_case("config key supervoxels.function", "no_such_module", supervoxels={"function": "no_such_module:f"}), 2),
-    ("negative_block_groups", config_case("config key scheduling.block_groups must be 0 (auto) or more", scheduling={"block_groups": -1}), 2),
+    (
+        "plugin_not_importable",
+        config_case("config key supervoxels.function", "no_such_module", supervoxels={"function": "no_such_module:f"}),
+        2,
+    ),
+    (
+        "negative_block_groups",
+        config_case("config key scheduling.block_groups must be 0 (auto) or more", scheduling={"block_groups": -1}),
+        2,
+    ),
     ("negative_n_scales", config_case("config key multicut.n_scales must be 0 or more", multicut={"n_scales": -1}), 2),
     (
         "n_scales_with_plugin_solver",
-        config_case("config key multicut.n_scales", "built-in solvers", multicut={"n_scales": 1, "function": "plugin_functions:attractive_components", "solver": None}),
+        config_case(
+            "config key multicut.n_scales",
+            "built-in solvers",
+            multicut={"n_scales": 1, "function": "plugin_functions:attractive_components", "solver": None},
+        ),
         2,
     ),
-    ("no_boundaries_affinities_or_raw_key", config_case("config key input.boundaries_key, input.affinities_key or input.raw_key is required", input={"boundaries_key": "", "raw_key": ""}), 2),
+    (
+        "no_boundaries_affinities_or_raw_key",
+        config_case(
+            "config key input.boundaries_key, input.affinities_key or input.raw_key is required",
+            input={"boundaries_key": "", "raw_key": ""},
+        ),
+        2,
+    ),
     # Only the data, the output and the voxel size are required; everything else has a default.
     *[
         (f"required_key_{section}_{key}", config_case(f"config key {section}.{key} is required", **{section: {key: None}}), 2)
         for section, key in (("input", "path"), ("input", "resolution"), ("output", "path"))
     ],
-    ("blocking_and_multicut_default", config_case(blocking={"block_shape": None, "halo": None}, multicut={"beta": None, "solver": None}), 0),
+    (
+        "blocking_and_multicut_default",
+        config_case(blocking={"block_shape": None, "halo": None}, multicut={"beta": None, "solver": None}),
+        0,
+    ),
     # The output.
     ("output_parent_is_a_file", output_parent_is_a_file, 2),
     ("work_dir_parent_is_a_file", work_dir_parent_is_a_file, 2),
@@ -312,4 +387,3 @@ def test_bad_input(tmp_path, inputs, capsys, name, build, code):
         assert {path: after.get(path) for path in before} == before
     if case.then is not None:
         case.then(message)
-

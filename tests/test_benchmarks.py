@@ -13,8 +13,10 @@ def test_orchestration_benchmark_runs_every_contender(tmp_path):
     results = orchestration.benchmark([40, 160], [20], 1, tmp_path)
     contenders = {(row["contender"], row["blocks"]) for row in results["rows"]}
     assert contenders == {
-        ("emflow local scheduler", 40), ("emflow local scheduler", 160),
-        ("emflow luigid, 2 worker processes", 40), ("emflow luigid, 2 worker processes", 160),
+        ("emflow local scheduler", 40),
+        ("emflow local scheduler", 160),
+        ("emflow luigid, 2 worker processes", 40),
+        ("emflow luigid, 2 worker processes", 160),
         ("plain Luigi, a task per block", 20),
     }
     assert all(row["succeeded"] and row["seconds"] > 0 for row in results["rows"])

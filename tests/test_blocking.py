@@ -84,7 +84,10 @@ def test_blocking_is_a_value():
     assert hash(Blocking((8, 8), (4, 4))) == hash(Blocking((8, 8), (4, 4)))
 
 
-@pytest.mark.parametrize("shape, block_shape, halo", [((125, 250, 250), (32, 64, 64), (8, 16, 16)), ((40, 72, 80), (16, 32, 32), (0, 0, 0)), ((7, 9, 11), (7, 4, 5), (3, 9, 1))])
+@pytest.mark.parametrize(
+    "shape, block_shape, halo",
+    [((125, 250, 250), (32, 64, 64), (8, 16, 16)), ((40, 72, 80), (16, 32, 32), (0, 0, 0)), ((7, 9, 11), (7, 4, 5), (3, 9, 1))],
+)
 def test_boxes_with_halo_equal_each_block_with_halo(shape, block_shape, halo):
     blocking = Blocking(shape, block_shape)
     boxes = blocking.boxes_with_halo(halo)

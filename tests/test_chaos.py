@@ -47,7 +47,9 @@ def _mount_tmpfs(folder: Path) -> bool:
         return False
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(folder)], capture_output=True, text=True)
     if mounted.returncode:
-        warnings.warn(f"test_chaos: cannot mount a tmpfs ({mounted.stderr.strip()}): the full file system is left out of the chaos", stacklevel=2)
+        warnings.warn(
+            f"test_chaos: cannot mount a tmpfs ({mounted.stderr.strip()}): the full file system is left out of the chaos", stacklevel=2
+        )
     return mounted.returncode == 0
 
 
@@ -81,7 +83,15 @@ def _damage(folder: Path, generator: random.Random) -> str:
     journals = _files(work / "status", "*/*.jsonl")
     for path in generator.sample(journals, min(len(journals), 2)):
         with open(path, "ab") as handle:
-            handle.write(generator.choice([b'{"block_id": 1e400, "fingerprint": null, "finished": 0, "result": {}}\n', b"\x00" * 30 + b"\n", b'{"block_id": 3, "seq']))
+            handle.write(
+                generator.choice(
+                    [
+                        b'{"block_id": 1e400, "fingerprint": null, "finished": 0, "result": {}}\n',
+                        b"\x00" * 30 + b"\n",
+                        b'{"block_id": 3, "seq',
+                    ]
+                )
+            )
         done.append(f"garbage in {path.relative_to(folder)}")
     return "; ".join(done)
 

@@ -34,7 +34,9 @@ def test_config_defaults_prints_the_complete_documented_config(capsys):
     for index, line in enumerate(lines):
         if "=" in line and not line.startswith("#"):
             previous = lines[index - 1]
-            assert previous.startswith("#") or previous.startswith("[") or "=" in previous and lines[index - 2].startswith("#"), f"undocumented key: {line}"
+            assert previous.startswith("#") or previous.startswith("[") or "=" in previous and lines[index - 2].startswith("#"), (
+                f"undocumented key: {line}"
+            )
     for section in ("input", "output", "blocking", "supervoxels", "costs", "multicut"):
         assert f"[{section}]" in text
 
@@ -67,10 +69,20 @@ def test_plugins_replace_supervoxels_costs_and_multicut(tmp_path, inputs):
 
 
 def test_plugin_parameters_are_checked_against_its_signature(tmp_path, inputs, capsys):
-    config = write_config(tmp_path / "config.toml", inputs, tmp_path / "out.zarr", multicut={"function": "plugin_functions:attractive_components", "minimum_costs": 1.0, "solver": None})
+    config = write_config(
+        tmp_path / "config.toml",
+        inputs,
+        tmp_path / "out.zarr",
+        multicut={"function": "plugin_functions:attractive_components", "minimum_costs": 1.0, "solver": None},
+    )
     assert run_cli("run", config) == 2
     assert "multicut.minimum_costs" in capsys.readouterr().err
-    config = write_config(tmp_path / "config.toml", inputs, tmp_path / "out.zarr", multicut={"function": "plugin_functions:label_everything", "anything": [1, 2]})
+    config = write_config(
+        tmp_path / "config.toml",
+        inputs,
+        tmp_path / "out.zarr",
+        multicut={"function": "plugin_functions:label_everything", "anything": [1, 2]},
+    )
     assert run_cli("run", config) == 0
     assert len(np.unique(read(tmp_path / "out.zarr", "segmentation"))) == read(tmp_path / "out.zarr", "supervoxels").max()
 
@@ -91,7 +103,6 @@ def test_import_tiff_and_hdf5_then_run(tmp_path, flyem_crop, data_dir):
     assert run_cli("import", tmp_path / "raw.tif", destination, "--key", "raw") == 2, "an existing array is never overwritten"
     config = write_config(tmp_path / "config.toml", destination, tmp_path / "out.zarr")
     assert run_cli("run", config) == 0
-
 
 
 def test_a_tiff_where_a_volume_is_read_names_emflow_import(tmp_path, inputs, flyem_crop, capsys):
@@ -122,6 +133,7 @@ def test_an_hdf5_import_without_its_dataset_lists_what_the_file_holds(tmp_path, 
     assert not (tmp_path / "out.zarr").exists()
     assert run_cli("import", f"{source}:volumes/raw", tmp_path / "out.zarr", "--key", "raw", "--resolution", "10", "10", "10") == 0
 
+
 def test_demo_runs_from_the_shipped_crop_and_scores_it(tmp_path):
     """By default in the user's cache (never the current folder), ending with its scores, their
     judgement and how to look at the result; --out chooses the folder."""
@@ -129,7 +141,9 @@ def test_demo_runs_from_the_shipped_crop_and_scores_it(tmp_path):
     cwd.mkdir()
     environment = {**os.environ, "XDG_CACHE_HOME": str(cache)}
     started = time.perf_counter()
-    completed = subprocess.run([sys.executable, "-m", "emflow", "demo"], capture_output=True, text=True, timeout=600, cwd=cwd, env=environment)
+    completed = subprocess.run(
+        [sys.executable, "-m", "emflow", "demo"], capture_output=True, text=True, timeout=600, cwd=cwd, env=environment
+    )
     seconds = time.perf_counter() - started
     assert completed.returncode == 0, completed.stderr
     demo_dir = cache / "emflow" / "demo"
@@ -149,11 +163,15 @@ def test_demo_runs_from_the_shipped_crop_and_scores_it(tmp_path):
     assert f"segmentation  (64, 128, 128) uint64, {np.unique(segmentation[segmentation != 0]).size} segments" in out
     assert f"  adapted Rand error  {printed['adapted_rand_error']:.3f}  (0 = perfect)" in out
     assert f"judgement: {judgement(printed)}\n" in out
-    assert out.endswith(f"segmentation: {demo_dir / 'demo_segmentation.zarr'}:segmentation (all metrics: {demo_dir / 'metrics.json'})\n"
-                        f"look at it: emflow view {demo_dir / 'demo.toml'}\n")
+    assert out.endswith(
+        f"segmentation: {demo_dir / 'demo_segmentation.zarr'}:segmentation (all metrics: {demo_dir / 'metrics.json'})\n"
+        f"look at it: emflow view {demo_dir / 'demo.toml'}\n"
+    )
 
     # --out: here the same folder, whose run is done, so only the scores are computed again.
-    again = subprocess.run([sys.executable, "-m", "emflow", "demo", "--out", str(demo_dir)], capture_output=True, text=True, timeout=600, cwd=cwd)
+    again = subprocess.run(
+        [sys.executable, "-m", "emflow", "demo", "--out", str(demo_dir)], capture_output=True, text=True, timeout=600, cwd=cwd
+    )
     assert again.returncode == 0, again.stderr
     assert "emflow: nothing to do: every stage was done before" in again.stdout and f"judgement: {judgement(printed)}\n" in again.stdout
     assert not any(cwd.iterdir())

@@ -283,7 +283,9 @@ def kill_when(run: Run, reached, *, poll: float = 0.002) -> None:
 
 def block_records(work: Path, stage: str) -> dict:
     """The latest record of each block of a stage that has one (not invalidated)."""
-    return {block_id: record for block_id, record in JournalReader(work / "status" / stage).refresh().items() if record.fingerprint is not None}
+    return {
+        block_id: record for block_id, record in JournalReader(work / "status" / stage).refresh().items() if record.fingerprint is not None
+    }
 
 
 def has_block_records(work: Path, stage: str, count: int):
@@ -335,7 +337,9 @@ def assert_records_describe_finished_outputs(output: Path, reference: Path, bloc
                     actual, expected = array(output, key)[box], array(reference, key)[box]
                     assert actual.tobytes() == expected.tobytes(), f"{where}, but its chunk of {key} differs from the uninterrupted run's"
                 else:
-                    assert_same_files(work / "blocks" / stage / f"{block_id}.npz", reference_work / "blocks" / stage / f"{block_id}.npz", where)
+                    assert_same_files(
+                        work / "blocks" / stage / f"{block_id}.npz", reference_work / "blocks" / stage / f"{block_id}.npz", where
+                    )
         elif path.suffix == ".json":
             stage = path.stem
             record = json.loads(path.read_text())  # written atomically: always whole
@@ -361,7 +365,9 @@ def assert_same_files(path: Path, reference: Path, where: str) -> None:
     with actual, expected:
         assert sorted(actual.files) == sorted(expected.files), where
         for name in expected.files:
-            assert actual[name].tobytes() == expected[name].tobytes(), f"{where}, but {name} of {path.name} differs from the uninterrupted run's"
+            assert actual[name].tobytes() == expected[name].tobytes(), (
+                f"{where}, but {name} of {path.name} differs from the uninterrupted run's"
+            )
 
 
 def assert_rerun_finishes_identically(config: Path, reference, *, workers: int = 1) -> None:
@@ -400,7 +406,9 @@ def reference(tmp_path_factory, flyem_crop) -> Reference:
     code, output = run_to_end(write_config(traced / "config.toml", inputs, traced / "out.zarr"), kill_point=KillPoint("", 0, "", trace))
     assert code == 0, output
     assert_same_result(traced / "out.zarr", folder / "out.zarr")  # the hooks change nothing
-    return Reference(inputs, folder / "out.zarr", seconds, trace.read_text().splitlines(), load_run(str(config.resolve())).geometry.blocking)
+    return Reference(
+        inputs, folder / "out.zarr", seconds, trace.read_text().splitlines(), load_run(str(config.resolve())).geometry.blocking
+    )
 
 
 def new_config(folder: Path, reference: Reference, **sections) -> Path:
@@ -411,7 +419,11 @@ def test_the_write_trace_covers_every_kind_of_write(reference):
     """The kill points below are chosen from this trace; it must see the writes that matter."""
     kinds = {line.split(" ", 1)[0] for line in reference.trace}
     assert kinds == {"journal", "file", "chunk"}
-    for pattern in (r"^journal out\.zarr\.work/status/write_segmentation/", r"^file out\.zarr\.work/status/multicut\.json$", r"^chunk out\.zarr/segmentation/s0/c/"):
+    for pattern in (
+        r"^journal out\.zarr\.work/status/write_segmentation/",
+        r"^file out\.zarr\.work/status/multicut\.json$",
+        r"^chunk out\.zarr/segmentation/s0/c/",
+    ):
         assert any(re.search(pattern, line) for line in reference.trace), pattern
 
 
@@ -445,7 +457,9 @@ def kill_at_write(folder: Path, config: Path, reference: Reference, pattern: str
         assert_records_describe_finished_outputs(folder / "out.zarr", reference.output, reference.blocking)
         assert_rerun_finishes_identically(config, reference)
     except AssertionError as error:
-        raise AssertionError(f"killed {moment} write {occurrence} matching {pattern!r} with {workers} workers; last writes:\n{last_writes}\n{error}") from None
+        raise AssertionError(
+            f"killed {moment} write {occurrence} matching {pattern!r} with {workers} workers; last writes:\n{last_writes}\n{error}"
+        ) from None
 
 
 @pytest.mark.parametrize("pattern, occurrence, moment, workers", EXACT_KILL_POINTS.values(), ids=EXACT_KILL_POINTS.keys())
@@ -465,10 +479,20 @@ def test_kill_at_a_random_write_then_rerun_gives_the_identical_result(tmp_path, 
 # --- kills from outside -----------------------------------------------------------------------
 
 # (stage, block records (None: its record as a whole), workers).
-PROGRESS_KILL_POINTS = [("supervoxels", 3, 2), ("relabel_supervoxels", 1, 1), ("block_graph", 5, 1), ("merge_graph", None, 2), ("write_segmentation", 2, 2)]
+PROGRESS_KILL_POINTS = [
+    ("supervoxels", 3, 2),
+    ("relabel_supervoxels", 1, 1),
+    ("block_graph", 5, 1),
+    ("merge_graph", None, 2),
+    ("write_segmentation", 2, 2),
+]
 
 
-@pytest.mark.parametrize("stage, count, workers", PROGRESS_KILL_POINTS, ids=[f"{stage}-{count or 'record'}-w{workers}" for stage, count, workers in PROGRESS_KILL_POINTS])
+@pytest.mark.parametrize(
+    "stage, count, workers",
+    PROGRESS_KILL_POINTS,
+    ids=[f"{stage}-{count or 'record'}-w{workers}" for stage, count, workers in PROGRESS_KILL_POINTS],
+)
 def test_kill_when_a_stage_reaches_a_point_then_rerun_gives_the_identical_result(tmp_path, reference, stage, count, workers):
     config = new_config(tmp_path, reference)
     work = work_folder(tmp_path / "out.zarr")
@@ -519,7 +543,9 @@ def test_torn_journal_lines_and_leftover_partial_files_are_never_taken_as_done(t
 
     config = new_config(tmp_path, reference)
     output, work = tmp_path / "out.zarr", work_folder(tmp_path / "out.zarr")
-    code, log = run_to_end(config, kill_point=KillPoint(r"^journal out\.zarr\.work/status/block_graph/", 3, "after", tmp_path / "trace.txt"))
+    code, log = run_to_end(
+        config, kill_point=KillPoint(r"^journal out\.zarr\.work/status/block_graph/", 3, "after", tmp_path / "trace.txt")
+    )
     assert code == -signal.SIGKILL, log
     journals = work / "status" / "block_graph"
     done = block_records(work, "block_graph")
@@ -573,7 +599,9 @@ def test_injected_failures_are_retried_and_the_run_succeeds_in_one_go(tmp_path, 
     assert code == 0, output
     assert_same_result(tmp_path / "out.zarr", reference.output)
     work = work_folder(tmp_path / "out.zarr")
-    attempts = {(stage, block_id): record.result["attempts"] for stage in BLOCK_STAGES for block_id, record in block_records(work, stage).items()}
+    attempts = {
+        (stage, block_id): record.result["attempts"] for stage in BLOCK_STAGES for block_id, record in block_records(work, stage).items()
+    }
     assert len(attempts) == 32 and all(1 <= count <= 13 for count in attempts.values())
     retried = [key for key, count in attempts.items() if count > 1]
     assert retried, "no block attempt failed (probability 1e-5)"
@@ -622,7 +650,9 @@ def test_injected_failures_without_retries_fail_the_run_and_reruns_finish_identi
 # --- scheduling does not change the result ----------------------------------------------------
 
 
-@pytest.mark.parametrize("workers, block_groups", [(2, 0), (1, 3), (2, 8)], ids=["2-workers", "3-block-groups", "2-workers-a-group-per-block"])
+@pytest.mark.parametrize(
+    "workers, block_groups", [(2, 0), (1, 3), (2, 8)], ids=["2-workers", "3-block-groups", "2-workers-a-group-per-block"]
+)
 def test_workers_and_block_groups_give_the_identical_result(tmp_path, reference, workers, block_groups):
     config = new_config(tmp_path, reference, scheduling={"block_groups": block_groups})
     code, output = run_to_end(config, workers=workers)

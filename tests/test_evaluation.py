@@ -45,9 +45,7 @@ def isbi_slice(data_dir):
 
 
 def _skimage_metrics(segmentation, groundtruth, ignore_labels):
-    split, merge = skimage.metrics.variation_of_information(
-        groundtruth, segmentation, ignore_labels=ignore_labels
-    )
+    split, merge = skimage.metrics.variation_of_information(groundtruth, segmentation, ignore_labels=ignore_labels)
     error, skimage_precision, skimage_recall = skimage.metrics.adapted_rand_error(
         image_true=groundtruth, image_test=segmentation, ignore_labels=ignore_labels
     )
@@ -75,9 +73,7 @@ def test_matches_skimage_on_isbi_2d(isbi_slice):
     segmentation, groundtruth = isbi_slice
     expected_voi, expected_rand = _skimage_metrics(segmentation, groundtruth, (0,))
 
-    np.testing.assert_allclose(
-        variation_of_information(segmentation, groundtruth, ignore_labels=(0,)), expected_voi, rtol=1e-10
-    )
+    np.testing.assert_allclose(variation_of_information(segmentation, groundtruth, ignore_labels=(0,)), expected_voi, rtol=1e-10)
     np.testing.assert_allclose(adapted_rand_error(segmentation, groundtruth), expected_rand, rtol=1e-10)
 
 
@@ -88,8 +84,14 @@ def test_evaluate_ignores_groundtruth_zero_like_skimage(flyem):
     metrics = evaluate(segmentation, groundtruth)
 
     assert set(metrics) == {
-        "voi_split", "voi_merge", "voi_sum", "adapted_rand_error",
-        "rand_precision", "rand_recall", "cremi_score", "number_of_voxels",
+        "voi_split",
+        "voi_merge",
+        "voi_sum",
+        "adapted_rand_error",
+        "rand_precision",
+        "rand_recall",
+        "cremi_score",
+        "number_of_voxels",
     }
     assert metrics["voi_split"] == pytest.approx(split, rel=1e-10)
     assert metrics["voi_merge"] == pytest.approx(merge, rel=1e-10)
@@ -154,9 +156,7 @@ def test_huge_ids_give_identical_results(flyem):
 
 def test_contingency_table_is_independent_of_slab_size(flyem, monkeypatch):
     segmentation, groundtruth = flyem["segmentation"], flyem["groundtruth_with_zeros"]
-    pairs, expected_counts = np.unique(
-        np.stack([groundtruth.ravel(), segmentation.ravel()]), axis=1, return_counts=True
-    )
+    pairs, expected_counts = np.unique(np.stack([groundtruth.ravel(), segmentation.ravel()]), axis=1, return_counts=True)
     kept = pairs[0] != 0
 
     # 1000 voxels per slab: fewer than one plane, so every plane is its own slab.
@@ -164,9 +164,7 @@ def test_contingency_table_is_independent_of_slab_size(flyem, monkeypatch):
     table = contingency_table(segmentation, groundtruth, ignore_labels=(0,))
 
     counts = table.counts.tocoo()
-    triples = sorted(
-        zip(table.groundtruth_ids[counts.row], table.segmentation_ids[counts.col], counts.data)
-    )
+    triples = sorted(zip(table.groundtruth_ids[counts.row], table.segmentation_ids[counts.col], counts.data))
     assert triples == sorted(zip(pairs[0][kept], pairs[1][kept], expected_counts[kept]))
     assert table.counts.dtype == np.int64
     assert table.groundtruth_ids.dtype == groundtruth.dtype

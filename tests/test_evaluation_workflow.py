@@ -17,7 +17,11 @@ from emflow.workflows.evaluation import evaluate
 def cube(tmp_path_factory, data_dir):
     """The whole dev cube: ground truth, and its oversegmentation as the segmentation under test."""
     with h5py.File(data_dir / "flyem_medulla_dev" / "volume.h5", "r") as volume:
-        arrays = {"neuron_ids": volume["labels/neuron_ids"][...], "oversegmentation": volume["labels/oversegmentation"][...], "raw": volume["raw"][...]}
+        arrays = {
+            "neuron_ids": volume["labels/neuron_ids"][...],
+            "oversegmentation": volume["labels/oversegmentation"][...],
+            "raw": volume["raw"][...],
+        }
     path = tmp_path_factory.mktemp("cube") / "cube.zarr"
     for name, array in arrays.items():
         write_volume(path, name, array, resolution=[10.0, 10.0, 10.0], chunks=(42, 84, 84))
@@ -39,17 +43,28 @@ def test_27_blocks_equal_the_in_memory_metrics(cube):
 def test_cli_prints_json_alone_with_skeleton_metrics_and_writes_a_report(cube, tmp_path, capsys):
     path, arrays = cube
     crop = np.s_[:48, :96, :96]
-    write_volume(tmp_path / "crop.zarr", "segmentation", arrays["oversegmentation"][crop], resolution=[10.0, 10.0, 10.0], chunks=(24, 48, 48))
+    write_volume(
+        tmp_path / "crop.zarr", "segmentation", arrays["oversegmentation"][crop], resolution=[10.0, 10.0, 10.0], chunks=(24, 48, 48)
+    )
     write_volume(tmp_path / "crop.zarr", "groundtruth", arrays["neuron_ids"][crop], resolution=[10.0, 10.0, 10.0], chunks=(24, 48, 48))
     write_volume(tmp_path / "crop.zarr", "raw", arrays["raw"][crop], resolution=[10.0, 10.0, 10.0], chunks=(24, 48, 48))
     crop_path = tmp_path / "crop.zarr"
     capsys.readouterr()
-    code = run_cli("evaluate", f"{crop_path}:segmentation", f"{crop_path}:groundtruth", "--report", tmp_path / "report", "--raw", f"{crop_path}:raw")
+    code = run_cli(
+        "evaluate", f"{crop_path}:segmentation", f"{crop_path}:groundtruth", "--report", tmp_path / "report", "--raw", f"{crop_path}:raw"
+    )
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["adapted_rand_error"] == pytest.approx(evaluate_in_memory(arrays["oversegmentation"][crop], arrays["neuron_ids"][crop])["adapted_rand_error"])
+    assert printed["adapted_rand_error"] == pytest.approx(
+        evaluate_in_memory(arrays["oversegmentation"][crop], arrays["neuron_ids"][crop])["adapted_rand_error"]
+    )
     assert 0 < printed["expected_run_length_nm"] <= printed["gt_expected_run_length_nm"]
     assert printed["normalized_erl"] == pytest.approx(printed["expected_run_length_nm"] / printed["gt_expected_run_length_nm"])
     assert printed["judgement"]
     assert (tmp_path / "report" / "report.html").exists()
-    assert {path.name for path in (tmp_path / "report").glob("*.png")} >= {"worst_merge_0.png", "worst_split_0.png", "voi_per_block.png", "sizes.png"}
+    assert {path.name for path in (tmp_path / "report").glob("*.png")} >= {
+        "worst_merge_0.png",
+        "worst_split_0.png",
+        "voi_per_block.png",
+        "sizes.png",
+    }

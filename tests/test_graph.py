@@ -31,9 +31,7 @@ def _blockwise_graph(supervoxels, boundaries, block_shape):
     block_results = []
     for block_id in range(blocking.number_of_blocks):
         outer, own_box = blocking.block_with_halo(block_id, (1, 1, 1))
-        block_results.append(
-            block_edge_statistics(supervoxels[outer.slicing], boundaries[outer.slicing], own_box)
-        )
+        block_results.append(block_edge_statistics(supervoxels[outer.slicing], boundaries[outer.slicing], own_box))
     edges = merge_edges([block_edges for block_edges, _ in block_results])
     number_of_nodes = int(supervoxels.max()) + 1
     # A generator, as when the workflow streams block results from storage.

@@ -123,9 +123,7 @@ def _assert_canonical(node_labels, number_of_nodes):
 # --- blocks ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "shape, block_shape", [((125, 250, 250), (32, 64, 64)), ((125, 250, 250), (16, 32, 48)), ((40, 70), (7, 9))]
-)
+@pytest.mark.parametrize("shape, block_shape", [((125, 250, 250), (32, 64, 64)), ((125, 250, 250), (16, 32, 48)), ((40, 70), (7, 9))])
 def test_coarse_blocks_are_those_of_a_blocking_with_larger_blocks(shape, block_shape):
     base = Blocking(shape, block_shape)
     base_ids = np.arange(base.number_of_blocks)
@@ -295,16 +293,12 @@ def test_reduce_lifted_problem_preserves_the_energy(problem, graph, lifted, plai
     # with one end: their costs move to the local edge.
     assert not np.allclose(reduced.edge_costs, plain.problem.edge_costs)
     n = np.uint64(reduced.number_of_nodes)
-    assert not np.isin(
-        reduced.lifted_edges[:, 0] * n + reduced.lifted_edges[:, 1], reduced.edges[:, 0] * n + reduced.edges[:, 1]
-    ).any()
+    assert not np.isin(reduced.lifted_edges[:, 0] * n + reduced.lifted_edges[:, 1], reduced.edges[:, 0] * n + reduced.edges[:, 1]).any()
     assert (reduced.lifted_edges[:, 0] < reduced.lifted_edges[:, 1]).all()
     np.testing.assert_array_equal(np.unique(reduced.lifted_edges, axis=0), reduced.lifted_edges)
     for labels in [rng.integers(0, k, reduced.number_of_nodes) for k in (2, 10, reduced.number_of_nodes)]:
         reduced_energy = reduced.energy(labels)
-        original_energy = lifted_multicut_energy(
-            edges, edge_costs, lifted_edges, lifted_costs, labels[reduced_lifted.node_mapping]
-        )
+        original_energy = lifted_multicut_energy(edges, edge_costs, lifted_edges, lifted_costs, labels[reduced_lifted.node_mapping])
         assert reduced_energy == pytest.approx(original_energy, rel=1e-12, abs=1e-9)
 
 
@@ -367,9 +361,7 @@ def test_one_block_is_the_global_solve(problem, graph, lifted, plain_problem, li
     number_of_nodes, edges, edge_costs = graph
     one_block = np.where(problem["node_block_ids"] >= 0, 0, -1)
     node_labels = hierarchical_multicut(plain_problem, one_block, (1, 1, 1), n_scales=1, solver=KERNIGHAN_LIN)
-    assert multicut_energy(edges, edge_costs, node_labels) == pytest.approx(
-        multicut_energy(edges, edge_costs, global_solution), rel=1e-9
-    )
+    assert multicut_energy(edges, edge_costs, node_labels) == pytest.approx(multicut_energy(edges, edge_costs, global_solution), rel=1e-9)
     lifted_global = solve_lifted_multicut(*graph, *lifted)
     lifted_labels = hierarchical_multicut(lifted_problem, one_block, (1, 1, 1), n_scales=1, solver=KERNIGHAN_LIN)
     assert lifted_multicut_energy(edges, edge_costs, *lifted, lifted_labels) == pytest.approx(

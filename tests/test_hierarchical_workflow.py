@@ -29,7 +29,14 @@ def runs(tmp_path_factory, inputs):
     folder = tmp_path_factory.mktemp("runs")
     outputs = {}
     for n_scales in (0, 1, 2):
-        config = write_config(folder / f"s{n_scales}.toml", inputs, folder / f"s{n_scales}.zarr", block_shape=BLOCK_SHAPE, halo=HALO, multicut={"n_scales": n_scales})
+        config = write_config(
+            folder / f"s{n_scales}.toml",
+            inputs,
+            folder / f"s{n_scales}.zarr",
+            block_shape=BLOCK_SHAPE,
+            halo=HALO,
+            multicut={"n_scales": n_scales},
+        )
         assert run_cli("run", config, "--workers", "2") == 0
         outputs[n_scales] = (config, folder / f"s{n_scales}.zarr")
     return outputs
@@ -47,7 +54,11 @@ def test_blockwise_tasks_reproduce_the_in_memory_hierarchy_exactly(runs, n_scale
     results = stage_results(load_run(str(config.resolve())), "supervoxels")
     node_block_ids = node_block_ids_from_counts([results[block]["number_of_supervoxels"] for block in range(blocking.number_of_blocks)])
     expected = hierarchical_multicut(
-        multicut_problem(len(node_block_ids), edges, edge_costs), node_block_ids, blocking.blocks_per_axis, n_scales=n_scales, solver=multicut_solver()
+        multicut_problem(len(node_block_ids), edges, edge_costs),
+        node_block_ids,
+        blocking.blocks_per_axis,
+        n_scales=n_scales,
+        solver=multicut_solver(),
     )
     assert np.array_equal(read(output, "graph/node_labels"), expected)
     assert np.array_equal(read(output, "segmentation"), expected[read(output, "supervoxels")])
@@ -59,7 +70,9 @@ def test_hierarchical_energy_is_within_half_a_percent_of_the_global_solve(runs, 
     _, output = runs[n_scales]
     assert np.array_equal(read(output, "graph/edges"), read(global_output, "graph/edges"))
     global_energy, energy = _energy(global_output), _energy(output)
-    assert energy == pytest.approx(multicut_energy(read(output, "graph/edges"), read(output, "graph/edge_costs"), read(output, "graph/node_labels")))
+    assert energy == pytest.approx(
+        multicut_energy(read(output, "graph/edges"), read(output, "graph/edge_costs"), read(output, "graph/node_labels"))
+    )
     assert (energy - global_energy) / abs(global_energy) <= 0.005
 
 
@@ -67,7 +80,11 @@ def test_each_scale_is_a_stage_with_a_task_per_block(runs):
     config, output = runs[2]
     names = [spec.name for spec in load_run(str(config.resolve())).stages]
     assert names[names.index("edge_costs") + 1 : names.index("multicut")] == [
-        "multicut_problem_s0", "subproblems_s0", "multicut_problem_s1", "subproblems_s1", "multicut_problem_s2"
+        "multicut_problem_s0",
+        "subproblems_s0",
+        "multicut_problem_s1",
+        "subproblems_s1",
+        "multicut_problem_s2",
     ]
     totals = {status.stage: status.total for status in workflow_status(str(config.resolve()))}
     assert totals["subproblems_s0"] == 64 and totals["subproblems_s1"] == 8
@@ -88,6 +105,10 @@ def test_changing_n_scales_makes_only_the_multicut_and_later_stale(tmp_path, inp
     write_config(tmp_path / "config.toml", inputs, tmp_path / "out.zarr", block_shape=BLOCK_SHAPE, halo=HALO, multicut={"n_scales": 1})
     statuses = {status.stage: status for status in workflow_status(str(config.resolve()))}
     assert {stage for stage, status in statuses.items() if status.stale} == {"multicut", "write_segmentation"}
-    assert {stage for stage, status in statuses.items() if status.pending} == {"multicut_problem_s0", "subproblems_s0", "multicut_problem_s1"}
+    assert {stage for stage, status in statuses.items() if status.pending} == {
+        "multicut_problem_s0",
+        "subproblems_s0",
+        "multicut_problem_s1",
+    }
     assert run_cli("run", config) == 0
     assert all(status.done == status.total for status in workflow_status(str(config.resolve())))

@@ -55,7 +55,9 @@ def test_every_voxel_is_covered_and_every_patch_belongs_to_one_block():
         box = blocking.block(block_id)
         owned = grid.patches_of_block(box.begin, box.end)
         for origin in np.stack(np.meshgrid(*owned, indexing="ij"), -1).reshape(-1, 3):
-            index = np.ravel_multi_index([list(grid.origins(axis)).index(origin[axis]) for axis in range(3)], [len(grid.origins(a)) for a in range(3)])
+            index = np.ravel_multi_index(
+                [list(grid.origins(axis)).index(origin[axis]) for axis in range(3)], [len(grid.origins(a)) for a in range(3)]
+            )
             owners[index] += 1
     assert owners == [1] * grid.number_of_patches()
 
@@ -103,7 +105,12 @@ def test_anisotropic_hybrid_unet_keeps_the_patch_shape_and_is_batch_independent(
 
 @pytest.mark.parametrize(
     "keywords, message",
-    [({"depth": 2, "pooling": ()}, "pooling"), ({"norm": "batch"}, "norm"), ({"two_d_levels": 4}, "two_d_levels"), ({"width": 0}, "positive")],
+    [
+        ({"depth": 2, "pooling": ()}, "pooling"),
+        ({"norm": "batch"}, "norm"),
+        ({"two_d_levels": 4}, "two_d_levels"),
+        ({"width": 0}, "positive"),
+    ],
 )
 def test_bad_network_configs_are_named(keywords, message):
     with pytest.raises(ValueError, match=message):

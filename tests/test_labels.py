@@ -71,10 +71,7 @@ def test_map_labels_zero_and_missing_ids():
 def test_block_offsets_make_blockwise_ids_globally_unique(flyem_crop):
     segmentation = flyem_crop["oversegmentation"]
     blocking = Blocking(segmentation.shape, (24, 48, 40))
-    local_labels = [
-        relabel_consecutive(segmentation[blocking.block(block_id).slicing])
-        for block_id in range(blocking.number_of_blocks)
-    ]
+    local_labels = [relabel_consecutive(segmentation[blocking.block(block_id).slicing]) for block_id in range(blocking.number_of_blocks)]
     counts = np.array([count for _, count in local_labels])
     offsets = block_offsets(counts)
     assert offsets.dtype == np.uint64

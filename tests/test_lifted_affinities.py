@@ -38,9 +38,11 @@ def test_blockwise_lifted_edges_equal_in_memory(problem):
     for block_id in range(blocking.number_of_blocks):
         inner = blocking.block(block_id)
         outer = Box(inner.begin, tuple(min(end + step, size) for end, step, size in zip(inner.end, halo, supervoxels.shape)))
-        parts.append(block_pair_statistics(
-            supervoxels[outer.slicing], affinities[(slice(None),) + outer.slicing], OFFSETS, inner.local_to(outer), channels=channels
-        ))
+        parts.append(
+            block_pair_statistics(
+                supervoxels[outer.slicing], affinities[(slice(None),) + outer.slicing], OFFSETS, inner.local_to(outer), channels=channels
+            )
+        )
     blockwise = lifted_edges_from_affinities(number_of_nodes, local.pairs, merge_pair_statistics(parts), beta=0.4)
     in_memory = lifted_edges_from_affinities(
         number_of_nodes, local.pairs, pair_statistics(supervoxels, affinities, OFFSETS, channels=channels), beta=0.4
@@ -72,8 +74,11 @@ def test_lifted_costs_follow_the_groundtruth(problem, flyem_crop):
     same = node_labels[lifted_edges[:, 0]] == node_labels[lifted_edges[:, 1]]
     assert 0.2 < same.mean() < 0.8
     # Pairs seen by many voxel pairs average the noise out (supervoxels that straddle two neurons remain).
-    counts = long_range.counts[np.isin(long_range.pairs[:, 0] * number_of_nodes + long_range.pairs[:, 1],
-                                       lifted_edges[:, 0] * number_of_nodes + lifted_edges[:, 1])]
+    counts = long_range.counts[
+        np.isin(
+            long_range.pairs[:, 0] * number_of_nodes + long_range.pairs[:, 1], lifted_edges[:, 0] * number_of_nodes + lifted_edges[:, 1]
+        )
+    ]
     assert ((lifted_costs > 0) == same)[counts >= 50].mean() > 0.98
 
     def wrong_local_edges(solution):

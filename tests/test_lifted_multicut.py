@@ -44,9 +44,7 @@ def lifted_problem_from_ground_truth(number_of_nodes, edges, supervoxels, ground
     do not simply overrule the local ones.
     """
     graph = undirected_graph(number_of_nodes, edges)
-    lifted_edges = lifted_edges_from_node_labels(
-        graph, np.zeros(number_of_nodes, np.uint64), graph_depth, number_of_threads=1
-    )
+    lifted_edges = lifted_edges_from_node_labels(graph, np.zeros(number_of_nodes, np.uint64), graph_depth, number_of_threads=1)
     lifted_edges = lifted_edges[(lifted_edges != 0).all(axis=1)]
     majority = reference_majority_labels(supervoxels, ground_truth, number_of_nodes)
     same = majority[lifted_edges[:, 0]] == majority[lifted_edges[:, 1]]
@@ -199,8 +197,13 @@ def test_invalid_lifted_input(problem):
     with pytest.raises(ValueError, match="lifted_edges must have u < v"):
         solve_lifted_multicut(number_of_nodes, edges, edge_costs, lifted_edges[::-1], lifted_costs[::-1])
     with pytest.raises(ValueError, match="lifted_edges reference node"):
-        solve_lifted_multicut(int(lifted_edges.max()), edges[edges[:, 1] < lifted_edges.max()],
-                              edge_costs[edges[:, 1] < lifted_edges.max()], lifted_edges, lifted_costs)
+        solve_lifted_multicut(
+            int(lifted_edges.max()),
+            edges[edges[:, 1] < lifted_edges.max()],
+            edge_costs[edges[:, 1] < lifted_edges.max()],
+            lifted_edges,
+            lifted_costs,
+        )
     with pytest.raises(ValueError, match="NaN"):
         solve_lifted_multicut(number_of_nodes, edges, edge_costs, lifted_edges, np.full(len(lifted_edges), np.nan))
 

@@ -45,16 +45,27 @@ MUTEX_WATERSHED_WORSE = 0.02
 METHODS = {
     "agglomeration": (
         {"segmentation": {"method": "agglomeration"}, "agglomeration": {"thresholds": [0.5, 0.3, 0.7]}},
-        ("supervoxels", "segmentation/s0", "segmentation_threshold_0.3/s0", "segmentation_threshold_0.7/s0", "graph/merges", "graph/merge_scores"),
+        (
+            "supervoxels",
+            "segmentation/s0",
+            "segmentation_threshold_0.3/s0",
+            "segmentation_threshold_0.7/s0",
+            "graph/merges",
+            "graph/merge_scores",
+        ),
     ),
     "quantile_of_boundaries": (
-        {"input": {"affinities_key": None, "boundaries_key": "boundaries"}, "segmentation": {"method": "agglomeration"},
-         "agglomeration": {"linkage": "quantile", "quantile": 0.5, "thresholds": [0.55]}},
+        {
+            "input": {"affinities_key": None, "boundaries_key": "boundaries"},
+            "segmentation": {"method": "agglomeration"},
+            "agglomeration": {"linkage": "quantile", "quantile": 0.5, "thresholds": [0.55]},
+        },
         ("supervoxels", "segmentation/s0", "graph/merges"),
     ),
     "mutex_watershed": ({"segmentation": {"method": "mutex-watershed"}}, ("supervoxels", "segmentation/s0", "graph/node_labels")),
     "lifted_from_affinities": (
-        {"lifted": {"source": "affinities"}}, ("supervoxels", "segmentation/s0", "graph/lifted_edges", "graph/lifted_costs", "graph/node_labels"),
+        {"lifted": {"source": "affinities"}},
+        ("supervoxels", "segmentation/s0", "graph/lifted_edges", "graph/lifted_costs", "graph/node_labels"),
     ),
     "stitching": (
         {"input": {"affinities_key": None, "boundaries_key": "boundaries"}, "segmentation": {"method": "stitching"}},
@@ -181,15 +192,24 @@ def test_given_predictions_carry_their_offsets_and_give_back_the_same_boundary_m
     crop = np.s_[:32, :64, :64]
     write_volume(tmp_path / "raw.zarr", "raw", flyem_crop["raw"][crop], resolution=RESOLUTION, chunks=(16, 32, 32))
     predicted = write_config(
-        tmp_path / "predict.toml", tmp_path / "raw.zarr", tmp_path / "predicted.zarr", block_shape=(16, 32, 32), halo=(2, 4, 4),
-        input={"boundaries_key": None}, predict={"model": str(small_affinity_model), "patch_shape": [16, 32, 32], "overlap": [4, 8, 8]},
+        tmp_path / "predict.toml",
+        tmp_path / "raw.zarr",
+        tmp_path / "predicted.zarr",
+        block_shape=(16, 32, 32),
+        halo=(2, 4, 4),
+        input={"boundaries_key": None},
+        predict={"model": str(small_affinity_model), "patch_shape": [16, 32, 32], "overlap": [4, 8, 8]},
     )
     assert run_cli("predict", predicted) == 0
     offsets = open_volume(tmp_path / "predicted.zarr", "predictions").attrs["offsets"]
     assert offsets == [list(offset) for offset in describe_model(small_affinity_model).offsets]
     # The predictions given back as affinities, without `affinity_offsets`: read from the attribute.
     given = write_config(
-        tmp_path / "given.toml", tmp_path / "predicted.zarr", tmp_path / "given.zarr", block_shape=(16, 32, 32), halo=(2, 4, 4),
+        tmp_path / "given.toml",
+        tmp_path / "predicted.zarr",
+        tmp_path / "given.zarr",
+        block_shape=(16, 32, 32),
+        halo=(2, 4, 4),
         input={"boundaries_key": None, "raw_key": None, "affinities_key": "predictions"},
     )
     assert run_cli("run", given) == 0
@@ -209,7 +229,13 @@ KILL_POINTS = {
     "agglomeration-second-threshold-chunk-written": ("agglomeration", r"^chunk out\.zarr/segmentation_threshold_0\.3/s0/c/", 2, "after", 2),
     "fragments-journal-line-torn": ("mutex_watershed", r"^journal out\.zarr\.work/status/supervoxels/", 3, "torn", 2),
     "mutex_watershed-bundle-written": ("mutex_watershed", r"^file out\.zarr\.work/global/mutex_watershed/", 1, "after", 1),
-    "long_range_statistics-journal-line-written": ("lifted_from_affinities", r"^journal out\.zarr\.work/status/pair_statistics/", 4, "after", 1),
+    "long_range_statistics-journal-line-written": (
+        "lifted_from_affinities",
+        r"^journal out\.zarr\.work/status/pair_statistics/",
+        4,
+        "after",
+        1,
+    ),
     "lifted_edges-table-not-written": ("lifted_from_affinities", r"^chunk out\.zarr/graph/lifted_costs/c/", 1, "before", 1),
     "stitch_segment-partial-torn": ("stitching", r"^file out\.zarr\.work/blocks/supervoxels/\d+\.npy$", 5, "torn", 2),
     "stitch_faces-journal-line-torn": ("stitching", r"^journal out\.zarr\.work/status/stitch_faces/", 2, "torn", 1),
@@ -237,10 +263,16 @@ def test_kill_in_a_new_stage_then_rerun_gives_the_identical_result(tmp_path, inp
 
 BAD_PARAMETERS = {
     "unknown_method": ({"segmentation": {"method": "watershed"}}, "config key segmentation.method must be one of"),
-    "unknown_linkage": ({"segmentation": {"method": "agglomeration"}, "agglomeration": {"linkage": "max"}}, "config key agglomeration.linkage"),
+    "unknown_linkage": (
+        {"segmentation": {"method": "agglomeration"}, "agglomeration": {"linkage": "max"}},
+        "config key agglomeration.linkage",
+    ),
     "quantile_above_one": ({"agglomeration": {"quantile": 1.5}}, "config key agglomeration.quantile must lie in [0, 1]"),
     "no_thresholds": ({"agglomeration": {"thresholds": []}}, "config key agglomeration.thresholds must name at least one"),
-    "repeated_thresholds": ({"agglomeration": {"thresholds": [0.5, 0.5]}}, "config key agglomeration.thresholds must be distinct numbers in [0, 1]"),
+    "repeated_thresholds": (
+        {"agglomeration": {"thresholds": [0.5, 0.5]}},
+        "config key agglomeration.thresholds must be distinct numbers in [0, 1]",
+    ),
     "threshold_not_a_number": ({"agglomeration": {"thresholds": ["high"]}}, "config key agglomeration.thresholds must be a list of floats"),
     "stride_zero": ({"mutex_watershed": {"strides": [0, 4, 4]}}, "config key mutex_watershed.strides must be three positive integers"),
     "negative_min_size": ({"mutex_watershed": {"min_size": -1}}, "config key mutex_watershed.min_size must be 0 or more"),
@@ -256,11 +288,16 @@ BAD_PARAMETERS = {
     ),
     "fraction_too_low": ({"stitching": {"fraction": 0.4}}, "config key stitching.fraction must lie in (0.5, 1]"),
     "min_overlap_zero": ({"stitching": {"min_overlap": 0}}, "config key stitching.min_overlap must be at least 1"),
-    "stitching_plugin_not_importable": ({"stitching": {"function": "no_such_module:segment"}}, "config key stitching.function", "no_such_module"),
+    "stitching_plugin_not_importable": (
+        {"stitching": {"function": "no_such_module:segment"}},
+        "config key stitching.function",
+        "no_such_module",
+    ),
     "unknown_lifted_source": ({"lifted": {"source": "oracle"}}, "config key lifted.source must be one of"),
     "mutex_watershed_of_a_boundary_map": (
         {"input": {"affinities_key": None, "boundaries_key": "boundaries"}, "segmentation": {"method": "mutex-watershed"}},
-        "config key segmentation.method = 'mutex-watershed' needs affinities", "input.affinities_key",
+        "config key segmentation.method = 'mutex-watershed' needs affinities",
+        "input.affinities_key",
     ),
     "lifted_affinities_of_a_boundary_map": (
         {"input": {"affinities_key": None, "boundaries_key": "boundaries"}, "lifted": {"source": "affinities"}},
@@ -268,21 +305,38 @@ BAD_PARAMETERS = {
     ),
     "affinities_without_long_range_channels": (
         {"segmentation": {"method": "mutex-watershed"}, "input": {"affinities_key": "nearest_affinities"}},
-        "needs affinities with long-range channels", "the affinities have no long-range channel",
+        "needs affinities with long-range channels",
+        "the affinities have no long-range channel",
     ),
-    "boundaries_and_affinities": ({"input": {"boundaries_key": "boundaries"}}, "input.boundaries_key and input.affinities_key are both given"),
+    "boundaries_and_affinities": (
+        {"input": {"boundaries_key": "boundaries"}},
+        "input.boundaries_key and input.affinities_key are both given",
+    ),
     "offsets_without_affinities": (
         {"input": {"affinities_key": None, "boundaries_key": "boundaries", "affinity_offsets": OFFSETS}},
         "config key input.affinity_offsets describes the channels of input.affinities_key",
     ),
     "offsets_without_nearest_neighbours": (
         {"input": {"affinity_offsets": [[-2, 0, 0], [0, -1, 0], [0, 0, -1]] + OFFSETS[3:]}},
-        "config key input.affinity_offsets must hold the nearest-neighbour offsets", "missing [[-1, 0, 0]]",
+        "config key input.affinity_offsets must hold the nearest-neighbour offsets",
+        "missing [[-1, 0, 0]]",
     ),
-    "offsets_not_integers": ({"input": {"affinity_offsets": [[-1.5, 0, 0]] + OFFSETS[1:]}}, "config key input.affinity_offsets must be a list of non-zero integer"),
-    "offsets_not_one_per_channel": ({"input": {"affinity_offsets": OFFSETS[:6]}}, "have 9 channels, but 6 offsets (input.affinity_offsets)"),
-    "affinities_without_offsets": ({"input": {"affinities_key": "nearest_affinities_without_offsets"}}, "config key input.affinity_offsets is required"),
-    "agglomeration_with_scales": ({"segmentation": {"method": "agglomeration"}, "multicut": {"n_scales": 1}}, "config key multicut.n_scales belongs to"),
+    "offsets_not_integers": (
+        {"input": {"affinity_offsets": [[-1.5, 0, 0]] + OFFSETS[1:]}},
+        "config key input.affinity_offsets must be a list of non-zero integer",
+    ),
+    "offsets_not_one_per_channel": (
+        {"input": {"affinity_offsets": OFFSETS[:6]}},
+        "have 9 channels, but 6 offsets (input.affinity_offsets)",
+    ),
+    "affinities_without_offsets": (
+        {"input": {"affinities_key": "nearest_affinities_without_offsets"}},
+        "config key input.affinity_offsets is required",
+    ),
+    "agglomeration_with_scales": (
+        {"segmentation": {"method": "agglomeration"}, "multicut": {"n_scales": 1}},
+        "config key multicut.n_scales belongs to",
+    ),
     "mutex_watershed_with_lifted_labels": (
         {"segmentation": {"method": "mutex-watershed"}, "input": {"lifted_labels_key": "neuron_ids"}},
         "config key input.lifted_labels_key belongs to segmentation.method = 'multicut'",
@@ -322,7 +376,10 @@ def test_a_stitching_plugin_segments_each_block_and_is_stitched_as_in_memory(tmp
     from plugin_functions import threshold_components
 
     config = write_config(
-        tmp_path / "config.toml", inputs, tmp_path / "out.zarr", block_shape=BLOCK_SHAPE,
+        tmp_path / "config.toml",
+        inputs,
+        tmp_path / "out.zarr",
+        block_shape=BLOCK_SHAPE,
         segmentation={"method": "stitching"},
         stitching={"function": "plugin_functions:threshold_components", "threshold": 0.4, "mode": "conservative", "overlap": [4, 8, 8]},
     )

@@ -85,9 +85,7 @@ def test_background_node_is_never_merged_and_isolated_nodes_stay_alone(problem, 
     np.testing.assert_array_equal(extended_labels[:-1], node_labels)
     assert (extended_labels[:-1] != extended_labels[-1]).all()
 
-    np.testing.assert_array_equal(
-        solve_multicut(4, np.empty((0, 2), np.uint64), np.empty(0)), [0, 1, 2, 3]
-    )
+    np.testing.assert_array_equal(solve_multicut(4, np.empty((0, 2), np.uint64), np.empty(0)), [0, 1, 2, 3])
 
 
 def test_invalid_multicut_input(problem):

@@ -87,8 +87,18 @@ def test_a_new_model_makes_prediction_and_everything_after_it_stale_but_a_batch_
     save_model(other_model, retrained)
     predict_config(tmp_path, raw_input, other_model, "run")
     stale = {status.stage for status in workflow_status(str(config)) if status.stale}
-    assert stale == {"predict", "blend_predictions", "supervoxels", "relabel_supervoxels", "block_graph", "supervoxel_ids",
-                     "merge_graph", "edge_costs", "multicut", "write_segmentation"}
+    assert stale == {
+        "predict",
+        "blend_predictions",
+        "supervoxels",
+        "relabel_supervoxels",
+        "block_graph",
+        "supervoxel_ids",
+        "merge_graph",
+        "edge_costs",
+        "multicut",
+        "write_segmentation",
+    }
     # A model is known by its bytes, not its path: a copy of the first model makes nothing stale.
     copy = shutil.copy(small_affinity_model, tmp_path / "copy.pt")
     predict_config(tmp_path, raw_input, copy, "run")
@@ -98,8 +108,13 @@ def test_a_new_model_makes_prediction_and_everything_after_it_stale_but_a_batch_
 def test_prediction_needs_raw_data_the_model_can_read(tmp_path, raw_input, small_affinity_model, capsys):
     write_volume(raw_input, "signed", np.zeros((40, 72, 80), np.int16), resolution=RESOLUTION)
     config = predict_config(tmp_path, raw_input, small_affinity_model, "signed")
-    write_config(config, raw_input, tmp_path / "signed.zarr", input={"boundaries_key": None, "raw_key": "signed"},
-                 predict={"model": str(small_affinity_model)})
+    write_config(
+        config,
+        raw_input,
+        tmp_path / "signed.zarr",
+        input={"boundaries_key": None, "raw_key": "signed"},
+        predict={"model": str(small_affinity_model)},
+    )
     assert run_cli("run", config) == 2
     assert "must be unsigned integer or float" in capsys.readouterr().err
 
@@ -137,7 +152,10 @@ def test_new_raw_data_in_one_chunk_repredicts_only_the_blocks_that_read_it(tmp_p
     started = time.time()
     assert run_cli("run", config, "--workers", "2") == 0
     rerun = records_since(tmp_path / "cron.zarr.work", started)
-    recomputed = {stage: {block for name, block in rerun if name == stage and block is not None} for stage in ("predict", "blend_predictions", "supervoxels")}
+    recomputed = {
+        stage: {block for name, block in rerun if name == stage and block is not None}
+        for stage in ("predict", "blend_predictions", "supervoxels")
+    }
 
     # The same sets, from the geometry alone.
     blocking = Blocking(raw.shape, (16, 32, 32))
@@ -160,11 +178,19 @@ def test_new_raw_data_in_one_chunk_repredicts_only_the_blocks_that_read_it(tmp_p
         box = blocking.block(block_id)
         return Box(tuple(max(begin - 1, 0) for begin in box.begin), tuple(min(end + 1, size) for end, size in zip(box.end, raw.shape)))
 
-    blended = {block_id for block_id in range(blocking.number_of_blocks) if any(intersects(*spans[other], blended_box(block_id)) for other in predicted)}
+    blended = {
+        block_id
+        for block_id in range(blocking.number_of_blocks)
+        if any(intersects(*spans[other], blended_box(block_id)) for other in predicted)
+    }
     halo = (4, 8, 8)
     segmented = {
-        block_id for block_id in range(blocking.number_of_blocks)
-        if any(intersects(blocking.block(other).begin, blocking.block(other).end, blocking.block_with_halo(block_id, halo)[0]) for other in blended)
+        block_id
+        for block_id in range(blocking.number_of_blocks)
+        if any(
+            intersects(blocking.block(other).begin, blocking.block(other).end, blocking.block_with_halo(block_id, halo)[0])
+            for other in blended
+        )
     }
     assert recomputed["predict"] == predicted and 0 < len(predicted) < blocking.number_of_blocks
     assert recomputed["blend_predictions"] == blended and len(blended) < blocking.number_of_blocks

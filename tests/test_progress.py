@@ -107,7 +107,9 @@ def test_a_terminal_gets_a_bar_per_running_stage():
 
     controller, terminal = pty.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-    process = subprocess.Popen([sys.executable, "-c", FEED], stdout=terminal, stderr=terminal, stdin=subprocess.DEVNULL, env=_feed_environment())
+    process = subprocess.Popen(
+        [sys.executable, "-c", FEED], stdout=terminal, stderr=terminal, stdin=subprocess.DEVNULL, env=_feed_environment()
+    )
     os.close(terminal)
     output = b""
     while True:
@@ -158,7 +160,17 @@ def test_a_run_shows_progress_lines_and_ends_with_its_summary(tmp_path, workflow
     assert f"  output: {tmp_path / 'out.zarr'}\n" in out
     assert f"    segmentation  (64, 128, 128) uint64, {segments} segments\n" in out
     assert f"  look at it: emflow view {config}\n" in out
-    stages = ("prepare_output", "supervoxels", "supervoxel_ids", "relabel_supervoxels", "block_graph", "merge_graph", "edge_costs", "multicut", "write_segmentation")
+    stages = (
+        "prepare_output",
+        "supervoxels",
+        "supervoxel_ids",
+        "relabel_supervoxels",
+        "block_graph",
+        "merge_graph",
+        "edge_costs",
+        "multicut",
+        "write_segmentation",
+    )
     for stage in stages:
         # tasks, seconds summed over them, the largest peak memory of their processes.
         tasks = 1 if stage in ("prepare_output", "supervoxel_ids", "merge_graph", "edge_costs", "multicut") else 8

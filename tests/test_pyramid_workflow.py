@@ -22,7 +22,9 @@ BLOCK_SHAPE = (16, 32, 32)  # 4 x 4 x 4 blocks of the crop: two pyramid levels, 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, workflow_inputs):
     folder = tmp_path_factory.mktemp("pyramid")
-    config = write_config(folder / "config.toml", workflow_inputs, folder / "out.zarr", block_shape=BLOCK_SHAPE, halo=(4, 8, 8), output={"pyramid": True})
+    config = write_config(
+        folder / "config.toml", workflow_inputs, folder / "out.zarr", block_shape=BLOCK_SHAPE, halo=(4, 8, 8), output={"pyramid": True}
+    )
     assert run_cli("run", config, "--workers", "2") == 0
     return load_run(str(config.resolve())), folder / "out.zarr"
 

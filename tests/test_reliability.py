@@ -95,8 +95,16 @@ def _delete_the_edge_costs(output: Path) -> None:
 # damage, the tasks that must run again (None: all of the stage's), the line the run prints
 OUTPUT_DAMAGE = {
     "output-deleted": (_delete_the_output, None, "does not exist: every task that wrote into it runs again"),
-    "chunk-deleted": (_delete_a_segmentation_chunk, {("write_segmentation", 7), ("write_segmentation", None)}, "segmentation/s0/c/1/1/1 is missing"),
-    "block-edited": (_edit_a_segmentation_block, {("write_segmentation", 7), ("write_segmentation", None)}, "segmentation/s0/c/1/1/1 was changed"),
+    "chunk-deleted": (
+        _delete_a_segmentation_chunk,
+        {("write_segmentation", 7), ("write_segmentation", None)},
+        "segmentation/s0/c/1/1/1 is missing",
+    ),
+    "block-edited": (
+        _edit_a_segmentation_block,
+        {("write_segmentation", 7), ("write_segmentation", None)},
+        "segmentation/s0/c/1/1/1 was changed",
+    ),
     "edge-costs-deleted": (_delete_the_edge_costs, {("edge_costs", None)}, "graph/edge_costs/c/0 is missing"),
 }
 
@@ -125,8 +133,13 @@ def test_deleted_cnn_sums_and_new_raw_data_recompute_the_predict_blocks_blending
     write_volume(tmp_path / "input.zarr", "raw", raw, resolution=RESOLUTION, chunks=(8, 16, 16))
     predict = {"model": str(small_affinity_model), "patch_shape": [16, 32, 32], "overlap": [4, 8, 8]}
     config = write_config(
-        tmp_path / "config.toml", tmp_path / "input.zarr", tmp_path / "out.zarr", block_shape=(8, 16, 16), halo=(2, 4, 4),
-        input={"boundaries_key": None}, predict=predict,
+        tmp_path / "config.toml",
+        tmp_path / "input.zarr",
+        tmp_path / "out.zarr",
+        block_shape=(8, 16, 16),
+        halo=(2, 4, 4),
+        input={"boundaries_key": None},
+        predict=predict,
     )
     assert run_cli("run", config) == 0
     shutil.rmtree(tmp_path / "out.zarr.work" / "blocks" / "predict")  # as the README suggests once a run is done
@@ -147,8 +160,13 @@ def test_deleted_cnn_sums_and_new_raw_data_recompute_the_predict_blocks_blending
 
     write_volume(tmp_path / "fresh_input.zarr", "raw", new_raw, resolution=RESOLUTION, chunks=(8, 16, 16))
     fresh = write_config(
-        tmp_path / "fresh.toml", tmp_path / "fresh_input.zarr", tmp_path / "fresh.zarr", block_shape=(8, 16, 16), halo=(2, 4, 4),
-        input={"boundaries_key": None}, predict=predict,
+        tmp_path / "fresh.toml",
+        tmp_path / "fresh_input.zarr",
+        tmp_path / "fresh.zarr",
+        block_shape=(8, 16, 16),
+        halo=(2, 4, 4),
+        input={"boundaries_key": None},
+        predict=predict,
     )
     assert run_cli("run", fresh) == 0
     for key in ("predictions", "boundaries", "segmentation"):
@@ -292,7 +310,18 @@ def test_an_import_that_did_not_finish_is_refused_and_missing_chunks_are_named(t
         raise KeyboardInterrupt
 
     monkeypatch.setattr(volumes, "_copy_blocks", interrupted)
-    assert run_cli("import", tmp_path / "source.h5:boundaries", tmp_path / "half.zarr", "--key", "boundaries", "--resolution", *map(str, RESOLUTION)) == 130
+    assert (
+        run_cli(
+            "import",
+            tmp_path / "source.h5:boundaries",
+            tmp_path / "half.zarr",
+            "--key",
+            "boundaries",
+            "--resolution",
+            *map(str, RESOLUTION),
+        )
+        == 130
+    )
     monkeypatch.undo()
     config = write_config(tmp_path / "config.toml", tmp_path / "half.zarr", tmp_path / "out.zarr", input={"raw_key": None})
     capsys.readouterr()
@@ -317,10 +346,17 @@ def test_an_import_that_did_not_finish_is_refused_and_missing_chunks_are_named(t
 
 def test_raw_data_in_a_sliver_of_its_dtype_is_warned_about_with_the_numbers(tmp_path, flyem_crop, small_affinity_model, capsys):
     raw = flyem_crop["raw"][:32, :64, :64]
-    write_volume(tmp_path / "input.zarr", "raw", raw.astype(np.uint16), resolution=RESOLUTION, chunks=(16, 32, 32))  # 8-bit values in uint16
+    write_volume(
+        tmp_path / "input.zarr", "raw", raw.astype(np.uint16), resolution=RESOLUTION, chunks=(16, 32, 32)
+    )  # 8-bit values in uint16
     config = write_config(
-        tmp_path / "config.toml", tmp_path / "input.zarr", tmp_path / "out.zarr", block_shape=(16, 32, 32), halo=(2, 4, 4),
-        input={"boundaries_key": None}, predict={"model": str(small_affinity_model), "patch_shape": [16, 32, 32], "overlap": [4, 8, 8]},
+        tmp_path / "config.toml",
+        tmp_path / "input.zarr",
+        tmp_path / "out.zarr",
+        block_shape=(16, 32, 32),
+        halo=(2, 4, 4),
+        input={"boundaries_key": None},
+        predict={"model": str(small_affinity_model), "patch_shape": [16, 32, 32], "overlap": [4, 8, 8]},
     )
     capsys.readouterr()
     assert run_cli("run", config) == 0
@@ -343,10 +379,15 @@ def test_a_boundary_map_in_a_sliver_of_its_range_is_warned_about_and_an_all_zero
     low, high = (f"{value:.4g}" if not float(value).is_integer() else str(int(value)) for value in (boundaries.min(), boundaries.max()))
     assert f"warning: boundary map {tmp_path}/in.zarr:boundaries is float32 but its values lie in {low}..{high}" in err, err
 
-    masked = write_config(tmp_path / "masked.toml", tmp_path / "in.zarr", tmp_path / "masked.zarr", input={"raw_key": None, "mask_key": "mask"})
+    masked = write_config(
+        tmp_path / "masked.toml", tmp_path / "in.zarr", tmp_path / "masked.zarr", input={"raw_key": None, "mask_key": "mask"}
+    )
     capsys.readouterr()
     assert run_cli("run", masked) == 2
-    assert f"mask dataset {tmp_path}/in.zarr:mask is 0 everywhere (0 (no chunk is stored: every voxel holds the fill value))" in capsys.readouterr().err
+    assert (
+        f"mask dataset {tmp_path}/in.zarr:mask is 0 everywhere (0 (no chunk is stored: every voxel holds the fill value))"
+        in capsys.readouterr().err
+    )
     assert not (tmp_path / "masked.zarr").exists()
 
 
@@ -475,7 +516,10 @@ def _random_json(generator: random.Random, depth: int = 0):
     if kind == 6:
         return [_random_json(generator, depth + 1) for _ in range(generator.randrange(4))]
     fields = ("block_id", "fingerprint", "finished", "result", "seq", "writer", "data")
-    return {generator.choice(fields) if generator.random() < 0.8 else str(_random_json(generator, 4)): _random_json(generator, depth + 1) for _ in range(generator.randrange(8))}
+    return {
+        generator.choice(fields) if generator.random() < 0.8 else str(_random_json(generator, 4)): _random_json(generator, depth + 1)
+        for _ in range(generator.randrange(8))
+    }
 
 
 def _random_line(generator: random.Random) -> bytes:
@@ -483,7 +527,14 @@ def _random_line(generator: random.Random) -> bytes:
     if kind == 0:  # random bytes (no newline inside: one line)
         return bytes(generator.randrange(256) for _ in range(generator.randrange(200))).replace(b"\n", b" ")
     if kind == 1:  # a record with some fields replaced by random values
-        record = {"block_id": generator.randrange(8), "fingerprint": "f" * 64, "finished": 1.0, "result": {}, "seq": generator.randrange(5), "writer": "h-1"}
+        record = {
+            "block_id": generator.randrange(8),
+            "fingerprint": "f" * 64,
+            "finished": 1.0,
+            "result": {},
+            "seq": generator.randrange(5),
+            "writer": "h-1",
+        }
         for name in generator.sample(sorted(record) + ["data"], generator.randrange(1, 4)):
             record[name] = _random_json(generator)
         text = json.dumps(record)
@@ -506,7 +557,11 @@ def test_the_journal_reader_survives_any_line(tmp_path):
         for index in range(generator.randrange(1, 30)):
             if generator.random() < 0.3:
                 block_id, seq = generator.randrange(8), generator.randrange(1, 50)
-                lines.append(json.dumps({"block_id": block_id, "fingerprint": "f" * 64, "finished": 0.0, "result": {}, "seq": seq, "writer": "w"}).encode())
+                lines.append(
+                    json.dumps(
+                        {"block_id": block_id, "fingerprint": "f" * 64, "finished": 0.0, "result": {}, "seq": seq, "writer": "w"}
+                    ).encode()
+                )
                 mine.append((index, block_id, seq))
             else:
                 lines.append(_random_line(generator))
@@ -526,7 +581,9 @@ def test_the_journal_reader_survives_any_line(tmp_path):
 # --- 10. output placement and messages ----------------------------------------------------------
 
 
-def test_outputs_placed_over_the_work_folder_or_inside_the_input_are_refused_before_anything_is_written(tmp_path, inputs, reference, capsys, monkeypatch):
+def test_outputs_placed_over_the_work_folder_or_inside_the_input_are_refused_before_anything_is_written(
+    tmp_path, inputs, reference, capsys, monkeypatch
+):
     same = write_config(tmp_path / "same.toml", inputs, tmp_path / "out.zarr", output={"work_dir": str(tmp_path / "out.zarr")})
     capsys.readouterr()
     assert run_cli("run", same) == 2
@@ -552,14 +609,21 @@ def test_a_block_failure_names_the_dataset_and_the_box_in_voxels_never_python_re
     raw[10, 20, 20] = 2.0
     write_volume(tmp_path / "input.zarr", "raw", raw, resolution=RESOLUTION, chunks=(16, 32, 32))
     config = write_config(
-        tmp_path / "config.toml", tmp_path / "input.zarr", tmp_path / "out.zarr", block_shape=(16, 32, 32), halo=(2, 4, 4),
-        input={"boundaries_key": None}, predict={"model": str(small_affinity_model), "patch_shape": [16, 32, 32], "overlap": [4, 8, 8]},
+        tmp_path / "config.toml",
+        tmp_path / "input.zarr",
+        tmp_path / "out.zarr",
+        block_shape=(16, 32, 32),
+        halo=(2, 4, 4),
+        input={"boundaries_key": None},
+        predict={"model": str(small_affinity_model), "patch_shape": [16, 32, 32], "overlap": [4, 8, 8]},
         scheduling={"retries": 0},
     )
     capsys.readouterr()
     assert run_cli("run", config) == 1
     err = capsys.readouterr().err
-    assert f"predict block 0: InputError: raw data {tmp_path}/input.zarr:raw must be finite and in [0, 1] when stored as floats; box z " in err
+    assert (
+        f"predict block 0: InputError: raw data {tmp_path}/input.zarr:raw must be finite and in [0, 1] when stored as floats; box z " in err
+    )
     assert "block box: z 0:16, y 0:32, x 0:32" in err
     assert "slice(" not in err and "Box(" not in err
 
@@ -581,7 +645,10 @@ def test_verify_finds_bytes_changed_in_place_and_repair_writes_them_again(tmp_pa
     assert all_done(config), "size and time are what emflow run checks: this damage only verify finds"
     capsys.readouterr()
     assert run_cli("verify", config) == 1
-    assert f"{chunk} is damaged: the same size and time as written, other bytes (SHA-256 differs) (write_segmentation block 2)" in capsys.readouterr().err
+    assert (
+        f"{chunk} is damaged: the same size and time as written, other bytes (SHA-256 differs) (write_segmentation block 2)"
+        in capsys.readouterr().err
+    )
     assert run_cli("verify", config, "--repair") == 1
     started = time.time()
     assert run_cli("run", config) == 0
@@ -595,8 +662,13 @@ def test_clean_keeps_a_rerun_a_no_op_and_reprocessing_recomputes_the_cnn_sums_it
     write_volume(tmp_path / "input.zarr", "raw", raw, resolution=RESOLUTION, chunks=(8, 16, 16))
     predict = {"model": str(small_affinity_model), "patch_shape": [16, 32, 32], "overlap": [4, 8, 8]}
     config = write_config(
-        tmp_path / "config.toml", tmp_path / "input.zarr", tmp_path / "out.zarr", block_shape=(8, 16, 16), halo=(2, 4, 4),
-        input={"boundaries_key": None}, predict=predict,
+        tmp_path / "config.toml",
+        tmp_path / "input.zarr",
+        tmp_path / "out.zarr",
+        block_shape=(8, 16, 16),
+        halo=(2, 4, 4),
+        input={"boundaries_key": None},
+        predict=predict,
     )
     capsys.readouterr()
     assert run_cli("clean", config) == 2, "a run not yet run is not cleaned"
@@ -622,8 +694,13 @@ def test_clean_keeps_a_rerun_a_no_op_and_reprocessing_recomputes_the_cnn_sums_it
     assert 0 < len(predicted) < 64
     write_volume(tmp_path / "fresh_input.zarr", "raw", new_raw, resolution=RESOLUTION, chunks=(8, 16, 16))
     fresh = write_config(
-        tmp_path / "fresh.toml", tmp_path / "fresh_input.zarr", tmp_path / "fresh.zarr", block_shape=(8, 16, 16), halo=(2, 4, 4),
-        input={"boundaries_key": None}, predict=predict,
+        tmp_path / "fresh.toml",
+        tmp_path / "fresh_input.zarr",
+        tmp_path / "fresh.zarr",
+        block_shape=(8, 16, 16),
+        halo=(2, 4, 4),
+        input={"boundaries_key": None},
+        predict=predict,
     )
     assert run_cli("run", fresh) == 0
     for key in ("boundaries", "segmentation"):

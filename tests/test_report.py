@@ -20,9 +20,20 @@ RESOLUTION = (10.0, 10.0, 10.0)
 def _rendered_dom(page: Path, profile: Path) -> str:
     """The page's DOM after Chromium loaded it and its scripts ran (the figure check among them)."""
     result = subprocess.run(
-        [require_chromium(), "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
-         "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
-        capture_output=True, text=True, timeout=120, check=True,
+        [
+            require_chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--user-data-dir={profile}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     return result.stdout
 
@@ -71,16 +82,27 @@ def evaluated(flyem_crop):
         "blocks_per_axis": blocking.blocks_per_axis,
         "views": [
             read_error_view("merge", errors["worst_merges"][0], segmentation, groundtruth, flyem_crop["raw"]),
-            read_error_view("split", errors["worst_splits"][0], segmentation, groundtruth, flyem_crop["raw"],
-                            prediction=(flyem_crop["raw"] < 100).astype(np.float32)),
+            read_error_view(
+                "split",
+                errors["worst_splits"][0],
+                segmentation,
+                groundtruth,
+                flyem_crop["raw"],
+                prediction=(flyem_crop["raw"] < 100).astype(np.float32),
+            ),
         ],
     }
 
 
 def _write_evaluation_report(directory, evaluated):
     return write_evaluation_report(
-        directory, metrics=evaluated["metrics"], errors=evaluated["errors"], table=evaluated["table"],
-        resolution=RESOLUTION, views=evaluated["views"], block_voi=evaluated["block_voi"],
+        directory,
+        metrics=evaluated["metrics"],
+        errors=evaluated["errors"],
+        table=evaluated["table"],
+        resolution=RESOLUTION,
+        views=evaluated["views"],
+        block_voi=evaluated["block_voi"],
         blocks_per_axis=evaluated["blocks_per_axis"],
     )
 
@@ -118,8 +140,13 @@ def test_run_report_renders_in_chromium(flyem_crop, tmp_path):
     stage_peak_rss_bytes = {"predict": 3 * 2**30, "supervoxels": 2**29, "graph": 2**28}
 
     page = write_run_report(
-        tmp_path / "work", stage_seconds=stage_seconds, stage_peak_rss_bytes=stage_peak_rss_bytes, segment_sizes=sizes,
-        raw_section=flyem_crop["raw"][32], segmentation_section=segmentation[32], resolution=RESOLUTION,
+        tmp_path / "work",
+        stage_seconds=stage_seconds,
+        stage_peak_rss_bytes=stage_peak_rss_bytes,
+        segment_sizes=sizes,
+        raw_section=flyem_crop["raw"][32],
+        segmentation_section=segmentation[32],
+        resolution=RESOLUTION,
         volume_shape=segmentation.shape,
     )
 

@@ -57,7 +57,10 @@ def _blocks_reading(blocking: Blocking, halo, changed: Box) -> set[int]:
     reading = set()
     for block_id in range(blocking.number_of_blocks):
         outer, _ = blocking.block_with_halo(block_id, halo)
-        if all(begin < changed_end and changed_begin < end for begin, end, changed_begin, changed_end in zip(outer.begin, outer.end, changed.begin, changed.end)):
+        if all(
+            begin < changed_end and changed_begin < end
+            for begin, end, changed_begin, changed_end in zip(outer.begin, outer.end, changed.begin, changed.end)
+        ):
             reading.add(block_id)
     return reading
 
@@ -91,7 +94,9 @@ def test_new_data_in_one_input_chunk_recomputes_exactly_the_blocks_that_read_it(
     assert run_cli("run", run_copy) == 0
     rerun = records_since(tmp_path / "out.zarr.work", started)
     assert {block_id for stage, block_id in rerun if stage == "supervoxels" and block_id is not None} == expected_supervoxel_blocks
-    assert {block_id for stage, block_id in rerun if stage == "write_segmentation" and block_id is not None} == set(range(blocking.number_of_blocks))
+    assert {block_id for stage, block_id in rerun if stage == "write_segmentation" and block_id is not None} == set(
+        range(blocking.number_of_blocks)
+    )
     assert ("prepare_output", None) not in rerun
     assert _blocks_reading(blocking, GRAPH_HALO, changed) <= {block_id for stage, block_id in rerun if stage == "block_graph"}
 
@@ -138,7 +143,12 @@ def test_failed_blocks_show_in_status_and_rerun_failed_finishes_identically(run_
     reference = read(tmp_path / "out.zarr", "segmentation")
     monkeypatch.setenv("EMFLOW_INJECT_FAILURES", "0.5")
     config = write_config(
-        tmp_path / "config.toml", tmp_path / "input.zarr", tmp_path / "out.zarr", block_shape=BLOCK_SHAPE, halo=HALO, scheduling={"retries": 0}
+        tmp_path / "config.toml",
+        tmp_path / "input.zarr",
+        tmp_path / "out.zarr",
+        block_shape=BLOCK_SHAPE,
+        halo=HALO,
+        scheduling={"retries": 0},
     )
     assert run_cli("rerun", config, "--stage", "block_graph") == 1
     failed = {int(path.stem) for path in (tmp_path / "out.zarr.work" / "failed" / "block_graph").glob("*.json")}

@@ -16,8 +16,13 @@ from emflow.storage.precomputed import mesh_folder, read_legacy_mesh
 def finished(tmp_path_factory, workflow_inputs):
     folder = tmp_path_factory.mktemp("outputs")
     config = write_config(
-        folder / "config.toml", workflow_inputs, folder / "out.zarr", block_shape=(16, 32, 32), halo=(4, 8, 8),
-        output={"pyramid": True, "report": True}, meshes={"enabled": True, "level": 1},
+        folder / "config.toml",
+        workflow_inputs,
+        folder / "out.zarr",
+        block_shape=(16, 32, 32),
+        halo=(4, 8, 8),
+        output={"pyramid": True, "report": True},
+        meshes={"enabled": True, "level": 1},
     )
     assert run_cli("run", config, "--workers", "2") == 0
     return config, folder / "out.zarr"

@@ -45,7 +45,9 @@ def luigid_port(tmp_path_factory):
 def scheduler_cli(state_dir: Path, *arguments: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "emflow.cli.main", "scheduler", *arguments, "--state-dir", str(state_dir)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -117,7 +119,9 @@ def test_scheduler_start_refuses_a_port_in_use(tmp_path):
 
 
 @pytest.mark.parametrize("scheduler, workers", [("local", 2), ("luigid", 1), ("luigid", 2)])
-def test_same_segmentation_with_any_scheduler_and_number_of_workers(tmp_path, workflow_inputs, reference_segmentation, luigid_port, scheduler, workers):
+def test_same_segmentation_with_any_scheduler_and_number_of_workers(
+    tmp_path, workflow_inputs, reference_segmentation, luigid_port, scheduler, workers
+):
     config = write_config(tmp_path / "config.toml", workflow_inputs, tmp_path / "out.zarr")
     central = ["--scheduler-host", "127.0.0.1", "--scheduler-port", luigid_port] if scheduler == "luigid" else []
     assert run_cli("run", config, "--workers", workers, *central) == 0
@@ -131,8 +135,24 @@ def test_two_run_processes_share_one_luigid_without_doing_a_block_twice(tmp_path
     environment = {**os.environ, "LUIGI_CONFIG_PATH": str(tmp_path / "luigi.cfg")}
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "emflow.cli.main", "run", str(config), "--workers", str(workers), "--scheduler-host", "127.0.0.1", "--scheduler-port", str(luigid_port)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment, cwd=tmp_path,
+            [
+                sys.executable,
+                "-m",
+                "emflow.cli.main",
+                "run",
+                str(config),
+                "--workers",
+                str(workers),
+                "--scheduler-host",
+                "127.0.0.1",
+                "--scheduler-port",
+                str(luigid_port),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=environment,
+            cwd=tmp_path,
         )
         for workers in (1, 2)
     ]
@@ -144,13 +164,17 @@ def test_two_run_processes_share_one_luigid_without_doing_a_block_twice(tmp_path
     journals = sorted(path for path in (tmp_path / "out.zarr.work" / "status").iterdir() if path.is_dir())
     assert len(journals) >= 3, "the run has several block-wise stages"
     for stage in journals:
-        records = collections.Counter(json.loads(line)["block_id"] for journal in stage.glob("*.jsonl") for line in journal.read_text().splitlines())
+        records = collections.Counter(
+            json.loads(line)["block_id"] for journal in stage.glob("*.jsonl") for line in journal.read_text().splitlines()
+        )
         assert records == {block_id: 1 for block_id in range(NUMBER_OF_BLOCKS)}, f"{stage.name}: every block run once"
 
     # The scheduler's own account, as its visualiser shows it.
     query = urllib.parse.urlencode({"data": json.dumps({"status": "DONE"})})
     with urllib.request.urlopen(f"http://127.0.0.1:{luigid_port}/api/task_list?{query}", timeout=10) as answer:
-        done = [task for task in json.loads(answer.read())["response"].values() if task["params"].get("config_path") == str(config.resolve())]
+        done = [
+            task for task in json.loads(answer.read())["response"].values() if task["params"].get("config_path") == str(config.resolve())
+        ]
     assert any(task["name"] == "segmentation" for task in done)
     # Block groups carry their stage's name and their blocks ("3-4", or "5"), as a person watching reads them.
     groups = [task for task in done if "blocks" in task["params"]]
@@ -171,7 +195,7 @@ def test_two_run_processes_share_one_luigid_without_doing_a_block_twice(tmp_path
 # Two Luigi tasks for the tests of how a process waits for a task that another process runs:
 # `Gate` runs until the file `open` appears in its folder, then fails if the file `fail` is there;
 # `After` needs it. The script builds the task named by its third argument.
-COOPERATION_SCRIPT = '''
+COOPERATION_SCRIPT = """
 import json, os, sys, time
 from pathlib import Path
 
@@ -214,12 +238,18 @@ folder, port, root = Path(sys.argv[1]), int(sys.argv[2]), {"Gate": Gate, "After"
 log = folder / f"luigi-{os.getpid()}.log"
 report = run_tasks([root(folder=str(folder))], CentralScheduler("127.0.0.1", port), failure_dir=folder / "failed", scheduler_log=log)
 print(json.dumps({"succeeded": report.succeeded, "luigi_status": report.status}))
-'''
+"""
 
 
 def start_cooperating_process(folder: Path, port: int, root: str = "After") -> subprocess.Popen:
     environment = {**os.environ, "LUIGI_CONFIG_PATH": str(folder / "luigi.cfg")}
-    return subprocess.Popen([sys.executable, str(folder / "cooperation.py"), str(folder), str(port), root], stdout=subprocess.PIPE, text=True, env=environment, cwd=folder)
+    return subprocess.Popen(
+        [sys.executable, str(folder / "cooperation.py"), str(folder), str(port), root],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=environment,
+        cwd=folder,
+    )
 
 
 def scheduling_passes(folder: Path, process: subprocess.Popen) -> list[str]:
@@ -251,7 +281,10 @@ def test_a_process_waits_for_the_tasks_another_process_runs(tmp_path, luigid_por
         wait_for(lambda: (tmp_path / "gate.running").exists(), "the first process runs the gate")
         waiter = start_cooperating_process(tmp_path, luigid_port, root)
         # The second process finds nothing it can run now.
-        wait_for(lambda: (tmp_path / f"luigi-{waiter.pid}.log").exists() and scheduling_passes(tmp_path, waiter), "the second process has scheduled")
+        wait_for(
+            lambda: (tmp_path / f"luigi-{waiter.pid}.log").exists() and scheduling_passes(tmp_path, waiter),
+            "the second process has scheduled",
+        )
         time.sleep(1.0)
         assert waiter.poll() is None, "the second process waits instead of ending"
         if gate_fails:

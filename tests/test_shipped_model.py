@@ -9,9 +9,9 @@ import torch
 
 from emflow.model import ModelDomain, NoSuitableModel, TrainedModel, choose_model, resolution_distance
 from emflow.storage.models import (
-    model_domain,
     file_digest,
     load_model,
+    model_domain,
     read_model_state,
     shipped_model_for,
     shipped_model_path,

@@ -111,13 +111,26 @@ def slurm_cluster(tmp_path_factory):
     try:
         munge = folder / "munge"
         # --force: munged refuses to run as root otherwise.
-        start("munged", "--foreground", "--force", f"--socket={munge_socket}", f"--key-file={key}", f"--pid-file={munge / 'munged.pid'}",
-              f"--seed-file={munge / 'munged.seed'}", f"--log-file={folder / 'log' / 'munged.log'}")
+        start(
+            "munged",
+            "--foreground",
+            "--force",
+            f"--socket={munge_socket}",
+            f"--key-file={key}",
+            f"--pid-file={munge / 'munged.pid'}",
+            f"--seed-file={munge / 'munged.seed'}",
+            f"--log-file={folder / 'log' / 'munged.log'}",
+        )
         _wait_for(munge_socket.exists, "munged to create its socket", folder, daemons)
         start("slurmctld", "-D", "-f", env["SLURM_CONF"])
         start("slurmd", "-D", "-f", env["SLURM_CONF"], "-N", "localhost")
         cluster = SlurmCluster(env)
-        _wait_for(lambda: cluster.command("sinfo", "--noheader", "--format=%t", check=False).stdout.strip() == "idle", "the node to be idle", folder, daemons)
+        _wait_for(
+            lambda: cluster.command("sinfo", "--noheader", "--format=%t", check=False).stdout.strip() == "idle",
+            "the node to be idle",
+            folder,
+            daemons,
+        )
         yield cluster
         # Jobs a failed test left behind would keep their processes after slurmd is gone.
         cluster.command("scancel", f"--user={getpass.getuser()}", check=False)
@@ -137,7 +150,10 @@ def _wait_for(condition, what: str, folder: Path, daemons: list[subprocess.Popen
     while not condition():
         ended = [daemon.args[0] for daemon in daemons if daemon.poll() is not None]
         if ended or time.monotonic() > deadline:
-            logs = "\n".join(f"--- {path.name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-15:]) for path in sorted((folder / "log").iterdir()))
+            logs = "\n".join(
+                f"--- {path.name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-15:])
+                for path in sorted((folder / "log").iterdir())
+            )
             pytest.fail(f"waiting for {what}: {'ended: ' + ', '.join(ended) if ended else 'timed out'}\n{logs}")
         time.sleep(0.2)
 
@@ -177,7 +193,7 @@ def test_slurm_run_equals_a_local_run(on_cluster, workflow_inputs, reference_seg
     assert any(line.endswith(" jobs: 2 COMPLETED") for line in progress), stderr
     work_dir = tmp_path / "slurm.zarr.work"
     script = (work_dir / "slurm" / "workers.sbatch").read_text()
-    assert "#SBATCH --array=\"0-1\"" in script and f"exec {sys.executable} -m emflow.cli.main run {config} --workers 1" in script
+    assert '#SBATCH --array="0-1"' in script and f"exec {sys.executable} -m emflow.cli.main run {config} --workers 1" in script
     for index in (0, 1):
         assert "emflow: run complete" in (work_dir / "logs" / "slurm" / f"{job_id}_{index}.out").read_text()
     scheduler = re.search(r"scheduler (\S+):(\d+)", stderr)
@@ -201,7 +217,12 @@ def test_bad_input_exits_2_before_anything_is_submitted(on_cluster, workflow_inp
 
 
 def test_failed_blocks_and_job_logs_are_reported(on_cluster, workflow_inputs, tmp_path, capsys):
-    config = write_config(tmp_path / "failing.toml", workflow_inputs, tmp_path / "failing.zarr", supervoxels={"function": "plugin_functions:failing_supervoxels"})
+    config = write_config(
+        tmp_path / "failing.toml",
+        workflow_inputs,
+        tmp_path / "failing.zarr",
+        supervoxels={"function": "plugin_functions:failing_supervoxels"},
+    )
     exit_code = run_cli("run", config, "--slurm", "--jobs", "2", "--listen-address", "127.0.0.1")
     stderr = capsys.readouterr().err
     assert exit_code == 1, stderr
@@ -210,10 +231,15 @@ def test_failed_blocks_and_job_logs_are_reported(on_cluster, workflow_inputs, tm
     for index in (0, 1):
         assert f"array task {job_id}_{index} FAILED (exit code 1)\n    log: {log_dir / 'slurm' / f'{job_id}_{index}.out'}" in stderr
     for block_id in range(8):
-        assert f"supervoxels block {block_id}: RuntimeError: failing_supervoxels fails on purpose\n    log: {log_dir / 'supervoxels' / f'{block_id}.log'}" in stderr
+        assert (
+            f"supervoxels block {block_id}: RuntimeError: failing_supervoxels fails on purpose\n    log: {log_dir / 'supervoxels' / f'{block_id}.log'}"
+            in stderr
+        )
 
 
-def test_a_cancelled_job_is_reported_and_the_run_resumes(on_cluster, workflow_inputs, reference_segmentation, tmp_path, monkeypatch, capsys):
+def test_a_cancelled_job_is_reported_and_the_run_resumes(
+    on_cluster, workflow_inputs, reference_segmentation, tmp_path, monkeypatch, capsys
+):
     # A luigid of the lab's own (`--scheduler-host`), set to notice a lost worker within seconds
     # (Luigi's defaults: within two minutes), so that the other job ends soon after the cancelled one.
     scheduler_dir = tmp_path / "scheduler"
@@ -224,7 +250,12 @@ def test_a_cancelled_job_is_reported_and_the_run_resumes(on_cluster, workflow_in
         server, port = start_luigid(scheduler_dir)
     try:
         # Supervoxel blocks of 1 s each (block groups of 2 s), so that both jobs are caught working.
-        config = write_config(tmp_path / "cancelled.toml", workflow_inputs, tmp_path / "cancelled.zarr", supervoxels={"function": "plugin_functions:slow_supervoxels", "seconds": 1.0})
+        config = write_config(
+            tmp_path / "cancelled.toml",
+            workflow_inputs,
+            tmp_path / "cancelled.zarr",
+            supervoxels={"function": "plugin_functions:slow_supervoxels", "seconds": 1.0},
+        )
         run = ["run", config, "--slurm", "--scheduler-host", "127.0.0.1", "--scheduler-port", port]
         with ThreadPoolExecutor(1) as executor:
             submission = executor.submit(run_cli, *run, "--jobs", 2)
@@ -249,7 +280,12 @@ def test_a_cancelled_job_is_reported_and_the_run_resumes(on_cluster, workflow_in
 
 
 def test_ctrl_c_cancels_the_jobs(on_cluster, workflow_inputs, tmp_path):
-    config = write_config(tmp_path / "interrupted.toml", workflow_inputs, tmp_path / "interrupted.zarr", supervoxels={"function": "plugin_functions:slow_supervoxels"})
+    config = write_config(
+        tmp_path / "interrupted.toml",
+        workflow_inputs,
+        tmp_path / "interrupted.zarr",
+        supervoxels={"function": "plugin_functions:slow_supervoxels"},
+    )
     stderr_path = tmp_path / "submitter.err"
     submitter = _submit_in_background(on_cluster, stderr_path, "run", config, "--slurm", "--jobs", 2, "--listen-address", "127.0.0.1")
     try:

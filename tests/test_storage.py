@@ -111,9 +111,7 @@ def test_ome_zarr_0_5_group_opens_its_first_dataset(tmp_path, flyem_crop):
             {
                 "name": "raw",
                 "axes": [{"name": axis, "type": "space", "unit": "micrometer"} for axis in "zyx"],
-                "datasets": [
-                    {"path": "s0", "coordinateTransformations": [{"type": "scale", "scale": [0.04, 0.008, 0.008]}]}
-                ],
+                "datasets": [{"path": "s0", "coordinateTransformations": [{"type": "scale", "scale": [0.04, 0.008, 0.008]}]}],
             }
         ],
     }
@@ -286,7 +284,9 @@ def test_import_redoes_an_interrupted_import(tmp_path, flyem_h5, flyem_crop):
 
 def test_import_errors(tmp_path, flyem_h5, data_dir):
     tiff = data_dir / "isbi2012" / "train-labels.tif"
-    with pytest.raises(ValueError, match=r"holds 1 dataset: volumes/raw \(64, 128, 128\) uint8\. Name the one to import.*--source-key volumes/raw"):
+    with pytest.raises(
+        ValueError, match=r"holds 1 dataset: volumes/raw \(64, 128, 128\) uint8\. Name the one to import.*--source-key volumes/raw"
+    ):
         import_volume(flyem_h5, tmp_path / "i.zarr", "raw")
     with pytest.raises(ValueError, match="TIFF"):
         import_volume(tiff, tmp_path / "i.zarr", "raw", source_key="x")

@@ -60,9 +60,7 @@ def test_two_d_supervoxels_on_anisotropic_data(flyem_crop):
     neuron_ids = flyem_crop["neuron_ids"][::4]
     resolution = (40.0, 10.0, 10.0)
     assert use_two_d(resolution)
-    supervoxels = distance_transform_watershed(
-        boundaries_from_labels(neuron_ids), resolution=resolution, two_d=True, min_size=MIN_SIZE
-    )
+    supervoxels = distance_transform_watershed(boundaries_from_labels(neuron_ids), resolution=resolution, two_d=True, min_size=MIN_SIZE)
     assert (supervoxels != 0).all()
     _assert_consecutive(supervoxels)
     assert np.bincount(supervoxels.ravel())[1:].min() >= MIN_SIZE
@@ -77,9 +75,7 @@ def test_mask_is_respected(boundaries, flyem_crop):
     neuron_ids = flyem_crop["neuron_ids"]
     mask = neuron_ids != np.bincount(neuron_ids.ravel()).argmax()
     for two_d in (False, True):
-        supervoxels = distance_transform_watershed(
-            boundaries, resolution=(10.0, 10.0, 10.0), mask=mask, two_d=two_d, min_size=MIN_SIZE
-        )
+        supervoxels = distance_transform_watershed(boundaries, resolution=(10.0, 10.0, 10.0), mask=mask, two_d=two_d, min_size=MIN_SIZE)
         np.testing.assert_array_equal(supervoxels != 0, mask)
         _assert_consecutive(supervoxels)
         # A segment may only be small when it fills a whole connected piece of the mask.

@@ -9,9 +9,9 @@ import torch
 from conftest import DATA_DIR
 
 from emflow import malis
+from emflow.affinities import boundary_target
 from emflow.cli.main import main
 from emflow.config import ConfigError
-from emflow.affinities import boundary_target
 from emflow.storage.models import file_digest, latest_checkpoint, load_model, shipped_model_path
 from emflow.storage.volumes import import_volume
 from emflow.training import balanced_weights, malis_loss, training_targets
@@ -52,7 +52,10 @@ def write_training_config(path, output, **sections):
 
 
 def _losses(output):
-    return [{key: value for key, value in json.loads(line).items() if key != "seconds"} for line in (output / "training_log.jsonl").read_text().splitlines()]
+    return [
+        {key: value for key, value in json.loads(line).items() if key != "seconds"}
+        for line in (output / "training_log.jsonl").read_text().splitlines()
+    ]
 
 
 def test_balanced_weights_give_each_class_half_of_the_valid_weight(flyem_crop):
@@ -195,8 +198,15 @@ def test_the_sstem_config_trains_resumes_bitwise_and_records_its_data(tmp_path, 
         config["data"]["path"] = str(isbi_zarr)
         config["model"].update({"width": 4})
         config["training"].update(
-            {"output": str(tmp_path / name), "iterations": iterations, "patch_shape": [4, 32, 32], "checkpoint_every": 2,
-             "log_every": 1, "validate_every": 2, "validation_patches": 2}
+            {
+                "output": str(tmp_path / name),
+                "iterations": iterations,
+                "patch_shape": [4, 32, 32],
+                "checkpoint_every": 2,
+                "log_every": 1,
+                "validate_every": 2,
+                "validation_patches": 2,
+            }
         )
         path = tmp_path / f"{name}.toml"
         path.write_text(tomli_w.dumps(config))

@@ -107,7 +107,10 @@ def test_evaluate_cli_prints_the_metrics_of_the_arrays(finished_run, inputs, tmp
 def test_quality_on_the_whole_dev_cube_with_several_blocks_per_axis(tmp_path, data_dir):
     """The issue's quality bar: adapted Rand error <= 0.05 on the FlyEM dev cube, 3 x 3 x 3 blocks."""
     with h5py.File(data_dir / "flyem_medulla_dev" / "volume.h5", "r") as volume:
-        cube = {key: volume[path][...] for key, path in (("raw", "raw"), ("neuron_ids", "labels/neuron_ids"), ("oversegmentation", "labels/oversegmentation"))}
+        cube = {
+            key: volume[path][...]
+            for key, path in (("raw", "raw"), ("neuron_ids", "labels/neuron_ids"), ("oversegmentation", "labels/oversegmentation"))
+        }
     inputs = write_inputs(tmp_path, cube, chunks=(64, 128, 128))
     config = write_config(tmp_path / "config.toml", inputs, tmp_path / "out.zarr", block_shape=(48, 96, 96), halo=(8, 16, 16))
     assert run_cli("run", config, "--workers", "2") == 0
@@ -120,7 +123,11 @@ def test_given_supervoxels_blockwise_equals_single_block(tmp_path, inputs):
     outputs = {}
     for name, block_shape in (("blocks", (24, 48, 40)), ("single", (64, 128, 128))):
         config = write_config(
-            tmp_path / f"{name}.toml", inputs, tmp_path / f"{name}.zarr", block_shape=block_shape, input={"supervoxels_key": "oversegmentation"}
+            tmp_path / f"{name}.toml",
+            inputs,
+            tmp_path / f"{name}.zarr",
+            block_shape=block_shape,
+            input={"supervoxels_key": "oversegmentation"},
         )
         assert run_cli("run", config) == 0
         outputs[name] = tmp_path / f"{name}.zarr"
@@ -144,7 +151,10 @@ def test_invalidated_blocks_rerun_only_those_blocks(tmp_path, inputs):
     assert run_cli("run", config) == 0
     # The two blocks, and the records of their two stages as a whole (reopened by the invalidation).
     assert records_since(tmp_path / "out.zarr.work", invalidated) == {
-        ("supervoxels", 3), ("block_graph", 5), ("supervoxels", None), ("block_graph", None)
+        ("supervoxels", 3),
+        ("block_graph", 5),
+        ("supervoxels", None),
+        ("block_graph", None),
     }
     assert np.array_equal(read(tmp_path / "out.zarr", "segmentation"), reference)
 
@@ -211,15 +221,27 @@ def test_mask_keeps_background_out_of_supervoxels_graph_and_segmentation(tmp_pat
 def test_anisotropic_voxels_choose_two_dimensional_supervoxels(tmp_path, data_dir):
     """The SOURCE.md's CREMI-like subsampling: every 4th slice, 10 x 10 x 40 nm."""
     with h5py.File(data_dir / "flyem_medulla_dev" / "volume.h5", "r") as volume:
-        crop = {key: volume[path][::4, :128, :128] for key, path in (("raw", "raw"), ("neuron_ids", "labels/neuron_ids"), ("oversegmentation", "labels/oversegmentation"))}
+        crop = {
+            key: volume[path][::4, :128, :128]
+            for key, path in (("raw", "raw"), ("neuron_ids", "labels/neuron_ids"), ("oversegmentation", "labels/oversegmentation"))
+        }
     inputs = write_inputs(tmp_path, crop, chunks=(16, 64, 64))
-    config = write_config(tmp_path / "config.toml", inputs, tmp_path / "out.zarr", block_shape=(16, 64, 64), halo=(2, 8, 8), input={"resolution": [40.0, 10.0, 10.0]})
+    config = write_config(
+        tmp_path / "config.toml",
+        inputs,
+        tmp_path / "out.zarr",
+        block_shape=(16, 64, 64),
+        halo=(2, 8, 8),
+        input={"resolution": [40.0, 10.0, 10.0]},
+    )
     assert run_cli("run", config) == 0
     supervoxels = read(tmp_path / "out.zarr", "supervoxels")
     for z in range(1, supervoxels.shape[0]):
         assert not np.intersect1d(supervoxels[z - 1], supervoxels[z]).size, f"a supervoxel spans slices {z - 1} and {z}"
     segmentation = read(tmp_path / "out.zarr", "segmentation")
-    assert any(np.intersect1d(segmentation[z - 1], segmentation[z]).size for z in range(1, segmentation.shape[0])), "the multicut links slices"
+    assert any(np.intersect1d(segmentation[z - 1], segmentation[z]).size for z in range(1, segmentation.shape[0])), (
+        "the multicut links slices"
+    )
 
 
 def test_a_block_task_runs_on_its_own_as_a_luigi_task(tmp_path, inputs):

@@ -54,7 +54,9 @@ def _run(config_path: str, modified_ns: int, size: int) -> Run:
     segmentation = inputs["segmentation"]
     for role, dataset in inputs.items():
         if dataset.shape[-3:] != segmentation.shape:
-            raise InputError(f"{role} {dataset.location} has shape {dataset.shape}, the segmentation {segmentation.location} {segmentation.shape}")
+            raise InputError(
+                f"{role} {dataset.location} has shape {dataset.shape}, the segmentation {segmentation.location} {segmentation.shape}"
+            )
     section = config.evaluation
     geometry = resolve_geometry(segmentation.shape, section.resolution, section.block_shape, (0, 0, 0), segmentation.chunks)
     work_dir = Path(section.work_dir)
@@ -101,7 +103,13 @@ def evaluate(
     try:
         work_dir.mkdir(parents=True, exist_ok=True)
         config = {
-            "volumes": {"segmentation": segmentation, "groundtruth": groundtruth, "raw": raw, "prediction": prediction, "skeletons": str(skeletons or "")},
+            "volumes": {
+                "segmentation": segmentation,
+                "groundtruth": groundtruth,
+                "raw": raw,
+                "prediction": prediction,
+                "skeletons": str(skeletons or ""),
+            },
             "evaluation": {
                 "resolution": [float(value) for value in resolution],
                 "block_shape": block_shape if block_shape == AUTO else list(block_shape),
@@ -127,7 +135,12 @@ def evaluate(
             return result, None
         document = json.loads((work_dir / "evaluation.json").read_text())
         metrics, errors = document["metrics"], document["errors"]
-        return result, {**metrics, "judgement": judgement(metrics), "worst_merges": errors["worst_merges"], "worst_splits": errors["worst_splits"]}
+        return result, {
+            **metrics,
+            "judgement": judgement(metrics),
+            "worst_merges": errors["worst_merges"],
+            "worst_splits": errors["worst_splits"],
+        }
     finally:
         if temporary:
             shutil.rmtree(work_dir, ignore_errors=True)

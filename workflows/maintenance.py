@@ -103,7 +103,9 @@ def verify_run(config_path: str, *, repair: bool = False, workflow: Workflow = S
     return verification
 
 
-def _check(verification: Verification, stage: str, block_id: int | None, path: Path | str, recorded, *, output: bool, removed: bool = False) -> None:
+def _check(
+    verification: Verification, stage: str, block_id: int | None, path: Path | str, recorded, *, output: bool, removed: bool = False
+) -> None:
     if recorded is None:
         return  # a file the task did not write (a block writes one of its partial files, or none)
     current = file_state(path, digest=True)
@@ -158,7 +160,11 @@ def _verify_blocks(run: Run, stage: str, verification: Verification, removed: se
         if record.data is None:
             continue
         recorded_outputs = record.data.get("outputs", [])
-        paths = outputs[block_id] if outputs is not None else [f"{run.layout.output_path} (chunk {index} of block {block_id})" for index in range(len(recorded_outputs))]
+        paths = (
+            outputs[block_id]
+            if outputs is not None
+            else [f"{run.layout.output_path} (chunk {index} of block {block_id})" for index in range(len(recorded_outputs))]
+        )
         for path, recorded in zip(paths, recorded_outputs):
             _check(verification, stage, block_id, path, recorded, output=True)
         for path, recorded in zip(partials[block_id], record.data.get("partials", [])):

@@ -44,7 +44,9 @@ def report_is_current(run: Run) -> bool:
     if not report.exists():
         return False
     written = report.stat().st_mtime_ns
-    return all(stage_record(run, spec.name).path.stat().st_mtime_ns <= written for spec in run.stages if stage_record(run, spec.name).path.exists())
+    return all(
+        stage_record(run, spec.name).path.stat().st_mtime_ns <= written for spec in run.stages if stage_record(run, spec.name).path.exists()
+    )
 
 
 def write_report(run: Run) -> Path:

@@ -145,7 +145,16 @@ def run_workflow(
         # Every process building a run through a central scheduler must agree on the block groups.
         use_workers(workers, shared_scheduler=not isinstance(backend, LocalScheduler))
         # What a SLURM array task runs; each checks the output again, so --update holds for them too.
-        worker_command = [sys.executable, "-m", "emflow.cli.main", command, config_path, "--workers", str(workers), *(["--update"] if update else [])]
+        worker_command = [
+            sys.executable,
+            "-m",
+            "emflow.cli.main",
+            command,
+            config_path,
+            "--workers",
+            str(workers),
+            *(["--update"] if update else []),
+        ]
         report = run_on(
             backend,
             [workflow.root_task(config_path, until)],
@@ -164,7 +173,13 @@ def run_workflow(
 
 
 def rerun_workflow(
-    config_path: str | Path, backend: Backend = LocalScheduler(), *, stage: str = "", block_ids: list[int] | None = None, failed: bool = False, **run_options
+    config_path: str | Path,
+    backend: Backend = LocalScheduler(),
+    *,
+    stage: str = "",
+    block_ids: list[int] | None = None,
+    failed: bool = False,
+    **run_options,
 ) -> tuple[list[str], RunReport]:
     """Invalidate tasks, and every task that read them, then run (`run_workflow` options).
 
@@ -250,7 +265,12 @@ def _lock(path: Path, work_dir: Path) -> Iterator[None]:
                 f"another emflow run is working on this output ({holder or 'holder unknown'}; lock {path}); "
                 "this one exits without doing anything"
             ) from None
-        description = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"), "work_dir": str(work_dir)}
+        description = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "work_dir": str(work_dir),
+        }
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, json.dumps(description).encode(), 0)
         _held_locks.add(descriptor)

@@ -130,7 +130,11 @@ def output_volumes(config: RunConfig, geometry: Geometry) -> dict[str, Volume]:
         # zstd shrinks float32 probabilities by only a few percent but made writing them a third of
         # the prediction stages' overhead (measured, benchmarks/inference.py).
         volumes["predictions"] = Volume(
-            "predictions", dtype, channels=description.network_config.out_channels, quantized=dtype == "uint8", compressed=dtype != "float32",
+            "predictions",
+            dtype,
+            channels=description.network_config.out_channels,
+            quantized=dtype == "uint8",
+            compressed=dtype != "float32",
             attributes=attributes,
         )
         volumes["boundaries"] = Volume("boundaries", dtype, quantized=dtype == "uint8", compressed=dtype != "float32")
@@ -190,7 +194,11 @@ def _run_for_text(stages: Callable, config_path: str, config_text: str) -> Run:
         config = replace(config, input={"affinity_offsets": input_affinity_offsets(inputs["affinities"], config.input.affinity_offsets)})
     reference = inputs[reference_role(inputs)]
     geometry = resolve_geometry(
-        reference.volume_shape, config.input.resolution, config.blocking.block_shape, config.blocking.halo, reference.volume_chunks,
+        reference.volume_shape,
+        config.input.resolution,
+        config.blocking.block_shape,
+        config.blocking.halo,
+        reference.volume_chunks,
         pyramid=config.output.pyramid,
     )
     check_method(config, geometry)

@@ -60,7 +60,9 @@ def stage_status(run: Run, spec: StageSpec, repairs: dict[str, Repair] | None = 
             return StageStatus(spec.name, done=0, stale=0, pending=0, failed=1)
         if state is CompletionState.DONE and repair is not None:
             state = CompletionState.STALE
-        return StageStatus(spec.name, done=int(state is CompletionState.DONE), stale=int(state in _STALE), pending=int(state is CompletionState.PENDING))
+        return StageStatus(
+            spec.name, done=int(state is CompletionState.DONE), stale=int(state in _STALE), pending=int(state is CompletionState.PENDING)
+        )
     target = stage_target(run, spec.name)
     total = target.number_of_blocks
     if repair is None and target.exists():
@@ -128,7 +130,10 @@ class Plan:
 
     def messages(self) -> list[str]:
         """What a run tells the user about them, one line each."""
-        lines = [f"{stage}: output changed or missing since it was recorded, so computed again: {reason}" for stage, reason in self.changed.items()]
+        lines = [
+            f"{stage}: output changed or missing since it was recorded, so computed again: {reason}"
+            for stage, reason in self.changed.items()
+        ]
         return lines + [f"computing again {repair.describe()}" for repair in self.repairs]
 
 
@@ -218,7 +223,9 @@ def _ask_for_inputs(run: Run, spec: StageSpec, running: set[int], wanted: dict[s
                 if not same_state(state, current):
                     wanted.setdefault(producer.name, set()).add(block_id)
                     what = "is missing" if current is None else "was changed" if state is not None else "was not written by it"
-                    reasons.setdefault(producer.name, f"partial results missing or changed (e.g. {path} {what}), and {spec.name} reads them")
+                    reasons.setdefault(
+                        producer.name, f"partial results missing or changed (e.g. {path} {what}), and {spec.name} reads them"
+                    )
                     break
 
 
@@ -317,7 +324,9 @@ def progress_reporter(config_path: str, until: str = "", *, workflow: Workflow =
                 else:
                     fingerprints = block_fingerprints(run, spec.name)
                     records = readers[spec.name].refresh()
-                    done = sum(1 for block_id, record in records.items() if block_id < total and record.fingerprint == fingerprints[block_id])
+                    done = sum(
+                        1 for block_id, record in records.items() if block_id < total and record.fingerprint == fingerprints[block_id]
+                    )
             else:
                 total, done = 1, int(target.exists())
             complete[spec.name] = done == total

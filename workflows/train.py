@@ -48,9 +48,7 @@ def _region(shape, start, stop, name: str, patch_shape) -> tuple[list[int], list
     if any(last > size for last, size in zip(stop, shape)):
         raise ConfigError(f"training config: data.{name}_stop {stop} lies outside the volume of shape {tuple(shape)}")
     if any(last - first < size for first, last, size in zip(start, stop, patch_shape)):
-        raise ConfigError(
-            f"training config: the {name} region {list(start)}..{stop} is smaller than the patch shape {list(patch_shape)}"
-        )
+        raise ConfigError(f"training config: the {name} region {list(start)}..{stop} is smaller than the patch shape {list(patch_shape)}")
     return list(start), stop
 
 
@@ -197,7 +195,10 @@ def train(config_path: str | Path, *, log: Callable[[str], None] = print) -> Tra
             entry = {"iteration": iteration, **entry, "seconds": round(seconds_before + time.perf_counter() - started, 2)}
             with open(log_path, "a") as log_file:
                 log_file.write(json.dumps(entry) + "\n")
-            log("emflow train: " + ", ".join(f"{name} {value:.4g}" if isinstance(value, float) else f"{name} {value}" for name, value in entry.items()))
+            log(
+                "emflow train: "
+                + ", ".join(f"{name} {value:.4g}" if isinstance(value, float) else f"{name} {value}" for name, value in entry.items())
+            )
         if iteration % training["checkpoint_every"] == 0 or iteration == training["iterations"]:
             seconds = seconds_before + time.perf_counter() - started
             save_checkpoint(
@@ -243,7 +244,11 @@ def train(config_path: str | Path, *, log: Callable[[str], None] = print) -> Tra
 def _resumable(config: dict) -> dict:
     """The part of the config a checkpoint must agree with to be resumed: all but the run length
     and the logging/checkpoint cadence, which may change between attempts."""
-    training = {key: value for key, value in config["training"].items() if key not in ("iterations", "checkpoint_every", "log_every", "validate_every", "threads", "device")}
+    training = {
+        key: value
+        for key, value in config["training"].items()
+        if key not in ("iterations", "checkpoint_every", "log_every", "validate_every", "threads", "device")
+    }
     return {**config, "training": training}
 
 
