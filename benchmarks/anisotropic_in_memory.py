@@ -56,7 +56,7 @@ from scipy import ndimage
 from emflow.boundaries import boundaries_from_labels
 from emflow.config import default_config
 from emflow.costs import edge_costs_from_features
-from emflow.evaluation import evaluate
+from emflow.evaluation import evaluate, isbi2012_scores
 from emflow.graph import in_core_graph_features
 from emflow.inference import PatchGrid, predict_box
 from emflow.model import TrainedModel
@@ -163,45 +163,17 @@ def run_dev_cube(skip_cnn: bool) -> dict:
 # -- ISBI 2012 ------------------------------------------------------------------------------------
 
 
-def isbi2012_scores_private(segmentation: np.ndarray, groundtruth: np.ndarray) -> dict:
-    """PRIVATE COPY of the ISBI 2012 measures, until emflow.evaluation has them (then use those).
-
-    Foreground-restricted Rand and information-theoretic scores (Arganda-Carreras et al. 2015,
-    Front. Neuroanat. 9:142; the challenge's final metrics), section by section, averaged over
-    the sections. segmentation, groundtruth: integer (z, y, x); groundtruth 0 = membrane, ids need
-    not be linked across sections. Per section: proposal pixels labelled 0 (membrane) take the
-    label of the nearest labelled pixel (the border thinning; a segmentation without 0 is left as
-    it is), then only the groundtruth's foreground pixels count. With p_ij the joint
-    distribution of (proposal segment i, groundtruth segment j) over those pixels, s_i and t_j its
-    marginals: Rand split = sum p^2 / sum t^2 (1 without false splits), Rand merge = sum p^2 /
-    sum s^2 (1 without false merges), V_rand = 2 sum p^2 / (sum s^2 + sum t^2); info split =
-    I / H(S), info merge = I / H(T), V_info = 2 I / (H(S) + H(T)). Scores are in [0, 1], 1 is
-    perfect. The official Fiji script thins the groundtruth borders as well and may differ in
-    such details, so these figures are close to, not identical with, the challenge's.
-    """
-    per_section = {name: [] for name in ("v_rand", "rand_split", "rand_merge", "v_info", "info_split", "info_merge")}
-    for proposal, truth in zip(segmentation, groundtruth):
+def challenge_scores(segmentation: np.ndarray, groundtruth: np.ndarray) -> dict:
+    """The ISBI 2012 challenge's scores (`emflow.evaluation.isbi2012_scores`) of a segmentation whose
+    0-labelled (membrane) pixels first take the label of the nearest labelled pixel, section by
+    section: the challenge's thinning of a proposal's borders (a section without 0 is left as it is)."""
+    thinned = []
+    for proposal in segmentation:
         if (proposal == 0).any() and (proposal != 0).any():
             nearest = ndimage.distance_transform_edt(proposal == 0, return_distances=False, return_indices=True)
             proposal = proposal[tuple(nearest)]
-        foreground = truth != 0
-        proposal, truth = proposal[foreground].astype(np.int64), truth[foreground].astype(np.int64)
-        # One int64 key per (proposal, truth) pair: np.unique over rows is many times slower.
-        _, pairs = np.unique(proposal * (int(truth.max()) + 1) + truth, return_counts=True)
-        _, proposal_counts = np.unique(proposal, return_counts=True)
-        _, truth_counts = np.unique(truth, return_counts=True)
-        total = float(len(truth))
-        p, s, t = pairs / total, proposal_counts / total, truth_counts / total
-        sum_p, sum_s, sum_t = (p**2).sum(), (s**2).sum(), (t**2).sum()
-        entropy_p, entropy_s, entropy_t = (-(values * np.log(values)).sum() for values in (p, s, t))
-        information = entropy_s + entropy_t - entropy_p
-        per_section["rand_split"].append(sum_p / sum_t)
-        per_section["rand_merge"].append(sum_p / sum_s)
-        per_section["v_rand"].append(2 * sum_p / (sum_s + sum_t))
-        per_section["info_split"].append(information / entropy_s if entropy_s > 0 else 1.0)
-        per_section["info_merge"].append(information / entropy_t if entropy_t > 0 else 1.0)
-        per_section["v_info"].append(2 * information / (entropy_s + entropy_t) if entropy_s + entropy_t > 0 else 1.0)
-    return {name: float(np.mean(values)) for name, values in per_section.items()}
+        thinned.append(proposal)
+    return isbi2012_scores(np.stack(thinned), groundtruth)
 
 
 def thresholded_segmentation(boundaries: np.ndarray, threshold: float) -> np.ndarray:
@@ -215,7 +187,7 @@ def thresholded_segmentation(boundaries: np.ndarray, threshold: float) -> np.nda
 def challenge_protocol_scores(boundaries: np.ndarray, groundtruth: np.ndarray) -> dict:
     """Best V_rand and best V_info over the thresholds, each with its threshold (as the challenge's script)."""
     by_threshold = {
-        float(threshold): isbi2012_scores_private(thresholded_segmentation(boundaries, threshold), groundtruth) for threshold in THRESHOLDS
+        float(threshold): challenge_scores(thresholded_segmentation(boundaries, threshold), groundtruth) for threshold in THRESHOLDS
     }
     best_rand = max(by_threshold, key=lambda threshold: by_threshold[threshold]["v_rand"])
     best_info = max(by_threshold, key=lambda threshold: by_threshold[threshold]["v_info"])
@@ -313,7 +285,7 @@ def run_isbi(model_path: Path) -> dict:
     results = {}
     for name, boundaries in maps.items():
         protocol = challenge_protocol_scores(boundaries, groundtruth)
-        pipeline = isbi2012_scores_private(emflow_segmentation(boundaries, ISBI_RESOLUTION, weighting="orientation"), groundtruth)
+        pipeline = challenge_scores(emflow_segmentation(boundaries, ISBI_RESOLUTION, weighting="orientation"), groundtruth)
         results[name] = {"challenge_protocol": protocol, "emflow_pipeline": pipeline, "map_seconds": seconds.get(name)}
         print(
             f"{name:36s} threshold+CC: V_rand {protocol['v_rand']:.4f} (t {protocol['v_rand_threshold']}) V_info {protocol['v_info']:.4f}"
@@ -366,7 +338,7 @@ def markdown(results: dict) -> str:
             lines.append(
                 f"| {name} | {protocol['v_rand']:.4f} (t {protocol['v_rand_threshold']:g}) "
                 f"| {protocol['v_info']:.4f} (t {protocol['v_info_threshold']:g}) "
-                f"| {pipeline['v_rand']:.4f} | {pipeline['v_info']:.4f} | {pipeline['rand_split']:.4f} / {pipeline['rand_merge']:.4f} |"
+                f"| {pipeline['v_rand']:.4f} | {pipeline['v_info']:.4f} | {pipeline['v_rand_split']:.4f} / {pipeline['v_rand_merge']:.4f} |"
             )
         lines += [
             "",
