@@ -222,3 +222,45 @@ def test_rerun_of_prediction_blocks_invalidates_only_the_linked_blocks_that_read
     # Block ids of later stages come from a global stage: all of them.
     assert {block for stage, block in rerun if stage == "write_segmentation"} == set(range(run.geometry.blocking.number_of_blocks)) | {None}
     assert np.array_equal(read(tmp_path / "rerun.zarr", "segmentation"), reference)
+
+
+def test_model_auto_chooses_the_shipped_model_by_voxel_size_and_refuses_data_far_from_all(tmp_path, raw_input, capsys):
+    from emflow.storage.models import shipped_model_path
+    from emflow.tasks.predict import model_path
+
+    config = predict_config(tmp_path, raw_input, "auto", "auto")
+    assert model_path(load_run(str(config)).config) == shipped_model_path("flyem_fib_affinities.pt")
+    sstem = write_config(
+        tmp_path / "sstem.toml", raw_input, tmp_path / "sstem.zarr", input={"boundaries_key": None, "resolution": [45.0, 5.0, 5.0]}
+    )
+    assert model_path(load_run(str(sstem)).config) == shipped_model_path("sstem_isbi2012_boundaries.pt")
+    far = write_config(
+        tmp_path / "far.toml", raw_input, tmp_path / "far.zarr", input={"boundaries_key": None, "resolution": [30.0, 30.0, 30.0]}
+    )
+    assert run_cli("run", far) == 2
+    error = capsys.readouterr().err
+    assert (
+        "predict.model" in error
+        and "flyem_fib_affinities.pt" in error
+        and "sstem_isbi2012_boundaries.pt" in error
+        and "emflow train" in error
+    )
+    assert not (tmp_path / "far.zarr").exists()
+
+
+def test_a_model_trained_far_from_the_inputs_voxel_size_runs_with_a_warning(tmp_path, raw_input, small_affinity_model, capsys):
+    from dataclasses import replace
+
+    from emflow.storage.models import save_model
+
+    far_model = tmp_path / "sstem_like.pt"
+    save_model(far_model, replace(load_model(small_affinity_model), resolution=(50.0, 4.0, 4.0), modality="ssTEM"))
+    config = predict_config(tmp_path, raw_input, far_model, "far")
+    assert run_cli("predict", config) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line and str(far_model) in line]
+    assert warnings and "[50.0, 4.0, 4.0]" in warnings[0] and "[10.0, 10.0, 10.0]" in warnings[0] and "ssTEM" in warnings[0]
+    # A model trained at the input's voxel size gets none.
+    near_model = tmp_path / "near.pt"
+    save_model(near_model, replace(load_model(small_affinity_model), resolution=(10.0, 10.0, 10.0)))
+    assert run_cli("predict", predict_config(tmp_path, raw_input, near_model, "near")) == 0
+    assert "warning: model" not in capsys.readouterr().err
