@@ -225,6 +225,15 @@ def _parser() -> argparse.ArgumentParser:
         help="folder for the demo's input, results and scores (default: emflow/demo in $XDG_CACHE_HOME, else ~/.cache; about 170 MB)",
     )
     demo.add_argument("--workers", type=_positive_int, default=2, help="tasks run in parallel (default 2)")
+    demo.add_argument(
+        "--sstem",
+        action="store_true",
+        help="instead: the serial-section TEM demo, the ISBI 2012 sections 24-29 (held out by the shipped ssTEM model) "
+        "segmented from raw and scored per section with the challenge's measures",
+    )
+    demo.add_argument(
+        "--isbi", metavar="DIR", help="with --sstem: the ISBI 2012 data folder (default ../shared/data/isbi2012 from the current folder)"
+    )
     demo.set_defaults(handler=_demo)
 
     view = commands.add_parser("view", help="show an output (raw, boundaries, segmentation, meshes) in neuroglancer, served locally")
@@ -630,6 +639,16 @@ def _demo(arguments) -> int:
     out = Path(arguments.out or default_demo_dir()).expanduser().resolve()
     print(f"emflow demo: working in {out} (choose another folder with --out DIR)", file=sys.stderr, flush=True)
     done_before = _DoneBefore()
+    if arguments.sstem:
+        from emflow.workflows.demo import run_sstem_demo
+
+        from .summary import print_sstem_scores
+
+        sstem = run_sstem_demo(out, arguments.isbi, workers=arguments.workers, before_run=done_before)
+        status = _finish(sstem.report, "ssTEM demo run", sstem.config_path, done_before=done_before.stages, view=False)
+        if status == EXIT_OK:
+            print_sstem_scores(sstem)
+        return status
     result = run_demo(out, workers=arguments.workers, before_run=done_before)
     # The command to look at the result comes last, after the scores.
     status = _finish(result.report, "demo run", result.config_path, done_before=done_before.stages, view=False)

@@ -91,3 +91,30 @@ def print_demo_scores(result, stream: TextIO | None = None) -> None:
         f"look at it: emflow view {result.config_path}",
     ]
     print("\n".join(lines), file=stream, flush=True)
+
+
+ISBI_SCORES = (
+    ("v_rand", "V_rand"),
+    ("v_rand_split", "V_rand split"),
+    ("v_rand_merge", "V_rand merge"),
+    ("v_info", "V_info"),
+    ("v_info_split", "V_info split"),
+    ("v_info_merge", "V_info merge"),
+)
+
+
+def print_sstem_scores(result, stream: TextIO | None = None) -> None:
+    """The ssTEM demo's ISBI 2012 scores, per section and their mean, and where to look at the result."""
+    stream = sys.stdout if stream is None else stream
+    scores = result.scores
+    header = "section  " + "  ".join(f"{label:>12}" for _, label in ISBI_SCORES)
+    lines = ["", "ISBI 2012 scores (foreground-restricted, per section; 1 = perfect):", header]
+    for section, values in zip(result.sections, scores["sections"]):
+        if values is not None:
+            lines.append(f"{section:>7}  " + "  ".join(f"{values[key]:>12.4f}" for key, _ in ISBI_SCORES))
+    lines.append(f"{'mean':>7}  " + "  ".join(f"{scores[key]:>12.4f}" for key, _ in ISBI_SCORES))
+    lines += [
+        f"segmentation: {result.segmentation} (scores: {result.metrics_path})",
+        f"look at it: emflow view {result.config_path}",
+    ]
+    print("\n".join(lines), file=stream, flush=True)

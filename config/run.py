@@ -195,8 +195,11 @@ class PredictConfig(Section):
         "the network's downsampling. Larger patches waste less on overlap and need more memory.",
         minimum=0,
     )
-    overlap: tuple[int, int, int] = key(
-        [8, 24, 24], "Overlap of neighbouring patches (z, y, x), less than the patch; blended with Gaussian weights.", minimum=0
+    overlap: tuple[int, int, int] | Literal["auto"] = key(
+        AUTO,
+        'Overlap of neighbouring patches (z, y, x), less than the patch; blended with Gaussian weights. "auto":\n'
+        "a quarter of the patch along each axis (8 x 24 x 24 for the FIB-SEM model's 32 x 96 x 96 patches).",
+        minimum=0,
     )
     batch_size: int = key(1, "Patches per forward pass.")
     device: str = key("auto", '"auto" (a CUDA GPU if there is one, else the CPU), "cpu", "cuda", "cuda:1", ...')

@@ -45,6 +45,21 @@ def model_path(config) -> Path:
         raise ConfigError(f'config key predict.model = "auto": {error}') from error
 
 
+def model_choice(config) -> list[str]:
+    """A line saying which shipped model `[predict] model = "auto"` chose, and why; none otherwise."""
+    if not config.predicting or config.predict.model != "auto":
+        return []
+    domain = model_domain(model_path(config))
+    trained = (
+        f"trained at {list(domain.resolution)} nm (z, y, x)" if domain.resolution is not None else "trained at an unrecorded voxel size"
+    )
+    return [
+        f'predict: model "auto" chose the shipped {domain.name}, {trained}'
+        + (f" on {domain.modality}" if domain.modality else "")
+        + f", the closest to the input's {list(config.input.resolution)} nm"
+    ]
+
+
 def model_warnings(config) -> list[str]:
     """A warning when the model a config names was trained on a voxel size more than 2x away from
     the input's along some axis (models that do not record theirs are not judged)."""
@@ -78,7 +93,10 @@ def prediction_grid(run: Run) -> PatchGrid:
         patch_shape = description.patch_shape
     try:
         patch_shape = check_patch_shape(patch_shape, description.network_config)
-        return PatchGrid(run.geometry.shape, patch_shape, run.config.predict.overlap)
+        overlap = run.config.predict.overlap
+        if overlap == "auto":
+            overlap = tuple(size // 4 for size in patch_shape)
+        return PatchGrid(run.geometry.shape, patch_shape, overlap)
     except ValueError as error:
         raise ConfigError(f"config keys predict.patch_shape / predict.overlap: {error}") from error
 

@@ -21,7 +21,7 @@ from emflow.storage.output import OWNER_ATTRIBUTE, open_output_group
 from emflow.targets.atomic import writing
 from emflow.tasks.adapter import Workflow, use_workers
 from emflow.tasks.context import Run
-from emflow.tasks.predict import model_warnings
+from emflow.tasks.predict import model_choice, model_warnings
 from emflow.tasks.prepare import input_identity
 
 from .segmentation import SEGMENTATION
@@ -139,6 +139,7 @@ def run_workflow(
             lines += [f"computing again {needed.describe()}" for needed in plan.repairs]
         else:
             lines = plan.messages()
+        lines = model_choice(run.config) + lines
         for line in lines:
             (say or _to_stderr)(line)
         workers = backend.options.cpus if isinstance(backend, Slurm) else backend.workers
