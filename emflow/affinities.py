@@ -29,7 +29,7 @@ def _shifted_pairs(shape: tuple[int, ...], offset: Sequence[int]) -> tuple[tuple
     return tuple(here), tuple(there)
 
 
-def check_offsets(offsets: Sequence[Sequence[int]]) -> np.ndarray:
+def check_offsets(offsets: Sequence[Sequence[int]] | np.ndarray) -> np.ndarray:
     """Offsets as int64 (C, 3); ValueError for anything but non-zero integer 3-vectors."""
     array = np.asarray(offsets)
     if array.ndim != 2 or array.shape[1] != 3 or array.shape[0] == 0 or not np.issubdtype(array.dtype, np.integer):
@@ -50,10 +50,10 @@ def affinities_from_labels(labels: np.ndarray, offsets: Sequence[Sequence[int]])
     labels = np.asarray(labels)
     if labels.ndim != 3 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be a 3D integer array, got {labels.dtype} of shape {labels.shape}")
-    offsets = check_offsets(offsets)
-    affinities = np.zeros((len(offsets),) + labels.shape, dtype=np.float32)
+    offsets_array = check_offsets(offsets)
+    affinities = np.zeros((len(offsets_array),) + labels.shape, dtype=np.float32)
     mask = np.zeros_like(affinities)
-    for channel, offset in enumerate(offsets):
+    for channel, offset in enumerate(offsets_array):
         here, there = _shifted_pairs(labels.shape, offset)
         same = (labels[here] == labels[there]) & (labels[here] != 0)
         affinities[channel][here] = same

@@ -133,21 +133,21 @@ def bin_centres(bins) -> np.ndarray:
     return (np.asarray(bins, dtype=np.float64) + 0.5) / HISTOGRAM_BINS
 
 
-def nearest_neighbour_channels(offsets: Sequence[Sequence[int]]) -> list[int]:
+def nearest_neighbour_channels(offsets: Sequence[Sequence[int]] | np.ndarray) -> list[int]:
     """Indices of the channels whose offset is a nearest neighbour (one step along one axis)."""
     return [channel for channel, offset in enumerate(check_offsets(offsets)) if np.abs(offset).sum() == 1]
 
 
-def long_range_channels(offsets: Sequence[Sequence[int]]) -> list[int]:
+def long_range_channels(offsets: Sequence[Sequence[int]] | np.ndarray) -> list[int]:
     """Indices of the channels whose offset is longer than one step."""
     return [channel for channel, offset in enumerate(check_offsets(offsets)) if np.abs(offset).sum() > 1]
 
 
 def statistics_halo(offsets: Sequence[Sequence[int]], channels: Sequence[int] | None = None) -> tuple[int, ...]:
     """Forward halo (voxels per axis) a block needs for the voxel pairs of ``channels`` (default all)."""
-    offsets = check_offsets(offsets)
-    channels = range(len(offsets)) if channels is None else list(channels)
-    return tuple(int(step) for step in np.abs(offsets[list(channels)]).max(axis=0))
+    offsets_array = check_offsets(offsets)
+    channels = range(len(offsets_array)) if channels is None else list(channels)
+    return tuple(int(step) for step in np.abs(offsets_array[list(channels)]).max(axis=0))
 
 
 def block_pair_statistics(
@@ -168,15 +168,15 @@ def block_pair_statistics(
     lifted and repulsive pairs. Single-threaded, because workflows parallelise over blocks.
     """
     labels = _as_labels(labels)
-    offsets = check_offsets(offsets)
+    offsets_array = check_offsets(offsets)
     affinities = np.asarray(affinities)
-    if affinities.shape != (len(offsets),) + labels.shape:
-        raise ValueError(f"affinities must have shape {(len(offsets),) + labels.shape}, got {affinities.shape}")
-    channels = range(len(offsets)) if channels is None else list(channels)
+    if affinities.shape != (len(offsets_array),) + labels.shape:
+        raise ValueError(f"affinities must have shape {(len(offsets_array),) + labels.shape}, got {affinities.shape}")
+    channels = range(len(offsets_array)) if channels is None else list(channels)
     encoder = _PairKeys(labels)
     keys, values = [], []
     for channel in channels:
-        pair = _owned_pairs(labels, offsets[channel], own_box)
+        pair = _owned_pairs(labels, offsets_array[channel], own_box)
         if pair is None:
             continue
         # The first slicing is p, where the channel stores the affinity of (p, p + offset).
@@ -365,22 +365,22 @@ class _PairKeys:
 
 def _aggregate(encoder: _PairKeys, keys: list[np.ndarray], values: list[np.ndarray]) -> PairStatistics:
     """Statistics from per-voxel-pair keys (:class:`_PairKeys`) and fixed-point affinities."""
-    keys = np.concatenate(keys) if keys else np.zeros(0, np.int64)
-    if len(keys) == 0:
+    key_array = np.concatenate(keys) if keys else np.zeros(0, np.int64)
+    if len(key_array) == 0:
         return _empty()
-    order = np.argsort(keys)
-    keys, values = keys[order], np.concatenate(values)[order]
+    order = np.argsort(key_array)
+    key_array, value_array = key_array[order], np.concatenate(values)[order]
     del order
-    pair_keys = keys // HISTOGRAM_BINS
+    pair_keys = key_array // HISTOGRAM_BINS
     pair_starts = _run_starts(pair_keys)
-    counts = np.diff(np.append(pair_starts, len(keys)))
-    sums = _add_runs(values, pair_starts)
-    del values
-    entry_starts = _run_starts(keys)
-    entry_counts = np.diff(np.append(entry_starts, len(keys)))
+    counts = np.diff(np.append(pair_starts, len(key_array)))
+    sums = _add_runs(value_array, pair_starts)
+    del value_array
+    entry_starts = _run_starts(key_array)
+    entry_counts = np.diff(np.append(entry_starts, len(key_array)))
     # Entries (pair, bin) in order; each entry's pair is the last pair run starting at or before it.
     entry_rows = np.searchsorted(pair_starts, entry_starts, side="right") - 1
-    entry_keys = entry_rows * HISTOGRAM_BINS + keys[entry_starts] % HISTOGRAM_BINS
+    entry_keys = entry_rows * HISTOGRAM_BINS + key_array[entry_starts] % HISTOGRAM_BINS
     return _from_sorted_pairs(encoder.pairs(pair_keys[pair_starts]), counts, sums, entry_keys, entry_counts)
 
 

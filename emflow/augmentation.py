@@ -168,11 +168,12 @@ def augment(
         np.power(raw, raw.dtype.type(exponent), out=raw)
 
     if blur_probability > 0 and blur_sigma > 0:
-        for section in np.flatnonzero(rng.random(raw.shape[0]) < blur_probability):
+        # len(raw) here and below: with raw.shape[0] (Any in numpy's stubs) mypy picks random()'s scalar overload.
+        for section in np.flatnonzero(rng.random(len(raw)) < blur_probability):
             ndimage.gaussian_filter(raw[section], blur_sigma, mode="reflect", output=raw[section])
 
     if missing_section_probability > 0:
-        missing = rng.random(raw.shape[0]) < missing_section_probability
+        missing = rng.random(len(raw)) < missing_section_probability
         if missing.any():
             raw[missing] = raw.mean()
 
@@ -249,7 +250,7 @@ def _misalign(raw, labels, rng, max_shift: int):
     if depth < 2 or max_shift == 0:
         return raw, labels
     first_shifted = int(rng.integers(1, depth))
-    shift = (0, 0)
+    shift: tuple[int, ...] = (0, 0)
     # A zero shift would be no misalignment at all; redraw (at most a few times in expectation).
     while shift == (0, 0):
         shift = tuple(int(value) for value in rng.integers(-max_shift, max_shift + 1, size=2))

@@ -419,9 +419,11 @@ def merge_overlaps(tables) -> OverlapTable:
         if pending_rows >= max(_MERGE_BATCH_ROWS, 0 if merged is None else len(merged.counts)):
             merged = _merge_tables(pending if merged is None else [merged, *pending])
             pending, pending_rows = [], 0
-    if merged is None and not pending:
+    if pending:
+        return _merge_tables(pending if merged is None else [merged, *pending])
+    if merged is None:
         raise ValueError("no overlap tables to merge")
-    return _merge_tables(pending if merged is None else [merged, *pending]) if pending else merged
+    return merged
 
 
 def overlaps_of_volume(segmentation, groundtruth, block_shape) -> OverlapTable:

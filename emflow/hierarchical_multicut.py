@@ -288,6 +288,8 @@ def reduce_problem(problem: MulticutProblem, cut_edge_ids: np.ndarray, node_bloc
     edges, edge_costs = _mapped_edges(problem.edges, problem.edge_costs, node_mapping, number_of_nodes)
     lifted_edges = lifted_costs = None
     if problem.lifted_edges is not None:
+        if problem.lifted_costs is None:
+            raise ValueError("lifted_edges without lifted_costs: build the problem with multicut_problem")
         lifted_edges, lifted_costs = _mapped_edges(problem.lifted_edges, problem.lifted_costs, node_mapping, number_of_nodes)
         # Fold lifted edges that coincide with a local edge into it.
         n = np.uint64(number_of_nodes)

@@ -102,16 +102,16 @@ class PatchGrid:
         first_block = blocking.block(0)
         axis_spans = []  # per axis: (begin, end) of the span at each block position along it
         for axis, (blocks, block_size, size) in enumerate(zip(blocking.blocks_per_axis, blocking.block_shape, self.volume_shape)):
-            spans = []
+            position_spans = []
             for position in range(blocks):
                 begin, end = list(first_block.begin), list(first_block.end)
                 begin[axis], end[axis] = position * block_size, min((position + 1) * block_size, size)
                 origins = self.patches_of_block(begin, end)[axis]
                 if len(origins) == 0:
-                    spans.append((begin[axis], begin[axis]))
+                    position_spans.append((begin[axis], begin[axis]))
                 else:
-                    spans.append((max(int(origins[0]), 0), min(int(origins[-1]) + self.patch_shape[axis], size)))
-            axis_spans.append(np.asarray(spans, dtype=np.int64))
+                    position_spans.append((max(int(origins[0]), 0), min(int(origins[-1]) + self.patch_shape[axis], size)))
+            axis_spans.append(np.asarray(position_spans, dtype=np.int64))
         positions = np.stack(np.unravel_index(np.arange(blocking.number_of_blocks), blocking.blocks_per_axis), axis=1)
         spans = np.stack([axis_spans[axis][positions[:, axis]] for axis in range(3)], axis=2)  # (blocks, 2, 3)
         # A block that owns no patch along one axis owns none at all: its span is empty on every axis.
@@ -160,7 +160,7 @@ def accumulate_patches(
     origins: Sequence[np.ndarray],
     *,
     batch_size: int = 1,
-) -> tuple[tuple[int, int, int], np.ndarray]:
+) -> tuple[tuple[int, ...], np.ndarray]:
     """Run the patches at every combination of the per-axis `origins` and add them up, weighted.
 
     predict_patches: maps float32 (N, 1, *patch_shape) network input to float32 (N, C,
@@ -191,6 +191,8 @@ def accumulate_patches(
         for slicing, prediction in zip(slicings, predictions):
             accumulated[(slice(None, -1),) + slicing] += prediction
             accumulated[(-1,) + slicing] += weights
+    if accumulated is None:
+        raise ValueError("no patches to accumulate: every axis needs at least one origin")
     return span_start, accumulated
 
 

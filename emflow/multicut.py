@@ -60,6 +60,8 @@ class MulticutProblem:
         (``(N,)`` integer). Every edge counts, including those touching node 0."""
         energy = multicut_energy(self.edges, self.edge_costs, node_labels)
         if self.lifted_edges is not None:
+            if self.lifted_costs is None:
+                raise ValueError("lifted_edges without lifted_costs: build the problem with multicut_problem")
             energy += multicut_energy(self.lifted_edges, self.lifted_costs, node_labels)
         return energy
 
@@ -110,6 +112,8 @@ def multicut_solver(solver: str = "kernighan-lin", *, seed: int = 0) -> Solver:
             objective = bic_multicut.MulticutObjective(graph, problem.edge_costs[foreground])
             chain = _solver_chain(bic_multicut, solver, seed)
         else:
+            if problem.lifted_costs is None:
+                raise ValueError("lifted_edges without lifted_costs: build the problem with multicut_problem")
             lifted_foreground = (problem.lifted_edges != 0).all(axis=1)
             objective = bic_lifted.LiftedMulticutObjective(
                 graph,

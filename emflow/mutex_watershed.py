@@ -94,19 +94,19 @@ def mutex_watershed_fragments(
     Returns ``uint64`` ``(inner box shape)`` ids ``1..n``, 0 exactly where ``mask`` is False;
     deterministic for a given ``seed``.
     """
-    offsets = check_offsets(offsets)
+    offsets_array = check_offsets(offsets)
     affinities = np.asarray(affinities)
-    if affinities.ndim != 4 or affinities.shape[0] != len(offsets):
-        raise ValueError(f"affinities must have shape ({len(offsets)}, z, y, x), got {affinities.shape}")
+    if affinities.ndim != 4 or affinities.shape[0] != len(offsets_array):
+        raise ValueError(f"affinities must have shape ({len(offsets_array)}, z, y, x), got {affinities.shape}")
     spatial_shape = affinities.shape[1:]
     inner_box = Box((0, 0, 0), spatial_shape) if inner_box is None else inner_box
     if any(end > size for end, size in zip(inner_box.end, spatial_shape)):
         raise ValueError(f"inner box {inner_box} exceeds the affinities' shape {spatial_shape}")
     if min_size < 0:
         raise ValueError(f"min_size must be non-negative, got {min_size}")
-    attractive, repulsive = _channels(offsets)
+    attractive, repulsive = _channels(offsets_array)
     weights = np.concatenate([affinities[attractive], 1.0 - affinities[repulsive]]).astype(np.float32)
-    ordered_offsets = [tuple(int(step) for step in offsets[channel]) for channel in attractive + repulsive]
+    ordered_offsets = [tuple(int(step) for step in offsets_array[channel]) for channel in attractive + repulsive]
     if mask is not None:
         mask = np.asarray(mask)
         if mask.dtype != np.bool_ or mask.shape != spatial_shape:
@@ -185,8 +185,8 @@ def blockwise_mutex_watershed(
     merging them over blocks (:mod:`emflow.affinity_statistics`). Returns
     ``(segmentation, fragments)``, both ``uint64`` ``(z, y, x)``.
     """
-    offsets = check_offsets(offsets)
-    blocking = Blocking(affinities.shape[1:], block_shape)
+    check_offsets(offsets)  # ValueError before any block is segmented; the stages check them again
+    blocking = Blocking(affinities.shape[1:], tuple(block_shape))
     block_fragments = []
     for block_id in range(blocking.number_of_blocks):
         outer, inner = blocking.block_with_halo(block_id, halo)

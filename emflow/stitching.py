@@ -98,12 +98,12 @@ def grown_box(blocking: Blocking, block_id: int, overlap: Sequence[int]) -> tupl
 def faces(blocking: Blocking) -> np.ndarray:
     """Face-neighbouring block pairs: ``(F, 3)`` ``int64`` rows ``(lower block, upper block, axis)``, sorted."""
     grid = np.arange(blocking.number_of_blocks).reshape(blocking.blocks_per_axis)
-    rows = []
+    axis_rows = []
     for axis in range(grid.ndim):
         lower = np.take(grid, np.arange(grid.shape[axis] - 1), axis=axis).ravel()
         upper = np.take(grid, np.arange(1, grid.shape[axis]), axis=axis).ravel()
-        rows.append(np.stack([lower, upper, np.full(len(lower), axis)], axis=1))
-    rows = np.concatenate(rows).astype(np.int64).reshape(-1, 3)
+        axis_rows.append(np.stack([lower, upper, np.full(len(lower), axis)], axis=1))
+    rows = np.concatenate(axis_rows).astype(np.int64).reshape(-1, 3)
     return rows[np.lexsort((rows[:, 1], rows[:, 0]))]
 
 
@@ -224,33 +224,35 @@ def stitch_mapping(
     Returns one ``uint64`` array per block, of length ``total_counts[b] + 1``, mapping local id to
     global id (local 0 to 0).
     """
-    inner_counts = np.asarray(inner_counts, dtype=np.int64)
-    total_counts = np.asarray(total_counts, dtype=np.int64)
+    inner_count_array = np.asarray(inner_counts, dtype=np.int64)
+    total_count_array = np.asarray(total_counts, dtype=np.int64)
     face_blocks = np.asarray(face_blocks, dtype=np.int64)
     if face_blocks.size == 0:
         face_blocks = face_blocks.reshape(0, 2)
     if face_blocks.ndim != 2 or len(face_blocks) != len(merges):
         raise ValueError(f"face_blocks must have one row per merge array, got shape {face_blocks.shape} for {len(merges)}")
     # Node of (block b, local id l >= 1): offsets[b] + l - 1.
-    offsets = block_offsets(total_counts).astype(np.int64)
-    number_of_nodes = int(total_counts.sum())
-    rows, columns = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    offsets = block_offsets(total_count_array).astype(np.int64)
+    number_of_nodes = int(total_count_array.sum())
+    row_parts, column_parts = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for (lower, upper), face in zip(face_blocks[:, :2], merges):
         face = np.asarray(face, dtype=np.int64).reshape(-1, 2)
-        rows.append(offsets[lower] + face[:, 0] - 1)
-        columns.append(offsets[upper] + face[:, 1] - 1)
-    rows, columns = np.concatenate(rows), np.concatenate(columns)
+        row_parts.append(offsets[lower] + face[:, 0] - 1)
+        column_parts.append(offsets[upper] + face[:, 1] - 1)
+    rows, columns = np.concatenate(row_parts), np.concatenate(column_parts)
     graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, columns)), shape=(number_of_nodes, number_of_nodes))
     _, components = connected_components(graph, directed=False)
-    local = np.arange(number_of_nodes) - np.repeat(offsets, total_counts)
-    present = local < np.repeat(inner_counts, total_counts)
+    local = np.arange(number_of_nodes) - np.repeat(offsets, total_count_array)
+    present = local < np.repeat(inner_count_array, total_count_array)
     # Number the present groups by their first present node; nodes come in (block, local id) order.
     group_ids = np.zeros(components.max() + 1 if number_of_nodes else 0, dtype=np.uint64)
     first_groups = np.unique(components[present], return_index=True)
     ranked = first_groups[0][np.argsort(first_groups[1])]
     group_ids[ranked] = np.arange(1, len(ranked) + 1, dtype=np.uint64)
     global_ids = group_ids[components]
-    return [np.concatenate([[0], global_ids[offset : offset + count]]).astype(np.uint64) for offset, count in zip(offsets, total_counts)]
+    return [
+        np.concatenate([[0], global_ids[offset : offset + count]]).astype(np.uint64) for offset, count in zip(offsets, total_count_array)
+    ]
 
 
 def stitch_blocks(
@@ -267,7 +269,7 @@ def stitch_blocks(
 
     Returns ``uint64`` ``(z, y, x)`` global ids ``1..K`` (0 only where the segmenter gives 0).
     """
-    blocking = Blocking(shape, block_shape)
+    blocking = Blocking(tuple(shape), tuple(block_shape))
     blocks = []
     for block_id in range(blocking.number_of_blocks):
         box, inner_box = grown_box(blocking, block_id, overlap)

@@ -13,6 +13,8 @@ Losses:
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Sequence
 
 import numpy as np
@@ -92,9 +94,9 @@ def malis_loss(affinities: torch.Tensor, labels: np.ndarray) -> torch.Tensor:
     The pair counts are computed from the detached affinities (they are piecewise constant in
     them), so autograd gives exactly `emflow.malis.malis_loss`'s gradient.
     """
-    positive, negative = malis_weights(affinities.detach().cpu().numpy().astype(np.float64), labels, constrained=True)
-    positive = torch.from_numpy(positive).to(affinities)
-    negative = torch.from_numpy(negative).to(affinities)
+    positive_weights, negative_weights = malis_weights(affinities.detach().cpu().numpy().astype(np.float64), labels, constrained=True)
+    positive = torch.from_numpy(positive_weights).to(affinities)
+    negative = torch.from_numpy(negative_weights).to(affinities)
     pairs = torch.clamp(positive.sum() + negative.sum(), min=1.0)
     return (positive * (1 - affinities) ** 2 + negative * affinities**2).sum() / pairs
 
@@ -134,5 +136,5 @@ def training_loss(
         parts["malis"] = (
             malis_weight * torch.stack([malis_loss(item, item_labels) for item, item_labels in zip(probabilities, labels)]).mean()
         )
-    total = sum(parts.values())
+    total = functools.reduce(operator.add, parts.values())  # every loss in LOSSES has a part
     return total, {name: float(value.detach()) for name, value in parts.items()}

@@ -55,11 +55,12 @@ class UNetConfig:
 
 def total_downsampling(pooling: Sequence[Sequence[int]]) -> tuple[int, int, int]:
     """Per-axis product of the pooling factors: what a patch's shape must be divisible by."""
-    return tuple(math.prod(factors[axis] for factors in pooling) for axis in range(3)) if pooling else (1, 1, 1)
+    z, y, x = (math.prod(factors[axis] for factors in pooling) for axis in range(3))  # (1, 1, 1) without pooling
+    return z, y, x
 
 
 def _conv_block(in_channels: int, out_channels: int, kernel: tuple[int, int, int], norm: str) -> nn.Sequential:
-    padding = tuple(size // 2 for size in kernel)
+    padding = (kernel[0] // 2, kernel[1] // 2, kernel[2] // 2)
     layers: list[nn.Module] = []
     for channels in (in_channels, out_channels):
         layers.append(nn.Conv3d(channels, out_channels, kernel, padding=padding))

@@ -50,7 +50,7 @@ import random
 import resource
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -475,11 +475,14 @@ def outputs_digest(run: Run, spec: StageSpec) -> str:
 _DIGESTS: dict[tuple, str] = {}
 
 
-def global_data(run: Run, spec: StageSpec) -> dict[str, dict[str, list]]:
+def global_data(run: Run, spec: StageSpec) -> dict[str, Mapping[str, list | None]]:
     """What a global stage wrote, for its record: "outputs", every file of the tables it writes, by
     path in the output group; "bundle", its global arrays, by path in the work folder; "volumes",
     for the stage creating the output, each volume's metadata file. Each with state and digest."""
-    data = {"outputs": _global_outputs(run, spec, digest=True), "bundle": _bundle_files(run, spec, digest=True)}
+    data: dict[str, Mapping[str, list | None]] = {
+        "outputs": _global_outputs(run, spec, digest=True),
+        "bundle": _bundle_files(run, spec, digest=True),
+    }
     if spec.creates_outputs:
         data["volumes"] = _volume_metadata(run, digest=True)
     return data

@@ -176,6 +176,9 @@ def _write_report(stage: GlobalContext, metrics: dict, errors: dict, table: Over
                         kind, errors[key][0], volumes["segmentation"], volumes["groundtruth"], volumes.get("raw"), volumes.get("prediction")
                     )
                 )
+    blocks_per_axis = stage.geometry.blocking.blocks_per_axis
+    if len(blocks_per_axis) != 3:
+        raise ValueError(f"the evaluation report needs a 3D block grid (z, y, x), got {blocks_per_axis}")
     write_evaluation_report(
         stage.config.evaluation.report,
         metrics=metrics,
@@ -184,7 +187,7 @@ def _write_report(stage: GlobalContext, metrics: dict, errors: dict, table: Over
         resolution=stage.geometry.resolution,
         views=views,
         block_voi=block_voi,
-        blocks_per_axis=stage.geometry.blocking.blocks_per_axis,
+        blocks_per_axis=blocks_per_axis,
     )
 
 

@@ -91,12 +91,15 @@ def prediction_grid(run: Run) -> PatchGrid:
     patch_shape = run.config.predict.patch_shape
     if not any(patch_shape):
         patch_shape = description.patch_shape
+    volume_shape = run.geometry.shape
+    if len(volume_shape) != 3:
+        raise ValueError(f"prediction needs a 3D volume (z, y, x), got shape {volume_shape}")
     try:
         patch_shape = check_patch_shape(patch_shape, description.network_config)
         overlap = run.config.predict.overlap
-        if overlap == "auto":
-            overlap = tuple(size // 4 for size in patch_shape)
-        return PatchGrid(run.geometry.shape, patch_shape, overlap)
+        if isinstance(overlap, str):  # "auto"
+            overlap = (patch_shape[0] // 4, patch_shape[1] // 4, patch_shape[2] // 4)
+        return PatchGrid(volume_shape, patch_shape, overlap)
     except ValueError as error:
         raise ConfigError(f"config keys predict.patch_shape / predict.overlap: {error}") from error
 
