@@ -12,8 +12,9 @@ Datasets (see each folder's SOURCE.md under ../shared/data):
 Contenders on each dataset:
 - emflow, CNN: `python -m emflow run CONFIG --workers N` from the raw data: the model predicts
   affinities block by block, the boundary map is derived from them, then supervoxels, graph and
-  multicut. Default config values except the model and the block shape (64x128x128, clipped to the
-  volume); the prediction uses the model's training patch and the default overlap.
+  multicut. Default config values except the model and the block shape, emflow's "auto" one for the
+  dataset (`auto_block_shape` on its shape and voxel size: 64x128x128 at 10 nm, clipped to the volume),
+  which is also the input's chunk shape; the prediction uses the model's training patch and the default overlap.
 - elf on the same boundaries: elf's in-core `simple_multicut_workflow` with emflow's default
   parameters (benchmarks/elf_multicut.py, a child process) on the very boundary map emflow's run
   predicted (its output's `boundaries` array, copied into the input group): the same CNN, elf's
@@ -51,6 +52,7 @@ import tomli_w
 from emflow.boundaries import boundaries_from_labels
 from emflow.config import default_config
 from emflow.evaluation import evaluate
+from emflow.storage.geometry import auto_block_shape
 from emflow.storage.models import file_digest, read_model_state, shipped_model_path
 from emflow.storage.volumes import open_volume, write_volume
 
@@ -227,7 +229,7 @@ def run_dataset(dataset: Dataset, out_dir: Path, model_path: Path, workers: int,
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     raw, groundtruth = dataset.read()
-    block_shape = tuple(min(block, size) for block, size in zip(default_config()["blocking"]["block_shape"], raw.shape))
+    block_shape = auto_block_shape(raw.shape, dataset.resolution)
     input_path = run_dir / "input.zarr"
     write_volume(input_path, "raw", raw, resolution=dataset.resolution, chunks=block_shape)
 
@@ -323,7 +325,7 @@ def markdown(results: dict) -> str:
         "",
         f"Model `{Path(model['path']).name}` (sha256 {model['sha256'][:12]}, {model['target']}); prediction with patches "
         f"{_shape(prediction['patch_shape'])}, overlap {_shape(prediction['overlap'])}, device {prediction['device']}; "
-        f"`emflow run --workers {results['workers']}` with default config values otherwise (blocks 64x128x128 clipped to the volume); "
+        f"`emflow run --workers {results['workers']}` with default config values otherwise (block shape `auto`, per dataset below); "
         f"elf with {results['workers']} threads on the boundary map emflow's run predicted. ARAND and VOI (bits) against the "
         "groundtruth, label 0 ignored; seconds: wall time of the process (for elf without the prediction).",
         "",
@@ -348,7 +350,8 @@ def markdown(results: dict) -> str:
         metrics = dataset["contenders"][CNN]["quality"]
         lines.append(
             f"- {dataset['name']} ({dataset['note']}): ARAND {metrics['adapted_rand_error']:.4f}, VOI sum {metrics['voi_sum']:.3f}: "
-            f"{'met' if dataset['goal_met'] else 'NOT met'}. Prediction: {dataset['contenders'][CNN]['prediction_task_seconds']:.1f} s "
+            f"{'met' if dataset['goal_met'] else 'NOT met'}. Blocks {_shape(dataset['block_shape'])}. "
+            f"Prediction: {dataset['contenders'][CNN]['prediction_task_seconds']:.1f} s "
             f"of task time, summed over blocks; groundtruth label 0 covers {dataset['groundtruth_unlabelled_fraction']:.1%} of the voxels."
         )
     lines += [

@@ -5,6 +5,12 @@ peak memory is measured cleanly. It reads the whole boundary map, runs elf (dist
 watershed, region adjacency graph, mean-boundary edge costs, multicut, projection to voxels) and
 writes the segmentation as a zarr v3 array. The report (JSON) holds the time of each phase.
 
+Supervoxels are 2D per section (`use_2dws`) where emflow's `[supervoxels] dimensionality = "auto"`
+picks 2D for the boundary map's voxel size, else 3D. emflow's default cost weighting "orientation"
+is elf's "xyz" scheme with per-section supervoxels; with 3D supervoxels elf has no z-edge mask to
+weigh by ("xyz" raises there), and emflow's "orientation" then weighs about as "size" does (both
+terms about proportional to the face size), so elf gets "all", its "size" weighting.
+
 If elf, or a dependency it imports (nifty and vigra are conda-only), cannot be imported, the
 report says "unavailable" with the reason and the exit code is 3, so that the caller can say so
 instead of failing.
@@ -24,25 +30,34 @@ import numpy as np
 
 from emflow.config import default_config
 from emflow.storage.volumes import open_volume, parse_location, read_resolution, write_volume
+from emflow.supervoxels import use_two_d
 
 EXIT_UNAVAILABLE = 3
 
-# emflow's cost weighting names mapped to elf's weighting schemes of the same meaning
-# (costs scaled by edge size / largest edge size, or not at all).
-ELF_WEIGHTING_SCHEMES = {"size": "all", "none": "none"}
+# emflow's cost weighting names mapped to elf's weighting schemes (`compute_edge_costs`) of the same
+# meaning: costs scaled by edge size / largest edge size ("all"), with the edges between sections and
+# the in-plane edges normalised apart ("xyz", per-section supervoxels only), or not at all.
+ELF_WEIGHTING_SCHEMES = {"size": "all", "orientation": "xyz", "none": "none"}
+# elf's "xyz" needs the z-edge mask that `simple_multicut_workflow` computes only with 2D supervoxels;
+# with 3D ones emflow's "orientation" is about "size" (see the module docstring).
+ELF_WEIGHTING_SCHEMES_3D = {**ELF_WEIGHTING_SCHEMES, "orientation": "all"}
 
 
-def elf_parameters() -> dict:
-    """Keyword arguments of `simple_multicut_workflow` equal to emflow's defaults.
+def elf_parameters(resolution=(1.0, 1.0, 1.0)) -> dict:
+    """Keyword arguments of `simple_multicut_workflow` equal to emflow's defaults for a boundary map of
+    voxel size `resolution` (z, y, x), which decides 2D or 3D supervoxels as emflow's "auto" does.
 
     Both "kernighan-lin" solvers are greedy additive contraction followed by Kernighan-Lin moves.
     """
     defaults = default_config()
     supervoxels = defaults["supervoxels"]
+    dimensionality = supervoxels["dimensionality"]
+    two_d = use_two_d(tuple(resolution), supervoxels["anisotropy_threshold"]) if dimensionality == "auto" else dimensionality == "2d"
+    schemes = ELF_WEIGHTING_SCHEMES if two_d else ELF_WEIGHTING_SCHEMES_3D
     return {
-        "use_2dws": False,
+        "use_2dws": two_d,
         "multicut_solver": defaults["multicut"]["solver"],
-        "weighting_scheme": ELF_WEIGHTING_SCHEMES[defaults["costs"]["weighting"]],
+        "weighting_scheme": schemes[defaults["costs"]["weighting"]],
         "beta": defaults["multicut"]["beta"],
         "ws_kwargs": {
             "threshold": supervoxels["threshold"],
@@ -75,12 +90,12 @@ def main() -> int:
     except ImportError as error:
         return report_unavailable(arguments.report, error)
 
-    parameters = elf_parameters()
     started = time.perf_counter()
     boundaries_volume = open_volume(*parse_location(arguments.boundaries))
     boundaries = np.asarray(boundaries_volume[...], dtype=np.float32)
     resolution = read_resolution(boundaries_volume)
     read_done = time.perf_counter()
+    parameters = elf_parameters(resolution or (1.0, 1.0, 1.0))  # none recorded: isotropic
     try:
         segmentation = simple_multicut_workflow(boundaries, n_threads=arguments.threads, **parameters)
     except ImportError as error:  # a solver or feature that lazily imports a conda-only package

@@ -9,7 +9,9 @@ with ids made unique per copy, and the boundary map is derived from the tiled gr
 join is a membrane in both the groundtruth and the boundary map.
 
 Contenders, each in a child process of its own and with the same CPU budget (`--workers`):
-- emflow: `python -m emflow run CONFIG --workers N`, blockwise through Luigi (N worker processes).
+- emflow: `python -m emflow run CONFIG --workers N`, blockwise through Luigi (N worker processes),
+  with `--block-shape` or else emflow's "auto" block shape for the volume (`auto_block_shape` on its
+  shape and voxel size: 64x128x128 at 10 nm), which is also the input's chunk shape; halo "auto".
 - elf: `simple_multicut_workflow` of python-elf (the `bench` extra) on the whole volume in memory,
   with N threads and emflow's default parameters (benchmarks/elf_multicut.py). If elf cannot be
   imported, it is reported as unavailable with the reason, and emflow still runs.
@@ -61,6 +63,7 @@ import tomli_w
 from emflow.boundaries import boundaries_from_labels
 from emflow.config import default_config
 from emflow.evaluation import evaluate
+from emflow.storage.geometry import auto_block_shape
 from emflow.storage.volumes import open_volume, read_resolution, write_volume
 from emflow.targets import JournalReader
 
@@ -97,6 +100,15 @@ def mirrored_groundtruth_tiling(neuron_ids: np.ndarray, factor: int) -> np.ndarr
         target = tuple(slice(index * extent, (index + 1) * extent) for index, extent in zip(copy_index, neuron_ids.shape))
         tiled[target] = np.where(copy != 0, copy.astype(dtype) + dtype.type(copy_number * id_stride), dtype.type(0))
     return tiled
+
+
+def default_block_shape(scale: int) -> list[int]:
+    """emflow's "auto" block shape for the dev cube tiled `scale` times per axis: what a run gets by default."""
+    with h5py.File(SOURCE_PATH, "r") as source:
+        dataset = source["labels/neuron_ids"]
+        shape = tuple(extent * scale for extent in dataset.shape)
+        resolution = tuple(float(value) for value in dataset.attrs["resolution_nm_zyx"])
+    return list(auto_block_shape(shape, resolution))
 
 
 def prepare_input(out_dir: Path, scale: int, chunks: tuple[int, ...]) -> Path:
@@ -376,10 +388,11 @@ def run(
     out: Path | None = None,
     skip_elf: bool = False,
 ) -> dict:
-    """Run the benchmark (see the module docstring) and return its results."""
-    block_shape = list(block_shape or default_config()["blocking"]["block_shape"])
+    """Run the benchmark (see the module docstring) and return its results; `block_shape` None:
+    emflow's "auto" block shape for the tiled volume."""
     if min(scale, workers, repeats) < 1:
         raise ValueError("scale, workers and repeats must be at least 1")
+    block_shape = list(block_shape or default_block_shape(scale))
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     out_dir = (out or Path(tempfile.mkdtemp(prefix="end_to_end-", dir=RESULTS_DIR))).resolve()
     run_dir = out_dir / "run"
@@ -480,7 +493,6 @@ def markdown(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    defaults = default_config()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=int, default=2, help="copies of the dev cube per axis (default 2: 62.5 MVox)")
     parser.add_argument("--workers", type=int, default=2, help="emflow worker processes and elf threads (default 2)")
@@ -489,8 +501,7 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         nargs=3,
         metavar=("Z", "Y", "X"),
-        default=defaults["blocking"]["block_shape"],
-        help="emflow block shape, also the input's chunk shape (default: emflow's default)",
+        help="emflow block shape, also the input's chunk shape (default: emflow's \"auto\" block shape for the volume)",
     )
     parser.add_argument("--repeats", type=int, default=3, help="runs per contender, alternating; the median time is reported (default 3)")
     parser.add_argument(

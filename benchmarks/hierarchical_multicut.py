@@ -4,16 +4,18 @@ The problems are built from the FlyEM medulla dev cube (../shared/data/flyem_med
 125x250x250, 10 nm isotropic; see its SOURCE.md) the way the emflow workflow builds them:
 - boundary map `boundaries_from_labels(neuron_ids, sigma=1.0, noise=0.1, seed=0)`;
 - supervoxels per base block: `emflow.supervoxels.distance_transform_watershed` with the defaults of
-  `emflow.config.default_config()` on the block plus the default halo, cropped to the block,
+  emflow's default config on the block plus the default halo ("auto": an eighth of the block shape,
+  `emflow.storage.geometry.resolve_geometry`), cropped to the block,
   relabelled consecutively and offset per block with `emflow.labels.block_offsets`, so that no
   supervoxel crosses a block face and the nodes of block b are the ids after those of blocks < b;
 - graph and edge features `emflow.graph.in_core_graph_features`, costs
-  `emflow.costs.edge_costs_from_features` (default beta 0.5, size weighting), node -> base block
+  `emflow.costs.edge_costs_from_features` (default beta 0.5 and weighting, "orientation"), node -> base block
   `emflow.hierarchical_multicut.node_block_ids_from_counts`.
 
 Two problems: the whole dev cube with blocks 32x64x64 (4x4x4 blocks), and (not with --quick) the
 dev cube tiled 2x per axis, every other copy mirrored (`mirrored_groundtruth_tiling` of
-end_to_end.py; 250x500x500), with emflow's default blocks 64x128x128 (4x4x4 blocks).
+end_to_end.py; 250x500x500), with emflow's default blocks ("auto", `emflow.storage.geometry.auto_block_shape`
+on the shape and voxel size: 64x128x128 at 10 nm, 4x4x4 blocks).
 
 Contenders on each problem, all single-threaded, all Kernighan-Lin warm-started with greedy additive:
 - global: `emflow.multicut.solve_multicut` on the whole graph (the reference energy);
@@ -53,13 +55,15 @@ import numpy as np
 
 from emflow.blocking import Blocking
 from emflow.boundaries import boundaries_from_labels
-from emflow.config import default_config, function_parameters
+from emflow.config import RunConfig
+from emflow.config.schema import defaults
 from emflow.costs import edge_costs_from_features
 from emflow.evaluation import evaluate
 from emflow.graph import in_core_graph_features, undirected_graph
 from emflow.hierarchical_multicut import hierarchical_multicut, node_block_ids_from_counts
 from emflow.labels import block_offsets, relabel_consecutive
 from emflow.multicut import multicut_energy, multicut_problem, multicut_solver, solve_multicut
+from emflow.storage.geometry import auto_block_shape, resolve_geometry
 from emflow.supervoxels import distance_transform_watershed, use_two_d
 
 try:
@@ -80,10 +84,11 @@ ELF_LEVELS = (1, 2)
 ELF_THREADS = 1
 TITLE = "### Hierarchical vs global multicut"
 
-# (name, tiling factor per axis, block shape); the second is skipped with --quick.
+# (name, tiling factor per axis, block shape or None for emflow's "auto" block shape of the tiled
+# volume, `auto_block_shape`); the second is skipped with --quick.
 PROBLEMS = (
     ("dev cube", 1, (32, 64, 64)),
-    ("dev cube tiled 2x, mirrored", 2, tuple(default_config()["blocking"]["block_shape"])),
+    ("dev cube tiled 2x, mirrored", 2, None),
 )
 
 
@@ -94,15 +99,12 @@ def load_groundtruth() -> tuple[np.ndarray, tuple[float, ...]]:
 
 
 def block_supervoxels(
-    boundaries: np.ndarray, blocking: Blocking, resolution: tuple[float, ...], config: dict
+    boundaries: np.ndarray, blocking: Blocking, resolution: tuple[float, ...], config: RunConfig, halo: tuple[int, ...]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Supervoxels as the workflow's supervoxel stages make them, and the count per block."""
-    section = config["supervoxels"]
-    two_d = (
-        use_two_d(resolution, section["anisotropy_threshold"]) if section["dimensionality"] == "auto" else section["dimensionality"] == "2d"
-    )
-    parameters = function_parameters(config, "supervoxels")
-    halo = tuple(config["blocking"]["halo"])
+    section = config.supervoxels
+    two_d = use_two_d(resolution, section.anisotropy_threshold) if section.dimensionality == "auto" else section.dimensionality == "2d"
+    parameters = section.parameters()
     local = np.zeros(boundaries.shape, dtype=np.uint64)
     counts = np.zeros(blocking.number_of_blocks, dtype=np.uint64)
     for block_id in range(blocking.number_of_blocks):
@@ -118,19 +120,21 @@ def block_supervoxels(
 
 
 def build_problem(groundtruth: np.ndarray, resolution: tuple[float, ...], block_shape: tuple[int, ...]) -> dict:
-    config = default_config()
+    config = defaults(RunConfig)
+    # The halo the workflow uses with these blocks ("auto" resolved as a run resolves it).
+    halo = resolve_geometry(groundtruth.shape, resolution, block_shape, config.blocking.halo).halo
     seconds = {}
     started = time.perf_counter()
     boundaries = boundaries_from_labels(groundtruth, sigma=1.0, noise=0.1, seed=0)
     seconds["boundaries"] = time.perf_counter() - started
     blocking = Blocking(groundtruth.shape, block_shape)
     started = time.perf_counter()
-    supervoxels, counts = block_supervoxels(boundaries, blocking, resolution, config)
+    supervoxels, counts = block_supervoxels(boundaries, blocking, resolution, config, halo)
     seconds["supervoxels"] = time.perf_counter() - started
     started = time.perf_counter()
     edges, features, number_of_nodes = in_core_graph_features(supervoxels, boundaries)
     seconds["graph"] = time.perf_counter() - started
-    costs = edge_costs_from_features(features, beta=config["multicut"]["beta"], **function_parameters(config, "costs"))
+    costs = edge_costs_from_features(features, beta=config.multicut.beta, **config.costs.parameters())
     node_block_ids = node_block_ids_from_counts(counts)
     if len(node_block_ids) != number_of_nodes:
         raise RuntimeError(f"{len(node_block_ids)} node block ids for {number_of_nodes} nodes")
@@ -143,12 +147,12 @@ def build_problem(groundtruth: np.ndarray, resolution: tuple[float, ...], block_
         "blocking": blocking,
         "build_seconds": seconds,
         "parameters": {
-            "supervoxels": function_parameters(config, "supervoxels"),
-            "halo": list(config["blocking"]["halo"]),
-            "beta": config["multicut"]["beta"],
-            "costs": function_parameters(config, "costs"),
-            "solver": config["multicut"]["solver"],
-            "seed": config["multicut"]["seed"],
+            "supervoxels": config.supervoxels.parameters(),
+            "halo": list(halo),
+            "beta": config.multicut.beta,
+            "costs": config.costs.parameters(),
+            "solver": config.multicut.solver,
+            "seed": config.multicut.seed,
         },
     }
 
@@ -199,8 +203,10 @@ def contenders(problem: dict, block_shape: tuple[int, ...]):
         )
 
 
-def run_problem(name: str, factor: int, block_shape: tuple[int, ...], neuron_ids: np.ndarray, resolution) -> dict:
+def run_problem(name: str, factor: int, block_shape: tuple[int, ...] | None, neuron_ids: np.ndarray, resolution) -> dict:
+    """The problem `name` and every contender on it; `block_shape` None: emflow's "auto" block shape."""
     groundtruth = neuron_ids if factor == 1 else mirrored_groundtruth_tiling(neuron_ids, factor)
+    block_shape = tuple(block_shape or auto_block_shape(groundtruth.shape, resolution))
     print(f"{name}: building the problem ...", file=sys.stderr, flush=True)
     problem = build_problem(groundtruth, resolution, block_shape)
     blocking, edges, costs = problem["blocking"], problem["edges"], problem["costs"]

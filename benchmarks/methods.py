@@ -360,9 +360,10 @@ def segmentations_of(output: Path, names: dict) -> dict:
     return {key: np.asarray(open_volume(output, volume)[...]) for key, volume in names.items()}
 
 
-def method_sections(input_name: str, chosen: dict) -> dict:
-    """Per emflow method (row name) on an input: its config sections, and for agglomeration the
-    chosen threshold (listed first in the sections: it is the run's `segmentation`)."""
+def method_sections(input_name: str, chosen: dict, shape: tuple[int, ...]) -> dict:
+    """Per emflow method (row name) on an input of `shape`: its config sections, and for agglomeration the
+    chosen threshold (listed first in the sections: it is the run's `segmentation`). The small blocks are
+    clipped to the volume (--quick: 32 planes), as emflow refuses a block shape larger than the volume."""
     parameters = chosen.get(f"{input_name}: mutex watershed", {"strides": (2, 4, 4), "min_size": 100})
     mutex_watershed_sections = {
         "segmentation": {"method": "mutex-watershed"},
@@ -381,7 +382,7 @@ def method_sections(input_name: str, chosen: dict) -> dict:
         thresholds = [threshold] + [other for other in REPORTED_THRESHOLDS if other != threshold]
         sections = {"segmentation": {"method": "agglomeration"}, "agglomeration": {"linkage": linkage, "thresholds": thresholds}}
         methods[f"emflow agglomeration, {linkage}"] = (sections, threshold)
-    small_blocks = {"blocking": {"block_shape": list(SMALL_BLOCK_SHAPE)}}
+    small_blocks = {"blocking": {"block_shape": list(clipped(SMALL_BLOCK_SHAPE, shape))}}
     for mode in MODES:
         methods[f"emflow stitching, {mode}"] = ({"segmentation": {"method": "stitching"}, "stitching": {"mode": mode}}, None)
     mode = chosen.get(f"{input_name}: stitching mode", "medium")
@@ -512,7 +513,7 @@ def report(inputs: dict, chosen: dict, folder: Path) -> list[dict]:
         data = region[input_name]
         outputs = {
             method: add_workflow(input_name, method, sections, threshold)
-            for method, (sections, threshold) in method_sections(input_name, chosen).items()
+            for method, (sections, threshold) in method_sections(input_name, chosen, groundtruth.shape).items()
         }
         multicut = outputs.get("emflow multicut")
         if multicut is not None:
