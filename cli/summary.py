@@ -88,6 +88,11 @@ def print_demo_scores(result, stream: TextIO | None = None) -> None:
     lines += [
         f"judgement: {judgement(metrics)}",
         f"segmentation: {result.segmentation} (all metrics: {result.metrics_path})",
+    ]
+    if result.evaluation_report is not None:
+        lines.append(f"evaluation report: {result.evaluation_report} (worst merges and splits drawn)")
+    lines += [
+        f"preview: {result.preview} (run report beside it)",
         f"look at it: emflow view {result.config_path}",
     ]
     print("\n".join(lines), file=stream, flush=True)
@@ -115,6 +120,7 @@ def print_sstem_scores(result, stream: TextIO | None = None) -> None:
     lines.append(f"{'mean':>7}  " + "  ".join(f"{scores[key]:>12.4f}" for key, _ in ISBI_SCORES))
     lines += [
         f"segmentation: {result.segmentation} (scores: {result.metrics_path})",
+        f"preview: {result.preview} (run report beside it)",
         f"look at it: emflow view {result.config_path}",
     ]
     print("\n".join(lines), file=stream, flush=True)

@@ -163,10 +163,18 @@ def test_demo_runs_from_the_shipped_crop_and_scores_it(tmp_path):
     assert f"segmentation  (64, 128, 128) uint64, {np.unique(segmentation[segmentation != 0]).size} segments" in out
     assert f"  adapted Rand error  {printed['adapted_rand_error']:.3f}  (0 = perfect)" in out
     assert f"judgement: {judgement(printed)}\n" in out
+    report = demo_dir / "evaluation_report" / "report.html"
+    preview = demo_dir / "demo_segmentation.zarr.work" / "report" / "run_preview.png"
     assert out.endswith(
         f"segmentation: {demo_dir / 'demo_segmentation.zarr'}:segmentation (all metrics: {demo_dir / 'metrics.json'})\n"
+        f"evaluation report: {report} (worst merges and splits drawn)\n"
+        f"preview: {preview} (run report beside it)\n"
         f"look at it: emflow view {demo_dir / 'demo.toml'}\n"
     )
+    # The report's numbers are the block-wise evaluation's, equal to the in-memory ones printed.
+    reported = json.loads((report.parent / "report.json").read_text())["metrics"]
+    assert reported["adapted_rand_error"] == pytest.approx(printed["adapted_rand_error"])
+    assert preview.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and any(report.parent.glob("worst_merge_*.png"))
 
     # --out: here the same folder, whose run is done, so only the scores are computed again.
     again = subprocess.run(
@@ -200,6 +208,7 @@ def test_sstem_demo_segments_held_out_isbi_sections_with_the_model_auto_chooses(
     rows = [line.split() for line in completed.stdout.splitlines() if line.split()[:1] in (["24"], ["29"], ["mean"])]
     assert [row[0] for row in rows] == ["24", "29", "mean"]
     assert float(rows[-1][1]) == pytest.approx(scores["v_rand"], abs=1e-4)
+    assert (out / "sstem_segmentation.zarr.work" / "report" / "run_preview.png").is_file()
     assert not any(cwd.iterdir())
 
     # Without the data: one line naming the folder and the option, exit 2.

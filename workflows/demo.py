@@ -31,6 +31,7 @@ from emflow.evaluation import evaluate, isbi2012_scores
 from emflow.storage.volumes import open_volume, write_volume
 from emflow.targets import atomic_write_text
 
+from .evaluation import evaluate as evaluate_blockwise
 from .run import run_workflow
 
 DEMO_BLOCK_SHAPE = [32, 64, 64]
@@ -39,13 +40,16 @@ DEMO_BLOCK_SHAPE = [32, 64, 64]
 @dataclass
 class DemoResult:
     """The demo's run report; its metrics (None when the run failed), also written to `metrics_path`;
-    the segmentation as `path:key`, and the config, which `emflow view` takes."""
+    the segmentation as `path:key`, and the config, which `emflow view` takes; the evaluation report's
+    page (worst merges and splits drawn) and the run report's preview image, once the run succeeded."""
 
     report: RunReport
     metrics: dict | None
     segmentation: str
     config_path: Path
     metrics_path: Path
+    evaluation_report: Path | None = None
+    preview: Path | None = None
 
 
 def default_demo_dir() -> Path:
@@ -92,14 +96,39 @@ def run_demo(out_dir: str | Path, *, workers: int = 2, **run_options) -> DemoRes
     report = run_workflow(config_path, LocalScheduler(workers), **run_options)
     segmentation = f"{out_dir / 'demo_segmentation.zarr'}:segmentation"
     metrics_path = out_dir / "metrics.json"
-    metrics = None
-    if report.succeeded:
-        with h5py.File(demo_data_path(), "r") as demo:
-            groundtruth = demo["neuron_ids"][...]
-        volume = open_volume(out_dir / "demo_segmentation.zarr", "segmentation")
-        metrics = evaluate(np.asarray(volume[...]), groundtruth)
-        atomic_write_text(metrics_path, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    return DemoResult(report=report, metrics=metrics, segmentation=segmentation, config_path=config_path, metrics_path=metrics_path)
+    if not report.succeeded:
+        return DemoResult(report=report, metrics=None, segmentation=segmentation, config_path=config_path, metrics_path=metrics_path)
+    with h5py.File(demo_data_path(), "r") as demo:
+        groundtruth = demo["neuron_ids"][...]
+    volume = open_volume(out_dir / "demo_segmentation.zarr", "segmentation")
+    metrics = evaluate(np.asarray(volume[...]), groundtruth)
+    atomic_write_text(metrics_path, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    evaluation_report = out_dir / "evaluation_report"
+    evaluated, _ = evaluate_blockwise(
+        segmentation,
+        f"{out_dir / 'demo_input.zarr'}:neuron_ids",
+        raw=f"{out_dir / 'demo_input.zarr'}:raw",
+        prediction=f"{out_dir / 'demo_segmentation.zarr'}:boundaries",
+        report=evaluation_report,
+        workers=workers,
+    )
+    return DemoResult(
+        report=report,
+        metrics=metrics,
+        segmentation=segmentation,
+        config_path=config_path,
+        metrics_path=metrics_path,
+        evaluation_report=evaluation_report / "report.html" if evaluated.succeeded else None,
+        preview=run_report_preview(config_path),
+    )
+
+
+def run_report_preview(config_path: Path) -> Path:
+    """Write the run report of a finished demo run (`emflow.workflows.report`); return its preview image."""
+    from .report import write_report
+    from .segmentation import load_run
+
+    return write_report(load_run(str(config_path))).parent / "run_preview.png"
 
 
 # The ISBI 2012 training volume: 30 sections of 512 x 512 pixels at 4 x 4 nm, 50 nm apart.
@@ -120,6 +149,7 @@ class SstemDemoResult:
     config_path: Path
     metrics_path: Path
     sections: range
+    preview: Path | None = None
 
 
 def default_isbi_dir() -> Path:
@@ -187,4 +217,5 @@ def run_sstem_demo(out_dir: str | Path, isbi_dir: str | Path | None = None, *, w
         config_path=config_path,
         metrics_path=metrics_path,
         sections=range(ISBI_HELD_OUT.start, ISBI_HELD_OUT.stop),
+        preview=run_report_preview(config_path) if report.succeeded else None,
     )
