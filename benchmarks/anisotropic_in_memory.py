@@ -343,13 +343,26 @@ def markdown(results: dict) -> str:
         lines += [
             "",
             (
-                "Foreground-restricted scores (1 = perfect), per section and averaged, from this script's private copy of the "
-                "ISBI 2012 measures. Threshold + CC: the challenge's protocol, best over thresholds 0.0-0.9. emflow: the in-memory "
+                "Foreground-restricted scores (1 = perfect), per section and averaged (`emflow.evaluation.isbi2012_scores`, "
+                "after the challenge's thinning of the proposal's borders). Threshold + CC: the challenge's protocol, best over thresholds 0.0-0.9. emflow: the in-memory "
                 "pipeline (per-section supervoxels, orientation weighting, Kernighan-Lin, beta 0.5) on the same map."
             ),
             "",
         ]
     return "\n".join(lines)
+
+
+def run(quick: bool = False, model: Path | None = None) -> dict:
+    """Both parts, as `python -m benchmarks --only anisotropic_in_memory` runs them; `quick`: the dev
+    cube without the CNN map, and no ISBI part."""
+    results = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": {name: metadata.version(name) for name in ("emflow", "python-elf", "torch", "scikit-learn")},
+        "dev_cube": run_dev_cube(skip_cnn=quick),
+    }
+    if not quick:
+        results["isbi2012"] = run_isbi(model or shipped_model_path(SSTEM_MODEL))
+    return results
 
 
 def main(argv: list[str] | None = None) -> None:
