@@ -55,6 +55,7 @@ from emflow.evaluation import evaluate
 from emflow.storage.geometry import auto_block_shape
 from emflow.storage.models import file_digest, read_model_state, shipped_model_path
 from emflow.storage.volumes import open_volume, write_volume
+from emflow.tasks.predict import patch_overlap
 
 try:
     from benchmarks.end_to_end import emflow_task_seconds, machine_description, run_measured, write_results
@@ -303,7 +304,7 @@ def run(quick: bool = False, model: Path | None = None, *, workers: int = WORKER
         # The prediction settings of the CNN runs: the config's defaults.
         "prediction": {
             "patch_shape": model_state["patch_shape"] if not any(predict_defaults["patch_shape"]) else predict_defaults["patch_shape"],
-            "overlap": predict_defaults["overlap"],
+            "overlap": list(patch_overlap(predict_defaults["overlap"], model_state["patch_shape"])),
             "device": predict_defaults["device"],
             "precision": predict_defaults["precision"],
         },

@@ -6,10 +6,9 @@ watershed, region adjacency graph, mean-boundary edge costs, multicut, projectio
 writes the segmentation as a zarr v3 array. The report (JSON) holds the time of each phase.
 
 Supervoxels are 2D per section (`use_2dws`) where emflow's `[supervoxels] dimensionality = "auto"`
-picks 2D for the boundary map's voxel size, else 3D. emflow's default cost weighting "orientation"
-is elf's "xyz" scheme with per-section supervoxels; with 3D supervoxels elf has no z-edge mask to
-weigh by ("xyz" raises there), and emflow's "orientation" then weighs about as "size" does (both
-terms about proportional to the face size), so elf gets "all", its "size" weighting.
+picks 2D for the boundary map's voxel size, else 3D. emflow's default cost weighting "auto" is
+"orientation", elf's "xyz" scheme, with per-section supervoxels, and "size", elf's "all", with 3D
+ones (where elf has no z-edge mask to weigh by: "xyz" raises there).
 
 If elf, or a dependency it imports (nifty and vigra are conda-only), cannot be imported, the
 report says "unavailable" with the reason and the exit code is 3, so that the caller can say so
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from emflow.config import default_config
+from emflow.costs import auto_weighting
 from emflow.storage.volumes import open_volume, parse_location, read_resolution, write_volume
 from emflow.supervoxels import use_two_d
 
@@ -38,9 +38,6 @@ EXIT_UNAVAILABLE = 3
 # meaning: costs scaled by edge size / largest edge size ("all"), with the edges between sections and
 # the in-plane edges normalised apart ("xyz", per-section supervoxels only), or not at all.
 ELF_WEIGHTING_SCHEMES = {"size": "all", "orientation": "xyz", "none": "none"}
-# elf's "xyz" needs the z-edge mask that `simple_multicut_workflow` computes only with 2D supervoxels;
-# with 3D ones emflow's "orientation" is about "size" (see the module docstring).
-ELF_WEIGHTING_SCHEMES_3D = {**ELF_WEIGHTING_SCHEMES, "orientation": "all"}
 
 
 def elf_parameters(resolution=(1.0, 1.0, 1.0)) -> dict:
@@ -53,11 +50,13 @@ def elf_parameters(resolution=(1.0, 1.0, 1.0)) -> dict:
     supervoxels = defaults["supervoxels"]
     dimensionality = supervoxels["dimensionality"]
     two_d = use_two_d(tuple(resolution), supervoxels["anisotropy_threshold"]) if dimensionality == "auto" else dimensionality == "2d"
-    schemes = ELF_WEIGHTING_SCHEMES if two_d else ELF_WEIGHTING_SCHEMES_3D
     return {
         "use_2dws": two_d,
         "multicut_solver": defaults["multicut"]["solver"],
-        "weighting_scheme": schemes[defaults["costs"]["weighting"]],
+        # emflow's "auto" is "orientation" (elf's "xyz", which needs 2D supervoxels) with 2D supervoxels, else "size".
+        "weighting_scheme": ELF_WEIGHTING_SCHEMES[
+            auto_weighting(two_d) if defaults["costs"]["weighting"] == "auto" else defaults["costs"]["weighting"]
+        ],
         "beta": defaults["multicut"]["beta"],
         "ws_kwargs": {
             "threshold": supervoxels["threshold"],

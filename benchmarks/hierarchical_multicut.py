@@ -57,7 +57,7 @@ from emflow.blocking import Blocking
 from emflow.boundaries import boundaries_from_labels
 from emflow.config import RunConfig
 from emflow.config.schema import defaults
-from emflow.costs import edge_costs_from_features
+from emflow.costs import auto_weighting, edge_costs_from_features
 from emflow.evaluation import evaluate
 from emflow.graph import in_core_graph_features, undirected_graph
 from emflow.hierarchical_multicut import hierarchical_multicut, node_block_ids_from_counts
@@ -65,6 +65,7 @@ from emflow.labels import block_offsets, relabel_consecutive
 from emflow.multicut import multicut_energy, multicut_problem, multicut_solver, solve_multicut
 from emflow.storage.geometry import auto_block_shape, resolve_geometry
 from emflow.supervoxels import distance_transform_watershed, use_two_d
+from emflow.tasks.supervoxels import two_d_supervoxels
 
 try:
     from benchmarks.end_to_end import mirrored_groundtruth_tiling, write_results
@@ -90,6 +91,14 @@ PROBLEMS = (
     ("dev cube", 1, (32, 64, 64)),
     ("dev cube tiled 2x, mirrored", 2, None),
 )
+
+
+def cost_parameters(config, resolution) -> dict:
+    """The edge cost function's keywords as a run passes them: weighting "auto" resolved."""
+    parameters = config.costs.parameters()
+    if parameters.get("weighting") == "auto":
+        parameters["weighting"] = auto_weighting(two_d_supervoxels(config, tuple(resolution)))
+    return parameters
 
 
 def load_groundtruth() -> tuple[np.ndarray, tuple[float, ...]]:
@@ -134,7 +143,7 @@ def build_problem(groundtruth: np.ndarray, resolution: tuple[float, ...], block_
     started = time.perf_counter()
     edges, features, number_of_nodes = in_core_graph_features(supervoxels, boundaries)
     seconds["graph"] = time.perf_counter() - started
-    costs = edge_costs_from_features(features, beta=config.multicut.beta, **config.costs.parameters())
+    costs = edge_costs_from_features(features, beta=config.multicut.beta, **cost_parameters(config, resolution))
     node_block_ids = node_block_ids_from_counts(counts)
     if len(node_block_ids) != number_of_nodes:
         raise RuntimeError(f"{len(node_block_ids)} node block ids for {number_of_nodes} nodes")
@@ -150,7 +159,7 @@ def build_problem(groundtruth: np.ndarray, resolution: tuple[float, ...], block_
             "supervoxels": config.supervoxels.parameters(),
             "halo": list(halo),
             "beta": config.multicut.beta,
-            "costs": config.costs.parameters(),
+            "costs": cost_parameters(config, resolution),
             "solver": config.multicut.solver,
             "seed": config.multicut.seed,
         },

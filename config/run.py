@@ -460,13 +460,13 @@ class CostsConfig(Section):
     reserved = frozenset({"function"})
 
     function: str = key(default_function, 'The edge cost function, "package.module:function".')
-    weighting: Literal["none", "size", "orientation"] = key(
-        "orientation",
+    weighting: Literal["auto", "none", "size", "orientation"] = key(
+        "auto",
         '"size" scales costs by the face size relative to the largest face, so that many tiny, noisy\n'
         'faces cannot outvote the large faces of the same pair of objects; "orientation" does so for the pairs\n'
         'between sections and the in-plane pairs apart (elf\'s "xyz"), so that on serial-section data the large\n'
-        'overlaps between sections cannot outvote in-plane evidence (about "size" on isotropic data);\n'
-        '"none" leaves costs as they are.',
+        'overlaps between sections cannot outvote in-plane evidence; "none" leaves costs as they are. "auto":\n'
+        '"orientation" where the supervoxels are per section ([supervoxels] dimensionality), else "size".',
     )
     extra: tuple[tuple[str, Any], ...] = field(default=())  # a plugin's keys (see Section)
 

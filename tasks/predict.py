@@ -83,6 +83,14 @@ def model_description(run: Run) -> ModelDescription:
     return describe_model(model_path(run.config))
 
 
+def patch_overlap(overlap, patch_shape) -> tuple[int, int, int]:
+    """`[predict] overlap` for patches of `patch_shape` (z, y, x): "auto" is a quarter of the patch
+    along each axis."""
+    if isinstance(overlap, str):  # "auto"
+        return (patch_shape[0] // 4, patch_shape[1] // 4, patch_shape[2] // 4)
+    return overlap
+
+
 def prediction_grid(run: Run) -> PatchGrid:
     """The patch grid of the run; ConfigError naming the config keys for an unusable patch or overlap."""
     from emflow.unet import check_patch_shape
@@ -96,10 +104,7 @@ def prediction_grid(run: Run) -> PatchGrid:
         raise ValueError(f"prediction needs a 3D volume (z, y, x), got shape {volume_shape}")
     try:
         patch_shape = check_patch_shape(patch_shape, description.network_config)
-        overlap = run.config.predict.overlap
-        if isinstance(overlap, str):  # "auto"
-            overlap = (patch_shape[0] // 4, patch_shape[1] // 4, patch_shape[2] // 4)
-        return PatchGrid(volume_shape, patch_shape, overlap)
+        return PatchGrid(volume_shape, patch_shape, patch_overlap(run.config.predict.overlap, patch_shape))
     except ValueError as error:
         raise ConfigError(f"config keys predict.patch_shape / predict.overlap: {error}") from error
 

@@ -17,6 +17,7 @@ import tifffile
 from workflow_helpers import read, run_cli, write_config, write_inputs
 
 from emflow.config import default_config
+from emflow.costs import edge_costs_from_features
 from emflow.evaluation import evaluate, judgement
 from emflow.workflows.demo import demo_data_path
 
@@ -215,6 +216,12 @@ def test_sstem_demo_segments_held_out_isbi_sections_with_the_model_auto_chooses(
     assert [row[0] for row in rows] == ["24", "29", "mean"]
     assert float(rows[-1][1]) == pytest.approx(scores["v_rand"], abs=1e-4)
     assert (out / "sstem_segmentation.zarr.work" / "report" / "run_preview.png").is_file()
+    # Per-section supervoxels of serial-section data: the default weighting "auto" is "orientation".
+    features = read(out / "sstem_segmentation.zarr", "graph/edge_features")
+    assert (features[:, 5] > 0).any() and (features[:, 5] < features[:, 4]).any()  # z-edges and in-plane edges
+    np.testing.assert_array_equal(
+        read(out / "sstem_segmentation.zarr", "graph/edge_costs"), edge_costs_from_features(features, beta=0.5, weighting="orientation")
+    )
     assert not any(cwd.iterdir())
 
     # Without the data: one line naming the folder and the option, exit 2.

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from workflow_helpers import read, records_since, run_cli, write_config, write_inputs
 
+from emflow.costs import edge_costs_from_features
 from emflow.evaluation import adapted_rand_error, evaluate
 from emflow.graph import in_core_graph_features
 from emflow.storage.volumes import write_volume
@@ -137,6 +138,10 @@ def test_given_supervoxels_blockwise_equals_single_block(tmp_path, inputs):
     np.testing.assert_allclose(read(blocks, "graph/edge_features"), read(single, "graph/edge_features"), rtol=1e-12)
     np.testing.assert_allclose(read(blocks, "graph/edge_costs"), read(single, "graph/edge_costs"), rtol=1e-12)
     assert np.array_equal(read(blocks, "segmentation"), read(single, "segmentation"))
+    # Isotropic data, 3D supervoxels: the default weighting "auto" is size weighting.
+    features = read(single, "graph/edge_features")
+    np.testing.assert_array_equal(read(single, "graph/edge_costs"), edge_costs_from_features(features, beta=0.5, weighting="size"))
+    assert not np.array_equal(read(single, "graph/edge_costs"), edge_costs_from_features(features, beta=0.5, weighting="orientation"))
 
 
 def test_invalidated_blocks_rerun_only_those_blocks(tmp_path, inputs):
