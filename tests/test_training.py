@@ -20,6 +20,7 @@ from emflow.workflows.train import train
 VOLUME = DATA_DIR / "flyem_medulla_dev" / "volume.h5"
 ISBI = DATA_DIR / "isbi2012"
 SSTEM_CONFIG = shipped_model_path("sstem_isbi2012_boundaries.pt").with_suffix(".train.toml")
+FIB_CONFIG = shipped_model_path("flyem_fib_affinities.pt").with_suffix(".train.toml")
 
 
 def write_training_config(path, output, **sections):
@@ -189,23 +190,27 @@ def test_targets_of_per_section_labels_use_in_plane_neighbours_only(isbi_zarr):
         training_targets(labels, "affinities", [(-1, 0, 0), (0, -1, 0)], in_plane=True)
 
 
-def test_the_sstem_config_trains_resumes_bitwise_and_records_its_data(tmp_path, isbi_zarr):
-    """The shipped ssTEM training config, shortened to a few iterations on tiny patches."""
+def _shipped_config_resumes_bitwise(tmp_path, config_path, data_path, patch_shape):
+    """Train a shipped training config, shortened to a few iterations of a narrow network on tiny
+    patches (on the CPU), straight and interrupted; assert both give the same weights and losses.
+    Returns the straight run's model."""
     import tomllib
 
     def shortened(name, iterations):
-        config = tomllib.loads(SSTEM_CONFIG.read_text())
-        config["data"]["path"] = str(isbi_zarr)
+        config = tomllib.loads(config_path.read_text())
+        config["data"]["path"] = str(data_path)
         config["model"].update({"width": 4})
         config["training"].update(
             {
                 "output": str(tmp_path / name),
                 "iterations": iterations,
-                "patch_shape": [4, 32, 32],
+                "batch_size": 1,
+                "patch_shape": patch_shape,
                 "checkpoint_every": 2,
                 "log_every": 1,
                 "validate_every": 2,
                 "validation_patches": 2,
+                "device": "cpu",
             }
         )
         path = tmp_path / f"{name}.toml"
@@ -221,6 +226,19 @@ def test_the_sstem_config_trains_resumes_bitwise_and_records_its_data(tmp_path, 
     for name, tensor in first.network.state_dict().items():
         torch.testing.assert_close(second.network.state_dict()[name], tensor, rtol=0, atol=0)
     assert _losses(tmp_path / "straight") == _losses(tmp_path / "interrupted")
+    return first
+
+
+def test_the_fib_sem_config_trains_and_resumes_bitwise(tmp_path):
+    """The shipped FIB-SEM training config (the default model's recipe)."""
+    model = _shipped_config_resumes_bitwise(tmp_path, FIB_CONFIG, VOLUME, [8, 32, 32])
+    assert model.target == "affinities" and len(model.offsets) == 9
+    assert model.resolution == (10.0, 10.0, 10.0) and model.modality == "FIB-SEM"
+
+
+def test_the_sstem_config_trains_resumes_bitwise_and_records_its_data(tmp_path, isbi_zarr):
+    """The shipped ssTEM training config."""
+    first = _shipped_config_resumes_bitwise(tmp_path, SSTEM_CONFIG, isbi_zarr, [4, 32, 32])
     assert first.target == "boundaries" and first.network.config.two_d_levels == 2
     assert first.resolution == (50.0, 4.0, 4.0) and first.modality == "ssTEM"
     assert first.metadata["training_config"]["data"]["labels_2d"] is True
