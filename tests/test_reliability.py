@@ -75,6 +75,33 @@ def rewritten(work: Path, since: float) -> set[tuple[str, int | None]]:
 # --- 1. missing or changed output is never reported as complete --------------------------------
 
 
+def predicting_run(folder: Path, name: str, raw: np.ndarray, model: Path) -> Path:
+    """Config of a run that predicts with `model` from `raw`, written as `<name>_input.zarr` ("config":
+    `input.zarr`), into `<name>.zarr` ("config": `out.zarr`), in 8x16x16 blocks and input chunks."""
+    input_path, output_path = (
+        (folder / "input.zarr", folder / "out.zarr") if name == "config" else (folder / f"{name}_input.zarr", folder / f"{name}.zarr")
+    )
+    write_volume(input_path, "raw", raw, resolution=RESOLUTION, chunks=(8, 16, 16))
+    return write_config(
+        folder / f"{name}.toml",
+        input_path,
+        output_path,
+        block_shape=(8, 16, 16),
+        halo=(2, 4, 4),
+        input={"boundaries_key": None},
+        predict={"model": str(model), "patch_shape": [16, 32, 32], "overlap": [4, 8, 8]},
+    )
+
+
+def changed_in_one_chunk(input_path: Path, raw: np.ndarray) -> np.ndarray:
+    """Invert the raw data of one input chunk in place; return the whole new raw data."""
+    changed = np.s_[0:8, 0:16, 0:16]
+    new_raw = raw.copy()
+    new_raw[changed] = 255 - new_raw[changed]
+    open_volume(input_path, "raw", mode="r+")[changed] = new_raw[changed]
+    return new_raw
+
+
 def _delete_the_output(output: Path) -> None:
     shutil.rmtree(output)
 
@@ -128,25 +155,11 @@ def test_missing_or_changed_output_is_found_and_exactly_it_is_computed_again(tmp
 
 
 def test_deleted_cnn_sums_and_new_raw_data_recompute_the_predict_blocks_blending_needs(tmp_path, flyem_crop, small_affinity_model, capsys):
-    crop = np.s_[:32, :64, :64]
-    raw = np.ascontiguousarray(flyem_crop["raw"][crop])
-    write_volume(tmp_path / "input.zarr", "raw", raw, resolution=RESOLUTION, chunks=(8, 16, 16))
-    predict = {"model": str(small_affinity_model), "patch_shape": [16, 32, 32], "overlap": [4, 8, 8]}
-    config = write_config(
-        tmp_path / "config.toml",
-        tmp_path / "input.zarr",
-        tmp_path / "out.zarr",
-        block_shape=(8, 16, 16),
-        halo=(2, 4, 4),
-        input={"boundaries_key": None},
-        predict=predict,
-    )
+    raw = np.ascontiguousarray(flyem_crop["raw"][:32, :64, :64])
+    config = predicting_run(tmp_path, "config", raw, small_affinity_model)
     assert run_cli("run", config) == 0
     shutil.rmtree(tmp_path / "out.zarr.work" / "blocks" / "predict")  # as the README suggests once a run is done
-    changed = np.s_[0:8, 0:16, 0:16]  # one input chunk
-    new_raw = raw.copy()
-    new_raw[changed] = 255 - new_raw[changed]
-    open_volume(tmp_path / "input.zarr", "raw", mode="r+")[changed] = new_raw[changed]
+    new_raw = changed_in_one_chunk(tmp_path / "input.zarr", raw)
 
     started = time.time()
     capsys.readouterr()
@@ -158,16 +171,7 @@ def test_deleted_cnn_sums_and_new_raw_data_recompute_the_predict_blocks_blending
     assert blended and len(blended) < 64, "only the blocks that add up the changed CNN sums are blended again"
     assert len(predicted) < 64, "only the CNN sums blending needs are computed again, not the whole volume"
 
-    write_volume(tmp_path / "fresh_input.zarr", "raw", new_raw, resolution=RESOLUTION, chunks=(8, 16, 16))
-    fresh = write_config(
-        tmp_path / "fresh.toml",
-        tmp_path / "fresh_input.zarr",
-        tmp_path / "fresh.zarr",
-        block_shape=(8, 16, 16),
-        halo=(2, 4, 4),
-        input={"boundaries_key": None},
-        predict=predict,
-    )
+    fresh = predicting_run(tmp_path, "fresh", new_raw, small_affinity_model)
     assert run_cli("run", fresh) == 0
     for key in ("predictions", "boundaries", "segmentation"):
         assert read(tmp_path / "out.zarr", key).tobytes() == read(tmp_path / "fresh.zarr", key).tobytes(), key
@@ -659,17 +663,7 @@ def test_verify_finds_bytes_changed_in_place_and_repair_writes_them_again(tmp_pa
 
 def test_clean_keeps_a_rerun_a_no_op_and_reprocessing_recomputes_the_cnn_sums_it_needs(tmp_path, flyem_crop, small_affinity_model, capsys):
     raw = np.ascontiguousarray(flyem_crop["raw"][:32, :64, :64])
-    write_volume(tmp_path / "input.zarr", "raw", raw, resolution=RESOLUTION, chunks=(8, 16, 16))
-    predict = {"model": str(small_affinity_model), "patch_shape": [16, 32, 32], "overlap": [4, 8, 8]}
-    config = write_config(
-        tmp_path / "config.toml",
-        tmp_path / "input.zarr",
-        tmp_path / "out.zarr",
-        block_shape=(8, 16, 16),
-        halo=(2, 4, 4),
-        input={"boundaries_key": None},
-        predict=predict,
-    )
+    config = predicting_run(tmp_path, "config", raw, small_affinity_model)
     capsys.readouterr()
     assert run_cli("clean", config) == 2, "a run not yet run is not cleaned"
     assert run_cli("run", config) == 0
@@ -684,24 +678,12 @@ def test_clean_keeps_a_rerun_a_no_op_and_reprocessing_recomputes_the_cnn_sums_it
     assert all_done(config)
     assert run_cli("verify", config) == 0
 
-    changed = np.s_[0:8, 0:16, 0:16]
-    new_raw = raw.copy()
-    new_raw[changed] = 255 - new_raw[changed]
-    open_volume(tmp_path / "input.zarr", "raw", mode="r+")[changed] = new_raw[changed]
+    new_raw = changed_in_one_chunk(tmp_path / "input.zarr", raw)
     started = time.time()
     assert run_cli("run", config) == 0
     predicted = {block_id for stage, block_id in rewritten(work, started) if stage == "predict" and block_id is not None}
     assert 0 < len(predicted) < 64
-    write_volume(tmp_path / "fresh_input.zarr", "raw", new_raw, resolution=RESOLUTION, chunks=(8, 16, 16))
-    fresh = write_config(
-        tmp_path / "fresh.toml",
-        tmp_path / "fresh_input.zarr",
-        tmp_path / "fresh.zarr",
-        block_shape=(8, 16, 16),
-        halo=(2, 4, 4),
-        input={"boundaries_key": None},
-        predict=predict,
-    )
+    fresh = predicting_run(tmp_path, "fresh", new_raw, small_affinity_model)
     assert run_cli("run", fresh) == 0
     for key in ("boundaries", "segmentation"):
         assert read(tmp_path / "out.zarr", key).tobytes() == read(tmp_path / "fresh.zarr", key).tobytes(), key
