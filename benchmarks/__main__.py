@@ -7,7 +7,7 @@ Runs, in one process tree and one sitting so that contenders share the machine's
 - orchestration: overhead per block-stage at 5,000 and 20,000 blocks, local scheduler and luigid,
   plain Luigi beside it, and a no-op rerun (`--quick`: 500 and 2,000 blocks);
 - hierarchical_multicut: hierarchical vs global multicut energy and time, with elf's blockwise_multicut.
-Five more run only when named with --only and have their own page. `reprocessing` (cron
+Six more run only when named with --only and have their own page. `reprocessing` (cron
 operations: a full run, a no-op rerun, `emflow status`, and a run after new data in one input
 chunk, counting the blocks each stage recomputed; `--only reprocessing --markdown
 docs/operations_benchmarks.md`), `methods` (every `[segmentation] method` as `emflow run` on the
@@ -16,7 +16,9 @@ elf's and waterz's in-memory equivalents, parameters chosen on the other half; `
 --markdown docs/methods_benchmarks.md`), `anisotropic_in_memory` (serial-section data: the dev
 cube cut to 40 nm sections against elf's 2D-supervoxel workflow, and the ISBI 2012 sections the
 ssTEM model held out; `--only anisotropic_in_memory --markdown docs/anisotropic_benchmarks.md`),
-and two that need a trained model (`--model PATH`,
+`evaluation` (scoring a 500 MVox segmentation block by block against skimage's and elf's in-memory
+metrics at the sizes they hold; `--only evaluation --markdown docs/evaluation_benchmarks.md`), and
+two that need a trained model (`--model PATH`,
 default the shipped one):
 - inference: CNN throughput, a bare forward pass vs the sliding-window patches vs `emflow predict`,
   on the CPU and on a GPU when torch sees one;
@@ -41,7 +43,7 @@ from . import end_to_end
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_NAMES = ("end_to_end", "memory", "orchestration", "hierarchical_multicut")
-NAMES = DEFAULT_NAMES + ("inference", "cnn_accuracy", "reprocessing", "methods", "anisotropic_in_memory")
+NAMES = DEFAULT_NAMES + ("inference", "cnn_accuracy", "reprocessing", "methods", "anisotropic_in_memory", "evaluation")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
 
             results[name] = methods.run(arguments.quick)
             section = methods.markdown(results[name])
+        elif name == "evaluation":
+            from . import evaluation
+
+            # 500 MVox (the dev cube tiled 4x per axis); the in-memory peers at 7.8 and 62.5 MVox.
+            results[name] = evaluation.run(scale=1 if arguments.quick else 4, in_memory_scales=(1,) if arguments.quick else (1, 2))
+            section = evaluation.markdown(results[name])
         elif name == "anisotropic_in_memory":
             from . import anisotropic_in_memory
 

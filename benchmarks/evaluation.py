@@ -178,27 +178,31 @@ def run(*, scale: int = 2, in_memory_scales=(1, 2), block_shape=CHUNKS, memory_l
     return results
 
 
-def print_table(results: dict) -> None:
-    print(
-        f"\nevaluation, one thread per contender, emflow blocks {'x'.join(map(str, results['block_shape']))}, "
-        f"in-memory contenders under {results['memory_limit_gib']} GiB address space"
-    )
-    print(
-        f"{'MVox':>6} {'contender':<17} {'wall s':>8} {'MVox/s':>7} {'max RSS MiB':>12} "
-        f"{'VOI split':>9} {'VOI merge':>9} {'ARAND':>8}  status"
-    )
+def markdown(results: dict) -> str:
+    """The results as a Markdown section: a row per volume size and contender."""
+    lines = [
+        "### Evaluation of a large segmentation with bounded memory",
+        "",
+        (
+            f"The dev cube's groundtruth and watershed oversegmentation tiled per axis; one thread per contender, each in a "
+            f"process of its own; emflow blocks {'x'.join(map(str, results['block_shape']))}; in-memory contenders under a "
+            f"{results['memory_limit_gib']:g} GiB address-space limit and only at the smaller sizes. Max RSS of the process."
+        ),
+        "",
+        "| MVox | contender | wall s | MVox/s | max RSS MiB | VOI split | VOI merge | ARAND | status |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for scale in sorted(results["scales"], key=int):
         entry = results["scales"][scale]
         for contender, row in entry["contenders"].items():
             seconds = row["measurement"]["wall_seconds"]
             metrics = row.get("metrics", {})
-            numbers = " ".join(
-                f"{metrics[key]:>{width}.4f}" if key in metrics else " " * width for key, width in zip(COMPARED_KEYS, (9, 9, 8))
+            numbers = " | ".join(f"{metrics[key]:.4f}" if key in metrics else "" for key in COMPARED_KEYS)
+            lines.append(
+                f"| {entry['megavoxels']:.1f} | {contender} | {seconds:.1f} | {entry['megavoxels'] / seconds:.2f} | "
+                f"{row['measurement']['max_rss_bytes'] / 2**20:.0f} | {numbers} | {row['status']} |"
             )
-            print(
-                f"{entry['megavoxels']:>6.1f} {contender:<17} {seconds:>8.1f} {entry['megavoxels'] / seconds:>7.2f} "
-                f"{row['measurement']['max_rss_bytes'] / 2**20:>12.0f} {numbers}  {row['status']}"
-            )
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -225,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
         out=arguments.out,
     )
     write_results(arguments.json, results)
-    print_table(results)
+    print(markdown(results))
 
 
 if __name__ == "__main__":

@@ -130,12 +130,13 @@ QUALITY_KEYS = ("adapted_rand_error", "voi_split", "voi_merge")
 
 
 def cnn_affinities(cache: Path) -> tuple[np.ndarray, list]:
-    """The shipped model's affinities for the whole dev cube, predicted once and cached."""
+    """The shipped model's affinities for the whole dev cube, predicted once per model file and cached."""
     from emflow.inference import PatchGrid, predict_box
-    from emflow.storage.models import load_model, shipped_model_path
+    from emflow.storage.models import file_digest, load_model, shipped_model_path
 
     model = load_model(shipped_model_path())
-    path = cache / "dev_cube_affinities.npy"
+    # Keyed by the model's digest: a retrained model must not be scored with its predecessor's affinities.
+    path = cache / f"dev_cube_affinities_{file_digest(shipped_model_path())[:12]}.npy"
     if not path.exists():
         import torch
 
