@@ -75,21 +75,23 @@ def rewritten(work: Path, since: float) -> set[tuple[str, int | None]]:
 # --- 1. missing or changed output is never reported as complete --------------------------------
 
 
-def predicting_run(folder: Path, name: str, raw: np.ndarray, model: Path) -> Path:
+def predicting_run(folder: Path, name: str, raw: np.ndarray, model: Path, block_shape=(8, 16, 16), **sections) -> Path:
     """Config of a run that predicts with `model` from `raw`, written as `<name>_input.zarr` ("config":
-    `input.zarr`), into `<name>.zarr` ("config": `out.zarr`), in 8x16x16 blocks and input chunks."""
+    `input.zarr`), into `<name>.zarr` ("config": `out.zarr`), in blocks and input chunks of
+    `block_shape`; `sections` add config sections."""
     input_path, output_path = (
         (folder / "input.zarr", folder / "out.zarr") if name == "config" else (folder / f"{name}_input.zarr", folder / f"{name}.zarr")
     )
-    write_volume(input_path, "raw", raw, resolution=RESOLUTION, chunks=(8, 16, 16))
+    write_volume(input_path, "raw", raw, resolution=RESOLUTION, chunks=block_shape)
     return write_config(
         folder / f"{name}.toml",
         input_path,
         output_path,
-        block_shape=(8, 16, 16),
+        block_shape=block_shape,
         halo=(2, 4, 4),
         input={"boundaries_key": None},
         predict={"model": str(model), "patch_shape": [16, 32, 32], "overlap": [4, 8, 8]},
+        **sections,
     )
 
 
@@ -349,19 +351,8 @@ def test_an_import_that_did_not_finish_is_refused_and_missing_chunks_are_named(t
 
 
 def test_raw_data_in_a_sliver_of_its_dtype_is_warned_about_with_the_numbers(tmp_path, flyem_crop, small_affinity_model, capsys):
-    raw = flyem_crop["raw"][:32, :64, :64]
-    write_volume(
-        tmp_path / "input.zarr", "raw", raw.astype(np.uint16), resolution=RESOLUTION, chunks=(16, 32, 32)
-    )  # 8-bit values in uint16
-    config = write_config(
-        tmp_path / "config.toml",
-        tmp_path / "input.zarr",
-        tmp_path / "out.zarr",
-        block_shape=(16, 32, 32),
-        halo=(2, 4, 4),
-        input={"boundaries_key": None},
-        predict={"model": str(small_affinity_model), "patch_shape": [16, 32, 32], "overlap": [4, 8, 8]},
-    )
+    raw = flyem_crop["raw"][:32, :64, :64].astype(np.uint16)  # 8-bit values in uint16
+    config = predicting_run(tmp_path, "config", raw, small_affinity_model, block_shape=(16, 32, 32))
     capsys.readouterr()
     assert run_cli("run", config) == 0
     err = capsys.readouterr().err
@@ -611,17 +602,7 @@ def test_outputs_placed_over_the_work_folder_or_inside_the_input_are_refused_bef
 def test_a_block_failure_names_the_dataset_and_the_box_in_voxels_never_python_reprs(tmp_path, flyem_crop, small_affinity_model, capsys):
     raw = flyem_crop["raw"][:16, :32, :32].astype(np.float32) / 255
     raw[10, 20, 20] = 2.0
-    write_volume(tmp_path / "input.zarr", "raw", raw, resolution=RESOLUTION, chunks=(16, 32, 32))
-    config = write_config(
-        tmp_path / "config.toml",
-        tmp_path / "input.zarr",
-        tmp_path / "out.zarr",
-        block_shape=(16, 32, 32),
-        halo=(2, 4, 4),
-        input={"boundaries_key": None},
-        predict={"model": str(small_affinity_model), "patch_shape": [16, 32, 32], "overlap": [4, 8, 8]},
-        scheduling={"retries": 0},
-    )
+    config = predicting_run(tmp_path, "config", raw, small_affinity_model, block_shape=(16, 32, 32), scheduling={"retries": 0})
     capsys.readouterr()
     assert run_cli("run", config) == 1
     err = capsys.readouterr().err
