@@ -32,16 +32,15 @@ def shipped_models_folder() -> Path:
 
 def shipped_model_path(name: str = SHIPPED_MODEL_NAME) -> Path:
     """A model shipped with the package (see its model card beside it); by default the one trained
-    by emflow on the FlyEM medulla dev cube (10 nm FIB-SEM), which `[predict] model = ""` uses."""
+    by emflow on the FlyEM medulla dev cube (10 nm FIB-SEM)."""
     return shipped_models_folder() / name
 
 
 def model_domain(path: str | Path) -> ModelDomain:
-    """Name (the file name), training voxel size and modality of a model file, read without building its network."""
-    state = read_model_state(path)
-    resolution = state.get("resolution")
-    resolution = None if resolution is None else tuple(float(value) for value in resolution)
-    return ModelDomain(Path(path).name, resolution, state.get("modality", ""))
+    """Name (the file name), training voxel size and modality of a model file (`describe_model`:
+    read once per process while the file stays the same)."""
+    description = describe_model(path)
+    return ModelDomain(Path(path).name, description.resolution, description.modality)
 
 
 def shipped_models() -> list[ModelDomain]:
@@ -147,6 +146,9 @@ class ModelDescription:
     patch_shape: tuple[int, int, int]
     target: str = "affinities"
     offsets: tuple[tuple[int, int, int], ...] = ()
+    # The training data's voxel size (z, y, x) in nm and modality; None and "" where not recorded.
+    resolution: tuple[float, ...] | None = None
+    modality: str = ""
 
 
 def describe_model(path: str | Path) -> ModelDescription:
@@ -170,6 +172,7 @@ def _file_key(path: str | Path) -> tuple[str, int, int]:
 @functools.lru_cache(maxsize=4)
 def _describe_model(path: str, modified_ns: int, size: int) -> ModelDescription:
     state = read_model_state(path)
+    resolution = state.get("resolution")
     try:
         return ModelDescription(
             file_digest(path),
@@ -177,6 +180,8 @@ def _describe_model(path: str, modified_ns: int, size: int) -> ModelDescription:
             tuple(state["patch_shape"]),
             state["target"],
             tuple(tuple(int(step) for step in offset) for offset in state["offsets"]),
+            None if resolution is None else tuple(float(value) for value in resolution),
+            state.get("modality", ""),
         )
     except (KeyError, TypeError) as error:
         raise ValueError(f"{path} is not a usable emflow model file: {error}") from error
