@@ -27,10 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from emflow.config import default_config
-from emflow.costs import auto_weighting
+from emflow.config import RunConfig, as_dict
+from emflow.config.schema import defaults
 from emflow.storage.volumes import open_volume, parse_location, read_resolution, write_volume
-from emflow.supervoxels import use_two_d
+from emflow.tasks.edge_costs import cost_parameters
+from emflow.tasks.supervoxels import two_d_supervoxels
 
 EXIT_UNAVAILABLE = 3
 
@@ -46,18 +47,14 @@ def elf_parameters(resolution=(1.0, 1.0, 1.0)) -> dict:
 
     Both "kernighan-lin" solvers are greedy additive contraction followed by Kernighan-Lin moves.
     """
-    defaults = default_config()
-    supervoxels = defaults["supervoxels"]
-    dimensionality = supervoxels["dimensionality"]
-    two_d = use_two_d(tuple(resolution), supervoxels["anisotropy_threshold"]) if dimensionality == "auto" else dimensionality == "2d"
+    config = defaults(RunConfig)
+    supervoxels = as_dict(config)["supervoxels"]
     return {
-        "use_2dws": two_d,
-        "multicut_solver": defaults["multicut"]["solver"],
+        "use_2dws": two_d_supervoxels(config, tuple(resolution)),
+        "multicut_solver": config.multicut.solver,
         # emflow's "auto" is "orientation" (elf's "xyz", which needs 2D supervoxels) with 2D supervoxels, else "size".
-        "weighting_scheme": ELF_WEIGHTING_SCHEMES[
-            auto_weighting(two_d) if defaults["costs"]["weighting"] == "auto" else defaults["costs"]["weighting"]
-        ],
-        "beta": defaults["multicut"]["beta"],
+        "weighting_scheme": ELF_WEIGHTING_SCHEMES[cost_parameters(config, tuple(resolution))["weighting"]],
+        "beta": config.multicut.beta,
         "ws_kwargs": {
             "threshold": supervoxels["threshold"],
             "sigma_seeds": supervoxels["sigma_seeds"],

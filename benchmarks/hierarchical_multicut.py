@@ -57,14 +57,15 @@ from emflow.blocking import Blocking
 from emflow.boundaries import boundaries_from_labels
 from emflow.config import RunConfig
 from emflow.config.schema import defaults
-from emflow.costs import auto_weighting, edge_costs_from_features
+from emflow.costs import edge_costs_from_features
 from emflow.evaluation import evaluate
 from emflow.graph import in_core_graph_features, undirected_graph
 from emflow.hierarchical_multicut import hierarchical_multicut, node_block_ids_from_counts
 from emflow.labels import block_offsets, relabel_consecutive
 from emflow.multicut import multicut_energy, multicut_problem, multicut_solver, solve_multicut
 from emflow.storage.geometry import auto_block_shape, resolve_geometry
-from emflow.supervoxels import distance_transform_watershed, use_two_d
+from emflow.supervoxels import distance_transform_watershed
+from emflow.tasks.edge_costs import cost_parameters
 from emflow.tasks.supervoxels import two_d_supervoxels
 
 try:
@@ -93,14 +94,6 @@ PROBLEMS = (
 )
 
 
-def cost_parameters(config, resolution) -> dict:
-    """The edge cost function's keywords as a run passes them: weighting "auto" resolved."""
-    parameters = config.costs.parameters()
-    if parameters.get("weighting") == "auto":
-        parameters["weighting"] = auto_weighting(two_d_supervoxels(config, tuple(resolution)))
-    return parameters
-
-
 def load_groundtruth() -> tuple[np.ndarray, tuple[float, ...]]:
     with h5py.File(SOURCE_PATH, "r") as source:
         dataset = source["labels/neuron_ids"]
@@ -112,7 +105,7 @@ def block_supervoxels(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Supervoxels as the workflow's supervoxel stages make them, and the count per block."""
     section = config.supervoxels
-    two_d = use_two_d(resolution, section.anisotropy_threshold) if section.dimensionality == "auto" else section.dimensionality == "2d"
+    two_d = two_d_supervoxels(config, resolution)
     parameters = section.parameters()
     local = np.zeros(boundaries.shape, dtype=np.uint64)
     counts = np.zeros(blocking.number_of_blocks, dtype=np.uint64)

@@ -12,13 +12,20 @@ from .spec import Read, StageSpec, Write
 from .supervoxels import two_d_supervoxels
 
 
+def cost_parameters(config, resolution: tuple[float, ...]) -> dict:
+    """The keywords `[costs]` passes its function for data of voxel size `resolution` (z, y, x):
+    weighting "auto" resolved by the supervoxels' dimensionality (`emflow.costs.auto_weighting`)."""
+    parameters = config.costs.parameters()
+    if parameters.get("weighting") == "auto":
+        parameters["weighting"] = auto_weighting(two_d_supervoxels(config, tuple(resolution)))
+    return parameters
+
+
 def _edge_costs(stage: GlobalContext) -> dict:
     section = stage.config.costs
     features = stage.read_table("graph/edge_features")
     function = resolve_function(section.function, "costs.function")
-    parameters = section.parameters()
-    if parameters.get("weighting") == "auto":
-        parameters["weighting"] = auto_weighting(two_d_supervoxels(stage.config, stage.geometry.resolution))
+    parameters = cost_parameters(stage.config, stage.geometry.resolution)
     edge_costs = np.asarray(function(features, beta=stage.config.multicut.beta, **parameters), dtype=np.float64)
     if edge_costs.shape != (features.shape[0],) or not np.isfinite(edge_costs).all():
         raise ValueError(f"{section.function} must return {features.shape[0]} finite costs, got shape {edge_costs.shape}")
