@@ -63,6 +63,18 @@ def demo_data_path() -> Path:
     return Path(str(resources.files("emflow") / "data" / "demo_crop.h5"))
 
 
+def write_input_once(input_path: Path, volumes: dict[str, np.ndarray], resolution, chunks) -> None:
+    """Write a demo's input zarr group (`volumes` by key) unless it exists. Written under a temporary
+    name and renamed, so an interrupted demo never leaves half an input."""
+    if input_path.exists():
+        return
+    partial = input_path.with_name(f".{input_path.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    for key, data in volumes.items():
+        write_volume(partial, key, data, resolution=resolution, chunks=chunks)
+    os.replace(partial, input_path)
+
+
 def prepare_demo(out_dir: Path) -> Path:
     """Write the demo's input volumes and config into `out_dir` (once); return the config path."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -71,13 +83,7 @@ def prepare_demo(out_dir: Path) -> Path:
         raw = demo["raw"][...]
         neuron_ids = demo["neuron_ids"][...]
         resolution = [float(value) for value in demo["raw"].attrs["resolution_nm_zyx"]]
-    if not input_path.exists():
-        # Written under a temporary name and renamed, so an interrupted demo never leaves half an input.
-        partial = out_dir / f".{input_path.name}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        write_volume(partial, "raw", raw, resolution=resolution, chunks=DEMO_BLOCK_SHAPE)
-        write_volume(partial, "neuron_ids", neuron_ids, resolution=resolution, chunks=DEMO_BLOCK_SHAPE)
-        os.replace(partial, input_path)
+    write_input_once(input_path, {"raw": raw, "neuron_ids": neuron_ids}, resolution, DEMO_BLOCK_SHAPE)
     config = {
         "input": {"path": input_path.name, "raw_key": "raw", "resolution": resolution},
         "output": {"path": "demo_segmentation.zarr"},
@@ -176,17 +182,12 @@ def read_isbi_sections(isbi_dir: Path, sections: slice = ISBI_HELD_OUT) -> tuple
     return raw, labels
 
 
-def prepare_sstem_demo(out_dir: Path, isbi_dir: Path) -> Path:
-    """Write the ssTEM demo's input (the held-out sections' raw data) and config into `out_dir`;
-    return the config path. The config names no model: "auto" chooses by the voxel size."""
+def prepare_sstem_demo(out_dir: Path, raw: np.ndarray) -> Path:
+    """Write the ssTEM demo's input (`raw`, the held-out sections) and config into `out_dir`; return
+    the config path. The config names no model: "auto" chooses by the voxel size."""
     out_dir.mkdir(parents=True, exist_ok=True)
     input_path = out_dir / "sstem_input.zarr"
-    raw, _ = read_isbi_sections(isbi_dir)
-    if not input_path.exists():
-        partial = out_dir / f".{input_path.name}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        write_volume(partial, "raw", raw, resolution=ISBI_RESOLUTION, chunks=[raw.shape[0], 256, 256])
-        os.replace(partial, input_path)
+    write_input_once(input_path, {"raw": raw}, ISBI_RESOLUTION, [raw.shape[0], 256, 256])
     config = {
         "input": {"path": input_path.name, "raw_key": "raw", "resolution": ISBI_RESOLUTION},
         "output": {"path": "sstem_segmentation.zarr"},
@@ -201,13 +202,13 @@ def run_sstem_demo(out_dir: str | Path, isbi_dir: str | Path | None = None, *, w
     `default_isbi_dir()`) and score it per section; `run_options` go to `run_workflow`."""
     out_dir = Path(out_dir).expanduser().resolve()
     isbi_dir = Path(isbi_dir).expanduser().resolve() if isbi_dir else default_isbi_dir()
-    config_path = prepare_sstem_demo(out_dir, isbi_dir)
+    raw, labels = read_isbi_sections(isbi_dir)
+    config_path = prepare_sstem_demo(out_dir, raw)
     report = run_workflow(config_path, LocalScheduler(workers), **run_options)
     output = out_dir / "sstem_segmentation.zarr"
     metrics_path = out_dir / "sstem_scores.json"
     scores = None
     if report.succeeded:
-        _, labels = read_isbi_sections(isbi_dir)
         scores = isbi2012_scores(np.asarray(open_volume(output, "segmentation")[...]), labels)
         atomic_write_text(metrics_path, json.dumps(scores, indent=2, sort_keys=True) + "\n")
     return SstemDemoResult(
