@@ -27,14 +27,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from test_crash_safety import RESULT_ARRAYS
 from workflow_helpers import RESOLUTION, read, records_since, run_cli, write_config, write_inputs
 
 from emflow.storage.volumes import open_volume, write_volume
 from emflow.targets import JournalReader
 from emflow.workflows.status import workflow_status
-
-# Arrays of the output that make up the result; compared bitwise.
-RESULT_ARRAYS = ("segmentation/s0", "supervoxels", "graph/edges", "graph/edge_features", "graph/edge_costs", "graph/node_labels")
 
 
 @pytest.fixture(scope="module")
