@@ -352,15 +352,15 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def run(quick: bool = False, model: Path | None = None) -> dict:
+def run(quick: bool = False, model: Path | None = None, *, skip_cnn: bool = False, skip_isbi: bool = False) -> dict:
     """Both parts, as `python -m benchmarks --only anisotropic_in_memory` runs them; `quick`: the dev
-    cube without the CNN map, and no ISBI part."""
+    cube without the CNN map, and no ISBI part. `model`: the ssTEM model (default the shipped one)."""
     results = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": {name: metadata.version(name) for name in ("emflow", "python-elf", "torch", "scikit-learn")},
-        "dev_cube": run_dev_cube(skip_cnn=quick),
+        "dev_cube": run_dev_cube(skip_cnn=quick or skip_cnn),
     }
-    if not quick:
+    if not (quick or skip_isbi):
         results["isbi2012"] = run_isbi(model or shipped_model_path(SSTEM_MODEL))
     return results
 
@@ -374,13 +374,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "anisotropic_in_memory.json")
     arguments = parser.parse_args(argv)
-    results = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "versions": {name: metadata.version(name) for name in ("emflow", "python-elf", "torch", "scikit-learn")},
-        "dev_cube": run_dev_cube(arguments.skip_cnn),
-    }
-    if not arguments.skip_isbi:
-        results["isbi2012"] = run_isbi(arguments.model)
+    results = run(model=arguments.model, skip_cnn=arguments.skip_cnn, skip_isbi=arguments.skip_isbi)
     write_results(arguments.json, results)
     print()
     print(markdown(results))
