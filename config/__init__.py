@@ -89,6 +89,6 @@ def _load(schema: type[Schema], path: str | Path, what_file: str, what_key: str)
     for section, key_name in schema.paths:
         value = getattr(getattr(config, section), key_name)
         # "auto" ([predict] model) is a keyword, not a file name.
-        if value and value != "auto":
+        if value and value != AUTO:
             resolved.setdefault(section, {})[key_name] = str((base / Path(value).expanduser()).resolve())
     return replace(config, **resolved)
