@@ -10,11 +10,18 @@ Datasets (see each folder's SOURCE.md under ../shared/data):
   as 10 nm isotropic). Groundtruth label 0 marks unlabelled boundary voxels. `--quick`: gala test only.
 
 Contenders on each dataset:
-- emflow, CNN: `python -m emflow run CONFIG --workers N` from the raw data: the model predicts
-  affinities block by block, the boundary map is derived from them, then supervoxels, graph and
-  multicut. Default config values except the model and the block shape, emflow's "auto" one for the
-  dataset (`auto_block_shape` on its shape and voxel size: 64x128x128 at 10 nm, clipped to the volume),
-  which is also the input's chunk shape; the prediction uses the model's training patch and the default overlap.
+- emflow, default config (CNN): `python -m emflow run CONFIG --workers N` from the raw data: the
+  model predicts affinities block by block, the boundary map is derived from them, then supervoxels,
+  graph, learned edge costs (`[costs] classifier = "auto"`: the classifier shipped with the model)
+  and multicut. Default config values except the model and the block shape, emflow's "auto" one for
+  the dataset (`auto_block_shape` on its shape and voxel size: 64x128x128 at 10 nm, clipped to the
+  volume), which is also the input's chunk shape; the prediction uses the model's training patch and
+  the default overlap.
+- every other method and cost source on the same predictions (the default run's `predictions`, given
+  as `[input] affinities_key`, default config otherwise; `method_contenders`): the multicut with
+  costs from the boundary map (the mean boundary value on each face), the lifted multicut with lifted
+  edges from the long-range affinities with learned and with boundary-map local costs, and the mean
+  agglomeration at its default threshold.
 - elf on the same boundaries: elf's in-core `simple_multicut_workflow` with emflow's default
   parameters (benchmarks/elf_multicut.py, a child process) on the very boundary map emflow's run
   predicted (its output's `boundaries` array, copied into the input group): the same CNN, elf's
@@ -52,6 +59,7 @@ import tomli_w
 from emflow.boundaries import boundaries_from_labels
 from emflow.config import default_config
 from emflow.evaluation import evaluate
+from emflow.storage.edge_classifiers import classifier_beside
 from emflow.storage.geometry import auto_block_shape
 from emflow.storage.models import file_digest, read_model_state, shipped_model_path
 from emflow.storage.volumes import open_volume, write_volume
@@ -75,7 +83,12 @@ GOAL_ADAPTED_RAND_ERROR = 0.10
 GOAL_VOI_SUM = 1.0
 WORKERS = 2
 QUALITY_KEYS = ("adapted_rand_error", "voi_split", "voi_merge", "voi_sum", "rand_precision", "rand_recall", "number_of_voxels")
-CNN, ELF, GT_BOUNDARIES = "emflow, CNN", "elf on emflow's CNN boundaries", "emflow, GT-derived boundaries (reference)"
+CNN, ELF, GT_BOUNDARIES = (
+    "emflow, default config (CNN)",
+    "elf multicut on emflow's CNN boundaries",
+    "emflow, GT-derived boundaries (reference)",
+)
+BOUNDARY_COSTS = "emflow multicut, boundary-map costs"
 
 
 @dataclass(frozen=True)
@@ -127,7 +140,7 @@ def datasets(quick: bool) -> list[Dataset]:
             "test/neuron_ids",
             np.s_[:, :, :],
             gala_resolution,
-            "another FIB-SEM crop, voxel size assumed",
+            "another FIB-SEM crop, voxel size assumed; the shipped edge classifier trained on it",
         ),
     ]
     if not quick:
@@ -139,7 +152,7 @@ def datasets(quick: bool) -> list[Dataset]:
                 "train/neuron_ids",
                 np.s_[:, :, :],
                 gala_resolution,
-                "another FIB-SEM crop, voxel size assumed",
+                "another FIB-SEM crop, voxel size assumed; the shipped edge classifier trained on it",
             )
         )
     return found
@@ -153,9 +166,19 @@ def resolve_model_path(model: Path | None) -> Path:
 
 
 def emflow_config(
-    run_dir: Path, name: str, input_path: Path, resolution, block_shape, *, model_path: Path | None, boundaries_key: str = ""
+    run_dir: Path,
+    name: str,
+    input_path: Path,
+    resolution,
+    block_shape,
+    *,
+    model_path: Path | None,
+    boundaries_key: str = "",
+    affinities: tuple[str, list] | None = None,
+    sections: dict | None = None,
 ) -> Path:
-    """A config with emflow's defaults except the input, the blocks and (for a CNN run) the model."""
+    """A config with emflow's defaults except the input (raw data, `boundaries_key`, or `affinities`:
+    key and offsets), the blocks, (for a CNN run) the model and the given `sections`."""
     defaults = default_config()
     config = {
         "input": {"path": str(input_path), "raw_key": "raw", "boundaries_key": boundaries_key, "resolution": list(resolution)},
@@ -163,11 +186,28 @@ def emflow_config(
         "blocking": {"block_shape": list(block_shape), "halo": defaults["blocking"]["halo"]},
         "multicut": {"beta": defaults["multicut"]["beta"], "solver": defaults["multicut"]["solver"]},
     }
+    if affinities is not None:
+        config["input"] |= {"affinities_key": affinities[0], "affinity_offsets": affinities[1]}
     if model_path is not None:
         config["predict"] = {"model": str(model_path)}
+    for section, values in (sections or {}).items():
+        config[section] = config.get(section, {}) | values
     config_path = run_dir / f"{name}.toml"
     config_path.write_text(tomli_w.dumps(config))
     return config_path
+
+
+def method_contenders(model_path: Path) -> dict[str, dict]:
+    """The other methods and cost sources, by name: config sections over the defaults, for a run on
+    the CNN's affinities given as input (the default run's learned costs are then named explicitly)."""
+    learned = {"classifier": str(classifier_beside(model_path))}
+    thresholds = default_config()["agglomeration"]["thresholds"]
+    return {
+        BOUNDARY_COSTS: {"costs": {"classifier": ""}},
+        "emflow lifted multicut from affinities, learned costs": {"costs": learned, "lifted": {"source": "affinities"}},
+        "emflow lifted multicut from affinities, boundary-map costs": {"costs": {"classifier": ""}, "lifted": {"source": "affinities"}},
+        f"emflow agglomeration, mean, threshold {thresholds[0]} (default)": {"segmentation": {"method": "agglomeration"}},
+    }
 
 
 def quality(segmentation, groundtruth: np.ndarray) -> dict:
@@ -242,6 +282,26 @@ def run_dataset(dataset: Dataset, out_dir: Path, model_path: Path, workers: int,
     contenders[CNN]["prediction_task_seconds"] = stage_seconds.get("predict", 0.0) + stage_seconds.get("blend_predictions", 0.0)
     predicted = np.asarray(open_volume(run_dir / "emflow_cnn.zarr", "boundaries")[...])
     write_volume(input_path, "cnn_boundaries", predicted, resolution=dataset.resolution, chunks=block_shape)
+
+    # Every other method and cost source on the same predictions, given as affinities.
+    predictions = open_volume(run_dir / "emflow_cnn.zarr", "predictions")
+    offsets = [list(offset) for offset in predictions.attrs["offsets"]]
+    write_volume(
+        input_path, "cnn_affinities", np.asarray(predictions[...]), resolution=dataset.resolution, chunks=(len(offsets), *block_shape)
+    )
+    for index, (name, sections) in enumerate(method_contenders(model_path).items()):
+        print(f"{dataset.name}: {name} ...", flush=True)
+        config_path = emflow_config(
+            run_dir,
+            f"emflow_method_{index}",
+            input_path,
+            dataset.resolution,
+            block_shape,
+            model_path=None,
+            affinities=("cnn_affinities", offsets),
+            sections=sections,
+        )
+        contenders[name] = run_emflow(config_path, run_dir, groundtruth, workers)
 
     if skip_elf:
         contenders[ELF] = {"status": "skipped"}

@@ -1,4 +1,4 @@
-"""`emflow run | predict | rerun | train | status | verify | clean | scheduler | config defaults | config training-defaults | import | evaluate | demo`.
+"""`emflow run | predict | rerun | train | train-edges | status | verify | clean | scheduler | config defaults | config training-defaults | config edge-training-defaults | import | evaluate | demo`.
 
 Exit codes: 0 success; 1 a task failed (the failed blocks and their logs are named); 2 bad input,
 config or output (one message naming the problem, nothing written); 74 the run could not write
@@ -153,6 +153,12 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="training TOML config file (see `emflow config training-defaults`)")
     train.set_defaults(handler=_train)
 
+    train_edges = commands.add_parser(
+        "train-edges", help="train an edge classifier for learned edge costs from runs and their ground truth ([costs] classifier)"
+    )
+    train_edges.add_argument("config", help="edge training TOML config file (see `emflow config edge-training-defaults`)")
+    train_edges.set_defaults(handler=_train_edges)
+
     rerun = commands.add_parser("rerun", help="invalidate blocks (or failed tasks) and everything that read them, then run")
     _add_run_arguments(rerun)
     rerun.add_argument(
@@ -191,6 +197,10 @@ def _parser() -> argparse.ArgumentParser:
     defaults.set_defaults(handler=_config_defaults)
     training_defaults = config_commands.add_parser("training-defaults", help="print the complete default training config, documented")
     training_defaults.set_defaults(handler=_training_defaults)
+    edge_training_defaults = config_commands.add_parser(
+        "edge-training-defaults", help="print the complete default edge classifier training config, documented"
+    )
+    edge_training_defaults.set_defaults(handler=_edge_training_defaults)
 
     importer = commands.add_parser("import", help="convert a TIFF stack or HDF5 dataset to a zarr array")
     importer.add_argument("source", help="TIFF stack, or HDF5 file (with --source-key or SOURCE as file.h5:key)")
@@ -531,6 +541,14 @@ def _train(arguments) -> int:
     return EXIT_OK
 
 
+def _train_edges(arguments) -> int:
+    from emflow.workflows.train_edges import train_edges
+
+    report = train_edges(arguments.config, log=lambda line: print(line, flush=True))
+    print(f"emflow train-edges: trained on {report.edges} edges ({report.cut_fraction:.1%} cut); classifier written to {report.output}")
+    return EXIT_OK
+
+
 def _status(arguments) -> int:
     from emflow.workflows.status import workflow_status
 
@@ -591,6 +609,13 @@ def _training_defaults(arguments) -> int:
     from emflow.config import training_config_text
 
     print(training_config_text(), end="")
+    return EXIT_OK
+
+
+def _edge_training_defaults(arguments) -> int:
+    from emflow.config import edge_training_config_text
+
+    print(edge_training_config_text(), end="")
     return EXIT_OK
 
 

@@ -13,7 +13,8 @@ from typing import Any
 
 from emflow.errors import ConfigError
 
-from . import run, training
+from . import edge_training, run, training
+from .edge_training import EdgeTrainingConfig
 from .evaluation import EvaluationConfig
 from .run import ROLES, RunConfig, check_halo
 from .schema import AUTO, Schema, as_dict, defaults, defaults_text, load, replace, resolve_function
@@ -22,6 +23,7 @@ from .training import TrainingConfig
 __all__ = [
     "AUTO",
     "ConfigError",
+    "EdgeTrainingConfig",
     "EvaluationConfig",
     "ROLES",
     "RunConfig",
@@ -30,7 +32,9 @@ __all__ = [
     "check_halo",
     "default_config",
     "default_config_text",
+    "edge_training_config_text",
     "load_config",
+    "load_edge_training_config",
     "load_evaluation_config",
     "load_training_config",
     "replace",
@@ -54,6 +58,13 @@ def load_training_config(path: str | Path) -> TrainingConfig:
     return _load(TrainingConfig, path, "training config file", "training config key")
 
 
+def load_edge_training_config(path: str | Path) -> EdgeTrainingConfig:
+    """Read an `emflow train-edges` config, validated; `[edge_training] output` is resolved against
+    the config's folder (the runs and ground truths are resolved by the command, and kept as written
+    in the classifier's provenance)."""
+    return _load(EdgeTrainingConfig, path, "edge training config file", "edge training config key")
+
+
 def load_evaluation_config(path: str | Path) -> EvaluationConfig:
     """Read an evaluation config (written by `emflow evaluate`), validated."""
     return _load(EvaluationConfig, path, "evaluation config file", "evaluation config key")
@@ -61,6 +72,10 @@ def load_evaluation_config(path: str | Path) -> EvaluationConfig:
 
 def default_config_text() -> str:
     return defaults_text(RunConfig, run.HEADER)
+
+
+def edge_training_config_text() -> str:
+    return defaults_text(EdgeTrainingConfig, edge_training.HEADER)
 
 
 def training_config_text() -> str:

@@ -458,7 +458,7 @@ class CostsConfig(Section):
     (emflow.graph.FEATURE_NAMES). Returns float64 (number_of_edges,); positive = attractive."""
 
     default_function = "emflow.costs:edge_costs_from_features"
-    reserved = frozenset({"function"})
+    reserved = frozenset({"function", "classifier"})
 
     function: str = key(default_function, 'The edge cost function, "package.module:function".')
     weighting: Literal["auto", "none", "size", "orientation"] = key(
@@ -469,10 +469,22 @@ class CostsConfig(Section):
         'overlaps between sections cannot outvote in-plane evidence; "none" leaves costs as they are. "auto":\n'
         '"orientation" where the supervoxels are per section ([supervoxels] dimensionality), else "size".',
     )
+    classifier: str = key(
+        AUTO,
+        "Learned edge costs (emflow.edge_classifier): an edge classifier file (`emflow train-edges`) whose cut\n"
+        "probabilities, from statistics of the boundary map and every affinity channel on each face and the\n"
+        "sizes, replace the mean boundary value in the costs (with [multicut] beta and `weighting`); needs\n"
+        'affinities with the channels it was trained on. "" = costs from the boundary map by `function`.\n'
+        '"auto" = the classifier shipped with the model the run predicts with, where the model has one (the\n'
+        'FIB-SEM model does), else "": raw data with the shipped FIB-SEM model gets learned costs, a given boundary\n'
+        "map or given affinities get boundary-map costs.",
+    )
     extra: tuple[tuple[str, Any], ...] = field(default=())  # a plugin's keys (see Section)
 
     def check(self, name: str, what: str) -> None:
         resolve_function(self.function, f"{name}.function")
+        if self.classifier not in ("", AUTO) and self.function != self.default_function:
+            raise ConfigError(f"{what} costs.classifier and costs.function = {self.function!r} both make the costs: give one")
 
 
 @dataclass(frozen=True)
@@ -536,7 +548,13 @@ class RunConfig:
     stitching: StitchingConfig
 
     # Keys holding paths, resolved against the config file's folder.
-    paths: ClassVar[tuple[tuple[str, str], ...]] = (("input", "path"), ("output", "path"), ("output", "work_dir"), ("predict", "model"))
+    paths: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("input", "path"),
+        ("output", "path"),
+        ("output", "work_dir"),
+        ("predict", "model"),
+        ("costs", "classifier"),
+    )
 
     @property
     def predicting(self) -> bool:

@@ -24,7 +24,9 @@ from pathlib import Path
 
 from emflow.affinity_statistics import long_range_channels
 from emflow.config import AUTO, RunConfig, check_halo, load_config, replace
+from emflow.edge_classifier import channel_names, feature_names
 from emflow.errors import ConfigError
+from emflow.storage.edge_classifiers import load_edge_classifier
 from emflow.storage.geometry import Geometry, resolve_geometry
 from emflow.storage.inputs import (
     check_writable,
@@ -42,7 +44,8 @@ from emflow.tasks.affinities import DERIVE_BOUNDARIES, affinity_array, affinity_
 from emflow.tasks.agglomeration import AGGLOMERATION, segmentation_volumes
 from emflow.tasks.block_graph import BLOCK_GRAPH
 from emflow.tasks.context import Run
-from emflow.tasks.edge_costs import EDGE_COSTS
+from emflow.tasks.edge_classifier import MERGE_CHANNEL_FEATURES, channel_features_stage
+from emflow.tasks.edge_costs import edge_classifier_path, edge_costs_stage
 from emflow.tasks.hierarchical_multicut import hierarchical_stages
 from emflow.tasks.lifted_edges import LABEL_OVERLAPS, LIFTED_EDGES, LIFTED_EDGES_FROM_AFFINITIES
 from emflow.tasks.merge_graph import MERGE_GRAPH
@@ -92,7 +95,12 @@ def segmentation_stages(config: RunConfig, geometry: Geometry) -> tuple[StageSpe
     else:
         stages += GIVEN_STAGES if given_supervoxels else WATERSHED_STAGES
     if method == "multicut":
-        stages += [BLOCK_GRAPH, MERGE_GRAPH, EDGE_COSTS]
+        stages += [BLOCK_GRAPH, MERGE_GRAPH]
+        learned = edge_classifier_path(config) is not None
+        if learned:
+            assert affinities is not None
+            stages += [channel_features_stage(affinities), MERGE_CHANNEL_FEATURES]
+        stages += [edge_costs_stage(learned)]
         if lifted and config.lifted.source == "affinities":
             stages += [statistics_stage(("long_range",), affinities), LIFTED_EDGES_FROM_AFFINITIES]
         elif lifted:
@@ -155,6 +163,21 @@ def check_method(config: RunConfig, geometry: Geometry) -> None:
             raise ConfigError(
                 f"config key {config.needs_affinities} needs affinities with long-range channels, and {what}: give them as input.affinities_key "
                 "(with input.affinity_offsets), or predict them with a model trained on affinities ([predict] model)"
+            )
+    classifier = edge_classifier_path(config) if config.method == "multicut" else None
+    if classifier is not None:
+        offsets = affinity_offsets(config)
+        if not offsets:
+            raise ConfigError(
+                f"config key costs.classifier = {str(classifier)!r} needs affinities (its features include every affinity channel), "
+                'and this run has a boundary map only: give input.affinities_key, or set costs.classifier = ""'
+            )
+        expected = feature_names(channel_names(offsets))
+        trained = load_edge_classifier(classifier).feature_names
+        if trained != expected:
+            raise ConfigError(
+                f"config key costs.classifier: {classifier} was trained on other channels than this run's affinities "
+                f'({len(trained)} features, this run has {len(expected)}): train one for them (emflow train-edges) or set costs.classifier = ""'
             )
     if config.method == "mutex-watershed" and config.mutex_watershed.halo != AUTO:
         check_halo(geometry.block_shape, config.mutex_watershed.halo, name="mutex_watershed.halo")

@@ -1,0 +1,67 @@
+"""Learned edge costs' features: statistics of the boundary map and every affinity channel on each
+face (block-wise), merged with the supervoxels' sizes into the classifier's feature table (global).
+The classifier itself is applied by the edge-cost stage (`tasks.edge_costs`)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from emflow.edge_classifier import (
+    block_channel_statistics,
+    block_node_sizes,
+    channel_names,
+    edge_feature_matrix,
+    feature_names,
+    merge_channel_features,
+    node_sizes,
+)
+
+from .affinities import affinity_offsets
+from .block_graph import GRAPH_HALO
+from .context import BlockContext, GlobalContext
+from .spec import Read, StageSpec, Write, forward_boxes
+
+NAME = "channel_features"
+
+
+def channel_features_stage(affinities: str) -> StageSpec:
+    """The block-wise channel statistics of the boundary map and the affinities in array `affinities`."""
+    region = forward_boxes(lambda run: GRAPH_HALO)
+
+    def run(block: BlockContext) -> dict:
+        supervoxels = block.read("supervoxels")
+        channels = np.concatenate([block.read("boundaries")[None], block.read(affinities)]).astype(np.float32, copy=False)
+        edges, statistics, histograms = block_channel_statistics(supervoxels, channels, block.inner("supervoxels"))
+        node_ids, node_counts = block_node_sizes(supervoxels, block.inner("supervoxels"))
+        block.save_partial(edges=edges, statistics=statistics, histograms=histograms, node_ids=node_ids, node_counts=node_counts)
+        return {"number_of_edges": int(len(edges))}
+
+    return StageSpec(
+        name=NAME,
+        blockwise=True,
+        reads=(Read.array("supervoxels", region), Read.array("boundaries", region), Read.array(affinities, region)),
+        writes=(Write.partials(),),
+        parameters=lambda run: {"offsets": [list(offset) for offset in affinity_offsets(run.config)]},
+        run=run,
+        description="statistics of the boundary map and each affinity channel on the faces a block owns, and its supervoxels' sizes",
+    )
+
+
+def _merge_channel_features(stage: GlobalContext) -> dict:
+    number_of_nodes = int(stage.table_attributes("graph/edges")["number_of_nodes"])
+    edges = stage.read_table("graph/edges")
+    features, face_sizes = merge_channel_features(number_of_nodes, edges, stage.partials(NAME, "edges", "statistics", "histograms"))
+    sizes = node_sizes(number_of_nodes, stage.partials(NAME, "node_ids", "node_counts"))
+    names = feature_names(channel_names(affinity_offsets(stage.config)))
+    stage.write_table("graph/classifier_features", edge_feature_matrix(edges, features, face_sizes, sizes), {"feature_names": list(names)})
+    return {"number_of_edges": int(len(edges)), "number_of_features": len(names)}
+
+
+MERGE_CHANNEL_FEATURES = StageSpec(
+    name="merge_channel_features",
+    blockwise=False,
+    reads=(Read.partials(NAME), Read.table("graph/edges")),
+    writes=(Write.table("graph/classifier_features"),),
+    run=_merge_channel_features,
+    description="the edge classifier's features of every edge",
+)
