@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from emflow.errors import ConfigError
 
@@ -27,6 +27,13 @@ class EdgeTrainingSection(Section):
         (), "Ground truth of each run's volume, 'path:key' (0 = unlabelled), in the order of `runs`.", required=True
     )
     output: str = key("", "The classifier file to write (`[costs] classifier`).", required=True)
+    channels: tuple[Literal["boundaries", "affinities"], ...] = key(
+        ("boundaries",),
+        'The channels whose face statistics are features, beside the sizes: "boundaries" (the boundary map) and/or\n'
+        '"affinities" (every affinity channel; the runs need affinities). Default chosen by leaving each of the shipped\n'
+        "classifier's three training volumes out in turn (beta 0.5): mean adapted Rand error 0.101 with the boundary map\n"
+        "alone, 0.110 with every channel; a classifier of the boundary map alone also serves runs given a boundary map.",
+    )
     iterations: int = key(200, "Boosting iterations (trees).", minimum=1)
     learning_rate: float = key(0.05, "Shrinkage of each tree's contribution.")
     min_samples_leaf: int = key(20, "Fewest edges in a leaf, so that probabilities are averages, not single votes.", minimum=1)
@@ -36,6 +43,10 @@ class EdgeTrainingSection(Section):
         if len(self.runs) != len(self.groundtruth):
             raise ConfigError(
                 f"{what} edge_training.groundtruth must name one ground truth per run: {len(self.runs)} runs, {len(self.groundtruth)} given"
+            )
+        if not self.channels or len(set(self.channels)) != len(self.channels):
+            raise ConfigError(
+                f'{what} edge_training.channels must name "boundaries" and/or "affinities" once each, got {list(self.channels)}'
             )
         if not 0.0 < self.learning_rate <= 1.0:
             raise ConfigError(f"{what} edge_training.learning_rate must lie in (0, 1], got {self.learning_rate}")

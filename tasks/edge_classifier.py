@@ -24,13 +24,17 @@ from .spec import Read, StageSpec, Write, forward_boxes
 NAME = "channel_features"
 
 
-def channel_features_stage(affinities: str) -> StageSpec:
-    """The block-wise channel statistics of the boundary map and the affinities in array `affinities`."""
+def channel_features_stage(affinities: str | None) -> StageSpec:
+    """The block-wise channel statistics of the boundary map and of the affinities in array
+    `affinities` (None: the boundary map only)."""
     region = forward_boxes(lambda run: GRAPH_HALO)
+    sources = ("boundaries",) if affinities is None else ("boundaries", affinities)
 
     def run(block: BlockContext) -> dict:
         supervoxels = block.read("supervoxels")
-        channels = np.concatenate([block.read("boundaries")[None], block.read(affinities)]).astype(np.float32, copy=False)
+        boundaries = block.read("boundaries")[None]
+        channels = boundaries if affinities is None else np.concatenate([boundaries, block.read(affinities)])
+        channels = channels.astype(np.float32, copy=False)
         edges, statistics, histograms = block_channel_statistics(supervoxels, channels, block.inner("supervoxels"))
         node_ids, node_counts = block_node_sizes(supervoxels, block.inner("supervoxels"))
         block.save_partial(edges=edges, statistics=statistics, histograms=histograms, node_ids=node_ids, node_counts=node_counts)
@@ -39,7 +43,7 @@ def channel_features_stage(affinities: str) -> StageSpec:
     return StageSpec(
         name=NAME,
         blockwise=True,
-        reads=(Read.array("supervoxels", region), Read.array("boundaries", region), Read.array(affinities, region)),
+        reads=(Read.array("supervoxels", region), *(Read.array(source, region) for source in sources)),
         writes=(Write.partials(),),
         parameters=lambda run: {"offsets": [list(offset) for offset in affinity_offsets(run.config)]},
         run=run,

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import tomli_w
 import zarr
 from sklearn.ensemble import HistGradientBoostingClassifier
 from workflow_helpers import read, run_cli, write_config, write_inputs
@@ -199,12 +200,17 @@ def _config(folder, inputs, **sections):
     return write_config(folder / "config.toml", inputs, folder / "out.zarr", block_shape=BLOCK_SHAPE, **sections)
 
 
-def _training_config(folder, inputs, output):
-    run = _config(folder, inputs)
+def _training_config(folder, inputs, output, channels=("boundaries", "affinities"), **sections):
+    run = _config(folder, inputs, **sections)
     config = folder / "edge_training.toml"
-    config.write_text(
-        f'[edge_training]\nruns = ["{run.name}"]\ngroundtruth = ["{inputs}:neuron_ids"]\noutput = "{output}"\niterations = 50\n'
-    )
+    edge_training = {
+        "runs": [run.name],
+        "groundtruth": [f"{inputs}:neuron_ids"],
+        "output": output,
+        "iterations": 50,
+        "channels": list(channels),
+    }
+    config.write_text(tomli_w.dumps({"edge_training": edge_training}))
     return config
 
 
@@ -242,12 +248,33 @@ def test_a_run_with_learned_costs_uses_the_in_core_features_and_the_classifiers_
     assert not np.allclose(read(out, "graph/edge_costs"), probabilities_to_costs(features[:, 0], edge_sizes=face_sizes, weighting="size"))
 
 
+def test_a_classifier_of_the_boundary_map_alone_serves_a_run_given_a_boundary_map(tmp_path, inputs):
+    boundary_map = {"input": {"affinities_key": None, "boundaries_key": "boundaries"}}
+    (tmp_path / "train").mkdir()
+    assert (
+        run_cli("train-edges", _training_config(tmp_path / "train", inputs, "classifier.npz", channels=("boundaries",), **boundary_map))
+        == 0
+    )
+    classifier = load_edge_classifier(tmp_path / "train" / "classifier.npz")
+    names = feature_names(["boundaries"])
+    assert classifier.feature_names == names
+    # Monotonic in the boundary statistics: a face with more membrane evidence is never likelier merged.
+    features = np.tile(np.linspace(0, 1, 21)[:, None], (1, len(names)))
+    features[:, CHANNEL_STATISTICS.index("std")] = 0.1
+    features[:, len(CHANNEL_STATISTICS) :] = np.log1p([200, 5000, 20000])
+    assert np.all(np.diff(classifier.cut_probabilities(features, names)) >= 0)
+    (tmp_path / "run").mkdir()
+    costs = {"classifier": str(tmp_path / "train" / "classifier.npz")}
+    assert run_cli("run", _config(tmp_path / "run", inputs, costs=costs, **boundary_map)) == 0
+    assert read(tmp_path / "run" / "out.zarr", "graph/classifier_features").shape[1] == len(names)
+
+
 def test_a_classifier_that_does_not_fit_the_run_is_refused_in_one_line(tmp_path, trained, inputs, capsys):
     boundary_map = _config(
         tmp_path, inputs, input={"affinities_key": None, "boundaries_key": "boundaries"}, costs={"classifier": str(trained)}
     )
     assert run_cli("run", boundary_map) == 2
-    assert "needs affinities" in capsys.readouterr().err
+    assert "was trained on the channels affinity(" in capsys.readouterr().err
     three = tmp_path / "three"
     three.mkdir()
     group = zarr.open_group(str(inputs), mode="r")
@@ -257,7 +284,7 @@ def test_a_classifier_that_does_not_fit_the_run_is_refused_in_one_line(tmp_path,
     array = zarr.open_group(str(copy), mode="a").create_array("affinities", data=group["affinities"][:3], chunks=(3, *BLOCK_SHAPE))
     array.attrs["offsets"] = OFFSETS[:3]
     assert run_cli("run", _config(three, copy, costs={"classifier": str(trained)})) == 2
-    assert "trained on other channels" in capsys.readouterr().err
+    assert "was trained on the channels" in capsys.readouterr().err
 
 
 def test_train_edges_interrupted_and_run_again_writes_the_same_file(tmp_path, trained, inputs):
@@ -293,4 +320,4 @@ def test_the_shipped_classifier_was_trained_on_the_shipped_models_predictions():
     assert {source["model_sha256"] for source in sources} == {file_digest(model)}
     # None of the dev cube's held-out half (y < 128), which benchmarks/cnn_accuracy.py scores.
     assert [source["run"] for source in sources] == ["dev_y128.toml", "gala_train.toml", "gala_test.toml"]
-    assert classifier.feature_names[: len(CHANNEL_STATISTICS)] == feature_names(["boundaries"])[: len(CHANNEL_STATISTICS)]
+    assert classifier.feature_names == feature_names(["boundaries"]) and classifier.metadata["channels"] == ["boundaries"]

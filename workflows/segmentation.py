@@ -24,7 +24,7 @@ from pathlib import Path
 
 from emflow.affinity_statistics import long_range_channels
 from emflow.config import AUTO, RunConfig, check_halo, load_config, replace
-from emflow.edge_classifier import channel_names, feature_names
+from emflow.edge_classifier import channel_names
 from emflow.errors import ConfigError
 from emflow.storage.edge_classifiers import load_edge_classifier
 from emflow.storage.geometry import Geometry, resolve_geometry
@@ -98,7 +98,6 @@ def segmentation_stages(config: RunConfig, geometry: Geometry) -> tuple[StageSpe
         stages += [BLOCK_GRAPH, MERGE_GRAPH]
         learned = edge_classifier_path(config) is not None
         if learned:
-            assert affinities is not None
             stages += [channel_features_stage(affinities), MERGE_CHANNEL_FEATURES]
         stages += [edge_costs_stage(learned)]
         if lifted and config.lifted.source == "affinities":
@@ -166,18 +165,12 @@ def check_method(config: RunConfig, geometry: Geometry) -> None:
             )
     classifier = edge_classifier_path(config) if config.method == "multicut" else None
     if classifier is not None:
-        offsets = affinity_offsets(config)
-        if not offsets:
+        available = channel_names(affinity_offsets(config))
+        trained = sorted({name.split(":")[0] for name in load_edge_classifier(classifier).feature_names if ":" in name})
+        if not set(trained) <= set(available):
             raise ConfigError(
-                f"config key costs.classifier = {str(classifier)!r} needs affinities (its features include every affinity channel), "
-                'and this run has a boundary map only: give input.affinities_key, or set costs.classifier = ""'
-            )
-        expected = feature_names(channel_names(offsets))
-        trained = load_edge_classifier(classifier).feature_names
-        if trained != expected:
-            raise ConfigError(
-                f"config key costs.classifier: {classifier} was trained on other channels than this run's affinities "
-                f'({len(trained)} features, this run has {len(expected)}): train one for them (emflow train-edges) or set costs.classifier = ""'
+                f"config key costs.classifier: {classifier} was trained on the channels {', '.join(trained)}, and this run has "
+                f'{", ".join(available)}: train one for its channels (emflow train-edges) or set costs.classifier = ""'
             )
     if config.method == "mutex-watershed" and config.mutex_watershed.halo != AUTO:
         check_halo(geometry.block_shape, config.mutex_watershed.halo, name="mutex_watershed.halo")

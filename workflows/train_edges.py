@@ -37,13 +37,19 @@ from .segmentation import load_run, segmentation_stages
 
 def edge_feature_stages(config: RunConfig, geometry: Geometry) -> tuple[StageSpec, ...]:
     """The segmentation's stages up to the merged graph, then the edge classifier's features."""
-    if config.method != "multicut" or not affinity_offsets(config):
-        raise ConfigError(
-            "emflow train-edges needs multicut runs with affinities (predicted by an affinity model, or given as input.affinities_key)"
-        )
+    if config.method != "multicut":
+        raise ConfigError(f"emflow train-edges learns the multicut's edge costs; this run has segmentation.method = {config.method!r}")
     stages = segmentation_stages(replace(config, costs={"classifier": ""}), geometry)
     names = [spec.name for spec in stages]
-    return (*stages[: names.index("merge_graph") + 1], channel_features_stage(affinity_array(config)), MERGE_CHANNEL_FEATURES)
+    affinities = affinity_array(config) if affinity_offsets(config) else None
+    return (*stages[: names.index("merge_graph") + 1], channel_features_stage(affinities), MERGE_CHANNEL_FEATURES)
+
+
+def selected_features(names: tuple[str, ...], channels: tuple[str, ...]) -> list[int]:
+    """The columns of the features named `names` that belong to `channels` ("boundaries",
+    "affinities"), and the size features."""
+    kinds = {"boundaries": lambda channel: channel == "boundaries", "affinities": lambda channel: channel.startswith("affinity(")}
+    return [index for index, name in enumerate(names) if ":" not in name or any(kinds[kind](name.split(":")[0]) for kind in channels)]
 
 
 EDGE_FEATURES = Workflow("edge_features", lambda config_path: load_run(config_path, edge_feature_stages))
@@ -88,15 +94,18 @@ def train_edges(config_path: str | Path, *, backend=None, log: Callable[[str], N
             raise OutputError(f"the run {run_config} did not finish (see {report.scheduler_log}); run emflow train-edges again to resume")
         run = EDGE_FEATURES.load_run(run_path)
         run_names = tuple(run.store.table_attributes("graph/classifier_features")["feature_names"])
-        if names is not None and run_names != names:
+        columns = selected_features(run_names, config.channels)
+        if "affinities" in config.channels and not any(name.startswith("affinity(") for name in run_names):
+            raise ConfigError(f'edge_training.channels includes "affinities", and the run {run_config} has none')
+        if names is not None and tuple(run_names[column] for column in columns) != names:
             raise ConfigError(f"run {run_config} has other affinity channels than the runs before it; train on runs of one model")
-        names = run_names
+        names = tuple(run_names[column] for column in columns)
         ground_path, key = parse_location(location)
         pairs, counts = _groundtruth_overlaps(run, f"{(base / ground_path).resolve()}:{key}")
         edges = run.store.read_table("graph/edges")
         number_of_nodes = int(run.store.table_attributes("graph/edges")["number_of_nodes"])
         cut, valid = edge_labels(edges, majority_labels(number_of_nodes, pairs, counts))
-        features.append(run.store.read_table("graph/classifier_features")[valid])
+        features.append(run.store.read_table("graph/classifier_features")[valid][:, columns])
         cuts.append(cut[valid])
         model = {"model": model_path(run.config).name, "model_sha256": file_digest(model_path(run.config))} if run.config.predicting else {}
         sources.append({"run": run_config, "groundtruth": location, "edges": int(valid.sum()), **model})
@@ -112,7 +121,7 @@ def train_edges(config_path: str | Path, *, backend=None, log: Callable[[str], N
         learning_rate=config.learning_rate,
         min_samples_leaf=config.min_samples_leaf,
         seed=config.seed,
-        metadata={"sources": sources},
+        metadata={"sources": sources, "channels": list(config.channels)},
     )
     save_edge_classifier(config.output, classifier)
     return EdgeTrainingReport(Path(config.output), int(len(all_cuts)), float(all_cuts.mean()))
