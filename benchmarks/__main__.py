@@ -19,7 +19,7 @@ ssTEM model held out; `--only anisotropic_in_memory --markdown docs/anisotropic_
 `evaluation` (scoring a 500 MVox segmentation block by block against skimage's and elf's in-memory
 metrics at the sizes they hold; `--only evaluation --markdown docs/evaluation_benchmarks.md`),
 `noop_rerun` (`emflow run` on a finished 20,480-block segmentation run, fresh process, against the
-goal of 5 s; the full run it needs takes about 15 minutes; `--quick`: 1,024 blocks), and
+goal of 5 s; the full run it needs takes about 9 minutes; `--quick`: 1,024 blocks), and
 two that need a trained model (`--model PATH`,
 default the shipped one):
 - inference: CNN throughput, a bare forward pass vs the sliding-window patches vs `emflow predict`,
