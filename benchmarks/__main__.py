@@ -2,7 +2,8 @@
 
 Runs, in one process tree and one sitting so that contenders share the machine's state:
 - end_to_end: boundary map → segmentation, MVox/s, memory and ARAND, emflow vs elf's in-memory
-  `simple_multicut_workflow` (62.5 MVox; `--quick`: 7.8 MVox, one repeat);
+  `simple_multicut_workflow` (62.5 MVox; `--quick`: 7.8 MVox, one repeat), and each of emflow's
+  block-wise stages against a stage that only reads and writes what it does;
 - memory: peak RSS per stage at two volume sizes 8x apart, same block shape;
 - orchestration: overhead per block-stage at 5,000 and 20,000 blocks, local scheduler and luigid,
   plain Luigi beside it, and a no-op rerun (`--quick`: 500 and 2,000 blocks);
