@@ -2,12 +2,13 @@
 
 Runs, in one process tree and one sitting so that contenders share the machine's state:
 - end_to_end: boundary map → segmentation, MVox/s, memory and ARAND, emflow vs elf's in-memory
-  `simple_multicut_workflow` (62.5 MVox; `--quick`: 7.8 MVox, one repeat);
+  `simple_multicut_workflow` (62.5 MVox; `--quick`: 7.8 MVox, one repeat), and each of emflow's
+  block-wise stages against a stage that only reads and writes what it does;
 - memory: peak RSS per stage at two volume sizes 8x apart, same block shape;
 - orchestration: overhead per block-stage at 5,000 and 20,000 blocks, local scheduler and luigid,
   plain Luigi beside it, and a no-op rerun (`--quick`: 500 and 2,000 blocks);
 - hierarchical_multicut: hierarchical vs global multicut energy and time, with elf's blockwise_multicut.
-Six more run only when named with --only and have their own page. `reprocessing` (cron
+Seven more run only when named with --only and have their own page. `reprocessing` (cron
 operations: a full run, a no-op rerun, `emflow status`, and a run after new data in one input
 chunk, counting the blocks each stage recomputed; `--only reprocessing --markdown
 docs/operations_benchmarks.md`), `methods` (every `[segmentation] method` as `emflow run` on the
@@ -17,7 +18,9 @@ elf's and waterz's in-memory equivalents, parameters chosen on the other half; `
 cube cut to 40 nm sections against elf's 2D-supervoxel workflow, and the ISBI 2012 sections the
 ssTEM model held out; `--only anisotropic_in_memory --markdown docs/anisotropic_benchmarks.md`),
 `evaluation` (scoring a 500 MVox segmentation block by block against skimage's and elf's in-memory
-metrics at the sizes they hold; `--only evaluation --markdown docs/evaluation_benchmarks.md`), and
+metrics at the sizes they hold; `--only evaluation --markdown docs/evaluation_benchmarks.md`),
+`noop_rerun` (`emflow run` on a finished 20,480-block segmentation run, fresh process, against the
+goal of 5 s; the full run it needs takes about 9 minutes; `--quick`: 1,024 blocks), and
 two that need a trained model (`--model PATH`,
 default the shipped one):
 - inference: CNN throughput, a bare forward pass vs the sliding-window patches vs `emflow predict`,
@@ -43,7 +46,7 @@ from . import end_to_end
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_NAMES = ("end_to_end", "memory", "orchestration", "hierarchical_multicut")
-NAMES = DEFAULT_NAMES + ("inference", "cnn_accuracy", "reprocessing", "methods", "anisotropic_in_memory", "evaluation")
+NAMES = DEFAULT_NAMES + ("inference", "cnn_accuracy", "reprocessing", "methods", "anisotropic_in_memory", "evaluation", "noop_rerun")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = anisotropic_in_memory.run(arguments.quick)
             section = anisotropic_in_memory.markdown(results[name])
         else:
-            # orchestration, hierarchical_multicut: imported where they run, so that one benchmark's
+            # orchestration, hierarchical_multicut, noop_rerun: imported where they run, so that one benchmark's
             # imports cannot keep the others from running.
             module = importlib.import_module(f".{name}", __package__)
             results[name] = module.run(arguments.quick)

@@ -29,6 +29,15 @@ is reported two ways:
 Quality is scored against the tiled groundtruth with emflow.evaluation.evaluate (groundtruth label 0
 ignored), so that the speed comparison is read together with what each contender delivers.
 
+Per block-wise stage of emflow's last run: its task seconds summed over blocks (from the completion
+records: the block's work and the digests of what it wrote, not scheduling) and its throughput
+(volume voxels / task seconds), next to a physical reference measured right after that run on its
+output (`stage_io_reference`): what the stage would cost if it computed nothing, i.e. per block,
+reading and decoding every array region its StageSpec declares (halos included, inputs and output
+volumes alike) and encoding and writing the chunks its blocks write, into copies of the output
+arrays with the same zarr metadata (chunks, codecs), and its partial files; summed over blocks, in
+one process. The ratio task s / reference s is how far the stage is from its IO.
+
 Usage: python benchmarks/end_to_end.py [--scale 2] [--workers 2] [--block-shape Z Y X] [--repeats 3]
                                       [--out DIR] [--skip-elf] [--json PATH]
 Prints a table and writes benchmarks/results/end_to_end.json. Needs the `bench` extra for elf
@@ -59,13 +68,17 @@ from pathlib import Path
 import h5py
 import numpy as np
 import tomli_w
+import zarr
 
 from emflow.boundaries import boundaries_from_labels
 from emflow.config import default_config
 from emflow.evaluation import evaluate
 from emflow.storage.geometry import auto_block_shape
-from emflow.storage.volumes import open_volume, read_resolution, write_volume
-from emflow.targets import JournalReader
+from emflow.storage.volumes import open_volume, opened_volume, read_region, read_resolution, write_volume
+from emflow.targets import JournalReader, atomic_save_npy, atomic_save_npz
+from emflow.tasks.context import Run
+from emflow.tasks.spec import BOX, StageSpec
+from emflow.workflows.segmentation import load_run
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCHMARKS_DIR / "results"
@@ -230,6 +243,119 @@ def emflow_peak_rss_by_stage(work_dir: Path) -> dict[str, dict[str, int]]:
     return dict(peaks)
 
 
+def stage_io_reference(config_path: Path, scratch: Path) -> dict[str, dict]:
+    """Per block-wise stage of the finished emflow run of `config_path`: what its IO alone costs.
+
+    Derived from the stage's spec, so that it follows the stages as they change: per block, every
+    array it reads over a region (`Read.array`, with the region's halo; inputs as stored, output
+    volumes as the run wrote them) is read and decoded, and the partial files of the blocks it
+    reads linked partials of are loaded; then what the block wrote, read back from the run's output
+    untimed, is encoded and written again, its volumes' chunks into arrays under `scratch` made
+    with the same zarr metadata (chunk shape, codecs, fill value) and its partial file with the
+    same writer. Global bundles and record results a block reads (a memory-mapped slice, a dict)
+    are left out. Returns, per stage, the read, write and total seconds summed over blocks, and the
+    number of blocks.
+    """
+    run = load_run(str(config_path))
+    references = {}
+    for spec in run.stages:
+        if spec.blockwise:
+            references[spec.name] = _stage_io_seconds(run, spec, scratch / spec.name)
+    return references
+
+
+def _stage_io_seconds(run: Run, spec: StageSpec, scratch: Path) -> dict:
+    reads = run.reads(spec)
+    array_reads = [(read.name, run.regions(spec, read.region)) for read in reads if read.kind == "array" and read.region is not None]
+    linked_partials = [(read.name, linked) for read in reads if read.kind == "partials" and (linked := run.linked_blocks(spec, read))]
+    written = {write.name: _array_like(run, write.name, scratch) for write in spec.writes if write.kind == "array"}
+    writes_partials = any(write.kind == "partials" for write in spec.writes)
+    boxes = run.regions(spec, BOX)
+    read_seconds = write_seconds = 0.0
+    number_of_blocks = spec.blocks(run).number_of_blocks
+    for block_id in range(number_of_blocks):
+        started = time.perf_counter()
+        for name, regions in array_reads:
+            _read_array(run, name, regions[block_id])
+        for stage, linked in linked_partials:
+            for other in linked[block_id]:
+                _load_partial(run, stage, int(other))
+        read_seconds += time.perf_counter() - started
+        # What the block wrote, read back untimed: the reference encodes the same values.
+        outputs = [(array, _selection(array, boxes[block_id]), _read_array(run, name, boxes[block_id])) for name, array in written.items()]
+        partial = _load_partial(run, spec.name, block_id) if writes_partials else None
+        started = time.perf_counter()
+        for array, selection, values in outputs:
+            array[selection] = values
+        if isinstance(partial, dict):
+            atomic_save_npz(scratch / "partials" / f"{block_id}.npz", **partial)
+        elif partial is not None:
+            atomic_save_npy(scratch / "partials" / f"{block_id}.npy", partial)
+        write_seconds += time.perf_counter() - started
+    return {
+        "read_seconds": read_seconds,
+        "write_seconds": write_seconds,
+        "seconds": read_seconds + write_seconds,
+        "blocks": number_of_blocks,
+    }
+
+
+def stage_rows(task_seconds: dict[str, float], references: dict[str, dict], megavoxels: float) -> list[dict]:
+    """Per block-wise stage (in run order): task seconds, reference seconds, each as MVox/s of the
+    whole volume (`megavoxels`), and their ratio."""
+    rows = []
+    for stage, reference in references.items():
+        seconds = task_seconds.get(stage, 0.0)
+        rows.append(
+            {
+                "stage": stage,
+                "blocks": reference["blocks"],
+                "task_seconds": seconds,
+                "mvox_per_second": megavoxels / seconds if seconds else None,
+                "reference_seconds": reference["seconds"],
+                "reference_read_seconds": reference["read_seconds"],
+                "reference_write_seconds": reference["write_seconds"],
+                "reference_mvox_per_second": megavoxels / reference["seconds"] if reference["seconds"] else None,
+                "ratio": seconds / reference["seconds"] if reference["seconds"] else None,
+            }
+        )
+    return rows
+
+
+def _selection(array, region: np.ndarray) -> tuple[slice, ...]:
+    """`region` (2, ndim: begin, end) of an array, whole along its leading axes (channels)."""
+    begin, end = region
+    return (slice(None),) * (array.ndim - len(begin)) + tuple(slice(int(low), int(high)) for low, high in zip(begin, end))
+
+
+def _read_array(run: Run, name: str, region: np.ndarray) -> np.ndarray:
+    """Array `name` of the run (an input as stored, or an output volume) over `region`, decoded."""
+    if name in run.inputs:
+        dataset = run.inputs[name]
+        with opened_volume(dataset.path, dataset.key) as volume:
+            return read_region(volume, _selection(volume, region), dataset.location)
+    array = run.store.output_array(name)
+    return np.asarray(array[_selection(array, region)])
+
+
+def _array_like(run: Run, name: str, folder: Path) -> zarr.Array:
+    """An empty array under `folder` with the zarr metadata (shape, chunks, codecs) of output volume `name`."""
+    path = run.layout.output_path / run.store.volumes[name].path
+    copy = folder / run.store.volumes[name].path
+    copy.mkdir(parents=True)
+    shutil.copyfile(path / "zarr.json", copy / "zarr.json")
+    return zarr.open_array(str(copy), mode="r+")
+
+
+def _load_partial(run: Run, stage: str, block_id: int) -> dict[str, np.ndarray] | np.ndarray | None:
+    """A block's partial result as its stage wrote it: the arrays of its .npz, its .npy, or None."""
+    npz, npy = (run.layout.partial(stage, block_id, suffix) for suffix in (".npz", ".npy"))
+    if npz.exists():
+        with np.load(npz) as partial:
+            return {field: partial[field] for field in partial.files}
+    return np.load(npy) if npy.exists() else None
+
+
 def emflow_command(input_path: Path, run_dir: Path, block_shape: list[int], workers: int) -> tuple[list[str], dict]:
     """The command of an emflow run, and its config (written to `run_dir`)."""
     defaults = default_config()
@@ -340,6 +466,10 @@ def _gib(size_bytes: int) -> str:
     return f"{size_bytes / 2**30:.2f}"
 
 
+def _rate(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def print_table(results: dict) -> None:
     volume = results["volume"]
     print(
@@ -374,6 +504,15 @@ def print_table(results: dict) -> None:
         "emflow task s per stage, summed over blocks (last run): "
         + ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in stages.items())
     )
+    print(
+        f"\nemflow block-wise stages (last run) against their IO alone (reference pass {results['emflow']['reference_pass_seconds']:.1f} s):"
+    )
+    print(f"{'stage':<22} {'blocks':>7} {'task s':>8} {'MVox/s':>8} {'reference s':>12} {'reference MVox/s':>17} {'ratio':>6}")
+    for row in results["emflow"]["stages"]:
+        print(
+            f"{row['stage']:<22} {row['blocks']:>7} {row['task_seconds']:>8.2f} {_rate(row['mvox_per_second']):>8} "
+            f"{row['reference_seconds']:>12.2f} {_rate(row['reference_mvox_per_second']):>17} {_rate(row['ratio'], 1):>6}"
+        )
     if results["elf"]["status"] == "ok":
         phases = results["elf"]["runs"][-1]["phase_seconds"]
         print("elf phase s (last run): " + ", ".join(f"{phase} {seconds:.1f}" for phase, seconds in phases.items()))
@@ -414,6 +553,9 @@ def run(
                 "max_rss_bytes": "largest peak RSS of any single process of a run (wait4 rusage), largest over the runs",
                 "peak_tree_pss_bytes": f"largest sum of PSS over a run's processes, sampled every {MEMORY_SAMPLE_SECONDS} s, largest over the runs",
                 "peak_rss_bytes_by_stage": "emflow, last run: largest peak RSS of a process while it ran a task of the stage (from the completion records)",
+                "stages": "emflow, last run, per block-wise stage: task seconds summed over blocks (completion records) and MVox/s "
+                "(volume / task s), beside the reference: reading and decoding what its blocks read, encoding and writing what they "
+                "wrote, with the same codecs, summed over blocks in one process after the run (stage_io_reference); ratio = task s / reference s",
             },
         }
         emflow, emflow_config = emflow_command(input_path, run_dir, block_shape, workers)
@@ -432,12 +574,19 @@ def run(
                     elf_status = f"unavailable: {error}"
                     print(f"elf: {elf_status}", flush=True)
 
+        print("stage IO reference ...", flush=True)
+        started = time.perf_counter()
+        references = stage_io_reference(run_dir / "emflow.toml", out_dir / "io_reference")
+        shutil.rmtree(out_dir / "io_reference")
+        reference_pass_seconds = time.perf_counter() - started
         print("scoring ...", flush=True)
         results["emflow"] = {
             "version": metadata.version("emflow"),
             "command": " ".join(emflow),
             "config": emflow_config,
             **summarize(runs["emflow"], open_volume(run_dir / "emflow.zarr", "segmentation"), input_path),
+            "stages": stage_rows(runs["emflow"][-1]["task_seconds_by_stage"], references, results["volume"]["megavoxels"]),
+            "reference_pass_seconds": reference_pass_seconds,
         }
         if elf_status == "ok":
             results["elf"] = {
@@ -489,6 +638,21 @@ def markdown(results: dict) -> str:
             "",
             f"emflow / elf: speed {ratios['speed']:.2f}x, max RSS {ratios['max_rss']:.2f}x, tree PSS {ratios['peak_tree_pss']:.2f}x.",
         ]
+    if results["emflow"]["status"] == "ok":
+        lines += [
+            "",
+            "emflow's block-wise stages (last run): task s summed over blocks, and MVox/s of the whole volume, beside a stage that "
+            "computes nothing, measured after the run on its output: reading and decoding the regions (with halos) its blocks read and "
+            "encoding and writing what they wrote, same codecs, summed over blocks in one process; ratio = task s / reference s.",
+            "",
+            "| stage | blocks | task s | MVox/s | reference s | reference MVox/s | ratio |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in results["emflow"]["stages"]:
+            lines.append(
+                f"| {row['stage']} | {row['blocks']:,} | {row['task_seconds']:.2f} | {_rate(row['mvox_per_second'])} | "
+                f"{row['reference_seconds']:.2f} | {_rate(row['reference_mvox_per_second'])} | {_rate(row['ratio'], 1)} |"
+            )
     return "\n".join(lines)
 
 

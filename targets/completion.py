@@ -12,6 +12,8 @@ journals (`journal.py`). A block-wise stage also has a file of its own, written 
 are done, which notes the size of every journal of the stage: while no journal has grown since,
 the whole stage is done, which costs one directory listing to check however many blocks it has,
 plus one `stat` per output file its blocks wrote (compared through one digest of all their states).
+It may also keep totals over its blocks' results (their summed seconds), valid as long as it is:
+a summary of a finished run then reads one file per stage, not a line per block.
 """
 
 from __future__ import annotations
@@ -130,13 +132,26 @@ class StageCompletionTarget(CompletionTarget):
         self.outputs_digest = outputs_digest
 
     def exists(self) -> bool:
+        return self._current_result() is not None
+
+    def _current_result(self) -> dict[str, Any] | None:
+        """The result of the stage's record while the stage is done (see the class docstring), else None."""
         record = self.read()
         if not isinstance(record, dict) or record.get("fingerprint") != self.expected_fingerprint:
-            return False
+            return None
         result = record.get("result")
         if not isinstance(result, dict) or result.get("journals") != JournalReader(self.block_folder).snapshot():
-            return False
-        return self.outputs_digest is None or result.get("outputs_digest") == self.outputs_digest()
+            return None
+        if self.outputs_digest is not None and result.get("outputs_digest") != self.outputs_digest():
+            return None
+        return result
+
+    def totals(self) -> dict[str, Any] | None:
+        """What `write` kept of the blocks' record results (`totals`), while the stage is done; None
+        when it is not, or its record keeps none."""
+        result = self._current_result()
+        totals = None if result is None else result.get("totals")
+        return totals if isinstance(totals, dict) else None
 
     def block_records(self, block_range: tuple[int, int] | None = None) -> dict[int, BlockRecord]:
         """The latest record of every block of the stage (or of `block_range`) that has one."""
@@ -161,11 +176,17 @@ class StageCompletionTarget(CompletionTarget):
                 states[block_id] = CompletionState.CHANGED
         return states
 
-    def write(self, result: dict[str, Any] | None = None) -> None:
-        """Record the stage as done; raises if a block of it is not."""
-        states = self.block_states()
+    def write(
+        self, result: dict[str, Any] | None = None, *, totals: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None
+    ) -> None:
+        """Record the stage as done; raises if a block of it is not. `totals(results)`: what to keep
+        of the blocks' record results taken together (such as their summed seconds), so that a
+        reader of the finished stage (`totals()`) need not read every block's record."""
+        records = self.block_records()
+        states = self.block_states_of(records)
         missing = [block_id for block_id in range(self.number_of_blocks) if states.get(block_id) is not CompletionState.DONE]
         if missing:
             raise RuntimeError(f"{len(missing)} blocks of the stage in {self.block_folder} are not done, e.g. {missing[:10]}")
         digest = {} if self.outputs_digest is None else {"outputs_digest": self.outputs_digest()}
-        super().write({**(result or {}), "journals": JournalReader(self.block_folder).snapshot(), **digest})
+        kept = {} if totals is None else {"totals": totals([record.result for record in records.values()])}
+        super().write({**(result or {}), "journals": JournalReader(self.block_folder).snapshot(), **digest, **kept})

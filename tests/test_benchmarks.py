@@ -5,8 +5,12 @@ Timings are not asserted here (benchmarks/ is where speed lives); structure and 
 
 from __future__ import annotations
 
-from benchmarks import orchestration
+import numpy as np
+from workflow_helpers import run_cli, write_config
+
+from benchmarks import end_to_end, noop_rerun, orchestration
 from emflow.targets import JournalReader
+from emflow.workflows.segmentation import load_run
 
 
 def test_orchestration_benchmark_runs_every_contender(tmp_path):
@@ -31,3 +35,46 @@ def test_trivial_workflow_records_every_block_of_every_stage(tmp_path):
     for stage in range(orchestration.NUMBER_OF_STAGES):
         records = JournalReader(tmp_path / "output.zarr.work" / "status" / f"trivial_{stage}").refresh()
         assert sorted(records) == list(range(30))
+
+
+def test_stage_io_reference_rewrites_what_each_block_wise_stage_wrote(tmp_path, workflow_inputs):
+    config = write_config(tmp_path / "config.toml", workflow_inputs, tmp_path / "out.zarr", output={"pyramid": True})
+    assert run_cli("run", config) == 0
+    references = end_to_end.stage_io_reference(config, tmp_path / "reference")
+
+    run = load_run(str(config))
+    blockwise = [spec for spec in run.stages if spec.blockwise]
+    assert list(references) == [spec.name for spec in blockwise]
+    assert "pyramid_s1" in references
+    for spec in blockwise:
+        reference = references[spec.name]
+        assert reference["blocks"] == spec.blocks(run).number_of_blocks
+        assert reference["read_seconds"] > 0 and reference["seconds"] == reference["read_seconds"] + reference["write_seconds"]
+        # Same values through the same codecs: every chunk file the stage wrote, byte for byte.
+        for write in spec.writes:
+            if write.kind == "array":
+                path = run.store.volumes[write.name].path
+                written, rewritten = run.layout.output_path / path, tmp_path / "reference" / spec.name / path
+                chunks = sorted(file.relative_to(written) for file in written.rglob("*") if file.is_file() and file.name != "zarr.json")
+                assert chunks and chunks == sorted(
+                    file.relative_to(rewritten) for file in rewritten.rglob("*") if file.is_file() and file.name != "zarr.json"
+                )
+                assert all((written / chunk).read_bytes() == (rewritten / chunk).read_bytes() for chunk in chunks)
+            elif write.kind == "partials":
+                for block_id in range(spec.blocks(run).number_of_blocks):
+                    partial = run.layout.partial(spec.name, block_id, ".npz")
+                    with np.load(partial) as expected, np.load(tmp_path / "reference" / spec.name / "partials" / partial.name) as copied:
+                        assert expected.files == copied.files
+                        assert all(np.array_equal(expected[field], copied[field]) for field in expected.files)
+
+    rows = end_to_end.stage_rows({"supervoxels": 2.0}, references, megavoxels=1.0)
+    assert [row["stage"] for row in rows] == list(references)
+    assert rows[0]["mvox_per_second"] == 0.5 and rows[0]["ratio"] == 2.0 / references["supervoxels"]["seconds"]
+    assert rows[1]["mvox_per_second"] is None
+
+
+def test_noop_rerun_benchmark_reruns_a_finished_run_without_recomputing(tmp_path):
+    results = noop_rerun.run(workers=1, reruns=1, scratch=tmp_path, shape=(16, 16, 24))
+    assert results["number_of_blocks"] == 2 * 2 * 3 and results["records"] > 0
+    assert len(results["rerun_seconds"]) == 1 and results["full_run_seconds"] > 0
+    assert "| full run |" in noop_rerun.markdown(results)

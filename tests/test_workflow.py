@@ -20,7 +20,7 @@ from emflow.evaluation import adapted_rand_error, evaluate
 from emflow.graph import in_core_graph_features
 from emflow.storage.volumes import write_volume
 from emflow.targets import JournalReader
-from emflow.tasks.adapter import invalidate_records
+from emflow.tasks.adapter import invalidate_records, stage_costs, stage_results, stage_target, task_costs
 from emflow.workflows.segmentation import SEGMENTATION, load_run
 from emflow.workflows.status import workflow_status
 
@@ -149,11 +149,19 @@ def test_invalidated_blocks_rerun_only_those_blocks(tmp_path, inputs):
     assert run_cli("run", config) == 0
     reference = read(tmp_path / "out.zarr", "segmentation")
     config_path = str(config.resolve())
-    invalidate_records(load_run(config_path), "supervoxels", [3])
-    invalidate_records(load_run(config_path), "block_graph", [5])
+    run = load_run(config_path)
+    # A finished stage's record keeps its blocks' costs: what every block's record sums up to.
+    costs = stage_costs(run, "supervoxels")
+    assert costs == stage_target(run, "supervoxels").totals() == task_costs(list(stage_results(run, "supervoxels").values()))
+    assert costs["tasks"] == 8 and costs["seconds"] > 0 and costs["peak_rss_bytes"] > 0
+    invalidate_records(run, "supervoxels", [3])
+    invalidate_records(run, "block_graph", [5])
+    assert stage_target(run, "supervoxels").totals() is None, "a stage with a block to run again keeps no totals"
     assert [status.pending for status in workflow_status(config_path) if status.pending] == [1, 1]
     invalidated = time.time()
     assert run_cli("run", config) == 0
+    rerun_costs = stage_costs(run, "supervoxels")
+    assert rerun_costs == task_costs(list(stage_results(run, "supervoxels").values())) != costs
     # The two blocks, and the records of their two stages as a whole (reopened by the invalidation).
     assert records_since(tmp_path / "out.zarr.work", invalidated) == {
         ("supervoxels", 3),
@@ -264,3 +272,33 @@ def test_a_block_task_runs_on_its_own_as_a_luigi_task(tmp_path, inputs):
     assert run_cli("run", config) == 0
     assert records_since(tmp_path / "out.zarr.work", invalidated) == {("write_segmentation", None)}
     assert np.array_equal(read(tmp_path / "out.zarr", "segmentation"), reference)
+
+
+def test_linked_blocks_are_those_whose_write_regions_meet_the_read_region(tmp_path, inputs):
+    # Blocks that do not divide the volume (clipped at its end), a halo, and pyramid levels: every kind of link.
+    config = write_config(
+        tmp_path / "config.toml", inputs, tmp_path / "out.zarr", block_shape=(12, 40, 48), halo=(2, 4, 4), output={"pyramid": True}
+    )
+    run = load_run(str(config.resolve()))
+    links = 0
+    for spec in run.stages:
+        for spec_read in run.reads(spec):
+            linked = run.linked_blocks(spec, spec_read)
+            if linked is None:
+                continue
+            producer = run.producer(spec_read)
+            write = next(write for write in producer.writes if write.kind == spec_read.kind and write.name == spec_read.name)
+            written = run.regions(producer, write.region)
+            for block_id, region in enumerate(run.regions(spec, spec_read.region)):
+                meets = (written[:, 0] < region[1]).all(axis=1) & (region[0] < written[:, 1]).all(axis=1) & (region[1] > region[0]).all()
+                assert np.array_equal(linked[block_id], np.flatnonzero(meets)), (spec.name, spec_read.name, block_id)
+                assert not linked[block_id].flags.writeable
+                links += 1
+    assert {spec.name for spec in run.stages if any(run.linked_blocks(spec, other) is not None for other in run.reads(spec))} >= {
+        "relabel_supervoxels",
+        "block_graph",
+        "write_segmentation",
+        "pyramid_s1",
+        "pyramid_s2",
+    }
+    assert links > 200

@@ -11,7 +11,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-from emflow.tasks.adapter import Workflow, stage_results
+from emflow.tasks.adapter import Workflow, stage_costs, stage_results
 from emflow.tasks.context import Run
 from emflow.tasks.spec import StageSpec
 
@@ -59,16 +59,9 @@ class RunSummary:
 
 
 def stage_cost(run: Run, spec: StageSpec, *, ran_now: bool = True) -> StageCost:
-    """Tasks, summed seconds and largest peak RSS of a finished stage, from its records."""
-    results = stage_results(run, spec.name)
-    records = list(results.values()) if spec.blockwise else [results]
-    return StageCost(
-        stage=spec.name,
-        tasks=len(records),
-        seconds=float(sum(record.get("seconds", 0.0) for record in records)),
-        peak_rss_bytes=int(max((record.get("peak_rss_bytes") or 0 for record in records), default=0)),
-        ran_now=ran_now,
-    )
+    """Tasks, summed seconds and largest peak RSS of a finished stage, from its records (`stage_costs`)."""
+    costs = stage_costs(run, spec.name)
+    return StageCost(spec.name, costs["tasks"], float(costs["seconds"]), int(costs["peak_rss_bytes"]), ran_now=ran_now)
 
 
 def run_summary(
