@@ -2,9 +2,9 @@
 
 `predict`: each block runs the grid patches it owns (`emflow.inference`: those centred in it) and
 keeps their weighted sums, over the span the patches cover, as a partial result. `blend_predictions`:
-each block adds up the sums of every block whose span reaches it, divides, and writes the network's
-probabilities (`predictions`, channels first) and the boundary map derived from them (`boundaries`)
-for its own box: whole chunks. No patch runs twice, and the result equals a prediction of the whole
+each block adds up the sums of every block whose span reaches it (the weights of the patches
+covering a voxel add up to 1) and writes the network's probabilities (`predictions`, channels
+first) and the boundary map derived from them (`boundaries`) for its own box: whole chunks. No patch runs twice, and the result equals a prediction of the whole
 volume up to the order of floating-point sums. A voxel's affinity-derived boundary value needs the
 affinities to its neighbours on both sides, so blending reads one voxel more on each side of the box.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from emflow.errors import ConfigError, InputError
-from emflow.inference import PatchGrid, accumulate_patches, add_overlap, blend
+from emflow.inference import PatchGrid, accumulate_patches, add_overlap
 from emflow.model import MAX_RESOLUTION_RATIO, NoSuitableModel, resolution_distance
 from emflow.storage.models import ModelDescription, cached_model, describe_model, model_domain, shipped_model_for
 from emflow.storage.store import describe_slicing
@@ -169,7 +169,14 @@ def _predict_parameters(run: Run) -> dict:
     grid = prediction_grid(run)
     # Device and batch size change results only within float tolerance, so they may change between
     # attempts (e.g. resuming on a GPU host) without making blocks stale.
-    return {"model_sha256": model_description(run).sha256, "patch_shape": list(grid.patch_shape), "overlap": list(grid.overlap)}
+    # "sums": what a block's partial holds, so that partials of an emflow that kept a sum of weights
+    # besides them are computed again, not read as these.
+    return {
+        "model_sha256": model_description(run).sha256,
+        "patch_shape": list(grid.patch_shape),
+        "overlap": list(grid.overlap),
+        "sums": "weights normalised on the grid",
+    }
 
 
 PREDICT = StageSpec(
@@ -187,13 +194,12 @@ def _blend(block: BlockContext) -> dict:
     model = _model(block)
     grid = prediction_grid(block.run)
     blended = block.region("predict")  # the box grown by one voxel, clipped
-    total = np.zeros((model.out_channels + 1, *blended.shape), dtype=np.float32)
+    probabilities = np.zeros((model.out_channels, *blended.shape), dtype=np.float32)
     for other_id in block.linked_blocks("predict"):
         other = block.blocking.block(other_id)
         # The span's own start, which may lie outside the volume (its patches read mirrored data there).
         span_start = [int(axis_origins[0]) for axis_origins in grid.patches_of_block(other.begin, other.end)]
-        add_overlap(total, blended.begin, block.load_partial_array("predict", other_id), span_start)
-    probabilities = blend(total)
+        add_overlap(probabilities, blended.begin, block.load_partial_array("predict", other_id), span_start)
     inner = block.box.local_to(blended).slicing
     block.write("boundaries", model.boundaries(probabilities)[inner])
     block.write("predictions", probabilities[(slice(None), *inner)])
