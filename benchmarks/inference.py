@@ -17,12 +17,12 @@ b) patches: the forward passes over every patch of the sliding-window grid the w
    extra time over (a) is the cost of the patches' overlap (patch voxels / volume voxels) and of
    the patch size itself.
 b') blended in memory: `emflow.inference.predict_box` over the whole crop (mirrored reads from the
-   in-memory array, the patches, Gaussian-weighted sums and division) plus the affinity-derived
-   boundary map: (b) plus the blending, without IO or orchestration.
+   in-memory array, the patches, their sums weighted by Gaussians normalised on the grid) plus the
+   affinity-derived boundary map: (b) plus the blending, without IO or orchestration.
 c) `emflow predict CONFIG --workers 1` on the crop stored as a zarr array (chunks = blocks), with
    the same patch grid and blocks of `--block-shape`: the block tasks `predict` (run the patches
-   a block owns, save their weighted sums) and `blend_predictions` (add the neighbours' sums,
-   divide, write the `predictions` and `boundaries` arrays). Reported two ways: the seconds the
+   a block owns, save their weighted sums) and `blend_predictions` (add the neighbours' sums to
+   its own, write the `predictions` and `boundaries` arrays). Reported two ways: the seconds the
    tasks recorded, summed (raw data read, normalisation, model loading and the first, cold
    forward pass of the process, patches, blending, IO); and the wall time of the process, start
    to exit (adds interpreter start-up, imports and Luigi's scheduling).
@@ -35,9 +35,9 @@ m) MONAI: `monai.inferers.sliding_window_inference` on the in-memory crop with t
    torch and numpy.
 
 The benchmark process keeps freed memory for reuse (`emflow.tasks.predict.reuse_freed_memory`), as
-`emflow predict`'s workers do, so that every contender allocates alike. (a), (b) and (m) are warmed
-up with one untimed pass of each shape before the first repeat; (c) starts a
-fresh process each time, so its model loading and first pass are part of what it measures. Torch
+`emflow predict`'s workers do, so that every contender allocates alike. (a), (b) and (m) are
+warmed up with one untimed pass of each shape before the first repeat; (c) starts a fresh process
+each time, so its model loading and first pass are part of what it measures. Torch
 uses its default number of threads in the benchmark process and in `emflow predict` (one worker
 process sets no thread count); the count is reported. The goal of the issue is that blending + IO,
 (c tasks) - (b), stay within 10 % of the bare pass (a); the table gives the ratios to read it both
