@@ -153,8 +153,9 @@ def reuse_freed_memory() -> None:
     activations, its probabilities, a block's sums) is mapped afresh and unmapped when freed, so
     each forward pass faults its ~1.4 GB of activations in again, page by page: measured on this
     project's 2-core VM, which hands freed pages back to its host, 35 % of the CPU time of a
-    64x128x128 patch (2.45 s, 1.55 s with this). The process keeps its peak memory instead (the
-    benchmark's `emflow predict`: 1.2 instead of 0.86 GiB).
+    64x128x128 patch (2.45 s, 1.55 s with this; the 8 patches of benchmarks/inference.py 20.2 s,
+    12.2 s). The process keeps its peak memory instead (that benchmark's `emflow predict`: 1.0 to
+    1.2 GiB instead of 0.8 to 0.87).
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt
