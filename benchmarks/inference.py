@@ -17,18 +17,27 @@ b) patches: the forward passes over every patch of the sliding-window grid the w
    extra time over (a) is the cost of the patches' overlap (patch voxels / volume voxels) and of
    the patch size itself.
 b') blended in memory: `emflow.inference.predict_box` over the whole crop (mirrored reads from the
-   in-memory array, the patches, Gaussian-weighted sums and division) plus the affinity-derived
-   boundary map: (b) plus the blending, without IO or orchestration.
+   in-memory array, the patches, their sums weighted by Gaussians normalised on the grid) plus the
+   affinity-derived boundary map: (b) plus the blending, without IO or orchestration.
 c) `emflow predict CONFIG --workers 1` on the crop stored as a zarr array (chunks = blocks), with
    the same patch grid and blocks of `--block-shape`: the block tasks `predict` (run the patches
-   a block owns, save their weighted sums) and `blend_predictions` (add the neighbours' sums,
-   divide, write the `predictions` and `boundaries` arrays). Reported two ways: the seconds the
+   a block owns, save their weighted sums) and `blend_predictions` (add the neighbours' sums to
+   its own, write the `predictions` and `boundaries` arrays). Reported two ways: the seconds the
    tasks recorded, summed (raw data read, normalisation, model loading and the first, cold
    forward pass of the process, patches, blending, IO); and the wall time of the process, start
    to exit (adds interpreter start-up, imports and Luigi's scheduling).
+m) MONAI: `monai.inferers.sliding_window_inference` on the in-memory crop with the same predictor,
+   patch shape, stride (overlap as a fraction of the patch) and Gaussian blending (sigma_scale
+   0.125 = patch / 8), plus the boundary map: the standard sliding-window loop, beside (b'). It
+   places its patches from the volume's corner and the last flush with its end instead of
+   mirroring past it; for the crops and grids here it runs as many patches as emflow. Skipped
+   (reported as "not installed") when MONAI is missing: `pip install monai`, a wheel needing only
+   torch and numpy.
 
-(a) and (b) are warmed up with one untimed pass of each shape before the first repeat; (c) starts a
-fresh process each time, so its model loading and first pass are part of what it measures. Torch
+The benchmark process keeps freed memory for reuse (`emflow.tasks.predict.reuse_freed_memory`), as
+`emflow predict`'s workers do, so that every contender allocates alike. (a), (b) and (m) are
+warmed up with one untimed pass of each shape before the first repeat; (c) starts a fresh process
+each time, so its model loading and first pass are part of what it measures. Torch
 uses its default number of threads in the benchmark process and in `emflow predict` (one worker
 process sets no thread count); the count is reported. The goal of the issue is that blending + IO,
 (c tasks) - (b), stay within 10 % of the bare pass (a); the table gives the ratios to read it both
@@ -64,6 +73,7 @@ from emflow.inference import PatchGrid, predict_box, read_mirrored
 from emflow.model import TrainedModel
 from emflow.storage.models import file_digest, load_model, shipped_model_path
 from emflow.storage.volumes import write_volume
+from emflow.tasks.predict import reuse_freed_memory
 from emflow.unet import check_patch_shape
 
 try:
@@ -139,6 +149,33 @@ def run_patches(predictor, patches: list[np.ndarray], batch_size: int) -> None:
         predictor(np.stack(patches[first : first + batch_size]))
 
 
+def monai_sliding_window(model: TrainedModel, predictor, network_input: np.ndarray, grid: PatchGrid, batch_size: int):
+    """(m) of the module docstring as a callable returning the boundary map, and the number of
+    patches MONAI runs; None when MONAI is not installed."""
+    try:
+        from monai.inferers import sliding_window_inference
+    except ImportError:
+        return None
+    # MONAI's stride is int(patch * (1 - overlap fraction)): half a voxel less overlap keeps rounding
+    # from taking a voxel off the stride.
+    overlap = [(overlap - 0.5) / patch if overlap else 0.0 for overlap, patch in zip(grid.overlap, grid.patch_shape)]
+    whole = torch.from_numpy(network_input[None, None])
+    patches = []
+
+    def predict(batch: torch.Tensor) -> torch.Tensor:
+        patches.append(batch.shape[0])
+        return torch.from_numpy(predictor(batch.numpy()))
+
+    def run() -> np.ndarray:
+        probabilities = sliding_window_inference(
+            whole, grid.patch_shape, batch_size, predict, overlap=overlap, mode="gaussian", sigma_scale=0.125
+        )
+        return model.boundaries(probabilities[0].numpy())
+
+    run()  # counts the patches, and is the warm-up pass
+    return run, sum(patches)
+
+
 def predict_config(
     run_dir: Path, input_path: Path, model_path: Path, resolution, block_shape, grid: PatchGrid, batch_size: int, device: str
 ) -> Path:
@@ -203,6 +240,10 @@ def measure_device(
         ),
     }
     print(f"{device}: warming up ...", flush=True)
+    monai = monai_sliding_window(model, predictor, network_input, grid, batch_size)
+    monai_patches = None
+    if monai is not None:
+        measurements["monai"], monai_patches = monai
     # The first passes of a process pay one-off costs (kernel selection, allocations); recorded
     # because every `emflow predict` process pays them too.
     warm_up_seconds = {"bare": timed(lambda: predictor(whole)), "patch": timed(lambda: predictor(patches[0][None]))}
@@ -222,6 +263,15 @@ def measure_device(
     medians["workflow_tasks"] = statistics.median(run["task_seconds"] for run in workflow_runs)
     medians["workflow_wall"] = statistics.median(run["wall_seconds"] for run in workflow_runs)
     bare, patches_only = medians["bare"], medians["patches"]
+    monai_overheads = (
+        {
+            "monai_over_bare": medians["monai"] / bare - 1,
+            "workflow_tasks_over_monai": medians["workflow_tasks"] / medians["monai"] - 1,
+            "blended_in_memory_over_monai": medians["blended_in_memory"] / medians["monai"] - 1,
+        }
+        if monai is not None
+        else {}
+    )
     return {
         "device": str(predictor.device),
         "device_name": torch.cuda.get_device_name(predictor.device)
@@ -230,6 +280,7 @@ def measure_device(
         "precision": predictor.precision,
         "warm_up_seconds": warm_up_seconds,
         "seconds": seconds,
+        "monai_patches": monai_patches,
         "workflow_runs": workflow_runs,
         "median_seconds": medians,
         "overheads": {
@@ -243,6 +294,7 @@ def measure_device(
             # The issue's goal: blending + IO, as a fraction of the bare pass.
             "blending_and_io_over_bare": (medians["workflow_tasks"] - patches_only) / bare,
             "blending_io_and_orchestration_over_bare": (medians["workflow_wall"] - patches_only) / bare,
+            **monai_overheads,
         },
     }
 
@@ -258,6 +310,8 @@ def run(
     repeats: int | None = None,
 ) -> dict:
     """Run the benchmark (see the module docstring) and return its results."""
+    # As `emflow predict`'s workers do, so that the passes of (a), (b), (b') and (m) allocate alike.
+    reuse_freed_memory()
     repeats = repeats or (1 if quick else REPEATS)
     crop_shape = QUICK_CROP_SHAPE if quick else CROP_SHAPE
     model_path = resolve_model_path(model)
@@ -287,7 +341,7 @@ def run(
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine_description(),
-        "versions": {name: metadata.version(name) for name in ("emflow", "torch")},
+        "versions": {name: _version(name) for name in ("emflow", "torch", "monai")},
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU",
         "model": model_description(model_path, trained_model),
@@ -311,6 +365,13 @@ def run(
     }
 
 
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def _shape(values) -> str:
     return "x".join(map(str, values))
 
@@ -328,6 +389,7 @@ def markdown(results: dict) -> str:
         ("bare", "a) bare forward pass, the crop as one patch"),
         ("patches", f"b) forward passes of the {grid['number_of_patches']} grid patches"),
         ("blended_in_memory", "b') patches + blending in memory (`predict_box`, boundaries)"),
+        ("monai", "m) MONAI `sliding_window_inference` + boundaries, in memory"),
         ("workflow_tasks", "c) `emflow predict`, task seconds summed"),
         ("workflow_wall", "c) `emflow predict`, process start to exit"),
     )
@@ -348,7 +410,14 @@ def markdown(results: dict) -> str:
     verdicts = []
     for device, measured in results["devices"].items():
         medians = measured["median_seconds"]
+        if measured["monai_patches"]:
+            network_megavoxels["monai"] = (
+                megavoxels * measured["monai_patches"] * math.prod(grid["patch_shape"]) / math.prod(volume["shape"])
+            )
         for key, label in rows:
+            if key not in medians:
+                lines.append(f"| {device} ({measured['precision']}) | {label}: MONAI not installed | | | | |")
+                continue
             network = f"{network_megavoxels[key] / medians[key]:.3f}" if key in network_megavoxels else ""
             lines.append(
                 f"| {device} ({measured['precision']}) | {label} | {medians[key]:.2f} | {megavoxels / medians[key]:.3f} | "
@@ -368,6 +437,13 @@ def markdown(results: dict) -> str:
             f"{overheads['blending_and_io_over_bare']:.0%} of the bare pass: goal <= {results['goal_blending_and_io_over_bare']:.0%} "
             f"{'met' if met else 'NOT met'} (with start-up and scheduling, (c process - b) / a = "
             f"{overheads['blending_io_and_orchestration_over_bare']:.0%})."
+            + (
+                f" MONAI ran {measured['monai_patches']} patches in {medians['monai']:.2f} s ({overheads['monai_over_bare']:+.0%} over the "
+                f"bare pass); emflow in memory (b') takes {medians['blended_in_memory'] / medians['monai']:.2f}x MONAI's time, "
+                f"`emflow predict` (c tasks) {medians['workflow_tasks'] / medians['monai']:.2f}x."
+                if "monai" in medians
+                else ""
+            )
         )
     lines += [
         "",

@@ -7,15 +7,21 @@ covers it. Outside the volume, raw data are mirrored (numpy's "reflect"), so vox
 see context like any other and every block reads the same mirrored values.
 
 Block-wise, without computing any patch twice (overlap-add): each patch belongs to the block that
-holds its centre (`PatchGrid.patches_of_block`). A block runs its own patches and keeps the
-weighted sums and weight sums over their span (`accumulate_patches`), which reaches past the
-block by up to a patch; the final value of a voxel adds the accumulations of every block whose
-span covers it and divides (`blend`). Letting each block instead run every patch that touches
-it would repeat the patches along block faces: for 64×128×128 blocks and 32×96×96 patches, about
-4× the network evaluations of a whole-volume run.
+holds its centre (`PatchGrid.patches_of_block`). A block runs its own patches and keeps their
+weighted sums over their span (`accumulate_patches`), which reaches past the block by up to a
+patch; the final value of a voxel is the sum of the accumulations of every block whose span
+covers it (`add_overlap`). Letting each block instead run every patch that touches it would
+repeat the patches along block faces: for 64×128×128 blocks and 32×96×96 patches, about 4× the
+network evaluations of a whole-volume run.
 
 The blending weight is a Gaussian per axis with sigma patch / 8 (as in nnU-Net): patch centres,
-which see the most context, dominate, and seams between patches vanish.
+which see the most context, dominate, and seams between patches vanish. The weights are
+normalised on the grid (`PatchGrid.axis_weights`): along each axis, a patch's Gaussian divided by
+the sum of the Gaussians of every patch covering the position. The patches form a product grid
+and the weight is a product over the axes, so the normalised weights of the patches covering a
+voxel add up to 1: the weighted sums are the prediction, with no sum of weights to keep and no
+division. Where one patch alone covers a voxel, its weight is exactly 1, and its prediction is
+taken as it is: only the overlaps are multiplied.
 """
 
 from __future__ import annotations
@@ -28,18 +34,12 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def blending_weights(patch_shape: Sequence[int]) -> np.ndarray:
-    """Product of per-axis Gaussians (sigma = size / 8) centred on the patch; float32, max 1.
-
-    The smallest weight (a corner) is about exp(-24) ≈ 4e-11, still a normal float32, so every
-    covered voxel has a positive weight sum.
-    """
-    weights = np.ones((), dtype=np.float64)
-    for size in patch_shape:
-        centres = np.arange(size) + 0.5 - size / 2
-        axis_weights = np.exp(-0.5 * (centres / (size / 8)) ** 2)
-        weights = np.multiply.outer(weights, axis_weights / axis_weights.max())
-    return weights.astype(np.float32)
+def axis_gaussian(size: int) -> np.ndarray:
+    """Gaussian over the `size` voxels of a patch along one axis, centred on it (sigma = size / 8),
+    max 1; float64 (size,). Its smallest value, at the patch's faces, is about exp(-8) ≈ 3e-4."""
+    centres = np.arange(size) + 0.5 - size / 2
+    weights = np.exp(-0.5 * (centres / (size / 8)) ** 2)
+    return weights / weights.max()
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,18 @@ class PatchGrid:
             keep = (origins < stop[axis]) & (origins + self.patch_shape[axis] > start[axis])
             covering.append(origins[keep])
         return covering
+
+    def axis_weights(self, axis: int) -> np.ndarray:
+        """The blending weights along one axis: float32 (number of origins, patch size), row k for
+        the patch at `origins(axis)[k]`, its Gaussian (`axis_gaussian`) divided by the sum of the
+        Gaussians of all the patches covering each position, so that at every position the
+        weights of the covering patches add up to 1; exactly 1 where one patch alone covers."""
+        origins, size = self.origins(axis), self.patch_shape[axis]
+        gaussian = axis_gaussian(size)
+        positions = origins[:, None] - origins[0] + np.arange(size)  # (origins, size), from the first origin
+        covering_sum = np.zeros(int(origins[-1] - origins[0]) + size)
+        np.add.at(covering_sum, positions, np.broadcast_to(gaussian, positions.shape))
+        return (gaussian / covering_sum[positions]).astype(np.float32)
 
     def patches_of_block(self, begin: Sequence[int], end: Sequence[int]) -> list[np.ndarray]:
         """Per axis, the origins of the patches that belong to the block [begin, end): those whose
@@ -153,6 +165,12 @@ def read_mirrored(volume, start: Sequence[int], stop: Sequence[int]) -> np.ndarr
 PredictPatches = Callable[[np.ndarray], np.ndarray]
 
 
+def _weighted_runs(weights: np.ndarray) -> np.ndarray:
+    """[start, stop) of each run of positions whose weight is not 1: int (runs, 2)."""
+    not_one = np.concatenate(([0], (weights != 1).astype(np.int8), [0]))
+    return np.flatnonzero(np.diff(not_one)).reshape(-1, 2)
+
+
 def accumulate_patches(
     predict_patches: PredictPatches,
     volume,
@@ -164,33 +182,44 @@ def accumulate_patches(
     """Run the patches at every combination of the per-axis `origins` and add them up, weighted.
 
     predict_patches: maps float32 (N, 1, *patch_shape) network input to float32 (N, C,
-    *patch_shape) probabilities. volume: 3D array-like of network input (already normalised),
-    read once over the patches' span, mirrored outside.
-    Returns (span_start, accumulated): accumulated is float32 (C + 1, *span shape), the weighted
-    sums of the C channels followed by the sum of weights, over the box the patches span, which
-    starts at span_start (volume coordinates, possibly negative).
+    *patch_shape) probabilities (which it may hand over: they are weighted in place). volume: 3D
+    array-like of network input (already normalised), read once over the patches' span, mirrored
+    outside. Returns (span_start, accumulated): accumulated is float32 (C, *span shape), the sums
+    of the C channels weighted by `PatchGrid.axis_weights`, over the box the patches span, which
+    starts at span_start (volume coordinates, possibly negative). Where every patch covering a
+    voxel is among them, the sum is the blended prediction.
     """
     span_start = tuple(int(axis_origins[0]) for axis_origins in origins)
     span_stop = [int(axis_origins[-1]) + size for axis_origins, size in zip(origins, grid.patch_shape)]
     region = read_mirrored(volume, span_start, span_stop).astype(np.float32, copy=False)
-    weights = blending_weights(grid.patch_shape)
+    # Per axis and origin: the weights, and the runs where they differ from 1 (the overlaps with other patches).
+    axis_weights = [
+        {origin: (weights, _weighted_runs(weights)) for origin, weights in zip(grid.origins(axis).tolist(), grid.axis_weights(axis))}
+        for axis in range(3)
+    ]
     span_shape = tuple(last - first for first, last in zip(span_start, span_stop))
     accumulated = None
-    patch_origins = list(itertools.product(*origins))
+    patch_origins = list(itertools.product(*(axis_origins.tolist() for axis_origins in origins)))
     for first in range(0, len(patch_origins), batch_size):
+        batch_origins = patch_origins[first : first + batch_size]
         slicings = [
             tuple(
                 slice(origin - offset, origin - offset + size) for origin, offset, size in zip(patch_origin, span_start, grid.patch_shape)
             )
-            for patch_origin in patch_origins[first : first + batch_size]
+            for patch_origin in batch_origins
         ]
         predictions = predict_patches(np.stack([region[slicing] for slicing in slicings])[:, None])
         if accumulated is None:
-            accumulated = np.zeros((predictions.shape[1] + 1,) + span_shape, dtype=np.float32)
-        predictions *= weights  # in place: no temporary of a whole batch
-        for slicing, prediction in zip(slicings, predictions):
-            accumulated[(slice(None, -1),) + slicing] += prediction
-            accumulated[(-1,) + slicing] += weights
+            accumulated = np.zeros((predictions.shape[1],) + span_shape, dtype=np.float32)
+        for patch_origin, slicing, prediction in zip(batch_origins, slicings, predictions):
+            for axis, origin in enumerate(patch_origin):
+                weights, runs = axis_weights[axis][origin]
+                for run_start, run_stop in runs:
+                    shape = [1, 1, 1]
+                    shape[axis] = run_stop - run_start
+                    run = (slice(None),) * (axis + 1) + (slice(run_start, run_stop),)
+                    prediction[run] *= weights[run_start:run_stop].reshape(shape)  # in place: no temporary of a patch
+            accumulated[(slice(None),) + slicing] += prediction
     if accumulated is None:
         raise ValueError("no patches to accumulate: every axis needs at least one origin")
     return span_start, accumulated
@@ -209,11 +238,6 @@ def add_overlap(total: np.ndarray, total_start: Sequence[int], part: np.ndarray,
     total[(slice(None),) + tuple(total_slicing)] += part[(slice(None),) + tuple(part_slicing)]
 
 
-def blend(accumulated: np.ndarray) -> np.ndarray:
-    """Probabilities (C, ...) from accumulated weighted sums and weight sum (C + 1, ...), float32."""
-    return accumulated[:-1] / accumulated[-1]
-
-
 def predict_box(
     predict_patches: PredictPatches,
     volume,
@@ -225,8 +249,9 @@ def predict_box(
 ) -> np.ndarray:
     """Blended prediction of the box [start, stop) in one go, running every patch that covers it.
 
-    Returns float32 (C, *box shape), the values a prediction of the whole volume has there.
+    Returns float32 (C, *box shape), the values a prediction of the whole volume has there (a
+    view into the sums over the patches' span).
     """
     span_start, accumulated = accumulate_patches(predict_patches, volume, grid, grid.covering(start, stop), batch_size=batch_size)
     inner = tuple(slice(first - offset, last - offset) for first, last, offset in zip(start, stop, span_start))
-    return blend(accumulated[(slice(None),) + inner])
+    return accumulated[(slice(None),) + inner]

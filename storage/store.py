@@ -112,8 +112,13 @@ class Store:
         if volume.quantized:
             data = np.round(np.asarray(data) * 255).astype(np.uint8)
         selection = ((slice(None),) if volume.channels else ()) + box.slicing
+        array = self.output_array(name)
+        if not volume.compressed:
+            # Uncompressed data (float network outputs) is next to never all zero, and zarr's test for
+            # a chunk it need not store takes 40 % of writing one: 14 of 34 ms for a 38 MB chunk.
+            array = array.with_config({"write_empty_chunks": True})
         with writing(f"{self.layout.output_path / volume.path} (box {describe_box(box)})"):
-            self.output_array(name)[selection] = data
+            array[selection] = data
 
     @contextmanager
     def opened_input(self, name: str) -> Iterator[Any]:

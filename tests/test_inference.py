@@ -1,5 +1,7 @@
 """Sliding-window inference: the patch grid, mirroring, blending, and block-wise = whole-volume prediction."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -9,8 +11,7 @@ from emflow.inference import (
     PatchGrid,
     accumulate_patches,
     add_overlap,
-    blend,
-    blending_weights,
+    axis_gaussian,
     predict_box,
     read_mirrored,
     reflect_indices,
@@ -19,13 +20,37 @@ from emflow.storage.models import load_model
 from emflow.unet import UNet3D, UNetConfig, check_patch_shape
 
 
-def test_blending_weights_peak_in_the_centre_and_stay_positive():
-    weights = blending_weights((8, 32, 48))
-    assert weights.dtype == np.float32 and weights.shape == (8, 32, 48)
-    assert weights.min() > 0
-    assert weights.max() == pytest.approx(1, abs=0.01)
-    np.testing.assert_allclose(weights, weights[::-1, ::-1, ::-1], rtol=1e-6)
-    assert weights[4, 16, 24] > weights[4, 16, 0] > weights[0, 0, 0]
+def test_blending_gaussian_peaks_in_the_centre_and_stays_positive():
+    weights = axis_gaussian(48)
+    assert weights.shape == (48,) and weights.min() > 1e-4 and weights.max() == pytest.approx(1, abs=0.01)
+    np.testing.assert_allclose(weights, weights[::-1], rtol=1e-12)
+    assert weights[24] > weights[12] > weights[0]
+
+
+@pytest.mark.parametrize("overlap", [0, 4, 12, 20])
+def test_blending_weights_of_the_patches_covering_a_voxel_add_up_to_one(overlap):
+    grid = PatchGrid((50, 70, 33), (16, 32, 24), (min(overlap, 15), overlap, overlap))
+    for axis in range(3):
+        origins, weights = grid.origins(axis), grid.axis_weights(axis)
+        assert weights.dtype == np.float32 and weights.shape == (len(origins), grid.patch_shape[axis]) and weights.min() > 0
+        covering_sum = np.zeros(grid.volume_shape[axis])
+        covering_count = np.zeros(grid.volume_shape[axis], dtype=int)
+        for origin, patch_weights in zip(origins, weights):
+            inside = slice(max(-origin, 0), min(grid.volume_shape[axis] - origin, grid.patch_shape[axis]))
+            covering_sum[origin + inside.start : origin + inside.stop] += patch_weights[inside]
+            covering_count[origin + inside.start : origin + inside.stop] += 1
+        np.testing.assert_allclose(covering_sum, 1, rtol=1e-6)
+        # One patch alone: its prediction is taken as it is, unweighted.
+        alone = [patch_weights[covered == 1] for patch_weights, covered in zip(weights, _coverage_per_patch(origins, grid, axis))]
+        assert all((patch_alone == 1).all() for patch_alone in alone)
+        assert (covering_count > 1).any() == (grid.overlap[axis] > 0)
+
+
+def _coverage_per_patch(origins, grid, axis):
+    """Per patch, how many patches cover each of its positions."""
+    positions = origins[:, None] + np.arange(grid.patch_shape[axis])
+    starts, stops = origins, origins + grid.patch_shape[axis]
+    return ((positions[..., None] >= starts) & (positions[..., None] < stops)).sum(axis=-1)
 
 
 @pytest.mark.parametrize("size", [1, 2, 7])
@@ -72,14 +97,35 @@ def test_overlap_add_over_blocks_equals_a_whole_volume_prediction(flyem_crop, sm
     assert whole.shape == (model.out_channels,) + volume.shape and np.isfinite(whole).all()
 
     blocking = Blocking(volume.shape, (16, 32, 24))
-    total = np.zeros((model.out_channels + 1,) + volume.shape, dtype=np.float32)
+    total = np.zeros((model.out_channels,) + volume.shape, dtype=np.float32)
     for block_id in range(blocking.number_of_blocks):
         box = blocking.block(block_id)
         origins = grid.patches_of_block(box.begin, box.end)
         if all(len(axis_origins) for axis_origins in origins):
             span_start, accumulated = accumulate_patches(predictor, volume, grid, origins)
             add_overlap(total, (0, 0, 0), accumulated, span_start)
-    np.testing.assert_allclose(blend(total), whole, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(total, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_blended_prediction_is_the_gaussian_weighted_mean_of_the_covering_patches(flyem_crop, small_affinity_model):
+    model = load_model(small_affinity_model)
+    volume = model.normalize(flyem_crop["raw"][:24, :56, :40])
+    grid = PatchGrid(volume.shape, model.patch_shape, (4, 12, 12))
+    predictor = model.predictor("cpu")
+    weighted_sum = np.zeros((model.out_channels,) + volume.shape)
+    weight_sum = np.zeros(volume.shape)
+    gaussian = np.einsum("i,j,k->ijk", *(axis_gaussian(size) for size in grid.patch_shape))
+    for origin in itertools.product(*(grid.origins(axis) for axis in range(3))):
+        stop = [first + size for first, size in zip(origin, grid.patch_shape)]
+        prediction = predictor(read_mirrored(volume, origin, stop)[None, None])[0]
+        inside = tuple(
+            slice(max(-first, 0), min(size, shape - first)) for first, size, shape in zip(origin, grid.patch_shape, volume.shape)
+        )
+        placed = tuple(slice(first + part.start, first + part.stop) for first, part in zip(origin, inside))
+        weighted_sum[(slice(None),) + placed] += gaussian[inside] * prediction[(slice(None),) + inside]
+        weight_sum[placed] += gaussian[inside]
+    blended = predict_box(predictor, volume, grid, (0, 0, 0), volume.shape)
+    np.testing.assert_allclose(blended, weighted_sum / weight_sum, rtol=1e-5, atol=1e-6)
 
 
 def test_patch_shapes_must_fit_the_networks_downsampling():

@@ -1,9 +1,11 @@
 """The prediction stages of `emflow run` / `emflow predict`: block-wise = whole-volume, dtypes, fingerprints."""
 
+import signal
 import time
 
 import numpy as np
 import pytest
+from test_crash_safety import KillPoint, run_to_end
 from workflow_helpers import RESOLUTION, read, records_since, run_cli, write_config
 
 from emflow.blocking import Blocking, Box
@@ -54,6 +56,32 @@ def test_block_wise_prediction_equals_a_single_block_prediction(tmp_path, raw_in
     statuses = {status.stage: status for status in workflow_status(str(blocks))}
     assert statuses["blend_predictions"].done == statuses["blend_predictions"].total == 3 * 3 * 3
     assert statuses["supervoxels"].done == 0
+
+
+# Torn writes of the two prediction stages: a block's CNN sums (its .npy partial) and a chunk of the
+# blended probabilities.
+PREDICTION_KILL_POINTS = {
+    "predict-sums-torn": (r"^file killed\.zarr\.work/blocks/predict/\d+\.npy$", 3, "torn"),
+    "blend-chunk-torn": (r"^chunk killed\.zarr/predictions/s0/c/", 3, "torn"),
+}
+
+
+@pytest.mark.parametrize("pattern, occurrence, moment", PREDICTION_KILL_POINTS.values(), ids=PREDICTION_KILL_POINTS.keys())
+def test_a_prediction_killed_mid_write_resumes_to_the_identical_result(
+    tmp_path, raw_input, small_affinity_model, pattern, occurrence, moment
+):
+    # Two workers: each worker process (forked) runs torch with one thread, which keeps it safe from
+    # the OpenMP threads of this test process, which a fork leaves hanging.
+    blocks = (24, 40, 48)
+    killed = predict_config(tmp_path, raw_input, small_affinity_model, "killed", block_shape=blocks)
+    code, log = run_to_end(killed, workers=2, kill_point=KillPoint(pattern, occurrence, moment, tmp_path / "trace.txt"))
+    assert code == -signal.SIGKILL, f"the run was not killed at write {occurrence} matching {pattern!r} (exit {code}):\n{log}"
+    code, log = run_to_end(killed, workers=2)
+    assert code == 0, f"the rerun after the kill failed (exit {code}):\n{log}"
+    reference = predict_config(tmp_path, raw_input, small_affinity_model, "reference", block_shape=blocks)
+    assert run_workflow(reference, until="blend_predictions").succeeded
+    for key in ("predictions", "boundaries"):
+        assert read(tmp_path / "killed.zarr", key).tobytes() == read(tmp_path / "reference.zarr", key).tobytes(), key
 
 
 def test_a_full_run_predicts_then_segments_and_reads_uint8_boundaries_back(tmp_path, raw_input, small_affinity_model):
