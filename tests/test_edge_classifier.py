@@ -321,3 +321,11 @@ def test_the_shipped_classifier_was_trained_on_the_shipped_models_predictions():
     # None of the dev cube's held-out half (y < 128), which benchmarks/cnn_accuracy.py scores.
     assert [source["run"] for source in sources] == ["dev_y128.toml", "gala_train.toml", "gala_test.toml"]
     assert classifier.feature_names == feature_names(["boundaries"]) and classifier.metadata["channels"] == ["boundaries"]
+
+
+def test_the_classifier_card_names_this_file_and_its_retraining_command():
+    path = classifier_beside(shipped_model_path())
+    card = path.with_suffix(".md").read_text()
+    assert f"sha256 `{file_digest(path)}`" in card
+    assert "python -m benchmarks.train_edge_classifier" in card
+    assert path.with_suffix(".md").name in shipped_model_path().with_suffix(".md").read_text()
