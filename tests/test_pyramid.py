@@ -2,8 +2,10 @@
 
 import itertools
 
+import h5py
 import numpy as np
 import pytest
+from bioimage_cpp.label_multiset import multiset_from_labels
 
 from emflow.blocking import Blocking
 from emflow.pyramid import downsample_image, downsample_labels, pyramid_factors, source_box
@@ -37,6 +39,46 @@ def test_mode_equals_a_direct_count_on_real_labels(flyem_crop, factors):
     result = downsample_labels(labels, factors)
     assert result.dtype == labels.dtype
     np.testing.assert_array_equal(result, direct_mode(labels, factors))
+
+
+def multiset_mode(labels: np.ndarray, factors) -> np.ndarray:
+    """The mode as the argmax of bioimage-cpp's histogram of every window (smallest id on ties):
+    emflow.pyramid's former implementation, fast enough for the whole dev cube."""
+    shape = tuple(-(-size // factor) for size, factor in zip(labels.shape, factors))
+    multiset = multiset_from_labels(np.ascontiguousarray(labels, dtype=np.uint64), tuple(factors))
+    return multiset.argmax.reshape(shape).astype(labels.dtype)
+
+
+def count_whole_window_ties(labels: np.ndarray, factors) -> int:
+    """Windows (whole ones only) whose highest count is reached by more than one id."""
+    shape = tuple(size // factor for size, factor in zip(labels.shape, factors))
+    whole = labels[tuple(slice(0, size * factor) for size, factor in zip(shape, factors))]
+    split = whole.reshape(tuple(value for size, factor in zip(shape, factors) for value in (size, factor)))
+    rows = split.transpose((0, 2, 4, 1, 3, 5)).reshape(-1, int(np.prod(factors)))
+    counts = (rows[:, :, None] == rows[:, None, :]).sum(axis=2)
+    # Each id reaching the highest count m is counted m times.
+    highest = counts.max(axis=1)
+    return int(((counts == highest[:, None]).sum(axis=1) > highest).sum())
+
+
+@pytest.fixture(scope="module")
+def dev_cube_labels(data_dir) -> dict[str, np.ndarray]:
+    """The whole FlyEM dev cube's oversegmentation and neuron ids (125, 250, 250), as uint64."""
+    with h5py.File(data_dir / "flyem_medulla_dev" / "volume.h5", "r") as f:
+        return {name: f[f"labels/{name}"][:].astype(np.uint64) for name in ("oversegmentation", "neuron_ids")}
+
+
+@pytest.mark.parametrize("name", ["oversegmentation", "neuron_ids"])
+@pytest.mark.parametrize("factors", [(2, 2, 2), (1, 2, 2), (3, 2, 3)])
+def test_mode_equals_the_label_multiset_on_the_dev_cube(dev_cube_labels, name, factors):
+    # The whole cube (125 slices: clipped windows in z) and a view of it with odd, offset extents on
+    # every axis (not contiguous in memory).
+    for labels in (dev_cube_labels[name], dev_cube_labels[name][2:, 1:, 3:]):
+        if factors == (2, 2, 2):
+            assert count_whole_window_ties(labels[:32, :64, :64], factors) > 100, "the labels must hold ties for the tie rule to be tested"
+        result = downsample_labels(labels, factors)
+        assert result.dtype == labels.dtype
+        np.testing.assert_array_equal(result, multiset_mode(labels, factors))
 
 
 def test_mode_keeps_only_existing_ids_and_other_dtypes(flyem_crop):
