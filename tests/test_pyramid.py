@@ -106,6 +106,33 @@ def test_mean_equals_a_direct_mean_rounded_half_up(flyem_crop):
     np.testing.assert_allclose(floats * 255, downsample_image(raw.astype(np.float64), factors), rtol=1e-6)
 
 
+def padded_window_mean(image: np.ndarray, factors) -> np.ndarray:
+    """The mean as numpy's sum over the window axes of the zero-padded image, as float64, cast back
+    (rounded half up for integers): emflow.pyramid's former implementation."""
+    shape = tuple(-(-size // factor) for size, factor in zip(image.shape, factors))
+    padded = np.zeros(tuple(size * factor for size, factor in zip(shape, factors)), dtype=np.float64)
+    padded[tuple(slice(0, size) for size in image.shape)] = image
+    sums = padded.reshape(tuple(value for size, factor in zip(shape, factors) for value in (size, factor))).sum(axis=(1, 3, 5))
+    counts = np.ones(shape)
+    for axis, (size, factor) in enumerate(zip(image.shape, factors)):
+        counts = counts * np.minimum(factor, size - np.arange(shape[axis]) * factor).reshape((-1,) + (1,) * (2 - axis))
+    means = sums / counts
+    return (np.floor(means + 0.5) if np.issubdtype(image.dtype, np.integer) else means).astype(image.dtype)
+
+
+@pytest.mark.parametrize("factors", [(2, 2, 2), (1, 2, 2), (3, 2, 3), (2, 9, 1), (1, 2, 8)])
+def test_mean_equals_the_padded_window_sum_bit_for_bit(flyem_crop, factors):
+    raw = flyem_crop["raw"]
+    # Floats spanning 30 decades, where the order of a sum decides its rounding; the crop and a
+    # view of it with odd, offset extents (not contiguous); a slab whose last axis is one window.
+    spread = (10.0 ** (-30 * raw.astype(np.float64) / 255)).astype(np.float32)
+    for image in (raw, spread, spread.astype(np.float64), spread[1:, 3:, 2:], spread[:, :, :3]):
+        result = downsample_image(image, factors)
+        expected = padded_window_mean(image, factors)
+        assert result.dtype == expected.dtype and result.shape == expected.shape
+        assert result.tobytes() == expected.tobytes()
+
+
 def build_pyramid_blockwise(level0: np.ndarray, level_factors, block_shape, downsample) -> list[np.ndarray]:
     """Every level computed block by block: each block of level k + 1 reads only its source box of level k."""
     levels = [level0]
