@@ -13,10 +13,10 @@ ever blended with another.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
-from bioimage_cpp.label_multiset import multiset_from_labels
 
 from .blocking import Box
 
@@ -92,20 +92,79 @@ def downsample_labels(labels: np.ndarray, factors) -> np.ndarray:
     factors = _check_factors(labels, factors)
     if not np.issubdtype(labels.dtype, np.integer):
         raise TypeError(f"labels must be integer ids, got dtype {labels.dtype}")
-    if labels.dtype == np.uint32 or labels.dtype == np.uint64:
-        ids = labels
-    elif labels.size == 0 or labels.min() >= 0:
-        ids = labels.astype(np.uint64)
-    else:
+    if np.issubdtype(labels.dtype, np.signedinteger) and labels.size and labels.min() < 0:
         raise ValueError("labels must not be negative")
     if all(factor == 1 for factor in factors):
         return labels.copy()
-    if labels.size == 0:
-        return np.zeros(_downsampled_shape(labels.shape, factors), dtype=labels.dtype)
-    # bioimage-cpp's label multiset holds the histogram of each window; its argmax is the mode,
-    # the smallest id among equally frequent ones (checked against a direct count in the tests).
-    multiset = multiset_from_labels(np.ascontiguousarray(ids), factors)
-    return multiset.argmax.reshape(_downsampled_shape(labels.shape, factors)).astype(labels.dtype)
+    labels = np.ascontiguousarray(labels)
+    result = np.empty(_downsampled_shape(labels.shape, factors), dtype=labels.dtype)
+    # The windows clipped at an upper face are whole windows of the clipped factors: each box of
+    # (per axis) whole windows or the one clipped window is counted on its own, with no padding.
+    for parts in itertools.product(*(_window_parts(size, factor) for size, factor in zip(labels.shape, factors))):
+        source, target, part_factors = zip(*parts)
+        result[target] = _mode_of_whole_windows(labels, source, part_factors)
+    return result
+
+
+def _mode_of_whole_windows(labels: np.ndarray, source: tuple[slice, ...], factors: tuple[int, ...]) -> np.ndarray:
+    """The mode (smallest of the most frequent id) of each window of ``labels[source]``, whose shape the factors divide.
+
+    ``labels`` is C-contiguous, so that the voxels of a window are gathered by their flat indices.
+    """
+    # Most windows hold one id (81 % of the 2 x 2 x 2 windows of the dev cube's supervoxels, 88 % of
+    # its neuron ids): these are found axis by axis on strided views, the contiguous last axis first
+    # (25 ms for 8.4 MVox against 48 ms comparing every voxel of a window with its first one), and
+    # only the other windows are gathered, sorted and counted.
+    first_voxels = labels[source]
+    mixed: np.ndarray | None = None
+    for axis in reversed(range(labels.ndim)):
+        if factors[axis] == 1:
+            continue
+        along_axis = [first_voxels[(slice(None),) * axis + (slice(offset, None, factors[axis]),)] for offset in range(factors[axis])]
+        differs = along_axis[0] != along_axis[1]
+        for voxels in along_axis[2:]:
+            differs |= along_axis[0] != voxels
+        if mixed is not None:
+            for offset in range(factors[axis]):
+                differs |= mixed[(slice(None),) * axis + (slice(offset, None, factors[axis]),)]
+        first_voxels, mixed = along_axis[0], differs
+    modes = first_voxels.copy()
+    if mixed is None:
+        return modes
+    mixed_windows = np.flatnonzero(mixed)
+    if mixed_windows.size == 0:
+        return modes
+    # One row per mixed window: its voxels, by their flat indices in ``labels``, sorted.
+    window_origins = [
+        window_source.start + index * factor
+        for window_source, index, factor in zip(source, np.unravel_index(mixed_windows, modes.shape), factors)
+    ]
+    in_window = np.ravel_multi_index(np.array(list(itertools.product(*(range(factor) for factor in factors)))).T, labels.shape)
+    flat_indices = np.ravel_multi_index(window_origins, labels.shape)[:, None] + in_window
+    values = np.sort(labels.reshape(-1)[flat_indices], axis=1).ravel()
+    # Runs of equal ids within each row; a row always starts a run.
+    run_starts = np.ones(values.size, dtype=bool)
+    run_starts[1:] = values[1:] != values[:-1]
+    run_starts[:: in_window.size] = True
+    starts = np.flatnonzero(run_starts)
+    lengths = np.diff(starts, append=values.size)
+    row_of_run = starts // in_window.size
+    longest = np.maximum.reduceat(lengths, np.flatnonzero(starts % in_window.size == 0))
+    # Rows are sorted, so the first longest run of a row holds the smallest of its most frequent ids.
+    candidates = np.flatnonzero(lengths == longest[row_of_run])
+    first_of_row = np.ones(candidates.size, dtype=bool)
+    first_of_row[1:] = row_of_run[candidates[1:]] != row_of_run[candidates[:-1]]
+    modes.reshape(-1)[mixed_windows] = values[starts[candidates[first_of_row]]]
+    return modes
+
+
+def _window_parts(size: int, factor: int) -> list[tuple[slice, slice, int]]:
+    """(source slice, target slice, factor) of the whole windows along one axis and of the clipped last one."""
+    whole = size // factor
+    parts = [(slice(0, whole * factor), slice(0, whole), factor)] if whole else []
+    if size % factor:
+        parts.append((slice(whole * factor, size), slice(whole, whole + 1), size % factor))
+    return parts
 
 
 def downsample_image(image: np.ndarray, factors) -> np.ndarray:
@@ -125,10 +184,18 @@ def downsample_image(image: np.ndarray, factors) -> np.ndarray:
     if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
         raise TypeError(f"image must be integer or float, got dtype {image.dtype}")
     shape = _downsampled_shape(image.shape, factors)
-    padded = np.zeros(tuple(size * factor for size, factor in zip(shape, factors)), dtype=np.float64)
-    padded[tuple(slice(0, size) for size in image.shape)] = image
-    windows = padded.reshape(tuple(value for size, factor in zip(shape, factors) for value in (size, factor)))
-    sums = windows.sum(axis=tuple(range(1, 2 * image.ndim, 2)))
+    if image.ndim and shape[-1] > 1 and factors[-1] < 8:
+        sums = np.empty(shape, dtype=np.float64)
+        for parts in itertools.product(*(_window_parts(size, factor) for size, factor in zip(image.shape, factors))):
+            source, target, part_factors = zip(*parts)
+            sums[target] = _window_sums(image[source], part_factors)
+    else:
+        # numpy merges the window axes when the last axis holds one window, and sums 8 or more
+        # voxels in pairs: that order is kept by summing the padded windows with numpy.
+        padded = np.zeros(tuple(size * factor for size, factor in zip(shape, factors)), dtype=np.float64)
+        padded[tuple(slice(0, size) for size in image.shape)] = image
+        windows = padded.reshape(tuple(value for size, factor in zip(shape, factors) for value in (size, factor)))
+        sums = windows.sum(axis=tuple(range(1, 2 * image.ndim, 2)))
     # Voxels per window: the outer product of the per-axis counts, smaller only at the upper faces.
     counts = np.ones(shape, dtype=np.float64)
     for axis, (size, factor) in enumerate(zip(image.shape, factors)):
@@ -138,6 +205,27 @@ def downsample_image(image: np.ndarray, factors) -> np.ndarray:
     if np.issubdtype(image.dtype, np.integer):
         return np.floor(means + 0.5).astype(image.dtype)
     return means.astype(image.dtype)
+
+
+def _window_sums(image: np.ndarray, factors: tuple[int, ...]) -> np.ndarray:
+    """The float64 sum of each window of ``image``, whose shape the factors divide, in numpy's order.
+
+    The order is the one numpy's sum over the window axes of a C-contiguous (size, factor, ...)
+    float64 array takes (which this module used until it took 62 ms of 75 for an 8.4 MVox float32
+    block; 15 ms now) when the last axis holds more than one window and its factor is below 8:
+    from +0, the voxels along the last axis summed first, these rows then added in C order of
+    their offsets. Means, and their rounding to the image's dtype, are thus the same bit for bit
+    (compared on floats spanning 30 decades); zeros padding a clipped window change no sum.
+    """
+    last = image.ndim - 1
+    sums = np.zeros(tuple(size // factor for size, factor in zip(image.shape, factors)), dtype=np.float64)
+    for offset in itertools.product(*(range(factor) for factor in factors[:last])):
+        leading = tuple(slice(begin, None, factor) for begin, factor in zip(offset, factors))
+        row = image[leading + (slice(0, None, factors[last]),)].astype(np.float64)
+        for begin in range(1, factors[last]):
+            row += image[leading + (slice(begin, None, factors[last]),)]
+        sums += row
+    return sums
 
 
 def _check_factors(array: np.ndarray, factors) -> tuple[int, ...]:

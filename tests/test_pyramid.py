@@ -2,8 +2,10 @@
 
 import itertools
 
+import h5py
 import numpy as np
 import pytest
+from bioimage_cpp.label_multiset import multiset_from_labels
 
 from emflow.blocking import Blocking
 from emflow.pyramid import downsample_image, downsample_labels, pyramid_factors, source_box
@@ -39,6 +41,46 @@ def test_mode_equals_a_direct_count_on_real_labels(flyem_crop, factors):
     np.testing.assert_array_equal(result, direct_mode(labels, factors))
 
 
+def multiset_mode(labels: np.ndarray, factors) -> np.ndarray:
+    """The mode as the argmax of bioimage-cpp's histogram of every window (smallest id on ties):
+    emflow.pyramid's former implementation, fast enough for the whole dev cube."""
+    shape = tuple(-(-size // factor) for size, factor in zip(labels.shape, factors))
+    multiset = multiset_from_labels(np.ascontiguousarray(labels, dtype=np.uint64), tuple(factors))
+    return multiset.argmax.reshape(shape).astype(labels.dtype)
+
+
+def count_whole_window_ties(labels: np.ndarray, factors) -> int:
+    """Windows (whole ones only) whose highest count is reached by more than one id."""
+    shape = tuple(size // factor for size, factor in zip(labels.shape, factors))
+    whole = labels[tuple(slice(0, size * factor) for size, factor in zip(shape, factors))]
+    split = whole.reshape(tuple(value for size, factor in zip(shape, factors) for value in (size, factor)))
+    rows = split.transpose((0, 2, 4, 1, 3, 5)).reshape(-1, int(np.prod(factors)))
+    counts = (rows[:, :, None] == rows[:, None, :]).sum(axis=2)
+    # Each id reaching the highest count m is counted m times.
+    highest = counts.max(axis=1)
+    return int(((counts == highest[:, None]).sum(axis=1) > highest).sum())
+
+
+@pytest.fixture(scope="module")
+def dev_cube_labels(data_dir) -> dict[str, np.ndarray]:
+    """The whole FlyEM dev cube's oversegmentation and neuron ids (125, 250, 250), as uint64."""
+    with h5py.File(data_dir / "flyem_medulla_dev" / "volume.h5", "r") as f:
+        return {name: f[f"labels/{name}"][:].astype(np.uint64) for name in ("oversegmentation", "neuron_ids")}
+
+
+@pytest.mark.parametrize("name", ["oversegmentation", "neuron_ids"])
+@pytest.mark.parametrize("factors", [(2, 2, 2), (1, 2, 2), (3, 2, 3)])
+def test_mode_equals_the_label_multiset_on_the_dev_cube(dev_cube_labels, name, factors):
+    # The whole cube (125 slices: clipped windows in z) and a view of it with odd, offset extents on
+    # every axis (not contiguous in memory).
+    for labels in (dev_cube_labels[name], dev_cube_labels[name][2:, 1:, 3:]):
+        if factors == (2, 2, 2):
+            assert count_whole_window_ties(labels[:32, :64, :64], factors) > 100, "the labels must hold ties for the tie rule to be tested"
+        result = downsample_labels(labels, factors)
+        assert result.dtype == labels.dtype
+        np.testing.assert_array_equal(result, multiset_mode(labels, factors))
+
+
 def test_mode_keeps_only_existing_ids_and_other_dtypes(flyem_crop):
     labels = flyem_crop["neuron_ids"]
     result = downsample_labels(labels.astype(np.int32), (2, 2, 2))
@@ -62,6 +104,33 @@ def test_mean_equals_a_direct_mean_rounded_half_up(flyem_crop):
     floats = downsample_image(raw.astype(np.float32) / 255, factors)
     assert floats.dtype == np.float32
     np.testing.assert_allclose(floats * 255, downsample_image(raw.astype(np.float64), factors), rtol=1e-6)
+
+
+def padded_window_mean(image: np.ndarray, factors) -> np.ndarray:
+    """The mean as numpy's sum over the window axes of the zero-padded image, as float64, cast back
+    (rounded half up for integers): emflow.pyramid's former implementation."""
+    shape = tuple(-(-size // factor) for size, factor in zip(image.shape, factors))
+    padded = np.zeros(tuple(size * factor for size, factor in zip(shape, factors)), dtype=np.float64)
+    padded[tuple(slice(0, size) for size in image.shape)] = image
+    sums = padded.reshape(tuple(value for size, factor in zip(shape, factors) for value in (size, factor))).sum(axis=(1, 3, 5))
+    counts = np.ones(shape)
+    for axis, (size, factor) in enumerate(zip(image.shape, factors)):
+        counts = counts * np.minimum(factor, size - np.arange(shape[axis]) * factor).reshape((-1,) + (1,) * (2 - axis))
+    means = sums / counts
+    return (np.floor(means + 0.5) if np.issubdtype(image.dtype, np.integer) else means).astype(image.dtype)
+
+
+@pytest.mark.parametrize("factors", [(2, 2, 2), (1, 2, 2), (3, 2, 3), (2, 9, 1), (1, 2, 8)])
+def test_mean_equals_the_padded_window_sum_bit_for_bit(flyem_crop, factors):
+    raw = flyem_crop["raw"]
+    # Floats spanning 30 decades, where the order of a sum decides its rounding; the crop and a
+    # view of it with odd, offset extents (not contiguous); a slab whose last axis is one window.
+    spread = (10.0 ** (-30 * raw.astype(np.float64) / 255)).astype(np.float32)
+    for image in (raw, spread, spread.astype(np.float64), spread[1:, 3:, 2:], spread[:, :, :3]):
+        result = downsample_image(image, factors)
+        expected = padded_window_mean(image, factors)
+        assert result.dtype == expected.dtype and result.shape == expected.shape
+        assert result.tobytes() == expected.tobytes()
 
 
 def build_pyramid_blockwise(level0: np.ndarray, level_factors, block_shape, downsample) -> list[np.ndarray]:
