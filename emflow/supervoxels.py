@@ -13,7 +13,6 @@ import numpy as np
 from bioimage_cpp.distance import distance_transform
 from bioimage_cpp.filters import gaussian_smoothing
 from bioimage_cpp.segmentation import label, watershed
-from scipy import ndimage
 from skimage.morphology import local_maxima
 
 from .labels import relabel_consecutive
@@ -128,26 +127,33 @@ def size_filter(
     """
     if min_size < 0:
         raise ValueError(f"min_size must be non-negative, got {min_size}")
-    labels, max_id = relabel_consecutive(labels)
+    labels = np.asarray(labels)
     heightmap = np.asarray(heightmap)
     if heightmap.shape != labels.shape:
         raise ValueError(f"heightmap shape {heightmap.shape} does not match labels {labels.shape}")
     if heightmap.dtype not in (np.float32, np.float64):
         heightmap = heightmap.astype(np.float32)
     mask = _as_mask(mask, labels.shape)
+    if labels.dtype.kind != "u" or (labels.size and int(labels.max()) > 4 * labels.size):
+        # Sizes are counted per id with bincount, which needs non-negative, dense ids.
+        labels = relabel_consecutive(labels)[0]
     if mask is not None:
-        labels[~mask] = 0
+        labels = np.where(mask, labels, labels.dtype.type(0))
 
-    sizes = np.bincount(labels.ravel(), minlength=max_id + 1)
-    dissolved = sizes < min_size
-    dissolved[0] = True
-    labels[dissolved[labels]] = 0
+    # One lookup maps each kept id to its new id 1..n (in the order of the ids) and every other id to 0.
+    sizes = np.bincount(labels.ravel(), minlength=1)
+    kept = (sizes >= min_size) & (sizes > 0)
+    kept[0] = False
+    new_ids = np.cumsum(kept, dtype=np.uint64)
+    new_ids[~kept] = 0
+    number_kept = int(kept.sum())
+    labels = new_ids[labels]
     unassigned = _unassigned(labels, mask)
     if unassigned.any():
         # Only the dissolved voxels and the kept voxels touching them take part in the flooding;
         # flooding the whole block from every kept voxel gives the same labels (up to the order of
         # equal heights), several times slower.
-        region = ndimage.binary_dilation(unassigned)
+        region = _dilate(unassigned)
         if mask is not None:
             region &= mask
         flooded = watershed(heightmap, np.where(region, labels, np.uint64(0)), mask=region)
@@ -155,8 +161,23 @@ def size_filter(
         unreached = _unassigned(labels, mask)
         if unreached.any():
             regions = label(unreached, connectivity=1)
-            labels[unreached] = regions[unreached] + np.uint64(max_id)
-    return relabel_consecutive(labels)[0]
+            labels[unreached] = regions[unreached] + np.uint64(number_kept)
+    return labels
+
+
+def _dilate(voxels: np.ndarray) -> np.ndarray:
+    """``voxels`` grown by one step along each axis (scipy's default binary dilation).
+
+    Shifted ORs: 1 ms against 17 ms for ``scipy.ndimage.binary_dilation`` on an
+    80x160x160 block.
+    """
+    dilated = voxels.copy()
+    for axis in range(voxels.ndim):
+        lower = (slice(None),) * axis + (slice(None, -1),)
+        upper = (slice(None),) * axis + (slice(1, None),)
+        dilated[upper] |= voxels[lower]
+        dilated[lower] |= voxels[upper]
+    return dilated
 
 
 def _unassigned(labels: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
@@ -222,10 +243,27 @@ def _distance_transform_watershed(boundaries, resolution, *, threshold, sigma_se
     if mask is not None:
         maxima &= mask
     seeds = label(maxima, connectivity=maxima.ndim)
+    if seeds.size < 2**32:
+        # The flooding runs about a quarter faster on uint32 labels than on uint64 (less memory to
+        # touch: 150 against 190 ms CPU on an 80x160x160 block), with the same result.
+        seeds = seeds.astype(np.uint32)
 
-    distance_range = float(distance.max() - distance.min())
-    normalized_distance = (distance - distance.min()) / distance_range if distance_range > 0 else np.zeros_like(distance)
-    heightmap = (alpha * _smooth(boundaries, sigma_weights, resolution) + (1.0 - alpha) * (1.0 - normalized_distance)).astype(np.float32)
-
+    heightmap = _heightmap(boundaries, distance, resolution, sigma_weights=sigma_weights, alpha=alpha)
     supervoxels = watershed(heightmap, seeds, mask=mask)
     return size_filter(supervoxels, heightmap, min_size, mask=mask)
+
+
+def _heightmap(boundaries, distance, resolution, *, sigma_weights, alpha) -> np.ndarray:
+    """``alpha * smoothed boundaries + (1 - alpha) * (1 - distance normalised to [0, 1])``, float32.
+
+    Computed in place into two arrays; ``distance`` is overwritten.
+    """
+    low, high = distance.min(), distance.max()
+    heightmap = alpha * _smooth(boundaries, sigma_weights, resolution)
+    inverted = np.subtract(distance, low, out=distance)
+    if high > low:
+        inverted /= float(high - low)
+    np.subtract(1.0, inverted, out=inverted)
+    inverted *= 1.0 - alpha
+    heightmap += inverted
+    return heightmap

@@ -154,3 +154,17 @@ def test_size_filter_equals_flooding_the_whole_block(flyem_crop, boundaries):
     # Same partition of the volume (ids are renumbered by size_filter).
     pairs = np.unique(np.stack([reference.ravel(), filtered.ravel()]), axis=1)
     assert pairs.shape[1] == len(np.unique(reference)) == len(np.unique(filtered))
+
+
+@pytest.mark.parametrize("dtype", [np.uint32, np.int64])
+def test_size_filter_numbers_segments_in_the_order_of_their_ids(flyem_crop, boundaries, dtype):
+    # Gaps between the ids (every third id used) and signed input must not change the numbering.
+    segmentation = flyem_crop["oversegmentation"].astype(dtype) * dtype(3) + dtype(1)
+    ids = np.unique(segmentation)
+    np.testing.assert_array_equal(size_filter(segmentation, boundaries, 0), np.searchsorted(ids, segmentation) + 1)
+    # Ids that occur only outside the mask get no number.
+    mask = np.ones(segmentation.shape, dtype=bool)
+    mask[:, :, 64:] = False
+    filtered = size_filter(segmentation, boundaries, 0, mask=mask)
+    np.testing.assert_array_equal(filtered[~mask], 0)
+    np.testing.assert_array_equal(filtered[mask], np.searchsorted(np.unique(segmentation[mask]), segmentation[mask]) + 1)
