@@ -34,7 +34,7 @@ import numpy as np
 from bioimage_cpp.graph import distributed
 
 from .blocking import Box
-from .graph import FEATURE_NAMES, block_edge_statistics, merge_edges, undirected_graph
+from .graph import FEATURE_NAMES, block_edge_statistics, edge_rows, merge_edges, undirected_graph
 
 CHANNEL_STATISTICS = ("mean", "std", "min", "max", "q10", "q25", "q50", "q75", "q90")
 """Per-channel feature columns, in this order."""
@@ -82,25 +82,13 @@ def _face_histograms(supervoxels: np.ndarray, channels: np.ndarray, own_box: Box
         if not face.any():
             continue
         u, v = first_ids[face], second_ids[face]
-        edge_index = _edge_index(edges, np.stack([np.minimum(u, v), np.maximum(u, v)], axis=1))
+        edge_index = edge_rows(edges, np.stack([np.minimum(u, v), np.maximum(u, v)], axis=1))
         for channel in range(number_of_channels):
             first_values = channels[channel][tuple(first_slicing)][face].astype(np.float64)
             values = 0.5 * (first_values + channels[channel][tuple(second_slicing)][face])
             bins = np.clip((values * HISTOGRAM_BINS).astype(np.int64), 0, HISTOGRAM_BINS - 1)
             counts += np.bincount((edge_index * number_of_channels + channel) * HISTOGRAM_BINS + bins, minlength=counts.size)
     return counts.reshape(len(edges), number_of_channels, HISTOGRAM_BINS)
-
-
-def _edge_index(edges: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    """Row of each query pair in the sorted, unique ``edges``; every query must be there."""
-    # Lexicographic order of (u, v) as one key; ids fit as u * (max + 1) + v stays below 2^64.
-    scale = np.uint64(int(max(edges[:, 1].max(), queries[:, 1].max())) + 1)
-    keys = edges[:, 0].astype(np.uint64) * scale + edges[:, 1].astype(np.uint64)
-    query_keys = queries[:, 0].astype(np.uint64) * scale + queries[:, 1].astype(np.uint64)
-    index = np.searchsorted(keys, query_keys)
-    if np.any(index >= len(keys)) or np.any(keys[np.minimum(index, len(keys) - 1)] != query_keys):
-        raise ValueError("voxel pairs reference edges that are not in the edge list")
-    return index
 
 
 def block_channel_statistics(supervoxels: np.ndarray, channels: np.ndarray, own_box: Box) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -158,8 +146,11 @@ def merge_channel_features(
         for channel, channel_stats in enumerate(stats):
             distributed.merge_block_edge_stats(graph, channel_stats, block_edges, np.ascontiguousarray(block_stats[:, channel]))
         if len(block_edges):
+            rows = graph.find_edges(np.asarray(block_edges, dtype=np.uint64))
+            if (rows < 0).any():
+                raise ValueError("block edges that are not in the edge list; this is a bug")
             # Each block lists an edge once, so a fancy-indexed += adds every row.
-            histograms[_edge_index(edges, block_edges)] += block_histograms
+            histograms[rows] += block_histograms
     if stats is None:
         raise ValueError("no block results to merge")
     finished = [distributed.finalize_edge_features(channel_stats, compute_complex_features=True) for channel_stats in stats]
@@ -217,6 +208,22 @@ def histogram_quantiles(histograms: np.ndarray, quantiles: Sequence[float]) -> n
 def channel_names(offsets: Sequence[Sequence[int]]) -> tuple[str, ...]:
     """Names of the channels the workflows pass: the boundary map, then one per affinity offset."""
     return ("boundaries",) + tuple("affinity(" + ",".join(str(int(step)) for step in offset) + ")" for offset in offsets)
+
+
+def feature_channel(name: str) -> str:
+    """The channel a feature of :func:`feature_names` describes ("" for the size features)."""
+    channel, _, statistic = name.partition(":")
+    return channel if statistic else ""
+
+
+def is_affinity_channel(channel: str) -> bool:
+    """Whether a channel of :func:`channel_names` is an affinity channel."""
+    return channel.startswith("affinity(")
+
+
+def feature_channels(names: Sequence[str]) -> list[str]:
+    """The channels the features ``names`` describe, sorted, each once."""
+    return sorted({feature_channel(name) for name in names} - {""})
 
 
 def feature_names(channel_names: Sequence[str]) -> tuple[str, ...]:
@@ -338,15 +345,20 @@ class EdgeClassifier:
     feature_names: tuple[str, ...]
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def channels(self) -> list[str]:
+        """The channels its features describe (:func:`feature_channels`)."""
+        return feature_channels(self.feature_names)
+
     def cut_probabilities(self, features: np.ndarray, names: Sequence[str]) -> np.ndarray:
         """P(cut) ``(E,)`` ``float64`` of the edges' ``(E, F)`` features, columns named ``names``,
         which must include the classifier's own (it uses those columns)."""
         names = tuple(names)
-        missing = [name for name in self.feature_names if name not in names]
-        if missing:
-            trained = sorted({name.split(":")[0] for name in self.feature_names if ":" in name})
-            given = sorted({name.split(":")[0] for name in names if ":" in name})
-            raise ValueError(f"the edge classifier was trained on the channels {', '.join(trained)}; these edges have {', '.join(given)}")
+        if any(name not in names for name in self.feature_names):
+            raise ValueError(
+                f"the edge classifier was trained on the channels {', '.join(self.channels)}; "
+                f"these edges have {', '.join(feature_channels(names))}"
+            )
         features = np.asarray(features, dtype=np.float64)
         if features.ndim != 2 or features.shape[1] != len(names):
             raise ValueError(f"features must have shape (E, {len(names)}), got {features.shape}")
@@ -361,11 +373,11 @@ def monotonic_constraints(names: Sequence[str]) -> list[int]:
     constraints against 0.115 without, for the boundary map's features and the sizes."""
     constraints = []
     for name in names:
-        channel, _, statistic = name.partition(":")
-        if not statistic or statistic == "std":
+        channel = feature_channel(name)
+        if name.endswith(":std"):
             constraints.append(0)
         else:
-            constraints.append(1 if channel == "boundaries" else -1 if channel.startswith("affinity(") else 0)
+            constraints.append(1 if channel == "boundaries" else -1 if is_affinity_channel(channel) else 0)
     return constraints
 
 

@@ -82,12 +82,13 @@ def _z_pair_counts(supervoxels: np.ndarray, own_begin, own_shape, edges: np.ndar
     z_edges, z_stats = distributed.block_affinity_stats(supervoxels, ones, [_Z_OFFSET], own_begin, own_shape, number_of_threads=1)
     counts = np.zeros(len(edges), dtype=np.float64)
     if len(z_edges):
-        counts[_rows_of(edges, z_edges)] = z_stats[:, 0]
+        counts[edge_rows(edges, z_edges)] = z_stats[:, 0]
     return counts
 
 
-def _rows_of(edges: np.ndarray, subset: np.ndarray) -> np.ndarray:
-    """Row index in ``edges`` (sorted, unique) of each row of ``subset`` (all present in ``edges``)."""
+def edge_rows(edges: np.ndarray, subset: np.ndarray) -> np.ndarray:
+    """Row index in ``(E, 2)`` ``edges`` (sorted, unique) of each row of ``(n, 2)`` ``subset``, all of
+    which must be in ``edges`` (ValueError otherwise: a bug of the caller)."""
     # Node ids compacted to 0..n-1 make each edge one int64 key, sorted as the edges are.
     nodes = np.unique(edges)
     width = np.int64(len(nodes))
@@ -95,7 +96,7 @@ def _rows_of(edges: np.ndarray, subset: np.ndarray) -> np.ndarray:
     subset_keys = np.searchsorted(nodes, subset[:, 0]).astype(np.int64) * width + np.searchsorted(nodes, subset[:, 1])
     rows = np.searchsorted(keys, subset_keys)
     if not (rows < len(keys)).all() or not np.array_equal(keys[rows], subset_keys):
-        raise ValueError("z-pair edges that are not edges of the block; this is a bug")
+        raise ValueError("edges that are not in the edge list; this is a bug")
     return rows
 
 

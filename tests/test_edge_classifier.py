@@ -12,9 +12,9 @@ import pytest
 import tomli_w
 import zarr
 from sklearn.ensemble import HistGradientBoostingClassifier
-from workflow_helpers import read, run_cli, write_config, write_inputs
+from workflow_helpers import noisy_groundtruth_affinities, read, run_cli, write_affinities, write_config, write_inputs
 
-from emflow.affinities import affinities_from_labels, boundaries_from_affinities, boundary_target
+from emflow.affinities import boundaries_from_affinities
 from emflow.blocking import Blocking
 from emflow.boundaries import boundaries_from_labels
 from emflow.costs import probabilities_to_costs
@@ -186,12 +186,7 @@ def test_classifier_files_are_reproducible_and_damage_is_named(tmp_path, edge_pr
 def inputs(tmp_path_factory, flyem_crop):
     """The crop with noisy GT-derived affinities (as in test_methods_workflow) and its ground truth."""
     path = write_inputs(tmp_path_factory.mktemp("inputs"), flyem_crop)
-    membranes = np.where(boundary_target(flyem_crop["neuron_ids"]) > 0, 0, flyem_crop["neuron_ids"])
-    affinities, _ = affinities_from_labels(membranes, OFFSETS)
-    noise = np.random.default_rng(1).standard_normal(affinities.shape, dtype=np.float32)
-    affinities = np.clip(affinities + 0.3 * noise, 0, 1)
-    array = zarr.open_group(str(path), mode="a").create_array("affinities", data=affinities, chunks=(len(OFFSETS), *BLOCK_SHAPE))
-    array.attrs["offsets"] = OFFSETS
+    write_affinities(path, noisy_groundtruth_affinities(flyem_crop["neuron_ids"], OFFSETS, 0.3, seed=1), OFFSETS, BLOCK_SHAPE)
     return path
 
 
@@ -281,8 +276,7 @@ def test_a_classifier_that_does_not_fit_the_run_is_refused_in_one_line(tmp_path,
     copy = write_inputs(
         three, {"raw": group["raw"][...], "neuron_ids": group["neuron_ids"][...], "oversegmentation": group["oversegmentation"][...]}
     )
-    array = zarr.open_group(str(copy), mode="a").create_array("affinities", data=group["affinities"][:3], chunks=(3, *BLOCK_SHAPE))
-    array.attrs["offsets"] = OFFSETS[:3]
+    write_affinities(copy, group["affinities"][:3], OFFSETS[:3], BLOCK_SHAPE)
     assert run_cli("run", _config(three, copy, costs={"classifier": str(trained)})) == 2
     assert "was trained on the channels" in capsys.readouterr().err
 

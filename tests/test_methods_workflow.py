@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import zarr
 from test_crash_safety import KillPoint, assert_records_describe_finished_outputs, run_to_end
-from workflow_helpers import RESOLUTION, read, run_cli, write_config, write_inputs
+from workflow_helpers import RESOLUTION, noisy_groundtruth_affinities, read, run_cli, write_affinities, write_config, write_inputs
 
-from emflow.affinities import affinities_from_labels, boundaries_from_affinities, boundary_target
+from emflow.affinities import boundaries_from_affinities
 from emflow.affinity_statistics import boundary_pair_statistics, long_range_channels, nearest_neighbour_channels, pair_statistics
 from emflow.agglomeration import agglomerate
 from emflow.blocking import Blocking, Box
@@ -77,12 +77,7 @@ METHODS = {
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory, flyem_crop):
     path = write_inputs(tmp_path_factory.mktemp("inputs"), flyem_crop)
-    membranes = np.where(boundary_target(flyem_crop["neuron_ids"]) > 0, 0, flyem_crop["neuron_ids"])
-    affinities, _ = affinities_from_labels(membranes, OFFSETS)
-    noise = np.random.default_rng(0).standard_normal(affinities.shape, dtype=np.float32)
-    affinities = np.clip(affinities + NOISE * noise, 0, 1)
-    array = zarr.open_group(str(path), mode="a").create_array("affinities", data=affinities, chunks=(len(OFFSETS), *BLOCK_SHAPE))
-    array.attrs["offsets"] = OFFSETS
+    write_affinities(path, noisy_groundtruth_affinities(flyem_crop["neuron_ids"], OFFSETS, NOISE, seed=0), OFFSETS, BLOCK_SHAPE)
     return path
 
 

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import tomli_w
+import zarr
 
+from emflow.affinities import affinities_from_labels, boundary_target
 from emflow.boundaries import boundaries_from_labels
 from emflow.cli.main import main
 from emflow.storage.volumes import open_volume, write_volume
@@ -25,6 +27,22 @@ def write_inputs(folder: Path, crop: dict[str, np.ndarray], chunks=(32, 64, 64))
     boundaries = boundaries_from_labels(crop["neuron_ids"], sigma=1.0, noise=0.1, seed=0)
     write_volume(path, "boundaries", boundaries, resolution=RESOLUTION, chunks=chunks)
     return path
+
+
+def write_affinities(path: Path, affinities: np.ndarray, offsets, block_shape) -> None:
+    """`affinities` (C, z, y, x) as the input group's `affinities` array, chunked by channels and
+    blocks, with its `offsets` attribute."""
+    array = zarr.open_group(str(path), mode="a").create_array("affinities", data=affinities, chunks=(len(offsets), *block_shape))
+    array.attrs["offsets"] = [list(offset) for offset in offsets]
+
+
+def noisy_groundtruth_affinities(neuron_ids: np.ndarray, offsets, noise: float, seed: int) -> np.ndarray:
+    """Affinities of the ground truth with its membranes as background, plus Gaussian noise of
+    standard deviation `noise`, clipped to [0, 1]: imperfect but realistic affinities for tests."""
+    membranes = np.where(boundary_target(neuron_ids) > 0, 0, neuron_ids)
+    affinities, _ = affinities_from_labels(membranes, offsets)
+    normal = np.random.default_rng(seed).standard_normal(affinities.shape, dtype=np.float32)
+    return np.clip(affinities + noise * normal, 0, 1)
 
 
 def write_config(path: Path, input_path: Path, output_path: Path, *, block_shape=(32, 64, 64), halo=(4, 8, 8), **sections) -> Path:

@@ -166,7 +166,7 @@ def check_method(config: RunConfig, geometry: Geometry) -> None:
     classifier = edge_classifier_path(config) if config.method == "multicut" else None
     if classifier is not None:
         available = channel_names(affinity_offsets(config))
-        trained = sorted({name.split(":")[0] for name in load_edge_classifier(classifier).feature_names if ":" in name})
+        trained = load_edge_classifier(classifier).channels
         if not set(trained) <= set(available):
             raise ConfigError(
                 f"config key costs.classifier: {classifier} was trained on the channels {', '.join(trained)}, and this run has "

@@ -17,7 +17,7 @@ import numpy as np
 
 from emflow.cluster.backends import LocalScheduler
 from emflow.config import RunConfig, load_edge_training_config, replace
-from emflow.edge_classifier import edge_labels, train_edge_classifier
+from emflow.edge_classifier import edge_labels, feature_channel, feature_channels, is_affinity_channel, train_edge_classifier
 from emflow.errors import ConfigError, InputError, OutputError
 from emflow.labels import label_overlaps, majority_labels
 from emflow.storage.edge_classifiers import save_edge_classifier
@@ -48,8 +48,12 @@ def edge_feature_stages(config: RunConfig, geometry: Geometry) -> tuple[StageSpe
 def selected_features(names: tuple[str, ...], channels: tuple[str, ...]) -> list[int]:
     """The columns of the features named `names` that belong to `channels` ("boundaries",
     "affinities"), and the size features."""
-    kinds = {"boundaries": lambda channel: channel == "boundaries", "affinities": lambda channel: channel.startswith("affinity(")}
-    return [index for index, name in enumerate(names) if ":" not in name or any(kinds[kind](name.split(":")[0]) for kind in channels)]
+    kinds = {"boundaries": lambda channel: channel == "boundaries", "affinities": is_affinity_channel}
+    return [
+        index
+        for index, name in enumerate(names)
+        if not feature_channel(name) or any(kinds[kind](feature_channel(name)) for kind in channels)
+    ]
 
 
 EDGE_FEATURES = Workflow("edge_features", lambda config_path: load_run(config_path, edge_feature_stages))
@@ -95,7 +99,7 @@ def train_edges(config_path: str | Path, *, backend=None, log: Callable[[str], N
         run = EDGE_FEATURES.load_run(run_path)
         run_names = tuple(run.store.table_attributes("graph/classifier_features")["feature_names"])
         columns = selected_features(run_names, config.channels)
-        if "affinities" in config.channels and not any(name.startswith("affinity(") for name in run_names):
+        if "affinities" in config.channels and not any(map(is_affinity_channel, feature_channels(run_names))):
             raise ConfigError(f'edge_training.channels includes "affinities", and the run {run_config} has none')
         if names is not None and tuple(run_names[column] for column in columns) != names:
             raise ConfigError(f"run {run_config} has other affinity channels than the runs before it; train on runs of one model")
