@@ -4,6 +4,9 @@ Runs, in one process tree and one sitting so that contenders share the machine's
 - end_to_end: boundary map → segmentation, MVox/s, memory and ARAND, emflow vs elf's in-memory
   `simple_multicut_workflow` (62.5 MVox; `--quick`: 7.8 MVox, one repeat), and each of emflow's
   block-wise stages against a stage that only reads and writes what it does;
+- scaling: emflow's MVox/s and peak RSS from 62.5 MVox to 1 GVox, elf's up to the size its memory
+  allows and where it would run out of this machine's (about 25 minutes; `--quick`: 7.8 and 15.6
+  MVox), with a figure beside the page;
 - memory: peak RSS per stage at two volume sizes 8x apart, same block shape;
 - orchestration: overhead per block-stage at 5,000 and 20,000 blocks, local scheduler and luigid,
   plain Luigi beside it, and a no-op rerun (`--quick`: 500 and 2,000 blocks);
@@ -45,7 +48,7 @@ from pathlib import Path
 from . import end_to_end
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_NAMES = ("end_to_end", "memory", "orchestration", "hierarchical_multicut")
+DEFAULT_NAMES = ("end_to_end", "scaling", "memory", "orchestration", "hierarchical_multicut")
 NAMES = DEFAULT_NAMES + ("inference", "cnn_accuracy", "reprocessing", "methods", "anisotropic_in_memory", "evaluation", "noop_rerun")
 
 
@@ -94,6 +97,15 @@ def main(argv: list[str] | None = None) -> int:
                 scale=1 if arguments.quick else 2, repeats=1 if arguments.quick else 3, skip_elf=arguments.skip_elf
             )
             section = end_to_end.markdown(results[name])
+        elif name == "scaling":
+            from . import scaling
+
+            results[name] = scaling.run(arguments.quick)
+            # The figure lies beside the page, which shows it.
+            figure_path = arguments.markdown.parent / f"{arguments.markdown.stem}_scaling.png"
+            figure_path.parent.mkdir(parents=True, exist_ok=True)
+            figure_path.write_bytes(scaling.figure(results[name]))
+            section = scaling.markdown(results[name], figure_path.name)
         elif name == "memory":
             from . import memory
 

@@ -2,9 +2,10 @@
 
 The volume is the FlyEM medulla dev cube (../shared/data/flyem_medulla_dev/volume.h5, 125x250x250,
 10 nm isotropic; see its SOURCE.md) tiled `--scale` times along each axis (default 2: 250x500x500 =
-62.5 MVox). Every other copy is mirrored, so that neighbouring copies meet face to face and neurons
-continue across the joins instead of being cut off mid-object; the groundtruth is tiled the same way
-with ids made unique per copy, and the boundary map is derived from the tiled groundtruth
+62.5 MVox; `--scale 4 4 8`: 500x1000x2000 = 1 GVox). Every other copy is mirrored, so that
+neighbouring copies meet face to face and neurons continue across the joins instead of being cut off
+mid-object; the groundtruth is tiled the same way with ids made unique per copy, and the boundary
+map is derived from the tiled groundtruth
 (`boundaries_from_labels(gt, sigma=1.0, noise=0.1, seed=0)`). Because ids differ across a join, the
 join is a membrane in both the groundtruth and the boundary map.
 
@@ -38,7 +39,7 @@ volumes alike) and encoding and writing the chunks its blocks write, into copies
 arrays with the same zarr metadata (chunks, codecs), and its partial files; summed over blocks, in
 one process. The ratio task s / reference s is how far the stage is from its IO.
 
-Usage: python benchmarks/end_to_end.py [--scale 2] [--workers 2] [--block-shape Z Y X] [--repeats 3]
+Usage: python benchmarks/end_to_end.py [--scale 2 | --scale Z Y X] [--workers 2] [--block-shape Z Y X] [--repeats 3]
                                       [--out DIR] [--skip-elf] [--json PATH]
 Prints a table and writes benchmarks/results/end_to_end.json. Needs the `bench` extra for elf
 (pip install -e '.[bench]'); Linux only (/proc).
@@ -60,6 +61,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -70,7 +72,7 @@ import numpy as np
 import tomli_w
 import zarr
 
-from emflow.boundaries import boundaries_from_labels
+from emflow.boundaries import smoothed_boundary_mask
 from emflow.config import default_config
 from emflow.evaluation import evaluate
 from emflow.storage.geometry import auto_block_shape
@@ -86,6 +88,10 @@ SOURCE_PATH = BENCHMARKS_DIR.parents[1] / "shared" / "data" / "flyem_medulla_dev
 ELF_SCRIPT = BENCHMARKS_DIR / "elf_multicut.py"
 EXIT_ELF_UNAVAILABLE = 3
 MEMORY_SAMPLE_SECONDS = 0.2
+# Context slices of a slab of the boundary map (boundaries_by_slabs): more than the reach of
+# bioimage-cpp's Gaussian of sigma 1 plus the boundary mask's one voxel (on the dev cube, 4 is the
+# fewest that give the whole-volume map bitwise).
+SLAB_HALO = 8
 QUALITY_KEYS = ("adapted_rand_error", "rand_precision", "rand_recall", "voi_split", "voi_merge")
 
 
@@ -99,48 +105,100 @@ class Measurement:
     peak_tree_pss_bytes: int
 
 
-def mirrored_groundtruth_tiling(neuron_ids: np.ndarray, factor: int) -> np.ndarray:
-    """`neuron_ids` repeated `factor` times along each axis, odd-numbered copies mirrored along that axis.
+def as_tiles(scale: int | Sequence[int]) -> tuple[int, ...]:
+    """Copies of the dev cube per axis, z, y, x: an int is the same number along each axis."""
+    tiles = (scale,) * 3 if isinstance(scale, int) else tuple(int(copies) for copies in scale)
+    if len(tiles) != 3 or min(tiles) < 1:
+        raise ValueError(f"the tiling needs one number of copies >= 1 per axis (z, y, x), got {scale}")
+    return tiles
+
+
+def tiles_name(tiles: Sequence[int]) -> str:
+    """The tiling in a file name: "2" for 2x2x2, "4x4x8" otherwise."""
+    return str(tiles[0]) if len(set(tiles)) == 1 else "x".join(map(str, tiles))
+
+
+def tiling_description(tiles: Sequence[int]) -> str:
+    """How the dev cube was tiled, in words: "tiled 2x per axis" or "tiled 4x4x8 (z, y, x)"."""
+    return f"tiled {tiles[0]}x per axis" if len(set(tiles)) == 1 else f"tiled {tiles_name(tiles)} (z, y, x)"
+
+
+def mirrored_groundtruth_tiling(neuron_ids: np.ndarray, factor: int | Sequence[int]) -> np.ndarray:
+    """`neuron_ids` repeated `factor` times along each axis (or `factor[axis]` times along each),
+    odd-numbered copies mirrored along that axis.
 
     Each copy's non-zero ids are shifted by copy number * (max id + 1), so that no id occurs in two
     copies; 0 (unlabelled) stays 0. The dtype widens if the shifted ids need it.
     """
+    factors = (factor,) * neuron_ids.ndim if isinstance(factor, int) else tuple(factor)
     id_stride = int(neuron_ids.max()) + 1
-    dtype = np.promote_types(neuron_ids.dtype, np.min_scalar_type(factor**neuron_ids.ndim * id_stride))
-    tiled = np.empty(tuple(extent * factor for extent in neuron_ids.shape), dtype=dtype)
-    for copy_number, copy_index in enumerate(np.ndindex(*(factor,) * neuron_ids.ndim)):
+    dtype = np.promote_types(neuron_ids.dtype, np.min_scalar_type(math.prod(factors) * id_stride))
+    tiled = np.empty(tuple(extent * copies for extent, copies in zip(neuron_ids.shape, factors)), dtype=dtype)
+    for copy_number, copy_index in enumerate(np.ndindex(*factors)):
         copy = neuron_ids[tuple(slice(None, None, -1) if index % 2 else slice(None) for index in copy_index)]
         target = tuple(slice(index * extent, (index + 1) * extent) for index, extent in zip(copy_index, neuron_ids.shape))
         tiled[target] = np.where(copy != 0, copy.astype(dtype) + dtype.type(copy_number * id_stride), dtype.type(0))
     return tiled
 
 
-def default_block_shape(scale: int) -> list[int]:
-    """emflow's "auto" block shape for the dev cube tiled `scale` times per axis: what a run gets by default."""
+def default_block_shape(scale: int | Sequence[int]) -> list[int]:
+    """emflow's "auto" block shape for the dev cube tiled `scale` times per axis (see `as_tiles`):
+    what a run gets by default."""
     with h5py.File(SOURCE_PATH, "r") as source:
         dataset = source["labels/neuron_ids"]
-        shape = tuple(extent * scale for extent in dataset.shape)
+        shape = tuple(extent * copies for extent, copies in zip(dataset.shape, as_tiles(scale)))
         resolution = tuple(float(value) for value in dataset.attrs["resolution_nm_zyx"])
     return list(auto_block_shape(shape, resolution))
 
 
-def prepare_input(out_dir: Path, scale: int, chunks: tuple[int, ...]) -> Path:
+def prepare_input(out_dir: Path, scale: int | Sequence[int], chunks: tuple[int, ...]) -> Path:
     """The tiled groundtruth and its boundary map as a zarr group (reused if already in `out_dir`)."""
-    input_path = out_dir / f"input_x{scale}_chunks{'x'.join(map(str, chunks))}.zarr"
+    tiles = as_tiles(scale)
+    input_path = out_dir / f"input_x{tiles_name(tiles)}_chunks{'x'.join(map(str, chunks))}.zarr"
     if input_path.exists():
         return input_path
     with h5py.File(SOURCE_PATH, "r") as source:
         neuron_ids = source["labels/neuron_ids"][...]
         resolution = [float(value) for value in source["labels/neuron_ids"].attrs["resolution_nm_zyx"]]
-    groundtruth = mirrored_groundtruth_tiling(neuron_ids, scale)
-    boundaries = boundaries_from_labels(groundtruth, sigma=1.0, noise=0.1, seed=0)
+    groundtruth = mirrored_groundtruth_tiling(neuron_ids, tiles)
     # Written under a temporary name and renamed, so that an interrupted run never leaves half an input.
     partial = out_dir / f".{input_path.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     write_volume(partial, "neuron_ids", groundtruth, resolution=resolution, chunks=chunks)
+    scratch = out_dir / f".{input_path.name}.boundaries"
+    boundaries = boundaries_by_slabs(groundtruth, np.lib.format.open_memmap(scratch, "w+", np.float32, groundtruth.shape), chunks[0])
     write_volume(partial, "boundaries", boundaries, resolution=resolution, chunks=chunks)
+    del boundaries
+    scratch.unlink()
     os.replace(partial, input_path)
     return input_path
+
+
+def boundaries_by_slabs(groundtruth: np.ndarray, out: np.ndarray, slab_depth: int) -> np.ndarray:
+    """`boundaries_from_labels(groundtruth, sigma=1.0, noise=0.1, seed=0)` written into `out`
+    (float32, the shape of `groundtruth`, e.g. a file-backed np.memmap), bitwise the same, computed
+    in z slabs of `slab_depth` slices.
+
+    The whole map in memory took 9.1 GB of peak RSS for 500 MVox, too much for 1 GVox on a 24 GB
+    machine. Slabs give the same bytes: the smoothed boundary mask is local (a slab is computed with
+    `SLAB_HALO` slices of context), the map is scaled by its maximum over all slabs in a second
+    pass, and the noise is drawn from one generator slab after slab in C order, which is the order
+    of one draw for the volume (tests/test_benchmarks.py compares it with the whole-volume map).
+    """
+    depth = groundtruth.shape[0]
+    slabs = [(begin, min(begin + slab_depth, depth)) for begin in range(0, depth, slab_depth)]
+    for begin, end in slabs:
+        first, stop = max(begin - SLAB_HALO, 0), min(end + SLAB_HALO, depth)
+        out[begin:end] = smoothed_boundary_mask(groundtruth[first:stop], sigma=1.0)[begin - first : end - first]
+    maximum = max(out[begin:end].max() for begin, end in slabs)
+    rng = np.random.default_rng(0)
+    for begin, end in slabs:
+        slab = out[begin:end]
+        if maximum > 0:
+            slab /= maximum
+        slab += 0.1 * rng.standard_normal(slab.shape, dtype=np.float32)
+        np.clip(slab, 0.0, 1.0, out=slab)
+    return out
 
 
 def _process_tree(root_pid: int) -> list[int]:
@@ -474,7 +532,7 @@ def print_table(results: dict) -> None:
     volume = results["volume"]
     print(
         f"\nend to end on {'x'.join(map(str, volume['shape']))} = {volume['megavoxels']:.1f} MVox "
-        f"(FlyEM dev cube tiled {volume['scale']}x per axis, mirrored), {results['workers']} workers/threads, "
+        f"(FlyEM dev cube {tiling_description(volume['tiles'])}, mirrored), {results['workers']} workers/threads, "
         f"emflow blocks {'x'.join(map(str, results['block_shape']))}; median of {results['repeats']} runs, memory the largest"
     )
     print(
@@ -520,31 +578,33 @@ def print_table(results: dict) -> None:
 
 def run(
     *,
-    scale: int = 2,
+    scale: int | Sequence[int] = 2,
     workers: int = 2,
     block_shape: list[int] | None = None,
     repeats: int = 3,
     out: Path | None = None,
     skip_elf: bool = False,
 ) -> dict:
-    """Run the benchmark (see the module docstring) and return its results; `block_shape` None:
-    emflow's "auto" block shape for the tiled volume."""
-    if min(scale, workers, repeats) < 1:
-        raise ValueError("scale, workers and repeats must be at least 1")
-    block_shape = list(block_shape or default_block_shape(scale))
+    """Run the benchmark (see the module docstring) and return its results; `scale`: copies of the
+    dev cube per axis (see `as_tiles`); `block_shape` None: emflow's "auto" block shape for the tiled
+    volume."""
+    tiles = as_tiles(scale)
+    if min(workers, repeats) < 1:
+        raise ValueError("workers and repeats must be at least 1")
+    block_shape = list(block_shape or default_block_shape(tiles))
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     out_dir = (out or Path(tempfile.mkdtemp(prefix="end_to_end-", dir=RESULTS_DIR))).resolve()
     run_dir = out_dir / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         started = time.perf_counter()
-        input_path = prepare_input(out_dir, scale, tuple(block_shape))
+        input_path = prepare_input(out_dir, tiles, tuple(block_shape))
         print(f"input ready in {time.perf_counter() - started:.1f} s: {input_path}", flush=True)
         shape = tuple(open_volume(input_path, "neuron_ids").shape)
         results = {
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": machine_description(),
-            "volume": {"shape": shape, "megavoxels": math.prod(shape) / 1e6, "scale": scale, "source": str(SOURCE_PATH)},
+            "volume": {"shape": shape, "megavoxels": math.prod(shape) / 1e6, "tiles": tiles, "source": str(SOURCE_PATH)},
             "workers": workers,
             "block_shape": block_shape,
             "repeats": repeats,
@@ -614,7 +674,7 @@ def markdown(results: dict) -> str:
     lines = [
         "### End to end: boundary map to segmentation",
         "",
-        f"{'x'.join(map(str, volume['shape']))} = {volume['megavoxels']:.1f} MVox (FlyEM dev cube tiled {volume['scale']}x per axis, "
+        f"{'x'.join(map(str, volume['shape']))} = {volume['megavoxels']:.1f} MVox (FlyEM dev cube {tiling_description(volume['tiles'])}, "
         f"mirrored), {results['workers']} workers/threads, emflow blocks {'x'.join(map(str, results['block_shape']))}; "
         f"median wall time of {results['repeats']} runs, process start to exit; memory the largest.",
         "",
@@ -658,7 +718,14 @@ def markdown(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", type=int, default=2, help="copies of the dev cube per axis (default 2: 62.5 MVox)")
+    parser.add_argument(
+        "--scale",
+        type=int,
+        nargs="+",
+        default=[2],
+        metavar="N",
+        help="copies of the dev cube per axis, one number or three (z y x; default 2: 62.5 MVox; 4 4 8: 1 GVox)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="emflow worker processes and elf threads (default 2)")
     parser.add_argument(
         "--block-shape",
@@ -679,10 +746,10 @@ def main(argv: list[str] | None = None) -> None:
         help="where to write the results (default benchmarks/results/end_to_end.json)",
     )
     arguments = parser.parse_args(argv)
-    if min(arguments.scale, arguments.workers, arguments.repeats) < 1:
-        parser.error("--scale, --workers and --repeats must be at least 1")
+    if len(arguments.scale) not in (1, 3) or min(*arguments.scale, arguments.workers, arguments.repeats) < 1:
+        parser.error("--scale takes one or three numbers; --scale, --workers and --repeats must be at least 1")
     results = run(
-        scale=arguments.scale,
+        scale=arguments.scale[0] if len(arguments.scale) == 1 else arguments.scale,
         workers=arguments.workers,
         block_shape=arguments.block_shape,
         repeats=arguments.repeats,

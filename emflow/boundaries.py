@@ -19,20 +19,40 @@ def boundaries_from_labels(
 ) -> np.ndarray:
     """Boundary probabilities of a 2D or 3D instance labeling.
 
-    A voxel is boundary (1) when one of its axis-aligned neighbours has a
-    different id or when its own id is 0 (unlabeled). The boundary mask is
-    smoothed with a Gaussian of ``sigma`` voxels (0 disables it), scaled to
-    a maximum of 1, perturbed with additive Gaussian noise of standard
-    deviation ``noise`` drawn from ``np.random.default_rng(seed)``, and
-    clipped to [0, 1].
+    The boundary mask smoothed with a Gaussian of ``sigma`` voxels
+    (``smoothed_boundary_mask``), scaled to a maximum of 1, perturbed with
+    additive Gaussian noise of standard deviation ``noise`` drawn from
+    ``np.random.default_rng(seed)``, and clipped to [0, 1].
 
     Returns ``float32`` of the shape of ``labels``; deterministic in ``seed``.
+    """
+    if noise < 0:
+        raise ValueError(f"noise must be non-negative, got {noise}")
+    probabilities = smoothed_boundary_mask(labels, sigma)
+    if probabilities.max() > 0:
+        probabilities /= probabilities.max()
+    if noise > 0:
+        rng = np.random.default_rng(seed)
+        probabilities += noise * rng.standard_normal(probabilities.shape, dtype=np.float32)
+    return np.clip(probabilities, 0.0, 1.0, out=probabilities)
+
+
+def smoothed_boundary_mask(labels: np.ndarray, sigma: float = 1.0) -> np.ndarray:
+    """The boundary mask of a 2D or 3D instance labeling, smoothed, not scaled.
+
+    A voxel is boundary (1) when one of its axis-aligned neighbours has a
+    different id or when its own id is 0 (unlabeled). The mask is smoothed
+    with a Gaussian of ``sigma`` voxels (0 disables it). Each voxel depends
+    only on the labels within the filter's reach plus one voxel, so a map can
+    be computed piece by piece with that much context.
+
+    Returns ``float32`` of the shape of ``labels``.
     """
     labels = np.asarray(labels)
     if labels.ndim not in (2, 3):
         raise ValueError(f"labels must be 2D or 3D, got shape {labels.shape}")
-    if sigma < 0 or noise < 0:
-        raise ValueError(f"sigma and noise must be non-negative, got {sigma} and {noise}")
+    if sigma < 0:
+        raise ValueError(f"sigma must be non-negative, got {sigma}")
 
     boundaries = labels == 0
     for axis in range(labels.ndim):
@@ -47,9 +67,4 @@ def boundaries_from_labels(
     probabilities = boundaries.astype(np.float32)
     if sigma > 0:
         probabilities = gaussian_smoothing(probabilities, sigma)
-    if probabilities.max() > 0:
-        probabilities /= probabilities.max()
-    if noise > 0:
-        rng = np.random.default_rng(seed)
-        probabilities += noise * rng.standard_normal(probabilities.shape, dtype=np.float32)
-    return np.clip(probabilities, 0.0, 1.0, out=probabilities)
+    return probabilities

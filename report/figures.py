@@ -17,7 +17,8 @@ DPI = 100
 PREVIEW_PIXELS = 1024
 
 
-def _png(figure: Figure) -> bytes:
+def png_bytes(figure: Figure) -> bytes:
+    """The figure as PNG bytes at `DPI`, without software or date metadata (so the same figure gives the same bytes)."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
     return buffer.getvalue()
@@ -108,7 +109,7 @@ def error_view_figure(
         axis.set_yticks([])
     figure.suptitle(title, fontsize=8)
     figure.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.8, wspace=0.04)
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def voi_heat_map_figure(contributions: np.ndarray, blocks_per_axis: tuple[int, int, int]) -> bytes:
@@ -136,7 +137,7 @@ def voi_heat_map_figure(contributions: np.ndarray, blocks_per_axis: tuple[int, i
             for set_ticks, extent in ((axis.set_xticks, image.get_array().shape[1]), (axis.set_yticks, image.get_array().shape[0])):
                 set_ticks(np.arange(0, extent, max(1, extent // 8)))
     figure.subplots_adjust(left=0.08, right=0.95, bottom=0.08, top=0.94, wspace=0.35, hspace=0.45)
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def size_histogram_figure(sizes: dict[str, np.ndarray], voxel_volume_um3: float | None) -> bytes:
@@ -163,7 +164,7 @@ def size_histogram_figure(sizes: dict[str, np.ndarray], voxel_volume_um3: float 
         secondary.set_xlabel("size (µm³)", fontsize=8)
         secondary.tick_params(labelsize=7)
     figure.subplots_adjust(left=0.13, right=0.96, bottom=0.15, top=0.84 if voxel_volume_um3 else 0.95)
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def preview_figure(raw: np.ndarray, segmentation: np.ndarray, title: str) -> bytes:
@@ -185,7 +186,7 @@ def preview_figure(raw: np.ndarray, segmentation: np.ndarray, title: str) -> byt
         axis.set_yticks([])
     figure.suptitle(title, fontsize=8)
     figure.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.86, wspace=0.04)
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def stage_figure(stage_seconds: dict[str, float], stage_peak_rss_bytes: dict[str, int]) -> bytes:
@@ -204,4 +205,4 @@ def stage_figure(stage_seconds: dict[str, float], stage_peak_rss_bytes: dict[str
     for axis in (time_axis, memory_axis):
         axis.tick_params(labelsize=7)
     figure.subplots_adjust(left=0.25, right=0.98, bottom=0.5 / height, top=1 - 0.1 / height, wspace=0.08)
-    return _png(figure)
+    return png_bytes(figure)

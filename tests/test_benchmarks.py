@@ -78,3 +78,23 @@ def test_noop_rerun_benchmark_reruns_a_finished_run_without_recomputing(tmp_path
     assert results["number_of_blocks"] == 2 * 2 * 3 and results["records"] > 0
     assert len(results["rerun_seconds"]) == 1 and results["full_run_seconds"] > 0
     assert "| full run |" in noop_rerun.markdown(results)
+
+
+def test_tiled_boundary_map_built_in_slabs_is_the_whole_volume_map():
+    # A 1 GVox input is built slab by slab (its map in one piece would need 18 GB); the result must
+    # be the bytes boundaries_from_labels gives for the whole volume, also for an uneven tiling.
+    import h5py
+
+    from emflow.boundaries import boundaries_from_labels
+
+    with h5py.File(end_to_end.SOURCE_PATH, "r") as source:
+        neuron_ids = source["labels/neuron_ids"][:40, :96, :80]
+    groundtruth = end_to_end.mirrored_groundtruth_tiling(neuron_ids, (2, 1, 3))
+    assert groundtruth.shape == (80, 96, 240)
+    assert np.array_equal(
+        groundtruth[40:, :, 80:160], np.where(neuron_ids != 0, neuron_ids + 4 * (int(neuron_ids.max()) + 1), 0)[::-1, :, ::-1]
+    )
+    whole = boundaries_from_labels(groundtruth, sigma=1.0, noise=0.1, seed=0)
+    for slab_depth in (16, 33):
+        slabs = end_to_end.boundaries_by_slabs(groundtruth, np.full(groundtruth.shape, np.nan, np.float32), slab_depth)
+        assert np.array_equal(slabs, whole)

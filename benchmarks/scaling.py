@@ -1,0 +1,255 @@
+"""Scaling with the volume: emflow's MVox/s and memory from 62.5 MVox to 1 GVox, beside elf's.
+
+The inputs are those of `benchmarks.end_to_end` (the FlyEM dev cube tiled and mirrored, its
+boundary map derived from the tiled groundtruth), at several tilings:
+- emflow (`python -m emflow run`, 2 worker processes, blocks 64x128x128 at every size, so that a
+  block costs the same everywhere) at 62.5, 125, 250, 500 and 1000 MVox;
+- elf (`simple_multicut_workflow`, in memory, 2 threads) at 7.8, 62.5, 125 and 250 MVox, each size
+  only while the line through its peak RSS at the two sizes before predicts less than
+  `ELF_MEMORY_FRACTION` of this machine's memory: the benchmark never drives the machine into the
+  out-of-memory killer. The volume at which elf would need all of the machine's memory is
+  extrapolated from that line through its two largest sizes.
+
+One run per contender and size (a run at 1 GVox takes minutes). Per size: wall time (process start
+to exit), MVox/s, the largest peak RSS of any process of the run, the sampled peak PSS of its
+process tree, and ARAND / VOI against the tiled groundtruth; for emflow also the task seconds of
+each stage summed over its blocks, as MVox/s, so that a stage whose cost per block grows with the
+volume shows. "vs first" is a size's MVox/s over that of the smallest emflow size (goal: within
+10 %). Writes a figure of MVox/s and peak RSS against the volume (`--figure`).
+
+Usage: python -m benchmarks.scaling [--quick] [--out DIR] [--json PATH] [--figure PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import tempfile
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from emflow.report.figures import png_bytes
+from emflow.storage.volumes import open_volume
+
+from . import end_to_end
+
+RESULTS_DIR = end_to_end.RESULTS_DIR
+BLOCK_SHAPE = [64, 128, 128]
+WORKERS = 2
+EMFLOW_TILES = ((2, 2, 2), (2, 2, 4), (2, 4, 4), (4, 4, 4), (4, 4, 8))
+ELF_TILES = ((1, 1, 1), (2, 2, 2), (2, 2, 4), (2, 4, 4))
+QUICK_EMFLOW_TILES = ((1, 1, 1), (1, 1, 2))
+QUICK_ELF_TILES = ((1, 1, 1), (1, 1, 2))
+# elf runs at a size only while its predicted peak stays under this share of the machine's memory:
+# its peak RSS was 21.9 GiB at 500 MVox on a 23.5 GiB machine (issue 17), too close to the limit.
+ELF_MEMORY_FRACTION = 0.6
+
+
+def _linear_fit(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Intercept and slope of the line through the last two (x, y) points."""
+    (x0, y0), (x1, y1) = points[-2:]
+    slope = (y1 - y0) / (x1 - x0)
+    return y0 - slope * x0, slope
+
+
+def run(quick: bool = False, out: Path | None = None) -> dict:
+    """Run every contender at its sizes (see the module docstring) and return the results."""
+    emflow_tiles = QUICK_EMFLOW_TILES if quick else EMFLOW_TILES
+    elf_tiles = QUICK_ELF_TILES if quick else ELF_TILES
+    machine = end_to_end.machine_description()
+    memory_bytes = machine["memory_gib"] * 2**30
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    out_dir = (out or Path(tempfile.mkdtemp(prefix="scaling-", dir=RESULTS_DIR))).resolve()
+    results: dict = {
+        "machine": machine,
+        "block_shape": BLOCK_SHAPE,
+        "workers": WORKERS,
+        "elf_memory_fraction": ELF_MEMORY_FRACTION,
+        "sizes": [],
+    }
+    elf_peaks: list[tuple[float, float]] = []
+    try:
+        for tiles in sorted(set(emflow_tiles) | set(elf_tiles), key=lambda tiles: (math.prod(tiles), tiles)):
+            input_path = end_to_end.prepare_input(out_dir, tiles, tuple(BLOCK_SHAPE))
+            shape = tuple(open_volume(input_path, "neuron_ids").shape)
+            megavoxels = math.prod(shape) / 1e6
+            size = {"tiles": tiles, "shape": shape, "megavoxels": megavoxels}
+            run_dir = out_dir / f"run_x{end_to_end.tiles_name(tiles)}"
+            run_dir.mkdir(exist_ok=True)
+            if tiles in emflow_tiles:
+                print(f"{megavoxels:.1f} MVox: emflow ...", flush=True)
+                command, _ = end_to_end.emflow_command(input_path, run_dir, BLOCK_SHAPE, WORKERS)
+                emflow_run = end_to_end.run_emflow_once(command, run_dir)
+                size["emflow"] = end_to_end.summarize([emflow_run], open_volume(run_dir / "emflow.zarr", "segmentation"), input_path)
+            if tiles in elf_tiles:
+                size["elf"] = _run_elf(input_path, run_dir, megavoxels, elf_peaks, memory_bytes)
+                if size["elf"]["status"] == "ok":
+                    elf_peaks.append((megavoxels, size["elf"]["max_rss_bytes"]))
+            results["sizes"].append(size)
+            # Inputs and outputs of 1 GVox take gigabytes: each size's are removed once measured.
+            shutil.rmtree(run_dir)
+            shutil.rmtree(input_path)
+        if len(elf_peaks) >= 2:
+            intercept, slope = _linear_fit(elf_peaks)
+            results["elf_memory_line"] = {
+                "fitted_on_megavoxels": [point[0] for point in elf_peaks[-2:]],
+                "bytes_per_megavoxel": slope,
+                "intercept_bytes": intercept,
+                "megavoxels_at_machine_memory": (memory_bytes - intercept) / slope if slope > 0 else None,
+            }
+    finally:
+        if out is None:
+            shutil.rmtree(out_dir)
+    return results
+
+
+def _run_elf(input_path: Path, run_dir: Path, megavoxels: float, elf_peaks: list[tuple[float, float]], memory_bytes: float) -> dict:
+    if len(elf_peaks) >= 2:
+        intercept, slope = _linear_fit(elf_peaks)
+        predicted = intercept + slope * megavoxels
+        if predicted > ELF_MEMORY_FRACTION * memory_bytes:
+            return {"status": f"not run: predicted peak {predicted / 2**30:.1f} GiB", "predicted_peak_bytes": predicted}
+    print(f"{megavoxels:.1f} MVox: elf ...", flush=True)
+    command = end_to_end.elf_command(input_path, run_dir, BLOCK_SHAPE, WORKERS)
+    try:
+        elf_run = end_to_end.run_elf_once(command, run_dir)
+    except end_to_end.ElfUnavailable as error:
+        return {"status": f"unavailable: {error}"}
+    return {"version": elf_run["version"], **end_to_end.summarize([elf_run], open_volume(run_dir / "elf.zarr", "segmentation"), input_path)}
+
+
+def _emflow_sizes(results: dict) -> list[dict]:
+    return [size for size in results["sizes"] if size.get("emflow", {}).get("status") == "ok"]
+
+
+def _elf_sizes(results: dict) -> list[dict]:
+    return [size for size in results["sizes"] if size.get("elf", {}).get("status") == "ok"]
+
+
+def markdown(results: dict, figure_name: str | None = None) -> str:
+    """A Markdown section with the tables of `results`, showing the PNG `figure_name` (beside the page) if given."""
+    emflow_sizes = _emflow_sizes(results)
+    first_rate = emflow_sizes[0]["emflow"]["mvox_per_second"] if emflow_sizes else None
+    lines = [
+        "### Scaling with the volume",
+        "",
+        f"FlyEM dev cube tiled and mirrored as in the end-to-end benchmark, {results['workers']} workers/threads, emflow blocks "
+        f"{'x'.join(map(str, results['block_shape']))} at every size; one run per contender and size; wall time process start to exit; "
+        f"vs first: MVox/s over emflow's at its smallest size. elf runs while the line through its peak RSS at its two sizes before "
+        f"predicts under {results['elf_memory_fraction']:.0%} of the machine's {results['machine']['memory_gib']} GiB.",
+        "",
+        "| MVox | tiles | emflow s | emflow MVox/s | vs first | emflow max RSS GiB | emflow ARAND | elf s | elf MVox/s | elf max RSS GiB | "
+        "elf ARAND | emflow / elf speed |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    if figure_name:
+        lines[4:4] = [f"![MVox/s and largest peak RSS against the volume, emflow and elf]({figure_name})", ""]
+    for size in results["sizes"]:
+        emflow, elf = size.get("emflow", {}), size.get("elf", {})
+        cells = [f"{size['megavoxels']:.1f}", "x".join(map(str, size["tiles"]))]
+        if emflow.get("status") == "ok":
+            cells += [
+                f"{emflow['wall_seconds_median']:.1f}",
+                f"{emflow['mvox_per_second']:.2f}",
+                f"{emflow['mvox_per_second'] / first_rate:.2f}",
+                f"{emflow['max_rss_bytes'] / 2**30:.2f}",
+                f"{emflow['quality']['adapted_rand_error']:.4f}",
+            ]
+        else:
+            cells += ["-"] * 5
+        if elf.get("status") == "ok":
+            cells += [
+                f"{elf['wall_seconds_median']:.1f}",
+                f"{elf['mvox_per_second']:.2f}",
+                f"{elf['max_rss_bytes'] / 2**30:.2f}",
+                f"{elf['quality']['adapted_rand_error']:.4f}",
+            ]
+        else:
+            cells += [elf.get("status", "-"), "-", "-", "-"]
+        both = emflow.get("status") == "ok" and elf.get("status") == "ok"
+        cells.append(f"{emflow['mvox_per_second'] / elf['mvox_per_second']:.2f}x" if both else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    line = results.get("elf_memory_line")
+    if line:
+        at_limit = line["megavoxels_at_machine_memory"]
+        lines += [
+            "",
+            f"- elf's peak RSS grows {line['bytes_per_megavoxel'] * 100 / 2**30:.2f} GiB per 100 MVox (line through "
+            f"{' and '.join(f'{value:.1f}' for value in line['fitted_on_megavoxels'])} MVox); it would need the machine's "
+            f"{results['machine']['memory_gib']} GiB at about {at_limit:,.0f} MVox."
+            if at_limit
+            else "- elf's peak RSS did not grow between its two largest sizes.",
+        ]
+    if emflow_sizes:
+        largest = max(size["emflow"]["max_rss_bytes"] for size in emflow_sizes)
+        lines.append(f"- emflow's largest peak RSS of any process, over all sizes: {largest / 2**30:.2f} GiB.")
+        largest_seconds = emflow_sizes[-1]["emflow"]["runs"][-1]["task_seconds_by_stage"]
+        stages = sorted(largest_seconds, key=largest_seconds.__getitem__, reverse=True)
+        lines += [
+            "",
+            "emflow, per stage: MVox/s of the whole volume over the stage's task seconds summed over its blocks (completion records); "
+            "a stage whose cost per block grows with the volume loses MVox/s along its row. Stages by task time at the largest size.",
+            "",
+            "| stage | " + " | ".join(f"{size['megavoxels']:.1f} MVox" for size in emflow_sizes) + " |",
+            "|---|" + "---:|" * len(emflow_sizes),
+        ]
+        for stage in stages:
+            rates = []
+            for size in emflow_sizes:
+                seconds = size["emflow"]["runs"][-1]["task_seconds_by_stage"].get(stage)
+                rates.append(f"{size['megavoxels'] / seconds:.1f}" if seconds else "-")
+            lines.append(f"| {stage} | " + " | ".join(rates) + " |")
+    return "\n".join(lines)
+
+
+def figure(results: dict) -> bytes:
+    """PNG: MVox/s (left) and the largest peak RSS (right) against the volume, emflow and elf."""
+    canvas = Figure(figsize=(7.0, 2.8))
+    speed_axis, memory_axis = canvas.subplots(1, 2)
+    for name, sizes, style in (("emflow", _emflow_sizes(results), "o-"), ("elf", _elf_sizes(results), "s--")):
+        volumes = [size["megavoxels"] for size in sizes]
+        speed_axis.plot(volumes, [size[name]["mvox_per_second"] for size in sizes], style, label=name)
+        memory_axis.plot(volumes, [size[name]["max_rss_bytes"] / 2**30 for size in sizes], style, label=name)
+    line = results.get("elf_memory_line")
+    if line and line["megavoxels_at_machine_memory"]:
+        largest = max(size["megavoxels"] for size in results["sizes"])
+        volumes = [min(size["megavoxels"] for size in results["sizes"]), max(largest, line["megavoxels_at_machine_memory"])]
+        memory_axis.plot(
+            volumes,
+            [(line["intercept_bytes"] + line["bytes_per_megavoxel"] * volume) / 2**30 for volume in volumes],
+            ":",
+            color="gray",
+            label="elf, extrapolated",
+        )
+    memory_axis.axhline(results["machine"]["memory_gib"], color="black", linewidth=0.8, label="machine memory")
+    for axis, label in ((speed_axis, "MVox/s"), (memory_axis, "largest peak RSS (GiB)")):
+        axis.set_xscale("log")
+        axis.set_xlabel("volume (MVox)", fontsize=8)
+        axis.set_ylabel(label, fontsize=8)
+        axis.set_ylim(bottom=0)
+        axis.tick_params(labelsize=7)
+        axis.legend(fontsize=7)
+    canvas.tight_layout()
+    return png_bytes(canvas)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="7.8 and 15.6 MVox only: a look in a minute, not figures to quote")
+    parser.add_argument("--out", type=Path, help="folder for inputs and outputs (default: a temporary folder under benchmarks/results)")
+    parser.add_argument(
+        "--json", type=Path, default=RESULTS_DIR / "scaling.json", help="raw results (default benchmarks/results/scaling.json)"
+    )
+    parser.add_argument("--figure", type=Path, default=RESULTS_DIR / "scaling.png", help="figure (default benchmarks/results/scaling.png)")
+    arguments = parser.parse_args(argv)
+    results = run(arguments.quick, arguments.out)
+    print(markdown(results))
+    end_to_end.write_results(arguments.json, results)
+    arguments.figure.write_bytes(figure(results))
+    print(f"results written to {arguments.json}, figure to {arguments.figure}")
+
+
+if __name__ == "__main__":
+    main()
