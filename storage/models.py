@@ -14,13 +14,19 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from emflow.errors import ConfigError
-from emflow.model import ModelDomain, TrainedModel, choose_model
-from emflow.unet import UNetConfig
+from emflow.model_choice import ModelDomain, choose_model
+
+if TYPE_CHECKING:
+    from emflow.model import TrainedModel
+    from emflow.unet import UNetConfig
+
+# torch, and emflow.model and emflow.unet built on it, are imported where a model file is read or
+# written: every run imports this module (for describe_model and file_digest), and a run without a
+# model, such as a cron tick with nothing to do, should not pay torch's import (1.2 s of the 4 s
+# no-op rerun of a 20,480-block run).
 
 SHIPPED_MODEL_NAME = "flyem_fib_affinities.pt"
 CHECKPOINT_PATTERN = re.compile(r"^iteration_(\d{8})\.pt$")
@@ -44,19 +50,21 @@ def model_domain(path: str | Path) -> ModelDomain:
 
 
 def shipped_models() -> list[ModelDomain]:
-    """Descriptions of every model shipped with the package, by file name; for `emflow.model.choose_model`
+    """Descriptions of every model shipped with the package, by file name; for `emflow.model_choice.choose_model`
     (its choice's `name` is the file name `shipped_model_path` takes)."""
     return [model_domain(path) for path in sorted(shipped_models_folder().glob("*.pt"))]
 
 
 def shipped_model_for(resolution) -> Path:
-    """The shipped model trained closest to the voxel size (z, y, x) in nm (`emflow.model.choose_model`),
+    """The shipped model trained closest to the voxel size (z, y, x) in nm (`emflow.model_choice.choose_model`),
     what `[predict] model = "auto"` means; raises NoSuitableModel, naming every shipped model, when none
     is within 2x along every axis."""
     return shipped_model_path(choose_model(resolution, shipped_models()).name)
 
 
 def atomic_torch_save(path: str | Path, payload: Any) -> None:
+    import torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
@@ -80,6 +88,8 @@ def read_model_state(path: str | Path) -> dict[str, Any]:
     Deserialising runs no torch computation, so a scheduling process can describe a model this way
     and still fork worker processes safely (forking after torch's OpenMP threads ran can hang the child).
     """
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
@@ -94,6 +104,8 @@ def read_model_state(path: str | Path) -> dict[str, Any]:
 
 def load_model(path: str | Path) -> TrainedModel:
     """A model file written by `save_model` (`emflow train`); errors name the file and the problem."""
+    from emflow.model import TrainedModel
+
     state = read_model_state(path)
     try:
         return TrainedModel.from_state(state)
@@ -134,6 +146,8 @@ def save_checkpoint(folder: str | Path, iteration: int, payload: dict[str, Any],
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    import torch
+
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -171,6 +185,8 @@ def _file_key(path: str | Path) -> tuple[str, int, int]:
 
 @functools.lru_cache(maxsize=4)
 def _describe_model(path: str, modified_ns: int, size: int) -> ModelDescription:
+    from emflow.unet import UNetConfig
+
     state = read_model_state(path)
     resolution = state.get("resolution")
     try:

@@ -21,7 +21,7 @@ import numpy as np
 
 from emflow.errors import ConfigError, InputError
 from emflow.inference import PatchGrid, accumulate_patches, add_overlap
-from emflow.model import MAX_RESOLUTION_RATIO, NoSuitableModel, resolution_distance
+from emflow.model_choice import MAX_RESOLUTION_RATIO, NoSuitableModel, resolution_distance
 from emflow.storage.models import ModelDescription, cached_model, describe_model, model_domain, shipped_model_for
 from emflow.storage.store import describe_slicing
 from emflow.storage.volumes import read_region

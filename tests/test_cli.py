@@ -254,3 +254,20 @@ def test_a_reader_that_goes_away_is_no_error(tmp_path, inputs):
     stderr = process.stderr.read().decode()
     assert process.wait(timeout=120) == 0, stderr
     assert stderr == ""
+
+
+def test_a_run_from_a_boundary_map_imports_neither_torch_nor_scikit_learn(tmp_path, workflow_inputs):
+    # Importing torch was 1.2 s of the 4 s no-op rerun of a 20,480-block run: only a run that predicts
+    # or trains may pay it (storage.models and tasks.predict import torch where a model is read).
+    config = write_config(tmp_path / "config.toml", workflow_inputs, tmp_path / "out.zarr")
+    script = (
+        "import sys\n"
+        "from emflow.cli.main import main\n"
+        "code = main(['run', sys.argv[1], '--workers', '1'])\n"
+        "print('imported:', ' '.join(name for name in ('torch', 'sklearn') if name in sys.modules))\n"
+        "sys.exit(code)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(config)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "emflow: run complete" in result.stdout
+    assert result.stdout.splitlines()[-1] == "imported: ", result.stdout

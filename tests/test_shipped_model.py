@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from emflow.model import ModelDomain, NoSuitableModel, TrainedModel, choose_model, resolution_distance
+from emflow.model import TrainedModel
+from emflow.model_choice import ModelDomain, NoSuitableModel, choose_model, resolution_distance
 from emflow.storage.models import (
     file_digest,
     load_model,
