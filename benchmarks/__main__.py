@@ -5,7 +5,7 @@ Runs, in one process tree and one sitting so that contenders share the machine's
   `simple_multicut_workflow` (62.5 MVox; `--quick`: 7.8 MVox, one repeat), and each of emflow's
   block-wise stages against a stage that only reads and writes what it does;
 - scaling: emflow's MVox/s and peak RSS from 62.5 MVox to 1 GVox, elf's up to the size its memory
-  allows and where it would run out of this machine's (about 25 minutes; `--quick`: 7.8 and 15.6
+  allows and where it would run out of this machine's (about 24 minutes; `--quick`: 7.8 and 15.6
   MVox), with a figure beside the page;
 - memory: peak RSS per stage at two volume sizes 8x apart, same block shape;
 - orchestration: overhead per block-stage at 5,000 and 20,000 blocks, local scheduler and luigid,

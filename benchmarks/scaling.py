@@ -28,6 +28,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from matplotlib.figure import Figure
 
 from emflow.report.figures import png_bytes
@@ -215,7 +216,8 @@ def figure(results: dict) -> bytes:
     line = results.get("elf_memory_line")
     if line and line["megavoxels_at_machine_memory"]:
         largest = max(size["megavoxels"] for size in results["sizes"])
-        volumes = [min(size["megavoxels"] for size in results["sizes"]), max(largest, line["megavoxels_at_machine_memory"])]
+        # Many points: a straight line is a curve on the logarithmic volume axis.
+        volumes = np.geomspace(min(size["megavoxels"] for size in results["sizes"]), max(largest, line["megavoxels_at_machine_memory"]), 64)
         memory_axis.plot(
             volumes,
             [(line["intercept_bytes"] + line["bytes_per_megavoxel"] * volume) / 2**30 for volume in volumes],
