@@ -1,5 +1,6 @@
 """Shared fixtures: the real EM data under ``<repo>/../shared/data``."""
 
+import signal
 from pathlib import Path
 
 import h5py
@@ -12,6 +13,13 @@ from emflow.graph import FEATURE_NAMES, in_core_graph_features
 from emflow.labels import relabel_consecutive
 
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# A suite started in the background by a shell without job control (`.ci/run &`, nohup) inherits
+# SIGINT ignored, and so would every emflow process a test starts: Python installs its Ctrl-C
+# handler only where SIGINT is not ignored, and the tests that press Ctrl-C on emflow (test_slurm,
+# test_viewer) then wait for nothing. Handled here, SIGINT is back to the default in those children.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # A crop of the FlyEM medulla cube (isotropic 10 nm) small enough for fast tests.
 FLYEM_CROP = np.s_[:64, :128, :128]
