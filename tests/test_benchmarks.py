@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from workflow_helpers import run_cli, write_config
 
-from benchmarks import end_to_end, noop_rerun, orchestration
+from benchmarks import end_to_end, noop_rerun, orchestration, scaling
 from emflow.targets import JournalReader
 from emflow.workflows.segmentation import load_run
 
@@ -98,3 +98,30 @@ def test_tiled_boundary_map_built_in_slabs_is_the_whole_volume_map():
     for slab_depth in (16, 33):
         slabs = end_to_end.boundaries_by_slabs(groundtruth, np.full(groundtruth.shape, np.nan, np.float32), slab_depth)
         assert np.array_equal(slabs, whole)
+
+
+def test_scaling_benchmark_runs_emflow_and_reports_every_stage(tmp_path, monkeypatch):
+    # One size (the dev cube itself), emflow only: the structure of the results, table and figure.
+    monkeypatch.setattr(scaling, "QUICK_EMFLOW_TILES", ((1, 1, 1),))
+    monkeypatch.setattr(scaling, "QUICK_ELF_TILES", ())
+    results = scaling.run(quick=True, out=tmp_path)
+    (size,) = results["sizes"]
+    assert size["tiles"] == (1, 1, 1) and size["megavoxels"] == 125 * 250 * 250 / 1e6
+    emflow = size["emflow"]
+    assert emflow["status"] == "ok" and 0 < emflow["max_rss_bytes"] < 2**30 and emflow["quality"]["adapted_rand_error"] < 0.1
+    stages = emflow["runs"][-1]["task_seconds_by_stage"]
+    assert {"supervoxels", "block_graph", "multicut", "write_segmentation"} <= set(stages)
+    page = scaling.markdown(results, "figure.png")
+    assert "![MVox/s and largest peak RSS" in page and "| 7.8 | 1x1x1 |" in page
+    assert all(f"| {stage} |" in page for stage in stages)
+    assert scaling.figure(results).startswith(b"\x89PNG")
+    assert not any(tmp_path.iterdir()), "each size's input and outputs are removed once measured"
+
+
+def test_scaling_benchmark_runs_elf_only_where_its_memory_line_says_it_fits(tmp_path):
+    # Peaks of 1 GiB at 10 MVox and 2 GiB at 20 MVox: 0.1 GiB per MVox, so 140 MVox would need
+    # 14 GiB, more than 60 % of 20 GiB; elf is not started (no input exists to start it on).
+    peaks = [(10.0, 2**30), (20.0, 2 * 2**30)]
+    skipped = scaling._run_elf(tmp_path / "absent.zarr", tmp_path, 140.0, peaks, 20 * 2**30)
+    assert skipped["status"] == "not run: predicted peak 14.0 GiB"
+    assert scaling._linear_fit(peaks) == (0.0, 2**30 / 10)
