@@ -121,17 +121,27 @@ def _run_elf(input_path: Path, run_dir: Path, megavoxels: float, elf_peaks: list
     return {"version": elf_run["version"], **end_to_end.summarize([elf_run], open_volume(run_dir / "elf.zarr", "segmentation"), input_path)}
 
 
-def _emflow_sizes(results: dict) -> list[dict]:
-    return [size for size in results["sizes"] if size.get("emflow", {}).get("status") == "ok"]
+def _measured_sizes(results: dict, contender: str) -> list[dict]:
+    """The sizes at which `contender` ("emflow" or "elf") ran to the end."""
+    return [size for size in results["sizes"] if size.get(contender, {}).get("status") == "ok"]
 
 
-def _elf_sizes(results: dict) -> list[dict]:
-    return [size for size in results["sizes"] if size.get("elf", {}).get("status") == "ok"]
+def _contender_cells(result: dict) -> list[str]:
+    """Table cells of one contender at one size: wall s, MVox/s, max RSS GiB and ARAND; where it
+    did not run, its status (or "-") and dashes."""
+    if result.get("status") != "ok":
+        return [result.get("status", "-"), "-", "-", "-"]
+    return [
+        f"{result['wall_seconds_median']:.1f}",
+        f"{result['mvox_per_second']:.2f}",
+        f"{result['max_rss_bytes'] / 2**30:.2f}",
+        f"{result['quality']['adapted_rand_error']:.4f}",
+    ]
 
 
 def markdown(results: dict, figure_name: str | None = None) -> str:
     """A Markdown section with the tables of `results`, showing the PNG `figure_name` (beside the page) if given."""
-    emflow_sizes = _emflow_sizes(results)
+    emflow_sizes = _measured_sizes(results, "emflow")
     first_rate = emflow_sizes[0]["emflow"]["mvox_per_second"] if emflow_sizes else None
     lines = [
         "### Scaling with the volume",
@@ -141,34 +151,18 @@ def markdown(results: dict, figure_name: str | None = None) -> str:
         f"vs first: MVox/s over emflow's at its smallest size. elf runs while the line through its peak RSS at its two sizes before "
         f"predicts under {results['elf_memory_fraction']:.0%} of the machine's {results['machine']['memory_gib']} GiB.",
         "",
+        *([f"![MVox/s and largest peak RSS against the volume, emflow and elf]({figure_name})", ""] if figure_name else []),
         "| MVox | tiles | emflow s | emflow MVox/s | vs first | emflow max RSS GiB | emflow ARAND | elf s | elf MVox/s | elf max RSS GiB | "
         "elf ARAND | emflow / elf speed |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    if figure_name:
-        lines[4:4] = [f"![MVox/s and largest peak RSS against the volume, emflow and elf]({figure_name})", ""]
     for size in results["sizes"]:
         emflow, elf = size.get("emflow", {}), size.get("elf", {})
         cells = [f"{size['megavoxels']:.1f}", "x".join(map(str, size["tiles"]))]
-        if emflow.get("status") == "ok":
-            cells += [
-                f"{emflow['wall_seconds_median']:.1f}",
-                f"{emflow['mvox_per_second']:.2f}",
-                f"{emflow['mvox_per_second'] / first_rate:.2f}",
-                f"{emflow['max_rss_bytes'] / 2**30:.2f}",
-                f"{emflow['quality']['adapted_rand_error']:.4f}",
-            ]
-        else:
-            cells += ["-"] * 5
-        if elf.get("status") == "ok":
-            cells += [
-                f"{elf['wall_seconds_median']:.1f}",
-                f"{elf['mvox_per_second']:.2f}",
-                f"{elf['max_rss_bytes'] / 2**30:.2f}",
-                f"{elf['quality']['adapted_rand_error']:.4f}",
-            ]
-        else:
-            cells += [elf.get("status", "-"), "-", "-", "-"]
+        emflow_cells = _contender_cells(emflow)
+        # "vs first", after emflow's MVox/s.
+        emflow_cells.insert(2, f"{emflow['mvox_per_second'] / first_rate:.2f}" if emflow.get("status") == "ok" else "-")
+        cells += emflow_cells + _contender_cells(elf)
         both = emflow.get("status") == "ok" and elf.get("status") == "ok"
         cells.append(f"{emflow['mvox_per_second'] / elf['mvox_per_second']:.2f}x" if both else "-")
         lines.append("| " + " | ".join(cells) + " |")
@@ -209,7 +203,7 @@ def figure(results: dict) -> bytes:
     """PNG: MVox/s (left) and the largest peak RSS (right) against the volume, emflow and elf."""
     canvas = Figure(figsize=(7.0, 2.8))
     speed_axis, memory_axis = canvas.subplots(1, 2)
-    for name, sizes, style in (("emflow", _emflow_sizes(results), "o-"), ("elf", _elf_sizes(results), "s--")):
+    for name, sizes, style in (("emflow", _measured_sizes(results, "emflow"), "o-"), ("elf", _measured_sizes(results, "elf"), "s--")):
         volumes = [size["megavoxels"] for size in sizes]
         speed_axis.plot(volumes, [size[name]["mvox_per_second"] for size in sizes], style, label=name)
         memory_axis.plot(volumes, [size[name]["max_rss_bytes"] / 2**30 for size in sizes], style, label=name)
