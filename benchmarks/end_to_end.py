@@ -72,7 +72,7 @@ import numpy as np
 import tomli_w
 import zarr
 
-from emflow.boundaries import smoothed_boundary_mask
+from emflow.boundaries import scaled_with_noise, smoothed_boundary_mask
 from emflow.config import default_config
 from emflow.evaluation import evaluate
 from emflow.storage.geometry import auto_block_shape
@@ -182,8 +182,8 @@ def boundaries_by_slabs(groundtruth: np.ndarray, out: np.ndarray, slab_depth: in
     The whole map in memory took 9.1 GB of peak RSS for 500 MVox, too much for 1 GVox on a 24 GB
     machine. Slabs give the same bytes: the smoothed boundary mask is local (a slab is computed with
     `SLAB_HALO` slices of context), the map is scaled by its maximum over all slabs in a second
-    pass, and the noise is drawn from one generator slab after slab in C order, which is the order
-    of one draw for the volume (tests/test_benchmarks.py compares it with the whole-volume map).
+    pass, and the noise is drawn from one generator slab after slab (`scaled_with_noise`; tests/
+    test_benchmarks.py compares the result with the whole-volume map).
     """
     depth = groundtruth.shape[0]
     slabs = [(begin, min(begin + slab_depth, depth)) for begin in range(0, depth, slab_depth)]
@@ -193,11 +193,7 @@ def boundaries_by_slabs(groundtruth: np.ndarray, out: np.ndarray, slab_depth: in
     maximum = max(out[begin:end].max() for begin, end in slabs)
     rng = np.random.default_rng(0)
     for begin, end in slabs:
-        slab = out[begin:end]
-        if maximum > 0:
-            slab /= maximum
-        slab += 0.1 * rng.standard_normal(slab.shape, dtype=np.float32)
-        np.clip(slab, 0.0, 1.0, out=slab)
+        scaled_with_noise(out[begin:end], maximum, 0.1, rng)
     return out
 
 

@@ -26,15 +26,25 @@ def boundaries_from_labels(
 
     Returns ``float32`` of the shape of ``labels``; deterministic in ``seed``.
     """
+    probabilities = smoothed_boundary_mask(labels, sigma)
+    return scaled_with_noise(probabilities, probabilities.max(), noise, np.random.default_rng(seed))
+
+
+def scaled_with_noise(smoothed: np.ndarray, maximum, noise: float, rng: np.random.Generator) -> np.ndarray:
+    """The second half of ``boundaries_from_labels``, in place: ``smoothed`` (float32) divided by
+    ``maximum`` (when > 0), plus Gaussian noise of standard deviation ``noise`` drawn from ``rng``
+    (none drawn for 0), clipped to [0, 1].
+
+    Applied to consecutive z slabs of a map with the map's maximum and one ``rng``, it gives the
+    bytes of one call on the whole map: the noise is drawn in C order either way.
+    """
     if noise < 0:
         raise ValueError(f"noise must be non-negative, got {noise}")
-    probabilities = smoothed_boundary_mask(labels, sigma)
-    if probabilities.max() > 0:
-        probabilities /= probabilities.max()
+    if maximum > 0:
+        smoothed /= maximum
     if noise > 0:
-        rng = np.random.default_rng(seed)
-        probabilities += noise * rng.standard_normal(probabilities.shape, dtype=np.float32)
-    return np.clip(probabilities, 0.0, 1.0, out=probabilities)
+        smoothed += noise * rng.standard_normal(smoothed.shape, dtype=np.float32)
+    return np.clip(smoothed, 0.0, 1.0, out=smoothed)
 
 
 def smoothed_boundary_mask(labels: np.ndarray, sigma: float = 1.0) -> np.ndarray:
