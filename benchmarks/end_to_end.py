@@ -26,7 +26,9 @@ is reported two ways:
   (ru_maxrss on Linux covers the waited-for descendants).
 - peak PSS of the process tree: the largest sum of proportional set sizes over all processes of
   the run alive at the same time, sampled from /proc every 0.2 s. It counts pages that forked
-  processes share once; being sampled, it can miss peaks shorter than the interval.
+  processes share once; being sampled, it can miss peaks shorter than the interval. Sampling
+  costs the run time (5 % of emflow's at 62.5 MVox on 2 cores), so it comes from one more run of
+  each contender after the timed ones, which is not timed.
 Quality is scored against the tiled groundtruth with emflow.evaluation.evaluate (groundtruth label 0
 ignored), so that the speed comparison is read together with what each contender delivers.
 
@@ -102,7 +104,7 @@ class Measurement:
     exit_code: int
     wall_seconds: float
     max_rss_bytes: int
-    peak_tree_pss_bytes: int
+    peak_tree_pss_bytes: int | None  # None: not sampled
 
 
 def as_tiles(scale: int | Sequence[int]) -> tuple[int, ...]:
@@ -235,8 +237,9 @@ sys.exit(os.waitstatus_to_exitcode(status))
 """
 
 
-def run_measured(command: list[str], log_path: Path) -> Measurement:
-    """Run `command` with stdout and stderr to `log_path`; see the module docstring for what is measured."""
+def run_measured(command: list[str], log_path: Path, *, sample_pss: bool = False) -> Measurement:
+    """Run `command` with stdout and stderr to `log_path`; see the module docstring for what is
+    measured. `sample_pss`: also sample the process tree's PSS, which costs the run time (below)."""
     peak_tree_pss = 0
     finished = threading.Event()
 
@@ -252,17 +255,22 @@ def run_measured(command: list[str], log_path: Path) -> Measurement:
         launcher = subprocess.Popen(
             [sys.executable, "-c", _MEASURING_LAUNCHER, str(rss_report), *command], stdout=log, stderr=subprocess.STDOUT
         )
+        # Sampling walks /proc for the whole process tree five times a second: on 2 cores that made
+        # emflow's 62.5 MVox run 0.9 s (5 %) slower (17.5 s against 16.6 s, two runs each), so
+        # timed runs do not sample.
         sampler = threading.Thread(target=sample_memory, args=(launcher.pid,), daemon=True)
-        sampler.start()
+        if sample_pss:
+            sampler.start()
         exit_code = launcher.wait()
         wall_seconds = time.perf_counter() - started
         finished.set()
-        sampler.join()
+        if sample_pss:
+            sampler.join()
     return Measurement(
         exit_code=exit_code,
         wall_seconds=wall_seconds,
         max_rss_bytes=int(rss_report.read_text()) * 1024,
-        peak_tree_pss_bytes=peak_tree_pss,
+        peak_tree_pss_bytes=peak_tree_pss if sample_pss else None,
     )
 
 
@@ -410,8 +418,17 @@ def _load_partial(run: Run, stage: str, block_id: int) -> dict[str, np.ndarray] 
     return np.load(npy) if npy.exists() else None
 
 
-def emflow_command(input_path: Path, run_dir: Path, block_shape: list[int], workers: int) -> tuple[list[str], dict]:
-    """The command of an emflow run, and its config (written to `run_dir`)."""
+# The emflow contender's outputs beyond the segmentation elf writes: the default config's.
+# "segmentation only" writes what elf writes and no more: no multiscale pyramid for viewers
+# (`[output] pyramid`) and no run report (`[output] report`).
+SEGMENTATION_ONLY = {"pyramid": False, "report": False}
+
+
+def emflow_command(
+    input_path: Path, run_dir: Path, block_shape: list[int], workers: int, output: dict | None = None
+) -> tuple[list[str], dict]:
+    """The command of an emflow run, and its config (written to `run_dir`); `output`: further
+    `[output]` keys (default: none, the default config's outputs)."""
     defaults = default_config()
     config = {
         "input": {
@@ -419,7 +436,7 @@ def emflow_command(input_path: Path, run_dir: Path, block_shape: list[int], work
             "boundaries_key": "boundaries",
             "resolution": list(read_resolution(open_volume(input_path, "boundaries"))),
         },
-        "output": {"path": str(run_dir / "emflow.zarr")},
+        "output": {"path": str(run_dir / "emflow.zarr"), **(output or {})},
         "blocking": {"block_shape": block_shape, "halo": defaults["blocking"]["halo"]},
         "multicut": {"beta": defaults["multicut"]["beta"], "solver": defaults["multicut"]["solver"]},
     }
@@ -428,11 +445,11 @@ def emflow_command(input_path: Path, run_dir: Path, block_shape: list[int], work
     return [sys.executable, "-m", "emflow", "run", str(config_path), "--workers", str(workers)], config
 
 
-def run_emflow_once(command: list[str], run_dir: Path) -> dict:
+def run_emflow_once(command: list[str], run_dir: Path, *, sample_pss: bool = False) -> dict:
     # A finished output would make the run a no-op, so every run starts from none.
     for path in (run_dir / "emflow.zarr", run_dir / "emflow.zarr.work"):
         shutil.rmtree(path, ignore_errors=True)
-    measurement = run_measured(command, run_dir / "emflow.log")
+    measurement = run_measured(command, run_dir / "emflow.log", sample_pss=sample_pss)
     if measurement.exit_code != 0:
         raise SystemExit(f"emflow run failed (exit code {measurement.exit_code}); see {run_dir / 'emflow.log'}")
     work_dir = run_dir / "emflow.zarr.work"
@@ -461,9 +478,9 @@ def elf_command(input_path: Path, run_dir: Path, chunks: list[int], workers: int
     ]
 
 
-def run_elf_once(command: list[str], run_dir: Path) -> dict:
+def run_elf_once(command: list[str], run_dir: Path, *, sample_pss: bool = False) -> dict:
     shutil.rmtree(run_dir / "elf.zarr", ignore_errors=True)
-    measurement = run_measured(command, run_dir / "elf.log")
+    measurement = run_measured(command, run_dir / "elf.log", sample_pss=sample_pss)
     report_path = run_dir / "elf_report.json"
     if measurement.exit_code == EXIT_ELF_UNAVAILABLE:
         raise ElfUnavailable(json.loads(report_path.read_text())["reason"])
@@ -478,22 +495,26 @@ def run_elf_once(command: list[str], run_dir: Path) -> dict:
     }
 
 
-def summarize(runs: list[dict], segmentation, input_path: Path) -> dict:
-    """Median wall time and throughput of the runs, their largest memory, and the segmentation's quality.
+def summarize(runs: list[dict], segmentation, input_path: Path, memory_run: dict | None = None) -> dict:
+    """Median wall time and throughput of the timed runs, the largest memory of all runs (the tree's
+    PSS from `memory_run`, the one run that sampled it, if any), and the segmentation's quality.
 
     The quality is that of the last run's segmentation; both contenders are deterministic.
     """
     measurements = [run["measurement"] for run in runs]
     wall_seconds = statistics.median(measurement["wall_seconds"] for measurement in measurements)
+    if memory_run is not None:
+        measurements.append(memory_run["measurement"])
     metrics = evaluate(segmentation, open_volume(input_path, "neuron_ids"))
     return {
         "status": "ok",
         "wall_seconds_median": wall_seconds,
         "mvox_per_second": math.prod(segmentation.shape) / 1e6 / wall_seconds,
         "max_rss_bytes": max(measurement["max_rss_bytes"] for measurement in measurements),
-        "peak_tree_pss_bytes": max(measurement["peak_tree_pss_bytes"] for measurement in measurements),
+        "peak_tree_pss_bytes": None if memory_run is None else memory_run["measurement"]["peak_tree_pss_bytes"],
         "quality": {key: metrics[key] for key in QUALITY_KEYS},
         "runs": runs,
+        "memory_run": memory_run,
     }
 
 
@@ -516,8 +537,21 @@ def machine_description() -> dict:
     }
 
 
-def _gib(size_bytes: int) -> str:
-    return f"{size_bytes / 2**30:.2f}"
+def _gib(size_bytes: int | None) -> str:
+    return "-" if size_bytes is None else f"{size_bytes / 2**30:.2f}"
+
+
+# The contenders of the tables, in order: results key, program, what it ran.
+CONTENDERS = (("emflow", "emflow", ""), ("emflow_segmentation_only", "emflow", ", segmentation only"), ("elf", "elf", ""))
+
+
+def _contenders(results: dict, versions: bool = False) -> list[tuple[str, str]]:
+    """(results key, label) of the contenders in `results`; `versions`: with the program's version."""
+    return [
+        (name, f"{program} {results[name].get('version', '')}{what}" if versions else f"{program}{what}")
+        for name, program, what in CONTENDERS
+        if name in results
+    ]
 
 
 def _rate(value: float | None, digits: int = 2) -> str:
@@ -532,16 +566,16 @@ def print_table(results: dict) -> None:
         f"emflow blocks {'x'.join(map(str, results['block_shape']))}; median of {results['repeats']} runs, memory the largest"
     )
     print(
-        f"{'contender':<10} {'wall s':>8} {'MVox/s':>8} {'max RSS GiB':>12} {'tree PSS GiB':>13} {'ARAND':>7} {'VOI split':>10} {'VOI merge':>10}"
+        f"{'contender':<26} {'wall s':>8} {'MVox/s':>8} {'max RSS GiB':>12} {'tree PSS GiB':>13} {'ARAND':>7} {'VOI split':>10} {'VOI merge':>10}"
     )
-    for name in ("emflow", "elf"):
+    for name, label in _contenders(results):
         result = results[name]
         if result["status"] != "ok":
-            print(f"{name:<10} {result['status']}")
+            print(f"{label:<26} {result['status']}")
             continue
         quality = result["quality"]
         print(
-            f"{name:<10} {result['wall_seconds_median']:>8.1f} {result['mvox_per_second']:>8.3f} "
+            f"{label:<26} {result['wall_seconds_median']:>8.1f} {result['mvox_per_second']:>8.3f} "
             f"{_gib(result['max_rss_bytes']):>12} {_gib(result['peak_tree_pss_bytes']):>13} "
             f"{quality['adapted_rand_error']:>7.4f} {quality['voi_split']:>10.3f} {quality['voi_merge']:>10.3f}"
         )
@@ -549,10 +583,11 @@ def print_table(results: dict) -> None:
         ratios = results["ratios"]
         print(
             f"emflow / elf: speed (MVox/s) {ratios['speed']:.2f}, max RSS {ratios['max_rss']:.2f}, tree PSS {ratios['peak_tree_pss']:.2f}"
+            + (f"; segmentation only: speed {ratios['speed_segmentation_only']:.2f}" if "speed_segmentation_only" in ratios else "")
         )
-    for name in ("emflow", "elf"):
+    for name, label in _contenders(results):
         if results[name]["status"] == "ok":
-            print(f"{name} wall s of each run: " + ", ".join(f"{run['measurement']['wall_seconds']:.1f}" for run in results[name]["runs"]))
+            print(f"{label} wall s of each run: " + ", ".join(f"{run['measurement']['wall_seconds']:.1f}" for run in results[name]["runs"]))
     stages = results["emflow"]["runs"][-1]["task_seconds_by_stage"]
     print(
         "emflow task s per stage, summed over blocks (last run): "
@@ -580,10 +615,11 @@ def run(
     repeats: int = 3,
     out: Path | None = None,
     skip_elf: bool = False,
+    segmentation_only: bool = True,
 ) -> dict:
     """Run the benchmark (see the module docstring) and return its results; `scale`: copies of the
     dev cube per axis (see `as_tiles`); `block_shape` None: emflow's "auto" block shape for the tiled
-    volume."""
+    volume; `segmentation_only`: also time emflow writing only the segmentation (`SEGMENTATION_ONLY`)."""
     tiles = as_tiles(scale)
     if min(workers, repeats) < 1:
         raise ValueError("workers and repeats must be at least 1")
@@ -605,9 +641,10 @@ def run(
             "block_shape": block_shape,
             "repeats": repeats,
             "measures": {
-                "wall_seconds_median": "median over the runs of the wall time of the contender's process tree, start to exit",
-                "max_rss_bytes": "largest peak RSS of any single process of a run (wait4 rusage), largest over the runs",
-                "peak_tree_pss_bytes": f"largest sum of PSS over a run's processes, sampled every {MEMORY_SAMPLE_SECONDS} s, largest over the runs",
+                "wall_seconds_median": "median over the timed runs of the wall time of the contender's process tree, start to exit",
+                "max_rss_bytes": "largest peak RSS of any single process of a run (wait4 rusage), largest over all runs",
+                "peak_tree_pss_bytes": f"largest sum of PSS over the processes of the memory run (one more run, not timed), "
+                f"sampled every {MEMORY_SAMPLE_SECONDS} s",
                 "peak_rss_bytes_by_stage": "emflow, last run: largest peak RSS of a process while it ran a task of the stage (from the completion records)",
                 "stages": "emflow, last run, per block-wise stage: task seconds summed over blocks (completion records) and MVox/s "
                 "(volume / task s), beside the reference: reading and decoding what its blocks read, encoding and writing what they "
@@ -615,13 +652,19 @@ def run(
             },
         }
         emflow, emflow_config = emflow_command(input_path, run_dir, block_shape, workers)
+        segmentation_only_dir = run_dir / "segmentation_only"
+        segmentation_only_dir.mkdir(exist_ok=True)
+        emflow_segmentation_only = emflow_command(input_path, segmentation_only_dir, block_shape, workers, SEGMENTATION_ONLY)[0]
         elf = None if skip_elf else elf_command(input_path, run_dir, block_shape, workers)
         elf_status = "skipped" if skip_elf else "ok"
-        runs = {"emflow": [], "elf": []}
-        # Alternating the contenders spreads slow phases of a shared machine over both.
+        runs = {"emflow": [], "emflow_segmentation_only": [], "elf": []}
+        # Alternating the contenders spreads slow phases of a shared machine over all.
         for repeat in range(1, repeats + 1):
             print(f"run {repeat}/{repeats}: emflow ...", flush=True)
             runs["emflow"].append(run_emflow_once(emflow, run_dir))
+            if segmentation_only:
+                print(f"run {repeat}/{repeats}: emflow, segmentation only ...", flush=True)
+                runs["emflow_segmentation_only"].append(run_emflow_once(emflow_segmentation_only, segmentation_only_dir))
             if elf_status == "ok":
                 print(f"run {repeat}/{repeats}: elf ...", flush=True)
                 try:
@@ -629,6 +672,12 @@ def run(
                 except ElfUnavailable as error:
                     elf_status = f"unavailable: {error}"
                     print(f"elf: {elf_status}", flush=True)
+        # The tree's PSS from one more run each, not timed: sampling it slows the run it samples.
+        print("memory run: emflow ...", flush=True)
+        memory_runs = {"emflow": run_emflow_once(emflow, run_dir, sample_pss=True)}
+        if elf_status == "ok":
+            print("memory run: elf ...", flush=True)
+            memory_runs["elf"] = run_elf_once(elf, run_dir, sample_pss=True)
 
         print("stage IO reference ...", flush=True)
         started = time.perf_counter()
@@ -640,22 +689,35 @@ def run(
             "version": metadata.version("emflow"),
             "command": " ".join(emflow),
             "config": emflow_config,
-            **summarize(runs["emflow"], open_volume(run_dir / "emflow.zarr", "segmentation"), input_path),
+            **summarize(runs["emflow"], open_volume(run_dir / "emflow.zarr", "segmentation"), input_path, memory_runs["emflow"]),
             "stages": stage_rows(runs["emflow"][-1]["task_seconds_by_stage"], references, results["volume"]["megavoxels"]),
             "reference_pass_seconds": reference_pass_seconds,
         }
+        if segmentation_only:
+            results["emflow_segmentation_only"] = {
+                "version": metadata.version("emflow"),
+                "command": " ".join(emflow_segmentation_only),
+                "output": SEGMENTATION_ONLY,
+                **summarize(
+                    runs["emflow_segmentation_only"], open_volume(segmentation_only_dir / "emflow.zarr", "segmentation"), input_path
+                ),
+            }
         if elf_status == "ok":
             results["elf"] = {
                 "version": runs["elf"][-1]["version"],
                 "command": " ".join(elf),
                 "parameters": runs["elf"][-1]["parameters"],
-                **summarize(runs["elf"], open_volume(run_dir / "elf.zarr", "segmentation"), input_path),
+                **summarize(runs["elf"], open_volume(run_dir / "elf.zarr", "segmentation"), input_path, memory_runs["elf"]),
             }
             results["ratios"] = {
                 "speed": results["emflow"]["mvox_per_second"] / results["elf"]["mvox_per_second"],
                 "max_rss": results["emflow"]["max_rss_bytes"] / results["elf"]["max_rss_bytes"],
                 "peak_tree_pss": results["emflow"]["peak_tree_pss_bytes"] / results["elf"]["peak_tree_pss_bytes"],
             }
+            if segmentation_only:
+                results["ratios"]["speed_segmentation_only"] = (
+                    results["emflow_segmentation_only"]["mvox_per_second"] / results["elf"]["mvox_per_second"]
+                )
         else:
             results["elf"] = {"status": elf_status}
     finally:
@@ -672,19 +734,20 @@ def markdown(results: dict) -> str:
         "",
         f"{'x'.join(map(str, volume['shape']))} = {volume['megavoxels']:.1f} MVox (FlyEM dev cube {tiling_description(volume['tiles'])}, "
         f"mirrored), {results['workers']} workers/threads, emflow blocks {'x'.join(map(str, results['block_shape']))}; "
-        f"median wall time of {results['repeats']} runs, process start to exit; memory the largest.",
+        f"median wall time of {results['repeats']} runs, alternating, process start to exit; memory the largest, the tree's PSS "
+        "sampled in one more run each (sampling slows a run, so timed runs do not sample).",
         "",
         "| contender | wall s | MVox/s | max RSS GiB | tree PSS GiB | ARAND | VOI split | VOI merge |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name in ("emflow", "elf"):
+    for name, label in _contenders(results, versions=True):
         result = results[name]
         if result["status"] != "ok":
-            lines.append(f"| {name} | {result['status']} | | | | | | |")
+            lines.append(f"| {label} | {result['status']} | | | | | | |")
             continue
         quality = result["quality"]
         lines.append(
-            f"| {name} {result.get('version', '')} | {result['wall_seconds_median']:.1f} | {result['mvox_per_second']:.3f} | "
+            f"| {label} | {result['wall_seconds_median']:.1f} | {result['mvox_per_second']:.3f} | "
             f"{_gib(result['max_rss_bytes'])} | {_gib(result['peak_tree_pss_bytes'])} | {quality['adapted_rand_error']:.4f} | "
             f"{quality['voi_split']:.3f} | {quality['voi_merge']:.3f} |"
         )
@@ -692,7 +755,13 @@ def markdown(results: dict) -> str:
         ratios = results["ratios"]
         lines += [
             "",
-            f"emflow / elf: speed {ratios['speed']:.2f}x, max RSS {ratios['max_rss']:.2f}x, tree PSS {ratios['peak_tree_pss']:.2f}x.",
+            f"emflow / elf: speed {ratios['speed']:.2f}x, max RSS {ratios['max_rss']:.2f}x, tree PSS {ratios['peak_tree_pss']:.2f}x"
+            + (
+                f"; writing only the segmentation, as elf does (`[output] pyramid = false`, `report = false`), "
+                f"speed {ratios['speed_segmentation_only']:.2f}x."
+                if "speed_segmentation_only" in ratios
+                else "."
+            ),
         ]
     if results["emflow"]["status"] == "ok":
         lines += [

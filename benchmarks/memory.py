@@ -26,7 +26,7 @@ def run(quick: bool = False) -> dict:
     """Peak RSS by stage at each scale (`quick` changes nothing: both sizes are needed)."""
     runs = {}
     for scale in SCALES:
-        result = end_to_end.run(scale=scale, repeats=1, skip_elf=True, block_shape=BLOCK_SHAPE)
+        result = end_to_end.run(scale=scale, repeats=1, skip_elf=True, block_shape=BLOCK_SHAPE, segmentation_only=False)
         runs[scale] = {
             "megavoxels": result["volume"]["megavoxels"],
             "number_of_blocks": _number_of_blocks(result),

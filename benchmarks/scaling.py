@@ -11,8 +11,8 @@ boundary map derived from the tiled groundtruth), at several tilings:
   extrapolated from that line through its two largest sizes.
 
 One run per contender and size (a run at 1 GVox takes minutes). Per size: wall time (process start
-to exit), MVox/s, the largest peak RSS of any process of the run, the sampled peak PSS of its
-process tree, and ARAND / VOI against the tiled groundtruth; for emflow also the task seconds of
+to exit), MVox/s, the largest peak RSS of any process of the run (the runs do not sample their
+tree's PSS, which would slow them), and ARAND / VOI against the tiled groundtruth; for emflow also the task seconds of
 each stage summed over its blocks, as MVox/s, so that a stage whose cost per block grows with the
 volume shows. "vs first" is a size's MVox/s over that of the smallest emflow size (goal: within
 10 %). Writes a figure of MVox/s and peak RSS against the volume (`--figure`).
