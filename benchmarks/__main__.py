@@ -11,7 +11,7 @@ Runs, in one process tree and one sitting so that contenders share the machine's
 - orchestration: overhead per block-stage at 5,000 and 20,000 blocks, local scheduler and luigid,
   plain Luigi beside it, and a no-op rerun (`--quick`: 500 and 2,000 blocks);
 - hierarchical_multicut: hierarchical vs global multicut energy and time, with elf's blockwise_multicut.
-Seven more run only when named with --only and have their own page. `reprocessing` (cron
+Eight more run only when named with --only and have their own page. `reprocessing` (cron
 operations: a full run, a no-op rerun, `emflow status`, and a run after new data in one input
 chunk, counting the blocks each stage recomputed; `--only reprocessing --markdown
 docs/operations_benchmarks.md`), `methods` (every `[segmentation] method` as `emflow run` on the
@@ -22,7 +22,10 @@ cube cut to 40 nm sections against elf's 2D-supervoxel workflow, and the ISBI 20
 ssTEM model held out; `--only anisotropic_in_memory --markdown docs/anisotropic_benchmarks.md`),
 `evaluation` (scoring a 500 MVox segmentation block by block against skimage's and elf's in-memory
 metrics at the sizes they hold; `--only evaluation --markdown docs/evaluation_benchmarks.md`),
-`noop_rerun` (`emflow run` on a finished 20,480-block segmentation run, fresh process, against the
+`halo` (what the supervoxel halo costs and buys: `emflow run` with the "auto" halo against larger
+ones on GT-derived FIB-SEM boundaries at 62.5 MVox, on the dev cube with the CNN, and on the ISBI
+sections the ssTEM model held out; `--only halo --markdown docs/halo_benchmarks.md`), `noop_rerun`
+(`emflow run` on a finished 20,480-block segmentation run, fresh process, against the
 goal of 5 s; the full run it needs takes about 9 minutes; `--quick`: 1,024 blocks), and
 two that need a trained model (`--model PATH`,
 default the shipped one):
@@ -49,7 +52,16 @@ from . import end_to_end
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_NAMES = ("end_to_end", "scaling", "memory", "orchestration", "hierarchical_multicut")
-NAMES = DEFAULT_NAMES + ("inference", "cnn_accuracy", "reprocessing", "methods", "anisotropic_in_memory", "evaluation", "noop_rerun")
+NAMES = DEFAULT_NAMES + (
+    "inference",
+    "cnn_accuracy",
+    "reprocessing",
+    "methods",
+    "anisotropic_in_memory",
+    "evaluation",
+    "halo",
+    "noop_rerun",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,8 +4,8 @@ The problems are built from the FlyEM medulla dev cube (../shared/data/flyem_med
 125x250x250, 10 nm isotropic; see its SOURCE.md) the way the emflow workflow builds them:
 - boundary map `boundaries_from_labels(neuron_ids, sigma=1.0, noise=0.1, seed=0)`;
 - supervoxels per base block: `emflow.supervoxels.distance_transform_watershed` with the defaults of
-  emflow's default config on the block plus the default halo ("auto": an eighth of the block shape,
-  `emflow.storage.geometry.resolve_geometry`), cropped to the block,
+  emflow's default config on the block plus the default halo ("auto": none with these 3D
+  supervoxels, `emflow.storage.geometry.resolve_geometry`), cropped to the block,
   relabelled consecutively and offset per block with `emflow.labels.block_offsets`, so that no
   supervoxel crosses a block face and the nodes of block b are the ids after those of blocks < b;
 - graph and edge features `emflow.graph.in_core_graph_features`, costs

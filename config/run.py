@@ -138,9 +138,11 @@ class BlockingConfig(Section):
     )
     halo: tuple[int, int, int] | Literal["auto"] = key(
         AUTO,
-        "Context read around each block by the supervoxel stage, (z, y, x), so that seeds and basins\n"
-        'near a block face see their neighbourhood. At most `block_shape` along every axis. "auto":\n'
-        "an eighth of the block shape (8 x 16 x 16 for 64 x 128 x 128 blocks).",
+        "Context read around each block by the watershed supervoxel stage, (z, y, x), so that seeds and\n"
+        'basins near a block face see their neighbourhood. At most `block_shape` along every axis. "auto":\n'
+        "none with 3D supervoxels; with 2D supervoxels none along z and an eighth of the block in y and x\n"
+        "(32 x 32 for 16 x 256 x 256). On FIB-SEM a halo of 8 x 16 x 16 cost 1.3x the run time for an ARAND\n"
+        "0.000 to 0.008 lower (docs/halo_benchmarks.md): set one where that is worth it.",
         minimum=0,
     )
 

@@ -17,8 +17,15 @@ from .ome import level_shapes
 # 50 x 4 x 4 nm serial sections.
 AUTO_BLOCK_VOXELS = 64 * 128 * 128
 AUTO_BLOCK_ASPECT_NM = (1.0, 2.0, 2.0)
-# "auto" halo: this fraction of the block shape per axis (8 x 16 x 16 for 64 x 128 x 128).
-AUTO_HALO_FRACTION = 1 / 8
+# "auto" halo of the watershed supervoxels: with 3D supervoxels none; with 2D (per-section)
+# supervoxels none along z, whose sections are segmented one by one, and this fraction of the
+# block in y and x (32 x 32 for 16 x 256 x 256). Measured (docs/halo_benchmarks.md):
+# - 3D, FlyEM dev cube, 64 x 128 x 128 blocks: a halo of 8 x 16 x 16 (this default until then)
+#   made the 62.5 MVox run 22.2 s instead of 17.4 s (the watershed on 1.95x the block's voxels,
+#   26 neighbouring chunks decoded) and bought ARAND 0.002 on GT-derived boundaries, 0.000 with
+#   the CNN (4x8x8 with 32 x 64 x 64 blocks: 0.008); the multicut mends most of the faces.
+# - 2D, ISBI 2012 held-out sections: an in-plane halo of 32 buys V_rand 0.0075, a z halo nothing.
+AUTO_HALO_FRACTION_2D = 1 / 8
 
 
 @dataclass(frozen=True)
@@ -51,12 +58,15 @@ class Geometry:
         return Blocking(shape, tuple(min(block, size) for block, size in zip(self.block_shape, shape)))
 
 
-def resolve_geometry(shape, resolution, block_shape, halo, input_chunks=None, *, pyramid: bool = False) -> Geometry:
+def resolve_geometry(
+    shape, resolution, block_shape, halo, input_chunks=None, *, pyramid: bool = False, per_section_supervoxels: bool = False
+) -> Geometry:
     """The geometry of a run from the config's `[blocking]` values, "auto" resolved.
 
-    "auto" block shape (`auto_block_shape`), clipped to the volume; "auto" halo: an eighth of
-    the block shape. An explicit block shape larger than the volume, or a halo larger than the
-    block, raises ConfigError naming the key. `pyramid`: levels down to one that fits one block.
+    "auto" block shape (`auto_block_shape`), clipped to the volume; "auto" halo (`auto_halo`):
+    none, or with `per_section_supervoxels` none along z and an eighth of the block in y and x. An
+    explicit block shape larger than the volume, or a halo larger than the block, raises
+    ConfigError naming the key. `pyramid`: levels down to one that fits one block.
     """
     shape = tuple(int(size) for size in shape)
     if block_shape == AUTO:
@@ -68,11 +78,18 @@ def resolve_geometry(shape, resolution, block_shape, halo, input_chunks=None, *,
         )
     block_shape = tuple(int(size) for size in block_shape)
     if halo == AUTO:
-        halo = tuple(int(size * AUTO_HALO_FRACTION) for size in block_shape)
+        halo = auto_halo(block_shape, per_section_supervoxels)
     halo = tuple(int(size) for size in halo)
     check_halo(block_shape, halo)
     level_factors = tuple(pyramid_factors(resolution, shape, block_shape)) if pyramid else ()
     return Geometry(shape, tuple(float(value) for value in resolution), block_shape, halo, level_factors)
+
+
+def auto_halo(block_shape, per_section_supervoxels: bool) -> tuple[int, ...]:
+    """The "auto" halo of the watershed supervoxels for blocks of `block_shape` (z, y, x)."""
+    if not per_section_supervoxels:
+        return (0,) * len(block_shape)
+    return (0, *(int(size * AUTO_HALO_FRACTION_2D) for size in block_shape[1:]))
 
 
 def auto_block_shape(shape, resolution, input_chunks=None) -> tuple[int, ...]:

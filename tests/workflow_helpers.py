@@ -51,7 +51,7 @@ def write_config(path: Path, input_path: Path, output_path: Path, *, block_shape
         "input": {"path": str(input_path), "boundaries_key": "boundaries", "raw_key": "raw", "resolution": RESOLUTION},
         # Pyramids and run reports have tests of their own; the others look at level 0 and the data.
         "output": {"path": str(output_path), "pyramid": False, "report": False},
-        "blocking": {"block_shape": list(block_shape), "halo": list(halo)},
+        "blocking": {"block_shape": list(block_shape), "halo": halo if isinstance(halo, str) else list(halo)},
         "multicut": {"beta": 0.5, "solver": "kernighan-lin"},
     }
     for section, values in sections.items():

@@ -58,7 +58,7 @@ from emflow.tasks.prepare import PREPARE_OUTPUT
 from emflow.tasks.pyramid import pyramid_stage
 from emflow.tasks.spec import StageSpec
 from emflow.tasks.stitching import SEGMENT_BLOCKS, STITCH, STITCH_FACES
-from emflow.tasks.supervoxels import GIVEN, GIVEN_STAGES, RELABEL_WATERSHED, SUPERVOXEL_OFFSETS, WATERSHED_STAGES
+from emflow.tasks.supervoxels import GIVEN, GIVEN_STAGES, RELABEL_WATERSHED, SUPERVOXEL_OFFSETS, WATERSHED_STAGES, two_d_supervoxels
 from emflow.tasks.write import write_stage
 
 
@@ -216,6 +216,7 @@ def _run_for_text(stages: Callable, config_path: str, config_text: str) -> Run:
         config.blocking.halo,
         reference.volume_chunks,
         pyramid=config.output.pyramid,
+        per_section_supervoxels=two_d_supervoxels(config, config.input.resolution),
     )
     check_method(config, geometry)
     output_path = Path(config.output.path)
