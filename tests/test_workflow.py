@@ -312,6 +312,11 @@ def test_linked_blocks_are_those_whose_write_regions_meet_the_read_region(tmp_pa
 def test_auto_halo_follows_the_supervoxels(tmp_path, inputs, resolution, block_shape, halo):
     # None with 3D supervoxels; with per-section ones none along z and an eighth of the block in y and x.
     config = write_config(
-        tmp_path / "config.toml", inputs, tmp_path / "out.zarr", block_shape=block_shape, halo="auto", input={"resolution": list(resolution)}
+        tmp_path / "config.toml",
+        inputs,
+        tmp_path / "out.zarr",
+        block_shape=block_shape,
+        halo="auto",
+        input={"resolution": list(resolution)},
     )
     assert load_run(str(config)).geometry.halo == halo
