@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         elif name == "reprocessing":
             from . import reprocessing
 
-            results[name] = reprocessing.run()
+            results[name] = reprocessing.run(arguments.quick)
             section = reprocessing.markdown(results[name])
         elif name == "methods":
             from . import methods

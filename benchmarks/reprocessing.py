@@ -1,10 +1,11 @@
 """Cron reprocessing: what a rerun costs when nothing changed, and when new data lands in one input chunk.
 
 The volume is the FlyEM medulla dev cube (../shared/data/flyem_medulla_dev/volume.h5, 125x250x250,
-10 nm; see its SOURCE.md) with the boundary map derived from its groundtruth
-(`boundaries_from_labels(gt, sigma=1.0, noise=0.1, seed=0)`), stored as zarr with chunks equal to
-the blocks, 16x32x32 (512 blocks), halo 4x8x8. Each step is `python -m emflow ...` in a fresh process,
-timed from start to exit:
+10 nm; see its SOURCE.md) tiled 2x per axis and mirrored as in the end-to-end benchmark, 62.5 MVox,
+with the boundary map derived from its groundtruth (`boundaries_from_labels(gt, sigma=1.0,
+noise=0.1, seed=0)`, built in slabs), stored as zarr with chunks equal to the blocks, 32x64x64
+(8x8x8 = 512 blocks), halo 4x8x8. `--quick`: the dev cube itself in 512 blocks of 16x32x32. Each
+step is `python -m emflow ...` in a fresh process, timed from start to exit:
 
 1. the full run (what a rerun without reprocessing would cost, e.g. a cron job recomputing everything);
 2. `emflow run` again on the finished run (a cron tick with nothing new);
@@ -13,7 +14,7 @@ timed from start to exit:
    then `emflow run`: the blocks each stage recomputed are counted from the completion records;
 5. the same one-chunk change run into a fresh output: must give the same segmentation as step 4.
 
-Usage: python -m benchmarks.reprocessing [--workers 2] [--out DIR]. Prints a table, writes
+Usage: python -m benchmarks.reprocessing [--quick] [--workers 2] [--out DIR]. Prints a table, writes
 benchmarks/results/reprocessing.json.
 """
 
@@ -28,38 +29,27 @@ import tempfile
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 import tomli_w
 
 from emflow.blocking import Blocking
-from emflow.boundaries import boundaries_from_labels
-from emflow.storage.volumes import open_volume, write_volume
+from emflow.storage.volumes import open_volume
 from emflow.targets import JournalReader
 
-from .end_to_end import machine_description, write_results
+from .end_to_end import machine_description, prepare_input, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "flyem_medulla_dev" / "volume.h5"
-BLOCK_SHAPE = (16, 32, 32)
+# Copies of the dev cube per axis and the block shape (also the input's chunks): 512 blocks each.
+TILES, BLOCK_SHAPE = 2, (32, 64, 64)
+QUICK_TILES, QUICK_BLOCK_SHAPE = 1, (16, 32, 32)
 HALO = (4, 8, 8)
 
 
-def write_input(folder: Path) -> Path:
-    with h5py.File(DATA, "r") as volume:
-        groundtruth = volume["labels/neuron_ids"][...]
-    path = folder / "input.zarr"
-    write_volume(
-        path, "boundaries", boundaries_from_labels(groundtruth, sigma=1.0, noise=0.1, seed=0), resolution=[10.0] * 3, chunks=BLOCK_SHAPE
-    )
-    return path
-
-
-def write_config(folder: Path, input_path: Path, name: str) -> Path:
+def write_config(folder: Path, input_path: Path, name: str, block_shape: tuple[int, ...]) -> Path:
     config = {
         "input": {"path": str(input_path), "boundaries_key": "boundaries", "resolution": [10.0, 10.0, 10.0]},
         "output": {"path": str(folder / f"{name}.zarr")},
-        "blocking": {"block_shape": list(BLOCK_SHAPE), "halo": list(HALO)},
+        "blocking": {"block_shape": list(block_shape), "halo": list(HALO)},
         "multicut": {"beta": 0.5, "solver": "kernighan-lin"},
     }
     path = folder / f"{name}.toml"
@@ -77,22 +67,23 @@ def timed(*arguments: str) -> float:
     return seconds
 
 
-def blocks_recomputed(work_dir: Path, since: float) -> dict[str, int]:
-    """Per block-wise stage, how many blocks got a record after `since`."""
-    counts = {}
+def blocks_recomputed(work_dir: Path, since: float) -> dict[str, dict]:
+    """Per block-wise stage, how many blocks got a record after `since`, and their task seconds."""
+    recomputed = {}
     for folder in sorted((work_dir / "status").iterdir()):
         if folder.is_dir():
-            records = JournalReader(folder).refresh().values()
-            counts[folder.name] = sum(1 for record in records if record.finished > since and record.fingerprint)
-    return counts
+            records = [record for record in JournalReader(folder).refresh().values() if record.finished > since and record.fingerprint]
+            recomputed[folder.name] = {"blocks": len(records), "task_seconds": sum(record.result.get("seconds", 0.0) for record in records)}
+    return recomputed
 
 
-def run(workers: int = 2, scratch: Path | None = None) -> dict:
+def run(quick: bool = False, workers: int = 2, scratch: Path | None = None) -> dict:
+    tiles, block_shape = (QUICK_TILES, QUICK_BLOCK_SHAPE) if quick else (TILES, BLOCK_SHAPE)
     scratch = Path(tempfile.mkdtemp(prefix="emflow-reprocessing-")) if scratch is None else scratch
     scratch.mkdir(parents=True, exist_ok=True)
     try:
-        input_path = write_input(scratch)
-        config = write_config(scratch, input_path, "cron")
+        input_path = prepare_input(scratch, tiles, block_shape)
+        config = write_config(scratch, input_path, "cron", block_shape)
         work_dir = scratch / "cron.zarr.work"
         full = timed("run", str(config), "--workers", str(workers))
         no_op = timed("run", str(config), "--workers", str(workers))
@@ -100,14 +91,14 @@ def run(workers: int = 2, scratch: Path | None = None) -> dict:
 
         boundaries = open_volume(input_path, "boundaries", mode="r+")
         shape = boundaries.shape
-        middle = tuple((size // 2) // block * block for size, block in zip(shape, BLOCK_SHAPE))
-        chunk = tuple(slice(begin, min(begin + block, size)) for begin, block, size in zip(middle, BLOCK_SHAPE, shape))
+        middle = tuple((size // 2) // block * block for size, block in zip(shape, block_shape))
+        chunk = tuple(slice(begin, min(begin + block, size)) for begin, block, size in zip(middle, block_shape, shape))
         boundaries[chunk] = 1.0 - np.asarray(boundaries[chunk])
         changed_at = time.time()
         incremental = timed("run", str(config), "--workers", str(workers))
         recomputed = blocks_recomputed(work_dir, changed_at)
 
-        fresh_config = write_config(scratch, input_path, "fresh")
+        fresh_config = write_config(scratch, input_path, "fresh", block_shape)
         fresh = timed("run", str(fresh_config), "--workers", str(workers))
         identical = all(
             np.array_equal(
@@ -117,10 +108,11 @@ def run(workers: int = 2, scratch: Path | None = None) -> dict:
         )
         return {
             "machine": machine_description(),
+            "tiles": tiles,
             "volume_shape": list(shape),
-            "block_shape": list(BLOCK_SHAPE),
+            "block_shape": list(block_shape),
             "halo": list(HALO),
-            "number_of_blocks": Blocking(shape, BLOCK_SHAPE).number_of_blocks,
+            "number_of_blocks": Blocking(shape, block_shape).number_of_blocks,
             "workers": workers,
             "changed_chunk": [[item.start, item.stop] for item in chunk],
             "seconds": {
@@ -142,7 +134,8 @@ def markdown(results: dict) -> str:
     lines = [
         "### Cron reprocessing",
         "",
-        f"FlyEM dev cube {'x'.join(map(str, results['volume_shape']))}, {results['number_of_blocks']} blocks of "
+        f"FlyEM dev cube{' tiled 2x per axis, mirrored,' if results['tiles'] > 1 else ''} {'x'.join(map(str, results['volume_shape']))}, "
+        f"{results['number_of_blocks']} blocks of "
         f"{'x'.join(map(str, results['block_shape']))} (input chunks the same), halo {'x'.join(map(str, results['halo']))}, "
         f"{results['workers']} workers; each step a fresh `python -m emflow` process.",
         "",
@@ -157,7 +150,9 @@ def markdown(results: dict) -> str:
         ("fresh_run_of_changed_input", "fresh run of the changed input"),
     ):
         lines.append(f"| {label} | {seconds[name]:.2f} | {seconds[name] / seconds['full_run']:.3f} |")
-    recomputed = ", ".join(f"{stage} {count}" for stage, count in results["blocks_recomputed"].items())
+    recomputed = ", ".join(
+        f"{stage} {entry['blocks']} ({entry['task_seconds']:.1f} task s)" for stage, entry in results["blocks_recomputed"].items()
+    )
     lines += [
         "",
         f"- Blocks recomputed after the one-chunk change (of {results['number_of_blocks']} per stage): {recomputed}.",
@@ -168,11 +163,12 @@ def markdown(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the dev cube (7.8 MVox) in 512 blocks of 16x32x32")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, help="scratch folder (default: a temporary one, removed)")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "reprocessing.json")
     arguments = parser.parse_args(argv)
-    results = run(arguments.workers, arguments.out)
+    results = run(arguments.quick, arguments.workers, arguments.out)
     write_results(arguments.json, results)
     print(markdown(results))
     return 0 if results["identical_to_fresh_run"] else 1
