@@ -30,7 +30,6 @@ import argparse
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import h5py
@@ -66,16 +65,25 @@ def run_emflow(folder: Path, name: str, config: dict) -> tuple[float, Path, dict
     config = {**config, "output": {"path": str(output)}}
     config_path = run_dir / "config.toml"
     config_path.write_text(tomli_w.dumps(config))
-    started = time.perf_counter()
     measurement = run_measured([sys.executable, "-m", "emflow", "run", str(config_path), "--workers", "2"], run_dir / "emflow.log")
-    seconds = time.perf_counter() - started
     if measurement.exit_code != 0:
         raise SystemExit(f"emflow run failed (exit code {measurement.exit_code}); see {run_dir / 'emflow.log'}")
-    return seconds, output, emflow_task_seconds(run_dir / "out.zarr.work")
+    return measurement.wall_seconds, output, emflow_task_seconds(run_dir / "out.zarr.work")
 
 
-def _scores(metrics: dict) -> dict:
-    return {key: float(metrics[key]) for key in ("adapted_rand_error", "voi_split", "voi_merge")}
+def fib_row(scratch: Path, name: str, config: dict, groundtruth: np.ndarray, scored: tuple[slice, ...]) -> dict:
+    """One FIB-SEM run of `config` (its `[blocking]` names block shape and halo): seconds, supervoxel
+    task seconds, and ARAND / VOI of the segmentation against `groundtruth` in the region `scored`."""
+    seconds, output, task_seconds = run_emflow(scratch, name, config)
+    segmentation = np.asarray(open_volume(output, "segmentation/s0")[...])
+    metrics = evaluate(segmentation[scored], groundtruth[scored])
+    return {
+        "halo": config["blocking"]["halo"],
+        "block_shape": config["blocking"]["block_shape"],
+        "seconds": seconds,
+        "supervoxels_task_seconds": task_seconds.get("supervoxels", 0.0),
+        **{key: float(metrics[key]) for key in ("adapted_rand_error", "voi_split", "voi_merge")},
+    }
 
 
 def fib_groundtruth_boundaries(scratch: Path, quick: bool) -> list[dict]:
@@ -87,18 +95,8 @@ def fib_groundtruth_boundaries(scratch: Path, quick: bool) -> list[dict]:
             "input": {"path": str(input_path), "boundaries_key": "boundaries", "resolution": [10.0, 10.0, 10.0]},
             "blocking": {"block_shape": list(FIB_BLOCK_SHAPE), "halo": halo},
         }
-        seconds, output, task_seconds = run_emflow(scratch, f"gt_{_name(halo)}", config)
-        segmentation = np.asarray(open_volume(output, "segmentation/s0")[...])
-        rows.append(
-            {
-                "halo": halo,
-                "block_shape": list(FIB_BLOCK_SHAPE),
-                "seconds": seconds,
-                "supervoxels_task_seconds": task_seconds.get("supervoxels", 0.0),
-                **_scores(evaluate(segmentation, groundtruth)),
-            }
-        )
-        print(f"FIB GT-derived, halo {_name(halo)}: {seconds:.1f} s, ARAND {rows[-1]['adapted_rand_error']:.4f}", flush=True)
+        rows.append(fib_row(scratch, f"gt_{_name(halo)}", config, groundtruth, (slice(None),)))
+        print(f"FIB GT-derived, halo {_name(halo)}: {rows[-1]['seconds']:.1f} s, ARAND {rows[-1]['adapted_rand_error']:.4f}", flush=True)
     return rows
 
 
@@ -107,6 +105,7 @@ def fib_cnn(scratch: Path, quick: bool) -> list[dict]:
         raw, groundtruth = source["raw"][...], source["labels/neuron_ids"][...]
     input_path = scratch / "dev_raw.zarr"
     write_volume(input_path, "raw", raw, resolution=[10.0, 10.0, 10.0], chunks=(32, 64, 64))
+    held_out = (slice(None), slice(0, HELD_OUT_Y))
     rows = []
     for block_shape in [FIB_BLOCK_SHAPE] + ([] if quick else [(32, 64, 64)]):
         for halo in ("auto", eighth(block_shape)):
@@ -114,18 +113,7 @@ def fib_cnn(scratch: Path, quick: bool) -> list[dict]:
                 "input": {"path": str(input_path), "raw_key": "raw", "resolution": [10.0, 10.0, 10.0]},
                 "blocking": {"block_shape": list(block_shape), "halo": halo},
             }
-            seconds, output, task_seconds = run_emflow(scratch, f"cnn_{'x'.join(map(str, block_shape))}_{_name(halo)}", config)
-            segmentation = np.asarray(open_volume(output, "segmentation/s0")[...])
-            held_out = (slice(None), slice(0, HELD_OUT_Y))
-            rows.append(
-                {
-                    "halo": halo,
-                    "block_shape": list(block_shape),
-                    "seconds": seconds,
-                    "supervoxels_task_seconds": task_seconds.get("supervoxels", 0.0),
-                    **_scores(evaluate(segmentation[held_out], groundtruth[held_out])),
-                }
-            )
+            rows.append(fib_row(scratch, f"cnn_{'x'.join(map(str, block_shape))}_{_name(halo)}", config, groundtruth, held_out))
             print(f"FIB CNN, blocks {block_shape}, halo {_name(halo)}: ARAND {rows[-1]['adapted_rand_error']:.4f}", flush=True)
     return rows
 

@@ -124,7 +124,9 @@ def block_supervoxels(
 def build_problem(groundtruth: np.ndarray, resolution: tuple[float, ...], block_shape: tuple[int, ...]) -> dict:
     config = defaults(RunConfig)
     # The halo the workflow uses with these blocks ("auto" resolved as a run resolves it).
-    halo = resolve_geometry(groundtruth.shape, resolution, block_shape, config.blocking.halo).halo
+    halo = resolve_geometry(
+        groundtruth.shape, resolution, block_shape, config.blocking.halo, per_section_supervoxels=two_d_supervoxels(config, resolution)
+    ).halo
     seconds = {}
     started = time.perf_counter()
     boundaries = boundaries_from_labels(groundtruth, sigma=1.0, noise=0.1, seed=0)
