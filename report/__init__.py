@@ -1,9 +1,7 @@
-"""Human-readable reports: the evaluation report (against groundtruth) and the run report (without).
+"""Human-readable reports: the evaluation report against groundtruth (`emflow.report.evaluation`)
+and the run report (`emflow.report.run`).
 
-Static HTML pages with PNG figures beside them (matplotlib, Agg canvas) and a JSON file of all numbers.
+Static HTML pages with their figures beside them (PNG and SVG files) and a JSON file of all numbers.
+The modules are imported where used: the evaluation report's figures need matplotlib, whose import
+alone costs 0.6 s, and the run report, written at the end of every run, does not.
 """
-
-from .evaluation import ErrorView, read_error_view, write_evaluation_report
-from .run import write_run_report
-
-__all__ = ["ErrorView", "read_error_view", "write_evaluation_report", "write_run_report"]

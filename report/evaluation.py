@@ -1,4 +1,4 @@
-"""The evaluation report (``emflow evaluate --report DIR``): report.json, report.html and its PNG figures.
+"""The evaluation report (``emflow evaluate --report DIR``): report.json, report.html and its figures.
 
 Everything comes from the merged overlap table and what `emflow.evaluation` computes from it, plus a
 few 2D crops through the worst errors (`read_error_view`), so writing the report never needs the whole
@@ -16,7 +16,7 @@ import numpy as np
 
 from emflow.evaluation import OverlapTable, judgement
 
-from . import figures, page
+from . import charts, figures, page
 
 # Crop edge (voxels) of the slice views: wide enough for a few neurite cross-sections at 4-10 nm.
 VIEW_SIZE = 160
@@ -159,11 +159,11 @@ def write_evaluation_report(
         ``figures`` (file name -> caption).
     """
     verdict = judgement(metrics)
-    figure_files: dict[str, bytes] = {}
+    figure_files: dict[str, bytes | str] = {}
     captions: dict[str, str] = {}
 
-    def add_figure(name: str, png: bytes, caption: str) -> str:
-        figure_files[name], captions[name] = png, caption
+    def add_figure(name: str, image: bytes | str, caption: str) -> str:
+        figure_files[name], captions[name] = image, caption
         return page.figure(name, caption)
 
     body = [
@@ -215,8 +215,8 @@ def write_evaluation_report(
     body.append("<h2>Sizes</h2>")
     body.append(
         add_figure(
-            "sizes.png",
-            figures.size_histogram_figure(
+            "sizes.svg",
+            charts.size_histogram_svg(
                 {"segments (id != 0)": segment_sizes, "GT bodies": groundtruth_sizes.astype(np.int64)}, voxel_volume_um3
             ),
             "Object sizes of the segmentation against the groundtruth.",

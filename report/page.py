@@ -1,4 +1,4 @@
-"""Static report pages: one HTML file with inline CSS, its figures as PNG files beside it (no data URIs).
+"""Static report pages: one HTML file with inline CSS, its figures as PNG or SVG files beside it (no data URIs).
 
 Each page carries a small script that, once the page has loaded, replaces a figure that failed to load
 by a visible note naming its file, and records on ``<body data-figures-loaded="k/n">`` how many of the
@@ -62,7 +62,7 @@ def table(header: list[str], rows: list[list]) -> str:
 
 
 def figure(file_name: str, caption: str) -> str:
-    """An ``<img>`` of a PNG file beside the page, with a caption."""
+    """An ``<img>`` of an image file (PNG or SVG) beside the page, with a caption."""
     source = html.escape(file_name, quote=True)
     return f'<figure><img src="{source}" alt="{html.escape(caption, quote=True)}"><figcaption>{html.escape(caption)}</figcaption></figure>'
 
@@ -77,13 +77,13 @@ def page(title: str, body: str) -> str:
 
 
 def write_report_files(
-    directory: str | Path, html_name: str, html_text: str, json_name: str, data: dict, figures: dict[str, bytes]
+    directory: str | Path, html_name: str, html_text: str, json_name: str, data: dict, figures: dict[str, bytes | str]
 ) -> Path:
-    """Write figures, then the JSON, then the page (each atomically), so that a page on disk always
-    finds its figures. Returns the page's path."""
+    """Write figures (bytes, or SVG text), then the JSON, then the page (each atomically), so that a
+    page on disk always finds its figures. Returns the page's path."""
     directory = Path(directory)
-    for name, png in figures.items():
-        atomic_write_bytes(directory / name, png)
+    for name, image in figures.items():
+        atomic_write_bytes(directory / name, image.encode() if isinstance(image, str) else image)
     atomic_write_text(directory / json_name, json.dumps(data, indent=2, sort_keys=True) + "\n")
     atomic_write_text(directory / html_name, html_text)
     return directory / html_name

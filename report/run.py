@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import figures, page
+from . import charts, images, page
 
 # Size percentiles reported in the JSON and the page.
 PERCENTILES = (5, 25, 50, 75, 95)
@@ -49,7 +49,7 @@ def write_run_report(
     section_index: int | None = None,
     title: str = "emflow run",
 ) -> Path:
-    """Write run_report.json, run_report.html, run_preview.png, run_sizes.png and run_stages.png.
+    """Write run_report.json, run_report.html, run_preview.png, run_sizes.svg and run_stages.svg.
 
     Args:
         directory: the run's work folder (files are replaced atomically).
@@ -80,14 +80,14 @@ def write_run_report(
         for name, seconds in stage_seconds.items()
     }
     captions = {
-        "run_preview.png": f"Section z = {section_index}: raw, and the segmentation over it.",
-        "run_sizes.png": "Segment sizes (background left out).",
-        "run_stages.png": "Wall time and peak resident memory per stage.",
+        "run_preview.png": f"Section z = {section_index}: raw (left), and the segmentation over it with segment borders in black (right).",
+        "run_sizes.svg": "Segment sizes (background left out).",
+        "run_stages.svg": "Wall time and peak resident memory per stage.",
     }
     figure_files = {
-        "run_preview.png": figures.preview_figure(raw_section, segmentation_section, captions["run_preview.png"]),
-        "run_sizes.png": figures.size_histogram_figure({"segments": np.asarray(segment_sizes)}, voxel_volume_um3),
-        "run_stages.png": figures.stage_figure(stage_seconds, stage_peak_rss_bytes),
+        "run_preview.png": images.rgb_png(images.preview_image(raw_section, segmentation_section)),
+        "run_sizes.svg": charts.size_histogram_svg({"segments": np.asarray(segment_sizes)}, voxel_volume_um3),
+        "run_stages.svg": charts.stage_bars_svg(stage_seconds, stage_peak_rss_bytes),
     }
     data = {
         "volume_shape": [int(extent) for extent in volume_shape],
@@ -113,7 +113,7 @@ def write_run_report(
         page.table(["", "value"], overview),
         "<h2>Segments</h2>",
         page.table(["statistic", "value"], [[key, value] for key, value in summary.items()]),
-        page.figure("run_sizes.png", captions["run_sizes.png"]),
+        page.figure("run_sizes.svg", captions["run_sizes.svg"]),
         "<h2>Preview</h2>",
         page.figure("run_preview.png", captions["run_preview.png"]),
         "<h2>Stages</h2>",
@@ -121,7 +121,7 @@ def write_run_report(
             ["stage", "seconds", "peak RSS (MiB)"],
             [[name, stage["seconds"], stage["peak_rss_bytes"] / 2**20] for name, stage in stages.items()],
         ),
-        page.figure("run_stages.png", captions["run_stages.png"]),
+        page.figure("run_stages.svg", captions["run_stages.svg"]),
         '<p>All numbers: <a href="run_report.json">run_report.json</a>.</p>',
     ]
     return page.write_report_files(directory, "run_report.html", page.page(title, "\n".join(body)), "run_report.json", data, figure_files)

@@ -160,7 +160,7 @@ def _evaluate(stage: GlobalContext) -> dict:
 
 
 def _write_report(stage: GlobalContext, metrics: dict, errors: dict, table: OverlapTable, block_voi: np.ndarray) -> None:
-    from emflow.report import read_error_view, write_evaluation_report  # matplotlib only where a report is written
+    from emflow.report.evaluation import read_error_view, write_evaluation_report  # matplotlib only where a report is written
 
     views = []
     with ExitStack() as stack:

@@ -4,6 +4,8 @@ import json
 import re
 import struct
 import subprocess
+import xml.etree.ElementTree as ElementTree
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,9 @@ from system_programs import require_chromium
 
 from emflow import evaluation
 from emflow.blocking import Blocking
-from emflow.report import read_error_view, write_evaluation_report, write_run_report
+from emflow.report import charts, images
+from emflow.report.evaluation import read_error_view, write_evaluation_report
+from emflow.report.run import write_run_report
 
 RESOLUTION = (10.0, 10.0, 10.0)
 
@@ -38,7 +42,11 @@ def _rendered_dom(page: Path, profile: Path) -> str:
     return result.stdout
 
 
-def _png_size(path: Path) -> tuple[int, int]:
+def _image_size(path: Path) -> tuple[int, int]:
+    """(width, height) in pixels of a PNG file (its header) or an SVG file (its root's attributes)."""
+    if path.suffix == ".svg":
+        root = ElementTree.parse(path).getroot()
+        return int(root.get("width")), int(root.get("height"))
     header = path.read_bytes()[:24]
     assert header[:8] == b"\x89PNG\r\n\x1a\n", path
     return struct.unpack(">II", header[16:24])
@@ -52,7 +60,7 @@ def _check_page_renders_its_figures(page: Path, tmp_path: Path) -> list[str]:
     assert f'data-figures-loaded="{len(sources)}/{len(sources)}"' in dom
     rendered = re.findall(r'<img src="([^"]+)"[^>]*data-natural-width="(\d+)" data-natural-height="(\d+)"', dom)
     assert {source: (int(width), int(height)) for source, width, height in rendered} == {
-        source: _png_size(page.parent / source) for source in sources
+        source: _image_size(page.parent / source) for source in sources
     }
     # The check can fail: without one of its files the page counts one image less and says which.
     missing = page.parent / sources[-1]
@@ -112,7 +120,7 @@ def test_evaluation_report_renders_in_chromium(evaluated, tmp_path):
 
     sources = _check_page_renders_its_figures(page, tmp_path)
 
-    assert set(sources) == {"worst_merge_0.png", "worst_split_0.png", "voi_per_block.png", "sizes.png"}
+    assert set(sources) == {"worst_merge_0.png", "worst_split_0.png", "voi_per_block.png", "sizes.svg"}
     data = json.loads((page.parent / "report.json").read_text())
     assert data["metrics"] == pytest.approx(evaluated["metrics"])
     assert data["judgement"] == evaluation.judgement(evaluated["metrics"])
@@ -151,7 +159,7 @@ def test_run_report_renders_in_chromium(flyem_crop, tmp_path):
     )
 
     sources = _check_page_renders_its_figures(page, tmp_path)
-    assert set(sources) == {"run_preview.png", "run_sizes.png", "run_stages.png"}
+    assert set(sources) == {"run_preview.png", "run_sizes.svg", "run_stages.svg"}
     data = json.loads((page.parent / "run_report.json").read_text())
     assert data["segments"]["number_of_segments"] == sizes.size
     assert data["segments"]["segmented_voxels"] == np.count_nonzero(segmentation)
@@ -160,3 +168,66 @@ def test_run_report_renders_in_chromium(flyem_crop, tmp_path):
     assert data["megavoxels_per_second"] == pytest.approx(segmentation.size / 1e6 / 18.75)
     assert data["peak_rss_bytes"] == 3 * 2**30
     assert data["stages"]["multicut"] == {"seconds": 1.25, "peak_rss_bytes": 0}
+
+
+def _decoded_png(data: bytes) -> np.ndarray:
+    """The (H, W, 3) uint8 pixels of an 8-bit RGB PNG whose rows are unfiltered (filter type 0)."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    chunks, position = {}, 8
+    while position < len(data):
+        (length,) = struct.unpack(">I", data[position : position + 4])
+        kind, body = data[position + 4 : position + 8], data[position + 8 : position + 8 + length]
+        assert struct.unpack(">I", data[position + 8 + length : position + 12 + length])[0] == zlib.crc32(kind + body)
+        chunks[kind] = chunks.get(kind, b"") + body
+        position += 12 + length
+    width, height, depth, color_type = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
+    assert (depth, color_type) == (8, 2)
+    rows = np.frombuffer(zlib.decompress(chunks[b"IDAT"]), np.uint8).reshape(height, 1 + 3 * width)
+    assert (rows[:, 0] == 0).all()
+    return rows[:, 1:].reshape(height, width, 3)
+
+
+def test_section_preview_png_holds_the_pixels(flyem_crop):
+    raw, segmentation = flyem_crop["raw"][32], flyem_crop["oversegmentation"][32]
+
+    preview = images.preview_image(raw, segmentation)
+    decoded = _decoded_png(images.rgb_png(preview))
+
+    assert decoded.shape == (segmentation.shape[0], 2 * segmentation.shape[1] + images.PANEL_GAP, 3)
+    np.testing.assert_array_equal(decoded, np.round(preview * 255).astype(np.uint8))
+    # Left: raw in gray; right: borders black, the inside of a segment tinted by its colour.
+    left = decoded[:, : segmentation.shape[1]]
+    assert (left[..., 0] == left[..., 1]).all() and (left[..., 1] == left[..., 2]).all()
+    right = decoded[:, segmentation.shape[1] + images.PANEL_GAP :]
+    np.testing.assert_array_equal(right[images.label_borders(segmentation)], 0)
+    assert not (right[..., 0] == right[..., 1]).all()
+    # A section larger than PREVIEW_PIXELS is subsampled to fit.
+    large = np.tile(segmentation, (1, -(-images.PREVIEW_PIXELS // segmentation.shape[1]) + 1))
+    assert (
+        images.preview_image(np.tile(raw, (1, large.shape[1] // raw.shape[1])), large).shape[1]
+        <= 2 * images.PREVIEW_PIXELS + images.PANEL_GAP
+    )
+
+
+def test_stage_chart_bars_follow_the_numbers():
+    stage_seconds = {"supervoxels": 12.0, "block_graph": 6.0, "multicut": 0.5}
+    svg = ElementTree.fromstring(charts.stage_bars_svg(stage_seconds, {"supervoxels": 2**30}))
+
+    namespace = "{http://www.w3.org/2000/svg}"
+    bars = [rect for rect in svg.iter(f"{namespace}rect") if rect.get("fill") in charts.COLORS]
+    seconds_bars = [float(rect.get("width")) for rect in bars if rect.get("fill") == charts.COLORS[0]]
+    memory_bars = [float(rect.get("width")) for rect in bars if rect.get("fill") == charts.COLORS[1]]
+    assert len(seconds_bars) == len(memory_bars) == 3
+    pixels_per_second = seconds_bars[0] / 12.0
+    assert seconds_bars == pytest.approx([seconds * pixels_per_second for seconds in stage_seconds.values()], abs=0.1)
+    assert memory_bars[0] > 0 and memory_bars[1:] == [0, 0]
+    labels = [text.text for text in svg.iter(f"{namespace}text")]
+    assert {"supervoxels", "block_graph", "multicut", "seconds", "peak RSS (MiB)"} <= set(labels)
+
+
+def test_nice_ticks_cover_the_largest_value():
+    for largest in (0.3, 1.0, 13.62, 312.0, 7e5):
+        ticks = charts.nice_ticks(largest)
+        assert ticks[0] == 0 and ticks[-1] >= largest and ticks[-2] < largest
+        steps = np.diff(ticks)
+        assert np.allclose(steps, steps[0]) and 2 <= len(ticks) <= 7

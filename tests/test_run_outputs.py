@@ -38,7 +38,7 @@ def test_the_run_report_holds_segments_stages_and_a_preview(finished):
     assert data["segments"]["largest_voxels"] == counts.max()
     assert {"supervoxels", "block_graph", "multicut", "write_segmentation", "pyramid_s1", "meshes"} <= set(data["stages"])
     assert all(stage["seconds"] > 0 for stage in data["stages"].values())
-    assert {"run_preview.png", "run_sizes.png", "run_stages.png"} <= {path.name for path in report.glob("*.png")}
+    assert {"run_preview.png", "run_sizes.svg", "run_stages.svg"} <= {path.name for path in report.iterdir()}
     # A no-op rerun leaves the report alone; `emflow report` writes it again.
     written = (report / "run_report.json").stat().st_mtime_ns
     assert run_cli("run", config) == 0

@@ -2,7 +2,7 @@
 
 Written into `<work folder>/report/` at the end of every `emflow run`, and again by `emflow report
 CONFIG`: segments and their size distribution, time and peak memory per stage, throughput, and a
-preview of the middle section with the segmentation over the raw data (`emflow.report.write_run_report`).
+preview of the middle section with the segmentation over the raw data (`emflow.report.run.write_run_report`).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from emflow.report.run import write_run_report
 from emflow.storage.volumes import opened_volume
 from emflow.tasks.adapter import stage_record
 from emflow.tasks.context import Run
@@ -51,7 +52,6 @@ def report_is_current(run: Run) -> bool:
 
 def write_report(run: Run) -> Path:
     """Write the run report of a finished run into `<work folder>/report/`; return its HTML page."""
-    from emflow.report import write_run_report  # matplotlib only where a report is written
 
     costs = [stage_cost(run, spec) for spec in run.stages]
     middle = run.geometry.shape[0] // 2
