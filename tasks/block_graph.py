@@ -15,7 +15,8 @@ GRAPH_HALO = (1, 1, 1)
 
 
 def _block_graph(block: BlockContext) -> dict:
-    edges, statistics = block_edge_statistics(block.read("supervoxels"), block.read("boundaries"), block.inner("supervoxels"))
+    # The pairs a block owns reach its upper faces only: the region's edges and corner are not read.
+    edges, statistics = block_edge_statistics(block.read_faces("supervoxels"), block.read_faces("boundaries"), block.inner("supervoxels"))
     block.save_partial(edges=edges, statistics=statistics)
     return {"number_of_edges": int(edges.shape[0])}
 

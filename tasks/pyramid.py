@@ -1,4 +1,5 @@
-"""Multiscale pyramids of the output images: level k + 1 of every pyramid image, block by block.
+"""Multiscale pyramids of the output images: level k + 1 of the boundary map and the supervoxels,
+block by block (the segmentations' levels are written from the supervoxels', `tasks.write`).
 
 Each block of level k + 1 reads the box of level k it covers (`emflow.pyramid.source_box`, no halo)
 and writes its own box: whole chunks. Labels take each window's most frequent id, images its mean.

@@ -3,9 +3,18 @@
 Every method ends in a global stage whose bundle holds `node_labels` (the segment of each supervoxel
 id); agglomeration with several thresholds holds one array per threshold (`node_label_field`), each
 written into its own volume.
+
+The pyramid levels of a segmentation are written the same way, from the same level of the
+supervoxels' pyramid: level k of a segmentation is its node labels applied to level k of the
+supervoxels. The levels of a segmentation and of its supervoxels thus always agree (a proofreading
+edit of the node labels relabels every level, none is downsampled again), and writing a level costs
+a lookup per voxel instead of a downsampling: on the 62.5 MVox benchmark run, level 1 of the
+segmentation took 0.2 s of task time against 1.7 s for the most frequent id of each window.
 """
 
 from __future__ import annotations
+
+from emflow.storage.store import level_name
 
 from .context import BlockContext
 from .spec import Read, StageSpec, Write
@@ -16,21 +25,24 @@ def node_label_field(index: int) -> str:
     return "node_labels" if index == 0 else f"node_labels_{index}"
 
 
-def write_stage(source: str, volumes: tuple[str, ...] = ("segmentation",)) -> StageSpec:
-    """Write volume `volumes[i]` from the node labels `node_label_field(i)` of global stage `source`."""
+def write_stage(source: str, volumes: tuple[str, ...] = ("segmentation",), level: int = 0) -> StageSpec:
+    """Write level `level` of volume `volumes[i]` from the node labels `node_label_field(i)` of global
+    stage `source` and level `level` of the supervoxels (its pyramid stage runs first)."""
+    supervoxels = level_name("supervoxels", level)
 
     def run(block: BlockContext) -> dict:
-        supervoxels = block.read("supervoxels")
+        ids = block.read(supervoxels)
         for index, volume in enumerate(volumes):
             # Memory-mapped: indexing touches only the pages of this block's supervoxel ids.
             node_labels = block.read_bundle(source, node_label_field(index), mmap=True)
-            block.write(volume, node_labels[supervoxels])
+            block.write(level_name(volume, level), node_labels[ids])
         return {}
 
     return StageSpec(
-        name="write_segmentation",
+        name="write_segmentation" if level == 0 else f"write_segmentation_s{level}",
         blockwise=True,
-        reads=(Read.array("supervoxels"), Read.bundle(source)),
-        writes=tuple(Write.array(volume) for volume in volumes),
+        reads=(Read.array(supervoxels), Read.bundle(source)),
+        writes=tuple(Write.array(level_name(volume, level)) for volume in volumes),
         run=run,
+        blocking=None if level == 0 else lambda run: run.geometry.level_blocking(level),
     )

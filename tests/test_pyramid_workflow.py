@@ -1,5 +1,6 @@
 """A run's output images as OME-Zarr: every image valid, labels read as labels, pyramid levels made
-block by block equal to downsampling the whole level."""
+block by block equal to downsampling the whole level, and the segmentation's levels its node labels
+applied to the supervoxels' levels."""
 
 import numpy as np
 import pytest
@@ -33,11 +34,11 @@ def test_pyramid_levels_are_stages_down_to_one_block(run):
     run, _ = run
     factors = run.geometry.level_factors
     assert factors == ((2, 2, 2), (2, 2, 2))
-    assert [spec.name for spec in run.stages][-2:] == ["pyramid_s1", "pyramid_s2"]
+    assert [spec.name for spec in run.stages][-4:] == ["pyramid_s1", "write_segmentation_s1", "pyramid_s2", "write_segmentation_s2"]
     assert run.geometry.level_shape(2) == (16, 32, 32) and run.geometry.level_blocking(2).number_of_blocks == 1
 
 
-@pytest.mark.parametrize("image, label", [("segmentation", True), ("supervoxels", True)])
+@pytest.mark.parametrize("image, label", [("supervoxels", True)])
 def test_block_wise_levels_equal_whole_volume_downsampling(run, image, label):
     run, output = run
     group = zarr.open_group(str(output / image), mode="r")
@@ -45,6 +46,19 @@ def test_block_wise_levels_equal_whole_volume_downsampling(run, image, label):
     for index, factors in enumerate(run.geometry.level_factors, start=1):
         level = downsample_labels(level, factors) if label else downsample_image(level, factors)
         assert np.array_equal(np.asarray(group[f"s{index}"][...]), level), f"{image} s{index}"
+
+
+def test_segmentation_levels_are_the_node_labels_of_the_supervoxel_levels(run):
+    run, output = run
+    segmentation = zarr.open_group(str(output / "segmentation"), mode="r")
+    supervoxels = zarr.open_group(str(output / "supervoxels"), mode="r")
+    # The node labels, recovered from level 0: each supervoxel lies in one segment.
+    ids, first = np.unique(np.asarray(supervoxels["s0"][...]), return_index=True)
+    segment_of = dict(zip(ids.tolist(), np.asarray(segmentation["s0"][...]).ravel()[first].tolist()))
+    for index in range(1, len(run.geometry.level_factors) + 1):
+        level_ids = np.asarray(supervoxels[f"s{index}"][...])
+        expected = np.vectorize(segment_of.__getitem__, otypes=[np.uint64])(level_ids)
+        assert np.array_equal(np.asarray(segmentation[f"s{index}"][...]), expected), f"segmentation s{index}"
 
 
 def test_every_output_image_is_valid_ome_zarr_and_labels_read_as_labels(run):

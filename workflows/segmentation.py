@@ -68,10 +68,16 @@ def has_boundaries_volume(config: RunConfig) -> bool:
     return config.predicting or bool(config.input.affinities_key) and config.method != "mutex-watershed"
 
 
-def pyramid_images(config: RunConfig) -> tuple[tuple[str, bool], ...]:
-    """The output images that get pyramids: (volume name, whether it holds labels)."""
+def downsampled_images(config: RunConfig) -> tuple[tuple[str, bool], ...]:
+    """The output images whose pyramid levels are downsampled: (volume name, whether it holds labels)."""
     boundaries = (("boundaries", False),) if has_boundaries_volume(config) else ()
-    return boundaries + (("supervoxels", True),) + tuple((name, True) for name in segmentation_volumes(config))
+    return boundaries + (("supervoxels", True),)
+
+
+def pyramid_images(config: RunConfig) -> tuple[tuple[str, bool], ...]:
+    """The output images that get pyramids: (volume name, whether it holds labels). The
+    segmentations' levels are written from the supervoxels' levels (`write_stage`)."""
+    return downsampled_images(config) + tuple((name, True) for name in segmentation_volumes(config))
 
 
 def segmentation_stages(config: RunConfig, geometry: Geometry) -> tuple[StageSpec, ...]:
@@ -113,8 +119,10 @@ def segmentation_stages(config: RunConfig, geometry: Geometry) -> tuple[StageSpe
         stages += [statistics_stage(("nearest", "long_range"), affinities), MUTEX_WATERSHED]
     else:
         stages += [STITCH_FACES, STITCH]
-    stages += [write_stage(stages[-1].name, segmentation_volumes(config))]
-    stages += [pyramid_stage(level, pyramid_images(config)) for level in range(1, len(geometry.level_factors) + 1)]
+    node_labels = stages[-1].name
+    stages += [write_stage(node_labels, segmentation_volumes(config))]
+    for level in range(1, len(geometry.level_factors) + 1):
+        stages += [pyramid_stage(level, downsampled_images(config)), write_stage(node_labels, segmentation_volumes(config), level)]
     if config.meshes.enabled:
         # A volume that fits one block has no pyramid: its meshes come from the full resolution.
         stages += mesh_stages(min(config.meshes.level, len(geometry.level_factors)))
