@@ -74,6 +74,7 @@ import numpy as np
 import tomli_w
 import zarr
 
+from emflow.blocking import Box, face_slabs
 from emflow.boundaries import scaled_with_noise, smoothed_boundary_mask
 from emflow.config import default_config
 from emflow.evaluation import evaluate
@@ -309,8 +310,8 @@ def stage_io_reference(config_path: Path, scratch: Path) -> dict[str, dict]:
     """Per block-wise stage of the finished emflow run of `config_path`: what its IO alone costs.
 
     Derived from the stage's spec, so that it follows the stages as they change: per block, every
-    array it reads over a region (`Read.array`, with the region's halo; inputs as stored, output
-    volumes as the run wrote them) is read and decoded, and the partial files of the blocks it
+    array it reads over a region (`Read.array`, with the region's halo, or its face slabs for a
+    `faces` read; inputs as stored, output volumes as the run wrote them) is read and decoded, and the partial files of the blocks it
     reads linked partials of are loaded; then what the block wrote, read back from the run's output
     untimed, is encoded and written again, its volumes' chunks into arrays under `scratch` made
     with the same zarr metadata (chunk shape, codecs, fill value) and its partial file with the
@@ -328,7 +329,7 @@ def stage_io_reference(config_path: Path, scratch: Path) -> dict[str, dict]:
 
 def _stage_io_seconds(run: Run, spec: StageSpec, scratch: Path) -> dict:
     reads = run.reads(spec)
-    array_reads = [(read.name, run.regions(spec, read.region)) for read in reads if read.kind == "array" and read.region is not None]
+    array_reads = [(read, run.regions(spec, read.region)) for read in reads if read.kind == "array" and read.region is not None]
     linked_partials = [(read.name, linked) for read in reads if read.kind == "partials" and (linked := run.linked_blocks(spec, read))]
     written = {write.name: _array_like(run, write.name, scratch) for write in spec.writes if write.kind == "array"}
     writes_partials = any(write.kind == "partials" for write in spec.writes)
@@ -337,8 +338,15 @@ def _stage_io_seconds(run: Run, spec: StageSpec, scratch: Path) -> dict:
     number_of_blocks = spec.blocks(run).number_of_blocks
     for block_id in range(number_of_blocks):
         started = time.perf_counter()
-        for name, regions in array_reads:
-            _read_array(run, name, regions[block_id])
+        for read, regions in array_reads:
+            if read.faces:
+                # As the stage reads it: the block's box and the slabs beyond its upper faces.
+                for slab in face_slabs(
+                    Box(tuple(boxes[block_id][0]), tuple(boxes[block_id][1])), Box(tuple(regions[block_id][0]), tuple(regions[block_id][1]))
+                ):
+                    _read_array(run, read.name, np.array([slab.begin, slab.end]))
+            else:
+                _read_array(run, read.name, regions[block_id])
         for stage, linked in linked_partials:
             for other in linked[block_id]:
                 _load_partial(run, stage, int(other))

@@ -59,6 +59,28 @@ class Box:
         )
 
 
+def face_slabs(box: Box, region: Box) -> list[Box]:
+    """``box`` and, per axis along which ``region`` reaches past the upper face of ``box``, the slab
+    of ``region`` beyond that face, as wide as ``box`` along the other axes.
+
+    These are the voxels that pairs ``(p, p + step along one axis)`` with ``p`` in ``box`` reach, for
+    steps up to the region's extent past each face; the region's edges and corners past two or three
+    faces are not among them. ``region`` must contain ``box`` and start where it starts.
+    """
+    if region.begin != box.begin or any(end < box_end for end, box_end in zip(region.end, box.end)):
+        raise ValueError(f"{region} must start at {box.begin} and contain {box}")
+    slabs = [box]
+    for axis, (box_end, region_end) in enumerate(zip(box.end, region.end)):
+        if region_end > box_end:
+            slabs.append(
+                Box(
+                    tuple(box_end if index == axis else begin for index, begin in enumerate(box.begin)),
+                    tuple(region_end if index == axis else end for index, end in enumerate(box.end)),
+                )
+            )
+    return slabs
+
+
 @dataclass(frozen=True)
 class Blocking:
     """Tiling of a volume of ``shape`` into blocks of ``block_shape``.

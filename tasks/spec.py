@@ -72,17 +72,22 @@ class Read:
     "bundle" (the global arrays of stage `name`), "partials" (the per-block files of block-wise stage
     `name`; with `region`, each block reads only those of the blocks whose partials' regions meet
     its own) or "results" (the record results of stage `name`: its own, or every block's).
-    `optional`: an array the run may not have (a mask); reading it then gives None.
+    `optional`: an array the run may not have (a mask); reading it then gives None. `faces`: of a
+    forward region (`forward_boxes`), only the block's box and the slabs beyond its upper faces are
+    read (`emflow.blocking.face_slabs`), the region's edges and corners are 0: all that voxel pairs
+    one step along an axis from the block reach, and one neighbouring chunk decoded per face where
+    the whole region decodes seven (chunks of the block shape).
     """
 
     name: str
     kind: str = "array"
     region: RegionRule | None = BOX
     optional: bool = False
+    faces: bool = False
 
     @classmethod
-    def array(cls, name: str, region: RegionRule = BOX, *, optional: bool = False) -> Read:
-        return cls(name, "array", region, optional)
+    def array(cls, name: str, region: RegionRule = BOX, *, optional: bool = False, faces: bool = False) -> Read:
+        return cls(name, "array", region, optional, faces)
 
     @classmethod
     def table(cls, path: str) -> Read:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from emflow.blocking import Blocking, Box
+from emflow.blocking import Blocking, Box, face_slabs
 
 
 def test_box_shape_slicing_and_local_coordinates():
@@ -97,3 +97,27 @@ def test_boxes_with_halo_equal_each_block_with_halo(shape, block_shape, halo):
         assert (tuple(boxes[block_id, 0]), tuple(boxes[block_id, 1])) == (outer.begin, outer.end)
     with pytest.raises(ValueError, match="non-negative"):
         blocking.boxes_with_halo((1, -1, 0))
+
+
+@pytest.mark.parametrize("reach", [(1, 1, 1), (2, 0, 3), (0, 0, 0)])
+def test_face_slabs_hold_exactly_what_axis_steps_from_the_box_reach(reach):
+    box = Box((3, 5, 7), (7, 10, 13))
+    region = Box(box.begin, tuple(end + step for end, step in zip(box.end, reach)))
+
+    slabs = face_slabs(box, region)
+
+    covered = np.zeros(region.shape, dtype=np.int64)
+    for slab in slabs:
+        covered[slab.local_to(region).slicing] += 1
+    # Every voxel p + k e_axis (p in the box, 1 <= k <= reach[axis]) and nothing else, each once.
+    reached = np.zeros(region.shape, dtype=bool)
+    reached[box.local_to(region).slicing] = True
+    for axis, step in enumerate(reach):
+        for k in range(1, step + 1):
+            shifted = [slice(0, extent) for extent in box.shape]
+            shifted[axis] = slice(k, k + box.shape[axis])
+            reached[tuple(shifted)] = True
+    np.testing.assert_array_equal(covered, reached.astype(np.int64))
+    assert slabs[0] == box and len(slabs) == 1 + sum(step > 0 for step in reach)
+    with pytest.raises(ValueError, match="must start at"):
+        face_slabs(box, Box((2, 5, 7), region.end))
