@@ -33,9 +33,10 @@ default the shipped one):
   on the CPU and on a GPU when torch sees one;
 - cnn_accuracy: segmentation from raw data with the CNN on FlyEM data the model was not trained on,
   emflow vs elf on the same predicted boundaries, ARAND and VOI against the groundtruth.
-Writes benchmarks/results/benchmarks.json and the Markdown tables of the benchmarks it ran to
-docs/benchmarks.md (`--markdown` for another page, e.g.
-`python -m benchmarks --only inference cnn_accuracy --markdown docs/cnn_benchmarks.md`).
+Writes the Markdown tables of the benchmarks it ran to docs/benchmarks.md and the raw results to
+benchmarks/results/benchmarks.json (`--markdown` for another page, e.g.
+`python -m benchmarks --only inference cnn_accuracy --markdown docs/cnn_benchmarks.md`, whose raw
+results then go to benchmarks/results/cnn_benchmarks.json).
 """
 
 from __future__ import annotations
@@ -80,8 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         "--json",
         type=Path,
         metavar="PATH",
-        default=ROOT / "benchmarks" / "results" / "benchmarks.json",
-        help="raw results (default benchmarks/results/benchmarks.json)",
+        help="raw results (default benchmarks/results/<the Markdown page's name>.json, so that the pages' runs keep theirs apart)",
     )
     parser.add_argument(
         "--markdown",
@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         help="page for the tables of the benchmarks run, replaced (default docs/benchmarks.md)",
     )
     arguments = parser.parse_args(argv)
+    if arguments.json is None:
+        arguments.json = ROOT / "benchmarks" / "results" / f"{arguments.markdown.stem}.json"
 
     results: dict = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
