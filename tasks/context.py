@@ -205,9 +205,9 @@ class BlockContext(_Context):
         slabs = face_slabs(self.box, region)
         block = self.store.read(name, slabs[0])
         data = np.zeros(block.shape[: block.ndim - len(region.shape)] + region.shape, dtype=block.dtype)
-        data[(..., *slabs[0].local_to(region).slicing)] = block
+        data[(Ellipsis,) + slabs[0].local_to(region).slicing] = block
         for slab in slabs[1:]:
-            data[(..., *slab.local_to(region).slicing)] = self.store.read(name, slab)
+            data[(Ellipsis,) + slab.local_to(region).slicing] = self.store.read(name, slab)
         return data
 
     def read_optional(self, name: str) -> np.ndarray | None:
