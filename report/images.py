@@ -15,6 +15,9 @@ import numpy as np
 
 # Largest section edge drawn in a preview (voxels); wider sections are subsampled to fit.
 PREVIEW_PIXELS = 1024
+# Smallest panel edge of a preview (pixels): smaller sections are enlarged by a whole factor, each
+# voxel a square of pixels, so that a small crop (the demo's 128 x 128) is not a thumbnail.
+PREVIEW_MIN_PIXELS = 384
 # Columns of white between the two panels of a preview.
 PANEL_GAP = 8
 
@@ -77,15 +80,18 @@ def rgb_png(image: np.ndarray) -> bytes:
 
 
 def preview_image(raw: np.ndarray, segmentation: np.ndarray) -> np.ndarray:
-    """(Y, 2 X + `PANEL_GAP`, 3) float RGB: the raw section beside the segmentation over it, with
-    segment borders in black.
+    """(k Y, 2 k X + `PANEL_GAP`, 3) float RGB: the raw section beside the segmentation over it,
+    with segment borders in black.
 
     Sections larger than `PREVIEW_PIXELS` along an axis are subsampled (every k-th voxel) first, so
-    that a preview of a large section stays small.
+    that a preview of a large section stays small; sections smaller than `PREVIEW_MIN_PIXELS` are
+    enlarged by the whole factor k that keeps them under it.
     """
-    step = max(1, -(-max(np.shape(segmentation)) // PREVIEW_PIXELS))
+    largest = max(np.shape(segmentation))
+    step = max(1, -(-largest // PREVIEW_PIXELS))
     raw, segmentation = np.asarray(raw)[::step, ::step], np.asarray(segmentation)[::step, ::step]
     segmented = overlay(raw, segmentation)
     segmented[label_borders(segmentation)] = 0
-    gap = np.ones((segmentation.shape[0], PANEL_GAP, 3))
-    return np.concatenate([gray(raw), gap, segmented], axis=1)
+    zoom = max(1, PREVIEW_MIN_PIXELS // max(largest, 1))
+    left, right = (panel.repeat(zoom, axis=0).repeat(zoom, axis=1) for panel in (gray(raw), segmented))
+    return np.concatenate([left, np.ones((left.shape[0], PANEL_GAP, 3)), right], axis=1)

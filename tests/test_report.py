@@ -193,14 +193,18 @@ def test_section_preview_png_holds_the_pixels(flyem_crop):
     preview = images.preview_image(raw, segmentation)
     decoded = _decoded_png(images.rgb_png(preview))
 
-    assert decoded.shape == (segmentation.shape[0], 2 * segmentation.shape[1] + images.PANEL_GAP, 3)
+    # A small section is enlarged by a whole factor, each voxel a square of pixels.
+    zoom = images.PREVIEW_MIN_PIXELS // max(segmentation.shape)
+    assert zoom >= 2
+    assert decoded.shape == (zoom * segmentation.shape[0], 2 * zoom * segmentation.shape[1] + images.PANEL_GAP, 3)
     np.testing.assert_array_equal(decoded, np.round(preview * 255).astype(np.uint8))
     # Left: raw in gray; right: borders black, the inside of a segment tinted by its colour.
-    left = decoded[:, : segmentation.shape[1]]
+    left = decoded[::zoom, : zoom * segmentation.shape[1] : zoom]
     assert (left[..., 0] == left[..., 1]).all() and (left[..., 1] == left[..., 2]).all()
-    right = decoded[:, segmentation.shape[1] + images.PANEL_GAP :]
+    right = decoded[::zoom, zoom * segmentation.shape[1] + images.PANEL_GAP :: zoom]
     np.testing.assert_array_equal(right[images.label_borders(segmentation)], 0)
     assert not (right[..., 0] == right[..., 1]).all()
+    np.testing.assert_array_equal(decoded, decoded[::zoom].repeat(zoom, axis=0))
     # A section larger than PREVIEW_PIXELS is subsampled to fit.
     large = np.tile(segmentation, (1, -(-images.PREVIEW_PIXELS // segmentation.shape[1]) + 1))
     assert (
