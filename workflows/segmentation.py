@@ -119,10 +119,10 @@ def segmentation_stages(config: RunConfig, geometry: Geometry) -> tuple[StageSpe
         stages += [statistics_stage(("nearest", "long_range"), affinities), MUTEX_WATERSHED]
     else:
         stages += [STITCH_FACES, STITCH]
-    node_labels = stages[-1].name
-    stages += [write_stage(node_labels, segmentation_volumes(config))]
+    node_label_stage = stages[-1].name
+    stages += [write_stage(node_label_stage, segmentation_volumes(config))]
     for level in range(1, len(geometry.level_factors) + 1):
-        stages += [pyramid_stage(level, downsampled_images(config)), write_stage(node_labels, segmentation_volumes(config), level)]
+        stages += [pyramid_stage(level, downsampled_images(config)), write_stage(node_label_stage, segmentation_volumes(config), level)]
     if config.meshes.enabled:
         # A volume that fits one block has no pyramid: its meshes come from the full resolution.
         stages += mesh_stages(min(config.meshes.level, len(geometry.level_factors)))
