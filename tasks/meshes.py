@@ -11,7 +11,7 @@ from emflow.storage.precomputed import mesh_folder, write_legacy_meshes
 from emflow.storage.store import level_name
 
 from .context import BlockContext, GlobalContext, Run
-from .spec import Read, StageSpec, Write
+from .spec import Read, StageSpec, Write, level_blocks
 
 
 def _mesh_read_boxes(run: Run, blocking: Blocking) -> np.ndarray:
@@ -52,7 +52,7 @@ def mesh_stages(level: int) -> list[StageSpec]:
             blockwise=True,
             reads=(Read.array(level_name("segmentation", level), _mesh_read_boxes),),
             writes=(Write.partials(),),
-            blocking=lambda run: run.geometry.level_blocking(level),
+            blocking=level_blocks(level),
             run=_block_meshes(level),
         ),
         StageSpec(name="merge_meshes", blockwise=False, reads=(Read.partials("meshes"),), writes=(Write.bundle(),), run=_merge_meshes),

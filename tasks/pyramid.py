@@ -14,7 +14,7 @@ from emflow.pyramid import downsample_image, downsample_labels
 from emflow.storage.store import level_name
 
 from .context import BlockContext, Run
-from .spec import Read, StageSpec, Write
+from .spec import Read, StageSpec, Write, level_blocks
 
 
 def _source_boxes(level: int):
@@ -47,6 +47,6 @@ def pyramid_stage(level: int, images: tuple[tuple[str, bool], ...]) -> StageSpec
         blockwise=True,
         reads=tuple(Read.array(level_name(name, level - 1), _source_boxes(level)) for name, _ in images),
         writes=tuple(Write.array(level_name(name, level)) for name, _ in images),
-        blocking=lambda run: run.geometry.level_blocking(level),
+        blocking=level_blocks(level),
         run=_downsample(level, images),
     )

@@ -59,6 +59,11 @@ def forward_boxes(halo: Callable[[Run], tuple[int, ...]]) -> RegionRule:
     return region
 
 
+def level_blocks(level: int) -> Callable[[Run], Blocking]:
+    """Blocking rule (`StageSpec.blocking`): the blocks of pyramid level `level` of the run."""
+    return lambda run: run.geometry.level_blocking(level)
+
+
 BOX = boxes((0, 0, 0))
 CONFIGURED_HALO = boxes(None)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from emflow.storage.store import level_name
 
 from .context import BlockContext
-from .spec import Read, StageSpec, Write
+from .spec import Read, StageSpec, Write, level_blocks
 
 
 def node_label_field(index: int) -> str:
@@ -45,5 +45,5 @@ def write_stage(source: str, volumes: tuple[str, ...] = ("segmentation",), level
         reads=(Read.array(supervoxels), Read.bundle(source)),
         writes=tuple(Write.array(level_name(volume, level)) for volume in volumes),
         run=run,
-        blocking=None if level == 0 else lambda run: run.geometry.level_blocking(level),
+        blocking=None if level == 0 else level_blocks(level),
     )
