@@ -34,7 +34,7 @@ m) MONAI: `monai.inferers.sliding_window_inference` on the in-memory crop with t
    (reported as "not installed") when MONAI is missing: `pip install monai`, a wheel needing only
    torch and numpy.
 
-The benchmark process keeps freed memory for reuse (`emflow.tasks.predict.reuse_freed_memory`), as
+The benchmark process keeps freed memory for reuse (`emflow.tasks.adapter.reuse_freed_memory`), as
 `emflow predict`'s workers do, so that every contender allocates alike. (a), (b) and (m) are
 warmed up with one untimed pass of each shape before the first repeat; (c) starts a fresh process
 each time, so its model loading and first pass are part of what it measures. Torch
@@ -73,7 +73,7 @@ from emflow.inference import PatchGrid, predict_box, read_mirrored
 from emflow.model import TrainedModel
 from emflow.storage.models import file_digest, load_model, shipped_model_path
 from emflow.storage.volumes import write_volume
-from emflow.tasks.predict import reuse_freed_memory
+from emflow.tasks.adapter import reuse_freed_memory
 from emflow.unet import check_patch_shape
 
 try:

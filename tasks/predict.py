@@ -11,8 +11,6 @@ affinities to its neighbours on both sides, so blending reads one voxel more on 
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import math
 import os
 from pathlib import Path
@@ -141,34 +139,9 @@ def _use_worker_threads() -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
-# mallopt parameters of glibc's malloc.h, and the values set: larger than any array of a block.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_KEPT_BYTES = 1 << 30
-
-
-@functools.cache
-def reuse_freed_memory() -> None:
-    """Let glibc's malloc keep freed memory for the arrays that follow instead of handing it back
-    to the system (nothing elsewhere). By default every allocation over 32 MB (a patch's
-    activations, its probabilities, a block's sums) is mapped afresh and unmapped when freed, so
-    each forward pass faults its ~1.4 GB of activations in again, page by page: measured on this
-    project's 2-core VM, which hands freed pages back to its host, 35 % of the CPU time of a
-    64x128x128 patch (2.45 s, 1.55 s with this; the 8 patches of benchmarks/inference.py 20.2 s,
-    12.2 s). The process keeps its peak memory instead (that benchmark's `emflow predict`: 1.0 to
-    1.2 GiB instead of 0.8 to 0.87).
-    """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc
-        return
-    mallopt(_M_MMAP_THRESHOLD, _KEPT_BYTES)
-    mallopt(_M_TRIM_THRESHOLD, _KEPT_BYTES)
-
-
 def _model(block: BlockContext):
-    # Building the network is the first torch computation of a worker: threads and memory first.
+    # Building the network is the first torch computation of a worker: threads first.
     _use_worker_threads()
-    reuse_freed_memory()
     return cached_model(model_path(block.config))
 
 
