@@ -1,4 +1,4 @@
-"""Learned edge costs' features: statistics of the boundary map and every affinity channel on each
+"""Learned edge costs' features: statistics of the boundary map and of the affinity channels on each
 face (block-wise), merged with the supervoxels' sizes into the classifier's feature table (global).
 The classifier itself is applied by the edge-cost stage (`tasks.edge_costs`)."""
 
@@ -24,11 +24,15 @@ from .spec import Read, StageSpec, Write, forward_boxes
 NAME = "channel_features"
 
 
-def channel_features_stage(affinities: str | None) -> StageSpec:
-    """The block-wise channel statistics of the boundary map and of the affinities in array
-    `affinities` (None: the boundary map only)."""
+def channel_feature_stages(affinities: str | None) -> tuple[StageSpec, StageSpec]:
+    """The edge classifier's feature stages: the block-wise statistics of the boundary map and of
+    every affinity channel in array `affinities` (None: the boundary map only), then their merge
+    with the supervoxels' sizes into the feature table (global)."""
     region = forward_boxes(lambda run: GRAPH_HALO)
     sources = ("boundaries",) if affinities is None else ("boundaries", affinities)
+
+    def offsets(config) -> tuple[tuple[int, int, int], ...]:
+        return () if affinities is None else affinity_offsets(config)
 
     def run(block: BlockContext) -> dict:
         supervoxels = block.read("supervoxels")
@@ -40,32 +44,34 @@ def channel_features_stage(affinities: str | None) -> StageSpec:
         block.save_partial(edges=edges, statistics=statistics, histograms=histograms, node_ids=node_ids, node_counts=node_counts)
         return {"number_of_edges": int(len(edges))}
 
-    return StageSpec(
+    def merge(stage: GlobalContext) -> dict:
+        number_of_nodes = int(stage.table_attributes("graph/edges")["number_of_nodes"])
+        edges = stage.read_table("graph/edges")
+        features, face_sizes = merge_channel_features(number_of_nodes, edges, stage.partials(NAME, "edges", "statistics", "histograms"))
+        sizes = node_sizes(number_of_nodes, stage.partials(NAME, "node_ids", "node_counts"))
+        names = feature_names(channel_names(offsets(stage.config)))
+        stage.write_table(
+            "graph/classifier_features", edge_feature_matrix(edges, features, face_sizes, sizes), {"feature_names": list(names)}
+        )
+        return {"number_of_edges": int(len(edges)), "number_of_features": len(names)}
+
+    block_stage = StageSpec(
         name=NAME,
         blockwise=True,
         reads=(Read.array("supervoxels", region), *(Read.array(source, region) for source in sources)),
         writes=(Write.partials(),),
-        parameters=lambda run: {"offsets": [list(offset) for offset in affinity_offsets(run.config)]},
+        parameters=lambda run: {"offsets": [list(offset) for offset in offsets(run.config)]},
         run=run,
-        description="statistics of the boundary map and each affinity channel on the faces a block owns, and its supervoxels' sizes",
+        description="statistics of the boundary map"
+        + ("" if affinities is None else " and each affinity channel")
+        + " on the faces a block owns, and its supervoxels' sizes",
     )
-
-
-def _merge_channel_features(stage: GlobalContext) -> dict:
-    number_of_nodes = int(stage.table_attributes("graph/edges")["number_of_nodes"])
-    edges = stage.read_table("graph/edges")
-    features, face_sizes = merge_channel_features(number_of_nodes, edges, stage.partials(NAME, "edges", "statistics", "histograms"))
-    sizes = node_sizes(number_of_nodes, stage.partials(NAME, "node_ids", "node_counts"))
-    names = feature_names(channel_names(affinity_offsets(stage.config)))
-    stage.write_table("graph/classifier_features", edge_feature_matrix(edges, features, face_sizes, sizes), {"feature_names": list(names)})
-    return {"number_of_edges": int(len(edges)), "number_of_features": len(names)}
-
-
-MERGE_CHANNEL_FEATURES = StageSpec(
-    name="merge_channel_features",
-    blockwise=False,
-    reads=(Read.partials(NAME), Read.table("graph/edges")),
-    writes=(Write.table("graph/classifier_features"),),
-    run=_merge_channel_features,
-    description="the edge classifier's features of every edge",
-)
+    merge_stage = StageSpec(
+        name="merge_channel_features",
+        blockwise=False,
+        reads=(Read.partials(NAME), Read.table("graph/edges")),
+        writes=(Write.table("graph/classifier_features"),),
+        run=merge,
+        description="the edge classifier's features of every edge",
+    )
+    return block_stage, merge_stage

@@ -8,6 +8,7 @@ import numpy as np
 
 from emflow.config import AUTO, resolve_function
 from emflow.costs import auto_weighting, probabilities_to_costs
+from emflow.edge_classifier import is_affinity_channel
 from emflow.graph import FEATURE_NAMES
 from emflow.storage.edge_classifiers import classifier_beside, load_edge_classifier
 from emflow.storage.models import file_digest
@@ -37,6 +38,13 @@ def edge_classifier_path(config) -> Path | None:
         beside = classifier_beside(model_path(config))
         return beside if beside.is_file() else None
     return Path(classifier) if classifier else None
+
+
+def classifier_reads_affinities(config) -> bool:
+    """Whether the run's edge classifier uses features of affinity channels (not only the boundary
+    map's and the sizes)."""
+    path = edge_classifier_path(config)
+    return path is not None and any(is_affinity_channel(channel) for channel in load_edge_classifier(path).channels)
 
 
 def _edge_costs(stage: GlobalContext) -> dict:

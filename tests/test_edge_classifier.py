@@ -39,6 +39,7 @@ from emflow.graph import FEATURE_NAMES, in_core_graph_features, merge_edges
 from emflow.labels import label_overlaps, majority_labels, relabel_consecutive
 from emflow.storage.edge_classifiers import classifier_beside, load_edge_classifier, save_edge_classifier
 from emflow.storage.models import file_digest, shipped_model_path
+from emflow.workflows.segmentation import load_run
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLOCK_SHAPE = (32, 64, 64)
@@ -262,6 +263,28 @@ def test_a_classifier_of_the_boundary_map_alone_serves_a_run_given_a_boundary_ma
     costs = {"classifier": str(tmp_path / "train" / "classifier.npz")}
     assert run_cli("run", _config(tmp_path / "run", inputs, costs=costs, **boundary_map)) == 0
     assert read(tmp_path / "run" / "out.zarr", "graph/classifier_features").shape[1] == len(names)
+
+
+def test_a_run_computes_only_the_channels_its_classifier_uses(tmp_path, inputs):
+    """A classifier of the boundary map alone, on a run that has affinities: the affinity channels
+    are neither read nor described, and the features are the in-core ones of the boundary map."""
+    (tmp_path / "train").mkdir()
+    assert run_cli("train-edges", _training_config(tmp_path / "train", inputs, "classifier.npz", channels=("boundaries",))) == 0
+    classifier_path = tmp_path / "train" / "classifier.npz"
+    assert list(load_edge_classifier(classifier_path).channels) == ["boundaries"]
+    (tmp_path / "run").mkdir()
+    config = _config(tmp_path / "run", inputs, costs={"classifier": str(classifier_path)})
+    assert run_cli("run", config) == 0
+    stages = {spec.name: spec for spec in load_run(str(config)).stages}
+    assert {read.name for read in stages["channel_features"].reads} == {"supervoxels", "boundaries"}
+    out = tmp_path / "run" / "out.zarr"
+    edges, channel_features, face_sizes, sizes = in_core_channel_features(read(out, "supervoxels"), read(out, "boundaries")[None])
+    assert np.array_equal(read(out, "graph/edges"), edges)
+    np.testing.assert_allclose(
+        read(out, "graph/classifier_features"), edge_feature_matrix(edges, channel_features, face_sizes, sizes), rtol=1e-10, atol=1e-12
+    )
+    names = tuple(zarr.open_array(str(out / "graph" / "classifier_features"), mode="r").attrs["feature_names"])
+    assert names == feature_names(["boundaries"])
 
 
 def test_a_classifier_that_does_not_fit_the_run_is_refused_in_one_line(tmp_path, trained, inputs, capsys):

@@ -44,8 +44,8 @@ from emflow.tasks.affinities import DERIVE_BOUNDARIES, affinity_array, affinity_
 from emflow.tasks.agglomeration import AGGLOMERATION, segmentation_volumes
 from emflow.tasks.block_graph import BLOCK_GRAPH
 from emflow.tasks.context import Run
-from emflow.tasks.edge_classifier import MERGE_CHANNEL_FEATURES, channel_features_stage
-from emflow.tasks.edge_costs import edge_classifier_path, edge_costs_stage
+from emflow.tasks.edge_classifier import channel_feature_stages
+from emflow.tasks.edge_costs import classifier_reads_affinities, edge_classifier_path, edge_costs_stage
 from emflow.tasks.hierarchical_multicut import hierarchical_stages
 from emflow.tasks.lifted_edges import LABEL_OVERLAPS, LIFTED_EDGES, LIFTED_EDGES_FROM_AFFINITIES
 from emflow.tasks.merge_graph import MERGE_GRAPH
@@ -104,7 +104,10 @@ def segmentation_stages(config: RunConfig, geometry: Geometry) -> tuple[StageSpe
         stages += [BLOCK_GRAPH, MERGE_GRAPH]
         learned = edge_classifier_path(config) is not None
         if learned:
-            stages += [channel_features_stage(affinities), MERGE_CHANNEL_FEATURES]
+            # Only the channels the classifier was trained on: the shipped one uses the boundary
+            # map's alone, and computing the 9 predicted affinity channels' besides made the stage
+            # 2.0 task s instead of 0.54 on the dev cube's held-out half (docs/cnn_benchmarks.md).
+            stages += channel_feature_stages(affinities if classifier_reads_affinities(config) else None)
         stages += [edge_costs_stage(learned)]
         if lifted and config.lifted.source == "affinities":
             stages += [statistics_stage(("long_range",), affinities), LIFTED_EDGES_FROM_AFFINITIES]

@@ -27,7 +27,7 @@ from emflow.storage.volumes import opened_volume, parse_location, read_region
 from emflow.tasks.adapter import Workflow
 from emflow.tasks.affinities import affinity_array, affinity_offsets
 from emflow.tasks.context import Run
-from emflow.tasks.edge_classifier import MERGE_CHANNEL_FEATURES, channel_features_stage
+from emflow.tasks.edge_classifier import channel_feature_stages
 from emflow.tasks.predict import model_path
 from emflow.tasks.spec import StageSpec
 
@@ -36,13 +36,14 @@ from .segmentation import load_run, segmentation_stages
 
 
 def edge_feature_stages(config: RunConfig, geometry: Geometry) -> tuple[StageSpec, ...]:
-    """The segmentation's stages up to the merged graph, then the edge classifier's features."""
+    """The segmentation's stages up to the merged graph, then the edge classifier's features, of
+    every channel the run has (training chooses among them)."""
     if config.method != "multicut":
         raise ConfigError(f"emflow train-edges learns the multicut's edge costs; this run has segmentation.method = {config.method!r}")
     stages = segmentation_stages(replace(config, costs={"classifier": ""}), geometry)
     names = [spec.name for spec in stages]
     affinities = affinity_array(config) if affinity_offsets(config) else None
-    return (*stages[: names.index("merge_graph") + 1], channel_features_stage(affinities), MERGE_CHANNEL_FEATURES)
+    return (*stages[: names.index("merge_graph") + 1], *channel_feature_stages(affinities))
 
 
 def selected_features(names: tuple[str, ...], channels: tuple[str, ...]) -> list[int]:
