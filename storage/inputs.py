@@ -125,8 +125,13 @@ def validate_inputs(inputs: dict[str, InputDataset]) -> None:
         raise InputError(f"{what} must be 3D (z, y, x), got shape {reference.shape}")
     if 0 in reference.shape:
         raise InputError(f"{what} is empty (shape {reference.shape})")
-    if reference.role in ("boundaries", "affinities") and not np.issubdtype(np.dtype(reference.dtype), np.floating):
-        raise InputError(f"{what} must be float with values in [0, 1], got dtype {reference.dtype}")
+    if reference.role in ("boundaries", "affinities") and not (
+        np.issubdtype(np.dtype(reference.dtype), np.floating) or np.issubdtype(np.dtype(reference.dtype), np.unsignedinteger)
+    ):
+        raise InputError(
+            f"{what} must be float with values in [0, 1], or unsigned integer read as value / dtype maximum (uint8: / 255), "
+            f"got dtype {reference.dtype}"
+        )
     raw = inputs.get("raw")
     if raw is not None and not (np.issubdtype(np.dtype(raw.dtype), np.unsignedinteger) or np.issubdtype(np.dtype(raw.dtype), np.floating)):
         raise InputError(f"raw data {raw.location} must be unsigned integer or float in [0, 1], got dtype {raw.dtype}")

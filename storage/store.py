@@ -230,8 +230,11 @@ def _output_array(output_path, path: str) -> zarr.Array:
 
 
 def _checked_values(values: np.ndarray, box: Box, dataset: InputDataset) -> np.ndarray:
-    """An input boundary map's (or affinities') values as float32, refused (InputError) if not
-    finite or outside [0, 1]."""
+    """An input boundary map's (or affinities') values as float32 in [0, 1]: unsigned integers
+    divided by their dtype's maximum (uint8 affinities, as emflow's predictions and the lsd / volara
+    pipelines store them: / 255), floats refused (InputError) if not finite or outside [0, 1]."""
+    if np.issubdtype(values.dtype, np.unsignedinteger):
+        return values.astype(np.float32) / np.float32(np.iinfo(values.dtype).max)
     values = values.astype(np.float32, copy=False)
     what = f"{dataset.description} {dataset.location}"
     for name, bad in (("NaN", np.isnan), ("infinite", np.isinf)):

@@ -235,7 +235,11 @@ TABLE = [
     ),
     ("input_file_not_a_volume", input_file_not_a_volume, 2),
     ("wrong_ndim", _boundary_map_case(np.zeros((32, 32), np.float32), "must be 3D (z, y, x), got shape (32, 32)"), 2),
-    ("wrong_dtype", _boundary_map_case(np.zeros((16, 32, 32), np.uint8), "must be float with values in [0, 1], got dtype uint8"), 2),
+    (
+        "wrong_dtype",
+        _boundary_map_case(np.zeros((16, 32, 32), np.int16), "must be float with values in [0, 1], or unsigned integer", "got dtype int16"),
+        2,
+    ),
     (
         "wrong_dtype_of_supervoxels",
         config_case(
