@@ -22,7 +22,7 @@ b') blended in memory: `emflow.inference.predict_box` over the whole crop (mirro
 c) `emflow predict CONFIG --workers 1` on the crop stored as a zarr array (chunks = blocks), with
    the same patch grid and blocks of `--block-shape`: the block tasks `predict` (run the patches
    a block owns, save their weighted sums) and `blend_predictions` (add the neighbours' sums to
-   its own, write the `predictions` and `boundaries` arrays). Reported two ways: the seconds the
+   its own, write the `predictions` (the default dtype, uint8) and `boundaries` arrays). Reported two ways: the seconds the
    tasks recorded, summed (raw data read, normalisation, model loading and the first, cold
    forward pass of the process, patches, blending, IO); and the wall time of the process, start
    to exit (adds interpreter start-up, imports and Luigi's scheduling).
@@ -193,7 +193,7 @@ def predict_config(
             "batch_size": batch_size,
             "device": device,
             "precision": "auto",
-            "output_dtype": "float32",
+            "output_dtype": defaults["predict"]["output_dtype"],
         },
     }
     config_path = run_dir / f"predict_{device}.toml"
@@ -452,7 +452,8 @@ def markdown(results: dict) -> str:
         "Volume MVox/s: crop voxels per second; network MVox/s: voxels passed through the network per second (patches count "
         "their overlap). a) and b) call the workflow's predictor (inference mode, sigmoid, copy to numpy) on input normalised "
         "beforehand (not timed), after a warm-up pass; c) starts a fresh process per run, so model loading and the first, cold "
-        "pass are in it, as are reading the zarr input and writing `predictions` (float32, all channels) and `boundaries`.",
+        "pass are in it, as are reading the zarr input and writing `predictions` (all channels, "
+        f"{default_config()['predict']['output_dtype']}: the default `[predict] output_dtype`) and `boundaries` (float32).",
     ]
     return "\n".join(lines)
 

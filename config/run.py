@@ -209,9 +209,9 @@ class PredictConfig(Section):
         "auto", '"auto" (bfloat16 autocast on a GPU, float32 on the CPU), "float32", "bfloat16" or "float16".'
     )
     output_dtype: Literal["float32", "uint8"] = key(
-        "float32",
-        'dtype of the `predictions` and `boundaries` output arrays: "float32", or "uint8" (value * 255,\n'
-        "a quarter of the size, 1/510 maximum error).",
+        "uint8",
+        'dtype of the `predictions` output array (the network\'s channels): "uint8" (value * 255, a quarter\n'
+        'of the bytes, at most 1/510 off) or "float32". The boundary map the run segments is float32 either way.',
     )
 
     def check(self, name: str, what: str) -> None:

@@ -180,7 +180,7 @@ def test_stitching_equals_the_in_memory_stitching_of_the_same_block_segmenter(ru
     assert segmentation.max() < read(output(runs, "stitching"), "supervoxels").max()
 
 
-def test_given_predictions_carry_their_offsets_and_give_back_the_same_boundary_map(tmp_path, flyem_crop, small_affinity_model):
+def test_given_predictions_carry_their_offsets_and_are_read_back_as_stored(tmp_path, flyem_crop, small_affinity_model):
     from emflow.storage.models import describe_model
     from emflow.storage.volumes import open_volume, write_volume
 
@@ -208,10 +208,12 @@ def test_given_predictions_carry_their_offsets_and_give_back_the_same_boundary_m
         input={"boundaries_key": None, "raw_key": None, "affinities_key": "predictions"},
     )
     assert run_cli("run", given) == 0
-    assert np.array_equal(read(tmp_path / "given.zarr", "boundaries"), read(tmp_path / "predicted.zarr", "boundaries"))
-    assert np.array_equal(
-        read(tmp_path / "given.zarr", "boundaries"), boundaries_from_affinities(read(tmp_path / "predicted.zarr", "predictions"), offsets)
-    )
+    # The predictions are stored as uint8 (value * 255) and read back as value / 255.
+    stored = read(tmp_path / "predicted.zarr", "predictions")
+    assert stored.dtype == np.uint8
+    given_boundaries = read(tmp_path / "given.zarr", "boundaries")
+    assert np.array_equal(given_boundaries, boundaries_from_affinities(stored.astype(np.float32) / np.float32(255), offsets))
+    np.testing.assert_allclose(given_boundaries, read(tmp_path / "predicted.zarr", "boundaries"), rtol=0, atol=1 / 510 + 1e-6)
 
 
 # --- kills and reruns of every new stage ------------------------------------------------------

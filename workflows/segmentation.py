@@ -145,18 +145,20 @@ def output_volumes(config: RunConfig, geometry: Geometry) -> dict[str, Volume]:
         # Affinity predictions say which offset each channel holds, so that they can be given back
         # as `[input] affinities_key` without `affinity_offsets`.
         attributes = (("offsets", description.offsets),) if description.target == "affinities" else ()
-        # zstd shrinks float32 probabilities by only a few percent but made writing them a third of
-        # the prediction stages' overhead (measured, benchmarks/inference.py).
+        # Stored raw: zstd shrank float32 probabilities by a few percent but made writing them a
+        # third of the prediction stages' overhead, and uint8 ones to 0.59 of their bytes at 50 ms
+        # per 64x128x128 block (8 % of its forward pass) (benchmarks/inference.py).
         volumes["predictions"] = Volume(
             "predictions",
             dtype,
             channels=description.network_config.out_channels,
             quantized=dtype == "uint8",
-            compressed=dtype != "float32",
+            compressed=False,
             attributes=attributes,
         )
-        volumes["boundaries"] = Volume("boundaries", dtype, quantized=dtype == "uint8", compressed=dtype != "float32")
-    elif has_boundaries_volume(config):
+    if has_boundaries_volume(config):
+        # The map the supervoxels and edge features come from is float32 whatever the predictions'
+        # dtype: quantising it would tie the watershed's heights.
         volumes["boundaries"] = Volume("boundaries", "float32", compressed=False)
     for name, _ in pyramid_images(config):
         for level in range(1, len(geometry.level_factors) + 1):
