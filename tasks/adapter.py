@@ -628,9 +628,10 @@ def reuse_freed_memory() -> None:
     freed pages back to its host: a CNN forward pass of a 64x128x128 patch (~1.4 GB of
     activations) 2.45 s of CPU, 1.55 s with this; the 62.5 MVox end-to-end run
     (benchmarks/end_to_end.py, five alternating pairs) median 13.6 s wall and 21.5 task s, 13.2 and
-    20.9 with this (block_graph 4.9 to 4.4 task s). A process keeps its peak memory instead of
-    returning to its working set between blocks: that run's largest peak RSS 0.25 GiB, 0.30 with
-    this; a prediction worker's 0.8 to 0.87 GiB, 1.0 to 1.2 with this.
+    20.9 with this (block_graph 4.9 to 4.4 task s); at 500 MVox (two alternating pairs) 91 and 95 s
+    wall, 84 and 86 s with this. A process keeps its peak memory instead of returning to its
+    working set between blocks: the largest peak RSS of those runs 0.25 and 0.31 GiB, 0.30 and 0.43
+    with this; a prediction worker's 0.8 to 0.87 GiB, 1.0 to 1.2 with this.
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt
