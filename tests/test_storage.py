@@ -11,6 +11,7 @@ from emflow.storage import (
     HDF5Volume,
     import_volume,
     open_volume,
+    opened_volume,
     parse_location,
     read_resolution,
     volumes,
@@ -74,6 +75,27 @@ def test_write_through_zarr_in_r_plus_mode(tmp_path):
     write_volume(tmp_path / "v.zarr", "a", np.zeros((4, 4, 4), np.uint8))
     open_volume(tmp_path / "v.zarr", "a", mode="r+")[1, 2, 3] = 7
     assert open_volume(tmp_path / "v.zarr", "a")[1, 2, 3] == 7
+
+
+def test_a_zarr_array_opened_for_reading_is_kept_until_its_metadata_changes(tmp_path, flyem_crop):
+    labels = flyem_crop["neuron_ids"][:16, :32, :32]
+    group = zarr.open_group(tmp_path / "v.zarr", mode="w", zarr_format=3)
+    group.create_array("ids", data=labels, chunks=(8, 16, 16))
+    with opened_volume(tmp_path / "v.zarr", "ids") as first:
+        np.testing.assert_array_equal(first[...], labels)
+    with opened_volume(tmp_path / "v.zarr", "ids") as again:
+        assert again is first
+    # Chunks written meanwhile are read afresh by the kept array.
+    open_volume(tmp_path / "v.zarr", "ids", mode="r+")[0, 0, :4] = 7
+    with opened_volume(tmp_path / "v.zarr", "ids") as again:
+        assert again is first and (again[0, 0, :4] == 7).all()
+    # An array written anew (other dtype and chunks: new metadata) is opened again.
+    group = zarr.open_group(tmp_path / "v.zarr", mode="r+")
+    del group["ids"]
+    group.create_array("ids", data=labels.astype(np.uint16) + 1, chunks=(16, 32, 32))
+    with opened_volume(tmp_path / "v.zarr", "ids") as rewritten:
+        assert rewritten is not first and rewritten.dtype == np.uint16
+        np.testing.assert_array_equal(rewritten[...], labels.astype(np.uint16) + 1)
 
 
 def test_open_hdf5_keeps_the_file_open_until_closed(flyem_h5, flyem_crop):
