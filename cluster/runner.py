@@ -39,6 +39,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import multiprocessing
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -132,6 +133,7 @@ def run_tasks(
             "start it again (`emflow scheduler start`) and run the same command: the run resumes where it stopped"
         ) from None
     finally:
+        _end_worker_processes()
         gc.unfreeze()
         for logger, (level, propagate) in zip(luigi_loggers, saved):
             logger.removeHandler(handler)
@@ -158,6 +160,27 @@ def _cause(error: luigi.rpc.RPCError) -> str:
     cause = error.sub_exception if error.sub_exception is not None else error
     system = re.findall(r"\[Errno -?\d+\] ([^\"')\]]+)", str(cause))
     return system[-1].strip() if system else f"{type(cause).__name__}: {str(cause)[:200]}"
+
+
+# Seconds a worker process that has reported its task is given to exit before it is killed.
+WORKER_EXIT_SECONDS = 5.0
+
+
+def _end_worker_processes() -> None:
+    """Wait for the worker processes Luigi forked: Luigi takes a task's result from its process and
+    leaves the process to exit on its own, so `luigi.build` may return while one is still alive
+    (the kill tests found one alive 10 s after its run had ended, about once in a few full test
+    runs), and a run must not end while a process of it could still write. One still alive after
+    `WORKER_EXIT_SECONDS` has reported its task already (Luigi stops the ones it has not): killed."""
+    deadline = time.monotonic() + WORKER_EXIT_SECONDS
+    for process in multiprocessing.active_children():
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            logging.getLogger("luigi-interface").warning(
+                "worker process %d had not exited %.0f s after its task: killed", process.pid, WORKER_EXIT_SECONDS
+            )
+            process.kill()
+            process.join()
 
 
 def _build(tasks: Sequence[luigi.Task], workers: int, scheduler: dict):
