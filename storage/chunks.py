@@ -221,7 +221,7 @@ def _output_layout(path: str, key: str, *metadata_state) -> ChunkLayout:
 def file_state(path: str | Path, *, digest: bool = False) -> list | None:
     """[size, mtime_ns, SHA-256 hex digest of the bytes ("" without `digest`)] of a file, or None
     if there is none. Hashing reads the file back (from the page cache, right after it was
-    written): 0.8 GB/s on this machine."""
+    written): about 1.6 GB/s on this machine (24 ms for the 38 MB of a block's CNN sums)."""
     try:
         if not digest:
             status = os.stat(path)

@@ -115,6 +115,12 @@ def reference_role(inputs: dict[str, InputDataset]) -> str:
     return next(role for role in ("boundaries", "affinities", "raw") if role in inputs)
 
 
+def _float_or_unsigned(dtype: str) -> bool:
+    """Whether values of `dtype` are read as intensities in [0, 1]: floats as they are, unsigned
+    integers divided by their dtype's maximum."""
+    return np.issubdtype(np.dtype(dtype), np.floating) or np.issubdtype(np.dtype(dtype), np.unsignedinteger)
+
+
 def validate_inputs(inputs: dict[str, InputDataset]) -> None:
     """Raise InputError naming the first problem with the input datasets' shapes and dtypes."""
     reference = inputs[reference_role(inputs)]
@@ -125,15 +131,13 @@ def validate_inputs(inputs: dict[str, InputDataset]) -> None:
         raise InputError(f"{what} must be 3D (z, y, x), got shape {reference.shape}")
     if 0 in reference.shape:
         raise InputError(f"{what} is empty (shape {reference.shape})")
-    if reference.role in ("boundaries", "affinities") and not (
-        np.issubdtype(np.dtype(reference.dtype), np.floating) or np.issubdtype(np.dtype(reference.dtype), np.unsignedinteger)
-    ):
+    if reference.role in ("boundaries", "affinities") and not _float_or_unsigned(reference.dtype):
         raise InputError(
             f"{what} must be float with values in [0, 1], or unsigned integer read as value / dtype maximum (uint8: / 255), "
             f"got dtype {reference.dtype}"
         )
     raw = inputs.get("raw")
-    if raw is not None and not (np.issubdtype(np.dtype(raw.dtype), np.unsignedinteger) or np.issubdtype(np.dtype(raw.dtype), np.floating)):
+    if raw is not None and not _float_or_unsigned(raw.dtype):
         raise InputError(f"raw data {raw.location} must be unsigned integer or float in [0, 1], got dtype {raw.dtype}")
     for other in inputs.values():
         if other.volume_shape != reference.volume_shape:
