@@ -68,12 +68,19 @@ def timed(*arguments: str) -> float:
 
 
 def blocks_recomputed(work_dir: Path, since: float) -> dict[str, dict]:
-    """Per block-wise stage, how many blocks got a record after `since`, and their task seconds."""
+    """Per block-wise stage, how many blocks got a record after `since` by running ("blocks", with
+    their task seconds) and how many by early cutoff ("kept": their inputs held what they held)."""
     recomputed = {}
     for folder in sorted((work_dir / "status").iterdir()):
         if folder.is_dir():
             records = [record for record in JournalReader(folder).refresh().values() if record.finished > since and record.fingerprint]
-            recomputed[folder.name] = {"blocks": len(records), "task_seconds": sum(record.result.get("seconds", 0.0) for record in records)}
+            ran = [record for record in records if not record.result.get("kept")]
+            recomputed[folder.name] = {
+                "blocks": len(ran),
+                "task_seconds": sum(record.result.get("seconds", 0.0) for record in ran),
+                "kept": len(records) - len(ran),
+                "kept_seconds": sum(record.result.get("seconds", 0.0) for record in records if record.result.get("kept")),
+            }
     return recomputed
 
 
@@ -153,9 +160,15 @@ def markdown(results: dict) -> str:
     recomputed = ", ".join(
         f"{stage} {entry['blocks']} ({entry['task_seconds']:.1f} task s)" for stage, entry in results["blocks_recomputed"].items()
     )
+    kept = ", ".join(
+        f"{stage} {entry['kept']} ({entry['kept_seconds']:.2f} task s)"
+        for stage, entry in results["blocks_recomputed"].items()
+        if entry.get("kept")
+    )
     lines += [
         "",
         f"- Blocks recomputed after the one-chunk change (of {results['number_of_blocks']} per stage): {recomputed}.",
+        f"- Stale blocks kept by early cutoff (their inputs held what they held before, so their output is kept): {kept or 'none'}.",
         f"- Segmentation and supervoxels identical to the fresh run of the changed input: {results['identical_to_fresh_run']}.",
     ]
     return "\n".join(lines)

@@ -1,10 +1,12 @@
-"""Label-id bookkeeping: consecutive relabeling, lookup tables, block offsets.
+"""Label-id bookkeeping: consecutive relabeling, lookup tables, block offsets, volume-wide block ids.
 
 Label arrays hold non-negative integer ids of any shape; results are
 ``uint64``. Id ``0`` is background unless stated otherwise.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from bioimage_cpp.segmentation import relabel_sequential
@@ -88,6 +90,74 @@ def block_offsets(counts) -> np.ndarray:
     offsets = np.zeros(len(counts), dtype=np.uint64)
     np.cumsum(counts[:-1], out=offsets[1:])
     return offsets
+
+
+def supervoxel_id_stride(block_shape) -> int:
+    """The stride of volume-wide supervoxel ids: the smallest power of ten above a block's voxel count.
+
+    Block ``b``'s supervoxel ``l`` (``1 <= l <= prod(block_shape)``) has the id ``b * stride + l``
+    (:func:`block_supervoxel_ids`): written in decimal, an id reads as its block id followed by its
+    number in the block (with blocks of 32x64x64, 12000057 is supervoxel 57 of block 12).
+    """
+    return 10 ** len(str(math.prod(block_shape)))
+
+
+def block_supervoxel_ids(local, block_id: int, stride: int) -> np.ndarray:
+    """Volume-wide ids of one block's supervoxels: ``block_id * stride + local``; 0 stays 0.
+
+    ``local`` holds the block's ids ``1..n`` (``n < stride``) and 0 for background. Returns a
+    ``uint64`` array of its shape.
+    """
+    array = _as_label_array(local)
+    if array.size and int(array.max()) >= stride:
+        raise ValueError(f"block {block_id} has supervoxel {int(array.max())}, not below the id stride {stride}")
+    return np.where(array != 0, array + np.uint64(block_id * stride), np.uint64(0))
+
+
+def node_ids(ids, offsets: np.ndarray, stride: int) -> np.ndarray:
+    """The consecutive node ids of volume-wide supervoxel ids (:func:`block_supervoxel_ids`).
+
+    Supervoxel ``l`` of block ``b`` is node ``offsets[b] + l``, with ``offsets`` from
+    :func:`block_offsets` of the blocks' supervoxel counts; 0 stays 0. The map is strictly
+    increasing, so sorted edge lists stay sorted. Returns ``uint64`` of the shape of ``ids``.
+    """
+    array = _as_label_array(ids)
+    blocks = array // np.uint64(stride)
+    return np.asarray(offsets, dtype=np.uint64)[blocks] + (array - blocks * np.uint64(stride))
+
+
+def supervoxel_ids_of_nodes(number_of_nodes: int, offsets: np.ndarray, stride: int) -> np.ndarray:
+    """The volume-wide supervoxel id of every node ``0..number_of_nodes - 1``: the inverse of
+    :func:`node_ids` (node 0 is 0). Returns ``(number_of_nodes,)`` ``uint64``, strictly increasing."""
+    nodes = np.arange(number_of_nodes, dtype=np.uint64)
+    offsets = np.asarray(offsets, dtype=np.uint64)
+    # Node n > 0 belongs to the last block whose offset is below n (blocks without supervoxels
+    # share their offset with the next block).
+    blocks = np.maximum(np.searchsorted(offsets, nodes, side="left").astype(np.int64) - 1, 0)
+    ids = blocks.astype(np.uint64) * np.uint64(stride) + (nodes - offsets[blocks] if len(offsets) else nodes)
+    ids[:1] = 0
+    return ids
+
+
+def smallest_member_labels(node_labels, member_ids) -> np.ndarray:
+    """Node labels renumbered so that a segment's id is the smallest id among its members.
+
+    ``node_labels`` ``(N,)``: each node's segment, node 0 the background; ``member_ids`` ``(N,)``:
+    the id of each node (strictly increasing, ``member_ids[0] == 0``), e.g. the nodes' supervoxel
+    ids (:func:`supervoxel_ids_of_nodes`). A segment's new id depends on nothing but its members:
+    where a rerun changes some segments, the others keep their ids. Returns ``(N,)`` ``uint64``;
+    node 0 gets 0.
+    """
+    node_labels = np.asarray(node_labels)
+    member_ids = _as_label_array(member_ids)
+    if node_labels.shape != member_ids.shape or node_labels.ndim != 1:
+        raise ValueError(f"node_labels and member_ids must be 1D of one length, got {node_labels.shape} and {member_ids.shape}")
+    labels = np.zeros(len(node_labels), dtype=np.uint64)
+    if len(node_labels) > 1:
+        # The first node of a segment is its smallest member: ids increase with the node.
+        _, first, inverse = np.unique(node_labels[1:], return_index=True, return_inverse=True)
+        labels[1:] = member_ids[1:][first][inverse.ravel()]
+    return labels
 
 
 def label_overlaps(supervoxels, labels) -> tuple[np.ndarray, np.ndarray]:

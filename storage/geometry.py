@@ -47,10 +47,13 @@ class Geometry:
     def level_shape(self, level: int) -> tuple[int, ...]:
         return level_shapes(self.shape, self.level_factors[:level])[-1]
 
+    def level_scale(self, level: int) -> tuple[int, ...]:
+        """Voxels of level 0 per voxel of pyramid level `level`, per axis."""
+        return tuple(math.prod(factors[axis] for factors in self.level_factors[:level]) for axis in range(len(self.shape)))
+
     def level_resolution(self, level: int) -> tuple[float, ...]:
         """Voxel size of pyramid level `level`, nm."""
-        factors = [math.prod(factors[axis] for factors in self.level_factors[:level]) for axis in range(len(self.shape))]
-        return tuple(size * factor for size, factor in zip(self.resolution, factors))
+        return tuple(size * factor for size, factor in zip(self.resolution, self.level_scale(level)))
 
     def level_blocking(self, level: int) -> Blocking:
         """Blocks of pyramid level `level`: the block shape, clipped to the level's shape."""

@@ -244,38 +244,44 @@ class _BlockGroupTask(_StageTaskBase):
     def complete(self) -> bool:
         return not self._pending_blocks()
 
-    def _pending_blocks(self) -> dict[int, int]:
+    def _pending_blocks(self) -> dict[int, BlockRecord | None]:
         """Blocks of the group without a current record (one read of the group's journals), each
-        with the sequence number of its latest record (0: none), which its new record must pass."""
+        with its latest record (None: none), whose sequence number its new record must pass."""
         first, stop = self.block_range
         target = stage_target(self.run_context, self.stage_name)
         records = target.block_records((first, stop))
         states = target.block_states_of(records, (first, stop))
-        return {
-            block_id: records[block_id].seq if block_id in records else 0
-            for block_id in range(first, stop)
-            if states.get(block_id) is not CompletionState.DONE
-        }
+        return {block_id: records.get(block_id) for block_id in range(first, stop) if states.get(block_id) is not CompletionState.DONE}
 
     def run(self) -> None:
         run, spec = self.run_context, self.spec
         pending = self._pending_blocks()
+        keys = ContentKeys(run, spec) if spec.content_key is not None else None
         failed = []
         last_report = time.monotonic()
         first, stop = self.block_range
         with BlockJournal(run.layout.block_records(spec.name), first, stop) as journal:
-            for position, (block_id, seq) in enumerate(pending.items(), start=1):
+            for position, (block_id, latest) in enumerate(pending.items(), start=1):
+                seq = 0 if latest is None else latest.seq
                 # Taken before the block reads its input: input written meanwhile makes it stale again.
                 expected = block_fingerprints(run, spec.name)[block_id]
-                try:
-                    result, data = execute(run, spec, block_id)
-                except CannotWrite:
-                    raise  # the other blocks could not write either: stop here (see `execute`)
-                except Exception:
-                    failed.append(block_id)  # its failure record and log name the problem; go on with the others
-                else:
+                started = time.perf_counter()
+                key = None if keys is None else keys.of(block_id)
+                if key is not None and latest is not None and keeps_its_output(run, spec, block_id, latest, key):
+                    kept = {**latest.result, "kept": True, "seconds": round(time.perf_counter() - started, 6)}
                     with _failure_recorded(run, spec, block_id):
-                        journal.append(block_id, expected, result, after=seq, data=data)
+                        journal.append(block_id, expected, kept, after=seq, data=latest.data)
+                else:
+                    try:
+                        result, data = execute(run, spec, block_id)
+                    except CannotWrite:
+                        raise  # the other blocks could not write either: stop here (see `execute`)
+                    except Exception:
+                        failed.append(block_id)  # its failure record and log name the problem; go on with the others
+                    else:
+                        result = result if key is None else {**result, "content_key": key}
+                        with _failure_recorded(run, spec, block_id):
+                            journal.append(block_id, expected, result, after=seq, data=data)
                 if time.monotonic() - last_report > STATUS_INTERVAL or position == len(pending):
                     self._report(
                         f"{spec.name} blocks {self.blocks}: {position} of {len(pending)} run, {len(failed)} failed",
@@ -448,6 +454,60 @@ def block_data(run: Run, spec: StageSpec, block_id: int) -> dict[str, list]:
         "outputs": file_states(output_files(run, spec)[block_id], digest=True),
         "partials": file_states(partial_files(run, spec)[block_id], digest=True),
     }
+
+
+class ContentKeys:
+    """The content keys of the blocks of a stage with early cutoff (`StageSpec.content_key`): a
+    digest of its static definition, the digests of the files the linked upstream blocks it reads
+    wrote (from their records, read once here), the states of the input chunks it reads, and what
+    the spec's `content_key` says of the global stages it reads. Equal keys, equal inputs."""
+
+    def __init__(self, run: Run, spec: StageSpec):
+        self.run, self.spec = run, spec
+        self.definition = _definition(run, spec.name, True).encode()
+        self.inputs: list[list[bytes]] = []
+        self.linked: list[tuple[list[np.ndarray], dict[int, BlockRecord]]] = []
+        for read in run.reads(spec):
+            producer = run.producer(read)
+            linked = run.linked_blocks(spec, read)
+            if producer is None and read.region is not None:
+                dataset = run.inputs[read.name]
+                self.inputs.append(region_states(dataset.path, dataset.key, run.regions(spec, read.region)))
+            elif producer is not None and linked is not None:
+                self.linked.append((linked, stage_target(run, producer.name).block_records()))
+
+    def of(self, block_id: int) -> str | None:
+        """The block's content key; None where it cannot be told (an upstream block without data
+        in its record, or the spec's `content_key` says None)."""
+        digest = hashlib.sha256(self.definition)
+        for states in self.inputs:
+            digest.update(b"|" + states[block_id])
+        for linked, records in self.linked:
+            for upstream in linked[block_id].tolist():
+                record = records.get(upstream)
+                if record is None or record.data is None:
+                    return None
+                for state in record.data.get("outputs", []) + record.data.get("partials", []):
+                    digest.update(b"|" + (b"-" if state is None else state[2].encode()))
+        context = BlockContext(self.run, self.spec, _CONTENT_KEY_LOG, functools.partial(stage_results, self.run), block_id)
+        global_part = self.spec.content_key(context)  # type: ignore[misc]
+        if global_part is None:
+            return None
+        digest.update(b"|" + global_part)
+        return digest.hexdigest()
+
+
+_CONTENT_KEY_LOG = logging.getLogger("emflow.content_key")
+
+
+def keeps_its_output(run: Run, spec: StageSpec, block_id: int, latest: BlockRecord, key: str) -> bool:
+    """Whether a stale block may keep what it wrote (early cutoff): its latest record, not an
+    invalidation (`emflow rerun`), was written from inputs with the same content key, and the files
+    it wrote are still as recorded."""
+    if latest.fingerprint is None or latest.data is None or latest.result.get("content_key") != key:
+        return False
+    partials = zip(latest.data.get("partials", []), file_states(partial_files(run, spec)[block_id]))
+    return not changed_outputs(run, spec, {block_id: latest}) and all(same_state(recorded, current) for recorded, current in partials)
 
 
 def changed_outputs(run: Run, spec: StageSpec, records: dict[int, BlockRecord]) -> dict[int, str]:

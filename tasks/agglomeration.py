@@ -18,6 +18,7 @@ from .context import GlobalContext
 from .pair_statistics import NAME as STATISTICS
 from .pair_statistics import merged_statistics
 from .spec import Read, StageSpec, Write
+from .supervoxels import NODE_ID_READS, segment_labels
 from .write import node_label_field
 
 
@@ -41,7 +42,7 @@ def _agglomeration(stage: GlobalContext) -> dict:
     history = merge_history(
         number_of_nodes, statistics, linkage=section.linkage, quantile=section.quantile, stop_score=max(section.thresholds)
     )
-    node_labels = [history.labels_at_threshold(threshold) for threshold in section.thresholds]
+    node_labels = [segment_labels(stage, history.labels_at_threshold(threshold)) for threshold in section.thresholds]
     stage.write_table("graph/node_labels", node_labels[0], {"threshold": section.thresholds[0]})
     # The whole pass up to the largest threshold: any lower threshold's segmentation follows from it.
     stage.write_table("graph/merges", history.merges)
@@ -55,7 +56,7 @@ def _agglomeration(stage: GlobalContext) -> dict:
 AGGLOMERATION = StageSpec(
     name="agglomeration",
     blockwise=False,
-    reads=(Read.partials(STATISTICS), Read.results("supervoxel_ids")),
+    reads=(Read.partials(STATISTICS), *NODE_ID_READS),
     writes=(Write.table("graph/node_labels"), Write.table("graph/merges"), Write.table("graph/merge_scores"), Write.bundle()),
     config=("agglomeration",),
     run=_agglomeration,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from emflow.graph import block_edge_statistics
 
 from .context import BlockContext
-from .spec import Read, StageSpec, Write, forward_boxes
+from .spec import Read, StageSpec, Write, forward_boxes, no_global_reads
 
 # The graph looks at voxel pairs one step apart and a block owns the pairs whose first voxel it
 # holds, so one voxel of context on its upper faces is all it needs. Reading no lower halo cut the
@@ -31,4 +31,5 @@ BLOCK_GRAPH = StageSpec(
     ),
     writes=(Write.partials(),),
     run=_block_graph,
+    content_key=no_global_reads,
 )

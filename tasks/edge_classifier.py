@@ -20,6 +20,7 @@ from .affinities import affinity_offsets
 from .block_graph import GRAPH_HALO
 from .context import BlockContext, GlobalContext
 from .spec import Read, StageSpec, Write, forward_boxes
+from .supervoxels import NODE_ID_READS, node_id_map
 
 NAME = "channel_features"
 
@@ -47,8 +48,10 @@ def channel_feature_stages(affinities: str | None) -> tuple[StageSpec, StageSpec
     def merge(stage: GlobalContext) -> dict:
         number_of_nodes = int(stage.table_attributes("graph/edges")["number_of_nodes"])
         edges = stage.read_table("graph/edges")
-        features, face_sizes = merge_channel_features(number_of_nodes, edges, stage.partials(NAME, "edges", "statistics", "histograms"))
-        sizes = node_sizes(number_of_nodes, stage.partials(NAME, "node_ids", "node_counts"))
+        to_nodes = node_id_map(stage)
+        block_results = ((to_nodes(block_edges), *rest) for block_edges, *rest in stage.partials(NAME, "edges", "statistics", "histograms"))
+        features, face_sizes = merge_channel_features(number_of_nodes, edges, block_results)
+        sizes = node_sizes(number_of_nodes, ((to_nodes(ids), counts) for ids, counts in stage.partials(NAME, "node_ids", "node_counts")))
         names = feature_names(channel_names(offsets(stage.config)))
         stage.write_table(
             "graph/classifier_features", edge_feature_matrix(edges, features, face_sizes, sizes), {"feature_names": list(names)}
@@ -69,7 +72,7 @@ def channel_feature_stages(affinities: str | None) -> tuple[StageSpec, StageSpec
     merge_stage = StageSpec(
         name="merge_channel_features",
         blockwise=False,
-        reads=(Read.partials(NAME), Read.table("graph/edges")),
+        reads=(Read.partials(NAME), Read.table("graph/edges"), *NODE_ID_READS),
         writes=(Write.table("graph/classifier_features"),),
         run=merge,
         description="the edge classifier's features of every edge",

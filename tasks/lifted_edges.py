@@ -22,6 +22,7 @@ from .context import BlockContext, GlobalContext
 from .pair_statistics import NAME as STATISTICS
 from .pair_statistics import merged_statistics
 from .spec import Read, StageSpec, Write
+from .supervoxels import NODE_ID_READS, node_id_map
 
 
 def _label_overlaps(block: BlockContext) -> dict:
@@ -42,10 +43,11 @@ LABEL_OVERLAPS = StageSpec(
 
 def _lifted_edges(stage: GlobalContext) -> dict:
     number_of_nodes = int(stage.table_attributes("graph/edges")["number_of_nodes"])
+    to_nodes = node_id_map(stage)
     partials = list(stage.partials("lifted_label_overlaps", "pairs", "counts"))
-    node_labels = majority_labels(
-        number_of_nodes, np.concatenate([pairs for pairs, _ in partials]), np.concatenate([counts for _, counts in partials])
-    )
+    # Column 0 holds supervoxel ids, column 1 lifted labels.
+    pairs = np.concatenate([np.column_stack([to_nodes(pairs[:, 0]), pairs[:, 1]]) for pairs, _ in partials])
+    node_labels = majority_labels(number_of_nodes, pairs, np.concatenate([counts for _, counts in partials]))
     section = stage.config.lifted
     lifted_edges, lifted_costs = lifted_edges_from_node_labels(
         number_of_nodes, stage.read_table("graph/edges"), node_labels, graph_depth=section.graph_depth, weight=section.weight
@@ -61,7 +63,7 @@ def _lifted_edges(stage: GlobalContext) -> dict:
 LIFTED_EDGES = StageSpec(
     name="lifted_edges",
     blockwise=False,
-    reads=(Read.partials("lifted_label_overlaps"), Read.table("graph/edges")),
+    reads=(Read.partials("lifted_label_overlaps"), Read.table("graph/edges"), *NODE_ID_READS),
     writes=(Write.table("graph/lifted_edges"), Write.table("graph/lifted_costs"), Write.bundle()),
     config=("lifted.graph_depth", "lifted.weight"),
     run=_lifted_edges,
@@ -88,7 +90,7 @@ def _lifted_edges_from_affinities(stage: GlobalContext) -> dict:
 LIFTED_EDGES_FROM_AFFINITIES = StageSpec(
     name="lifted_edges",
     blockwise=False,
-    reads=(Read.partials(STATISTICS), Read.table("graph/edges")),
+    reads=(Read.partials(STATISTICS), Read.table("graph/edges"), *NODE_ID_READS),
     writes=(Write.table("graph/lifted_edges"), Write.table("graph/lifted_costs"), Write.bundle()),
     config=("lifted.source", "lifted.weighting", "multicut.beta"),
     run=_lifted_edges_from_affinities,

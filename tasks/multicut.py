@@ -15,6 +15,7 @@ from emflow.multicut import Solver, multicut_solver, plugin_solver
 from .context import GlobalContext
 from .hierarchical_multicut import graph_problem, load_problem, problem_stage
 from .spec import Read, StageSpec, Write
+from .supervoxels import NODE_ID_READS, segment_labels
 
 
 def solver(config) -> Solver:
@@ -37,6 +38,7 @@ def _multicut(stage: GlobalContext) -> dict:
     else:
         node_labels = solver(stage.config)(problem)
     energy = problem.energy(node_labels)
+    node_labels = segment_labels(stage, node_labels)
     stage.write_table("graph/node_labels", node_labels, {"energy": energy})
     stage.save_bundle(node_labels=node_labels)
     number_of_segments = int(np.unique(node_labels[1:]).size)
@@ -46,7 +48,7 @@ def _multicut(stage: GlobalContext) -> dict:
 
 def multicut_stage(n_scales: int, *, lifted: bool) -> StageSpec:
     """The global multicut, of the graph or (n_scales > 0) of the problem reduced to the last scale."""
-    reads = [Read.table("graph/edges"), Read.table("graph/edge_costs")]
+    reads = [Read.table("graph/edges"), Read.table("graph/edge_costs"), *NODE_ID_READS]
     reads += [Read.bundle("lifted_edges")] if lifted else []
     reads += [Read.bundle(problem_stage(scale)) for scale in range(1, n_scales + 1)]
     return StageSpec(

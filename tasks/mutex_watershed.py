@@ -3,8 +3,8 @@
 
 1. `supervoxels` (per block): the mutex watershed of the block read with `[mutex_watershed] halo`,
    cut to the block, split into connected fragments, small ones dissolved; ids 1..n per block.
-   These fragments are the run's supervoxels: `supervoxel_ids` and `relabel_supervoxels` make them
-   globally unique, as for watershed supervoxels.
+   These fragments are the run's supervoxels, stored under volume-wide ids as watershed
+   supervoxels are (`emflow.tasks.supervoxels`).
 2. `pair_statistics` (per block): nearest-neighbour and long-range affinity statistics of the
    fragment pairs the block owns (`emflow.tasks.pair_statistics`).
 3. `mutex_watershed` (global): the mutex watershed of the fragment graph from the merged statistics,
@@ -24,6 +24,7 @@ from .context import BlockContext, GlobalContext, Run
 from .pair_statistics import NAME as STATISTICS
 from .pair_statistics import merged_statistics
 from .spec import Read, StageSpec, Write
+from .supervoxels import NODE_ID_READS, segment_labels, write_block_supervoxels
 
 
 def fragment_halo(run: Run) -> tuple[int, ...]:
@@ -55,7 +56,7 @@ def fragment_stage(affinities: str) -> StageSpec:
             min_size=section.min_size,
         )
         number_of_fragments = int(fragments.max(initial=0))
-        block.write("supervoxels_block_local", fragments)
+        write_block_supervoxels(block, fragments)
         # Voxels per fragment (ids 1..n of the block), for the segment sizes of the run report.
         block.save_partial(sizes=np.bincount(fragments.ravel(), minlength=number_of_fragments + 1)[1:])
         return {"number_of_supervoxels": number_of_fragments}
@@ -64,7 +65,7 @@ def fragment_stage(affinities: str) -> StageSpec:
         name="supervoxels",
         blockwise=True,
         reads=(Read.array(affinities, region), Read.array("mask", region, optional=True)),
-        writes=(Write.array("supervoxels_block_local"), Write.partials()),
+        writes=(Write.array("supervoxels"), Write.partials()),
         config=("mutex_watershed",),
         parameters=lambda run: {"offsets": [list(offset) for offset in affinity_offsets(run.config)], "halo": list(fragment_halo(run))},
         run=run,
@@ -75,7 +76,7 @@ def fragment_stage(affinities: str) -> StageSpec:
 def _mutex_watershed(stage: GlobalContext) -> dict:
     number_of_nodes = stage.results("supervoxel_ids")["number_of_supervoxels"] + 1
     attractive, repulsive = merged_statistics(stage, "nearest"), merged_statistics(stage, "long_range")
-    node_labels = fragment_mutex_watershed(number_of_nodes, attractive, repulsive)
+    node_labels = segment_labels(stage, fragment_mutex_watershed(number_of_nodes, attractive, repulsive))
     stage.write_table("graph/node_labels", node_labels)
     stage.save_bundle(node_labels=node_labels)
     number_of_segments = int(np.unique(node_labels[1:]).size)
@@ -92,7 +93,7 @@ def _mutex_watershed(stage: GlobalContext) -> dict:
 MUTEX_WATERSHED = StageSpec(
     name="mutex_watershed",
     blockwise=False,
-    reads=(Read.partials(STATISTICS), Read.results("supervoxel_ids")),
+    reads=(Read.partials(STATISTICS), *NODE_ID_READS),
     writes=(Write.table("graph/node_labels"), Write.bundle()),
     run=_mutex_watershed,
 )

@@ -25,6 +25,7 @@ from emflow.affinity_statistics import (
 from .affinities import affinity_offsets
 from .context import BlockContext, GlobalContext, Run
 from .spec import Read, StageSpec, Write, forward_boxes
+from .supervoxels import node_id_map
 
 NAME = "pair_statistics"
 KINDS = {"nearest": nearest_neighbour_channels, "long_range": long_range_channels}
@@ -77,5 +78,9 @@ def statistics_stage(kinds: tuple[str, ...], affinities: str | None) -> StageSpe
 
 
 def merged_statistics(stage: GlobalContext, kind: str) -> PairStatistics:
-    """The statistics of `kind` of the whole volume, merged from every block's (O(pairs) memory)."""
-    return merge_pair_statistics(PairStatistics(*arrays) for arrays in stage.partials(NAME, *(f"{kind}_{field}" for field in FIELDS)))
+    """The statistics of `kind` of the whole volume, merged from every block's (O(pairs) memory), of
+    node pairs (the stage declares `NODE_ID_READS`)."""
+    to_nodes = node_id_map(stage)
+    return merge_pair_statistics(
+        PairStatistics(to_nodes(pairs), *rest) for pairs, *rest in stage.partials(NAME, *(f"{kind}_{field}" for field in FIELDS))
+    )

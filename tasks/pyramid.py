@@ -14,7 +14,7 @@ from emflow.pyramid import downsample_image, downsample_labels
 from emflow.storage.store import level_name
 
 from .context import BlockContext, Run
-from .spec import Read, StageSpec, Write, level_blocks
+from .spec import Read, StageSpec, Write, level_blocks, no_global_reads
 
 
 def _source_boxes(level: int):
@@ -49,4 +49,5 @@ def pyramid_stage(level: int, images: tuple[tuple[str, bool], ...]) -> StageSpec
         writes=tuple(Write.array(level_name(name, level)) for name, _ in images),
         blocking=level_blocks(level),
         run=_downsample(level, images),
+        content_key=no_global_reads,
     )

@@ -150,6 +150,14 @@ class StageSpec:
     file's digest). `blocking(run)`: the blocks of a block-wise stage (default: the run's).
     `creates_outputs`: the stage that creates the output group and its volumes, on which every
     stage writing into them depends. `version`: raise it when the stage's algorithm changes.
+
+    `content_key(block)`: early cutoff for a block-wise stage. A stale block whose inputs hold what
+    they held when its latest record was written is kept, not run again: its record is written
+    anew over the files it wrote then (`emflow.tasks.adapter.content_key`). The blocks of linked
+    stages it reads enter by the digests of the files they wrote, input volumes by their chunks'
+    states; `content_key` gives the bytes that stand for what the block reads of global stages
+    (b"" for none), or None where it cannot say (the block then runs). Without it, every stale
+    block runs.
     """
 
     name: str
@@ -161,12 +169,19 @@ class StageSpec:
     parameters: Callable[[Run], Any] | None = None
     blocking: Callable[[Run], Blocking] | None = None
     creates_outputs: bool = False
+    content_key: Callable[[Any], bytes | None] | None = None
     version: int = 1
     description: str = field(default="", compare=False)
 
     def blocks(self, run: Run) -> Blocking:
         """The blocking of a block-wise stage."""
         return self.blocking(run) if self.blocking is not None else run.geometry.blocking
+
+
+def no_global_reads(block: Any) -> bytes:
+    """`StageSpec.content_key` of a stage that reads no global stage: the contents of the linked
+    blocks and input chunks it reads are all its blocks depend on."""
+    return b""
 
 
 def block_position_ranges(read_regions: np.ndarray, write_regions: np.ndarray, grid: tuple[int, ...]) -> np.ndarray:

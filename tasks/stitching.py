@@ -3,9 +3,9 @@ in the stages of `emflow.stitching`:
 
 1. `supervoxels` (per block): the block's segmenter on its box grown by `[stitching] overlap`,
    renumbered so that the objects present in the box come first (`relabel_block`). The objects of
-   the box are the run's supervoxels (`supervoxels_block_local`, made globally unique by
-   `supervoxel_ids` and `relabel_supervoxels`); the labels of the whole grown box are kept as the
-   block's partial result (`.npy`, uint32, read memory-mapped by the faces stage).
+   the box are the run's supervoxels, stored under volume-wide ids (`emflow.tasks.supervoxels`);
+   the labels of the whole grown box are kept as the block's partial result (`.npy`, uint32, read
+   memory-mapped by the faces stage).
 2. `stitch_faces` (per block): for each of the block's up to three upper faces, the overlaps of its
    objects with those of the next block in the slab where their grown boxes meet, and the pairs
    `[stitching] mode` merges (`overlap_statistics`, `face_merges`).
@@ -36,7 +36,7 @@ from emflow.stitching import (
 
 from .context import BlockContext, GlobalContext, Run
 from .spec import BOX, Read, StageSpec, Write, boxes, forward_boxes
-from .supervoxels import GIVEN, watershed
+from .supervoxels import GIVEN, NODE_ID_READS, segment_labels, watershed, write_block_supervoxels
 
 
 def segment_block(
@@ -97,7 +97,7 @@ def _segment(block: BlockContext) -> dict:
         labels = np.where(mask, labels, 0)
     labels, inner_count, total_count = relabel_block(labels, inner)
     inner_labels = labels[inner.slicing]
-    block.write("supervoxels_block_local", inner_labels)
+    write_block_supervoxels(block, inner_labels)
     # Voxels per object of the box, for the segment sizes of the run report.
     block.save_partial(sizes=np.bincount(inner_labels.ravel(), minlength=inner_count + 1)[1:])
     assert total_count < 2**32, "a block's objects are numbered within the block"
@@ -124,7 +124,7 @@ SEGMENT_BLOCKS = StageSpec(
     ),
     # The partial holds the grown box's labels; the faces stage reads those of the block and of the
     # blocks after it, which is what linking by the block's own box gives.
-    writes=(Write.array("supervoxels_block_local"), Write.partials(BOX)),
+    writes=(Write.array("supervoxels"), Write.partials(BOX)),
     config=("stitching",),
     parameters=lambda run: segmenter_parameters(run.config),
     run=_segment,
@@ -180,9 +180,10 @@ def _stitch(stage: GlobalContext) -> dict:
     node_labels = np.zeros(sum(inner_counts) + 1, dtype=np.uint64)
     for block_id, (offset, count) in enumerate(zip(block_offsets(np.asarray(inner_counts, dtype=np.uint64)).tolist(), inner_counts)):
         node_labels[offset + 1 : offset + 1 + count] = mapping[block_id][1 : count + 1]
+    node_labels = segment_labels(stage, node_labels)
     stage.write_table("graph/node_labels", node_labels)
     stage.save_bundle(node_labels=node_labels)
-    number_of_segments = int(node_labels.max(initial=0))
+    number_of_segments = int(np.unique(node_labels[1:]).size)
     stage.log.info(
         "%d objects in %d blocks, %d merges over %d faces: %d segments",
         sum(inner_counts),
@@ -197,7 +198,7 @@ def _stitch(stage: GlobalContext) -> dict:
 STITCH = StageSpec(
     name="stitch",
     blockwise=False,
-    reads=(Read.results("supervoxels"), Read.partials("stitch_faces")),
+    reads=(Read.results("supervoxels"), Read.partials("stitch_faces"), *NODE_ID_READS),
     writes=(Write.table("graph/node_labels"), Write.bundle()),
     run=_stitch,
 )

@@ -1,18 +1,37 @@
-"""Supervoxels with ids unique across the volume: watershed per block, global id ranges, final ids.
+"""Supervoxels with ids unique across the volume, and the consecutive node ids of the graph stages.
 
-Three stages: per block, the watershed inside the block (or the ids of the given supervoxels);
-globally, where each block's ids go; per block, the final ids written to `supervoxels`. Watershed
-supervoxels never cross a block face: the halo gives the watershed context, but only the block's
-own box is kept.
+Watershed supervoxels never cross a block face: the halo gives the watershed context, but only the
+block's own box is kept. Block `b`'s supervoxel `l` is stored as `b * stride + l`
+(`emflow.labels.block_supervoxel_ids`, stride a power of ten above a block's voxel count), so a
+block's ids depend on nothing but the block: new data in one input chunk changes the supervoxels of
+the blocks that read it and no other block's ids, which is what lets a rerun keep the graph
+partials and the segmentation of every other block. The graph stages number supervoxels
+consecutively (`node_id_map`: node `offsets[b] + l`, the offsets from the global `supervoxel_ids`
+stage); what a user loses is that stored supervoxel ids are no longer 1..n.
+
+Given supervoxels (`[input] supervoxels_key`) keep their own numbering: their ids are relabelled to
+1..n by a global table, and those are the node ids.
 """
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable
 
 import numpy as np
 
 from emflow.config import resolve_function
 from emflow.errors import InputError
-from emflow.labels import block_offsets, map_labels, relabel_consecutive
+from emflow.labels import (
+    block_offsets,
+    block_supervoxel_ids,
+    map_labels,
+    node_ids,
+    relabel_consecutive,
+    smallest_member_labels,
+    supervoxel_id_stride,
+    supervoxel_ids_of_nodes,
+)
 from emflow.storage.store import describe_box
 from emflow.supervoxels import use_two_d
 
@@ -43,6 +62,11 @@ def watershed(config, resolution: tuple[float, ...], boundaries: np.ndarray, mas
     return labels
 
 
+def write_block_supervoxels(block: BlockContext, labels: np.ndarray) -> None:
+    """Write a block's supervoxels, numbered 1..n within the block, under their volume-wide ids."""
+    block.write("supervoxels", block_supervoxel_ids(labels, block.block_id, supervoxel_id_stride(block.geometry.block_shape)))
+
+
 def _watershed(block: BlockContext) -> dict:
     resolution = block.geometry.resolution
     two_d = two_d_supervoxels(block.config, resolution)
@@ -52,7 +76,7 @@ def _watershed(block: BlockContext) -> dict:
     if mask is not None:
         labels = np.where(mask[inner], labels, 0)
     labels, number_of_supervoxels = relabel_consecutive(labels)
-    block.write("supervoxels_block_local", labels)
+    write_block_supervoxels(block, labels)
     # Voxels per supervoxel (ids 1..n of the block), for the segment sizes of the run report.
     block.save_partial(sizes=np.bincount(labels.ravel(), minlength=number_of_supervoxels + 1)[1:])
     block.log.info("%d supervoxels (%s)", number_of_supervoxels, "2D per slice" if two_d else "3D")
@@ -69,7 +93,7 @@ WATERSHED = StageSpec(
     name="supervoxels",
     blockwise=True,
     reads=(Read.array("boundaries", CONFIGURED_HALO), Read.array("mask", CONFIGURED_HALO, optional=True)),
-    writes=(Write.array("supervoxels_block_local"), Write.partials()),
+    writes=(Write.array("supervoxels"), Write.partials()),
     config=("supervoxels",),
     run=_watershed,
 )
@@ -99,7 +123,7 @@ def _supervoxel_offsets(stage: GlobalContext) -> dict:
     counts = [results[block_id]["number_of_supervoxels"] for block_id in blocks]
     stage.save_bundle(offsets=block_offsets(np.asarray(counts, dtype=np.uint64)))
     stage.log.info("%d supervoxels in %d blocks", sum(counts), len(counts))
-    return {"number_of_supervoxels": int(sum(counts))}
+    return {"number_of_supervoxels": int(sum(counts)), "id_stride": supervoxel_id_stride(stage.geometry.block_shape)}
 
 
 SUPERVOXEL_OFFSETS = StageSpec(
@@ -108,24 +132,44 @@ SUPERVOXEL_OFFSETS = StageSpec(
     reads=(Read.results("supervoxels"),),
     writes=(Write.bundle(),),
     run=_supervoxel_offsets,
-    description="where each block's supervoxels go in the global id range 1..number_of_supervoxels",
+    description="where each block's supervoxels go in the consecutive node ids 1..number_of_supervoxels",
 )
 
-
-def _relabel_watershed(block: BlockContext) -> dict:
-    offset = block.read_bundle("supervoxel_ids", "offsets", mmap=True)[block.block_id]
-    local = block.read("supervoxels_block_local")
-    block.write("supervoxels", np.where(local != 0, local + offset, np.uint64(0)))
-    return {}
+# What a stage that maps supervoxel ids to node ids (`node_id_map`) declares it reads.
+NODE_ID_READS = (Read.results("supervoxel_ids"), Read.bundle("supervoxel_ids"))
 
 
-RELABEL_WATERSHED = StageSpec(
-    name="relabel_supervoxels",
-    blockwise=True,
-    reads=(Read.array("supervoxels_block_local"), Read.bundle("supervoxel_ids")),
-    writes=(Write.array("supervoxels"),),
-    run=_relabel_watershed,
-)
+def node_id_map(context: BlockContext | GlobalContext) -> Callable[[np.ndarray], np.ndarray]:
+    """The function from stored supervoxel ids to graph node ids 1..number_of_supervoxels (0 stays 0):
+    `emflow.labels.node_ids` for per-block ids, the identity for given supervoxels (already 1..n).
+    The stage declares `NODE_ID_READS`."""
+    return node_id_map_from(context.results("supervoxel_ids"), lambda: context.read_bundle("supervoxel_ids", "offsets", mmap=True))
+
+
+def node_id_map_from(results: dict, offsets: Callable[[], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """`node_id_map` from the `supervoxel_ids` stage's results and its bundle's block offsets."""
+    stride = results.get("id_stride")
+    if stride is None:
+        return _unchanged
+    return functools.partial(node_ids, offsets=offsets(), stride=stride)
+
+
+def _unchanged(ids: np.ndarray) -> np.ndarray:
+    return ids
+
+
+def segment_labels(context: GlobalContext, node_labels: np.ndarray) -> np.ndarray:
+    """A method's node labels with each segment numbered by its smallest supervoxel id (given
+    supervoxels: its smallest node id), `emflow.labels.smallest_member_labels`; the stage declares
+    `NODE_ID_READS`. A segment's id then depends on its supervoxels alone, so a rerun after new
+    data in one region gives every segment it did not change the id it had."""
+    stride = context.results("supervoxel_ids").get("id_stride")
+    number_of_nodes = len(node_labels)
+    if stride is None:
+        members = np.arange(number_of_nodes, dtype=np.uint64)
+    else:
+        members = supervoxel_ids_of_nodes(number_of_nodes, context.read_bundle("supervoxel_ids", "offsets"), stride)
+    return smallest_member_labels(node_labels, members)
 
 
 # --- supervoxels given as input ------------------------------------------------------------------
@@ -191,5 +235,5 @@ RELABEL_GIVEN = StageSpec(
     run=_relabel_given,
 )
 
-WATERSHED_STAGES = (WATERSHED, SUPERVOXEL_OFFSETS, RELABEL_WATERSHED)
+WATERSHED_STAGES = (WATERSHED, SUPERVOXEL_OFFSETS)
 GIVEN_STAGES = (GIVEN_IDS, GIVEN_ID_TABLE, RELABEL_GIVEN)

@@ -14,7 +14,7 @@ import networkx as nx
 import numpy as np
 import pytest
 import tifffile
-from workflow_helpers import read, run_cli, write_config, write_inputs
+from workflow_helpers import read, read_node_ids, run_cli, write_config, write_inputs
 
 from emflow.config import default_config
 from emflow.costs import edge_costs_from_features
@@ -85,7 +85,7 @@ def test_plugin_parameters_are_checked_against_its_signature(tmp_path, inputs, c
         multicut={"function": "plugin_functions:label_everything", "anything": [1, 2]},
     )
     assert run_cli("run", config) == 0
-    assert len(np.unique(read(tmp_path / "out.zarr", "segmentation"))) == read(tmp_path / "out.zarr", "supervoxels").max()
+    assert len(np.unique(read(tmp_path / "out.zarr", "segmentation"))) == read_node_ids(tmp_path / "out.zarr").max()
 
 
 def test_import_tiff_and_hdf5_then_run(tmp_path, flyem_crop, data_dir):

@@ -52,8 +52,7 @@ RESULT_ARRAYS = ("segmentation/s0", "supervoxels", "graph/edges", "graph/edge_fe
 # Block-wise stages whose blocks each write one chunk of an output array (block shape = chunk shape);
 # the stages of the other segmentation methods too (tests/test_methods_workflow.py).
 BLOCK_CHUNK_OUTPUTS = {
-    "supervoxels": "supervoxels_block_local",
-    "relabel_supervoxels": "supervoxels",
+    "supervoxels": "supervoxels",
     "write_segmentation": "segmentation/s0",
     "derive_boundaries": "boundaries/s0",
 }
@@ -433,8 +432,8 @@ def test_the_write_trace_covers_every_kind_of_write(reference):
 EXACT_KILL_POINTS = {
     "output-group-metadata-torn": (r"^chunk \.?out\.zarr[^/]*/zarr\.json$", 1, "torn", 1),
     "output-group-created-owner-not-yet-recorded": (r"^chunk \.?out\.zarr[^/]*/zarr\.json$", 1, "after", 1),
-    "supervoxel-chunk-written-before-its-record": (r"^chunk out\.zarr/supervoxels_block_local/s0/c/", 3, "after", 1),
-    "relabel-journal-line-torn": (r"^journal out\.zarr\.work/status/relabel_supervoxels/", 2, "torn", 2),
+    "supervoxel-chunk-written-before-its-record": (r"^chunk out\.zarr/supervoxels/s0/c/", 3, "after", 1),
+    "supervoxels-journal-line-torn": (r"^journal out\.zarr\.work/status/supervoxels/", 2, "torn", 2),
     "supervoxel-ids-record-torn": (r"^file out\.zarr\.work/status/supervoxel_ids\.json$", 1, "torn", 1),
     "block-graph-partial-result-torn": (r"^file out\.zarr\.work/blocks/block_graph/", 4, "torn", 2),
     "block-graph-stage-record-written": (r"^file out\.zarr\.work/status/block_graph\.json$", 1, "after", 2),
@@ -481,7 +480,7 @@ def test_kill_at_a_random_write_then_rerun_gives_the_identical_result(tmp_path, 
 # (stage, block records (None: its record as a whole), workers).
 PROGRESS_KILL_POINTS = [
     ("supervoxels", 3, 2),
-    ("relabel_supervoxels", 1, 1),
+    ("supervoxels", 1, 1),
     ("block_graph", 5, 1),
     ("merge_graph", None, 2),
     ("write_segmentation", 2, 2),
@@ -557,11 +556,11 @@ def test_torn_journal_lines_and_leftover_partial_files_are_never_taken_as_done(t
     journal.write_bytes(journal.read_bytes()[:-20])
     assert last_block not in block_records(work, "block_graph")
     # Garbage without a newline at the end of another stage's journal, and a line that is no JSON.
-    with open(next((work / "status" / "relabel_supervoxels").glob("*.jsonl")), "ab") as other:
+    with open(next((work / "status" / "supervoxels").glob("*.jsonl")), "ab") as other:
         other.write(b'{"block_id": 7, "fingerprint": "')
     with open(journals / "6-8.jsonl", "ab") as other:
         other.write(b"not a record\n")
-    records_before = {stage: block_records(work, stage) for stage in ("supervoxels", "relabel_supervoxels", "block_graph")}
+    records_before = {stage: block_records(work, stage) for stage in ("supervoxels", "block_graph")}
 
     # Temporary files as a killed writer leaves them, named as targets.atomic and zarr name theirs.
     # One is a complete, valid record of the multicut with the expected fingerprint: never read.
@@ -587,24 +586,24 @@ def test_torn_journal_lines_and_leftover_partial_files_are_never_taken_as_done(t
 
 # --- injected failures ------------------------------------------------------------------------
 
-BLOCK_STAGES = ("supervoxels", "relabel_supervoxels", "block_graph", "write_segmentation")
+BLOCK_STAGES = ("supervoxels", "block_graph", "write_segmentation")
 
 
 def test_injected_failures_are_retried_and_the_run_succeeds_in_one_go(tmp_path, reference):
-    # 32 block tasks (4 stages x 8 blocks), each attempt failing with probability 0.3, 13 attempts
-    # each: the run fails with probability <= 32 * 0.3**13 = 5e-6, and no attempt fails with
-    # probability 0.7**32 = 1e-5 (then the `attempts > 1` check below fails): a flake in 60 000 runs.
-    config = new_config(tmp_path, reference, scheduling={"retries": 12})
-    code, output = run_to_end(config, workers=2, environment={INJECT_FAILURES: "0.3"})
+    # 24 block tasks (3 stages x 8 blocks), each attempt failing with probability 0.4, 17 attempts
+    # each: the run fails with probability <= 24 * 0.4**17 = 4e-6, and no attempt fails with
+    # probability 0.6**24 = 5e-6 (then the `attempts > 1` check below fails): a flake in 100 000 runs.
+    config = new_config(tmp_path, reference, scheduling={"retries": 16})
+    code, output = run_to_end(config, workers=2, environment={INJECT_FAILURES: "0.4"})
     assert code == 0, output
     assert_same_result(tmp_path / "out.zarr", reference.output)
     work = work_folder(tmp_path / "out.zarr")
     attempts = {
         (stage, block_id): record.result["attempts"] for stage in BLOCK_STAGES for block_id, record in block_records(work, stage).items()
     }
-    assert len(attempts) == 32 and all(1 <= count <= 13 for count in attempts.values())
+    assert len(attempts) == 24 and all(1 <= count <= 17 for count in attempts.values())
     retried = [key for key, count in attempts.items() if count > 1]
-    assert retried, "no block attempt failed (probability 1e-5)"
+    assert retried, "no block attempt failed (probability 5e-6)"
     stage, block_id = retried[0]
     assert "InjectedFailure" in (work / "logs" / stage / f"{block_id}.log").read_text(), "the block's log keeps its failed attempts"
     assert not list((work / "failed").rglob("*.json")), "a block that succeeded on a retry left a failure record"
@@ -615,7 +614,7 @@ def test_injected_failures_without_retries_fail_the_run_and_reruns_finish_identi
     work = work_folder(tmp_path / "out.zarr")
     failing = {INJECT_FAILURES: "0.5"}
 
-    # The first run fails unless all 32 block attempts succeed (probability 2**-32).
+    # The first run fails unless all 24 block attempts succeed (probability 2**-24).
     code, output = run_to_end(config, environment=failing)
     assert code == 1, output
     named = re.findall(r"(\w+) block (\d+): InjectedFailure: .*\n\s+log: (\S+)", output)

@@ -12,7 +12,7 @@ import pytest
 import tomli_w
 import zarr
 from sklearn.ensemble import HistGradientBoostingClassifier
-from workflow_helpers import noisy_groundtruth_affinities, read, run_cli, write_affinities, write_config, write_inputs
+from workflow_helpers import noisy_groundtruth_affinities, read, read_node_ids, run_cli, write_affinities, write_config, write_inputs
 
 from emflow.affinities import boundaries_from_affinities
 from emflow.blocking import Blocking
@@ -227,7 +227,7 @@ def test_train_edges_learns_from_the_runs_graph_and_the_ground_truth(trained, in
 def test_a_run_with_learned_costs_uses_the_in_core_features_and_the_classifiers_probabilities(tmp_path, trained, inputs):
     assert run_cli("run", _config(tmp_path, inputs, costs={"classifier": str(trained)})) == 0
     out = tmp_path / "out.zarr"
-    supervoxels = read(out, "supervoxels")
+    supervoxels = read_node_ids(out)
     affinities = read(inputs, "affinities")
     boundaries = boundaries_from_affinities(affinities, OFFSETS)
     np.testing.assert_array_equal(read(out, "boundaries"), boundaries)
@@ -278,7 +278,7 @@ def test_a_run_computes_only_the_channels_its_classifier_uses(tmp_path, inputs):
     stages = {spec.name: spec for spec in load_run(str(config)).stages}
     assert {read.name for read in stages["channel_features"].reads} == {"supervoxels", "boundaries"}
     out = tmp_path / "run" / "out.zarr"
-    edges, channel_features, face_sizes, sizes = in_core_channel_features(read(out, "supervoxels"), read(out, "boundaries")[None])
+    edges, channel_features, face_sizes, sizes = in_core_channel_features(read_node_ids(out), read(out, "boundaries")[None])
     assert np.array_equal(read(out, "graph/edges"), edges)
     np.testing.assert_allclose(
         read(out, "graph/classifier_features"), edge_feature_matrix(edges, channel_features, face_sizes, sizes), rtol=1e-10, atol=1e-12

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from emflow.blocking import Blocking
-from emflow.labels import block_offsets, map_labels, relabel_consecutive
+from emflow.labels import block_offsets, block_supervoxel_ids, map_labels, node_ids, relabel_consecutive, supervoxel_id_stride
 
 
 def _assert_order_preserving_consecutive(old, new, keep_zero=True):
@@ -84,3 +84,29 @@ def test_block_offsets_make_blockwise_ids_globally_unique(flyem_crop):
 
     np.testing.assert_array_equal(block_offsets([3, 0, 5]), [0, 3, 3])
     assert block_offsets([]).shape == (0,)
+
+
+def test_volume_wide_block_ids_map_onto_consecutive_node_ids(flyem_crop):
+    segmentation = flyem_crop["oversegmentation"]
+    blocking = Blocking(segmentation.shape, (24, 48, 40))
+    stride = supervoxel_id_stride(blocking.block_shape)
+    assert stride == 100_000 and supervoxel_id_stride((10, 10, 10)) == 10_000  # 46,080 and 1,000 voxels
+    local_labels = [relabel_consecutive(segmentation[blocking.block(block_id).slicing]) for block_id in range(blocking.number_of_blocks)]
+    offsets = block_offsets(np.array([count for _, count in local_labels]))
+    stored = np.zeros(segmentation.shape, dtype=np.uint64)
+    consecutive = np.zeros(segmentation.shape, dtype=np.uint64)
+    for block_id, (labels, _) in enumerate(local_labels):
+        box = blocking.block(block_id).slicing
+        stored[box] = block_supervoxel_ids(labels, block_id, stride)
+        consecutive[box] = labels + offsets[block_id]
+        # A block's ids read as its id followed by its own numbering.
+        assert np.unique(stored[box])[0] == block_id * stride + 1
+    # Node ids are exactly the consecutive global ids, and the map keeps the order of ids.
+    np.testing.assert_array_equal(node_ids(stored, offsets, stride), consecutive)
+    np.testing.assert_array_equal(node_ids(stored, offsets, stride), relabel_consecutive(stored)[0])
+    assert node_ids(np.zeros(3, dtype=np.uint64), offsets, stride).tolist() == [0, 0, 0]
+
+    with_background = block_supervoxel_ids(np.array([0, 1, 2]), 3, 10)
+    assert with_background.tolist() == [0, 31, 32]
+    with pytest.raises(ValueError, match="block 3 has supervoxel 10, not below the id stride 10"):
+        block_supervoxel_ids(np.array([10]), 3, 10)

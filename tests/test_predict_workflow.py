@@ -123,7 +123,6 @@ def test_a_new_model_makes_prediction_and_everything_after_it_stale_but_a_batch_
         "predict",
         "blend_predictions",
         "supervoxels",
-        "relabel_supervoxels",
         "block_graph",
         "supervoxel_ids",
         "merge_graph",

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from workflow_helpers import read, records_since, run_cli, write_config, write_inputs
+from workflow_helpers import kept_since, read, records_since, run_cli, write_config, write_inputs
 
 from emflow.blocking import Blocking, Box
 from emflow.storage.volumes import open_volume
@@ -65,6 +65,19 @@ def _blocks_reading(blocking: Blocking, halo, changed: Box) -> set[int]:
     return reading
 
 
+def _graph_blocks_reading(blocking: Blocking, supervoxel_blocks: set[int]) -> set[int]:
+    """Blocks whose box grown by `GRAPH_HALO` on its upper faces (what `block_graph` reads) meets
+    the box of one of `supervoxel_blocks`."""
+    changed = [blocking.block(block_id) for block_id in supervoxel_blocks]
+    reading = set()
+    for block_id in range(blocking.number_of_blocks):
+        box = blocking.block(block_id)
+        end = [min(stop + step, size) for stop, step, size in zip(box.end, GRAPH_HALO, blocking.shape)]
+        if any(all(b < ce and cb < e for b, e, cb, ce in zip(box.begin, end, other.begin, other.end)) for other in changed):
+            reading.add(block_id)
+    return reading
+
+
 def test_a_finished_run_is_a_no_op(finished_run):
     started = time.time()
     assert run_cli("run", finished_run) == 0
@@ -72,13 +85,26 @@ def test_a_finished_run_is_a_no_op(finished_run):
     assert all(status.done == status.total for status in workflow_status(str(finished_run)))
 
 
-def test_new_data_in_one_input_chunk_recomputes_exactly_the_blocks_that_read_it(run_copy, flyem_crop, tmp_path):
-    boundaries = open_volume(tmp_path / "input.zarr", "boundaries", mode="r+")
-    # A chunk in the middle of the volume, so that blocks on every side of it read it in their halo.
+def _change_one_input_chunk(input_path) -> Box:
+    """New data in a chunk in the middle of the volume, so that blocks on every side of it read it
+    in their halo; returns its box."""
+    boundaries = open_volume(input_path, "boundaries", mode="r+")
     changed = Box((16, 32, 64), (32, 64, 96))
     new_data = np.asarray(boundaries[changed.slicing])
     new_data[:, :, :16] = 1.0 - new_data[:, :, :16]  # a real change: membranes where there were none
     boundaries[changed.slicing] = new_data
+    return changed
+
+
+def _assert_equals_a_fresh_run(tmp_path) -> None:
+    fresh = write_config(tmp_path / "fresh.toml", tmp_path / "input.zarr", tmp_path / "fresh.zarr", block_shape=BLOCK_SHAPE, halo=HALO)
+    assert run_cli("run", fresh) == 0
+    for key in ("supervoxels", "segmentation", "graph/edges", "graph/edge_features", "graph/node_labels"):
+        assert np.array_equal(read(tmp_path / "out.zarr", key), read(tmp_path / "fresh.zarr", key)), key
+
+
+def test_new_data_in_one_input_chunk_recomputes_exactly_the_blocks_that_read_it(run_copy, flyem_crop, tmp_path):
+    changed = _change_one_input_chunk(tmp_path / "input.zarr")
     blocking = Blocking(flyem_crop["raw"].shape, BLOCK_SHAPE)
     expected_supervoxel_blocks = _blocks_reading(blocking, HALO, changed)
     assert 8 <= len(expected_supervoxel_blocks) < blocking.number_of_blocks // 2
@@ -86,25 +112,50 @@ def test_new_data_in_one_input_chunk_recomputes_exactly_the_blocks_that_read_it(
     statuses = {status.stage: status for status in workflow_status(str(run_copy))}
     assert statuses["supervoxels"].stale == len(expected_supervoxel_blocks)
     assert statuses["supervoxels"].done == blocking.number_of_blocks - len(expected_supervoxel_blocks)
-    # Every stage after it reads every block's supervoxels (through the global id ranges).
+    # Supervoxel ids are numbered per block, so the graph of a block that reads no changed
+    # supervoxels is kept; the global stages and the segmentation (from their node labels) are not.
+    expected_graph_blocks = _graph_blocks_reading(blocking, expected_supervoxel_blocks)
+    assert len(expected_graph_blocks) < blocking.number_of_blocks
+    assert statuses["block_graph"].stale == len(expected_graph_blocks)
+    assert statuses["block_graph"].done == blocking.number_of_blocks - len(expected_graph_blocks)
     assert statuses["prepare_output"].done == 1
-    assert all(status.done == 0 for name, status in statuses.items() if name not in ("prepare_output", "supervoxels"))
+    assert all(status.done == 0 for name, status in statuses.items() if name not in ("prepare_output", "supervoxels", "block_graph"))
 
+    segmentation_before = read(tmp_path / "out.zarr", "segmentation")
     started = time.time()
     assert run_cli("run", run_copy) == 0
     rerun = records_since(tmp_path / "out.zarr.work", started)
+    kept = kept_since(tmp_path / "out.zarr.work", started)
     assert {block_id for stage, block_id in rerun if stage == "supervoxels" and block_id is not None} == expected_supervoxel_blocks
-    assert {block_id for stage, block_id in rerun if stage == "write_segmentation" and block_id is not None} == set(
-        range(blocking.number_of_blocks)
-    )
     assert ("prepare_output", None) not in rerun
-    assert _blocks_reading(blocking, GRAPH_HALO, changed) <= {block_id for stage, block_id in rerun if stage == "block_graph"}
+    assert {block_id for stage, block_id in rerun if stage == "block_graph" and block_id is not None} == expected_graph_blocks
+    # Every write_segmentation block was stale (the multicut ran again). Early cutoff kept those
+    # whose supervoxels and segment ids are as they were: segment ids are the segments' smallest
+    # supervoxel ids, so only segments the change reached have new ids.
+    written = {block_id for stage, block_id in rerun if stage == "write_segmentation" and block_id is not None}
+    kept_blocks = {block_id for stage, block_id in kept if stage == "write_segmentation"}
+    assert written == set(range(blocking.number_of_blocks))
+    assert 0 < len(kept_blocks) < blocking.number_of_blocks
+    segmentation = read(tmp_path / "out.zarr", "segmentation")
+    for block_id in kept_blocks:
+        box = blocking.block(block_id).slicing
+        assert np.array_equal(segmentation[box], segmentation_before[box]), block_id
+    assert not np.array_equal(segmentation, segmentation_before)
 
     # The reprocessed output equals a fresh run over the new input.
-    fresh = write_config(tmp_path / "fresh.toml", tmp_path / "input.zarr", tmp_path / "fresh.zarr", block_shape=BLOCK_SHAPE, halo=HALO)
-    assert run_cli("run", fresh) == 0
-    for key in ("supervoxels", "segmentation", "graph/edges", "graph/edge_features"):
-        assert np.array_equal(read(tmp_path / "out.zarr", key), read(tmp_path / "fresh.zarr", key)), key
+    _assert_equals_a_fresh_run(tmp_path)
+
+
+def test_early_cutoff_never_keeps_an_output_changed_since_it_was_written(run_copy, tmp_path):
+    _change_one_input_chunk(tmp_path / "input.zarr")
+    # A block far from the change, which early cutoff would keep: its segmentation is overwritten.
+    far = Blocking((64, 128, 128), BLOCK_SHAPE).block(0)
+    open_volume(tmp_path / "out.zarr", "segmentation", mode="r+")[far.slicing] = 7
+    started = time.time()
+    assert run_cli("run", run_copy) == 0
+    assert ("write_segmentation", 0) in records_since(tmp_path / "out.zarr.work", started)
+    assert ("write_segmentation", 0) not in kept_since(tmp_path / "out.zarr.work", started)
+    _assert_equals_a_fresh_run(tmp_path)
 
 
 def test_rerun_blocks_invalidates_them_and_their_dependents(run_copy, tmp_path, capsys):
@@ -115,9 +166,9 @@ def test_rerun_blocks_invalidates_them_and_their_dependents(run_copy, tmp_path, 
     assert "supervoxels blocks 3, 17" in capsys.readouterr().err
     rerun = records_since(tmp_path / "out.zarr.work", started)
     assert {block_id for stage, block_id in rerun if stage == "supervoxels"} == {3, 17, None}
-    number_of_blocks = Blocking((64, 128, 128), BLOCK_SHAPE).number_of_blocks
-    for dependent in ("relabel_supervoxels", "block_graph", "write_segmentation"):
-        assert {block_id for stage, block_id in rerun if stage == dependent} == set(range(number_of_blocks)) | {None}
+    blocking = Blocking((64, 128, 128), BLOCK_SHAPE)
+    assert {block_id for stage, block_id in rerun if stage == "block_graph"} == _graph_blocks_reading(blocking, {3, 17}) | {None}
+    assert {block_id for stage, block_id in rerun if stage == "write_segmentation"} == set(range(blocking.number_of_blocks)) | {None}
     assert {("supervoxel_ids", None), ("merge_graph", None), ("edge_costs", None), ("multicut", None)} <= rerun
     assert ("prepare_output", None) not in rerun
     assert np.array_equal(read(tmp_path / "out.zarr", "segmentation"), reference)

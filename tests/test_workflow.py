@@ -13,11 +13,13 @@ import h5py
 import luigi
 import numpy as np
 import pytest
-from workflow_helpers import read, records_since, run_cli, write_config, write_inputs
+from workflow_helpers import read, read_node_ids, records_since, run_cli, write_config, write_inputs
 
+from emflow.blocking import Blocking
 from emflow.costs import edge_costs_from_features
 from emflow.evaluation import adapted_rand_error, evaluate
 from emflow.graph import in_core_graph_features
+from emflow.labels import supervoxel_id_stride
 from emflow.storage.volumes import write_volume
 from emflow.targets import JournalReader
 from emflow.tasks.adapter import invalidate_records, stage_costs, stage_results, stage_target, task_costs
@@ -41,26 +43,32 @@ def finished_run(tmp_path_factory, inputs):
 
 def test_blockwise_graph_equals_in_core_graph(finished_run, inputs):
     _, output = finished_run
-    supervoxels = read(output, "supervoxels")
+    supervoxels = read_node_ids(output)
     edges, features, number_of_nodes = in_core_graph_features(supervoxels, read(inputs, "boundaries").astype(np.float32))
     assert np.array_equal(read(output, "graph/edges"), edges)
     np.testing.assert_allclose(read(output, "graph/edge_features"), features, rtol=1e-10, atol=1e-12)
     assert number_of_nodes == supervoxels.max() + 1
 
 
-def test_supervoxels_are_consecutive_and_cover_the_volume(finished_run):
+def test_supervoxel_ids_are_numbered_per_block_and_cover_the_volume(finished_run):
     _, output = finished_run
     supervoxels = read(output, "supervoxels")
-    ids = np.unique(supervoxels)
-    assert ids[0] == 1, "no voxel may keep id 0 without a mask"
-    assert np.array_equal(ids, np.arange(1, ids.size + 1))
+    blocking = Blocking(supervoxels.shape, (32, 64, 64))
+    assert supervoxel_id_stride(blocking.block_shape) == 10**6
+    for block_id in range(blocking.number_of_blocks):
+        ids = np.unique(supervoxels[blocking.block(block_id).slicing])
+        assert ids[0] == block_id * 10**6 + 1, "no voxel may keep id 0 without a mask"
+        assert np.array_equal(ids, np.arange(ids[0], ids[0] + ids.size)), block_id
+    nodes = np.unique(read_node_ids(output))
+    assert np.array_equal(nodes, np.arange(1, nodes.size + 1))
+    assert nodes.size + 1 == read(output, "graph/node_labels").size
 
 
 def test_segmentation_matches_node_labels_and_is_ome_zarr(finished_run):
     _, output = finished_run
     segmentation = read(output, "segmentation")
     node_labels = read(output, "graph/node_labels")
-    assert np.array_equal(segmentation, node_labels[read(output, "supervoxels")])
+    assert np.array_equal(segmentation, node_labels[read_node_ids(output)])
     import zarr
 
     group = zarr.open_group(str(output / "segmentation"), mode="r")
@@ -87,7 +95,7 @@ def test_status_reports_every_stage_done(finished_run, capsys):
     rows = {line.split()[0]: [int(value) for value in line.split()[1:]] for line in lines[1:]}
     assert rows["supervoxels"] == [8, 0, 0, 0, 8]
     assert rows["multicut"] == [1, 0, 0, 0, 1]
-    assert len(rows) == 9
+    assert len(rows) == 8
 
 
 def test_evaluate_cli_prints_the_metrics_of_the_arrays(finished_run, inputs, tmp_path, capsys):
@@ -205,7 +213,7 @@ def test_killed_run_resumes_to_the_identical_result(tmp_path, inputs):
         start_new_session=True,
     )
     deadline = time.time() + 120
-    while time.time() < deadline and len(JournalReader(status_dir / "relabel_supervoxels").refresh()) < 2:
+    while time.time() < deadline and len(JournalReader(status_dir / "block_graph").refresh()) < 2:
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
@@ -227,8 +235,8 @@ def test_mask_keeps_background_out_of_supervoxels_graph_and_segmentation(tmp_pat
     assert np.all((supervoxels == 0) == (mask == 0))
     assert np.all((segmentation == 0) == (mask == 0))
     assert read(output, "graph/edges")[:, 0].min() > 0, "no edge touches the background"
-    ids = np.unique(supervoxels[mask == 1])
-    assert np.array_equal(ids, np.arange(1, ids.size + 1))
+    nodes = np.unique(read_node_ids(output)[mask == 1])
+    assert np.array_equal(nodes, np.arange(1, nodes.size + 1))
 
 
 def test_anisotropic_voxels_choose_two_dimensional_supervoxels(tmp_path, data_dir):
@@ -295,13 +303,12 @@ def test_linked_blocks_are_those_whose_write_regions_meet_the_read_region(tmp_pa
                 assert not linked[block_id].flags.writeable
                 links += 1
     assert {spec.name for spec in run.stages if any(run.linked_blocks(spec, other) is not None for other in run.reads(spec))} >= {
-        "relabel_supervoxels",
         "block_graph",
         "write_segmentation",
         "pyramid_s1",
         "pyramid_s2",
     }
-    assert links > 200
+    assert links > 150
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import zarr
 from emflow.affinities import affinities_from_labels, boundary_target
 from emflow.boundaries import boundaries_from_labels
 from emflow.cli.main import main
+from emflow.labels import relabel_consecutive, smallest_member_labels
 from emflow.storage.volumes import open_volume, write_volume
 from emflow.targets import JournalReader
 
@@ -73,9 +74,46 @@ def records_since(work_dir: Path, since: float) -> set[tuple[str, int | None]]:
     return written
 
 
+def kept_since(work_dir: Path, since: float) -> set[tuple[str, int]]:
+    """(stage, block id) of every block kept by early cutoff (its record written anew, its output
+    not) after `since`."""
+    kept = set()
+    for path in (work_dir / "status").iterdir():
+        if path.is_dir():
+            records = JournalReader(path).refresh()
+            kept |= {(path.name, block_id) for block_id, record in records.items() if record.finished > since and record.result.get("kept")}
+    return kept
+
+
 def run_cli(*arguments: str) -> int:
     return main([str(argument) for argument in arguments])
 
 
 def read(path: Path, key: str) -> np.ndarray:
     return np.asarray(open_volume(path, key)[...])
+
+
+def read_node_ids(path: Path) -> np.ndarray:
+    """A run's supervoxels as the graph's node ids. Block b's supervoxel l is stored as
+    b * stride + l and is node offsets[b] + l: a strictly increasing map onto 1..n (every node has
+    voxels), so the node ids are the stored ids relabelled consecutively."""
+    return relabel_consecutive(read(path, "supervoxels"))[0]
+
+
+def as_segment_ids(path: Path, node_labels: np.ndarray) -> np.ndarray:
+    """In-memory node labels of a run's graph as the run stores them: each segment numbered by its
+    smallest supervoxel id (`emflow.tasks.supervoxels.segment_labels`)."""
+    ids = np.unique(read(path, "supervoxels"))
+    return smallest_member_labels(node_labels, np.concatenate([[0], ids[ids != 0]]).astype(np.uint64))
+
+
+def as_segment_volume(path: Path, segmentation: np.ndarray) -> np.ndarray:
+    """An in-memory segmentation whose segments are unions of a run's supervoxels, numbered as the
+    run numbers its segments: each by its smallest supervoxel id (0 stays 0)."""
+    supervoxels, segments = read(path, "supervoxels").ravel(), np.asarray(segmentation).ravel()
+    order = np.lexsort((supervoxels, segments))
+    ids, first, inverse = np.unique(segments[order], return_index=True, return_inverse=True)
+    smallest = np.where(ids == 0, 0, supervoxels[order][first]).astype(np.uint64)
+    renumbered = np.empty(segments.shape, dtype=np.uint64)
+    renumbered[order] = smallest[inverse.ravel()]
+    return renumbered.reshape(np.shape(segmentation))

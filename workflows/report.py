@@ -36,7 +36,9 @@ def segment_sizes(run: Run) -> np.ndarray:
         for block_id in range(number_of_blocks):
             (block_sizes,) = run.store.load_partial("supervoxels", block_id, "sizes")
             sizes[int(offsets[block_id]) + 1 : int(offsets[block_id]) + 1 + len(block_sizes)] = block_sizes
-    return np.bincount(node_labels[1:].astype(np.int64), weights=sizes[1:], minlength=int(node_labels.max()) + 1)[1:].astype(np.int64)
+    # Segment ids are supervoxel ids (sparse, up to the volume's voxel count): counted by their rank.
+    segments = np.unique(node_labels[1:], return_inverse=True)[1].ravel()
+    return np.bincount(segments, weights=sizes[1:]).astype(np.int64)
 
 
 def report_is_current(run: Run) -> bool:

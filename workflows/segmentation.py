@@ -58,7 +58,7 @@ from emflow.tasks.prepare import PREPARE_OUTPUT
 from emflow.tasks.pyramid import pyramid_stage
 from emflow.tasks.spec import StageSpec
 from emflow.tasks.stitching import SEGMENT_BLOCKS, STITCH, STITCH_FACES
-from emflow.tasks.supervoxels import GIVEN, GIVEN_STAGES, RELABEL_WATERSHED, SUPERVOXEL_OFFSETS, WATERSHED_STAGES, two_d_supervoxels
+from emflow.tasks.supervoxels import GIVEN, GIVEN_STAGES, SUPERVOXEL_OFFSETS, WATERSHED_STAGES, two_d_supervoxels
 from emflow.tasks.write import write_stage
 
 
@@ -95,9 +95,9 @@ def segmentation_stages(config: RunConfig, geometry: Geometry) -> tuple[StageSpe
         stages += [DERIVE_BOUNDARIES]
     if method == "mutex-watershed":
         assert affinities is not None
-        stages += [fragment_stage(affinities), SUPERVOXEL_OFFSETS, RELABEL_WATERSHED]
+        stages += [fragment_stage(affinities), SUPERVOXEL_OFFSETS]
     elif method == "stitching":
-        stages += [SEGMENT_BLOCKS, SUPERVOXEL_OFFSETS, RELABEL_WATERSHED]
+        stages += [SEGMENT_BLOCKS, SUPERVOXEL_OFFSETS]
     else:
         stages += GIVEN_STAGES if given_supervoxels else WATERSHED_STAGES
     if method == "multicut":
@@ -137,8 +137,6 @@ def output_volumes(config: RunConfig, geometry: Geometry) -> dict[str, Volume]:
     levels of the pyramid images."""
     volumes = {"supervoxels": Volume("supervoxels", "uint64", label=True)}
     volumes |= {name: Volume(name, "uint64", label=True) for name in segmentation_volumes(config)}
-    if not config.input.supervoxels_key or config.method == "stitching":
-        volumes["supervoxels_block_local"] = Volume("supervoxels_block_local", "uint64", label=True)
     if config.predicting:
         description = describe_model(model_path(config))
         dtype = config.predict.output_dtype

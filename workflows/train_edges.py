@@ -24,12 +24,13 @@ from emflow.storage.edge_classifiers import save_edge_classifier
 from emflow.storage.geometry import Geometry
 from emflow.storage.models import file_digest
 from emflow.storage.volumes import opened_volume, parse_location, read_region
-from emflow.tasks.adapter import Workflow
+from emflow.tasks.adapter import Workflow, stage_results
 from emflow.tasks.affinities import affinity_array, affinity_offsets
 from emflow.tasks.context import Run
 from emflow.tasks.edge_classifier import channel_feature_stages
 from emflow.tasks.predict import model_path
 from emflow.tasks.spec import StageSpec
+from emflow.tasks.supervoxels import node_id_map_from
 
 from .run import run_workflow
 from .segmentation import load_run, segmentation_stages
@@ -68,9 +69,10 @@ class EdgeTrainingReport:
 
 
 def _groundtruth_overlaps(run: Run, location: str) -> tuple[np.ndarray, np.ndarray]:
-    """(supervoxel, body) voxel counts of the run's supervoxels against the ground truth, block by block."""
+    """(node, body) voxel counts of the run's supervoxels against the ground truth, block by block."""
     path, key = parse_location(location)
     pairs, counts = [], []
+    to_nodes = node_id_map_from(stage_results(run, "supervoxel_ids"), lambda: run.store.load_global("supervoxel_ids", "offsets", mmap=True))
     with opened_volume(path, key) as groundtruth:
         if tuple(groundtruth.shape) != tuple(run.geometry.shape):
             raise InputError(f"ground truth {location} has shape {tuple(groundtruth.shape)}, the run's volume {tuple(run.geometry.shape)}")
@@ -78,7 +80,7 @@ def _groundtruth_overlaps(run: Run, location: str) -> tuple[np.ndarray, np.ndarr
         for block_id in range(blocking.number_of_blocks):
             box = blocking.block(block_id)
             block_pairs, block_counts = label_overlaps(run.store.read("supervoxels", box), read_region(groundtruth, box.slicing, location))
-            pairs.append(block_pairs)
+            pairs.append(np.column_stack([to_nodes(block_pairs[:, 0]), block_pairs[:, 1]]))
             counts.append(block_counts)
     if not sum(len(block_counts) for block_counts in counts):
         raise InputError(f"ground truth {location} labels no voxel of the run's supervoxels")
