@@ -24,7 +24,7 @@ from .context import BlockContext, GlobalContext, Run
 from .pair_statistics import NAME as STATISTICS
 from .pair_statistics import merged_statistics
 from .spec import Read, StageSpec, Write
-from .supervoxels import NODE_ID_READS, segment_labels, write_block_supervoxels
+from .supervoxels import NODE_ID_READS, PER_BLOCK_IDS, segment_labels, write_block_supervoxels
 
 
 def fragment_halo(run: Run) -> tuple[int, ...]:
@@ -69,7 +69,8 @@ def fragment_stage(affinities: str) -> StageSpec:
         config=("mutex_watershed",),
         parameters=lambda run: {"offsets": [list(offset) for offset in affinity_offsets(run.config)], "halo": list(fragment_halo(run))},
         run=run,
-        description="mutex watershed fragments of one block, ids 1..n",
+        description="mutex watershed fragments of one block, ids 1..n within the block",
+        version=PER_BLOCK_IDS,
     )
 
 

@@ -36,7 +36,7 @@ from emflow.stitching import (
 
 from .context import BlockContext, GlobalContext, Run
 from .spec import BOX, Read, StageSpec, Write, boxes, forward_boxes
-from .supervoxels import GIVEN, NODE_ID_READS, segment_labels, watershed, write_block_supervoxels
+from .supervoxels import GIVEN, NODE_ID_READS, PER_BLOCK_IDS, segment_labels, watershed, write_block_supervoxels
 
 
 def segment_block(
@@ -129,6 +129,7 @@ SEGMENT_BLOCKS = StageSpec(
     parameters=lambda run: segmenter_parameters(run.config),
     run=_segment,
     description="one block segmented on its own, grown by the stitching overlap",
+    version=PER_BLOCK_IDS,
 )
 
 

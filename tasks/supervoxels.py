@@ -62,6 +62,12 @@ def watershed(config, resolution: tuple[float, ...], boundaries: np.ndarray, mas
     return labels
 
 
+# Version of the stages that store their supervoxels with `write_block_supervoxels`. Version 1
+# stored ids 1..n per block, which a `relabel_supervoxels` stage then offset: a run finished by it
+# is recomputed instead of having its consecutive ids read as per-block ones.
+PER_BLOCK_IDS = 2
+
+
 def write_block_supervoxels(block: BlockContext, labels: np.ndarray) -> None:
     """Write a block's supervoxels, numbered 1..n within the block, under their volume-wide ids."""
     block.write("supervoxels", block_supervoxel_ids(labels, block.block_id, supervoxel_id_stride(block.geometry.block_shape)))
@@ -96,6 +102,7 @@ WATERSHED = StageSpec(
     writes=(Write.array("supervoxels"), Write.partials()),
     config=("supervoxels",),
     run=_watershed,
+    version=PER_BLOCK_IDS,
 )
 
 
