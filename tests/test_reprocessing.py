@@ -141,6 +141,8 @@ def test_new_data_in_one_input_chunk_recomputes_exactly_the_blocks_that_read_it(
         box = blocking.block(block_id).slicing
         assert np.array_equal(segmentation[box], segmentation_before[box]), block_id
     assert not np.array_equal(segmentation, segmentation_before)
+    # A kept block's record names the files it wrote before: every one still has its digest.
+    assert run_cli("verify", run_copy) == 0
 
     # The reprocessed output equals a fresh run over the new input.
     _assert_equals_a_fresh_run(tmp_path)
