@@ -515,8 +515,18 @@ def keeps_its_output(run: Run, spec: StageSpec, block_id: int, latest: BlockReco
     it wrote are still as recorded."""
     if latest.fingerprint is None or latest.data is None or latest.result.get("content_key") != key:
         return False
-    partials = zip(latest.data.get("partials", []), file_states(partial_files(run, spec)[block_id]))
-    return not changed_outputs(run, spec, {block_id: latest}) and all(same_state(recorded, current) for recorded, current in partials)
+    if changed_outputs(run, spec, {block_id: latest}):
+        return False
+    return first_changed_file(partial_files(run, spec)[block_id], latest.data.get("partials", [])) is None
+
+
+def first_changed_file(paths: list[str], recorded: list[list | None]) -> tuple[str, list | None, list | None] | None:
+    """The first of `paths` that is not as its `recorded` state says (a `stat` each), as (path,
+    recorded state, current state); None if every one is."""
+    for path, state, current in zip(paths, recorded, file_states(paths)):
+        if not same_state(state, current):
+            return path, state, current
+    return None
 
 
 def changed_outputs(run: Run, spec: StageSpec, records: dict[int, BlockRecord]) -> dict[int, str]:
@@ -538,10 +548,10 @@ def changed_outputs(run: Run, spec: StageSpec, records: dict[int, BlockRecord]) 
         if len(recorded) != len(paths):
             changed[block_id] = f"its record names {len(recorded)} output files, not {len(paths)}"
             continue
-        for path, state, current in zip(paths, recorded, file_states(paths)):
-            if not same_state(state, current):
-                changed[block_id] = f"{path} {'is missing' if current is None else 'was changed'}"
-                break
+        first = first_changed_file(paths, recorded)
+        if first is not None:
+            path, _, current = first
+            changed[block_id] = f"{path} {'is missing' if current is None else 'was changed'}"
     return changed
 
 

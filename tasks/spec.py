@@ -153,7 +153,7 @@ class StageSpec:
 
     `content_key(block)`: early cutoff for a block-wise stage. A stale block whose inputs hold what
     they held when its latest record was written is kept, not run again: its record is written
-    anew over the files it wrote then (`emflow.tasks.adapter.content_key`). The blocks of linked
+    anew over the files it wrote then (`emflow.tasks.adapter.ContentKeys`). The blocks of linked
     stages it reads enter by the digests of the files they wrote, input volumes by their chunks'
     states; `content_key` gives the bytes that stand for what the block reads of global stages
     (b"" for none), or None where it cannot say (the block then runs). Without it, every stale

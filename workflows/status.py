@@ -8,13 +8,13 @@ from dataclasses import dataclass
 
 from emflow.cluster.progress import StageProgress
 from emflow.errors import UsageError
-from emflow.storage.chunks import file_states, same_state
 from emflow.targets import CompletionState, JournalReader
 from emflow.tasks.adapter import (
     Workflow,
     block_fingerprints,
     bundle_changed,
     changed_outputs,
+    first_changed_file,
     forget_input_states,
     invalidate_records,
     partial_files,
@@ -219,14 +219,12 @@ def _ask_for_inputs(run: Run, spec: StageSpec, running: set[int], wanted: dict[s
             record = records.get(block_id)
             if record is None or record.data is None or record.fingerprint is None:
                 continue  # pending anyway, or a record from before emflow recorded data: taken as it is
-            for path, state, current in zip(files[block_id], record.data.get("partials", []), file_states(files[block_id])):
-                if not same_state(state, current):
-                    wanted.setdefault(producer.name, set()).add(block_id)
-                    what = "is missing" if current is None else "was changed" if state is not None else "was not written by it"
-                    reasons.setdefault(
-                        producer.name, f"partial results missing or changed (e.g. {path} {what}), and {spec.name} reads them"
-                    )
-                    break
+            first = first_changed_file(files[block_id], record.data.get("partials", []))
+            if first is not None:
+                path, state, current = first
+                wanted.setdefault(producer.name, set()).add(block_id)
+                what = "is missing" if current is None else "was changed" if state is not None else "was not written by it"
+                reasons.setdefault(producer.name, f"partial results missing or changed (e.g. {path} {what}), and {spec.name} reads them")
 
 
 def _count(items, noun: str) -> str:
