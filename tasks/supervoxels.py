@@ -153,6 +153,12 @@ def node_id_map(context: BlockContext | GlobalContext) -> Callable[[np.ndarray],
     return node_id_map_from(context.results("supervoxel_ids"), lambda: context.read_bundle("supervoxel_ids", "offsets", mmap=True))
 
 
+def id_stride(context: BlockContext | GlobalContext) -> int | None:
+    """The stride of the run's per-block supervoxel ids; None for given supervoxels, whose ids are
+    1..n. The stage declares `NODE_ID_READS`."""
+    return context.results("supervoxel_ids").get("id_stride")
+
+
 def node_id_map_from(results: dict, offsets: Callable[[], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
     """`node_id_map` from the `supervoxel_ids` stage's results and its bundle's block offsets."""
     stride = results.get("id_stride")
@@ -170,7 +176,7 @@ def segment_labels(context: GlobalContext, node_labels: np.ndarray) -> np.ndarra
     supervoxels: its smallest node id), `emflow.labels.smallest_member_labels`; the stage declares
     `NODE_ID_READS`. A segment's id then depends on its supervoxels alone, so a rerun after new
     data in one region gives every segment it did not change the id it had."""
-    stride = context.results("supervoxel_ids").get("id_stride")
+    stride = id_stride(context)
     number_of_nodes = len(node_labels)
     if stride is None:
         members = np.arange(number_of_nodes, dtype=np.uint64)

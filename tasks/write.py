@@ -29,7 +29,7 @@ from emflow.storage.store import level_name
 
 from .context import BlockContext
 from .spec import Read, StageSpec, Write, level_blocks
-from .supervoxels import NODE_ID_READS, node_id_map
+from .supervoxels import NODE_ID_READS, id_stride, node_id_map
 
 
 def node_label_field(index: int) -> str:
@@ -45,7 +45,7 @@ def write_stage(source: str, volumes: tuple[str, ...] = ("segmentation",), level
     def segment_ids_key(block: BlockContext) -> bytes | None:
         """The segment ids of the supervoxels of every level-0 block this block covers, per
         volume; None for given supervoxels, whose ids are not numbered per block."""
-        if block.results("supervoxel_ids").get("id_stride") is None:
+        if id_stride(block) is None:
             return None
         geometry = block.geometry
         scale = np.asarray(geometry.level_scale(level))
