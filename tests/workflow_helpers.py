@@ -62,14 +62,20 @@ def write_config(path: Path, input_path: Path, output_path: Path, *, block_shape
     return path
 
 
-def records_since(work_dir: Path, since: float) -> set[tuple[str, int | None]]:
-    """(stage, block id) of every block record, and (stage, None) of every stage record, written after `since`."""
-    written = set()
+def _block_records_since(work_dir: Path, since: float):
+    """(stage, block id, record) of every current block record written after `since`."""
     for path in (work_dir / "status").iterdir():
         if path.is_dir():
-            records = JournalReader(path).refresh()
-            written |= {(path.name, block_id) for block_id, record in records.items() if record.finished > since and record.fingerprint}
-        elif json.loads(path.read_text())["finished"] > since:
+            for block_id, record in JournalReader(path).refresh().items():
+                if record.finished > since and record.fingerprint:
+                    yield path.name, block_id, record
+
+
+def records_since(work_dir: Path, since: float) -> set[tuple[str, int | None]]:
+    """(stage, block id) of every block record, and (stage, None) of every stage record, written after `since`."""
+    written: set[tuple[str, int | None]] = {(stage, block_id) for stage, block_id, _ in _block_records_since(work_dir, since)}
+    for path in (work_dir / "status").iterdir():
+        if path.is_file() and json.loads(path.read_text())["finished"] > since:
             written.add((path.stem, None))
     return written
 
@@ -77,12 +83,7 @@ def records_since(work_dir: Path, since: float) -> set[tuple[str, int | None]]:
 def kept_since(work_dir: Path, since: float) -> set[tuple[str, int]]:
     """(stage, block id) of every block kept by early cutoff (its record written anew, its output
     not) after `since`."""
-    kept = set()
-    for path in (work_dir / "status").iterdir():
-        if path.is_dir():
-            records = JournalReader(path).refresh()
-            kept |= {(path.name, block_id) for block_id, record in records.items() if record.finished > since and record.result.get("kept")}
-    return kept
+    return {(stage, block_id) for stage, block_id, record in _block_records_since(work_dir, since) if record.result.get("kept")}
 
 
 def run_cli(*arguments: str) -> int:
