@@ -6,7 +6,7 @@ This package is the only code that knows what a finished (stage, block) looks li
 from .atomic import atomic_save_npy, atomic_save_npz, atomic_write_bytes, atomic_write_text
 from .completion import CompletionState, CompletionTarget, StageCompletionTarget, record_state
 from .fingerprint import fingerprint
-from .journal import BlockJournal, BlockRecord, JournalReader, parse_record
+from .journal import BlockJournal, BlockRecord, JournalReader, compact_journal, parse_record
 
 __all__ = [
     "BlockJournal",
@@ -19,6 +19,7 @@ __all__ = [
     "atomic_save_npz",
     "atomic_write_bytes",
     "atomic_write_text",
+    "compact_journal",
     "fingerprint",
     "parse_record",
     "record_state",

@@ -11,6 +11,14 @@ starts on a new line. Invalidations (`emflow rerun`, repairs) go to a journal of
 `<first>-<stop>.<host>-<pid>.jsonl`, so that a user's command on one host never appends to a file
 a run on another host appends to: O_APPEND is not atomic across the hosts of a network filesystem.
 
+Compaction. Every run that finds a block stale appends a line for it, kept blocks included (see
+`emflow.tasks.adapter.keeps_its_output`), so a cron job's journals, and the time every run spends
+reading them, would grow with each run. A block group therefore rewrites its own journal with only
+each block's latest line once it holds more than `COMPACT_LINES_PER_BLOCK` lines per block
+(`compact_journal`). Dropping a line that is outranked within its journal changes no block's
+latest record over all journals. The group is that journal's only writer, and it compacts after its
+own appends; an invalidation never goes there (it has a journal of its own writer).
+
 Order. A block's state is its latest record over all journals of the stage, and "latest" never
 depends on a clock: each record carries a sequence number one above that of the block's latest
 record its writer had read (a Lamport clock), so a record written after another was read always
@@ -32,11 +40,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .atomic import writing
+from .atomic import atomic_write_bytes, writing
 
 JOURNAL_SUFFIX = ".jsonl"
 # Largest block id, file size or time a record may hold (they are int64 elsewhere).
 _LIMIT = 2**63
+# A block group's journal is rewritten with each block's latest line once it holds more lines than
+# this per block (`compact_journal`). At 2, a journal is read at most twice over per run.
+COMPACT_LINES_PER_BLOCK = 2
 # Sequence numbers grow by one per record of a block; a larger one is damage, and would otherwise
 # outrank every record a writer could add after it.
 _SEQ_LIMIT = 2**52
@@ -138,6 +149,32 @@ class BlockJournal:
         self.close()
 
 
+def compact_journal(path: str | Path, number_of_blocks: int) -> bool:
+    """Rewrite journal `path` of a range of `number_of_blocks` blocks with only the latest line of
+    each block in it (by `BlockRecord.order`, the later line on a tie, as `JournalReader` reads
+    them), in their order, once it holds more than `COMPACT_LINES_PER_BLOCK` lines per block;
+    atomically (see the module docstring). Lines that are not records go. Returns whether it did.
+
+    Only the journal's own writer may call this, after its last append: a line appended to the
+    file meanwhile by another process would be lost (its block computed again, nothing worse)."""
+    path = Path(path)
+    try:
+        content = path.read_bytes()
+    except FileNotFoundError:
+        return False
+    complete = content[: content.rfind(b"\n") + 1]
+    if complete.count(b"\n") <= COMPACT_LINES_PER_BLOCK * max(1, number_of_blocks):
+        return False
+    latest: dict[int, tuple[int, BlockRecord, bytes]] = {}
+    for position, line in enumerate(complete.splitlines()):
+        record = parse_record(line)
+        if record is not None and (record.block_id not in latest or record.order >= latest[record.block_id][1].order):
+            latest[record.block_id] = (position, record, line)
+    kept = sorted(latest.values(), key=lambda entry: entry[0])
+    atomic_write_bytes(path, b"".join(line + b"\n" for _, _, line in kept))
+    return True
+
+
 class JournalReader:
     """The latest record of each block of one stage, read incrementally.
 
@@ -150,7 +187,7 @@ class JournalReader:
     def __init__(self, folder: str | Path, block_range: tuple[int, int] | None = None):
         self.folder = Path(folder)
         self.block_range = block_range
-        self._offsets: dict[str, int] = {}
+        self._offsets: dict[str, tuple[int, int]] = {}  # per journal: its inode and what was read of it
         self._records: dict[int, BlockRecord] = {}
 
     def refresh(self) -> dict[int, BlockRecord]:
@@ -162,9 +199,13 @@ class JournalReader:
             block_range = journal_range(name)
             if block_range is None or not self._overlaps(block_range):
                 continue
-            offset = self._offsets.get(name, 0)
             try:
                 with open(self.folder / name, "rb") as handle:
+                    inode = os.fstat(handle.fileno()).st_ino
+                    known_inode, offset = self._offsets.get(name, (inode, 0))
+                    # A journal compacted since (another file now) is read again from its start:
+                    # it holds a subset of the lines read before, which change nothing.
+                    offset = offset if inode == known_inode else 0
                     handle.seek(offset)
                     appended = handle.read()
             except OSError:
@@ -172,7 +213,7 @@ class JournalReader:
             complete = appended.rfind(b"\n") + 1  # a last line without newline may still be written
             for line in appended[:complete].splitlines():
                 self._add(line)
-            self._offsets[name] = offset + complete
+            self._offsets[name] = (inode, offset + complete)
         return self._records
 
     def snapshot(self) -> dict[str, int]:

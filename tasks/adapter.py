@@ -82,6 +82,7 @@ from emflow.targets import (
     JournalReader,
     StageCompletionTarget,
     atomic_write_text,
+    compact_journal,
     fingerprint,
 )
 from emflow.targets.atomic import CannotWrite, cannot_write
@@ -297,6 +298,7 @@ class _BlockGroupTask(_StageTaskBase):
                         round(100 * position / len(pending)),
                     )
                     last_report = time.monotonic()
+        compact_journal(journal.path, stop - first)
         if failed:
             listing = "; ".join(f"block {block_id} (log: {run.layout.log(spec.name, block_id)})" for block_id in failed)
             raise BlockFailures(f"{spec.name}: {len(failed)} of {len(pending)} blocks failed: {listing}")

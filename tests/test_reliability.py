@@ -31,7 +31,7 @@ from test_crash_safety import RESULT_ARRAYS
 from workflow_helpers import RESOLUTION, read, records_since, run_cli, write_config, write_inputs
 
 from emflow.storage.volumes import open_volume, write_volume
-from emflow.targets import JournalReader
+from emflow.targets import BlockJournal, JournalReader, compact_journal, parse_record
 from emflow.workflows.status import workflow_status
 
 
@@ -569,6 +569,48 @@ def test_the_journal_reader_survives_any_line(tmp_path):
         for index, block_id, seq in mine:
             if terminated or index < len(lines) - 1:
                 assert records[block_id].seq >= seq, (trial, block_id)
+
+
+def test_compacting_a_journal_changes_no_blocks_latest_record(tmp_path):
+    """Property test, seeded: a group's journal of real records (ties, invalidations, sequence
+    numbers 0) and damaged lines, beside an invalidation journal. Compaction leaves every block's
+    latest record over both journals as it was, keeps one line per block, and a reader that read
+    the journal before it reads on correctly after it, lines appended since included."""
+    generator = random.Random(7)
+
+    def record_line() -> bytes:
+        record = {
+            "block_id": generator.randrange(6),
+            "fingerprint": generator.choice([None, "f" * 64, "e" * 64]),
+            "finished": float(generator.randrange(3)),
+            "result": {"attempt": generator.randrange(1000)},
+            "seq": generator.randrange(4),
+            "writer": generator.choice(["a-1", "b-2"]),
+        }
+        return json.dumps(record).encode()
+
+    compacted = 0
+    for trial in range(200):
+        folder = tmp_path / str(trial)
+        folder.mkdir()
+        lines = [record_line() if generator.random() < 0.8 else _random_line(generator) for _ in range(generator.randrange(6, 40))]
+        journal = folder / "0-6.jsonl"
+        journal.write_bytes(b"\n".join(lines) + b"\n")
+        (folder / "0-6.h-9.jsonl").write_bytes(b"\n".join(record_line() for _ in range(3)) + b"\n")
+        reader = JournalReader(folder)
+        before = dict(reader.refresh())
+        lines_before = journal.read_bytes().count(b"\n")
+        done = compact_journal(journal, 6)
+        assert done == (lines_before > 2 * 6), trial
+        if done:  # one line per block: each a record, of a block no other line names
+            kept = [parse_record(line) for line in journal.read_bytes().splitlines()]
+            assert all(kept) and len({record.block_id for record in kept}) == len(kept), trial
+            compacted += 1
+        assert JournalReader(folder).refresh() == before, trial
+        with BlockJournal(folder, 0, 6) as appending:
+            appending.append(generator.randrange(6), "d" * 64, {"appended": True}, after=generator.randrange(5))
+        assert reader.refresh() == JournalReader(folder).refresh(), trial
+    assert compacted > 50
 
 
 # --- 10. output placement and messages ----------------------------------------------------------

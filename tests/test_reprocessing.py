@@ -15,6 +15,7 @@ from workflow_helpers import kept_since, read, records_since, run_cli, write_con
 
 from emflow.blocking import Blocking, Box
 from emflow.storage.volumes import open_volume
+from emflow.targets.journal import COMPACT_LINES_PER_BLOCK, journal_range
 from emflow.tasks.block_graph import GRAPH_HALO
 from emflow.workflows.status import workflow_status
 
@@ -241,3 +242,19 @@ def test_a_run_overlapping_a_running_one_exits_cleanly(run_copy, tmp_path, capsy
     finally:
         os.close(lock)
     assert run_cli("run", run_copy) == 0, "once the lock is free, the run goes on"
+
+
+def test_cron_runs_keep_every_group_journal_within_two_lines_per_block(run_copy, tmp_path):
+    """Each run appends a line for every block it finds stale (all of write_segmentation's, kept or
+    not), so without compaction the journals, and the time each run spends reading them, would
+    grow with every cron run. A group compacts its journal past two lines per block; the output
+    stays that of a fresh run and every recorded file its digest."""
+    status = tmp_path / "out.zarr.work" / "status"
+    for _ in range(3):
+        _change_one_input_chunk(tmp_path / "input.zarr")
+        assert run_cli("run", run_copy) == 0
+        for journal in status.glob("*/*.jsonl"):
+            first, stop = journal_range(journal.name)
+            assert len(journal.read_bytes().splitlines()) <= COMPACT_LINES_PER_BLOCK * (stop - first), journal
+    assert run_cli("verify", run_copy) == 0
+    _assert_equals_a_fresh_run(tmp_path)
