@@ -476,9 +476,9 @@ class _DoneBefore:
         self.stages: list[str] = []
 
     def __call__(self, config_path: str) -> None:
-        from emflow.workflows.status import workflow_status
+        from emflow.workflows.status import done_stages
 
-        self.stages = [status.stage for status in workflow_status(config_path, self.until) if status.done == status.total]
+        self.stages = done_stages(config_path, self.until)
 
 
 def _version() -> str:

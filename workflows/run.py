@@ -19,13 +19,13 @@ from emflow.storage.inputs import input_warnings
 from emflow.storage.layout import failure_fallback
 from emflow.storage.output import OWNER_ATTRIBUTE, open_output_group
 from emflow.targets.atomic import writing
-from emflow.tasks.adapter import Workflow, use_workers
+from emflow.tasks.adapter import Workflow, forget_input_states, use_workers
 from emflow.tasks.context import Run
 from emflow.tasks.predict import model_choice, model_warnings
 from emflow.tasks.prepare import input_identity
 
 from .segmentation import SEGMENTATION
-from .status import StageStatus, failed_tasks, invalidate, progress_reporter, repair, workflow_status
+from .status import failed_tasks, invalidate, progress_reporter, repair
 
 
 class DifferentInputError(OutputError):
@@ -34,10 +34,10 @@ class DifferentInputError(OutputError):
 
 def check_run(
     config_path: str | Path, *, update: bool = False, until: str = "", workflow: Workflow = SEGMENTATION
-) -> tuple[str, list[StageStatus], list[str]]:
+) -> tuple[str, list[str]]:
     """Validate config, inputs and output before any task runs.
 
-    Returns the canonical config path, the status of each stage and warnings about the inputs
+    Returns the canonical config path and warnings about the inputs
     (`emflow.storage.inputs.input_warnings`). Raises a UserError (ConfigError, InputError,
     OutputError, ...) naming the problem. Results of another config on the same input are stale and
     will be recomputed (reprocessing); results computed from another input are replaced only with
@@ -69,8 +69,7 @@ def check_run(
                 "Set output.work_dir to that folder, choose another output path, or run again with --update to take the output "
                 "over (everything is computed again)."
             )
-    statuses = workflow_status(config_path, until, workflow=workflow)
-    return config_path, statuses, model_warnings(run.config) + input_warnings(run.inputs)
+    return config_path, model_warnings(run.config) + input_warnings(run.inputs)
 
 
 class OtherWorkFolderError(OutputError):
@@ -120,7 +119,7 @@ def run_workflow(
     it was recorded, and work-folder results computed again because a pending task needs them.
     `warn(line)` gets each warning about the inputs (default: stderr), before anything runs.
     """
-    config_path, _, warnings = check_run(config_path, update=update, until=until, workflow=workflow)
+    config_path, warnings = check_run(config_path, update=update, until=until, workflow=workflow)
     for line in warnings:
         (warn or _warn_on_stderr)(line)
     run = workflow.load_run(config_path)
@@ -131,6 +130,7 @@ def run_workflow(
             for spec in run.stages:
                 if spec.creates_outputs:
                     invalidate(run, spec.name)
+        forget_input_states()  # input written since this process last looked counts
         if before_run is not None:
             before_run(config_path)
         plan = repair(run, workflow.stages(config_path, until))

@@ -105,6 +105,13 @@ def workflow_status(config_path: str, until: str = "", *, workflow: Workflow = S
     return [stage_status(run, spec, repairs) for spec in stages]
 
 
+def done_stages(config_path: str, until: str = "", *, workflow: Workflow = SEGMENTATION) -> list[str]:
+    """The stages whose records say they are done, with the inputs and outputs as they are now: one
+    completeness check per stage, none per block (what a run's summary calls done before it)."""
+    run = workflow.load_run(config_path)
+    return [spec.name for spec in workflow.stages(config_path, until) if stage_record(run, spec.name).exists()]
+
+
 @dataclass(frozen=True)
 class Repair:
     """Done tasks of one stage whose work-folder results (per-block partials, global arrays) are
