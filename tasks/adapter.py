@@ -195,6 +195,16 @@ class _StageTaskBase(luigi.Task):
     def spec(self) -> StageSpec:
         return self.run_context.stage(self.stage_name)
 
+    @property
+    def priority(self) -> int:  # type: ignore[override]
+        """Of the tasks ready to run, Luigi hands out those of higher priority first: here those of
+        stages earlier in the run order, which lists the segmentation's chain before the pyramid
+        levels and meshes made from it. Luigi raises a task's dependencies to its priority, so
+        pyramid levels fill the time a worker would idle (a global stage), and no longer hold up
+        the block graph the segmentation waits for."""
+        names = [spec.name for spec in self.run_context.stages]
+        return len(names) - names.index(self.stage_name)
+
     def requires(self):
         return [self.workflow.stage_task(self.config_path, upstream.name) for upstream in self.run_context.upstream(self.spec)]
 
@@ -266,7 +276,7 @@ class _BlockGroupTask(_StageTaskBase):
     def run(self) -> None:
         run, spec = self.run_context, self.spec
         pending = self._pending_blocks()
-        keys = ContentKeys(run, spec) if spec.content_key is not None else None
+        keys = ContentKeys(run, spec, list(pending)) if spec.content_key is not None else None
         failed = []
         last_report = time.monotonic()
         first, stop = self.block_range
@@ -470,10 +480,11 @@ def block_data(run: Run, spec: StageSpec, block_id: int) -> dict[str, list]:
 class ContentKeys:
     """The content keys of the blocks of a stage with early cutoff (`StageSpec.content_key`): a
     digest of its static definition, the digests of the files the linked upstream blocks it reads
-    wrote (from their records, read once here), the states of the input chunks it reads, and what
-    the spec's `content_key` says of the global stages it reads. Equal keys, equal inputs."""
+    wrote (from their records, read once here, of the upstream blocks that `block_ids` link to),
+    the states of the input chunks it reads, and what the spec's `content_key` says of the global
+    stages it reads. Equal keys, equal inputs."""
 
-    def __init__(self, run: Run, spec: StageSpec):
+    def __init__(self, run: Run, spec: StageSpec, block_ids: list[int]):
         self.run, self.spec = run, spec
         self.definition = _definition(run, spec.name, True).encode()
         self.inputs: list[list[bytes]] = []
@@ -485,7 +496,11 @@ class ContentKeys:
                 dataset = run.inputs[read.name]
                 self.inputs.append(region_states(dataset.path, dataset.key, run.regions(spec, read.region)))
             elif producer is not None and linked is not None:
-                self.linked.append((linked, stage_target(run, producer.name).block_records()))
+                # Only the journals of the upstream blocks these blocks read: a block group of a
+                # stage with 8 groups read all of its upstream stage's, 8 passes per stage.
+                upstream = np.concatenate([linked[block_id] for block_id in block_ids] + [np.zeros(0, dtype=np.int64)])
+                span = (int(upstream.min()), int(upstream.max()) + 1) if upstream.size else (0, 0)
+                self.linked.append((linked, stage_target(run, producer.name).block_records(span)))
 
     def of(self, block_id: int) -> str | None:
         """The block's content key; None where it cannot be told (an upstream block without data
