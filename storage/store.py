@@ -31,6 +31,7 @@ from emflow.errors import InputError
 from emflow.targets import atomic_save_npy, atomic_save_npz
 from emflow.targets.atomic import writing
 
+from .chunk_io import read_selection, write_selection
 from .inputs import InputDataset
 from .layout import Layout
 from .ome import create_levels, level_path, write_multiscale_metadata
@@ -103,7 +104,7 @@ class Store:
             return _checked_values(data, box, dataset) if name in ("boundaries", "affinities") else data
         volume = self.volumes[name]
         selection = ((slice(None),) if volume.channels else ()) + box.slicing
-        data = np.asarray(self.output_array(name)[selection])
+        data = read_selection(self.output_array(name), selection)
         return data.astype(np.float32) / np.float32(255) if volume.quantized else data
 
     def write(self, name: str, box: Box, data: np.ndarray) -> None:
@@ -117,9 +118,8 @@ class Store:
         # need not store took more than half of writing one (4.3 of 8.0 ms for a 64x128x128 uint64
         # label chunk, 14 of 34 ms for a 38 MB float chunk), and a stored chunk of zeros costs a
         # file of about a hundred bytes, compressed.
-        array = self.output_array(name).with_config({"write_empty_chunks": True})
         with writing(f"{self.layout.output_path / volume.path} (box {describe_box(box)})"):
-            array[selection] = data
+            write_selection(self.output_array(name), selection, data)
 
     @contextmanager
     def opened_input(self, name: str) -> Iterator[Any]:

@@ -20,6 +20,7 @@ from emflow.blocking import Blocking
 from emflow.errors import InputError, OutputError
 from emflow.pyramid import downsample_image, pyramid_factors, source_box
 
+from .chunk_io import read_selection
 from .ome import (
     create_level,
     create_levels,
@@ -320,7 +321,7 @@ def read_region(volume, selection: tuple[slice, ...], location: str) -> np.ndarr
     """
     region = f"{location}[{', '.join(f'{part.start}:{part.stop}' for part in selection)}]"
     try:
-        return np.asarray(volume[selection])
+        return read_selection(volume, selection)
     except Exception as error:
         if isinstance(volume, HDF5Volume) and isinstance(error, OSError):
             raise DamagedDataError(f"cannot read {region}: {error}; the file may be damaged") from error

@@ -18,6 +18,7 @@ from emflow.storage import (
     write_ome_zarr_metadata,
     write_volume,
 )
+from emflow.storage.chunk_io import direct_layout, plain_selection, read_chunks, read_selection, write_chunks, write_selection
 
 
 @pytest.fixture
@@ -368,3 +369,73 @@ def test_import_folder_of_tiff_planes_in_numeric_order(tmp_path, data_dir):
     imported = open_volume(tmp_path / "out.zarr", "raw")
     assert np.array_equal(imported[...], stack), "slice_10 must follow slice_9, not slice_1"
     assert read_resolution(imported) == (50.0, 4.0, 4.0)
+
+
+# --- chunk files read and written without zarr's event loop (emflow.storage.chunk_io) -----------
+
+
+def _stored_files(folder) -> dict[str, bytes]:
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != "zarr.json"
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "dtype", "compressed", "fill_value"),
+    [("raw", "uint8", True, 0), ("oversegmentation", "uint64", True, 0), ("neuron_ids", "uint32", False, 7)],
+)
+def test_chunk_files_written_directly_hold_zarrs_bytes_and_read_back_as_zarr_reads_them(
+    tmp_path, flyem_crop, name, dtype, compressed, fill_value
+):
+    """Real labels and raw data in arrays shaped so that chunks end past the array: written
+    through zarr and through `write_chunks`, every chunk file holds the same bytes (the end chunks'
+    padding included); any region reads the same through zarr and `read_chunks`, chunks never
+    written (the fill value) included."""
+    data = flyem_crop[name][:50, :100, :90].astype(dtype)
+    options = {} if compressed else {"compressors": None}
+    arrays = [
+        zarr.create_array(tmp_path / f"{writer}.zarr", shape=data.shape, chunks=(16, 32, 32), dtype=dtype, fill_value=fill_value, **options)
+        for writer in ("zarr", "direct")
+    ]
+    whole = tuple(slice(0, extent) for extent in data.shape)
+    arrays[0].with_config({"write_empty_chunks": True})[whole] = data
+    layout = direct_layout(arrays[1])
+    assert layout is not None
+    write_chunks(layout, whole, data)
+    assert _stored_files(tmp_path / "direct.zarr") == _stored_files(tmp_path / "zarr.zarr")
+    assert len(_stored_files(tmp_path / "direct.zarr")) == 4 * 4 * 3
+
+    partial = zarr.create_array(
+        tmp_path / "partial.zarr", shape=data.shape, chunks=(16, 32, 32), dtype=dtype, fill_value=fill_value, **options
+    )
+    write_selection(partial, (slice(16, 48), slice(0, 64), slice(64, 90)), data[16:48, :64, 64:90])  # whole chunks, the last x ones
+    assert len(_stored_files(tmp_path / "partial.zarr")) == 2 * 2 * 1
+    generator = np.random.default_rng(0)
+    for _ in range(40):
+        begin = [int(generator.integers(0, extent)) for extent in data.shape]
+        selection = tuple(slice(low, int(generator.integers(low, extent + 1))) for low, extent in zip(begin, data.shape))
+        for array in (arrays[1], partial):
+            assert np.array_equal(read_chunks(direct_layout(array), selection), array[selection]), selection
+    assert read_selection(arrays[1], whole).dtype == np.dtype(dtype)
+
+
+def test_arrays_that_chunk_io_cannot_read_exactly_are_left_to_zarr(tmp_path, flyem_crop):
+    data = flyem_crop["raw"][:32, :64, :64]
+    sharded = zarr.create_array(tmp_path / "sharded.zarr", shape=data.shape, chunks=(8, 16, 16), shards=(16, 32, 32), dtype="uint8")
+    blosc = zarr.create_array(
+        tmp_path / "blosc.zarr", shape=data.shape, chunks=(16, 32, 32), dtype="uint8", compressors=zarr.codecs.BloscCodec()
+    )
+    version_2 = zarr.create_array(tmp_path / "v2.zarr", shape=data.shape, chunks=(16, 32, 32), dtype="uint8", zarr_format=2)
+    in_memory = zarr.create_array(zarr.storage.MemoryStore(), shape=data.shape, chunks=(16, 32, 32), dtype="uint8")
+    for array in (sharded, blosc, version_2, in_memory):
+        assert direct_layout(array) is None
+        write_selection(array, (slice(0, 32), slice(0, 64), slice(0, 64)), data)
+        assert np.array_equal(read_selection(array, (slice(3, 30), slice(5, 60), slice(0, 64))), data[3:30, 5:60])
+    # Selections other than plain, in-range slices go to zarr too.
+    plain = zarr.create_array(tmp_path / "plain.zarr", shape=data.shape, chunks=(16, 32, 32), dtype="uint8")
+    plain[...] = data
+    assert plain_selection((slice(0, 8), slice(None), 3), data.shape) is None
+    assert plain_selection((slice(0, 8, 2), slice(None), slice(None)), data.shape) is None
+    assert np.array_equal(read_selection(plain, (slice(0, 8), slice(None), 3)), data[0:8, :, 3])

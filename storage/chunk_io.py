@@ -1,0 +1,207 @@
+"""Regions of local zarr v3 arrays read from and written to their chunk files, without zarr's event loop.
+
+zarr 3 does all its IO through an event loop in a thread of its own, and decodes in a thread
+pool. Here a region read that way cost about 0.7 ms more than decoding its chunks (1.8 against
+1.1 ms for a 32x64x64 float32 region, median of 20), and the first read of a process forked from
+one that had read (every block group's is) starts a loop, a thread and a pool anew: 22 ms instead
+of 13 for a 64x128x128 chunk, 11 instead of 2 for a 32x64x64 one.
+
+`read_chunks` opens each chunk file a region overlaps, decodes it with numcodecs' Zstd (what
+zarr's zstd codec calls) and copies the overlap. It reads only arrays whose chunk files hold
+exactly that (`direct_layout` decides from the metadata): zarr v3 in a local folder, a regular
+chunk grid, no sharding, the codecs `bytes` (little-endian, or a one-byte type) and optionally
+`zstd`. zarr reads every other array (zarr v2, HDF5, sharded, blosc, ...). A chunk without a file
+reads as the fill value, as with zarr; zarr writes a chunk's file whole (a temporary file renamed),
+so a file is never seen half written.
+
+`write_chunks` writes whole chunks the same way (a chunk at the array's end padded with the fill
+value, as zarr pads it), each encoded by the same numcodecs Zstd as zarr's codec and written to a
+temporary file renamed over the chunk's: the same bytes as zarr writes, as atomically.
+"""
+
+from __future__ import annotations
+
+import itertools
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zarr
+from numcodecs import Zstd
+from zarr.storage import LocalStore
+
+from emflow.targets.atomic import atomic_write_bytes
+
+
+@dataclass(frozen=True)
+class DirectLayout:
+    """What reading an array's chunk files takes: `folder / key_of(grid position)` per chunk,
+    each a C-order array of `chunk_shape` and `dtype`, zstd-compressed when `decompress` is set."""
+
+    folder: str
+    shape: tuple[int, ...]
+    chunk_shape: tuple[int, ...]
+    dtype: np.dtype
+    fill_value: Any
+    key_of: Callable[[tuple[int, ...]], str]
+    decompress: Callable[[bytes], Any] | None
+    compress: Callable[[Any], Any] | None
+
+
+# Per zarr.Array object (not hashable, so by id, dropped with the array): its layout or None.
+_LAYOUTS: dict[int, DirectLayout | None] = {}
+
+
+def direct_layout(array: Any) -> DirectLayout | None:
+    """The layout of `array`'s chunk files if `read_chunks` can read them (see the module
+    docstring), else None; computed once per array object."""
+    key = id(array)
+    if key not in _LAYOUTS:
+        _LAYOUTS[key] = _layout(array)
+        if isinstance(array, zarr.Array):
+            weakref.finalize(array, _LAYOUTS.pop, key, None)
+    return _LAYOUTS[key]
+
+
+def _layout(array: Any) -> DirectLayout | None:
+    if not isinstance(array, zarr.Array) or not isinstance(array.store, LocalStore) or array.metadata.zarr_format != 3:
+        return None
+    metadata = array.metadata
+    if array.shards is not None or type(metadata.chunk_grid).__name__ != "RegularChunkGrid":
+        return None
+    names = [type(codec).__name__ for codec in metadata.codecs]
+    dtype = np.dtype(array.dtype)
+    if names not in (["BytesCodec"], ["BytesCodec", "ZstdCodec"]) or dtype.hasobject:
+        return None
+    endian = metadata.codecs[0].endian
+    if not (dtype.itemsize == 1 or (endian is not None and endian.value == "little")):
+        return None
+    decompress = compress = None
+    if names[-1] == "ZstdCodec":
+        zstd = metadata.codecs[1]
+        codec = Zstd.from_config({"level": zstd.level, "checksum": zstd.checksum})
+        decompress, compress = codec.decode, codec.encode
+    folder = f"{array.store.root}/{array.path}".rstrip("/")
+    return DirectLayout(
+        folder=folder,
+        shape=tuple(array.shape),
+        chunk_shape=tuple(metadata.chunk_grid.chunk_shape),
+        dtype=dtype.newbyteorder("<") if dtype.itemsize > 1 else dtype,
+        fill_value=metadata.fill_value,
+        key_of=chunk_key_function(metadata.encode_chunk_key, len(array.shape)),
+        decompress=decompress,
+        compress=compress,
+    )
+
+
+def read_selection(array: Any, selection: Any) -> np.ndarray:
+    """`array[selection]` as a numpy array: from its chunk files where `direct_layout` allows and
+    the selection is plain (`plain_selection`), else through the array's own indexing."""
+    layout = direct_layout(array)
+    plain = None if layout is None else plain_selection(selection, layout.shape)
+    return read_chunks(layout, plain) if plain is not None else np.asarray(array[selection])  # type: ignore[arg-type]
+
+
+def read_chunks(layout: DirectLayout, selection: tuple[slice, ...]) -> np.ndarray:
+    """The array's values over `selection` (one bounded slice per axis, step 1, inside the
+    array), read from its chunk files. Raises ValueError for a chunk file whose bytes do not
+    decode to a whole chunk (damage: see `emflow.storage.volumes.read_region`)."""
+    out = np.empty(tuple(part.stop - part.start for part in selection), dtype=layout.dtype)
+    chunk_bytes = int(np.prod(layout.chunk_shape)) * layout.dtype.itemsize
+    ranges = [range(part.start // size, -(-part.stop // size)) for part, size in zip(selection, layout.chunk_shape)]
+    for position in itertools.product(*ranges):
+        source, target = [], []
+        for index, part, size in zip(position, selection, layout.chunk_shape):
+            low, high = max(part.start, index * size), min(part.stop, (index + 1) * size)
+            source.append(slice(low - index * size, high - index * size))
+            target.append(slice(low - part.start, high - part.start))
+        try:
+            with open(f"{layout.folder}/{layout.key_of(position)}", "rb") as handle:
+                stored = handle.read()
+        except FileNotFoundError:
+            out[tuple(target)] = layout.fill_value
+            continue
+        data = stored if layout.decompress is None else layout.decompress(stored)
+        if len(data) != chunk_bytes:
+            raise ValueError(f"chunk {position} holds {len(data)} bytes, not the {chunk_bytes} of a chunk")
+        out[tuple(target)] = np.frombuffer(data, dtype=layout.dtype).reshape(layout.chunk_shape)[tuple(source)]
+    return out
+
+
+def write_selection(array: Any, selection: Any, data: np.ndarray) -> None:
+    """`array[selection] = data`: to its chunk files where `direct_layout` allows and the selection
+    covers whole chunks (those at the array's end up to its end), else through zarr, which stores
+    every chunk (`write_empty_chunks`), as `write_chunks` does."""
+    layout = direct_layout(array)
+    plain = None if layout is None else plain_selection(selection, layout.shape)
+    if plain is None or not _whole_chunks(layout, plain):  # type: ignore[arg-type]
+        array.with_config({"write_empty_chunks": True})[selection] = data
+        return
+    write_chunks(layout, plain, np.asarray(data))  # type: ignore[arg-type]
+
+
+def _whole_chunks(layout: DirectLayout, selection: tuple[slice, ...]) -> bool:
+    return all(
+        part.start % size == 0 and (part.stop % size == 0 or part.stop == extent)
+        for part, size, extent in zip(selection, layout.chunk_shape, layout.shape)
+    )
+
+
+def write_chunks(layout: DirectLayout, selection: tuple[slice, ...], data: np.ndarray) -> None:
+    """Write `data` (shaped like `selection`, which covers whole chunks) into the array's chunk
+    files, one file per chunk, each written atomically (see the module docstring)."""
+    if data.shape != tuple(part.stop - part.start for part in selection):
+        raise ValueError(f"data of shape {data.shape} for a selection of shape {tuple(part.stop - part.start for part in selection)}")
+    ranges = [range(part.start // size, -(-part.stop // size)) for part, size in zip(selection, layout.chunk_shape)]
+    for position in itertools.product(*ranges):
+        source = tuple(
+            slice(index * size - part.start, min((index + 1) * size, part.stop) - part.start)
+            for index, part, size in zip(position, selection, layout.chunk_shape)
+        )
+        part = data[source]
+        if part.shape == layout.chunk_shape:
+            chunk = np.ascontiguousarray(part, dtype=layout.dtype)
+        else:  # at the array's end: the rest of the chunk holds the fill value
+            chunk = np.full(layout.chunk_shape, layout.fill_value, dtype=layout.dtype)
+            chunk[tuple(slice(0, extent) for extent in part.shape)] = part
+        encoded = chunk.tobytes() if layout.compress is None else layout.compress(chunk)
+        atomic_write_bytes(f"{layout.folder}/{layout.key_of(position)}", bytes(encoded))
+
+
+def plain_selection(selection: Any, shape: tuple[int, ...]) -> tuple[slice, ...] | None:
+    """`selection` as one bounded, in-range slice of step 1 per axis of an array of `shape`, or
+    None if it is anything else (what `read_chunks` leaves to zarr)."""
+    if not isinstance(selection, tuple) or len(selection) != len(shape):
+        return None
+    plain = []
+    for part, extent in zip(selection, shape):
+        if not isinstance(part, slice) or part.step not in (None, 1):
+            return None
+        start, stop = (0 if part.start is None else part.start), (extent if part.stop is None else part.stop)
+        if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start <= stop <= extent):
+            return None
+        plain.append(slice(start, stop))
+    return tuple(plain)
+
+
+def chunk_key_function(key_of: Callable[[tuple[int, ...]], str], ndim: int) -> Callable[[tuple[int, ...]], str]:
+    """zarr's chunk key function `key_of` of an array with `ndim` axes, or an equal one that only
+    joins numbers: zarr's keys are a prefix and the grid position joined by a separator ("c/1/2/3",
+    "1.2.3"), and building one with zarr's function costs more than the `stat` of its file (9 µs
+    against 4 µs here)."""
+    probe = tuple(range(11, 11 * (ndim + 1), 11))  # 11, 22, 33, ...: numbers that cannot be mistaken for separators
+    text = key_of(probe)
+    parts = [str(number) for number in probe]
+    start = text.find(parts[0])
+    separator = text[start + len(parts[0]) : text.find(parts[1], start + len(parts[0]))] if ndim > 1 else ""
+    prefix = text[:start]
+
+    def joined(position: tuple[int, ...]) -> str:
+        return prefix + separator.join(map(str, position))
+
+    checks = [probe, (0,) * ndim, tuple(range(ndim))]
+    if start < 0 or (ndim > 1 and not separator) or any(joined(position) != key_of(position) for position in checks):
+        return key_of
+    return joined
