@@ -78,6 +78,7 @@ from emflow.blocking import Box, face_slabs
 from emflow.boundaries import scaled_with_noise, smoothed_boundary_mask
 from emflow.config import default_config
 from emflow.evaluation import evaluate
+from emflow.storage.chunk_io import read_selection, write_selection
 from emflow.storage.geometry import auto_block_shape
 from emflow.storage.volumes import open_volume, opened_volume, read_region, read_resolution, write_volume
 from emflow.targets import JournalReader, atomic_save_npy, atomic_save_npz
@@ -356,7 +357,7 @@ def _stage_io_seconds(run: Run, spec: StageSpec, scratch: Path) -> dict:
         partial = _load_partial(run, spec.name, block_id) if writes_partials else None
         started = time.perf_counter()
         for array, selection, values in outputs:
-            array[selection] = values
+            write_selection(array, selection, values)  # as the stages write (emflow.storage.chunk_io)
         if isinstance(partial, dict):
             atomic_save_npz(scratch / "partials" / f"{block_id}.npz", **partial)
         elif partial is not None:
@@ -405,7 +406,7 @@ def _read_array(run: Run, name: str, region: np.ndarray) -> np.ndarray:
         with opened_volume(dataset.path, dataset.key) as volume:
             return read_region(volume, _selection(volume, region), dataset.location)
     array = run.store.output_array(name)
-    return np.asarray(array[_selection(array, region)])
+    return read_selection(array, _selection(array, region))
 
 
 def _array_like(run: Run, name: str, folder: Path) -> zarr.Array:
