@@ -96,9 +96,10 @@ STATUS_INTERVAL = 2.0
 # Block groups per stage and worker process when `[scheduling] block_groups` is 0: enough that the
 # workers stay busy until the end of a stage, few enough that forks and scheduling stay cheap.
 GROUPS_PER_WORKER = 4
-# Fewest blocks of an automatic block group, where a stage has few blocks (a pyramid level): each
-# group is a forked process whose first block faults in its arrays' pages (0.03 to 0.07 s more than
-# the next), which a group of one block pays for every block.
+# Fewest blocks of an automatic block group where a stage has few blocks (a pyramid level), when
+# Luigi forks a process per task (local scheduler, several workers): a forked group's first block
+# faults in its arrays' pages (0.03 to 0.07 s more than the next), which a group of one block pays
+# for every block.
 MIN_BLOCKS_PER_AUTO_GROUP = 4
 # Block groups per stage when `[scheduling] block_groups` is 0 and a central scheduler is shared:
 # enough to keep 16 worker processes busy at 4 groups each; more workers want an explicit value.
@@ -111,6 +112,7 @@ class block_scheduling(luigi.Config):
     """Luigi config section [block_scheduling], set by `use_workers` before a build."""
 
     auto_block_groups = luigi.IntParameter(default=GROUPS_PER_WORKER)
+    min_blocks_per_auto_group = luigi.IntParameter(default=1)
     worker_processes = luigi.IntParameter(default=1)
 
 
@@ -130,6 +132,10 @@ def use_workers(workers: int, *, shared_scheduler: bool = False) -> None:
     configuration = luigi.configuration.get_config()
     groups = SHARED_SCHEDULER_BLOCK_GROUPS if shared_scheduler else GROUPS_PER_WORKER * workers
     configuration.set("block_scheduling", "auto_block_groups", str(groups))
+    # Only Luigi's forked task processes pay for a group's first pages; luigid's workers run their
+    # tasks in their own process, and on a cluster want as many groups as there are blocks.
+    forked = workers > 1 and not shared_scheduler
+    configuration.set("block_scheduling", "min_blocks_per_auto_group", str(MIN_BLOCKS_PER_AUTO_GROUP if forked else 1))
     configuration.set("block_scheduling", "worker_processes", str(workers))
 
 
@@ -232,7 +238,8 @@ class _BlockStageTask(_StageTaskBase):
     def requires(self):
         run = self.run_context
         configured = run.config.scheduling.block_groups
-        groups = configured or min(block_scheduling().auto_block_groups, -(-self.number_of_blocks // MIN_BLOCKS_PER_AUTO_GROUP))
+        scheduling = block_scheduling()
+        groups = configured or min(scheduling.auto_block_groups, -(-self.number_of_blocks // scheduling.min_blocks_per_auto_group))
         group_class = _task_class(self.workflow, self.stage_name, "group")
         return [
             group_class(config_path=self.config_path, blocks=format_blocks(first, stop))
