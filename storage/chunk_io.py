@@ -56,17 +56,19 @@ _LAYOUTS: dict[int, DirectLayout | None] = {}
 
 def direct_layout(array: Any) -> DirectLayout | None:
     """The layout of `array`'s chunk files if `read_chunks` can read them (see the module
-    docstring), else None; computed once per array object."""
+    docstring), else None; computed once per zarr array object. Anything else (an HDF5 dataset,
+    opened afresh by each read) is None, and not remembered."""
+    if not isinstance(array, zarr.Array):
+        return None
     key = id(array)
     if key not in _LAYOUTS:
         _LAYOUTS[key] = _layout(array)
-        if isinstance(array, zarr.Array):
-            weakref.finalize(array, _LAYOUTS.pop, key, None)
+        weakref.finalize(array, _LAYOUTS.pop, key, None)
     return _LAYOUTS[key]
 
 
-def _layout(array: Any) -> DirectLayout | None:
-    if not isinstance(array, zarr.Array) or not isinstance(array.store, LocalStore) or array.metadata.zarr_format != 3:
+def _layout(array: zarr.Array) -> DirectLayout | None:
+    if not isinstance(array.store, LocalStore) or array.metadata.zarr_format != 3:
         return None
     metadata = array.metadata
     if array.shards is not None or type(metadata.chunk_grid).__name__ != "RegularChunkGrid":
