@@ -149,11 +149,17 @@ class BlockJournal:
         self.close()
 
 
+def supersedes(record: BlockRecord, known: BlockRecord | None) -> bool:
+    """Whether `record`, read after `known` (the block's latest record so far; None: none), is the
+    block's latest now: it ranks at least as high (`BlockRecord.order`), so on a tie the line read
+    later wins."""
+    return known is None or record.order >= known.order
+
+
 def compact_journal(path: str | Path, number_of_blocks: int) -> bool:
     """Rewrite journal `path` of a range of `number_of_blocks` blocks with only the latest line of
-    each block in it (by `BlockRecord.order`, the later line on a tie, as `JournalReader` reads
-    them), in their order, once it holds more than `COMPACT_LINES_PER_BLOCK` lines per block;
-    atomically (see the module docstring). Lines that are not records go. Returns whether it did.
+    each block in it (`supersedes`, as `JournalReader` reads them), in their order, once it holds
+    more than `COMPACT_LINES_PER_BLOCK` lines per block; atomically (see the module docstring). Lines that are not records go. Returns whether it did.
 
     Only the journal's own writer may call this, after its last append: a line appended to the
     file meanwhile by another process would be lost (its block computed again, nothing worse)."""
@@ -168,7 +174,7 @@ def compact_journal(path: str | Path, number_of_blocks: int) -> bool:
     latest: dict[int, tuple[int, BlockRecord, bytes]] = {}
     for position, line in enumerate(complete.splitlines()):
         record = parse_record(line)
-        if record is not None and (record.block_id not in latest or record.order >= latest[record.block_id][1].order):
+        if record is not None and supersedes(record, latest[record.block_id][1] if record.block_id in latest else None):
             latest[record.block_id] = (position, record, line)
     kept = sorted(latest.values(), key=lambda entry: entry[0])
     atomic_write_bytes(path, b"".join(line + b"\n" for _, _, line in kept))
@@ -238,10 +244,7 @@ class JournalReader:
 
     def _add(self, line: bytes) -> None:
         record = parse_record(line)
-        if record is None:
-            return
-        known = self._records.get(record.block_id)
-        if known is None or record.order >= known.order:
+        if record is not None and supersedes(record, self._records.get(record.block_id)):
             self._records[record.block_id] = record
 
 
