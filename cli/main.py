@@ -10,11 +10,13 @@ output (nothing done; try again later).
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import json
 import os
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Sequence
@@ -27,6 +29,29 @@ EXIT_OK, EXIT_TASK_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_CANNOT_WRITE = 74
 # sysexits.h's EX_TEMPFAIL: "try again later", for a run that found another one working on its output.
 EXIT_RUN_IN_PROGRESS = 75
+
+
+def command() -> None:
+    """The `emflow` command (and `python -m emflow`): `main`, then exit with its code without the
+    interpreter's teardown.
+
+    Tearing down the modules a run imports (luigi, zarr, scipy, scikit-image, ...) one object at
+    a time took 0.22 s of every command, median of 8 (1.19 against 0.97 s for importing them and
+    exiting), a fifth of a no-op rerun. The process ends as the interpreter would have ended it
+    otherwise: other threads are waited for, exit handlers run (log files are flushed and closed
+    there), then the standard streams are flushed.
+    """
+    code = main()
+    # Both are what Py_FinalizeEx does before it tears down the modules; `threading._shutdown`
+    # (private, present since Python 3.4) also stops idle thread pools, as zarr's.
+    threading._shutdown()  # type: ignore[attr-defined]
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:
+            pass  # a closed pipe or a full disk: nothing more can be said, and the code stands
+    os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:

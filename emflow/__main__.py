@@ -1,7 +1,5 @@
 """`python -m emflow` is the `emflow` command."""
 
-import sys
+from emflow.cli.main import command
 
-from emflow.cli.main import main
-
-sys.exit(main())
+command()
