@@ -14,6 +14,10 @@ chunk grid, no sharding, the codecs `bytes` (little-endian, or a one-byte type) 
 reads as the fill value, as with zarr; zarr writes a chunk's file whole (a temporary file renamed),
 so a file is never seen half written.
 
+Decoded chunks that a read covers only in part, or that a read of several chunks takes, are kept
+in a per-process cache (`ChunkCache`), keyed by the file's identity: a block's halo reads chunks
+its neighbours own and read again, and the blocks of a group run one after the other.
+
 `write_chunks` writes whole chunks the same way (a chunk at the array's end padded with the fill
 value, as zarr pads it), each encoded by the same numcodecs Zstd as zarr's codec and written to a
 temporary file renamed over the chunk's: the same bytes as zarr writes, as atomically.
@@ -22,7 +26,10 @@ temporary file renamed over the chunk's: the same bytes as zarr writes, as atomi
 from __future__ import annotations
 
 import itertools
+import os
+import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -111,25 +118,90 @@ def read_chunks(layout: DirectLayout, selection: tuple[slice, ...]) -> np.ndarra
     array), read from its chunk files. Raises ValueError for a chunk file whose bytes do not
     decode to a whole chunk (damage: see `emflow.storage.volumes.read_region`)."""
     out = np.empty(tuple(part.stop - part.start for part in selection), dtype=layout.dtype)
-    chunk_bytes = int(np.prod(layout.chunk_shape)) * layout.dtype.itemsize
     ranges = [range(part.start // size, -(-part.stop // size)) for part, size in zip(selection, layout.chunk_shape)]
+    several = np.prod([len(axis_range) for axis_range in ranges]) > 1
     for position in itertools.product(*ranges):
         source, target = [], []
         for index, part, size in zip(position, selection, layout.chunk_shape):
             low, high = max(part.start, index * size), min(part.stop, (index + 1) * size)
             source.append(slice(low - index * size, high - index * size))
             target.append(slice(low - part.start, high - part.start))
+        whole = all(part.stop - part.start == size for part, size in zip(source, layout.chunk_shape))
+        chunk = CHUNK_CACHE.chunk(layout, f"{layout.folder}/{layout.key_of(position)}", position, keep=several or not whole)
+        out[tuple(target)] = layout.fill_value if chunk is None else chunk[tuple(source)]
+    return out
+
+
+class ChunkCache:
+    """Decoded chunks, the least recently used dropped beyond `capacity` bytes, each under its
+    file's path and identity (inode, size, modification time): a chunk file is only ever replaced
+    by a rename (zarr's writes and `write_chunks`), which gives it a new inode.
+
+    Only chunks that a read covers in part or that a read of several chunks takes are kept (`keep`):
+    those are what the blocks of a group read again (a block's halo, its neighbour's face). A
+    block reading just its own chunk, as blocks without a halo do, fills no memory. Measured on
+    the reprocessing benchmark's blocks (32x64x64 with a halo of 4x8x8, chunks of the block shape,
+    float32): a block's halo read decoded 27 chunks, 19 ms of the watershed stage's 58 ms per block.
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._chunks: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()  # the viewer's server reads from threads
+
+    def chunk(self, layout: DirectLayout, path: str, position: tuple[int, ...], *, keep: bool) -> np.ndarray | None:
+        """The decoded chunk in file `path` (grid `position`), None if there is no such file."""
         try:
-            with open(f"{layout.folder}/{layout.key_of(position)}", "rb") as handle:
+            status = os.stat(path)
+        except FileNotFoundError:
+            return None
+        key = (path, status.st_ino, status.st_size, status.st_mtime_ns)
+        with self._lock:
+            chunk = self._chunks.get(key)
+            if chunk is not None:
+                self._chunks.move_to_end(key)
+                return chunk
+        try:
+            with open(path, "rb") as handle:
+                status = os.fstat(handle.fileno())  # what is read, should the file be replaced meanwhile
                 stored = handle.read()
         except FileNotFoundError:
-            out[tuple(target)] = layout.fill_value
-            continue
-        data = stored if layout.decompress is None else layout.decompress(stored)
-        if len(data) != chunk_bytes:
-            raise ValueError(f"chunk {position} holds {len(data)} bytes, not the {chunk_bytes} of a chunk")
-        out[tuple(target)] = np.frombuffer(data, dtype=layout.dtype).reshape(layout.chunk_shape)[tuple(source)]
-    return out
+            return None
+        chunk = _decoded(layout, stored, position)
+        if keep and chunk.nbytes <= self.capacity:
+            self._add((path, status.st_ino, status.st_size, status.st_mtime_ns), chunk)
+        return chunk
+
+    def _add(self, key: tuple, chunk: np.ndarray) -> None:
+        with self._lock:
+            if key in self._chunks:
+                return
+            self._chunks[key] = chunk
+            self._bytes += chunk.nbytes
+            while self._bytes > self.capacity:
+                _, dropped = self._chunks.popitem(last=False)
+                self._bytes -= dropped.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._chunks.clear()
+            self._bytes = 0
+
+
+def _decoded(layout: DirectLayout, stored: bytes, position: tuple[int, ...]) -> np.ndarray:
+    """A chunk file's bytes as a read-only array of the chunk's shape; ValueError for bytes that are
+    not a whole chunk."""
+    data = stored if layout.decompress is None else layout.decompress(stored)
+    chunk_bytes = int(np.prod(layout.chunk_shape)) * layout.dtype.itemsize
+    if len(data) != chunk_bytes:
+        raise ValueError(f"chunk {position} holds {len(data)} bytes, not the {chunk_bytes} of a chunk")
+    return np.frombuffer(data, dtype=layout.dtype).reshape(layout.chunk_shape)
+
+
+# 128 MiB: a block's 3x3x3 chunk neighbourhood and the next block's new ones for chunks up to
+# 4 MiB (64x128x128 float32), 256 chunks of 32x64x64 float32.
+CHUNK_CACHE = ChunkCache(128 << 20)
 
 
 def write_selection(array: Any, selection: Any, data: np.ndarray) -> None:

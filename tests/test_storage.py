@@ -1,5 +1,7 @@
 """emflow.storage: locations, opening zarr v2/v3, OME-Zarr and HDF5, imports, and their errors."""
 
+import itertools
+
 import h5py
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import zarr
 from emflow.storage import (
     IMPORT_COMPLETE_ATTRIBUTE,
     HDF5Volume,
+    chunk_io,
     import_volume,
     open_volume,
     opened_volume,
@@ -419,6 +422,50 @@ def test_chunk_files_written_directly_hold_zarrs_bytes_and_read_back_as_zarr_rea
         for array in (arrays[1], partial):
             assert np.array_equal(read_chunks(direct_layout(array), selection), array[selection]), selection
     assert read_selection(arrays[1], whole).dtype == np.dtype(dtype)
+
+
+def test_decoded_chunks_are_kept_for_halo_reads_and_never_outlive_their_file(tmp_path, flyem_crop, monkeypatch):
+    """Reads of block boxes grown by a halo, block after block as a group runs them: each chunk
+    file is decoded once while the cache holds it, the values are zarr's, a chunk replaced by a
+    write (zarr's or emflow's) is read anew, and the cache stays within its capacity."""
+    data = flyem_crop["raw"][:48, :96, :96].astype(np.float32) / np.float32(255)
+    array = zarr.create_array(tmp_path / "b.zarr", shape=data.shape, chunks=(16, 32, 32), dtype="float32")
+    array[...] = data
+    layout = direct_layout(array)
+    cache = chunk_io.ChunkCache(capacity=1 << 30)
+    monkeypatch.setattr(chunk_io, "CHUNK_CACHE", cache)
+    decoded = []
+    real_decoded = chunk_io._decoded
+    monkeypatch.setattr(chunk_io, "_decoded", lambda *arguments: decoded.append(arguments[2]) or real_decoded(*arguments))
+    halo = (4, 8, 8)
+    for block in itertools.product(range(3), range(3), range(3)):
+        box = tuple(
+            slice(max(0, index * size - margin), min(extent, (index + 1) * size + margin))
+            for index, size, margin, extent in zip(block, (16, 32, 32), halo, data.shape)
+        )
+        assert np.array_equal(read_chunks(layout, box), data[box])
+    assert sorted(decoded) == sorted(itertools.product(range(3), range(3), range(3)))  # each of the 27 chunks once
+
+    replaced = data[:16, :32, :32] + 1
+    array[:16, :32, :32] = replaced  # zarr renames a new file over the chunk's
+    assert np.array_equal(read_chunks(layout, (slice(0, 20), slice(0, 40), slice(0, 40)))[:16, :32, :32], replaced)
+    write_chunks(layout, (slice(0, 16), slice(0, 32), slice(0, 32)), data[:16, :32, :32])
+    assert np.array_equal(read_chunks(layout, (slice(0, 20), slice(0, 40), slice(0, 40))), data[:20, :40, :40])
+
+    # A read of a block's own chunk alone keeps nothing; a small cache drops the oldest chunks.
+    chunk_bytes = 16 * 32 * 32 * 4
+    small = chunk_io.ChunkCache(capacity=3 * chunk_bytes)
+    monkeypatch.setattr(chunk_io, "CHUNK_CACHE", small)
+    read_chunks(layout, (slice(16, 32), slice(32, 64), slice(32, 64)))
+    assert small._bytes == 0
+    for block in range(3):
+        read_chunks(layout, (slice(0, 20), slice(block * 32, block * 32 + 8), slice(0, 40)))
+        assert small._bytes <= 3 * chunk_bytes
+    decoded.clear()
+    read_chunks(layout, (slice(16, 20), slice(64, 72), slice(32, 40)))  # chunk (1, 2, 1), read last: kept
+    assert decoded == []
+    read_chunks(layout, (slice(0, 4), slice(64, 72), slice(0, 8)))  # chunk (0, 2, 0), the last read's first: dropped
+    assert decoded == [(0, 2, 0)]
 
 
 def test_arrays_that_chunk_io_cannot_read_exactly_are_left_to_zarr(tmp_path, flyem_crop):
