@@ -199,8 +199,8 @@ def _decoded(layout: DirectLayout, stored: bytes, position: tuple[int, ...]) -> 
     return np.frombuffer(data, dtype=layout.dtype).reshape(layout.chunk_shape)
 
 
-# 128 MiB: a block's 3x3x3 chunk neighbourhood and the next block's new ones for chunks up to
-# 4 MiB (64x128x128 float32), 256 chunks of 32x64x64 float32.
+# 128 MiB: 32 chunks of 64x128x128 float32 (4 MiB), more than the 27 of a block's 3x3x3 chunk
+# neighbourhood; 256 of 32x64x64 float32.
 CHUNK_CACHE = ChunkCache(128 << 20)
 
 
