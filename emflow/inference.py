@@ -230,6 +230,22 @@ def accumulate_patches(
     return span_start, accumulated
 
 
+def inside_volume(start: Sequence[int], sums: np.ndarray, volume_shape: Sequence[int]) -> tuple[tuple[int, ...], np.ndarray]:
+    """The part of `sums` (channels first, placed at `start`, which may lie outside the volume)
+    inside a volume of `volume_shape`, and where it starts (`start` clipped to the volume): a view."""
+    clipped = clipped_start(start)
+    inside = tuple(
+        slice(first - offset, min(offset + size, extent) - offset)
+        for first, offset, size, extent in zip(clipped, start, sums.shape[1:], volume_shape)
+    )
+    return clipped, sums[(slice(None),) + inside]
+
+
+def clipped_start(start: Sequence[int]) -> tuple[int, ...]:
+    """`start` (z, y, x voxels) clipped to the volume's first voxel."""
+    return tuple(max(0, int(first)) for first in start)
+
+
 def add_overlap(total: np.ndarray, total_start: Sequence[int], part: np.ndarray, part_start: Sequence[int]) -> None:
     """Add the part of `part` (channels first, placed at `part_start`) that overlaps `total` (placed at `total_start`) into it."""
     total_slicing, part_slicing = [], []
