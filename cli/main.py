@@ -42,6 +42,10 @@ def command() -> None:
     there), then the standard streams are flushed.
     """
     code = main()
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        # Under a profiler or tracer (`python -m cProfile -m emflow ...`), which writes what it
+        # found after the program returns: exit as usual.
+        sys.exit(code)
     # Both are what Py_FinalizeEx does before it tears down the modules; `threading._shutdown`
     # (private, present since Python 3.4) also stops idle thread pools, as zarr's.
     threading._shutdown()  # type: ignore[attr-defined]

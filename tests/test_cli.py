@@ -42,6 +42,27 @@ def test_config_defaults_prints_the_complete_documented_config(capsys):
         assert f"[{section}]" in text
 
 
+def test_the_command_exits_fast_with_all_it_printed_and_lets_a_profiler_write(tmp_path):
+    """`python -m emflow` ends with `os._exit`, past the interpreter's teardown: what it printed to
+    a pipe (block-buffered) still arrives whole, the exit code is main's, and under a profiler,
+    which writes after the program returns, it exits as usual."""
+    printed = subprocess.run([sys.executable, "-m", "emflow", "config", "defaults"], capture_output=True, text=True, timeout=600)
+    assert printed.returncode == 0 and tomllib.loads(printed.stdout) == default_config()
+    refused = subprocess.run(
+        [sys.executable, "-m", "emflow", "status", str(tmp_path / "none.toml")], capture_output=True, text=True, timeout=600
+    )
+    assert refused.returncode == 2 and "config file not found" in refused.stderr
+    profile = tmp_path / "emflow.prof"
+    profiled = subprocess.run(
+        [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "emflow", "config", "defaults"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert profiled.returncode == 0 and profiled.stdout == printed.stdout
+    assert profile.stat().st_size > 0
+
+
 def test_plugins_replace_supervoxels_costs_and_multicut(tmp_path, inputs):
     config = write_config(
         tmp_path / "config.toml",
