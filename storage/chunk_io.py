@@ -183,11 +183,6 @@ class ChunkCache:
                 _, dropped = self._chunks.popitem(last=False)
                 self._bytes -= dropped.nbytes
 
-    def clear(self) -> None:
-        with self._lock:
-            self._chunks.clear()
-            self._bytes = 0
-
 
 def _decoded(layout: DirectLayout, stored: bytes, position: tuple[int, ...]) -> np.ndarray:
     """A chunk file's bytes as a read-only array of the chunk's shape; ValueError for bytes that are
