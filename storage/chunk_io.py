@@ -14,7 +14,7 @@ chunk grid, no sharding, the codecs `bytes` (little-endian, or a one-byte type) 
 reads as the fill value, as with zarr; zarr writes a chunk's file whole (a temporary file renamed),
 so a file is never seen half written.
 
-Decoded chunks of a read that takes several (a block grown by a halo) are kept in a per-process
+Decoded chunks of a halo read (several chunks, some in part) are kept in a per-process
 cache (`ChunkCache`), keyed by the file's identity: a block's halo reads chunks its neighbours own
 and read again, and the blocks of a group run one after the other.
 
@@ -119,14 +119,15 @@ def read_chunks(layout: DirectLayout, selection: tuple[slice, ...]) -> np.ndarra
     decode to a whole chunk (damage: see `emflow.storage.volumes.read_region`)."""
     out = np.empty(tuple(part.stop - part.start for part in selection), dtype=layout.dtype)
     ranges = [range(part.start // size, -(-part.stop // size)) for part, size in zip(selection, layout.chunk_shape)]
-    several = np.prod([len(axis_range) for axis_range in ranges]) > 1
+    # A halo read: several chunks, some only in part (see ChunkCache).
+    halo = np.prod([len(axis_range) for axis_range in ranges]) > 1 and not _whole_chunks(layout, selection)
     for position in itertools.product(*ranges):
         source, target = [], []
         for index, part, size in zip(position, selection, layout.chunk_shape):
             low, high = max(part.start, index * size), min(part.stop, (index + 1) * size)
             source.append(slice(low - index * size, high - index * size))
             target.append(slice(low - part.start, high - part.start))
-        chunk = CHUNK_CACHE.chunk(layout, f"{layout.folder}/{layout.key_of(position)}", position, keep=several)
+        chunk = CHUNK_CACHE.chunk(layout, f"{layout.folder}/{layout.key_of(position)}", position, keep=halo)
         out[tuple(target)] = layout.fill_value if chunk is None else chunk[tuple(source)]
     return out
 
@@ -136,8 +137,10 @@ class ChunkCache:
     file's path and identity (inode, size, modification time): a chunk file is only ever replaced
     by a rename (zarr's writes and `write_chunks`), which gives it a new inode.
 
-    Only the chunks of reads that take several are kept (`keep`): a block's box grown by a halo,
-    whose chunks the next blocks of its group read again. Measured on the reprocessing benchmark's
+    Only the chunks of halo reads are kept (`keep`): reads of several chunks, some only in part, as
+    a block's box grown by a halo reads them; the next blocks of its group read them again.
+    A read of whole chunks (a pyramid level's block, reading the level below) keeps nothing:
+    no other block reads them. Measured on the reprocessing benchmark's
     blocks (32x64x64 with a halo of 4x8x8, chunks of the block shape, float32): a block's halo read
     decoded 27 chunks, 19 ms of the watershed stage's 58 ms per block. A read within one chunk (a
     block's own, the slab beyond a face that `block_graph` reads) keeps nothing: keeping those

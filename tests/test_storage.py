@@ -452,13 +452,14 @@ def test_decoded_chunks_are_kept_for_halo_reads_and_never_outlive_their_file(tmp
     write_chunks(layout, (slice(0, 16), slice(0, 32), slice(0, 32)), data[:16, :32, :32])
     assert np.array_equal(read_chunks(layout, (slice(0, 20), slice(0, 40), slice(0, 40))), data[:20, :40, :40])
 
-    # Reads within one chunk (a block's own, the slab beyond its face) keep nothing; a small cache
-    # drops the oldest chunks.
+    # Reads within one chunk (a block's own, the slab beyond its face) or of whole chunks keep
+    # nothing; a small cache drops the oldest chunks.
     chunk_bytes = 16 * 32 * 32 * 4
     small = chunk_io.ChunkCache(capacity=3 * chunk_bytes)
     monkeypatch.setattr(chunk_io, "CHUNK_CACHE", small)
     read_chunks(layout, (slice(16, 32), slice(32, 64), slice(32, 64)))
     read_chunks(layout, (slice(16, 32), slice(32, 64), slice(64, 65)))
+    read_chunks(layout, (slice(0, 32), slice(0, 64), slice(0, 64)))  # whole chunks (a pyramid level's read)
     assert small._bytes == 0
     for block in range(3):
         read_chunks(layout, (slice(0, 20), slice(block * 32, block * 32 + 8), slice(0, 40)))
