@@ -139,14 +139,14 @@ class ChunkCache:
 
     Only the chunks of halo reads are kept (`keep`): reads of several chunks, some only in part, as
     a block's box grown by a halo reads them; the next blocks of its group read them again.
-    A read of whole chunks (a pyramid level's block, reading the level below) keeps nothing:
-    no other block reads them. Measured on the reprocessing benchmark's
-    blocks (32x64x64 with a halo of 4x8x8, chunks of the block shape, float32): a block's halo read
-    decoded 27 chunks, 19 ms of the watershed stage's 58 ms per block. A read within one chunk (a
-    block's own, the slab beyond a face that `block_graph` reads) keeps nothing: keeping those
-    slabs' chunks too bought nothing measurable and cost memory (62.5 MVox run, 64x128x128 chunks,
-    3 alternating pairs: 10.4, 9.8 and 9.1 s with them, 9.9, 8.8 and 8.7 s without; `block_graph`'s
-    peak RSS 269 against 114 MiB).
+    Measured on the reprocessing benchmark's blocks (32x64x64 with a halo of 4x8x8, chunks of the
+    block shape, float32): a block's halo read decoded 27 chunks, 19 ms of the watershed stage's
+    58 ms per block. Other reads keep nothing, since no other block reads their chunks again:
+    - a read within one chunk (a block's own, the slab beyond a face that `block_graph` reads):
+      keeping those slabs' chunks bought nothing measurable and cost memory (62.5 MVox run,
+      64x128x128 chunks, 3 alternating pairs: 10.4, 9.8 and 9.1 s with them, 9.9, 8.8 and 8.7 s
+      without; `block_graph`'s peak RSS 269 against 114 MiB);
+    - a read of whole chunks (a pyramid level's block, reading the level below).
     """
 
     def __init__(self, capacity: int):
@@ -158,24 +158,23 @@ class ChunkCache:
     def chunk(self, layout: DirectLayout, path: str, position: tuple[int, ...], *, keep: bool) -> np.ndarray | None:
         """The decoded chunk in file `path` (grid `position`), None if there is no such file."""
         try:
-            status = os.stat(path)
-        except FileNotFoundError:
-            return None
-        key = (path, status.st_ino, status.st_size, status.st_mtime_ns)
-        with self._lock:
-            chunk = self._chunks.get(key)
-            if chunk is not None:
-                self._chunks.move_to_end(key)
-                return chunk
-        try:
+            # An empty cache (a run without a halo) has nothing to find: no `stat` then.
+            if self._chunks:
+                found = _file_key(path, os.stat(path))
+                with self._lock:
+                    chunk = self._chunks.get(found)
+                    if chunk is not None:
+                        self._chunks.move_to_end(found)
+                        return chunk
             with open(path, "rb") as handle:
-                status = os.fstat(handle.fileno())  # what is read, should the file be replaced meanwhile
+                # The identity of what is read, should the file be replaced meanwhile.
+                key = _file_key(path, os.fstat(handle.fileno())) if keep else None
                 stored = handle.read()
         except FileNotFoundError:
             return None
         chunk = _decoded(layout, stored, position)
-        if keep and chunk.nbytes <= self.capacity:
-            self._add((path, status.st_ino, status.st_size, status.st_mtime_ns), chunk)
+        if key is not None and chunk.nbytes <= self.capacity:
+            self._add(key, chunk)
         return chunk
 
     def _add(self, key: tuple, chunk: np.ndarray) -> None:
@@ -187,6 +186,11 @@ class ChunkCache:
             while self._bytes > self.capacity:
                 _, dropped = self._chunks.popitem(last=False)
                 self._bytes -= dropped.nbytes
+
+
+def _file_key(path: str, status: os.stat_result) -> tuple:
+    """A file's path and identity, under which `ChunkCache` keeps its decoded chunk."""
+    return (path, status.st_ino, status.st_size, status.st_mtime_ns)
 
 
 def _decoded(layout: DirectLayout, stored: bytes, position: tuple[int, ...]) -> np.ndarray:

@@ -159,7 +159,8 @@ def supersedes(record: BlockRecord, known: BlockRecord | None) -> bool:
 def compact_journal(path: str | Path, number_of_blocks: int) -> bool:
     """Rewrite journal `path` of a range of `number_of_blocks` blocks with only the latest line of
     each block in it (`supersedes`, as `JournalReader` reads them), in their order, once it holds
-    more than `COMPACT_LINES_PER_BLOCK` lines per block; atomically (see the module docstring). Lines that are not records go. Returns whether it did.
+    more than `COMPACT_LINES_PER_BLOCK` lines per block; atomically (see the module docstring).
+    Lines that are not records go. Returns whether it did.
 
     Only the journal's own writer may call this, after its last append: a line appended to the
     file meanwhile by another process would be lost (its block computed again, nothing worse)."""
