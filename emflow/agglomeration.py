@@ -37,10 +37,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from .affinity_statistics import FIXED_POINT_SCALE, HISTOGRAM_BINS, PairStatistics
+from .graph import connected_components
 from .multicut import canonical_labels
 
 LINKAGES = ("mean", "quantile")
@@ -68,13 +67,7 @@ class MergeHistory:
         """
         reached = np.flatnonzero(self.scores >= threshold)
         performed = int(reached[0]) if len(reached) else len(self.scores)
-        merges = self.merges[:performed].astype(np.int64)
-        adjacency = coo_matrix(
-            (np.ones(len(merges), dtype=np.int8), (merges[:, 0], merges[:, 1])),
-            shape=(self.number_of_nodes, self.number_of_nodes),
-        )
-        _, components = connected_components(adjacency, directed=False)
-        return canonical_labels(components)
+        return canonical_labels(connected_components(self.number_of_nodes, self.merges[:performed]))
 
 
 def agglomerate(

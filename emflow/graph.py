@@ -25,6 +25,7 @@ import numpy as np
 from bioimage_cpp import graph as bic_graph
 from bioimage_cpp.graph import distributed
 from bioimage_cpp.graph.features import COMPLEX_EDGE_FEATURE_NAMES, edge_map_features_complex
+from bioimage_cpp.utils import UnionFind
 
 from .blocking import Box
 
@@ -175,3 +176,22 @@ def undirected_graph(number_of_nodes: int, edges: np.ndarray) -> bic_graph.Undir
     if edges.size and int(v.max()) >= number_of_nodes:
         raise ValueError(f"edges reference node {int(v.max())} >= number_of_nodes {number_of_nodes}")
     return bic_graph.UndirectedGraph.from_unique_edges(number_of_nodes, edges)
+
+
+def connected_components(number_of_nodes: int, edges: np.ndarray) -> np.ndarray:
+    """Component of each node of the graph on nodes ``0..number_of_nodes - 1`` with ``edges``.
+
+    ``edges``: ``(E, 2)`` non-negative integer node pairs, in any order, repeats and self-loops
+    allowed. Returns ``(number_of_nodes,)`` ``int64`` labels ``0..K-1``, components numbered by
+    their smallest node (as ``scipy.sparse.csgraph.connected_components`` numbers them; scipy is
+    not imported for it, which saves a run's every process 0.2 to 0.3 s).
+    """
+    edges = np.ascontiguousarray(edges, dtype=np.uint64).reshape(-1, 2)
+    if edges.size and int(edges.max()) >= number_of_nodes:
+        raise ValueError(f"edges reference node {int(edges.max())} >= number_of_nodes {number_of_nodes}")
+    union_find = UnionFind(number_of_nodes)
+    union_find.merge(edges)
+    roots, first_nodes, components = np.unique(union_find.element_labeling(), return_index=True, return_inverse=True)
+    rank = np.empty(len(roots), dtype=np.int64)
+    rank[np.argsort(first_nodes)] = np.arange(len(roots))
+    return rank[components.reshape(-1)]

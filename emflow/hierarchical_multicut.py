@@ -42,9 +42,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
+from .graph import connected_components
 from .multicut import MulticutProblem, Solver, canonical_labels, multicut_problem
 
 # --- blocks at coarser scales -------------------------------------------------------------------
@@ -433,11 +432,7 @@ def _inner_edge_blocks(edges: np.ndarray, block_ids: np.ndarray) -> np.ndarray:
 
 
 def _contraction_mapping(number_of_nodes: int, contracted_edges: np.ndarray) -> tuple[np.ndarray, int]:
-    u = contracted_edges[:, 0].astype(np.int64)
-    v = contracted_edges[:, 1].astype(np.int64)
-    adjacency = coo_matrix((np.ones(len(u), dtype=np.int8), (u, v)), shape=(number_of_nodes, number_of_nodes))
-    _, components = connected_components(adjacency, directed=False)
-    mapping = canonical_labels(components)
+    mapping = canonical_labels(connected_components(number_of_nodes, contracted_edges))
     return mapping, int(mapping.max()) + 1
 
 

@@ -20,11 +20,10 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 import numpy as np
-import scipy.sparse
-import scipy.sparse.csgraph
 from bioimage_cpp.skeleton import distributed
 
 from .blocking import Blocking, Box
+from .graph import connected_components
 
 # Label dtypes bioimage-cpp's labelled TEASAR takes as they are.
 _TEASAR_DTYPES = tuple(np.dtype(name) for name in ("uint8", "uint16", "uint32", "uint64", "int32", "int64"))
@@ -273,8 +272,7 @@ def run_lengths(skeletons: Skeletons, segments: np.ndarray) -> dict:
     correct = ~omitted & ~split & ~merged
 
     number_of_nodes = len(segments)
-    graph = scipy.sparse.coo_array((np.ones(np.count_nonzero(correct)), (u[correct], v[correct])), shape=(number_of_nodes,) * 2)
-    _, run_of_node = scipy.sparse.csgraph.connected_components(graph, directed=False)
+    run_of_node = connected_components(number_of_nodes, np.column_stack([u[correct], v[correct]]))
     run_length = np.bincount(run_of_node[u[correct]], weights=lengths[correct])
     return {
         "expected_run_length_nm": float(run_length @ run_length / total),

@@ -51,14 +51,12 @@ from dataclasses import dataclass
 
 import numpy as np
 from bioimage_cpp.segmentation import label
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from .affinity_statistics import boundary_pair_statistics
 from .agglomeration import agglomerate
 from .blocking import Blocking, Box
 from .costs import edge_costs_from_features
-from .graph import in_core_graph_features
+from .graph import connected_components, in_core_graph_features
 from .labels import block_offsets, map_labels, relabel_consecutive
 from .multicut import solve_multicut
 from .supervoxels import distance_transform_watershed
@@ -239,9 +237,7 @@ def stitch_mapping(
         face = np.asarray(face, dtype=np.int64).reshape(-1, 2)
         row_parts.append(offsets[lower] + face[:, 0] - 1)
         column_parts.append(offsets[upper] + face[:, 1] - 1)
-    rows, columns = np.concatenate(row_parts), np.concatenate(column_parts)
-    graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, columns)), shape=(number_of_nodes, number_of_nodes))
-    _, components = connected_components(graph, directed=False)
+    components = connected_components(number_of_nodes, np.column_stack([np.concatenate(row_parts), np.concatenate(column_parts)]))
     local = np.arange(number_of_nodes) - np.repeat(offsets, total_count_array)
     present = local < np.repeat(inner_count_array, total_count_array)
     # Number the present groups by their first present node; nodes come in (block, local id) order.

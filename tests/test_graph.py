@@ -7,6 +7,7 @@ from emflow.graph import (
     FEATURE_NAMES,
     STATISTICS_COLUMNS,
     block_edge_statistics,
+    connected_components,
     in_core_graph_features,
     merge_edge_features,
     merge_edges,
@@ -171,3 +172,17 @@ def test_undirected_graph_rejects_edges_that_are_not_canonical():
     with pytest.raises(ValueError, match="number_of_nodes"):
         undirected_graph(3, np.array([[1, 3]], np.uint64))
     assert undirected_graph(3, np.empty((0, 2), np.uint64)).number_of_edges == 0
+
+
+@pytest.mark.parametrize("number_of_nodes, number_of_edges", [(0, 0), (1, 3), (50, 20), (5000, 4000)])
+def test_connected_components_equal_scipys(number_of_nodes, number_of_edges):
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components as scipy_connected_components
+
+    rng = np.random.default_rng(number_of_nodes)
+    # Repeated edges, self-loops and both orientations, as merge lists hold them.
+    edges = rng.integers(0, max(number_of_nodes, 1), (number_of_edges if number_of_nodes else 0, 2))
+    adjacency = coo_matrix((np.ones(len(edges), np.int8), (edges[:, 0], edges[:, 1])), shape=(number_of_nodes, number_of_nodes))
+    np.testing.assert_array_equal(connected_components(number_of_nodes, edges), scipy_connected_components(adjacency, directed=False)[1])
+    with pytest.raises(ValueError, match="number_of_nodes"):
+        connected_components(2, np.array([[0, 2]]))
