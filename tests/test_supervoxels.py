@@ -1,10 +1,13 @@
 import numpy as np
 import pytest
+from bioimage_cpp.distance import distance_transform
+from bioimage_cpp.filters import gaussian_smoothing
 from bioimage_cpp.segmentation import watershed
 from scipy import ndimage
+from skimage.morphology import local_maxima as skimage_local_maxima
 
 from emflow.boundaries import boundaries_from_labels
-from emflow.supervoxels import distance_transform_watershed, size_filter, use_two_d
+from emflow.supervoxels import distance_transform_watershed, local_maxima, size_filter, use_two_d
 
 MIN_SIZE = 25
 
@@ -168,3 +171,25 @@ def test_size_filter_numbers_segments_in_the_order_of_their_ids(flyem_crop, boun
     filtered = size_filter(segmentation, boundaries, 0, mask=mask)
     np.testing.assert_array_equal(filtered[~mask], 0)
     np.testing.assert_array_equal(filtered[mask], np.searchsorted(np.unique(segmentation[mask]), segmentation[mask]) + 1)
+
+
+@pytest.mark.parametrize("sigma", [0.0, 1.0, 2.0])
+def test_local_maxima_equal_scikit_images_on_distance_maps_of_real_data(flyem_crop, sigma):
+    # What the seeds are taken from: the distance to the membranes of thresholded raw data,
+    # smoothed or not (sigma 0 leaves wide plateaus, among them the membranes' zeros).
+    interior = flyem_crop["raw"] > 110
+    distance = distance_transform(interior, sampling=(1.0, 1.0, 1.0))
+    if sigma:
+        distance = gaussian_smoothing(distance, sigma)
+    maxima = local_maxima(distance)
+    np.testing.assert_array_equal(maxima, skimage_local_maxima(distance, allow_borders=True).astype(bool))
+    assert 0 < maxima.sum() < maxima.size
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 6, 9), (7, 9, 11), (40, 40)])
+def test_local_maxima_equal_scikit_images_on_plateaus_and_borders(shape):
+    rng = np.random.default_rng(7)
+    # Few levels: plateaus everywhere, touching the borders, some of them maxima only in part.
+    for image in (rng.integers(0, 3, shape).astype(np.float32), rng.random(shape), np.ones(shape, np.float32)):
+        np.testing.assert_array_equal(local_maxima(image), skimage_local_maxima(image, allow_borders=True).astype(bool))
+    assert local_maxima(np.zeros((0, 3))).shape == (0, 3)
