@@ -54,6 +54,7 @@ def mesh_stages(level: int) -> list[StageSpec]:
             writes=(Write.partials(),),
             blocking=level_blocks(level),
             run=_block_meshes(level),
+            imports=("scipy.ndimage",),
         ),
         StageSpec(name="merge_meshes", blockwise=False, reads=(Read.partials("meshes"),), writes=(Write.bundle(),), run=_merge_meshes),
     ]

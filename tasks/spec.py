@@ -20,7 +20,8 @@ the smallest real example of a stage is `emflow.tasks.edge_costs`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -150,6 +151,9 @@ class StageSpec:
     file's digest). `blocking(run)`: the blocks of a block-wise stage (default: the run's).
     `creates_outputs`: the stage that creates the output group and its volumes, on which every
     stage writing into them depends. `version`: raise it when the stage's algorithm changes.
+    `imports`: modules its `run` imports where it needs them, kept out of the imports of every run
+    for their cost; the building process imports them before its workers fork (`preload`), so that
+    each forked block group does not import them again.
 
     `content_key(block)`: early cutoff for a block-wise stage. A stale block whose inputs hold what
     they held when its latest record was written is kept, not run again: its record is written
@@ -171,11 +175,19 @@ class StageSpec:
     creates_outputs: bool = False
     content_key: Callable[[Any], bytes | None] | None = None
     version: int = 1
+    imports: tuple[str, ...] = ()
     description: str = field(default="", compare=False)
 
     def blocks(self, run: Run) -> Blocking:
         """The blocking of a block-wise stage."""
         return self.blocking(run) if self.blocking is not None else run.geometry.blocking
+
+
+def preload(stages: Iterable[StageSpec]) -> None:
+    """Import the `imports` of these stages (in the building process, before workers fork)."""
+    for spec in stages:
+        for module in spec.imports:
+            importlib.import_module(module)
 
 
 def no_global_reads(block: Any) -> bytes:

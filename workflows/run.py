@@ -23,6 +23,7 @@ from emflow.tasks.adapter import Workflow, forget_input_states, use_workers
 from emflow.tasks.context import Run
 from emflow.tasks.predict import model_choice, model_warnings
 from emflow.tasks.prepare import input_identity
+from emflow.tasks.spec import preload
 
 from .segmentation import SEGMENTATION
 from .status import failed_tasks, invalidate, progress_reporter, repair
@@ -145,6 +146,7 @@ def run_workflow(
         workers = backend.options.cpus if isinstance(backend, Slurm) else backend.workers
         # Every process building a run through a central scheduler must agree on the block groups.
         use_workers(workers, shared_scheduler=not isinstance(backend, LocalScheduler))
+        preload(workflow.stages(config_path, until))
         # What a SLURM array task runs; each checks the output again, so --update holds for them too.
         worker_command = [
             sys.executable,
