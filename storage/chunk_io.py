@@ -74,8 +74,30 @@ def direct_layout(array: Any) -> DirectLayout | None:
     return _LAYOUTS[key]
 
 
+@dataclass(frozen=True)
+class StoredUnits:
+    """Where a zarr array in a local folder keeps its data: one file per stored unit (a chunk, or
+    a shard when the array is sharded) of `unit_shape`, at `folder / key_of(grid position)`."""
+
+    folder: str
+    unit_shape: tuple[int, ...]
+    key_of: Callable[[tuple[int, ...]], str]
+
+
+def stored_units(array: zarr.Array) -> StoredUnits | None:
+    """The files of `array`'s chunks (or shards), zarr v2 or v3; None where they are not files in
+    a folder (e.g. a zip store)."""
+    if not isinstance(array.store, LocalStore):
+        return None
+    metadata = array.metadata
+    unit_shape = tuple(metadata.chunk_grid.chunk_shape) if metadata.zarr_format == 3 else tuple(metadata.chunks)
+    folder = f"{array.store.root}/{array.path}".rstrip("/")
+    return StoredUnits(folder, unit_shape, chunk_key_function(metadata.encode_chunk_key, len(array.shape)))
+
+
 def _layout(array: zarr.Array) -> DirectLayout | None:
-    if not isinstance(array.store, LocalStore) or array.metadata.zarr_format != 3:
+    units = stored_units(array)
+    if units is None or array.metadata.zarr_format != 3:
         return None
     metadata = array.metadata
     if array.shards is not None or type(metadata.chunk_grid).__name__ != "RegularChunkGrid":
@@ -92,14 +114,13 @@ def _layout(array: zarr.Array) -> DirectLayout | None:
         zstd = metadata.codecs[1]
         codec = Zstd.from_config({"level": zstd.level, "checksum": zstd.checksum})
         decompress, compress = codec.decode, codec.encode
-    folder = f"{array.store.root}/{array.path}".rstrip("/")
     return DirectLayout(
-        folder=folder,
+        folder=units.folder,
         shape=tuple(array.shape),
-        chunk_shape=tuple(metadata.chunk_grid.chunk_shape),
+        chunk_shape=units.unit_shape,
         dtype=dtype.newbyteorder("<") if dtype.itemsize > 1 else dtype,
         fill_value=metadata.fill_value,
-        key_of=chunk_key_function(metadata.encode_chunk_key, len(array.shape)),
+        key_of=units.key_of,
         decompress=decompress,
         compress=compress,
     )

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from .chunk_io import chunk_key_function
+from .chunk_io import stored_units
 from .volumes import HDF5Volume, open_volume
 
 
@@ -98,12 +98,10 @@ def _chunk_layout(path: str, key: str) -> ChunkLayout:
     shape = tuple(volume.shape)
     if isinstance(volume, HDF5Volume):
         volume.close()
-    root = getattr(volume.store_path.store, "root", None) if isinstance(volume, zarr.Array) else None
-    if root is None:  # HDF5, or not a folder of files (e.g. a zip store): the whole container is one unit
+    units = stored_units(volume) if isinstance(volume, zarr.Array) else None
+    if units is None:  # HDF5, or not a folder of files (e.g. a zip store): the whole container is one unit
         return ChunkLayout(shape=shape, grid_shape=(), folder=None, key_of=None, file=Path(path))
-    metadata = volume.metadata
-    grid_shape = tuple(metadata.chunk_grid.chunk_shape) if metadata.zarr_format == 3 else tuple(metadata.chunks)
-    return ChunkLayout(shape=shape, grid_shape=grid_shape, folder=Path(root) / volume.store_path.path, key_of=metadata.encode_chunk_key)
+    return ChunkLayout(shape=shape, grid_shape=units.unit_shape, folder=Path(units.folder), key_of=units.key_of)
 
 
 def _file_state(path: str | Path) -> tuple[int, int] | None:
@@ -157,8 +155,7 @@ def chunk_files(path: str | Path, key: str, boxes: np.ndarray) -> list[list[str]
     first = boxes[:, 0] // grid
     stop = np.where(boxes[:, 1] > boxes[:, 0], (boxes[:, 1] - 1) // grid + 1, first)
     leading_ranges = [range(-(-extent // size)) for extent, size in zip(layout.shape[:leading], layout.grid_shape[:leading])]
-    key_of = chunk_key_function(layout.key_of, len(layout.shape))
-    folder = str(layout.folder)
+    key_of, folder = layout.key_of, str(layout.folder)
     files = []
     for low, high in zip(first.tolist(), stop.tolist()):
         positions = itertools.product(*leading_ranges, *(range(begin, end) for begin, end in zip(low, high)))
