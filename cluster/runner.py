@@ -186,8 +186,8 @@ def _end_worker_processes() -> None:
 def _build(tasks: Sequence[luigi.Task], workers: int, scheduler: dict):
     return luigi.build(
         list(tasks),
-        # With the local scheduler no other process can run a task, so Luigi's own worker.
-        worker_scheduler_factory=None if scheduler["local_scheduler"] else CooperatingWorkerFactory(),
+        # With the local scheduler no other process can run a task, so no cooperation.
+        worker_scheduler_factory=WorkerFactory() if scheduler["local_scheduler"] else CooperatingWorkerFactory(),
         workers=int(workers),
         detailed_summary=True,
         no_lock=True,
@@ -199,7 +199,19 @@ def _complete(tasks: Sequence[luigi.Task]) -> bool:
     return all(task.complete() for task in tasks)
 
 
-class CooperatingWorker(luigi.worker.Worker):
+class Worker(luigi.worker.Worker):
+    """Luigi's worker, except that a task whose class sets `runs_in_worker` runs in the worker's own
+    process with several worker processes too, where Luigi forks a process per task: a task that
+    only writes a record (a block-wise stage as a whole) took longer to fork than to run."""
+
+    def _create_task_process(self, task):
+        process = super()._create_task_process(task)
+        if getattr(task, "runs_in_worker", False):
+            process.use_multiprocessing = False
+        return process
+
+
+class CooperatingWorker(Worker):
     """A Luigi worker that shares a central scheduler with the workers of other processes.
 
     When the scheduler has no task for it, it waits (asking again every `[worker] wait_interval`
@@ -222,9 +234,16 @@ class CooperatingWorker(luigi.worker.Worker):
         return self.saw_a_failed_task
 
 
-class CooperatingWorkerFactory(luigi.interface._WorkerSchedulerFactory):
+class WorkerFactory(luigi.interface._WorkerSchedulerFactory):
     """Luigi's factory of schedulers and workers (the `worker_scheduler_factory` of `luigi.build`),
-    making `CooperatingWorker`s."""
+    making `Worker`s."""
+
+    def create_worker(self, scheduler, worker_processes, assistant=False):
+        return Worker(scheduler=scheduler, worker_processes=worker_processes, assistant=assistant)
+
+
+class CooperatingWorkerFactory(WorkerFactory):
+    """`WorkerFactory` making `CooperatingWorker`s, for a central scheduler."""
 
     def create_worker(self, scheduler, worker_processes, assistant=False):
         return CooperatingWorker(scheduler=scheduler, worker_processes=worker_processes, assistant=assistant)

@@ -235,6 +235,9 @@ class _GlobalTask(_StageTaskBase):
 class _BlockStageTask(_StageTaskBase):
     """All blocks of a block-wise stage, run as block groups: what later stages depend on."""
 
+    # Its run only writes the stage's record: in the worker's process (`emflow.cluster.runner.Worker`).
+    runs_in_worker = True
+
     def requires(self):
         run = self.run_context
         configured = run.config.scheduling.block_groups
@@ -344,6 +347,7 @@ class _RootTask(luigi.WrapperTask):
     config_path = luigi.Parameter()
     until = luigi.Parameter(default="")
     workflow: Workflow
+    runs_in_worker = True  # it runs nothing (see `_BlockStageTask`)
 
     @classmethod
     def get_task_family(cls) -> str:

@@ -126,6 +126,21 @@ def test_same_segmentation_with_any_scheduler_and_number_of_workers(
     central = ["--scheduler-host", "127.0.0.1", "--scheduler-port", luigid_port] if scheduler == "luigid" else []
     assert run_cli("run", config, "--workers", workers, *central) == 0
     assert np.array_equal(read(tmp_path / "out.zarr", "segmentation"), reference_segmentation)
+    if workers > 1:
+        # Luigi forks a process per task with several workers; a block-wise stage's own task (it
+        # writes the stage's record) and the root run in the worker's process instead.
+        started = re.findall(
+            r"\[pid (\d+)\] Worker Worker\(.*?pid=(\d+)\) running +([\w.]+)\((.*)\)",
+            (tmp_path / "out.zarr.work" / "logs" / "luigi.log").read_text(),
+        )
+        in_worker = {
+            (family, task_pid == worker_pid)
+            for task_pid, worker_pid, family, _ in started
+            if family.endswith(".stage") or family == "segmentation"
+        }
+        forked = {(family, task_pid == worker_pid) for task_pid, worker_pid, family, parameters in started if "blocks=" in parameters}
+        assert ("supervoxels.stage", True) in in_worker and all(same for _, same in in_worker)
+        assert ("supervoxels", False) in forked and not any(same for _, same in forked)
 
 
 def test_two_run_processes_share_one_luigid_without_doing_a_block_twice(tmp_path, workflow_inputs, reference_segmentation, luigid_port):
