@@ -34,6 +34,7 @@ from emflow.targets.atomic import writing
 from .chunk_io import read_selection, write_selection
 from .inputs import InputDataset
 from .layout import Layout
+from .npz import read_npz
 from .ome import create_levels, level_path, write_multiscale_metadata
 from .output import create_block_image, open_output_group, output_array, write_global_array
 from .volumes import opened_volume, read_region
@@ -203,14 +204,13 @@ class Store:
         atomic_save_npz(self.layout.partial(stage, block_id, ".npz"), **fields)
 
     def load_partial(self, stage: str, block_id: int, *fields: str) -> tuple[np.ndarray, ...]:
-        """Arrays of a block's partial result, from one opening of its file."""
-        with np.load(self.layout.partial(stage, block_id, ".npz")) as partial:
-            return tuple(partial[field] for field in fields)
+        """Arrays of a block's partial result, from one read of its file."""
+        partial = read_npz(self.layout.partial(stage, block_id, ".npz"))
+        return tuple(partial[field] for field in fields)
 
     def load_partial_bundle(self, stage: str, block_id: int) -> dict[str, np.ndarray]:
         """Every array of a block's partial result, by name."""
-        with np.load(self.layout.partial(stage, block_id, ".npz")) as partial:
-            return {field: partial[field] for field in partial.files}
+        return read_npz(self.layout.partial(stage, block_id, ".npz"))
 
     def save_partial_array(self, stage: str, block_id: int, array: np.ndarray | None) -> None:
         """A block's partial result as one .npy file (other blocks read it memory-mapped); None: the

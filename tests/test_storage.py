@@ -489,3 +489,53 @@ def test_arrays_that_chunk_io_cannot_read_exactly_are_left_to_zarr(tmp_path, fly
     assert plain_selection((slice(0, 8), slice(None), 3), data.shape) is None
     assert plain_selection((slice(0, 8, 2), slice(None), slice(None)), data.shape) is None
     assert np.array_equal(read_selection(plain, (slice(0, 8), slice(None), 3)), data[0:8, :, 3])
+
+
+def test_read_npz_reads_block_partials_as_np_load_does(tmp_path, flyem_crop):
+    from emflow.blocking import Box
+    from emflow.boundaries import boundaries_from_labels
+    from emflow.graph import block_edge_statistics
+    from emflow.storage.npz import _parse, read_npz
+    from emflow.targets import atomic_save_npz
+
+    # A block graph's partial of real data, as block_graph writes it, and arrays of other shapes:
+    # empty, 0-d, one-byte and big-endian types.
+    labels = np.ascontiguousarray(flyem_crop["oversegmentation"][:32, :64, :64])
+    own_box = Box((0, 0, 0), (31, 63, 63))
+    edges, statistics = block_edge_statistics(labels, boundaries_from_labels(labels).astype(np.float32), own_box)
+    cases = {
+        "graph": {"edges": edges, "statistics": statistics},
+        "others": {
+            "empty": np.zeros((0, 2), np.uint64),
+            "scalar": np.array(3.5),
+            "flags": np.array([True, False]),
+            "big": np.arange(5, dtype=">i4"),
+        },
+    }
+    for name, arrays in cases.items():
+        path = tmp_path / f"{name}.npz"
+        atomic_save_npz(path, **arrays)
+        assert _parse(path.read_bytes()) is not None  # the fast path, not np.load's
+        read = read_npz(path)
+        with np.load(path) as loaded:
+            assert read.keys() == set(loaded.files)
+            for key in loaded.files:
+                assert read[key].dtype == loaded[key].dtype and read[key].flags.writeable
+                np.testing.assert_array_equal(read[key], loaded[key])
+    assert len(edges) > 100
+
+
+def test_read_npz_leaves_other_files_to_np_load(tmp_path):
+    from emflow.storage.npz import _parse, read_npz
+
+    rng = np.random.default_rng(3)
+    arrays = {"fortran": np.asfortranarray(rng.random((4, 5))), "records": np.zeros(3, dtype=[("a", "<i4"), ("b", "<f8")])}
+    np.savez_compressed(tmp_path / "compressed.npz", values=rng.random(10))
+    np.savez(tmp_path / "layouts.npz", **arrays)
+    for name in ("compressed", "layouts"):
+        path = tmp_path / f"{name}.npz"
+        assert _parse(path.read_bytes()) is None
+        with np.load(path) as loaded:
+            assert all(np.array_equal(read_npz(path)[key], loaded[key]) for key in loaded.files)
+    with pytest.raises(FileNotFoundError):
+        read_npz(tmp_path / "missing.npz")
