@@ -236,17 +236,18 @@ class CooperatingWorker(Worker):
 
 class WorkerFactory(luigi.interface._WorkerSchedulerFactory):
     """Luigi's factory of schedulers and workers (the `worker_scheduler_factory` of `luigi.build`),
-    making `Worker`s."""
+    making `worker_class`es."""
+
+    worker_class: type[Worker] = Worker
 
     def create_worker(self, scheduler, worker_processes, assistant=False):
-        return Worker(scheduler=scheduler, worker_processes=worker_processes, assistant=assistant)
+        return self.worker_class(scheduler=scheduler, worker_processes=worker_processes, assistant=assistant)
 
 
 class CooperatingWorkerFactory(WorkerFactory):
     """`WorkerFactory` making `CooperatingWorker`s, for a central scheduler."""
 
-    def create_worker(self, scheduler, worker_processes, assistant=False):
-        return CooperatingWorker(scheduler=scheduler, worker_processes=worker_processes, assistant=assistant)
+    worker_class = CooperatingWorker
 
     def create_remote_scheduler(self, url):
         # Luigi reads these from its [core] config only, where setting them makes every task warn

@@ -134,7 +134,8 @@ def run_workflow(
         forget_input_states()  # input written since this process last looked counts
         if before_run is not None:
             before_run(config_path)
-        plan = repair(run, workflow.stages(config_path, until))
+        stages = workflow.stages(config_path, until)
+        plan = repair(run, stages)
         if not run.layout.output_path.exists() and plan.changed:
             lines = [f"the output {run.layout.output_path} does not exist: every task that wrote into it runs again"]
             lines += [f"computing again {needed.describe()}" for needed in plan.repairs]
@@ -146,7 +147,7 @@ def run_workflow(
         workers = backend.options.cpus if isinstance(backend, Slurm) else backend.workers
         # Every process building a run through a central scheduler must agree on the block groups.
         use_workers(workers, shared_scheduler=not isinstance(backend, LocalScheduler))
-        preload(workflow.stages(config_path, until))
+        preload(stages)
         # What a SLURM array task runs; each checks the output again, so --update holds for them too.
         worker_command = [
             sys.executable,
