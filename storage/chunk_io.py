@@ -39,7 +39,7 @@ import zarr
 from numcodecs import Zstd
 from zarr.storage import LocalStore
 
-from emflow.targets.atomic import atomic_write_bytes
+from emflow.targets.atomic import atomic_write_bytes, memory_of
 
 
 @dataclass(frozen=True)
@@ -250,7 +250,8 @@ def _whole_chunks(layout: DirectLayout, selection: tuple[slice, ...]) -> bool:
 
 def write_chunks(layout: DirectLayout, selection: tuple[slice, ...], data: np.ndarray) -> None:
     """Write `data` (shaped like `selection`, which covers whole chunks) into the array's chunk
-    files, one file per chunk, each written atomically (see the module docstring)."""
+    files, one file per chunk, each written atomically (see the module docstring), remembering
+    each file's digest for the block's record (`emflow.targets.atomic.written_digest`)."""
     if data.shape != tuple(part.stop - part.start for part in selection):
         raise ValueError(f"data of shape {data.shape} for a selection of shape {tuple(part.stop - part.start for part in selection)}")
     ranges = [range(part.start // size, -(-part.stop // size)) for part, size in zip(selection, layout.chunk_shape)]
@@ -265,8 +266,9 @@ def write_chunks(layout: DirectLayout, selection: tuple[slice, ...], data: np.nd
         else:  # at the array's end: the rest of the chunk holds the fill value
             chunk = np.full(layout.chunk_shape, layout.fill_value, dtype=layout.dtype)
             chunk[tuple(slice(0, extent) for extent in part.shape)] = part
-        encoded = chunk.tobytes() if layout.compress is None else layout.compress(chunk)
-        atomic_write_bytes(f"{layout.folder}/{layout.key_of(position)}", bytes(encoded))
+        # Uncompressed: the chunk's own memory, not a copy of it (`tobytes`): 4-10 ms less per 9.4 MB chunk.
+        encoded = memory_of(chunk) if layout.compress is None else bytes(layout.compress(chunk))
+        atomic_write_bytes(f"{layout.folder}/{layout.key_of(position)}", encoded, digest=True)
 
 
 def plain_selection(selection: Any, shape: tuple[int, ...]) -> tuple[slice, ...] | None:

@@ -539,3 +539,67 @@ def test_read_npz_leaves_other_files_to_np_load(tmp_path):
             assert all(np.array_equal(read_npz(path)[key], loaded[key]) for key in loaded.files)
     with pytest.raises(FileNotFoundError):
         read_npz(tmp_path / "missing.npz")
+
+
+def test_saved_arrays_hold_np_saves_bytes_and_the_digest_taken_while_writing_is_theirs(tmp_path, flyem_crop):
+    """`atomic_save_npy` writes the bytes `np.save` writes: real data large enough to be hashed
+    in a thread beside the write, and empty, 0-d, bool, big-endian and Fortran-order arrays. The
+    digest remembered while writing (C-contiguous arrays and .npz files) is the SHA-256 of the
+    file, and `file_state` gives it; a Fortran-order array's file is read back instead."""
+    import hashlib
+    import io
+    import os
+
+    from emflow.storage.chunks import file_state
+    from emflow.targets import atomic_save_npy, atomic_save_npz
+    from emflow.targets.atomic import _THREADED_DIGEST_BYTES, written_digest
+
+    raw = np.ascontiguousarray(np.tile(flyem_crop["raw"].astype(np.float32), (2, 1, 1, 1)))
+    assert raw.nbytes >= _THREADED_DIGEST_BYTES
+    cases = {
+        "raw": raw,
+        "empty": np.zeros((0, 2), np.uint64),
+        "scalar": np.array(3.5),
+        "flags": np.array([True, False]),
+        "big": np.arange(5, dtype=">i4"),
+        "fortran": np.asfortranarray(flyem_crop["oversegmentation"][:4, :5, :6]),
+    }
+    for name, array in cases.items():
+        path = tmp_path / f"{name}.npy"
+        atomic_save_npy(path, array)
+        expected = io.BytesIO()
+        np.save(expected, array)
+        assert path.read_bytes() == expected.getvalue(), name
+        sha = hashlib.sha256(expected.getvalue()).hexdigest()
+        assert written_digest(path, os.stat(path)) == (None if name == "fortran" else sha), name
+        assert file_state(path, digest=True)[2] == sha
+        np.testing.assert_array_equal(np.load(path), array)
+    bundle = tmp_path / "bundle.npz"
+    atomic_save_npz(bundle, **cases)
+    assert written_digest(bundle, os.stat(bundle)) == hashlib.sha256(bundle.read_bytes()).hexdigest()
+
+
+def test_a_file_changed_after_its_write_is_hashed_anew_and_verification_always_reads_the_file(tmp_path, flyem_crop):
+    """The remembered digest stands only for the file as written: rewritten in place (its inode
+    kept), it is read back. Damage that keeps size and modification time is what only reading
+    finds: `file_state(..., read_back=True)`, which `emflow verify` uses, hashes what is on disk."""
+    import hashlib
+    import os
+
+    from emflow.storage.chunks import file_state
+    from emflow.targets import atomic_save_npy
+
+    path = tmp_path / "sums.npy"
+    atomic_save_npy(path, np.ascontiguousarray(flyem_crop["raw"][:8], dtype=np.float32))
+    written = file_state(path, digest=True)
+    with open(path, "r+b") as handle:  # a flipped byte, written in place
+        handle.seek(-1, os.SEEK_END)
+        last = handle.read(1)
+        handle.seek(-1, os.SEEK_END)
+        handle.write(bytes([last[0] ^ 0xFF]))
+    now = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert now != written[2]
+    assert file_state(path, digest=True)[2] == now  # a new modification time: read back
+    os.utime(path, ns=(written[1], written[1]))  # damage that hides its modification time
+    assert file_state(path, digest=True)[2] == written[2]
+    assert file_state(path, digest=True, read_back=True)[2] == now

@@ -108,7 +108,7 @@ def _check(
 ) -> None:
     if recorded is None:
         return  # a file the task did not write (a block writes one of its partial files, or none)
-    current = file_state(path, digest=True)
+    current = file_state(path, digest=True, read_back=True)
     verification.files += current is not None
     verification.bytes += current[0] if current is not None else 0
     if current is None:
