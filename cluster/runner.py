@@ -58,6 +58,7 @@ from emflow.targets.atomic import writing
 from emflow.targets.logs import QuietFileHandler
 
 from .backends import CentralScheduler, LocalScheduler, RunReport, SchedulerUnreachable, check_reachable
+from .pool import PooledTaskProcess, WorkerPool
 from .progress import StageProgress, start_progress
 
 # Luigi's statuses of a run in which a task of this process failed.
@@ -200,15 +201,29 @@ def _complete(tasks: Sequence[luigi.Task]) -> bool:
 
 
 class Worker(luigi.worker.Worker):
-    """Luigi's worker, except that a task whose class sets `runs_in_worker` runs in the worker's own
-    process with several worker processes too, where Luigi forks a process per task: a task that
-    only writes a record (a block-wise stage as a whole) took longer to fork than to run."""
+    """Luigi's worker, except where Luigi would fork a process per task (several worker processes):
+    a task whose class sets `runs_in_worker` runs in the worker's own process (a task that only
+    writes a record, a block-wise stage as a whole, took longer to fork than to run), and the
+    others in the persistent processes of a `WorkerPool`."""
+
+    def __init__(self, *arguments, **keywords):
+        super().__init__(*arguments, **keywords)
+        self.pool = WorkerPool(self)
 
     def _create_task_process(self, task):
         process = super()._create_task_process(task)
+        if not process.use_multiprocessing:
+            return process
         if getattr(task, "runs_in_worker", False):
             process.use_multiprocessing = False
-        return process
+            return process
+        return PooledTaskProcess(self.pool, task, self._config.timeout)
+
+    def __exit__(self, *exception):
+        try:
+            return super().__exit__(*exception)
+        finally:
+            self.pool.close()
 
 
 class CooperatingWorker(Worker):

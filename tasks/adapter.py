@@ -9,7 +9,8 @@ stage) and each group's progress as its status message.
 
 Block groups. Luigi's scheduler does work proportional to every task it knows, for every task it
 hands out, so a run that gives it one task per block is quadratic in the number of blocks; and with
-several workers Luigi forks a process per task (see the README's design section for measurements).
+several workers each task starts in a process of its own (forked by Luigi, or a persistent one of
+`emflow.cluster.pool`; see the README's design section for measurements).
 A group runs its contiguous range of blocks one after the other in its worker.
 
 Completion. A block is done when its latest record (a line in its stage's journals, see
@@ -97,9 +98,10 @@ STATUS_INTERVAL = 2.0
 # workers stay busy until the end of a stage, few enough that forks and scheduling stay cheap.
 GROUPS_PER_WORKER = 4
 # Fewest blocks of an automatic block group where a stage has few blocks (a pyramid level), when
-# Luigi forks a process per task (local scheduler, several workers): a forked group's first block
-# faults in its arrays' pages (0.03 to 0.07 s more than the next), which a group of one block pays
-# for every block.
+# the local scheduler has several workers: a group's first block pays for opening its arrays and
+# its first pages (measured when each group was a forked process: 0.03 to 0.07 s more than the
+# next; in the persistent processes of `emflow.cluster.pool`, 0.15 s in `pyramid_s1`), which a
+# group of one block pays for every block.
 MIN_BLOCKS_PER_AUTO_GROUP = 4
 # Block groups per stage when `[scheduling] block_groups` is 0 and a central scheduler is shared:
 # enough to keep 16 worker processes busy at 4 groups each; more workers want an explicit value.
@@ -132,8 +134,8 @@ def use_workers(workers: int, *, shared_scheduler: bool = False) -> None:
     configuration = luigi.configuration.get_config()
     groups = SHARED_SCHEDULER_BLOCK_GROUPS if shared_scheduler else GROUPS_PER_WORKER * workers
     configuration.set("block_scheduling", "auto_block_groups", str(groups))
-    # Only Luigi's forked task processes pay for a group's first pages; luigid's workers run their
-    # tasks in their own process, and on a cluster want as many groups as there are blocks.
+    # A cluster wants as many groups as there are blocks: there the groups' first blocks are the
+    # lesser cost.
     forked = workers > 1 and not shared_scheduler
     configuration.set("block_scheduling", "min_blocks_per_auto_group", str(MIN_BLOCKS_PER_AUTO_GROUP if forked else 1))
     configuration.set("block_scheduling", "worker_processes", str(workers))
@@ -778,6 +780,7 @@ def execute(run: Run, spec: StageSpec, block_id: int | None) -> tuple[dict[str, 
     logger.addHandler(handler)
     reuse_freed_memory()
     retries = run.config.scheduling.retries
+    reset_peak_rss()
     rss_at_start = current_rss_bytes()
     started = time.perf_counter()
     where = spec.name if block_id is None else f"{spec.name} block {block_id}"
@@ -807,9 +810,9 @@ def execute(run: Run, spec: StageSpec, block_id: int | None) -> tuple[dict[str, 
     failure_path = run.layout.failure(spec.name, block_id)
     if failure_path.exists():
         failure_path.unlink()
-    # The process's peak so far: with worker processes (forked per task) the peak of this task's
-    # process, the figure a job system's memory limit must cover. The resident set at the start
-    # tells what the process inherited (a forked worker counts its parent's pages too).
+    # The process's peak while this task ran (`reset_peak_rss`), the figure a job system's memory
+    # limit must cover. The resident set at the start tells what the process held before: pages
+    # a forked worker shares with its parent, memory a persistent one keeps from earlier tasks.
     peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     summary = {
         **result,
@@ -881,6 +884,17 @@ def inject_failure(stage: str, block_id: int | None) -> None:
         raise ValueError(f"{INJECT_FAILURES_VARIABLE} must be a fraction between 0 and 1, got {fraction!r}") from None
     if random.random() < probability:
         raise InjectedFailure(f"failure injected by {INJECT_FAILURES_VARIABLE}={fraction} into {stage} block {block_id}")
+
+
+def reset_peak_rss() -> None:
+    """Start this process's peak resident set (`ru_maxrss`, VmHWM) afresh from its resident set
+    now (Linux: /proc/self/clear_refs), so that a task's peak is its own, not that of an earlier
+    task of the same process (`emflow.cluster.pool`, or one process running every task)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
 
 
 def current_rss_bytes() -> int | None:

@@ -128,7 +128,8 @@ def test_same_segmentation_with_any_scheduler_and_number_of_workers(
     assert np.array_equal(read(tmp_path / "out.zarr", "segmentation"), reference_segmentation)
     if workers > 1:
         # Luigi forks a process per task with several workers; a block-wise stage's own task (it
-        # writes the stage's record) and the root run in the worker's process instead.
+        # writes the stage's record) and the root run in the worker's process instead, and the
+        # block groups of every stage in the `workers` persistent processes of a pool.
         started = re.findall(
             r"\[pid (\d+)\] Worker Worker\(.*?pid=(\d+)\) running +([\w.]+)\((.*)\)",
             (tmp_path / "out.zarr.work" / "logs" / "luigi.log").read_text(),
@@ -141,6 +142,9 @@ def test_same_segmentation_with_any_scheduler_and_number_of_workers(
         forked = {(family, task_pid == worker_pid) for task_pid, worker_pid, family, parameters in started if "blocks=" in parameters}
         assert ("supervoxels.stage", True) in in_worker and all(same for _, same in in_worker)
         assert ("supervoxels", False) in forked and not any(same for _, same in forked)
+        group_pids = {task_pid for task_pid, _, _, parameters in started if "blocks=" in parameters}
+        group_families = {family for _, _, family, parameters in started if "blocks=" in parameters}
+        assert len(group_pids) == workers and len(group_families) >= 4, (group_pids, group_families)
 
 
 def test_two_run_processes_share_one_luigid_without_doing_a_block_twice(tmp_path, workflow_inputs, reference_segmentation, luigid_port):
