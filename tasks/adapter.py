@@ -136,8 +136,8 @@ def use_workers(workers: int, *, shared_scheduler: bool = False) -> None:
     configuration.set("block_scheduling", "auto_block_groups", str(groups))
     # A cluster wants as many groups as there are blocks: there the groups' first blocks are the
     # lesser cost.
-    forked = workers > 1 and not shared_scheduler
-    configuration.set("block_scheduling", "min_blocks_per_auto_group", str(MIN_BLOCKS_PER_AUTO_GROUP if forked else 1))
+    local_worker_processes = workers > 1 and not shared_scheduler
+    configuration.set("block_scheduling", "min_blocks_per_auto_group", str(MIN_BLOCKS_PER_AUTO_GROUP if local_worker_processes else 1))
     configuration.set("block_scheduling", "worker_processes", str(workers))
 
 
