@@ -17,6 +17,13 @@ asks of a task's process (alive, exit code, terminate) `PooledTaskProcess` answe
 on its member: a member that dies while it runs a task fails that task as a forked process's
 death does ("died unexpectedly"), and the next task gets a new member.
 
+A task's result (what Luigi's `TaskProcess.run` puts on the worker's result queue) comes back on
+its member's pipe, sent before the member says the task is done, and the worker reads it from
+`PoolResults`, which stands in for Luigi's `multiprocessing.Queue`. That queue sends from a thread
+of the sending process after `put` returns: a member killed right after a task (by the next task's
+crash, a timeout, the OOM killer) could take that task's result with it, and the build waited for
+it for ever (seen in tests/test_pool.py, once in about 20 runs).
+
 The members are forked after Luigi's worker has scheduled the build's tasks (`Worker.add`, before
 `Worker.run`), so each finds its task among its copy of the worker's scheduled tasks, the same
 object a forked `TaskProcess` would run; a task scheduled after a member was forked gets a new
@@ -27,9 +34,11 @@ it stands for.
 
 from __future__ import annotations
 
+import collections
 import multiprocessing
 import multiprocessing.connection
 import os
+import queue
 import random
 import signal
 import time
@@ -45,32 +54,49 @@ MEMBER_EXIT_SECONDS = 5.0
 
 
 class _Member:
-    """One persistent process: takes task ids on its pipe, says each id back when the task is done."""
+    """One persistent process: takes task ids on its pipe; sends back each task's result, then the
+    task's id once it is done."""
 
     def __init__(self, worker: luigi.worker.Worker):
         self.connection, child_end = multiprocessing.Pipe()
         self.known_tasks = frozenset(worker._scheduled_tasks)
         self.running: str | None = None  # the task id it runs, until it says it is done
+        self.gone = False  # its pipe is closed: it died (`process` says how) or ended
         self.process = multiprocessing.get_context("fork").Process(target=_serve, args=(worker, child_end), name="emflow-worker")
         self.process.start()
         child_end.close()
 
-    def take_news(self) -> None:
-        """Read what the member said: the task it ran is done."""
+    def take_news(self, results: collections.deque) -> None:
+        """Read what the member sent: task results (onto `results`), and that its task is done."""
         try:
-            while self.connection.poll():
-                if self.connection.recv() == self.running:
+            while not self.gone and self.connection.poll():
+                kind, value = self.connection.recv()
+                if kind == "result":
+                    results.append(value)
+                elif value == self.running:
                     self.running = None
-        except (EOFError, OSError):  # it died; `process` says how
-            pass
+        except (EOFError, OSError):
+            self.gone = True
 
     @property
     def free(self) -> bool:
-        return self.running is None and self.process.is_alive()
+        return self.running is None and not self.gone and self.process.is_alive()
+
+
+class _SentResults:
+    """A member's stand-in for Luigi's result queue: `put` sends on the member's pipe, and returns
+    once the result is in the pipe."""
+
+    def __init__(self, connection: multiprocessing.connection.Connection):
+        self.connection = connection
+
+    def put(self, result: tuple) -> None:
+        self.connection.send(("result", result))
 
 
 def _serve(worker: luigi.worker.Worker, connection: multiprocessing.connection.Connection) -> None:
     """A member's life: run the tasks it is sent, one after the other, in this process."""
+    worker._task_result_queue = _SentResults(connection)
     # As Luigi seeds each forked task process: members must not share a random sequence.
     random.seed(os.getpid() * time.time())
     # Ctrl-C is for the building process: it stops the build and kills the members running tasks
@@ -87,7 +113,7 @@ def _serve(worker: luigi.worker.Worker, connection: multiprocessing.connection.C
         task_process = luigi.worker.Worker._create_task_process(worker, worker._scheduled_tasks[task_id])
         task_process.use_multiprocessing = False
         task_process.run()  # puts the task's result on the worker's result queue, whatever happens
-        connection.send(task_id)
+        connection.send(("done", task_id))
 
 
 class WorkerPool:
@@ -96,6 +122,7 @@ class WorkerPool:
     def __init__(self, worker: luigi.worker.Worker):
         self.worker = worker
         self.members: list[_Member] = []
+        self.results = PoolResults(self)
 
     def dispatch(self, task_id: str) -> _Member:
         """Send a task to a free member (forking one where none is free or knows the task)."""
@@ -109,7 +136,7 @@ class WorkerPool:
         deadline = time.monotonic() + FREE_MEMBER_WAIT_SECONDS
         while len(self.members) >= self.worker.worker_processes and not any(member.free for member in self.members):
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not multiprocessing.connection.wait([member.connection for member in self.members], timeout=remaining):
+            if remaining <= 0 or not self.wait(remaining):
                 break
             self._take_news(task_id)
         free = [member for member in self.members if member.free]
@@ -119,11 +146,19 @@ class WorkerPool:
         self.members.append(member)
         return member
 
+    def take_news(self) -> None:
+        """Read what every member sent (`_Member.take_news`)."""
+        for member in self.members:
+            member.take_news(self.results.received)
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for a member to send something (or die); whether one did."""
+        return bool(multiprocessing.connection.wait([member.connection for member in self.members if not member.gone], timeout))
+
     def _take_news(self, task_id: str) -> None:
         """Update what each member runs; members that died, and free ones forked before `task_id`
         was scheduled, go."""
-        for member in self.members:
-            member.take_news()
+        self.take_news()
         self._retire(
             [member for member in self.members if not member.process.is_alive() or (member.free and task_id not in member.known_tasks)]
         )
@@ -154,6 +189,35 @@ def _stop(members: list[_Member]) -> None:
         member.connection.close()
 
 
+class PoolResults:
+    """The worker's result queue (Luigi's `Worker._task_result_queue`) while a pool runs its tasks:
+    results of tasks run in the building process (`put`) and those the members sent."""
+
+    def __init__(self, pool: WorkerPool):
+        self.pool = pool
+        self.received: collections.deque = collections.deque()
+
+    def put(self, result: tuple) -> None:
+        self.received.append(result)
+
+    def get(self, timeout: float) -> tuple:
+        """The next result, waiting up to `timeout` seconds for one (else `queue.Empty`, as Luigi expects)."""
+        deadline = time.monotonic() + timeout
+        self.pool.take_news()
+        while not self.received:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise queue.Empty
+            # No member left to hear from: sleep out the timeout, as Luigi's queue would.
+            if not self.pool.wait(remaining):
+                time.sleep(max(0.0, deadline - time.monotonic()))
+            self.pool.take_news()
+        return self.received.popleft()
+
+    def close(self) -> None:
+        """Nothing to close (Luigi closes its queue when the worker ends)."""
+
+
 class PooledTaskProcess:
     """What Luigi's worker holds for a task running on a pool member, in place of its
     `TaskProcess`: `start` dispatches it, and the member's life answers for the task's."""
@@ -172,7 +236,7 @@ class PooledTaskProcess:
     def _running(self) -> bool:
         if self.member is None:
             return False
-        self.member.take_news()
+        self.pool.take_news()
         return self.member.running == self.task.task_id
 
     def is_alive(self) -> bool:

@@ -209,15 +209,16 @@ class Worker(luigi.worker.Worker):
     def __init__(self, *arguments, **keywords):
         super().__init__(*arguments, **keywords)
         self.pool = WorkerPool(self)
+        self._task_result_queue.close()
+        self._task_result_queue = self.pool.results
 
     def _create_task_process(self, task):
+        # Luigi's own test for a process per task (luigi/worker.py, `_create_task_process`).
+        if (self._config.force_multiprocessing or self.worker_processes > 1) and not getattr(task, "runs_in_worker", False):
+            return PooledTaskProcess(self.pool, task, self._config.timeout)
         process = super()._create_task_process(task)
-        if not process.use_multiprocessing:
-            return process
-        if getattr(task, "runs_in_worker", False):
-            process.use_multiprocessing = False
-            return process
-        return PooledTaskProcess(self.pool, task, self._config.timeout)
+        process.use_multiprocessing = False
+        return process
 
     def __exit__(self, *exception):
         try:

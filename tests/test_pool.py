@@ -11,6 +11,7 @@ from pathlib import Path
 
 import luigi
 
+from emflow.cluster.pool import _SentResults
 from emflow.cluster.runner import WorkerFactory
 
 
@@ -51,6 +52,19 @@ def _build(tasks, workers: int = 2) -> bool:
     return luigi.build(tasks, worker_scheduler_factory=WorkerFactory(), workers=workers, local_scheduler=True, no_lock=True)
 
 
+def _build_within(tasks, seconds: float) -> None:
+    """Build in a forked process, which must end within `seconds`: a build that waits for ever
+    fails the test instead of hanging the suite."""
+    process = multiprocessing.get_context("fork").Process(target=_build, args=(tasks,))
+    process.start()
+    process.join(seconds)
+    hung = process.is_alive()
+    if hung:
+        process.kill()  # its members then read the end of their pipes, and end
+        process.join()
+    assert not hung, f"the build did not end within {seconds} s"
+
+
 def _pids(folder: Path) -> dict[str, int]:
     return {path.name: int(path.read_text()) for path in folder.iterdir()}
 
@@ -87,3 +101,31 @@ def test_a_task_past_its_timeout_is_killed_with_its_process_and_the_build_goes_o
     assert not _build([hangs, *others])
     assert time.monotonic() - started < 30
     assert set(_pids(tmp_path)) == {f"other{index}" for index in range(4)}
+
+
+def test_a_result_put_by_a_member_arrives_though_the_member_is_killed_right_after(tmp_path):
+    receiving, sending = multiprocessing.Pipe()
+
+    def put_and_die():
+        _SentResults(sending).put(("task", "DONE", "x" * 100_000, [], []))
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    member = multiprocessing.get_context("fork").Process(target=put_and_die)
+    member.start()
+    sending.close()
+    assert receiving.poll(30)
+    assert receiving.recv() == ("result", ("task", "DONE", "x" * 100_000, [], []))
+    member.join()
+    assert member.exitcode == -signal.SIGKILL
+
+
+def test_processes_killed_between_tasks_lose_no_other_task_and_the_build_ends(tmp_path):
+    # Each `_Dies` may start on a member right after it reported another task done: that task's
+    # result must not go with it (with Luigi's result queue, it once did, and the build hung).
+    tasks = []
+    for index in range(40):
+        tasks.append(_Written(folder=str(tmp_path), name=f"written{index}"))
+        if index % 4 == 3:
+            tasks.append(_Dies(folder=str(tmp_path), name=f"dies{index}"))
+    _build_within(tasks, 120)
+    assert set(_pids(tmp_path)) == {f"written{index}" for index in range(40)}
