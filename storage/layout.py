@@ -52,7 +52,11 @@ class Layout:
 
     def partial(self, stage: str, block_id: int, suffix: str) -> Path:
         """A block's partial result: `.npz` (several arrays) or `.npy` (one, read memory-mapped)."""
-        return self.work_dir / "blocks" / stage / f"{block_id}{suffix}"
+        return self.partials(stage) / f"{block_id}{suffix}"
+
+    def partials(self, stage: str) -> Path:
+        """The folder of a block-wise stage's partial results (`partial`)."""
+        return self.work_dir / "blocks" / stage
 
     def global_field(self, stage: str, field: str) -> Path:
         """One array of a global stage's result, as .npy: block tasks read only the entries they
