@@ -74,7 +74,17 @@ def writing(path: str | Path | None = None) -> Iterator[None]:
 def atomic_write_bytes(path: str | Path, data: bytes | memoryview, *, digest: bool = False) -> None:
     """Write `data` (bytes or any contiguous buffer, such as a C-ordered array's memoryview)
     atomically; with `digest`, remember its SHA-256 digest for `written_digest`."""
-    _atomic_write(path, lambda handle: handle.write(data), _Digest([data]) if digest else None)
+    _atomic_write_parts(path, [data], digest=digest)
+
+
+def _atomic_write_parts(path: str | Path, parts: Sequence[bytes | memoryview], *, digest: bool) -> None:
+    """`atomic_write_bytes` of the parts one after the other, without joining them in memory first."""
+
+    def write(handle: BinaryIO) -> None:
+        for part in parts:
+            handle.write(part)
+
+    _atomic_write(path, write, _Digest(parts) if digest else None)
 
 
 def _atomic_write(path: str | Path, write: Callable[[BinaryIO], object], hashing: _Digest | None = None) -> None:
@@ -166,8 +176,7 @@ def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
         return
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
-    parts = [header.getvalue(), memory_of(array)]
-    _atomic_write(path, lambda handle: [handle.write(part) for part in parts], _Digest(parts))
+    _atomic_write_parts(path, [header.getvalue(), memory_of(array)], digest=True)
 
 
 def atomic_save_npz(path: str | Path, **arrays: np.ndarray) -> None:
