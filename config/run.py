@@ -402,8 +402,7 @@ class SchedulingConfig(Section):
         "process fork, so fewer groups are faster; more balance the load better. 0 = 4 per worker process\n"
         "of the `emflow run` that builds the task graph, or, with a central scheduler (where several\n"
         "`emflow run` processes with different --workers must agree on the groups), 64; with the local\n"
-        "scheduler and several workers, no fewer than 4 blocks to run per group where a stage has few. With the\n"
-        "local scheduler the groups share the blocks still to run equally (a rerun after new data). Set it explicitly\n"
+        "scheduler and several workers, no fewer than 4 blocks per group where a stage has few. Set it explicitly\n"
         "for more than 16 worker processes in all. A value at least the number of blocks makes every block\n"
         "its own Luigi task, each shown in luigid's visualiser.",
     )

@@ -63,7 +63,7 @@ import random
 import resource
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -116,9 +116,6 @@ class block_scheduling(luigi.Config):
     auto_block_groups = luigi.IntParameter(default=GROUPS_PER_WORKER)
     min_blocks_per_auto_group = luigi.IntParameter(default=1)
     worker_processes = luigi.IntParameter(default=1)
-    # Block groups drawn over the blocks still to run, not over all blocks: only where one process
-    # schedules the build (processes that share luigid would each see other pending blocks).
-    balance_pending = luigi.BoolParameter(default=False)
 
 
 def use_workers(workers: int, *, shared_scheduler: bool = False) -> None:
@@ -142,7 +139,6 @@ def use_workers(workers: int, *, shared_scheduler: bool = False) -> None:
     local_worker_processes = workers > 1 and not shared_scheduler
     configuration.set("block_scheduling", "min_blocks_per_auto_group", str(MIN_BLOCKS_PER_AUTO_GROUP if local_worker_processes else 1))
     configuration.set("block_scheduling", "worker_processes", str(workers))
-    configuration.set("block_scheduling", "balance_pending", str(not shared_scheduler))
 
 
 def worker_processes() -> int:
@@ -244,33 +240,16 @@ class _BlockStageTask(_StageTaskBase):
     # Its run only writes the stage's record: in the worker's process (`emflow.cluster.runner.Worker`).
     runs_in_worker = True
 
-    # (`forget_input_states` generation, the block group tasks) of the latest build that asked.
-    _groups: tuple[int, list[luigi.Task]] | None = None
-
     def requires(self):
-        # Drawn once per build: Luigi asks again before it runs the stage task, when no block is
-        # pending any more, and a process that runs several builds keeps one task object per
-        # class and parameters (Luigi's instance cache).
-        if self._groups is None or self._groups[0] != _input_generation:
-            self._groups = (_input_generation, self._block_groups())
-        return self._groups[1]
-
-    def _block_groups(self) -> list[luigi.Task]:
         run = self.run_context
         configured = run.config.scheduling.block_groups
         scheduling = block_scheduling()
-        pending = self._pending_blocks() if scheduling.balance_pending else range(self.number_of_blocks)
-        groups = configured or min(scheduling.auto_block_groups, -(-max(1, len(pending)) // scheduling.min_blocks_per_auto_group))
+        groups = configured or min(scheduling.auto_block_groups, -(-self.number_of_blocks // scheduling.min_blocks_per_auto_group))
         group_class = _task_class(self.workflow, self.stage_name, "group")
         return [
             group_class(config_path=self.config_path, blocks=format_blocks(first, stop))
-            for first, stop in block_groups(self.number_of_blocks, groups, pending)
+            for first, stop in block_groups(self.number_of_blocks, groups)
         ]
-
-    def _pending_blocks(self) -> list[int]:
-        """Blocks without a current record (all of them in a new run): one read of the stage's journals."""
-        states = stage_target(self.run_context, self.stage_name).block_states()
-        return [block_id for block_id in range(self.number_of_blocks) if states.get(block_id) is not CompletionState.DONE]
 
     @property
     def number_of_blocks(self) -> int:
@@ -402,19 +381,14 @@ def format_blocks(first: int, stop: int) -> str:
     return str(first) if stop - first == 1 else f"{first}-{stop - 1}"
 
 
-def block_groups(number_of_blocks: int, max_groups: int, pending: Sequence[int] | None = None) -> list[tuple[int, int]]:
-    """Split blocks 0..number_of_blocks-1 into at most `max_groups` contiguous ranges that hold
-    near-equal numbers of the `pending` blocks (ascending block ids; None or empty: all blocks).
+def block_groups(number_of_blocks: int, max_groups: int) -> list[tuple[int, int]]:
+    """Split blocks 0..number_of_blocks-1 into at most `max_groups` contiguous, near-equal ranges.
 
-    Returns (first, stop) pairs that cover every block. The numbers of pending blocks differ by at
-    most one, so the groups balance: new data in one input chunk makes 27 blocks of a stage
-    pending, which fixed equal ranges of 64 blocks (8 groups of 512) held in 3 groups of 9, run by
-    2 workers as 18 blocks against 9.
+    Returns (first, stop) pairs. Sizes differ by at most one block, so the groups balance.
     """
-    pending = pending or range(number_of_blocks)
-    count = max(1, min(len(pending), max_groups))
-    starts = [0] + [pending[round(index * len(pending) / count)] for index in range(1, count)]
-    return list(zip(starts, starts[1:] + [number_of_blocks]))
+    count = max(1, min(number_of_blocks, max_groups))
+    bounds = [round(index * number_of_blocks / count) for index in range(count + 1)]
+    return [(first, stop) for first, stop in zip(bounds[:-1], bounds[1:]) if stop > first]
 
 
 class BlockFailures(RuntimeError):

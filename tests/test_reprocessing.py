@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
 import shutil
 import time
 
@@ -17,7 +16,6 @@ from workflow_helpers import kept_since, read, records_since, run_cli, write_con
 from emflow.blocking import Blocking, Box
 from emflow.storage.volumes import open_volume
 from emflow.targets.journal import COMPACT_LINES_PER_BLOCK, journal_range
-from emflow.tasks.adapter import GROUPS_PER_WORKER
 from emflow.tasks.block_graph import GRAPH_HALO
 from emflow.workflows.status import workflow_status
 
@@ -125,23 +123,11 @@ def test_new_data_in_one_input_chunk_recomputes_exactly_the_blocks_that_read_it(
     assert all(status.done == 0 for name, status in statuses.items() if name not in ("prepare_output", "supervoxels", "block_graph"))
 
     segmentation_before = read(tmp_path / "out.zarr", "segmentation")
-    luigi_log = tmp_path / "out.zarr.work" / "logs" / "luigi.log"
-    logged_before = luigi_log.stat().st_size
     started = time.time()
     assert run_cli("run", run_copy) == 0
     rerun = records_since(tmp_path / "out.zarr.work", started)
     kept = kept_since(tmp_path / "out.zarr.work", started)
     assert {block_id for stage, block_id in rerun if stage == "supervoxels" and block_id is not None} == expected_supervoxel_blocks
-    # The rerun's block groups (one worker: `GROUPS_PER_WORKER`) share the blocks to run equally,
-    # wherever those lie (ranges of all blocks held them in 3 groups of 9).
-    with luigi_log.open("rb") as log:
-        log.seek(logged_before)
-        groups = re.findall(r"running +supervoxels\(config_path=[^,]*, blocks=(\d+)(?:-(\d+))?\)", log.read().decode())
-    pending_per_group = [
-        sum(int(first) <= block_id <= int(last or first) for block_id in expected_supervoxel_blocks) for first, last in groups
-    ]
-    assert len(groups) == min(GROUPS_PER_WORKER, len(expected_supervoxel_blocks)), groups
-    assert sum(pending_per_group) == len(expected_supervoxel_blocks) and max(pending_per_group) - min(pending_per_group) <= 1, groups
     assert ("prepare_output", None) not in rerun
     assert {block_id for stage, block_id in rerun if stage == "block_graph" and block_id is not None} == expected_graph_blocks
     # Every write_segmentation block was stale (the multicut ran again). Early cutoff kept those

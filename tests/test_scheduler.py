@@ -23,7 +23,6 @@ import pytest
 from workflow_helpers import read, run_cli, write_config
 
 from emflow.cluster.luigid import free_port, start_luigid, stop_luigid
-from emflow.tasks.adapter import block_groups
 
 # The flyem crop (64, 128, 128) in blocks of (32, 64, 64).
 NUMBER_OF_BLOCKS = 8
@@ -348,20 +347,3 @@ def test_a_rerun_right_after_a_run_of_the_same_tasks_runs_them_again(tmp_path, l
     # On a machine so busy that the rerun scheduled only after the cooldown, one pass was enough.
     if datetime.strptime(scheduled[0][:23], "%Y-%m-%d %H:%M:%S,%f").timestamp() - first_ended < 9.0:
         assert len(scheduled) == 2, "the rerun scheduled its tasks again once the cooldown had passed"
-
-
-@pytest.mark.parametrize(
-    "number_of_blocks, max_groups, pending", [(512, 8, None), (512, 8, "cube"), (10, 4, [9]), (5, 8, []), (7, 3, [0, 1, 2, 6])]
-)
-def test_block_groups_cover_every_block_and_share_the_pending_ones_equally(number_of_blocks, max_groups, pending):
-    if pending == "cube":  # the 27 blocks that read one changed chunk of an 8x8x8 grid
-        pending = [64 * z + 8 * y + x for z in (2, 3, 4) for y in (2, 3, 4) for x in (2, 3, 4)]
-    groups = block_groups(number_of_blocks, max_groups, pending)
-    assert groups[0][0] == 0 and groups[-1][1] == number_of_blocks
-    assert all(stop > first and stop == next_first for (first, stop), (next_first, _) in zip(groups, groups[1:]))
-    to_run = pending or range(number_of_blocks)
-    assert len(groups) == min(max_groups, len(to_run))
-    counts = [sum(first <= block_id < stop for block_id in to_run) for first, stop in groups]
-    assert max(counts) - min(counts) <= 1
-    if not pending:  # all blocks: ranges of near-equal length
-        assert max(stop - first for first, stop in groups) - min(stop - first for first, stop in groups) <= 1
