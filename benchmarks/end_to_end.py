@@ -318,8 +318,8 @@ def stage_io_reference(config_path: Path, scratch: Path) -> dict[str, dict]:
     untimed, is encoded and written again, its volumes' chunks into arrays under `scratch` made
     with the same zarr metadata (chunk shape, codecs, fill value) and its partial file with the
     same writer; both writers take each file's SHA-256 digest as they write it, as in the run
-    (`emflow.targets.atomic`), so the reference's writes cost what the stages' do. Global bundles and record results a block reads (a memory-mapped slice, a dict)
-    are left out. Returns, per stage, the read, write and total seconds summed over blocks, and the
+    (`emflow.targets.atomic`), so the reference's writes cost what the stages' do. Global bundles
+    and record results a block reads (a memory-mapped slice, a dict) are left out. Returns, per stage, the read, write and total seconds summed over blocks, and the
     number of blocks.
     """
     run = load_run(str(config_path))

@@ -22,7 +22,7 @@ its member's pipe, sent before the member says the task is done, and the worker 
 `PoolResults`, which stands in for Luigi's `multiprocessing.Queue`. That queue sends from a thread
 of the sending process after `put` returns: a member killed right after a task (by the next task's
 crash, a timeout, the OOM killer) could take that task's result with it, and the build waited for
-it for ever (seen in tests/test_pool.py, once in about 20 runs).
+it for ever (seen once in tests/test_pool.py).
 
 The members are forked after Luigi's worker has scheduled the build's tasks (`Worker.add`, before
 `Worker.run`), so each finds its task among its copy of the worker's scheduled tasks, the same
@@ -208,9 +208,7 @@ class PoolResults:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise queue.Empty
-            # No member left to hear from: sleep out the timeout, as Luigi's queue would.
-            if not self.pool.wait(remaining):
-                time.sleep(max(0.0, deadline - time.monotonic()))
+            self.pool.wait(remaining)  # with no member left to hear from, it sleeps out the timeout
             self.pool.take_news()
         return self.received.popleft()
 

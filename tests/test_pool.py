@@ -103,7 +103,7 @@ def test_a_task_past_its_timeout_is_killed_with_its_process_and_the_build_goes_o
     assert set(_pids(tmp_path)) == {f"other{index}" for index in range(4)}
 
 
-def test_a_result_put_by_a_member_arrives_though_the_member_is_killed_right_after(tmp_path):
+def test_a_result_put_by_a_member_arrives_though_the_member_is_killed_right_after():
     receiving, sending = multiprocessing.Pipe()
 
     def put_and_die():
