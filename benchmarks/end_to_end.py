@@ -288,11 +288,12 @@ def _task_results(work_dir: Path):
             yield path.stem, json.loads(path.read_text())["result"]
 
 
-def emflow_task_seconds(work_dir: Path) -> dict[str, float]:
-    """Seconds spent inside each stage's tasks, summed over blocks, from the completion records."""
+def emflow_task_seconds(work_dir: Path, field: str = "seconds") -> dict[str, float]:
+    """Seconds spent inside each stage's tasks, summed over blocks, from the completion records;
+    `field`: another time the tasks record (`network_seconds`: `predict`'s forward passes)."""
     seconds: dict[str, float] = defaultdict(float)
     for stage, result in _task_results(work_dir):
-        seconds[stage] += result.get("seconds", 0.0)
+        seconds[stage] += result.get(field, 0.0)
     return dict(seconds)
 
 

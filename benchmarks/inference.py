@@ -40,8 +40,12 @@ warmed up with one untimed pass of each shape before the first repeat; (c) start
 each time, so its model loading and first pass are part of what it measures. Torch
 uses its default number of threads in the benchmark process and in `emflow predict` (one worker
 process sets no thread count); the count is reported. The goal of the issue is that blending + IO,
-(c tasks) - (b), stay within 10 % of the bare pass (a); the table gives the ratios to read it both
-ways (with and without the patches' overlap).
+measured inside each `emflow predict` run as the task seconds less the forward passes the tasks
+made (`predict` records them: `network_seconds`), stay within 10 % of the bare pass (a). Measured
+across runs instead, (c tasks) - (b) also holds the first, cold pass and the run-to-run difference
+of the forward passes, which on a shared 2-core machine exceeds the effect (the runs of (a) and
+(b) are given with their spread); both are reported, and the table gives the ratios to read them
+with and without the patches' overlap.
 
 Usage: python -m benchmarks.inference [--quick] [--model PATH] [--patch-shape Z Y X] [--overlap Z Y X]
                                       [--block-shape Z Y X] [--batch-size N] [--repeats N] [--json PATH]
@@ -215,6 +219,8 @@ def run_emflow_predict(config_path: Path, run_dir: Path) -> dict:
         "max_rss_bytes": measurement.max_rss_bytes,
         "task_seconds_by_stage": {stage: stage_seconds.get(stage, 0.0) for stage in PREDICTION_STAGES},
         "task_seconds": sum(stage_seconds.get(stage, 0.0) for stage in PREDICTION_STAGES),
+        # The forward passes inside the `predict` tasks (the first, cold one included).
+        "network_seconds": emflow_task_seconds(run_dir / "prediction.zarr.work", "network_seconds").get("predict", 0.0),
     }
 
 
@@ -262,6 +268,10 @@ def measure_device(
     medians = {name: statistics.median(values) for name, values in seconds.items()}
     medians["workflow_tasks"] = statistics.median(run["task_seconds"] for run in workflow_runs)
     medians["workflow_wall"] = statistics.median(run["wall_seconds"] for run in workflow_runs)
+    medians["workflow_network"] = statistics.median(run["network_seconds"] for run in workflow_runs)
+    # What the tasks add to their own forward passes, per run: measured within one run, it does not
+    # carry the difference between the forward passes of separate runs, as (c) - (b) does.
+    beside_network = [run["task_seconds"] - run["network_seconds"] for run in workflow_runs]
     bare, patches_only = medians["bare"], medians["patches"]
     monai_overheads = (
         {
@@ -291,8 +301,11 @@ def measure_device(
             "workflow_wall_over_patches": medians["workflow_wall"] / patches_only - 1,
             "patches_over_bare": patches_only / bare - 1,
             "blending_in_memory_over_bare": (medians["blended_in_memory"] - patches_only) / bare,
-            # The issue's goal: blending + IO, as a fraction of the bare pass.
-            "blending_and_io_over_bare": (medians["workflow_tasks"] - patches_only) / bare,
+            # The issue's goal: blending + IO, as a fraction of the bare pass; measured inside the
+            # runs (task seconds less their forward passes), and as (c tasks) - (b).
+            "blending_and_io_over_bare": statistics.median(beside_network) / bare,
+            "blending_and_io_runs_over_bare": [seconds / bare for seconds in beside_network],
+            "tasks_less_patches_over_bare": (medians["workflow_tasks"] - patches_only) / bare,
             "blending_io_and_orchestration_over_bare": (medians["workflow_wall"] - patches_only) / bare,
             **monai_overheads,
         },
@@ -372,6 +385,11 @@ def _version(package: str) -> str | None:
         return None
 
 
+def _spread(values: list[float]) -> str:
+    """How far apart repeated timings lie: (max - min) / min, as a percentage."""
+    return f"{(max(values) - min(values)) / min(values):.0%}"
+
+
 def _shape(values) -> str:
     return "x".join(map(str, values))
 
@@ -384,6 +402,7 @@ def markdown(results: dict) -> str:
         "bare": megavoxels,
         "patches": megavoxels * grid["patch_voxels_over_volume_voxels"],
         "blended_in_memory": megavoxels * grid["patch_voxels_over_volume_voxels"],
+        "workflow_network": megavoxels * grid["patch_voxels_over_volume_voxels"],
     }
     rows = (
         ("bare", "a) bare forward pass, the crop as one patch"),
@@ -391,6 +410,7 @@ def markdown(results: dict) -> str:
         ("blended_in_memory", "b') patches + blending in memory (`predict_box`, boundaries)"),
         ("monai", "m) MONAI `sliding_window_inference` + boundaries, in memory"),
         ("workflow_tasks", "c) `emflow predict`, task seconds summed"),
+        ("workflow_network", "c) `emflow predict`, of which forward passes (first, cold one included)"),
         ("workflow_wall", "c) `emflow predict`, process start to exit"),
     )
     model = results["model"]
@@ -433,10 +453,14 @@ def markdown(results: dict) -> str:
             f"{overheads['workflow_wall_over_bare']:+.0%} (process); over the patches alone "
             f"{overheads['workflow_tasks_over_patches']:+.0%} (tasks), {overheads['workflow_wall_over_patches']:+.0%} (process). "
             f"The patches' overlap and size cost {overheads['patches_over_bare']:+.0%}, blending in memory "
-            f"{overheads['blending_in_memory_over_bare']:+.0%} of the bare pass. Blending + IO, (c tasks - b) / a = "
-            f"{overheads['blending_and_io_over_bare']:.0%} of the bare pass: goal <= {results['goal_blending_and_io_over_bare']:.0%} "
-            f"{'met' if met else 'NOT met'} (with start-up and scheduling, (c process - b) / a = "
-            f"{overheads['blending_io_and_orchestration_over_bare']:.0%})."
+            f"{overheads['blending_in_memory_over_bare']:+.0%} of the bare pass. Blending + IO, what the tasks spent beside "
+            f"their forward passes, over the bare pass: {overheads['blending_and_io_over_bare']:.1%} (median; runs: "
+            + ", ".join(f"{value:.1%}" for value in overheads["blending_and_io_runs_over_bare"])
+            + f"): goal <= {results['goal_blending_and_io_over_bare']:.0%} {'met' if met else 'NOT met'}. "
+            f"Measured across runs instead, (c tasks - b) / a = {overheads['tasks_less_patches_over_bare']:.0%}: it also holds the "
+            "first, cold pass and the difference between the forward passes of separate runs (a's and b's runs above differ by "
+            f"{_spread(measured['seconds']['bare'])} and {_spread(measured['seconds']['patches'])}). With start-up and scheduling, "
+            f"(c process - b) / a = {overheads['blending_io_and_orchestration_over_bare']:.0%}."
             + (
                 f" MONAI ran {measured['monai_patches']} patches in {medians['monai']:.2f} s ({overheads['monai_over_bare']:+.0%} over the "
                 f"bare pass); emflow in memory (b') takes {medians['blended_in_memory'] / medians['monai']:.2f}x MONAI's time, "

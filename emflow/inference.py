@@ -22,6 +22,12 @@ and the weight is a product over the axes, so the normalised weights of the patc
 voxel add up to 1: the weighted sums are the prediction, with no sum of weights to keep and no
 division. Where one patch alone covers a voxel, its weight is exactly 1, and its prediction is
 taken as it is: only the overlaps are multiplied.
+
+A block's sums are probabilities weighted by weights that add up to at most 1, so they lie in
+[0, 1]; stored, they are 16-bit fixed point (`encode_sums`): half the bytes of float32, each sum
+within 0.5 / 65535 (7.6e-6) of its float32 value, so a blended voxel covered by the sums of n
+blocks is within n times that of a whole-volume prediction (at most 8 blocks: 6.1e-5), a
+sixtieth of the 1/255 step of predictions stored as uint8.
 """
 
 from __future__ import annotations
@@ -246,8 +252,28 @@ def clipped_start(start: Sequence[int]) -> tuple[int, ...]:
     return tuple(max(0, int(first)) for first in start)
 
 
+# Stored sums: value x SUM_SCALE, rounded, as uint16 (`encode_sums`).
+SUM_SCALE = 65535
+
+
+def encode_sums(sums: np.ndarray) -> np.ndarray:
+    """float32 sums in [0, 1] (C, Z, Y, X; `accumulate_patches`) as uint16 `round(sums * SUM_SCALE)`,
+    clipped to [0, SUM_SCALE] (float rounding may put a sum a hair above 1). A channel at a time
+    through one reused float32 buffer: 7 ms for a 54 MB block of sums on this project's 2-core
+    machine, where the 27 MB it saves cost 55-140 ms to write as new file data (README, "CNN")."""
+    encoded = np.empty(sums.shape, dtype=np.uint16)
+    scaled = np.empty(sums.shape[1:], dtype=np.float32)
+    for channel in range(sums.shape[0]):
+        np.multiply(sums[channel], np.float32(SUM_SCALE), out=scaled)
+        np.clip(scaled, 0, SUM_SCALE, out=scaled)
+        np.rint(scaled, out=scaled)
+        np.copyto(encoded[channel], scaled, casting="unsafe")
+    return encoded
+
+
 def add_overlap(total: np.ndarray, total_start: Sequence[int], part: np.ndarray, part_start: Sequence[int]) -> None:
-    """Add the part of `part` (channels first, placed at `part_start`) that overlaps `total` (placed at `total_start`) into it."""
+    """Add the part of `part` (channels first, placed at `part_start`; float sums, or uint16 sums
+    from `encode_sums`, decoded) that overlaps float32 `total` (placed at `total_start`) into it."""
     total_slicing, part_slicing = [], []
     for first_total, size_total, first_part, size_part in zip(total_start, total.shape[1:], part_start, part.shape[1:]):
         first = max(first_total, first_part)
@@ -256,7 +282,15 @@ def add_overlap(total: np.ndarray, total_start: Sequence[int], part: np.ndarray,
             return
         total_slicing.append(slice(first - first_total, last - first_total))
         part_slicing.append(slice(first - first_part, last - first_part))
-    total[(slice(None),) + tuple(total_slicing)] += part[(slice(None),) + tuple(part_slicing)]
+    target = total[(slice(None),) + tuple(total_slicing)]
+    source = part[(slice(None),) + tuple(part_slicing)]
+    if source.dtype != np.uint16:
+        target += source
+        return
+    decoded = np.empty(target.shape[1:], dtype=np.float32)
+    for channel in range(target.shape[0]):
+        np.multiply(source[channel], np.float32(1 / SUM_SCALE), out=decoded)
+        target[channel] += decoded
 
 
 def predict_box(

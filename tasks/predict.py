@@ -5,7 +5,8 @@ keeps their weighted sums, over the span the patches cover inside the volume, as
 each block adds up the sums of every block whose span reaches it (the weights of the patches
 covering a voxel add up to 1) and writes the network's probabilities (`predictions`, channels
 first) and the boundary map derived from them (`boundaries`) for its own box: whole chunks. No patch runs twice, and the result equals a prediction of the whole
-volume up to the order of floating-point sums. A voxel's affinity-derived boundary value needs the
+volume to within the 16-bit fixed point the sums are stored in (`emflow.inference.encode_sums`:
+6.1e-5 at most, where 8 blocks' sums meet). A voxel's affinity-derived boundary value needs the
 affinities to its neighbours on both sides, so blending reads one voxel more on each side of the box.
 """
 
@@ -13,12 +14,13 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 
 import numpy as np
 
 from emflow.errors import ConfigError, InputError
-from emflow.inference import PatchGrid, accumulate_patches, add_overlap, clipped_start, inside_volume
+from emflow.inference import PatchGrid, accumulate_patches, add_overlap, clipped_start, encode_sums, inside_volume
 from emflow.model_choice import MAX_RESOLUTION_RATIO, NoSuitableModel, resolution_distance
 from emflow.storage.models import ModelDescription, cached_model, describe_model, model_domain, shipped_model_for
 from emflow.storage.store import describe_slicing
@@ -145,6 +147,22 @@ def _model(block: BlockContext):
     return cached_model(model_path(block.config))
 
 
+class _TimedPredictor:
+    """A predictor that adds up the seconds spent in it: the forward passes, including a process's
+    first, cold one. A block's record keeps them (`network_seconds`), so that what the task adds
+    to its network (reading, blending, writing) is measured in the same run."""
+
+    def __init__(self, predictor):
+        self.predictor, self.seconds = predictor, 0.0
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
+        try:
+            return self.predictor(batch)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
 def _predict(block: BlockContext) -> dict:
     grid = prediction_grid(block.run)
     origins = grid.patches_of_block(block.box.begin, block.box.end)
@@ -153,21 +171,20 @@ def _predict(block: BlockContext) -> dict:
         return {"patches": 0}
     predict = block.config.predict
     model = _model(block)
-    predictor = model.predictor(predict.device, predict.precision)
+    predictor = _TimedPredictor(model.predictor(predict.device, predict.precision))
     with block.opened("raw") as raw:
         network_input = _NormalizedVolume(raw, model, block.run.inputs["raw"].location)
         span_start, accumulated = accumulate_patches(predictor, network_input, grid, origins, batch_size=predict.batch_size)
-    # Only the sums inside the volume are stored: blending reads boxes clipped to it, and new file
-    # data went to this machine's disk at about 0.4 GB/s (README, "CNN"). With 64x128x128 patches
-    # overlapping by 8x16x16, a block stores 6 % less per volume face it touches, a corner one 18 %.
-    # Copied into one piece first: numpy saves a strided view in small buffered pieces, which took
-    # 0.1-0.2 s more per block than the copy and one write.
+    # Only the sums inside the volume are stored, as 16-bit fixed point (`encode_sums`): new file
+    # data went to this machine's disk at 0.2-0.5 GB/s after a run's first ~50 MB (README, "CNN"). With 64x128x128 patches overlapping by 8x16x16, a block stores 6 % less per volume face
+    # it touches, a corner one 18 %; the fixed point halves what is left.
     _, stored = inside_volume(span_start, accumulated, grid.volume_shape)
-    block.save_partial_array(np.ascontiguousarray(stored))
+    block.save_partial_array(encode_sums(stored))
     return {
         "patches": int(np.prod([len(axis_origins) for axis_origins in origins])),
         "span_start": list(span_start),
-        "device": str(predictor.device),
+        "device": str(predictor.predictor.device),
+        "network_seconds": predictor.seconds,
     }
 
 
@@ -176,12 +193,12 @@ def _predict_parameters(run: Run) -> dict:
     # Device and batch size change results only within float tolerance, so they may change between
     # attempts (e.g. resuming on a GPU host) without making blocks stale.
     # "sums": what a block's partial holds, so that partials of an emflow that kept a sum of weights
-    # besides them are computed again, not read as these.
+    # besides them, or float32 sums, are computed again, not read as these.
     return {
         "model_sha256": model_description(run).sha256,
         "patch_shape": list(grid.patch_shape),
         "overlap": list(grid.overlap),
-        "sums": "weights normalised on the grid, inside the volume",
+        "sums": "weights normalised on the grid, inside the volume, uint16 fixed point",
     }
 
 

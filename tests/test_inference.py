@@ -8,10 +8,12 @@ import torch
 
 from emflow.blocking import Blocking
 from emflow.inference import (
+    SUM_SCALE,
     PatchGrid,
     accumulate_patches,
     add_overlap,
     axis_gaussian,
+    encode_sums,
     inside_volume,
     predict_box,
     read_mirrored,
@@ -99,19 +101,46 @@ def test_overlap_add_over_blocks_equals_a_whole_volume_prediction(flyem_crop, sm
 
     blocking = Blocking(volume.shape, (16, 32, 24))
     total = np.zeros((model.out_channels,) + volume.shape, dtype=np.float32)
+    total_float = total.copy()
+    reaching = np.zeros(volume.shape, dtype=np.int64)  # per voxel, the blocks whose sums reach it
     dropped = 0
     for block_id in range(blocking.number_of_blocks):
         box = blocking.block(block_id)
         origins = grid.patches_of_block(box.begin, box.end)
         if all(len(axis_origins) for axis_origins in origins):
             span_start, accumulated = accumulate_patches(predictor, volume, grid, origins)
-            # What a block stores: its sums inside the volume, which are all that blending needs.
+            # What a block stores: its sums inside the volume, which are all that blending needs,
+            # as 16-bit fixed point.
             start, inside = inside_volume(span_start, accumulated, volume.shape)
             assert all(0 <= first and first + size <= extent for first, size, extent in zip(start, inside.shape[1:], volume.shape))
             dropped += accumulated[0].size - inside[0].size
-            add_overlap(total, (0, 0, 0), inside, start)
-    np.testing.assert_allclose(total, whole, rtol=1e-5, atol=1e-6)
+            add_overlap(total, (0, 0, 0), encode_sums(inside), start)
+            add_overlap(total_float, (0, 0, 0), inside, start)
+            reaching[tuple(slice(first, first + size) for first, size in zip(start, inside.shape[1:]))] += 1
+    # The float sums add up to the whole-volume prediction but for the order of the sums; the
+    # stored ones within half a fixed-point step per block whose sums reach the voxel.
+    np.testing.assert_allclose(total_float, whole, rtol=1e-5, atol=1e-6)
+    error = np.abs(total - whole)
+    assert (error <= reaching * 0.5 / SUM_SCALE + 1e-6).all()
+    assert error.max() > 1e-6  # the fixed point is not float32
+    assert (reaching.max() > 1) == any(overlap)  # with overlap, blocks' sums meet
     assert dropped > 0  # the spans of the blocks at the volume's faces reach past it
+
+
+def test_stored_sums_are_within_half_a_fixed_point_step():
+    rng = np.random.default_rng(7)
+    sums = rng.random((3, 4, 5, 6), dtype=np.float32)
+    sums[0, 0, 0, :3] = [0, 1, np.nextafter(np.float32(1), np.float32(2))]  # float rounding may pass 1
+    encoded = encode_sums(sums)
+    assert encoded.dtype == np.uint16 and encoded[0, 0, 0, :3].tolist() == [0, SUM_SCALE, SUM_SCALE]
+    decoded = np.zeros(sums.shape, dtype=np.float32)
+    add_overlap(decoded, (0, 0, 0), encoded, (0, 0, 0))
+    assert np.abs(decoded - np.clip(sums, 0, 1)).max() <= 0.5 / SUM_SCALE + 1e-7
+    # Added where the part overlaps, as float sums are.
+    total = np.zeros((3, 4, 5, 6), dtype=np.float32)
+    add_overlap(total, (0, 0, 0), encoded[:, 1:, 2:, 3:], (1, 2, 3))
+    assert (total[:, :1] == 0).all() and (total[:, :, :2] == 0).all() and (total[:, :, :, :3] == 0).all()
+    np.testing.assert_array_equal(total[:, 1:, 2:, 3:], decoded[:, 1:, 2:, 3:])
 
 
 def test_blended_prediction_is_the_gaussian_weighted_mean_of_the_covering_patches(flyem_crop, small_affinity_model):
