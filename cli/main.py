@@ -484,7 +484,8 @@ def _write_run_report(config_path: str, *, regenerate: bool) -> None:
 
     run = load_run(str(Path(config_path).expanduser().resolve()))
     if regenerate or (run.config.output.report and not report_is_current(run)):
-        print(f"emflow: run report: {write_report(run)}")
+        # `emflow report` draws everything again; a run keeps a preview whose section is unchanged.
+        print(f"emflow: run report: {write_report(run, reuse_preview=not regenerate)}")
 
 
 def _report(arguments) -> int:

@@ -42,12 +42,14 @@ def write_run_report(
     stage_seconds: dict[str, float],
     stage_peak_rss_bytes: dict[str, int],
     segment_sizes: np.ndarray,
-    raw_section: np.ndarray,
-    segmentation_section: np.ndarray,
+    raw_section: np.ndarray | None,
+    segmentation_section: np.ndarray | None,
     resolution,
     volume_shape,
     section_index: int | None = None,
     title: str = "emflow run",
+    preview: bytes | None = None,
+    preview_source: str = "",
 ) -> Path:
     """Write run_report.json, run_report.html, run_preview.png, run_sizes.svg and run_stages.svg.
 
@@ -63,12 +65,16 @@ def write_run_report(
         volume_shape: (Z, Y, X) of the segmented volume.
         section_index: z of the section shown (default: the middle one), for the caption.
         title: the page title.
+        preview: run_preview.png as drawn before from the same section (the sections are then
+            not needed, and may be None).
+        preview_source: what the preview was drawn from (`emflow.workflows.report.preview_source`),
+            kept in the JSON so that a later report can tell whether `preview` still shows it.
 
     Returns:
         The path of run_report.html. run_report.json holds ``volume_shape``, ``resolution_nm``,
         ``megavoxels``, ``segments`` (`size_summary`), ``stages`` (name -> seconds, peak_rss_bytes),
         ``total_seconds`` (sum over stages), ``megavoxels_per_second`` (volume / total seconds),
-        ``peak_rss_bytes`` (largest of any stage) and ``figures``.
+        ``peak_rss_bytes`` (largest of any stage), ``figures`` and ``preview_source``.
     """
     voxel_volume_um3 = float(np.prod(np.asarray(resolution, dtype=np.float64))) * 1e-9
     megavoxels = math.prod(int(extent) for extent in volume_shape) / 1e6
@@ -85,7 +91,7 @@ def write_run_report(
         "run_stages.svg": "Wall time and peak resident memory per stage.",
     }
     figure_files = {
-        "run_preview.png": images.rgb_png(images.preview_image(raw_section, segmentation_section)),
+        "run_preview.png": preview if preview is not None else images.rgb_png(images.preview_image(raw_section, segmentation_section)),
         "run_sizes.svg": charts.size_histogram_svg({"segments": np.asarray(segment_sizes)}, voxel_volume_um3),
         "run_stages.svg": charts.stage_bars_svg(stage_seconds, stage_peak_rss_bytes),
     }
@@ -99,6 +105,7 @@ def write_run_report(
         "megavoxels_per_second": megavoxels / total_seconds if total_seconds > 0 else None,
         "peak_rss_bytes": max((stage["peak_rss_bytes"] for stage in stages.values()), default=0),
         "figures": captions,
+        "preview_source": preview_source,
     }
     overview = [
         ["volume (z, y, x)", " x ".join(str(int(extent)) for extent in volume_shape)],

@@ -62,3 +62,42 @@ def test_meshes_of_level_1_are_those_of_the_whole_level(finished):
         triangles = np.sort(np.round(vertices[faces.astype(np.int64)], 3).reshape(len(faces), -1), axis=0)
         expected = np.sort(np.round(expected_vertices[expected_faces.astype(np.int64)], 3).reshape(len(expected_faces), -1), axis=0)
         assert np.array_equal(np.unique(triangles, axis=0), np.unique(expected, axis=0))
+
+
+def test_the_report_draws_its_preview_again_only_when_its_section_changed(tmp_path, workflow_inputs, monkeypatch):
+    import emflow.report.images as images
+    from emflow.storage.chunks import chunk_files
+    from emflow.workflows.report import write_report
+    from emflow.workflows.segmentation import load_run
+
+    config = write_config(tmp_path / "config.toml", workflow_inputs, tmp_path / "out.zarr", output={"report": True})
+    assert run_cli("run", config) == 0
+    run = load_run(str(config))
+    report = tmp_path / "out.zarr.work" / "report"
+    drawn = (report / "run_preview.png").read_bytes()
+    draw = images.preview_image
+    calls = []
+    monkeypatch.setattr(images, "preview_image", lambda *arrays: calls.append(1) or draw(*arrays))
+
+    write_report(run)  # nothing changed: the preview is kept
+    assert calls == [] and (report / "run_preview.png").read_bytes() == drawn
+
+    shape = run.geometry.shape
+    middle = shape[0] // 2
+    segmentation = run.store.volumes["segmentation"].path
+    in_section, elsewhere = (
+        chunk_files(tmp_path / "out.zarr", segmentation, np.array([[[z, 0, 0], [z + 1, shape[1], shape[2]]]]))[0][0] for z in (middle, 0)
+    )
+    assert in_section != elsewhere
+    for path in (elsewhere, in_section):
+        time.sleep(0.01)
+        with open(path, "r+b") as chunk:  # the same bytes again: a new state, as a task's rewrite gives
+            content = chunk.read()
+            chunk.seek(0)
+            chunk.write(content)
+        write_report(run)
+        assert calls == ([] if path == elsewhere else [1])
+    assert (report / "run_preview.png").read_bytes() == drawn  # the same data, drawn the same
+
+    write_report(run, reuse_preview=False)  # `emflow report` draws everything again
+    assert calls == [1, 1]
