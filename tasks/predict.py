@@ -193,12 +193,14 @@ def _predict_parameters(run: Run) -> dict:
     # Device and batch size change results only within float tolerance, so they may change between
     # attempts (e.g. resuming on a GPU host) without making blocks stale.
     # "sums": what a block's partial holds, so that partials of an emflow that kept a sum of weights
-    # besides them, or float32 sums, are computed again, not read as these.
+    # besides them are computed again, not read as these. How the sums are stored is not in it:
+    # blending reads float32 sums (an emflow before `encode_sums`) as well as uint16 ones, so an
+    # upgrade does not run every block's network again.
     return {
         "model_sha256": model_description(run).sha256,
         "patch_shape": list(grid.patch_shape),
         "overlap": list(grid.overlap),
-        "sums": "weights normalised on the grid, inside the volume, uint16 fixed point",
+        "sums": "weights normalised on the grid, inside the volume",
     }
 
 

@@ -70,6 +70,30 @@ PREDICTION_KILL_POINTS = {
 }
 
 
+def test_float32_sums_of_an_earlier_emflow_are_blended_without_running_the_network_again(
+    tmp_path, raw_input, small_affinity_model, monkeypatch
+):
+    import emflow.tasks.predict as predict_stage
+
+    # What an emflow before the 16-bit sums stored: the float32 sums themselves.
+    monkeypatch.setattr(predict_stage, "encode_sums", np.ascontiguousarray)
+    upgraded = predict_config(tmp_path, raw_input, small_affinity_model, "upgraded", output_dtype="float32")
+    assert run_workflow(upgraded, until="predict").succeeded
+    partials = sorted((tmp_path / "upgraded.zarr.work" / "blocks" / "predict").glob("*.npy"))
+    assert partials and all(np.load(path, mmap_mode="r").dtype == np.float32 for path in partials)
+    monkeypatch.undo()
+
+    started = time.time()
+    assert run_workflow(upgraded, until="blend_predictions").succeeded
+    assert not {block for stage, block in records_since(tmp_path / "upgraded.zarr.work", started) if stage == "predict"}
+    fresh = predict_config(tmp_path, raw_input, small_affinity_model, "fresh", output_dtype="float32")
+    assert run_workflow(fresh, until="blend_predictions").succeeded
+    tolerance = 8 * 0.5 / SUM_SCALE + 1e-6  # the fresh run's sums are 16-bit, the upgraded run's float32
+    np.testing.assert_allclose(
+        read(tmp_path / "upgraded.zarr", "predictions"), read(tmp_path / "fresh.zarr", "predictions"), rtol=0, atol=tolerance
+    )
+
+
 @pytest.mark.parametrize("pattern, occurrence, moment", PREDICTION_KILL_POINTS.values(), ids=PREDICTION_KILL_POINTS.keys())
 def test_a_prediction_killed_mid_write_resumes_to_the_identical_result(
     tmp_path, raw_input, small_affinity_model, pattern, occurrence, moment
