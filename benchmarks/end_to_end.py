@@ -289,12 +289,30 @@ def _task_results(work_dir: Path):
 
 
 def emflow_task_seconds(work_dir: Path, field: str = "seconds") -> dict[str, float]:
-    """Seconds spent inside each stage's tasks, summed over blocks, from the completion records;
-    `field`: another time the tasks record (`network_seconds`: `predict`'s forward passes)."""
+    """Seconds spent inside each stage's tasks, summed over blocks, from the completion records,
+    with the writes a stage does behind its blocks (`write_seconds`); `field`: another time the
+    tasks record (`network_seconds`: `predict`'s forward passes)."""
     seconds: dict[str, float] = defaultdict(float)
     for stage, result in _task_results(work_dir):
-        seconds[stage] += result.get(field, 0.0)
+        seconds[stage] += result.get(field, 0.0) + (result.get("write_seconds", 0.0) if field == "seconds" else 0.0)
     return dict(seconds)
+
+
+def emflow_block_stage_spans(work_dir: Path) -> dict[str, float]:
+    """Per block-wise stage, the seconds from its first block's start to its last record, from the
+    completion records: with one worker, what the stage took including the writes a stage does
+    behind its blocks (`write_seconds`, not in a block's `seconds`). A block's start is its record's
+    time less its seconds and those of its writes, which follow its work at once."""
+    spans = {}
+    for path in (work_dir / "status").iterdir():
+        if path.is_dir():
+            records = list(JournalReader(path).refresh().values())
+            if records:
+                started = min(
+                    record.finished - record.result.get("seconds", 0.0) - record.result.get("write_seconds", 0.0) for record in records
+                )
+                spans[path.name] = max(record.finished for record in records) - started
+    return spans
 
 
 def emflow_peak_rss_by_stage(work_dir: Path) -> dict[str, dict[str, int]]:

@@ -91,6 +91,7 @@ from emflow.targets.logs import QuietFileHandler
 
 from .context import BlockContext, GlobalContext, Run
 from .spec import BOX, StageSpec
+from .write_behind import WriteBehind
 
 # Seconds between two progress messages a block group sends to the scheduler (an HTTP call with luigid).
 STATUS_INTERVAL = 2.0
@@ -296,7 +297,7 @@ class _BlockGroupTask(_StageTaskBase):
         failed = []
         last_report = time.monotonic()
         first, stop = self.block_range
-        with BlockJournal(run.layout.block_records(spec.name), first, stop) as journal:
+        with BlockJournal(run.layout.block_records(spec.name), first, stop) as journal, WriteBehind(spec.writes_behind) as behind:
             for position, (block_id, latest) in enumerate(pending.items(), start=1):
                 seq = 0 if latest is None else latest.seq
                 # Taken before the block reads its input: input written meanwhile makes it stale again.
@@ -305,19 +306,23 @@ class _BlockGroupTask(_StageTaskBase):
                 key = None if keys is None else keys.of(block_id)
                 if key is not None and latest is not None and keeps_its_output(run, spec, block_id, latest, key):
                     kept = {**latest.result, "kept": True, "seconds": round(time.perf_counter() - started, 6)}
-                    with _failure_recorded(run, spec, block_id):
-                        journal.append(block_id, expected, kept, after=seq, data=latest.data)
+                    behind.submit(functools.partial(_record_block, run, spec, journal, block_id, expected, seq, kept, latest.data))
                 else:
+                    writes: list[Callable[[], None]] | None = [] if spec.writes_behind else None
                     try:
-                        result, data = execute(run, spec, block_id)
+                        result, data = execute(run, spec, block_id, writes)
                     except CannotWrite:
                         raise  # the other blocks could not write either: stop here (see `execute`)
                     except Exception:
                         failed.append(block_id)  # its failure record and log name the problem; go on with the others
                     else:
                         result = result if key is None else {**result, "content_key": key}
-                        with _failure_recorded(run, spec, block_id):
-                            journal.append(block_id, expected, result, after=seq, data=data)
+                        if writes is None:
+                            behind.submit(functools.partial(_record_block, run, spec, journal, block_id, expected, seq, result, data))
+                        else:
+                            behind.submit(
+                                functools.partial(_write_block, run, spec, journal, block_id, expected, seq, result, writes, failed)
+                            )
                 if time.monotonic() - last_report > STATUS_INTERVAL or position == len(pending):
                     self._report(
                         f"{spec.name} blocks {self.blocks}: {position} of {len(pending)} run, {len(failed)} failed",
@@ -337,6 +342,43 @@ class _BlockGroupTask(_StageTaskBase):
             self.set_progress_percentage(percentage)
         except Exception:  # luigi.rpc.RPCError, and whatever a dying connection raises
             pass
+
+
+def _record_block(
+    run: Run, spec: StageSpec, journal: BlockJournal, block_id: int, expected: str, seq: int, result: dict, data: dict | None
+) -> None:
+    """Append a block's record to its group's journal."""
+    with _failure_recorded(run, spec, block_id):
+        journal.append(block_id, expected, result, after=seq, data=data)
+
+
+def _write_block(
+    run: Run,
+    spec: StageSpec,
+    journal: BlockJournal,
+    block_id: int,
+    expected: str,
+    seq: int,
+    result: dict,
+    writes: list[Callable[[], None]],
+    failed: list[int],
+) -> None:
+    """Do the writes a block left to be done later (`StageSpec.writes_behind`), then record it
+    with what they wrote and how long they took; a write that fails fails the block (`failed`),
+    or the run where it cannot write (see `execute`)."""
+    started = time.perf_counter()
+    try:
+        with _block_log(run, spec, block_id, mode="a") as logger, _failure_recorded(run, spec, block_id, logger):
+            for write in writes:
+                write()
+            data = block_data(run, spec, block_id)
+    except CannotWrite:
+        raise
+    except Exception:
+        failed.append(block_id)
+        return
+    result = {**result, "write_seconds": round(time.perf_counter() - started, 6)}
+    _record_block(run, spec, journal, block_id, expected, seq, result, data)
 
 
 class _RootTask(luigi.WrapperTask):
@@ -754,14 +796,10 @@ def reuse_freed_memory() -> None:
     mallopt(_M_TRIM_THRESHOLD, _KEPT_BYTES)
 
 
-def execute(run: Run, spec: StageSpec, block_id: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Run a stage's work for one block (or the global stage) with its own log and failure record,
-    retrying up to `[scheduling] retries` times; return its result summary and what it wrote
-    (`block_data` or `global_data`).
-
-    A write that fails for want of space or permission (`CannotWrite`) is not retried: the
-    failure record names the file and the cause, and the error goes up, so that the run stops.
-    """
+@contextmanager
+def _block_log(run: Run, spec: StageSpec, block_id: int | None, mode: str = "w") -> Iterator[logging.Logger]:
+    """The logger of a block (or the global stage), writing to its log file: afresh (`mode` "w"),
+    or after what the block's run wrote there ("a", for its writes done later)."""
     log_path = run.layout.log(spec.name, block_id)
     logger = logging.getLogger(f"emflow.{spec.name}.{block_id}")
     logger.setLevel(logging.INFO)
@@ -772,41 +810,63 @@ def execute(run: Run, spec: StageSpec, block_id: int | None) -> tuple[dict[str, 
     # written stays short, silently (QuietFileHandler): the failure record says what went wrong.
     try:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_path.unlink(missing_ok=True)
+        if mode == "w":
+            log_path.unlink(missing_ok=True)
     except OSError:
         pass
-    handler = QuietFileHandler(log_path, mode="w", delay=True)
+    handler = QuietFileHandler(log_path, mode=mode, delay=True)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logger.addHandler(handler)
+    try:
+        yield logger
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        # One logger per block would otherwise stay in logging's registry for the whole run.
+        logging.Logger.manager.loggerDict.pop(logger.name, None)
+
+
+def execute(
+    run: Run, spec: StageSpec, block_id: int | None, writes: list[Callable[[], None]] | None = None
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Run a stage's work for one block (or the global stage) with its own log and failure record,
+    retrying up to `[scheduling] retries` times; return its result summary and what it wrote
+    (`block_data` or `global_data`). With `writes` (a list), the block's writes are put there to
+    be done later (`StageSpec.writes_behind`), those of its last attempt only, and what it wrote
+    is None: the caller takes it after doing them.
+
+    A write that fails for want of space or permission (`CannotWrite`) is not retried: the
+    failure record names the file and the cause, and the error goes up, so that the run stops.
+    """
     reuse_freed_memory()
     retries = run.config.scheduling.retries
     reset_peak_rss()
     rss_at_start = current_rss_bytes()
     started = time.perf_counter()
     where = spec.name if block_id is None else f"{spec.name} block {block_id}"
-    try:
-        with _failure_recorded(run, spec, block_id, logger):
-            for attempt in range(1, retries + 2):
-                try:
-                    results_of = functools.partial(stage_results, run)  # by stage name
-                    context = (
-                        GlobalContext(run, spec, logger, results_of)
-                        if block_id is None
-                        else BlockContext(run, spec, logger, results_of, block_id)
-                    )
-                    result = spec.run(context) or {}
-                    data = global_data(run, spec) if block_id is None else block_data(run, spec, block_id)
-                    inject_failure(spec.name, block_id)
-                    break
-                except Exception as error:
-                    if attempt > retries or cannot_write(error) is not None:
-                        raise
-                    logger.warning("%s, attempt %d of %d failed, trying again:\n%s", where, attempt, retries + 1, traceback.format_exc())
-    finally:
-        logger.removeHandler(handler)
-        handler.close()
-        # One logger per block would otherwise stay in logging's registry for the whole run.
-        logging.Logger.manager.loggerDict.pop(logger.name, None)
+    data: dict[str, Any] | None = None
+    with _block_log(run, spec, block_id) as logger, _failure_recorded(run, spec, block_id, logger):
+        for attempt in range(1, retries + 2):
+            try:
+                results_of = functools.partial(stage_results, run)  # by stage name
+                if writes is not None:
+                    writes.clear()  # a failed attempt's writes are not done
+                context = (
+                    GlobalContext(run, spec, logger, results_of)
+                    if block_id is None
+                    else BlockContext(run, spec, logger, results_of, block_id, writes)
+                )
+                result = spec.run(context) or {}
+                if block_id is None:
+                    data = global_data(run, spec)
+                elif writes is None:
+                    data = block_data(run, spec, block_id)
+                inject_failure(spec.name, block_id)
+                break
+            except Exception as error:
+                if attempt > retries or cannot_write(error) is not None:
+                    raise
+                logger.warning("%s, attempt %d of %d failed, trying again:\n%s", where, attempt, retries + 1, traceback.format_exc())
     failure_path = run.layout.failure(spec.name, block_id)
     if failure_path.exists():
         failure_path.unlink()

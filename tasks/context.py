@@ -179,9 +179,19 @@ class _Context:
 class BlockContext(_Context):
     """One block of a block-wise stage: its box, and reads and writes over the declared regions."""
 
-    def __init__(self, run: Run, spec: StageSpec, log: logging.Logger, results_of: Callable[[str], Any], block_id: int):
+    def __init__(
+        self,
+        run: Run,
+        spec: StageSpec,
+        log: logging.Logger,
+        results_of: Callable[[str], Any],
+        block_id: int,
+        deferred_writes: list[Callable[[], None]] | None = None,
+    ):
         super().__init__(run, spec, log, results_of)
         self.block_id = block_id
+        # The block's writes, kept to be done later (`StageSpec.writes_behind`); None: done at once.
+        self.deferred_writes = deferred_writes
         self.blocking: Blocking = spec.blocks(run)
         self.box: Box = self.blocking.block(block_id)
 
@@ -227,15 +237,22 @@ class BlockContext(_Context):
         """This block's box of volume `name` (whole chunks)."""
         if not any(write.kind == "array" and write.name == name for write in self.spec.writes):
             raise RuntimeError(f"stage {self.spec.name} writes {name} but does not declare it: add Write.array({name!r})")
-        self.store.write(name, self.box, data)
+        self._put(functools.partial(self.store.write, name, self.box, data))
 
     def save_partial(self, **fields: np.ndarray) -> None:
         """This block's partial result (several arrays, one file)."""
-        self.store.save_partial(self.spec.name, self.block_id, **fields)
+        self._put(functools.partial(self.store.save_partial, self.spec.name, self.block_id, **fields))
 
     def save_partial_array(self, array: np.ndarray | None) -> None:
         """This block's partial result as one array, read memory-mapped by others (None: none)."""
-        self.store.save_partial_array(self.spec.name, self.block_id, array)
+        self._put(functools.partial(self.store.save_partial_array, self.spec.name, self.block_id, array))
+
+    def _put(self, write: Callable[[], None]) -> None:
+        """Do a write now, or keep it for later where the stage writes behind its blocks."""
+        if self.deferred_writes is None:
+            write()
+        else:
+            self.deferred_writes.append(write)
 
     def linked_blocks(self, stage: str) -> np.ndarray:
         """The blocks of block-wise `stage` whose partials (or volume) this block reads."""

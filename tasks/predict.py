@@ -212,6 +212,8 @@ PREDICT = StageSpec(
     config=("predict.precision",),
     parameters=_predict_parameters,
     run=_predict,
+    # The sums are written while the next block's patches go through the network.
+    writes_behind=True,
 )
 
 
@@ -239,4 +241,6 @@ BLEND_PREDICTIONS = StageSpec(
     writes=(Write.array("predictions"), Write.array("boundaries")),
     config=("predict.output_dtype",),
     run=_blend,
+    # The outputs are written while the next block adds up its sums.
+    writes_behind=True,
 )

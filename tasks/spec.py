@@ -162,6 +162,12 @@ class StageSpec:
     states; `content_key` gives the bytes that stand for what the block reads of global stages
     (b"" for none), or None where it cannot say (the block then runs). Without it, every stale
     block runs.
+
+    `writes_behind`: a block's writes (arrays and partials) are done in a thread of their own
+    while the next block of its group computes, and its record follows them
+    (`emflow.tasks.write_behind`). A block must not change an array after handing it to a write.
+    Worth it where blocks compute far longer than they write and a core is free beside them:
+    the CNN's forward passes.
     """
 
     name: str
@@ -176,6 +182,7 @@ class StageSpec:
     content_key: Callable[[Any], bytes | None] | None = None
     version: int = 1
     imports: tuple[str, ...] = ()
+    writes_behind: bool = False
     description: str = field(default="", compare=False)
 
     def blocks(self, run: Run) -> Blocking:

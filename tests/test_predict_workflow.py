@@ -1,6 +1,10 @@
-"""The prediction stages of `emflow run` / `emflow predict`: block-wise = whole-volume, dtypes, fingerprints."""
+"""The prediction stages of `emflow run` / `emflow predict`: block-wise = whole-volume, dtypes,
+fingerprints, writes behind the blocks."""
 
+import errno
+import json
 import signal
+import threading
 import time
 
 import numpy as np
@@ -12,7 +16,10 @@ from emflow.blocking import Blocking, Box
 from emflow.cluster import LocalScheduler
 from emflow.inference import SUM_SCALE, PatchGrid
 from emflow.storage.models import load_model
+from emflow.storage.store import Store
 from emflow.storage.volumes import open_volume, write_volume
+from emflow.targets import JournalReader
+from emflow.targets.journal import journal_range
 from emflow.workflows.run import run_workflow
 from emflow.workflows.segmentation import load_run
 from emflow.workflows.status import workflow_status
@@ -322,3 +329,78 @@ def test_a_model_trained_far_from_the_inputs_voxel_size_runs_with_a_warning(tmp_
     save_model(near_model, replace(load_model(small_affinity_model), resolution=(10.0, 10.0, 10.0)))
     assert run_cli("predict", predict_config(tmp_path, raw_input, near_model, "near")) == 0
     assert "warning: model" not in capsys.readouterr().err
+
+
+# --- writing behind the blocks (`StageSpec.writes_behind`) ---------------------------------------
+
+
+def _failing_save(block_to_fail: int, error: OSError, calls: list):
+    save = Store.save_partial_array
+
+    def failing(self, stage, block_id, array):
+        calls.append((threading.current_thread().name, block_id))
+        if block_id == block_to_fail:
+            raise error
+        save(self, stage, block_id, array)
+
+    return failing
+
+
+def test_a_write_behind_a_block_that_fails_fails_that_block_alone_and_a_rerun_ends_identical(
+    tmp_path, raw_input, small_affinity_model, monkeypatch
+):
+    config = write_config(
+        tmp_path / "failed.toml",
+        raw_input,
+        tmp_path / "failed.zarr",
+        block_shape=(16, 32, 32),
+        input={"boundaries_key": None},
+        predict={"model": str(small_affinity_model), "patch_shape": [16, 32, 32], "overlap": [4, 8, 8]},
+        scheduling={"retries": 0},
+    )
+    calls = []
+    monkeypatch.setattr(Store, "save_partial_array", _failing_save(4, OSError(errno.EIO, "Input/output error"), calls))
+    assert not run_workflow(config, until="predict").succeeded
+    # The sums were written by the write-behind thread, not by the one running the blocks.
+    assert calls and all(thread.startswith("write-behind") for thread, _ in calls)
+    work = tmp_path / "failed.zarr.work"
+    records = JournalReader(work / "status" / "predict").refresh()
+    assert set(records) == set(range(27)) - {4}
+    # Every other block's record follows its sums (a block too small to own a patch has none).
+    sums = {block_id for block_id, record in records.items() if record.result["patches"]}
+    assert len(sums) > 4 and all((work / "blocks" / "predict" / f"{block_id}.npy").exists() for block_id in sums)
+    assert all(records[block_id].result["write_seconds"] >= 0 for block_id in sums)
+    failure = json.loads((work / "failed" / "predict" / "4.json").read_text())
+    assert "Input/output error" in failure["error"] and failure["box"] == "z 0:16, y 32:64, x 32:64"
+    assert "Traceback" in (work / "logs" / "predict" / "4.log").read_text()
+
+    monkeypatch.undo()
+    started = time.time()
+    assert run_workflow(config, until="blend_predictions").succeeded
+    rerun = {r.block_id for r in JournalReader(work / "status" / "predict").refresh().values() if r.finished > started}
+    assert rerun == {4}
+    assert not (work / "failed" / "predict" / "4.json").exists()
+    reference = predict_config(tmp_path, raw_input, small_affinity_model, "reference")
+    assert run_workflow(reference, until="blend_predictions").succeeded
+    for key in ("predictions", "boundaries"):
+        assert read(tmp_path / "failed.zarr", key).tobytes() == read(tmp_path / "reference.zarr", key).tobytes(), key
+
+
+def test_a_write_behind_that_finds_no_space_stops_the_run_with_one_line(tmp_path, raw_input, small_affinity_model, monkeypatch, capsys):
+    config = predict_config(tmp_path, raw_input, small_affinity_model, "full")
+    calls = []
+    monkeypatch.setattr(Store, "save_partial_array", _failing_save(2, OSError(errno.ENOSPC, "No space left on device"), calls))
+    capsys.readouterr()
+    assert run_cli("predict", config) == 74
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("emflow: error:")]
+    assert len(errors) == 1 and "No space left on device (ENOSPC)" in errors[0], err
+    assert "Traceback" not in err
+    # Block 2's group stopped there: block 3, computed while block 2's sums were being written, was
+    # not written, and no block after it ran (other groups are other tasks, which a full disk stops
+    # at their first write).
+    journals = tmp_path / "full.zarr.work" / "status" / "predict"
+    (first, stop), *_ = (found for path in journals.iterdir() if (found := journal_range(path.name)) and found[0] <= 2 < found[1])
+    assert stop > 4, "the test needs block 2's group to hold two blocks after it"
+    assert {block_id for _, block_id in calls if first <= block_id < stop} == set(range(first, 3))
+    assert not {2, 3} & set(JournalReader(journals).refresh())
