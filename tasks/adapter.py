@@ -117,6 +117,7 @@ class block_scheduling(luigi.Config):
     auto_block_groups = luigi.IntParameter(default=GROUPS_PER_WORKER)
     min_blocks_per_auto_group = luigi.IntParameter(default=1)
     worker_processes = luigi.IntParameter(default=1)
+    split_stale_groups = luigi.BoolParameter(default=False)
 
 
 def use_workers(workers: int, *, shared_scheduler: bool = False) -> None:
@@ -140,6 +141,10 @@ def use_workers(workers: int, *, shared_scheduler: bool = False) -> None:
     local_worker_processes = workers > 1 and not shared_scheduler
     configuration.set("block_scheduling", "min_blocks_per_auto_group", str(MIN_BLOCKS_PER_AUTO_GROUP if local_worker_processes else 1))
     configuration.set("block_scheduling", "worker_processes", str(workers))
+    # Groups split where the stale blocks are (`split_groups`) balance the local workers. Not with
+    # a shared scheduler: processes scheduling at other moments would see other stale blocks, so
+    # they would not agree on the groups.
+    configuration.set("block_scheduling", "split_stale_groups", str(local_worker_processes))
 
 
 def worker_processes() -> int:
@@ -242,15 +247,30 @@ class _BlockStageTask(_StageTaskBase):
     runs_in_worker = True
 
     def requires(self):
-        run = self.run_context
-        configured = run.config.scheduling.block_groups
-        scheduling = block_scheduling()
-        groups = configured or min(scheduling.auto_block_groups, -(-self.number_of_blocks // scheduling.min_blocks_per_auto_group))
         group_class = _task_class(self.workflow, self.stage_name, "group")
-        return [
-            group_class(config_path=self.config_path, blocks=format_blocks(first, stop))
-            for first, stop in block_groups(self.number_of_blocks, groups)
+        return [group_class(config_path=self.config_path, blocks=format_blocks(first, stop)) for first, stop in self.groups()]
+
+    def groups(self) -> list[tuple[int, int]]:
+        """The block groups of the stage: `[scheduling] block_groups` ranges, or automatic ones,
+        split where the stale blocks are for local worker processes (`split_groups`)."""
+        run, number_of_blocks = self.run_context, self.number_of_blocks
+        configured = run.config.scheduling.block_groups
+        if configured:
+            return block_groups(number_of_blocks, configured)
+        scheduling = block_scheduling()
+        groups = min(scheduling.auto_block_groups, -(-number_of_blocks // scheduling.min_blocks_per_auto_group))
+        if not scheduling.split_stale_groups:
+            return block_groups(number_of_blocks, groups)
+        # Stale by their records' fingerprints only: the groups decide what runs (`complete`),
+        # this only where to split.
+        records = stage_target(run, self.stage_name).block_records()
+        expected = block_fingerprints(run, self.stage_name)
+        stale = [
+            block_id
+            for block_id in range(number_of_blocks)
+            if block_id not in records or records[block_id].fingerprint != expected[block_id]
         ]
+        return split_groups(block_groups(number_of_blocks, groups), stale, groups, scheduling.min_blocks_per_auto_group)
 
     @property
     def number_of_blocks(self) -> int:
@@ -431,6 +451,40 @@ def block_groups(number_of_blocks: int, max_groups: int) -> list[tuple[int, int]
     count = max(1, min(number_of_blocks, max_groups))
     bounds = [round(index * number_of_blocks / count) for index in range(count + 1)]
     return [(first, stop) for first, stop in zip(bounds[:-1], bounds[1:]) if stop > first]
+
+
+# Parts a block group is split into where too few groups hold stale blocks (`split_groups`).
+GROUP_SPLIT = 8
+
+
+def split_groups(groups: list[tuple[int, int]], stale: list[int], busy: int, min_blocks: int) -> list[tuple[int, int]]:
+    """Split the groups (first, stop) that hold stale blocks (ids ascending) into `GROUP_SPLIT`
+    near-equal ranges, again and again, until `busy` groups hold stale blocks or a further split
+    would leave fewer than `min_blocks` blocks in a group.
+
+    Why: a cron run with new data in one input chunk has a few dozen stale blocks in one corner of
+    the block ids, which the groups of a full run put into two or three groups, and one worker
+    then runs most of them (benchmarks/reprocessing.py: 18 of 27 `supervoxels` blocks on one of two
+    workers). Splitting only where the stale blocks are keeps the groups of finished ranges whole,
+    and the ranges are always those of the same tree (each range split the same way), so a stage
+    keeps a bounded set of journals over the runs.
+    """
+    stale_ids = np.asarray(stale, dtype=np.int64)
+
+    def holds_stale(first: int, stop: int) -> bool:
+        return bool(np.searchsorted(stale_ids, first) < np.searchsorted(stale_ids, stop))
+
+    while sum(holds_stale(*group) for group in groups) < busy:
+        split = [
+            [(first + part_first, first + part_stop) for part_first, part_stop in block_groups(stop - first, GROUP_SPLIT)]
+            if holds_stale(first, stop) and (stop - first) // GROUP_SPLIT >= min_blocks
+            else [(first, stop)]
+            for first, stop in groups
+        ]
+        if all(len(parts) == 1 for parts in split):
+            return groups
+        groups = [group for parts in split for group in parts]
+    return groups
 
 
 class BlockFailures(RuntimeError):

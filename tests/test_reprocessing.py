@@ -16,6 +16,8 @@ from workflow_helpers import kept_since, read, records_since, run_cli, write_con
 from emflow.blocking import Blocking, Box
 from emflow.storage.volumes import open_volume
 from emflow.targets.journal import COMPACT_LINES_PER_BLOCK, journal_range
+from emflow.tasks import adapter
+from emflow.tasks.adapter import GROUP_SPLIT, block_groups, split_groups
 from emflow.tasks.block_graph import GRAPH_HALO
 from emflow.workflows.status import workflow_status
 
@@ -257,4 +259,40 @@ def test_cron_runs_keep_every_group_journal_within_two_lines_per_block(run_copy,
             first, stop = journal_range(journal.name)
             assert len(journal.read_bytes().splitlines()) <= COMPACT_LINES_PER_BLOCK * (stop - first), journal
     assert run_cli("verify", run_copy) == 0
+    _assert_equals_a_fresh_run(tmp_path)
+
+
+def test_split_groups_splits_only_where_the_stale_blocks_are_and_always_the_same_way():
+    full_run = block_groups(512, 8)
+    # A full run (stale blocks everywhere) keeps its groups.
+    assert split_groups(full_run, list(range(512)), 8, 4) == full_run
+    # The 27 blocks around the middle of an 8x8x8 grid lie in three groups of 64: those three are
+    # split in eight, the finished ones stay whole.
+    stale = sorted(z * 64 + y * 8 + x for z in (3, 4, 5) for y in (3, 4, 5) for x in (3, 4, 5))
+    split = split_groups(full_run, stale, 8, 4)
+    assert [first for first, _ in split] == sorted(first for first, _ in split)
+    assert split[0][0] == 0 and split[-1][1] == 512 and all(a[1] == b[0] for a, b in zip(split, split[1:]))
+    busy = [(first, stop) for first, stop in split if any(first <= block_id < stop for block_id in stale)]
+    assert len(busy) == 9 and all(stop - first == 8 for first, stop in busy)
+    assert sum(stop - first == 64 for first, stop in split) == 5
+    # The same ranges as splitting each group on its own: the ranges of one tree, so a stage keeps
+    # a bounded set of journals over the runs.
+    assert {(first + a, first + b) for first, stop in full_run[3:6] for a, b in block_groups(stop - first, GROUP_SPLIT)} <= set(split)
+    # One stale block: split down to the smallest groups allowed, then no further.
+    one = split_groups(full_run, [200], 8, 4)
+    assert [(first, stop) for first, stop in one if first <= 200 < stop] == [(200, 208)]
+    assert split_groups(full_run, [], 8, 4) == full_run
+
+
+def test_a_cron_run_with_local_workers_runs_its_stale_blocks_in_split_groups_to_the_identical_result(run_copy, tmp_path, monkeypatch):
+    # The test volume's 64 blocks make groups of 8 with two workers; groups of 1 block allowed here
+    # so that they can be split.
+    monkeypatch.setattr(adapter, "MIN_BLOCKS_PER_AUTO_GROUP", 1)
+    journals = tmp_path / "out.zarr.work" / "status" / "supervoxels"
+    full_run_ranges = {journal_range(path.name) for path in journals.iterdir()}
+    assert all(stop - first == 8 for first, stop in full_run_ranges)
+    _change_one_input_chunk(tmp_path / "input.zarr")
+    assert run_cli("run", run_copy, "--workers", "2") == 0
+    new_ranges = {journal_range(path.name) for path in journals.iterdir()} - full_run_ranges
+    assert new_ranges and all(stop - first == 1 for first, stop in new_ranges)
     _assert_equals_a_fresh_run(tmp_path)
