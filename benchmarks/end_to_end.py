@@ -288,13 +288,13 @@ def _task_results(work_dir: Path):
             yield path.stem, json.loads(path.read_text())["result"]
 
 
-def emflow_task_seconds(work_dir: Path, field: str = "seconds") -> dict[str, float]:
-    """Seconds spent inside each stage's tasks, summed over blocks, from the completion records,
-    with the writes a stage does behind its blocks (`write_seconds`); `field`: another time the
-    tasks record (`network_seconds`: `predict`'s forward passes)."""
+def emflow_task_seconds(work_dir: Path, fields: tuple[str, ...] = ("seconds", "write_seconds")) -> dict[str, float]:
+    """Seconds spent on each stage's tasks, summed over blocks, from the completion records: by
+    default their own and those of the writes a stage does behind its blocks (`write_seconds`);
+    `fields`: other times the tasks record (`network_seconds`: `predict`'s forward passes)."""
     seconds: dict[str, float] = defaultdict(float)
     for stage, result in _task_results(work_dir):
-        seconds[stage] += result.get(field, 0.0) + (result.get("write_seconds", 0.0) if field == "seconds" else 0.0)
+        seconds[stage] += sum(result.get(field, 0.0) for field in fields)
     return dict(seconds)
 
 

@@ -225,7 +225,7 @@ def run_emflow_predict(config_path: Path, run_dir: Path) -> dict:
         "task_seconds": sum(stage_seconds.get(stage, 0.0) for stage in PREDICTION_STAGES),
         "span_seconds": sum(spans.get(stage, 0.0) for stage in PREDICTION_STAGES),
         # The forward passes inside the `predict` tasks (the first, cold one included).
-        "network_seconds": emflow_task_seconds(run_dir / "prediction.zarr.work", "network_seconds").get("predict", 0.0),
+        "network_seconds": emflow_task_seconds(run_dir / "prediction.zarr.work", ("network_seconds",)).get("predict", 0.0),
     }
 
 

@@ -85,6 +85,7 @@ from emflow.targets import (
     atomic_write_text,
     compact_journal,
     fingerprint,
+    record_state,
 )
 from emflow.targets.atomic import CannotWrite, cannot_write
 from emflow.targets.logs import QuietFileHandler
@@ -268,7 +269,7 @@ class _BlockStageTask(_StageTaskBase):
         stale = [
             block_id
             for block_id in range(number_of_blocks)
-            if block_id not in records or records[block_id].fingerprint != expected[block_id]
+            if block_id not in records or record_state(records[block_id].fingerprint, expected[block_id]) is not CompletionState.DONE
         ]
         return split_groups(block_groups(number_of_blocks, groups), stale, groups, scheduling.min_blocks_per_auto_group)
 
