@@ -35,6 +35,7 @@ import json
 import math
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,45 +184,37 @@ def compact_journal(path: str | Path, number_of_blocks: int) -> bool:
 
 
 class JournalReader:
-    """The latest record of each block of one stage, read incrementally.
+    """The latest record of each block of one stage.
 
-    With `block_range` (first, stop), only journals whose range overlaps it are read. `refresh()`
-    reads what was appended since the last call, so a reader kept across calls (progress reports)
-    costs only the new lines. It never raises for what a journal holds: a line that is not a
-    record is skipped, and a journal that cannot be read counts as empty.
+    With `block_range` (first, stop), only journals whose range overlaps it are read. Each journal
+    is parsed once per process (`_journal_records`): a later read, by this reader or any other,
+    parses only the lines appended since. It never raises for what a journal holds: a line that is
+    not a record is skipped, and a journal that cannot be read counts as empty.
     """
 
     def __init__(self, folder: str | Path, block_range: tuple[int, int] | None = None):
         self.folder = Path(folder)
         self.block_range = block_range
-        self._offsets: dict[str, tuple[int, int]] = {}  # per journal: its inode and what was read of it
-        self._records: dict[int, BlockRecord] = {}
 
     def refresh(self) -> dict[int, BlockRecord]:
         try:
             names = sorted(os.listdir(self.folder))
         except (FileNotFoundError, NotADirectoryError):
             names = []
-        for name in names:
-            block_range = journal_range(name)
-            if block_range is None or not self._overlaps(block_range):
-                continue
-            try:
-                with open(self.folder / name, "rb") as handle:
-                    inode = os.fstat(handle.fileno()).st_ino
-                    known_inode, offset = self._offsets.get(name, (inode, 0))
-                    # A journal compacted since (another file now) is read again from its start:
-                    # it holds a subset of the lines read before, which change nothing.
-                    offset = offset if inode == known_inode else 0
-                    handle.seek(offset)
-                    appended = handle.read()
-            except OSError:
-                continue  # a folder or unreadable file named like a journal: no records
-            complete = appended.rfind(b"\n") + 1  # a last line without newline may still be written
-            for line in appended[:complete].splitlines():
-                self._add(line)
-            self._offsets[name] = (inode, offset + complete)
-        return self._records
+        records: dict[int, BlockRecord] = {}
+        with _PARSED_LOCK:  # a run's progress thread reads journals too
+            for name in names:
+                block_range = journal_range(name)
+                if block_range is None or not self._overlaps(block_range):
+                    continue
+                journal = _journal_records(self.folder / name)
+                if not records:
+                    records = dict(journal)
+                    continue
+                for block_id, record in journal.items():
+                    if supersedes(record, records.get(block_id)):
+                        records[block_id] = record
+        return records
 
     def snapshot(self) -> dict[str, int]:
         """Size of each journal in the folder: changes whenever a block record is added."""
@@ -243,10 +236,70 @@ class JournalReader:
             return True
         return block_range[0] < self.block_range[1] and self.block_range[0] < block_range[1]
 
-    def _add(self, line: bytes) -> None:
+
+@dataclass
+class _ParsedJournal:
+    """What this process parsed of one journal: its first `length` bytes, ending with `tail`, in
+    the file `inode`, and the latest record of each block in them."""
+
+    inode: int
+    length: int
+    tail: bytes
+    records: dict[int, BlockRecord]
+
+
+# Per process, per journal path: its lines parsed so far. A run reads every stage's journals many
+# times over (repairs, Luigi's completion checks, each block group, each stage's record): on the
+# reprocessing benchmark's one-chunk run, 11,320 lines were parsed for 1,700 records, 0.29 s of
+# its 4.6 s with one worker (cProfile).
+_PARSED: dict[Path, _ParsedJournal] = {}
+# Bytes at the end of what was parsed that must still be there for it to be kept: a record line
+# or more (lines are 0.2 to 1 kB).
+_TAIL_BYTES = 4096
+# Journals kept at most (the latest read), so that a long-lived process does not keep those of every
+# run it ever read.
+_PARSED_JOURNALS = 4096
+_PARSED_LOCK = threading.Lock()
+# A worker process forked while another thread held the lock would otherwise never get it.
+os.register_at_fork(after_in_child=lambda: globals().update(_PARSED_LOCK=threading.Lock()))
+
+
+def _journal_records(path: Path) -> dict[int, BlockRecord]:
+    """The latest record of each block in journal `path` (see `supersedes`; a later line wins a
+    tie), parsing only what was appended since this process last read it (empty if unreadable).
+    The caller holds `_PARSED_LOCK` and does not change the dictionary.
+
+    What was parsed is kept while the file is the same one grown by appends: the same inode, still
+    holding the end of what was parsed (`_TAIL_BYTES`) where it was. A journal is only ever
+    appended to or replaced (compaction writes a new file with a subset of its lines), and no two
+    record lines are alike (each has its writer and time), so a replacement fails that test unless
+    it holds the same lines up to there."""
+    known = _PARSED.pop(path, None)  # put back last: the dictionary's order is that of the latest reads
+    try:
+        with open(path, "rb") as handle:
+            inode = os.fstat(handle.fileno()).st_ino
+            if (
+                known is not None
+                and known.inode == inode
+                and os.pread(handle.fileno(), len(known.tail), known.length - len(known.tail)) == known.tail
+            ):
+                handle.seek(known.length)
+            else:
+                known = _ParsedJournal(inode, 0, b"", {})
+            appended = handle.read()
+    except OSError:
+        return {}  # a folder or unreadable file named like a journal: no records
+    complete = appended.rfind(b"\n") + 1  # a last line without newline may still be written
+    records = known.records
+    for line in appended[:complete].splitlines():
         record = parse_record(line)
-        if record is not None and supersedes(record, self._records.get(record.block_id)):
-            self._records[record.block_id] = record
+        if record is not None and supersedes(record, records.get(record.block_id)):
+            records[record.block_id] = record
+    tail = (known.tail + appended[:complete])[-_TAIL_BYTES:]
+    _PARSED[path] = _ParsedJournal(inode, known.length + complete, tail, records)
+    while len(_PARSED) > _PARSED_JOURNALS:
+        del _PARSED[next(iter(_PARSED))]
+    return records
 
 
 def parse_record(line: bytes) -> BlockRecord | None:

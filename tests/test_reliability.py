@@ -32,6 +32,7 @@ from workflow_helpers import RESOLUTION, read, records_since, run_cli, write_con
 
 from emflow.storage.volumes import open_volume, write_volume
 from emflow.targets import BlockJournal, JournalReader, compact_journal, parse_record
+from emflow.targets.journal import journal_name
 from emflow.workflows.status import workflow_status
 
 
@@ -611,6 +612,50 @@ def test_compacting_a_journal_changes_no_blocks_latest_record(tmp_path):
             appending.append(generator.randrange(6), "d" * 64, {"appended": True}, after=generator.randrange(5))
         assert reader.refresh() == JournalReader(folder).refresh(), trial
     assert compacted > 50
+
+
+def test_a_journal_is_parsed_once_per_process_and_read_again_when_replaced(tmp_path, monkeypatch):
+    """Readers share what the process parsed of a journal: a new reader parses only the lines
+    appended since. A journal replaced by another file (here rewritten in place, so on the same
+    inode, and longer than what was parsed) is parsed again from its start."""
+    from emflow.targets import journal as journal_module
+
+    parsed = []
+    monkeypatch.setattr(journal_module, "parse_record", lambda line: parsed.append(line) or parse_record(line))
+    folder = tmp_path / "stage"
+    with BlockJournal(folder, 0, 8) as appending:
+        for block_id in range(5):
+            appending.append(block_id, "f" * 64, {"run": 1})
+    first = JournalReader(folder).refresh()
+    assert sorted(first) == [0, 1, 2, 3, 4] and len(parsed) == 5
+    with BlockJournal(folder, 0, 8) as appending:
+        appending.append(6, "f" * 64, {"run": 2}, after=0)
+    parsed.clear()
+    second = JournalReader(folder, (0, 8)).refresh()
+    assert len(parsed) == 1, "only the appended line is parsed"
+    assert second == {**first, 6: second[6]} and second[6].result == {"run": 2}
+    assert JournalReader(folder, (8, 16)).refresh() == {}, "a journal of other blocks is not read"
+
+    journal = folder / journal_name(0, 8)
+    inode = journal.stat().st_ino
+    other = b"".join(
+        json.dumps(
+            {"block_id": block_id, "fingerprint": "e" * 64, "finished": 1.0, "result": {"other": True}, "seq": 9, "writer": "h-2"}
+        ).encode()
+        + b"\n"
+        for block_id in (7, 3, 5, 1, 2, 0, 4, 6)
+    )
+    assert len(other) > journal.stat().st_size
+    with open(journal, "r+b") as handle:
+        handle.write(other)
+        handle.truncate()
+    assert journal.stat().st_ino == inode
+    parsed.clear()
+    replaced = JournalReader(folder).refresh()
+    assert len(parsed) == 8
+    assert sorted(replaced) == list(range(8)) and all(record.result == {"other": True} for record in replaced.values())
+    journal.unlink()
+    assert JournalReader(folder).refresh() == {}
 
 
 # --- 10. output placement and messages ----------------------------------------------------------

@@ -312,7 +312,7 @@ def progress_reporter(config_path: str, until: str = "", *, workflow: Workflow =
     """A callable giving each stage's progress: tasks done out of all, and whether it can run
     (every stage it reads from is done); `emflow.cluster.progress` shows it.
 
-    Block journals are read incrementally, so each call costs only the records added since the last.
+    A call parses only the journal lines added since the last (`JournalReader`).
     """
     run = workflow.load_run(config_path)
     stages = workflow.stages(config_path, until)
