@@ -23,30 +23,36 @@ PANEL_GAP = 8
 
 
 def label_colors(labels: np.ndarray) -> np.ndarray:
-    """(..., 3) float RGB in [0.25, 1] per label id, the same colour for the same id in every figure;
+    """(..., 3) float32 RGB in [0.25, 1] per label id, the same colour for the same id in every figure;
     black for 0. A multiplicative hash spreads neighbouring ids over unrelated colours."""
     hashed = np.asarray(labels).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
     hashed ^= hashed >> np.uint64(31)
     channels = np.stack([(hashed >> np.uint64(shift)) & np.uint64(255) for shift in (8, 24, 40)], axis=-1)
-    colors = 0.25 + 0.75 * channels.astype(np.float64) / 255
+    colors = np.float32(0.25) + np.float32(0.75 / 255) * channels.astype(np.float32)
     colors[np.asarray(labels) == 0] = 0
     return colors
 
 
 def gray(image: np.ndarray) -> np.ndarray:
-    """(Y, X, 3) float RGB in [0, 1]: intensities scaled between their 1st and 99th percentile."""
-    image = np.asarray(image, dtype=np.float64)
-    low, high = np.percentile(image, [1, 99]) if image.size else (0.0, 1.0)
+    """(Y, X, 3) float32 RGB in [0, 1]: intensities scaled between their 1st and 99th percentile."""
+    image = np.asarray(image, dtype=np.float32)
+    low, high = np.percentile(image, [1, 99]).astype(np.float32) if image.size else (0.0, 1.0)
     # A constant image (no raw data given) shows as mid gray.
-    scaled = np.clip((image - low) / (high - low), 0, 1) if high > low else np.full(image.shape, 0.5)
+    scaled = np.clip((image - low) / (high - low), 0, 1) if high > low else np.full(image.shape, 0.5, np.float32)
     return np.repeat(scaled[..., None], 3, axis=-1)
 
 
 def overlay(raw: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None, alpha: float = 0.45) -> np.ndarray:
-    """(Y, X, 3) float RGB: raw in gray with ``labels`` coloured on top where ``mask`` (default: labels != 0)."""
-    image = gray(raw)
-    mask = np.asarray(labels) != 0 if mask is None else mask
-    image[mask] = (1 - alpha) * image[mask] + alpha * label_colors(labels)[mask]
+    """(Y, X, 3) float32 RGB: raw in gray with ``labels`` coloured on top where ``mask`` (default: labels != 0)."""
+    return paint(gray(raw), labels, mask, alpha)
+
+
+def paint(image: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None, alpha: float = 0.45) -> np.ndarray:
+    """``image`` ((Y, X, 3) float RGB, changed in place and returned) with ``labels`` coloured on
+    top where ``mask`` (default: labels != 0), at opacity ``alpha``."""
+    labels = np.asarray(labels)
+    mask = labels != 0 if mask is None else mask
+    image[mask] = (1 - alpha) * image[mask] + alpha * label_colors(labels[mask])
     return image
 
 
@@ -80,7 +86,7 @@ def rgb_png(image: np.ndarray) -> bytes:
 
 
 def preview_image(raw: np.ndarray, segmentation: np.ndarray) -> np.ndarray:
-    """(k Y, 2 k X + `PANEL_GAP`, 3) float RGB: the raw section beside the segmentation over it,
+    """(k Y, 2 k X + `PANEL_GAP`, 3) float32 RGB: the raw section beside the segmentation over it,
     with segment borders in black.
 
     Sections larger than `PREVIEW_PIXELS` along an axis are subsampled (every k-th voxel) first, so
@@ -90,8 +96,9 @@ def preview_image(raw: np.ndarray, segmentation: np.ndarray) -> np.ndarray:
     largest = max(np.shape(segmentation))
     step = max(1, -(-largest // PREVIEW_PIXELS))
     raw, segmentation = np.asarray(raw)[::step, ::step], np.asarray(segmentation)[::step, ::step]
-    segmented = overlay(raw, segmentation)
+    raw_panel = gray(raw)
+    segmented = paint(raw_panel.copy(), segmentation)
     segmented[label_borders(segmentation)] = 0
     zoom = max(1, PREVIEW_MIN_PIXELS // max(largest, 1))
-    left, right = (panel.repeat(zoom, axis=0).repeat(zoom, axis=1) for panel in (gray(raw), segmented))
-    return np.concatenate([left, np.ones((left.shape[0], PANEL_GAP, 3)), right], axis=1)
+    left, right = (panel.repeat(zoom, axis=0).repeat(zoom, axis=1) for panel in (raw_panel, segmented))
+    return np.concatenate([left, np.ones((left.shape[0], PANEL_GAP, 3), np.float32), right], axis=1)
