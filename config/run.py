@@ -400,7 +400,7 @@ class SchedulingConfig(Section):
         "running its blocks one after the other in one worker process. Luigi's scheduler slows down with\n"
         "the square of the number of tasks it knows, and each task it runs with several workers costs a\n"
         "process fork, so fewer groups are faster; more balance the load better. 0 = 4 per worker process\n"
-        "of the `emflow run` that builds the task graph, or, with a central scheduler (where several\n"
+        "of the `emflow run` that builds the task graph (1 with a single worker process), or, with a central scheduler (where several\n"
         "`emflow run` processes with different --workers must agree on the groups), 64; with the local\n"
         "scheduler and several workers, no fewer than 4 blocks per group where a stage has few. Set it explicitly\n"
         "for more than 16 worker processes in all. A value at least the number of blocks makes every block\n"
