@@ -50,6 +50,7 @@ def write_run_report(
     title: str = "emflow run",
     preview: bytes | None = None,
     preview_source: str = "",
+    preview_level: int = 0,
 ) -> Path:
     """Write run_report.json, run_report.html, run_preview.png, run_sizes.svg and run_stages.svg.
 
@@ -69,6 +70,7 @@ def write_run_report(
             not needed, and may be None).
         preview_source: what the preview was drawn from (`emflow.workflows.report.preview_source`),
             kept in the JSON so that a later report can tell whether `preview` still shows it.
+        preview_level: the pyramid level the sections are of (0: full resolution), for the caption.
 
     Returns:
         The path of run_report.html. run_report.json holds ``volume_shape``, ``resolution_nm``,
@@ -86,7 +88,8 @@ def write_run_report(
         for name, seconds in stage_seconds.items()
     }
     captions = {
-        "run_preview.png": f"Section z = {section_index}: raw (left), and the segmentation over it with segment borders in black (right).",
+        "run_preview.png": f"Section z = {section_index}{f' (pyramid level {preview_level})' if preview_level else ''}: raw (left), "
+        "and the segmentation over it with segment borders in black (right).",
         "run_sizes.svg": "Segment sizes (background left out).",
         "run_stages.svg": "Wall time and peak resident memory per stage.",
     }

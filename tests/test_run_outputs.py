@@ -48,6 +48,29 @@ def test_the_run_report_holds_segments_stages_and_a_preview(finished):
     assert (report / "run_report.json").stat().st_mtime_ns > written
 
 
+def test_a_section_wider_than_the_preview_is_read_from_the_pyramid(finished, monkeypatch):
+    """The preview reads the finest pyramid level whose sections fit its width (here made narrow
+    enough for level 1), not every chunk of level 0 the section crosses, and the input under it at
+    every k-th voxel."""
+    import emflow.workflows.report as report
+    from emflow.storage.volumes import opened_volume
+    from emflow.workflows.segmentation import load_run
+
+    config, output = finished
+    run = load_run(str(config))
+    middle = run.geometry.shape[0] // 2
+    assert report.preview_level(run) == 0
+    monkeypatch.setattr(report, "PREVIEW_PIXELS", max(run.geometry.level_shape(1)[1:]))
+    assert report.preview_level(run) == 1
+    raw, segmentation = report.preview_sections(run, middle)
+    scale = run.geometry.level_scale(1)
+    assert np.array_equal(segmentation, read(output, "segmentation/s1")[middle // scale[0]])
+    background = run.inputs["raw" if "raw" in run.inputs else "boundaries"]
+    with opened_volume(background.path, background.key) as volume:
+        assert np.array_equal(raw, np.asarray(volume[middle])[:: scale[1], :: scale[2]])
+    assert raw.shape == segmentation.shape == run.geometry.level_shape(1)[1:]
+
+
 def test_meshes_of_level_1_are_those_of_the_whole_level(finished):
     _, output = finished
     level = read(output, "segmentation/s1")

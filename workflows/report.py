@@ -13,8 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+from emflow.blocking import Box
+from emflow.report.images import PREVIEW_PIXELS
 from emflow.report.run import write_run_report
 from emflow.storage.chunks import chunk_files, region_states, states_array
+from emflow.storage.store import level_name
 from emflow.storage.volumes import opened_volume
 from emflow.tasks.adapter import stage_record
 from emflow.tasks.context import Run
@@ -55,22 +58,63 @@ def report_is_current(run: Run) -> bool:
     )
 
 
+def preview_level(run: Run) -> int:
+    """The pyramid level the report's preview is read from: the finest level of the segmentation
+    whose sections fit `PREVIEW_PIXELS` along y and x (else its coarsest). The preview shows no
+    more pixels than that, and reading a section at level 0 decodes every chunk the section
+    crosses: for a 10,000 x 10,000 voxel section of uint64 labels in chunks of 64 x 128 x 128, about
+    50 GB, at the end of every run."""
+    levels = [level for level in range(len(run.geometry.level_factors) + 1) if level_name("segmentation", level) in run.store.volumes]
+    return next((level for level in levels if max(run.geometry.level_shape(level)[1:]) <= PREVIEW_PIXELS), levels[-1])
+
+
 def preview_source(run: Run, section_index: int) -> str:
     """What the report's preview of section z = `section_index` is drawn from, as a SHA-256 hex
     digest: the section and the states (size, modification time) of the chunk files it lies in,
-    of the segmentation and of the data shown under it (an HDF5 input: its file's state). One
-    `stat` per chunk of the section for outputs; an input's states are those the run's checks read."""
-    shape = run.geometry.shape
-    section_box = np.array([[[section_index, 0, 0], [section_index + 1, shape[1], shape[2]]]], dtype=np.int64)
+    of the segmentation and of the data shown under it (an HDF5 input: its file's state), at the
+    levels they are read from (`preview_level`). One `stat` per chunk of the section for outputs;
+    an input's states are those the run's checks read."""
+    shape, level = run.geometry.shape, preview_level(run)
     background = _background(run)
-    digest = hashlib.sha256(json.dumps([section_index, list(shape), background]).encode())
+    digest = hashlib.sha256(json.dumps([section_index, list(shape), background, level]).encode())
     volumes = ["segmentation"] if background in run.inputs else ["segmentation", background]
     for name in volumes:
-        digest.update(states_array(chunk_files(run.layout.output_path, run.store.volumes[name].path, section_box)[0]).tobytes())
+        name, section_box = _level_section(run, name, level, section_index)
+        digest.update(states_array(chunk_files(run.layout.output_path, run.store.volumes[name].path, section_box[None])[0]).tobytes())
     if background in run.inputs:
         dataset = run.inputs[background]
-        digest.update(region_states(dataset.path, dataset.key, section_box)[0])
+        section_box = np.array([[section_index, 0, 0], [section_index + 1, shape[1], shape[2]]], dtype=np.int64)
+        digest.update(region_states(dataset.path, dataset.key, section_box[None])[0])
     return digest.hexdigest()
+
+
+def _level_section(run: Run, name: str, level: int, section_index: int) -> tuple[str, np.ndarray]:
+    """The volume of level `level` of output `name` (level 0 where it has no such level), and the
+    box, (2, 3) begin and end, of the section of it that holds level-0 section `section_index`."""
+    if level_name(name, level) not in run.store.volumes:
+        level = 0
+    scale, shape = run.geometry.level_scale(level), run.geometry.level_shape(level)
+    z = section_index // scale[0]
+    return level_name(name, level), np.array([[z, 0, 0], [z + 1, shape[1], shape[2]]], dtype=np.int64)
+
+
+def preview_sections(run: Run, section_index: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (Y', X') sections the preview shows of level-0 section `section_index`: the data under
+    the segmentation (`_background`) and the segmentation, at `preview_level` (an input without
+    levels is read at every k-th voxel along y and x to the same shape)."""
+    level = preview_level(run)
+    name, box = _level_section(run, "segmentation", level, section_index)
+    segmentation = run.store.read(name, Box(tuple(map(int, box[0])), tuple(map(int, box[1]))))[0]
+    background = _background(run)
+    if background in run.inputs:
+        dataset = run.inputs[background]
+        step_y, step_x = run.geometry.level_scale(level)[1:]
+        with opened_volume(dataset.path, dataset.key) as volume:
+            raw = np.asarray(volume[section_index, ::step_y, ::step_x])
+    else:
+        name, box = _level_section(run, background, level, section_index)
+        raw = run.store.read(name, Box(tuple(map(int, box[0])), tuple(map(int, box[1]))))[0]
+    return raw, segmentation
 
 
 def _background(run: Run) -> str:
@@ -103,15 +147,7 @@ def write_report(run: Run, *, reuse_preview: bool = True) -> Path:
     preview = _earlier_preview(report_dir, source) if reuse_preview else None
     segmentation = raw_section = None
     if preview is None:
-        section = np.s_[middle]
-        segmentation = np.asarray(run.store.output_array("segmentation")[section])
-        background = _background(run)
-        if background in run.inputs:
-            dataset = run.inputs[background]
-            with opened_volume(dataset.path, dataset.key) as volume:
-                raw_section = np.asarray(volume[section])
-        else:
-            raw_section = np.asarray(run.store.output_array(background)[section])
+        raw_section, segmentation = preview_sections(run, middle)
     return write_run_report(
         report_dir,
         stage_seconds={cost.stage: cost.seconds for cost in costs},
@@ -125,4 +161,5 @@ def write_report(run: Run, *, reuse_preview: bool = True) -> Path:
         title=f"emflow run: {run.layout.output_path}",
         preview=preview,
         preview_source=source,
+        preview_level=preview_level(run),
     )
