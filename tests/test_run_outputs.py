@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 import pytest
-from workflow_helpers import read, run_cli, write_config
+from workflow_helpers import noisy_groundtruth_affinities, read, run_cli, write_affinities, write_config, write_inputs
 
 from emflow.blocking import Box
 from emflow.meshes import block_meshes
@@ -69,6 +69,33 @@ def test_a_section_wider_than_the_preview_is_read_from_the_pyramid(finished, mon
     with opened_volume(background.path, background.key) as volume:
         assert np.array_equal(raw, np.asarray(volume[middle])[:: scale[1], :: scale[2]])
     assert raw.shape == segmentation.shape == run.geometry.level_shape(1)[1:]
+
+
+def test_a_preview_over_a_derived_boundary_map_reads_its_level_too(tmp_path, flyem_crop, monkeypatch):
+    """Without raw data the preview shows the boundary map; derived from affinities, it is an output
+    with levels of its own, read at the segmentation's level."""
+    import emflow.workflows.report as report
+    from emflow.workflows.segmentation import load_run
+
+    offsets = [[-1, 0, 0], [0, -1, 0], [0, 0, -1], [-3, 0, 0], [0, -3, 0], [0, 0, -3]]
+    inputs = write_inputs(tmp_path / "inputs", flyem_crop)
+    write_affinities(inputs, noisy_groundtruth_affinities(flyem_crop["neuron_ids"], offsets, 0.3, seed=1), offsets, (32, 64, 64))
+    config = write_config(
+        tmp_path / "config.toml",
+        inputs,
+        tmp_path / "out.zarr",
+        input={"boundaries_key": None, "raw_key": None, "affinities_key": "affinities"},
+        output={"pyramid": True, "report": True},
+    )
+    assert run_cli("run", config) == 0
+    run = load_run(str(config))
+    monkeypatch.setattr(report, "PREVIEW_PIXELS", max(run.geometry.level_shape(1)[1:]))
+    middle = run.geometry.shape[0] // 2
+    boundaries, segmentation = report.preview_sections(run, middle)
+    z = middle // run.geometry.level_scale(1)[0]
+    assert np.array_equal(segmentation, read(tmp_path / "out.zarr", "segmentation/s1")[z])
+    assert np.array_equal(boundaries, run.store.read("boundaries_s1", Box((z, 0, 0), (z + 1, *segmentation.shape)))[0])
+    report.write_report(run, reuse_preview=False)
 
 
 def test_meshes_of_level_1_are_those_of_the_whole_level(finished):

@@ -79,8 +79,9 @@ def preview_source(run: Run, section_index: int) -> str:
     digest = hashlib.sha256(json.dumps([section_index, list(shape), background, level]).encode())
     volumes = ["segmentation"] if background in run.inputs else ["segmentation", background]
     for name in volumes:
-        name, section_box = _level_section(run, name, level, section_index)
-        digest.update(states_array(chunk_files(run.layout.output_path, run.store.volumes[name].path, section_box[None])[0]).tobytes())
+        name, section = _level_section(run, name, level, section_index)
+        section_box = np.array([[section.begin, section.end]], dtype=np.int64)
+        digest.update(states_array(chunk_files(run.layout.output_path, run.store.volumes[name].path, section_box)[0]).tobytes())
     if background in run.inputs:
         dataset = run.inputs[background]
         section_box = np.array([[section_index, 0, 0], [section_index + 1, shape[1], shape[2]]], dtype=np.int64)
@@ -88,33 +89,31 @@ def preview_source(run: Run, section_index: int) -> str:
     return digest.hexdigest()
 
 
-def _level_section(run: Run, name: str, level: int, section_index: int) -> tuple[str, np.ndarray]:
+def _level_section(run: Run, name: str, level: int, section_index: int) -> tuple[str, Box]:
     """The volume of level `level` of output `name` (level 0 where it has no such level), and the
-    box, (2, 3) begin and end, of the section of it that holds level-0 section `section_index`."""
+    box of the section of it that holds level-0 section `section_index`."""
     if level_name(name, level) not in run.store.volumes:
         level = 0
     scale, shape = run.geometry.level_scale(level), run.geometry.level_shape(level)
     z = section_index // scale[0]
-    return level_name(name, level), np.array([[z, 0, 0], [z + 1, shape[1], shape[2]]], dtype=np.int64)
+    return level_name(name, level), Box((z, 0, 0), (z + 1, shape[1], shape[2]))
 
 
 def preview_sections(run: Run, section_index: int) -> tuple[np.ndarray, np.ndarray]:
     """The (Y', X') sections the preview shows of level-0 section `section_index`: the data under
-    the segmentation (`_background`) and the segmentation, at `preview_level` (an input without
-    levels is read at every k-th voxel along y and x to the same shape)."""
+    the segmentation (`_background`) and the segmentation, at `preview_level` (data without that
+    level, an input, is read at every k-th voxel of level 0 along y and x, to the same shape)."""
     level = preview_level(run)
-    name, box = _level_section(run, "segmentation", level, section_index)
-    segmentation = run.store.read(name, Box(tuple(map(int, box[0])), tuple(map(int, box[1]))))[0]
+    segmentation = run.store.read(*_level_section(run, "segmentation", level, section_index))[0]
     background = _background(run)
+    if level_name(background, level) in run.store.volumes:
+        return run.store.read(*_level_section(run, background, level, section_index))[0], segmentation
+    step_y, step_x = run.geometry.level_scale(level)[1:]
     if background in run.inputs:
         dataset = run.inputs[background]
-        step_y, step_x = run.geometry.level_scale(level)[1:]
         with opened_volume(dataset.path, dataset.key) as volume:
-            raw = np.asarray(volume[section_index, ::step_y, ::step_x])
-    else:
-        name, box = _level_section(run, background, level, section_index)
-        raw = run.store.read(name, Box(tuple(map(int, box[0])), tuple(map(int, box[1]))))[0]
-    return raw, segmentation
+            return np.asarray(volume[section_index, ::step_y, ::step_x]), segmentation
+    return np.asarray(run.store.output_array(background)[section_index, ::step_y, ::step_x]), segmentation
 
 
 def _background(run: Run) -> str:
