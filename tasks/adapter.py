@@ -140,14 +140,14 @@ def use_workers(workers: int, *, shared_scheduler: bool = False) -> None:
     reuse_freed_memory()
     workers = max(1, int(workers))
     configuration = luigi.configuration.get_config()
+    local_worker_processes = workers > 1 and not shared_scheduler
     if shared_scheduler:
         groups = SHARED_SCHEDULER_BLOCK_GROUPS
     else:
-        groups = GROUPS_PER_WORKER * workers if workers > 1 else 1
+        groups = GROUPS_PER_WORKER * workers if local_worker_processes else 1
     configuration.set("block_scheduling", "auto_block_groups", str(groups))
     # A cluster wants as many groups as there are blocks: there the groups' first blocks are the
     # lesser cost.
-    local_worker_processes = workers > 1 and not shared_scheduler
     configuration.set("block_scheduling", "min_blocks_per_auto_group", str(MIN_BLOCKS_PER_AUTO_GROUP if local_worker_processes else 1))
     configuration.set("block_scheduling", "worker_processes", str(workers))
     # Groups split where the stale blocks are (`split_groups`) balance the local workers. Not with

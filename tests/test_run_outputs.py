@@ -62,7 +62,7 @@ def test_a_section_wider_than_the_preview_is_read_from_the_pyramid(finished, mon
     assert report.preview_level(run) == 0
     monkeypatch.setattr(report, "PREVIEW_PIXELS", max(run.geometry.level_shape(1)[1:]))
     assert report.preview_level(run) == 1
-    raw, segmentation = report.preview_sections(run, middle)
+    raw, segmentation = report.preview_sections(run, middle, report.preview_level(run))
     scale = run.geometry.level_scale(1)
     assert np.array_equal(segmentation, read(output, "segmentation/s1")[middle // scale[0]])
     background = run.inputs["raw" if "raw" in run.inputs else "boundaries"]
@@ -91,7 +91,7 @@ def test_a_preview_over_a_derived_boundary_map_reads_its_level_too(tmp_path, fly
     run = load_run(str(config))
     monkeypatch.setattr(report, "PREVIEW_PIXELS", max(run.geometry.level_shape(1)[1:]))
     middle = run.geometry.shape[0] // 2
-    boundaries, segmentation = report.preview_sections(run, middle)
+    boundaries, segmentation = report.preview_sections(run, middle, report.preview_level(run))
     z = middle // run.geometry.level_scale(1)[0]
     assert np.array_equal(segmentation, read(tmp_path / "out.zarr", "segmentation/s1")[z])
     assert np.array_equal(boundaries, run.store.read("boundaries_s1", Box((z, 0, 0), (z + 1, *segmentation.shape)))[0])

@@ -68,13 +68,13 @@ def preview_level(run: Run) -> int:
     return next((level for level in levels if max(run.geometry.level_shape(level)[1:]) <= PREVIEW_PIXELS), levels[-1])
 
 
-def preview_source(run: Run, section_index: int) -> str:
-    """What the report's preview of section z = `section_index` is drawn from, as a SHA-256 hex
-    digest: the section and the states (size, modification time) of the chunk files it lies in,
-    of the segmentation and of the data shown under it (an HDF5 input: its file's state), at the
-    levels they are read from (`preview_level`). One `stat` per chunk of the section for outputs;
-    an input's states are those the run's checks read."""
-    shape, level = run.geometry.shape, preview_level(run)
+def preview_source(run: Run, section_index: int, level: int) -> str:
+    """What the report's preview of section z = `section_index`, read at pyramid level `level`
+    (`preview_level`), is drawn from, as a SHA-256 hex digest: the section and the states (size,
+    modification time) of the chunk files it lies in, of the segmentation and of the data shown
+    under it (an HDF5 input: its file's state), at the levels they are read from. One `stat` per
+    chunk of the section for outputs; an input's states are those the run's checks read."""
+    shape = run.geometry.shape
     background = _background(run)
     digest = hashlib.sha256(json.dumps([section_index, list(shape), background, level]).encode())
     volumes = ["segmentation"] if background in run.inputs else ["segmentation", background]
@@ -99,11 +99,11 @@ def _level_section(run: Run, name: str, level: int, section_index: int) -> tuple
     return level_name(name, level), Box((z, 0, 0), (z + 1, shape[1], shape[2]))
 
 
-def preview_sections(run: Run, section_index: int) -> tuple[np.ndarray, np.ndarray]:
+def preview_sections(run: Run, section_index: int, level: int) -> tuple[np.ndarray, np.ndarray]:
     """The (Y', X') sections the preview shows of level-0 section `section_index`: the data under
-    the segmentation (`_background`) and the segmentation, at `preview_level` (data without that
-    level, an input, is read at every k-th voxel of level 0 along y and x, to the same shape)."""
-    level = preview_level(run)
+    the segmentation (`_background`) and the segmentation, at pyramid level `level`
+    (`preview_level`; data without that level, an input, is read at every k-th voxel of level 0
+    along y and x, to the same shape)."""
     segmentation = run.store.read(*_level_section(run, "segmentation", level, section_index))[0]
     background = _background(run)
     if level_name(background, level) in run.store.volumes:
@@ -142,11 +142,12 @@ def write_report(run: Run, *, reuse_preview: bool = True) -> Path:
     report_dir = run.layout.work_dir / "report"
     costs = [stage_cost(run, spec) for spec in run.stages]
     middle = run.geometry.shape[0] // 2
-    source = preview_source(run, middle)
+    level = preview_level(run)
+    source = preview_source(run, middle, level)
     preview = _earlier_preview(report_dir, source) if reuse_preview else None
     segmentation = raw_section = None
     if preview is None:
-        raw_section, segmentation = preview_sections(run, middle)
+        raw_section, segmentation = preview_sections(run, middle, level)
     return write_run_report(
         report_dir,
         stage_seconds={cost.stage: cost.seconds for cost in costs},
@@ -160,5 +161,5 @@ def write_report(run: Run, *, reuse_preview: bool = True) -> Path:
         title=f"emflow run: {run.layout.output_path}",
         preview=preview,
         preview_source=source,
-        preview_level=preview_level(run),
+        preview_level=level,
     )
