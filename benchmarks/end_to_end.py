@@ -30,7 +30,10 @@ is reported two ways:
   costs the run time (5 % of emflow's at 62.5 MVox on 2 cores), so it comes from one more run of
   each contender after the timed ones, which is not timed.
 Quality is scored against the tiled groundtruth with emflow.evaluation.evaluate (groundtruth label 0
-ignored), so that the speed comparison is read together with what each contender delivers.
+ignored), so that the speed comparison is read together with what each contender delivers. What the
+machine did during each timed run is kept beside it (`machine_shares`, from /proc/stat and
+/proc/pressure/io): the share of all cores' time busy, idle, waiting for IO and stolen by the
+hypervisor; on this project's shared 2-core virtual machine a run's figures move with these.
 
 Per block-wise stage of emflow's last run: its task seconds summed over blocks (from the completion
 records: the block's work and the digests of what it wrote, not scheduling) and its throughput
@@ -108,6 +111,47 @@ class Measurement:
     wall_seconds: float
     max_rss_bytes: int
     peak_tree_pss_bytes: int | None  # None: not sampled
+    # The machine while it ran (`machine_shares`): shares of all cores' time busy, idle, waiting
+    # for IO and stolen by the hypervisor, and of the wall time in which every runnable task
+    # stalled on IO (None where the kernel keeps no pressure stall information).
+    machine: dict[str, float | None] | None = None
+
+
+# Fields of /proc/stat's "cpu" line (USER_HZ ticks of all cores): user nice system idle iowait irq softirq steal.
+_CPU_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def _machine_counters() -> tuple[dict[str, int], int | None]:
+    """The cores' time counters (/proc/stat) and the microseconds every task stalled on IO
+    (/proc/pressure/io, "full"; None without it)."""
+    ticks = dict(zip(_CPU_FIELDS, map(int, Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9])))
+    try:
+        full = Path("/proc/pressure/io").read_text().splitlines()[1]
+    except (OSError, IndexError):
+        return ticks, None
+    return ticks, int(full.rsplit("total=", 1)[1])
+
+
+def machine_shares(before: tuple[dict[str, int], int | None], after: tuple[dict[str, int], int | None], wall_seconds: float) -> dict:
+    """What the machine did between two `_machine_counters` readings `wall_seconds` apart: shares
+    of all cores' time busy (user, system, interrupts), idle, waiting for IO (idle with IO
+    outstanding) and stolen (a virtual machine's cores running another guest), and the share of
+    the wall time in which every runnable task was stalled on IO (None without /proc/pressure).
+
+    A run that waited for the disk or lost its cores to another guest shows it here, so that a
+    figure it moved is read as the machine's and not the program's."""
+    (ticks_before, stalled_before), (ticks_after, stalled_after) = before, after
+    delta = {field: ticks_after[field] - ticks_before[field] for field in _CPU_FIELDS}
+    total = max(1, sum(delta.values()))
+    busy = delta["user"] + delta["nice"] + delta["system"] + delta["irq"] + delta["softirq"]
+    stalled = None if stalled_before is None or stalled_after is None else (stalled_after - stalled_before) / 1e6 / max(wall_seconds, 1e-9)
+    return {
+        "busy": busy / total,
+        "idle": delta["idle"] / total,
+        "iowait": delta["iowait"] / total,
+        "steal": delta["steal"] / total,
+        "io_stalled": stalled,
+    }
 
 
 def as_tiles(scale: int | Sequence[int]) -> tuple[int, ...]:
@@ -254,6 +298,7 @@ def run_measured(command: list[str], log_path: Path, *, sample_pss: bool = False
 
     rss_report = log_path.with_suffix(".maxrss")
     with open(log_path, "w") as log:
+        counters = _machine_counters()
         started = time.perf_counter()
         launcher = subprocess.Popen(
             [sys.executable, "-c", _MEASURING_LAUNCHER, str(rss_report), *command], stdout=log, stderr=subprocess.STDOUT
@@ -266,6 +311,7 @@ def run_measured(command: list[str], log_path: Path, *, sample_pss: bool = False
             sampler.start()
         exit_code = launcher.wait()
         wall_seconds = time.perf_counter() - started
+        machine = machine_shares(counters, _machine_counters(), wall_seconds)
         finished.set()
         if sample_pss:
             sampler.join()
@@ -274,6 +320,7 @@ def run_measured(command: list[str], log_path: Path, *, sample_pss: bool = False
         wall_seconds=wall_seconds,
         max_rss_bytes=int(rss_report.read_text()) * 1024,
         peak_tree_pss_bytes=peak_tree_pss if sample_pss else None,
+        machine=machine,
     )
 
 
@@ -539,6 +586,7 @@ def summarize(runs: list[dict], segmentation, input_path: Path, memory_run: dict
     return {
         "status": "ok",
         "wall_seconds_median": wall_seconds,
+        "machine": median_machine([run["measurement"] for run in runs]),
         "mvox_per_second": math.prod(segmentation.shape) / 1e6 / wall_seconds,
         "max_rss_bytes": max(measurement["max_rss_bytes"] for measurement in measurements),
         "peak_tree_pss_bytes": None if memory_run is None else memory_run["measurement"]["peak_tree_pss_bytes"],
@@ -546,6 +594,24 @@ def summarize(runs: list[dict], segmentation, input_path: Path, memory_run: dict
         "runs": runs,
         "memory_run": memory_run,
     }
+
+
+def median_machine(measurements: list[dict]) -> dict[str, float | None] | None:
+    """The median over runs of each share `machine_shares` gives (None where a run has none)."""
+    shares = [measurement["machine"] for measurement in measurements if measurement.get("machine")]
+    if not shares:
+        return None
+    return {
+        key: statistics.median(values) if len(values := [share[key] for share in shares if share[key] is not None]) == len(shares) else None
+        for key in shares[0]
+    }
+
+
+def machine_cells(machine: dict | None) -> list[str]:
+    """Table cells: cores busy, IO wait and stolen, as % of all cores' time (see `machine_shares`)."""
+    if not machine:
+        return ["-", "-", "-"]
+    return [f"{machine[key]:.0%}" for key in ("busy", "iowait", "steal")]
 
 
 def write_results(path: Path, results: dict) -> None:
@@ -767,20 +833,25 @@ def markdown(results: dict) -> str:
         f"median wall time of {results['repeats']} runs, alternating, process start to exit; memory the largest, the tree's PSS "
         "sampled in one more run each (sampling slows a run, so timed runs do not sample).",
         "",
-        "| contender | wall s | MVox/s | max RSS GiB | tree PSS GiB | ARAND | VOI split | VOI merge |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| contender | wall s | MVox/s | max RSS GiB | tree PSS GiB | ARAND | VOI split | VOI merge | cores busy | IO wait | stolen |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, label in _contenders(results, versions=True):
         result = results[name]
         if result["status"] != "ok":
-            lines.append(f"| {label} | {result['status']} | | | | | | |")
+            lines.append(f"| {label} | {result['status']} | | | | | | | | | |")
             continue
         quality = result["quality"]
         lines.append(
             f"| {label} | {result['wall_seconds_median']:.1f} | {result['mvox_per_second']:.3f} | "
             f"{_gib(result['max_rss_bytes'])} | {_gib(result['peak_tree_pss_bytes'])} | {quality['adapted_rand_error']:.4f} | "
-            f"{quality['voi_split']:.3f} | {quality['voi_merge']:.3f} |"
+            f"{quality['voi_split']:.3f} | {quality['voi_merge']:.3f} | " + " | ".join(machine_cells(result.get("machine"))) + " |"
         )
+    lines += [
+        "",
+        "Cores busy, IO wait and stolen: shares of all cores' time during the timed runs (median over them, from /proc/stat), "
+        "busy with any process, idle while IO was outstanding, and taken by the hypervisor for another guest.",
+    ]
     if "ratios" in results:
         ratios = results["ratios"]
         lines += [

@@ -16,7 +16,9 @@ wall time (process start to exit), MVox/s, the largest peak RSS of any process o
 tree's PSS, which would slow them), and ARAND / VOI against the tiled groundtruth; for emflow also the task seconds of
 each stage summed over its blocks, as MVox/s, so that a stage whose cost per block grows with the
 volume shows. "vs first" is a size's MVox/s over that of the smallest emflow size (goal: within
-10 %). Writes a figure of MVox/s and peak RSS against the volume (`--figure`).
+10 %); a second table splits emflow's MVox/s at each size into the task seconds per MVox (the work
+per voxel) and its workers' occupancy (task seconds over wall seconds times workers), beside what
+the machine did during the runs (cores busy, IO wait, stolen: `end_to_end.machine_shares`). Writes a figure of MVox/s and peak RSS against the volume (`--figure`).
 
 Usage: python -m benchmarks.scaling [--quick] [--out DIR] [--json PATH] [--figure PATH]
 """
@@ -130,6 +132,35 @@ def _run_elf(input_path: Path, run_dir: Path, megavoxels: float, elf_peaks: list
     return {"version": elf_run["version"], **end_to_end.summarize([elf_run], open_volume(run_dir / "elf.zarr", "segmentation"), input_path)}
 
 
+def _decomposition(emflow_sizes: list[dict], workers: int) -> list[str]:
+    """Lines of a table that splits emflow's MVox/s at each size into the work per voxel (task
+    seconds of all stages, summed over blocks, per MVox) and how busy its workers were (task
+    seconds over wall seconds times workers), both of the last run, beside what the machine did
+    meanwhile (`end_to_end.machine_shares`, median over the size's runs)."""
+    lines = [
+        "emflow's MVox/s split into its work per voxel and its workers' occupancy (last run at each size: task seconds of all "
+        f"stages, summed over blocks, per MVox; task seconds / (wall seconds x {workers} workers)), beside the machine during "
+        "the size's runs (shares of all cores' time, median over the runs; IO stalled: share of the wall time in which every "
+        "runnable task waited for IO). A size whose work per voxel grows costs more per block; one whose workers are busier "
+        "spreads what a run pays once (start-up, the global stages, the report) over more blocks.",
+        "",
+        "| MVox | task s per MVox | workers busy | cores busy | IO wait | stolen | IO stalled |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for size in emflow_sizes:
+        last = size["emflow"]["runs"][-1]
+        task_seconds = sum(last["task_seconds_by_stage"].values())
+        occupancy = task_seconds / (last["measurement"]["wall_seconds"] * workers)
+        machine = size["emflow"].get("machine")
+        stalled = machine.get("io_stalled") if machine else None
+        lines.append(
+            f"| {size['megavoxels']:.1f} | {task_seconds / size['megavoxels']:.3f} | {occupancy:.0%} | "
+            + " | ".join(end_to_end.machine_cells(machine))
+            + f" | {'-' if stalled is None else f'{stalled:.0%}'} |"
+        )
+    return lines
+
+
 def _measured_sizes(results: dict, contender: str) -> list[dict]:
     """The sizes at which `contender` ("emflow" or "elf") ran to the end."""
     return [size for size in results["sizes"] if size.get(contender, {}).get("status") == "ok"]
@@ -190,6 +221,7 @@ def markdown(results: dict, figure_name: str | None = None) -> str:
     if emflow_sizes:
         largest = max(size["emflow"]["max_rss_bytes"] for size in emflow_sizes)
         lines.append(f"- emflow's largest peak RSS of any process, over all sizes: {largest / 2**30:.2f} GiB.")
+        lines += ["", *_decomposition(emflow_sizes, results["workers"])]
         largest_seconds = emflow_sizes[-1]["emflow"]["runs"][-1]["task_seconds_by_stage"]
         stages = sorted(largest_seconds, key=largest_seconds.__getitem__, reverse=True)
         lines += [

@@ -111,8 +111,16 @@ def test_scaling_benchmark_runs_emflow_and_reports_every_stage(tmp_path, monkeyp
     assert emflow["status"] == "ok" and 0 < emflow["max_rss_bytes"] < 2**30 and emflow["quality"]["adapted_rand_error"] < 0.1
     stages = emflow["runs"][-1]["task_seconds_by_stage"]
     assert {"supervoxels", "block_graph", "multicut", "write_segmentation"} <= set(stages)
+    machine = emflow["machine"]
+    assert 0 < machine["busy"] <= 1 and all(0 <= machine[key] <= 1 for key in ("idle", "iowait", "steal"))
+    assert abs(machine["busy"] + machine["idle"] + machine["iowait"] + machine["steal"] - 1) < 0.05  # the rest: guest time
     page = scaling.markdown(results, "figure.png")
     assert "![MVox/s and largest peak RSS" in page and "| 7.8 | 1x1x1 |" in page
+    # The split of MVox/s: task seconds per MVox and the workers' occupancy of the last run.
+    last = emflow["runs"][-1]
+    per_megavoxel = sum(stages.values()) / size["megavoxels"]
+    occupancy = sum(stages.values()) / (last["measurement"]["wall_seconds"] * results["workers"])
+    assert f"| 7.8 | {per_megavoxel:.3f} | {occupancy:.0%} | {machine['busy']:.0%} |" in page
     assert all(f"| {stage} |" in page for stage in stages)
     assert scaling.figure(results).startswith(b"\x89PNG")
     assert not any(tmp_path.iterdir()), "each size's input and outputs are removed once measured"
@@ -125,3 +133,18 @@ def test_scaling_benchmark_runs_elf_only_where_its_memory_line_says_it_fits(tmp_
     skipped = scaling._run_elf(tmp_path / "absent.zarr", tmp_path, 140.0, peaks, 20 * 2**30)
     assert skipped["status"] == "not run: predicted peak 14.0 GiB"
     assert scaling._linear_fit(peaks) == (0.0, 2**30 / 10)
+
+
+def test_machine_shares_split_the_cores_time_between_two_readings():
+    # Two readings of /proc/stat's counters (ticks of all cores) and of the IO stall time (us).
+    before = ({"user": 100, "nice": 0, "system": 20, "idle": 500, "iowait": 10, "irq": 0, "softirq": 5, "steal": 0}, 1_000_000)
+    after = ({"user": 160, "nice": 0, "system": 30, "idle": 520, "iowait": 20, "irq": 0, "softirq": 5, "steal": 10}, 1_500_000)
+    shares = end_to_end.machine_shares(before, after, wall_seconds=2.0)
+    # 110 ticks passed: 70 busy (user and system), 20 idle, 10 waiting for IO, 10 stolen.
+    assert shares == {"busy": 70 / 110, "idle": 20 / 110, "iowait": 10 / 110, "steal": 10 / 110, "io_stalled": 0.25}
+    assert end_to_end.machine_shares((before[0], None), (after[0], None), 2.0)["io_stalled"] is None
+    # Over runs, the median of each share; a share one run lacks is None.
+    runs = [{"machine": {"busy": value, "io_stalled": stalled}} for value, stalled in ((0.5, 0.1), (0.9, None), (0.7, 0.3))]
+    assert end_to_end.median_machine(runs) == {"busy": 0.7, "io_stalled": None}
+    assert end_to_end.median_machine([{"machine": None}]) is None
+    assert end_to_end.machine_cells({"busy": 0.876, "iowait": 0.01, "steal": 0.123}) == ["88%", "1%", "12%"]
