@@ -121,7 +121,7 @@ class Measurement:
 _CPU_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 
 
-def _machine_counters() -> tuple[dict[str, int], int | None]:
+def machine_counters() -> tuple[dict[str, int], int | None]:
     """The cores' time counters (/proc/stat) and the microseconds every task stalled on IO
     (/proc/pressure/io, "full"; None without it)."""
     ticks = dict(zip(_CPU_FIELDS, map(int, Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9])))
@@ -133,7 +133,7 @@ def _machine_counters() -> tuple[dict[str, int], int | None]:
 
 
 def machine_shares(before: tuple[dict[str, int], int | None], after: tuple[dict[str, int], int | None], wall_seconds: float) -> dict:
-    """What the machine did between two `_machine_counters` readings `wall_seconds` apart: shares
+    """What the machine did between two `machine_counters` readings `wall_seconds` apart: shares
     of all cores' time busy (user, system, interrupts), idle, waiting for IO (idle with IO
     outstanding) and stolen (a virtual machine's cores running another guest), and the share of
     the wall time in which every runnable task was stalled on IO (None without /proc/pressure).
@@ -298,7 +298,7 @@ def run_measured(command: list[str], log_path: Path, *, sample_pss: bool = False
 
     rss_report = log_path.with_suffix(".maxrss")
     with open(log_path, "w") as log:
-        counters = _machine_counters()
+        counters = machine_counters()
         started = time.perf_counter()
         launcher = subprocess.Popen(
             [sys.executable, "-c", _MEASURING_LAUNCHER, str(rss_report), *command], stdout=log, stderr=subprocess.STDOUT
@@ -311,7 +311,7 @@ def run_measured(command: list[str], log_path: Path, *, sample_pss: bool = False
             sampler.start()
         exit_code = launcher.wait()
         wall_seconds = time.perf_counter() - started
-        machine = machine_shares(counters, _machine_counters(), wall_seconds)
+        machine = machine_shares(counters, machine_counters(), wall_seconds)
         finished.set()
         if sample_pss:
             sampler.join()

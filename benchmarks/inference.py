@@ -83,9 +83,27 @@ from emflow.tasks.adapter import reuse_freed_memory
 from emflow.unet import check_patch_shape
 
 try:
-    from benchmarks.end_to_end import emflow_block_stage_spans, emflow_task_seconds, machine_description, run_measured, write_results
+    from benchmarks.end_to_end import (
+        emflow_block_stage_spans,
+        emflow_task_seconds,
+        machine_cells,
+        machine_counters,
+        machine_description,
+        machine_shares,
+        run_measured,
+        write_results,
+    )
 except ImportError:  # run as a script: benchmarks/ itself is on sys.path
-    from end_to_end import emflow_block_stage_spans, emflow_task_seconds, machine_description, run_measured, write_results
+    from end_to_end import (
+        emflow_block_stage_spans,
+        emflow_task_seconds,
+        machine_cells,
+        machine_counters,
+        machine_description,
+        machine_shares,
+        run_measured,
+        write_results,
+    )
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCHMARKS_DIR / "results"
@@ -221,6 +239,7 @@ def run_emflow_predict(config_path: Path, run_dir: Path) -> dict:
     return {
         "wall_seconds": measurement.wall_seconds,
         "max_rss_bytes": measurement.max_rss_bytes,
+        "machine": measurement.machine,
         "task_seconds_by_stage": {stage: stage_seconds.get(stage, 0.0) for stage in PREDICTION_STAGES},
         "task_seconds": sum(stage_seconds.get(stage, 0.0) for stage in PREDICTION_STAGES),
         "span_seconds": sum(spans.get(stage, 0.0) for stage in PREDICTION_STAGES),
@@ -259,10 +278,15 @@ def measure_device(
     # because every `emflow predict` process pays them too.
     warm_up_seconds = {"bare": timed(lambda: predictor(whole)), "patch": timed(lambda: predictor(patches[0][None]))}
     seconds = {name: [] for name in measurements}
+    # What the machine did during each pass (`machine_shares`): on a shared virtual machine the
+    # bare pass moved by a third between sittings.
+    machine = {name: [] for name in measurements}
     workflow_runs = []
     for repeat in range(1, repeats + 1):
         for name, action in measurements.items():
+            counters = machine_counters()
             seconds[name].append(timed(action))
+            machine[name].append(machine_shares(counters, machine_counters(), seconds[name][-1]))
             print(f"{device} run {repeat}/{repeats}: {name} {seconds[name][-1]:.2f} s", flush=True)
         workflow_runs.append(run_emflow_predict(config_path, run_dir))
         print(
@@ -297,6 +321,7 @@ def measure_device(
         "precision": predictor.precision,
         "warm_up_seconds": warm_up_seconds,
         "seconds": seconds,
+        "machine": machine,
         "monai_patches": monai_patches,
         "workflow_runs": workflow_runs,
         "median_seconds": medians,
@@ -476,6 +501,14 @@ def markdown(results: dict) -> str:
                 else ""
             )
         )
+        if "machine" in measured:
+            verdicts.append(
+                f"- {device}: the machine during each run (cores busy / IO wait / stolen, shares of all cores' time): a) "
+                + ", ".join("/".join(machine_cells(shares)) for shares in measured["machine"]["bare"])
+                + "; c) "
+                + ", ".join("/".join(machine_cells(run.get("machine"))) for run in measured["workflow_runs"])
+                + "."
+            )
     lines += [
         "",
         *verdicts,

@@ -41,7 +41,7 @@ from emflow.blocking import Blocking
 from emflow.storage.volumes import open_volume
 from emflow.targets import JournalReader
 
-from .end_to_end import machine_description, prepare_input, write_results
+from .end_to_end import machine_cells, machine_counters, machine_description, machine_shares, prepare_input, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 # Copies of the dev cube per axis and the block shape (also the input's chunks): 512 blocks each.
@@ -62,14 +62,17 @@ def write_config(folder: Path, input_path: Path, name: str, block_shape: tuple[i
     return path
 
 
-def timed(*arguments: str) -> float:
+def timed(*arguments: str) -> tuple[float, dict]:
+    """Wall seconds of `python -m emflow ARGUMENTS`, and what the machine did meanwhile (`machine_shares`)."""
     os.sync()
+    counters = machine_counters()
     started = time.perf_counter()
     completed = subprocess.run([sys.executable, "-m", "emflow", *arguments], capture_output=True, text=True)
     seconds = time.perf_counter() - started
+    machine = machine_shares(counters, machine_counters(), seconds)
     if completed.returncode != 0:
         raise RuntimeError(f"emflow {' '.join(arguments)} exited {completed.returncode}:\n{completed.stderr[-3000:]}")
-    return seconds
+    return seconds, machine
 
 
 def blocks_recomputed(work_dir: Path, since: float) -> dict[str, dict]:
@@ -116,6 +119,7 @@ def run(quick: bool = False, workers: int = 2, scratch: Path | None = None, repe
             **{key: last[key] for key in ("volume_shape", "number_of_blocks", "changed_chunk", "blocks_recomputed")},
             "seconds": {step: statistics.median(repetition["seconds"][step] for repetition in repetitions) for step in STEPS},
             "all_seconds": {step: [repetition["seconds"][step] for repetition in repetitions] for step in STEPS},
+            "all_machine": {step: [repetition["machine"][step] for repetition in repetitions] for step in STEPS},
             "identical_to_fresh_run": all(repetition["identical_to_fresh_run"] for repetition in repetitions),
         }
     finally:
@@ -141,6 +145,7 @@ def _steps(scratch: Path, input_path: Path, block_shape: tuple[int, ...], worker
 
     fresh_config = write_config(scratch, input_path, "fresh", block_shape)
     fresh = timed("run", str(fresh_config), "--workers", str(workers))
+    steps = (full, no_op, status, incremental, fresh)
     identical = all(
         np.array_equal(np.asarray(open_volume(scratch / "cron.zarr", key)[...]), np.asarray(open_volume(scratch / "fresh.zarr", key)[...]))
         for key in ("segmentation/s0", "supervoxels")
@@ -149,7 +154,8 @@ def _steps(scratch: Path, input_path: Path, block_shape: tuple[int, ...], worker
         "volume_shape": list(shape),
         "number_of_blocks": Blocking(shape, block_shape).number_of_blocks,
         "changed_chunk": [[item.start, item.stop] for item in chunk],
-        "seconds": dict(zip(STEPS, (full, no_op, status, incremental, fresh))),
+        "seconds": {step: seconds for step, (seconds, _) in zip(STEPS, steps)},
+        "machine": {step: machine for step, (_, machine) in zip(STEPS, steps)},
         "blocks_recomputed": recomputed,
         "identical_to_fresh_run": identical,
     }
@@ -166,8 +172,8 @@ def markdown(results: dict) -> str:
         f"{results['workers']} workers; each step a fresh `python -m emflow` process. The steps repeated "
         f"{results['repeats']} times, each on a fresh copy of the input: the median, and every value.",
         "",
-        "| step | wall s (median) | vs full run | all runs, s |",
-        "|---|---:|---:|---|",
+        "| step | wall s (median) | vs full run | all runs, s | cores busy / IO wait / stolen, each run |",
+        "|---|---:|---:|---|---|",
     ]
     for name, label in zip(
         STEPS,
@@ -180,7 +186,8 @@ def markdown(results: dict) -> str:
         ),
     ):
         every = ", ".join(f"{value:.2f}" for value in results["all_seconds"][name])
-        lines.append(f"| {label} | {seconds[name]:.2f} | {seconds[name] / seconds['full_run']:.3f} | {every} |")
+        machine = ", ".join("/".join(machine_cells(shares)) for shares in results.get("all_machine", {}).get(name, []))
+        lines.append(f"| {label} | {seconds[name]:.2f} | {seconds[name] / seconds['full_run']:.3f} | {every} | {machine or '-'} |")
     recomputed = ", ".join(
         f"{stage} {entry['blocks']} ({entry['task_seconds']:.1f} task s)" for stage, entry in results["blocks_recomputed"].items()
     )
