@@ -597,14 +597,16 @@ def summarize(runs: list[dict], segmentation, input_path: Path, memory_run: dict
 
 
 def median_machine(measurements: list[dict]) -> dict[str, float | None] | None:
-    """The median over runs of each share `machine_shares` gives (None where a run has none)."""
+    """The median over the runs' measurements of each share `machine_shares` gives: None for a
+    share some run lacks (no /proc/pressure), and None if no run has any."""
     shares = [measurement["machine"] for measurement in measurements if measurement.get("machine")]
     if not shares:
         return None
-    return {
-        key: statistics.median(values) if len(values := [share[key] for share in shares if share[key] is not None]) == len(shares) else None
-        for key in shares[0]
-    }
+    medians: dict[str, float | None] = {}
+    for key in shares[0]:
+        values = [share[key] for share in shares if share[key] is not None]
+        medians[key] = statistics.median(values) if len(values) == len(shares) else None
+    return medians
 
 
 def machine_cells(machine: dict | None) -> list[str]:
