@@ -33,7 +33,8 @@ Quality is scored against the tiled groundtruth with emflow.evaluation.evaluate 
 ignored), so that the speed comparison is read together with what each contender delivers. What the
 machine did during each timed run is kept beside it (`machine_shares`, from /proc/stat and
 /proc/pressure/io): the share of all cores' time busy, idle, waiting for IO and stolen by the
-hypervisor; on this project's shared 2-core virtual machine a run's figures move with these.
+hypervisor, which shows a run that waited for the disk or lost its cores to another guest (not
+one slowed otherwise, e.g. by cores that ran slower).
 
 Per block-wise stage of emflow's last run: its task seconds summed over blocks (from the completion
 records: the block's work and the digests of what it wrote, not scheduling) and its throughput
@@ -67,7 +68,8 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -130,6 +132,17 @@ def machine_counters() -> tuple[dict[str, int], int | None]:
     except (OSError, IndexError):
         return ticks, None
     return ticks, int(full.rsplit("total=", 1)[1])
+
+
+@contextmanager
+def machine_during() -> Iterator[dict]:
+    """A dict that, once the block exits, holds `machine_shares` over the block's time."""
+    shares: dict = {}
+    before, started = machine_counters(), time.perf_counter()
+    try:
+        yield shares
+    finally:
+        shares.update(machine_shares(before, machine_counters(), time.perf_counter() - started))
 
 
 def machine_shares(before: tuple[dict[str, int], int | None], after: tuple[dict[str, int], int | None], wall_seconds: float) -> dict:
@@ -298,20 +311,19 @@ def run_measured(command: list[str], log_path: Path, *, sample_pss: bool = False
 
     rss_report = log_path.with_suffix(".maxrss")
     with open(log_path, "w") as log:
-        counters = machine_counters()
-        started = time.perf_counter()
-        launcher = subprocess.Popen(
-            [sys.executable, "-c", _MEASURING_LAUNCHER, str(rss_report), *command], stdout=log, stderr=subprocess.STDOUT
-        )
-        # Sampling walks /proc for the whole process tree five times a second: on 2 cores that made
-        # emflow's 62.5 MVox run 0.9 s (5 %) slower (17.5 s against 16.6 s, two runs each), so
-        # timed runs do not sample.
-        sampler = threading.Thread(target=sample_memory, args=(launcher.pid,), daemon=True)
-        if sample_pss:
-            sampler.start()
-        exit_code = launcher.wait()
-        wall_seconds = time.perf_counter() - started
-        machine = machine_shares(counters, machine_counters(), wall_seconds)
+        with machine_during() as machine:
+            started = time.perf_counter()
+            launcher = subprocess.Popen(
+                [sys.executable, "-c", _MEASURING_LAUNCHER, str(rss_report), *command], stdout=log, stderr=subprocess.STDOUT
+            )
+            # Sampling walks /proc for the whole process tree five times a second: on 2 cores that made
+            # emflow's 62.5 MVox run 0.9 s (5 %) slower (17.5 s against 16.6 s, two runs each), so
+            # timed runs do not sample.
+            sampler = threading.Thread(target=sample_memory, args=(launcher.pid,), daemon=True)
+            if sample_pss:
+                sampler.start()
+            exit_code = launcher.wait()
+            wall_seconds = time.perf_counter() - started
         finished.set()
         if sample_pss:
             sampler.join()
@@ -609,11 +621,15 @@ def median_machine(measurements: list[dict]) -> dict[str, float | None] | None:
     return medians
 
 
-def machine_cells(machine: dict | None) -> list[str]:
-    """Table cells: cores busy, IO wait and stolen, as % of all cores' time (see `machine_shares`)."""
-    if not machine:
-        return ["-", "-", "-"]
-    return [f"{machine[key]:.0%}" for key in ("busy", "iowait", "steal")]
+def machine_cells(machine: dict | None, keys: tuple[str, ...] = ("busy", "iowait", "steal")) -> list[str]:
+    """Table cells of the shares `keys` of `machine_shares` (default: cores busy, IO wait and
+    stolen, each as % of all cores' time); "-" where a share is missing."""
+    return ["-" if not machine or machine.get(key) is None else f"{machine[key]:.0%}" for key in keys]
+
+
+def machine_per_run(runs: list[dict | None]) -> str:
+    """Cores busy / IO wait / stolen of each run, as text: "92%/0%/1%, 94%/0%/1%"."""
+    return ", ".join("/".join(machine_cells(shares)) for shares in runs)
 
 
 def write_results(path: Path, results: dict) -> None:

@@ -86,10 +86,9 @@ try:
     from benchmarks.end_to_end import (
         emflow_block_stage_spans,
         emflow_task_seconds,
-        machine_cells,
-        machine_counters,
         machine_description,
-        machine_shares,
+        machine_during,
+        machine_per_run,
         run_measured,
         write_results,
     )
@@ -97,10 +96,9 @@ except ImportError:  # run as a script: benchmarks/ itself is on sys.path
     from end_to_end import (
         emflow_block_stage_spans,
         emflow_task_seconds,
-        machine_cells,
-        machine_counters,
         machine_description,
-        machine_shares,
+        machine_during,
+        machine_per_run,
         run_measured,
         write_results,
     )
@@ -284,9 +282,9 @@ def measure_device(
     workflow_runs = []
     for repeat in range(1, repeats + 1):
         for name, action in measurements.items():
-            counters = machine_counters()
-            seconds[name].append(timed(action))
-            machine[name].append(machine_shares(counters, machine_counters(), seconds[name][-1]))
+            with machine_during() as shares:
+                seconds[name].append(timed(action))
+            machine[name].append(shares)
             print(f"{device} run {repeat}/{repeats}: {name} {seconds[name][-1]:.2f} s", flush=True)
         workflow_runs.append(run_emflow_predict(config_path, run_dir))
         print(
@@ -504,9 +502,9 @@ def markdown(results: dict) -> str:
         if "machine" in measured:
             verdicts.append(
                 f"- {device}: the machine during each run (cores busy / IO wait / stolen, shares of all cores' time): a) "
-                + ", ".join("/".join(machine_cells(shares)) for shares in measured["machine"]["bare"])
+                + machine_per_run(measured["machine"]["bare"])
                 + "; c) "
-                + ", ".join("/".join(machine_cells(run.get("machine"))) for run in measured["workflow_runs"])
+                + machine_per_run([run.get("machine") for run in measured["workflow_runs"]])
                 + "."
             )
     lines += [

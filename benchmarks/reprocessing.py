@@ -41,7 +41,7 @@ from emflow.blocking import Blocking
 from emflow.storage.volumes import open_volume
 from emflow.targets import JournalReader
 
-from .end_to_end import machine_cells, machine_counters, machine_description, machine_shares, prepare_input, write_results
+from .end_to_end import machine_description, machine_during, machine_per_run, prepare_input, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 # Copies of the dev cube per axis and the block shape (also the input's chunks): 512 blocks each.
@@ -65,11 +65,10 @@ def write_config(folder: Path, input_path: Path, name: str, block_shape: tuple[i
 def timed(*arguments: str) -> tuple[float, dict]:
     """Wall seconds of `python -m emflow ARGUMENTS`, and what the machine did meanwhile (`machine_shares`)."""
     os.sync()
-    counters = machine_counters()
-    started = time.perf_counter()
-    completed = subprocess.run([sys.executable, "-m", "emflow", *arguments], capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    machine = machine_shares(counters, machine_counters(), seconds)
+    with machine_during() as machine:
+        started = time.perf_counter()
+        completed = subprocess.run([sys.executable, "-m", "emflow", *arguments], capture_output=True, text=True)
+        seconds = time.perf_counter() - started
     if completed.returncode != 0:
         raise RuntimeError(f"emflow {' '.join(arguments)} exited {completed.returncode}:\n{completed.stderr[-3000:]}")
     return seconds, machine
@@ -186,7 +185,7 @@ def markdown(results: dict) -> str:
         ),
     ):
         every = ", ".join(f"{value:.2f}" for value in results["all_seconds"][name])
-        machine = ", ".join("/".join(machine_cells(shares)) for shares in results.get("all_machine", {}).get(name, []))
+        machine = machine_per_run(results.get("all_machine", {}).get(name, []))
         lines.append(f"| {label} | {seconds[name]:.2f} | {seconds[name] / seconds['full_run']:.3f} | {every} | {machine or '-'} |")
     recomputed = ", ".join(
         f"{stage} {entry['blocks']} ({entry['task_seconds']:.1f} task s)" for stage, entry in results["blocks_recomputed"].items()

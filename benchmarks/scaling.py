@@ -18,7 +18,8 @@ each stage summed over its blocks, as MVox/s, so that a stage whose cost per blo
 volume shows. "vs first" is a size's MVox/s over that of the smallest emflow size (goal: within
 10 %); a second table splits emflow's MVox/s at each size into the task seconds per MVox (the work
 per voxel) and its workers' occupancy (task seconds over wall seconds times workers), beside what
-the machine did during the runs (cores busy, IO wait, stolen: `end_to_end.machine_shares`). Writes a figure of MVox/s and peak RSS against the volume (`--figure`).
+the machine did during the runs (cores busy, IO wait, stolen: `end_to_end.machine_shares`).
+Writes a figure of MVox/s and peak RSS against the volume (`--figure`).
 
 Usage: python -m benchmarks.scaling [--quick] [--out DIR] [--json PATH] [--figure PATH]
 """
@@ -133,7 +134,7 @@ def _run_elf(input_path: Path, run_dir: Path, megavoxels: float, elf_peaks: list
 
 
 def _decomposition(emflow_sizes: list[dict], workers: int) -> list[str]:
-    """Lines of a table that splits emflow's MVox/s at each size into the work per voxel (task
+    """Lines of a paragraph and a table that split emflow's MVox/s at each size into the work per voxel (task
     seconds of all stages, summed over blocks, per MVox) and how busy its workers were (task
     seconds over wall seconds times workers), both of the last run, beside what the machine did
     meanwhile (`end_to_end.machine_shares`, median over the size's runs)."""
@@ -151,12 +152,9 @@ def _decomposition(emflow_sizes: list[dict], workers: int) -> list[str]:
         last = size["emflow"]["runs"][-1]
         task_seconds = sum(last["task_seconds_by_stage"].values())
         occupancy = task_seconds / (last["measurement"]["wall_seconds"] * workers)
-        machine = size["emflow"].get("machine")
-        stalled = machine.get("io_stalled") if machine else None
+        machine = end_to_end.machine_cells(size["emflow"].get("machine"), ("busy", "iowait", "steal", "io_stalled"))
         lines.append(
-            f"| {size['megavoxels']:.1f} | {task_seconds / size['megavoxels']:.3f} | {occupancy:.0%} | "
-            + " | ".join(end_to_end.machine_cells(machine))
-            + f" | {'-' if stalled is None else f'{stalled:.0%}'} |"
+            f"| {size['megavoxels']:.1f} | {task_seconds / size['megavoxels']:.3f} | {occupancy:.0%} | " + " | ".join(machine) + " |"
         )
     return lines
 
