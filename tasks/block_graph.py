@@ -11,7 +11,10 @@ from .spec import Read, StageSpec, Write, forward_boxes, no_global_reads
 # holds, so one voxel of context on its upper faces is all it needs. Reading no lower halo cut the
 # chunks an interior block decodes from 27 to 8 (block-shaped chunks): 122 -> 53 ms per
 # 64x128x128 block of the 62.5 MVox tiled dev cube, 105 of the 122 ms had been reading; reading
-# only the face slabs (`Read.faces`) cuts them to 4: 43 -> 35 ms of reading per block.
+# only the face slabs (`Read.faces`) cuts them to 4: 43 -> 35 ms of reading per block. Keeping
+# each block's lower face planes of `supervoxels` in a file for its neighbours (checked against
+# its chunk file's identity) instead of decoding their chunks saved 4-8 of 48-69 ms a block over
+# the 64 blocks of that run (4 alternating pairs): not worth a file per block.
 GRAPH_HALO = (1, 1, 1)
 
 
