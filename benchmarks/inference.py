@@ -82,26 +82,11 @@ from emflow.storage.volumes import write_volume
 from emflow.tasks.adapter import reuse_freed_memory
 from emflow.unet import check_patch_shape
 
+# The module, not its names: one import list for both ways the file is run.
 try:
-    from benchmarks.end_to_end import (
-        emflow_block_stage_spans,
-        emflow_task_seconds,
-        machine_description,
-        machine_during,
-        machine_per_run,
-        run_measured,
-        write_results,
-    )
+    from benchmarks import end_to_end
 except ImportError:  # run as a script: benchmarks/ itself is on sys.path
-    from end_to_end import (
-        emflow_block_stage_spans,
-        emflow_task_seconds,
-        machine_description,
-        machine_during,
-        machine_per_run,
-        run_measured,
-        write_results,
-    )
+    import end_to_end
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCHMARKS_DIR / "results"
@@ -229,11 +214,11 @@ def run_emflow_predict(config_path: Path, run_dir: Path) -> dict:
     for path in (run_dir / "prediction.zarr", run_dir / "prediction.zarr.work"):
         shutil.rmtree(path, ignore_errors=True)
     log_path = run_dir / f"{config_path.stem}.log"
-    measurement = run_measured([sys.executable, "-m", "emflow", "predict", str(config_path), "--workers", "1"], log_path)
+    measurement = end_to_end.run_measured([sys.executable, "-m", "emflow", "predict", str(config_path), "--workers", "1"], log_path)
     if measurement.exit_code != 0:
         raise SystemExit(f"emflow predict failed (exit code {measurement.exit_code}); see {log_path}")
-    stage_seconds = emflow_task_seconds(run_dir / "prediction.zarr.work")
-    spans = emflow_block_stage_spans(run_dir / "prediction.zarr.work")
+    stage_seconds = end_to_end.emflow_task_seconds(run_dir / "prediction.zarr.work")
+    spans = end_to_end.emflow_block_stage_spans(run_dir / "prediction.zarr.work")
     return {
         "wall_seconds": measurement.wall_seconds,
         "max_rss_bytes": measurement.max_rss_bytes,
@@ -242,7 +227,7 @@ def run_emflow_predict(config_path: Path, run_dir: Path) -> dict:
         "task_seconds": sum(stage_seconds.get(stage, 0.0) for stage in PREDICTION_STAGES),
         "span_seconds": sum(spans.get(stage, 0.0) for stage in PREDICTION_STAGES),
         # The forward passes inside the `predict` tasks (the first, cold one included).
-        "network_seconds": emflow_task_seconds(run_dir / "prediction.zarr.work", ("network_seconds",)).get("predict", 0.0),
+        "network_seconds": end_to_end.emflow_task_seconds(run_dir / "prediction.zarr.work", ("network_seconds",)).get("predict", 0.0),
     }
 
 
@@ -282,7 +267,7 @@ def measure_device(
     workflow_runs = []
     for repeat in range(1, repeats + 1):
         for name, action in measurements.items():
-            with machine_during() as shares:
+            with end_to_end.machine_during() as shares:
                 seconds[name].append(timed(action))
             machine[name].append(shares)
             print(f"{device} run {repeat}/{repeats}: {name} {seconds[name][-1]:.2f} s", flush=True)
@@ -315,7 +300,7 @@ def measure_device(
         "device": str(predictor.device),
         "device_name": torch.cuda.get_device_name(predictor.device)
         if predictor.device.type == "cuda"
-        else machine_description()["cpu_model"],
+        else end_to_end.machine_description()["cpu_model"],
         "precision": predictor.precision,
         "warm_up_seconds": warm_up_seconds,
         "seconds": seconds,
@@ -383,7 +368,7 @@ def run(
 
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine_description(),
+        "machine": end_to_end.machine_description(),
         "versions": {name: _version(name) for name in ("emflow", "torch", "monai")},
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU",
@@ -502,9 +487,9 @@ def markdown(results: dict) -> str:
         if "machine" in measured:
             verdicts.append(
                 f"- {device}: the machine during each run (cores busy / IO wait / stolen, shares of all cores' time): a) "
-                + machine_per_run(measured["machine"]["bare"])
+                + end_to_end.machine_per_run(measured["machine"]["bare"])
                 + "; c) "
-                + machine_per_run([run.get("machine") for run in measured["workflow_runs"]])
+                + end_to_end.machine_per_run([run.get("machine") for run in measured["workflow_runs"]])
                 + "."
             )
     lines += [
@@ -551,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=arguments.batch_size,
         repeats=arguments.repeats,
     )
-    write_results(arguments.json, results)
+    end_to_end.write_results(arguments.json, results)
     print(markdown(results))
     print(f"results written to {arguments.json}")
     return 0
