@@ -225,12 +225,15 @@ class _StageTaskBase(luigi.Task):
     @property
     def priority(self) -> int:  # type: ignore[override]
         """Of the tasks ready to run, Luigi hands out those of higher priority first: here those of
-        stages earlier in the run order, which lists the segmentation's chain before the pyramid
-        levels and meshes made from it. Luigi raises a task's dependencies to its priority, so
-        pyramid levels fill the time a worker would idle (a global stage), and no longer hold up
-        the block graph the segmentation waits for."""
-        names = [spec.name for spec in self.run_context.stages]
-        return len(names) - names.index(self.stage_name)
+        stages with the longest chain of dependents after them, the run order deciding between
+        equal chains (the segmentation's chain is listed before the pyramid levels and meshes made
+        from it). So the block graph the segmentation waits for goes before the pyramid levels,
+        the pyramid levels fill the time a worker would idle beside a global stage, and once the
+        multicut is solved the next pyramid level, which the later levels wait for, goes before the
+        segmentation's blocks instead of running alone at the end."""
+        run = self.run_context
+        names = [spec.name for spec in run.stages]
+        return run.chain_after(self.spec) * len(names) + len(names) - names.index(self.stage_name)
 
     def requires(self):
         return [self.workflow.stage_task(self.config_path, upstream.name) for upstream in self.run_context.upstream(self.spec)]

@@ -72,6 +72,18 @@ class Run:
             names |= {other.name for other in self.stages if other.creates_outputs and other is not spec}
         return [other for other in self.stages if other.name in names]
 
+    def chain_after(self, spec: StageSpec) -> int:
+        """The most stages on one chain of dependents after `spec` (0 for a stage nothing reads)."""
+        return self._chains_after[spec.name]
+
+    @functools.cached_property
+    def _chains_after(self) -> dict[str, int]:
+        chains: dict[str, int] = {}
+        for spec in reversed(self.stages):  # dependents come later in the run order
+            dependents = [other for other in self.stages if spec in self.upstream(other)]
+            chains[spec.name] = max((chains[other.name] + 1 for other in dependents), default=0)
+        return chains
+
     @functools.cached_property
     def _memo(self) -> dict[tuple, Any]:
         # Regions and linked blocks of this run, computed once (the run is cached per config file).

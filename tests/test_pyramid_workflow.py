@@ -8,7 +8,7 @@ import zarr
 from workflow_helpers import RESOLUTION, read, run_cli, write_config
 
 from emflow.pyramid import downsample_labels
-from emflow.workflows.segmentation import load_run
+from emflow.workflows.segmentation import SEGMENTATION, load_run
 
 ome_zarr_models = pytest.importorskip("ome_zarr_models", reason="ome-zarr-models is a test dependency: pip install ome-zarr-models")
 ome_zarr = pytest.importorskip("ome_zarr", reason="ome-zarr is a test dependency: pip install ome-zarr")
@@ -36,6 +36,36 @@ def test_pyramid_levels_are_stages_down_to_one_block(run):
     assert factors == ((2, 2, 2), (2, 2, 2))
     assert [spec.name for spec in run.stages][-4:] == ["pyramid_s1", "write_segmentation_s1", "pyramid_s2", "write_segmentation_s2"]
     assert run.geometry.level_shape(2) == (16, 32, 32) and run.geometry.level_blocking(2).number_of_blocks == 1
+
+
+def test_ready_tasks_go_by_the_longest_chain_of_stages_after_them(run):
+    """Luigi hands out the ready task of highest priority first. The block graph (four stages
+    after it on the way to the segmentation) goes before the first pyramid level (two after it),
+    which goes before the segmentation's blocks (none): once the multicut is solved the level
+    that the later levels wait for runs beside the segmentation's blocks, not alone at the end."""
+    run, _ = run
+    chains = {spec.name: run.chain_after(spec) for spec in run.stages}
+    assert chains == {
+        "prepare_output": 6,
+        "supervoxels": 5,
+        "supervoxel_ids": 4,
+        "block_graph": 4,
+        "merge_graph": 3,
+        "edge_costs": 2,
+        "multicut": 1,
+        "write_segmentation": 0,
+        "pyramid_s1": 2,
+        "write_segmentation_s1": 0,
+        "pyramid_s2": 1,
+        "write_segmentation_s2": 0,
+    }
+    priority = {spec.name: SEGMENTATION.block_task(run.config_path, spec.name, 0).priority for spec in run.stages if spec.blockwise}
+    assert (
+        priority["supervoxels"] > priority["block_graph"] > priority["pyramid_s1"] > priority["pyramid_s2"] > priority["write_segmentation"]
+    )
+    # Equal chains: the run order decides.
+    assert priority["write_segmentation"] > priority["write_segmentation_s1"] > priority["write_segmentation_s2"]
+    assert SEGMENTATION.stage_task(run.config_path, "edge_costs").priority > priority["pyramid_s1"]
 
 
 def test_block_wise_supervoxel_levels_equal_whole_volume_downsampling(run):
