@@ -110,6 +110,14 @@ GROUPS_PER_WORKER = 4
 # next; in the persistent processes of `emflow.cluster.pool`, 0.15 s in `pyramid_s1`), which a
 # group of one block pays for every block.
 MIN_BLOCKS_PER_AUTO_GROUP = 4
+# Where automatic groups are tapered (`tapered_block_groups`): the last group's size over the
+# first's. 62.5 MVox run (64 blocks, 8 groups), its blocks' seconds from the journals, the groups
+# handed out to 2 workers in every order: equal groups leave 0.69 core-s idle at the end of
+# `supervoxels` (mean over 200 random orders; 13.6 task s in all), groups of 12 down to 4 blocks
+# handed out largest first 0.10.
+TAPER = 1 / 3
+# Priorities of one stage's tasks lie within one step: its block groups, larger groups first.
+PRIORITY_STEP = 2**32
 # Block groups per stage when `[scheduling] block_groups` is 0 and a central scheduler is shared:
 # enough to keep 16 worker processes busy at 4 groups each; more workers want an explicit value.
 SHARED_SCHEDULER_BLOCK_GROUPS = 64
@@ -233,7 +241,7 @@ class _StageTaskBase(luigi.Task):
         segmentation's blocks instead of running alone at the end."""
         run = self.run_context
         names = [spec.name for spec in run.stages]
-        return run.chain_after(self.spec) * len(names) + len(names) - names.index(self.stage_name)
+        return (run.chain_after(self.spec) * len(names) + len(names) - names.index(self.stage_name)) * PRIORITY_STEP
 
     def requires(self):
         return [self.workflow.stage_task(self.config_path, upstream.name) for upstream in self.run_context.upstream(self.spec)]
@@ -282,7 +290,12 @@ class _BlockStageTask(_StageTaskBase):
             for block_id in range(number_of_blocks)
             if block_id not in records or record_state(records[block_id].fingerprint, expected[block_id]) is not CompletionState.DONE
         ]
-        return split_groups(block_groups(number_of_blocks, groups), stale, groups, scheduling.min_blocks_per_auto_group)
+        return split_groups(
+            tapered_block_groups(number_of_blocks, groups, scheduling.min_blocks_per_auto_group),
+            stale,
+            groups,
+            scheduling.min_blocks_per_auto_group,
+        )
 
     @property
     def number_of_blocks(self) -> int:
@@ -309,6 +322,14 @@ class _BlockGroupTask(_StageTaskBase):
     def block_range(self) -> tuple[int, int]:
         first, _, last = self.blocks.partition("-")
         return int(first), int(last or first) + 1
+
+    @property
+    def priority(self) -> int:  # type: ignore[override]
+        """The stage's priority, and of its groups the larger ones first: with tapered groups
+        (`tapered_block_groups`) the small ones are left for the end, where they even out the
+        workers' last blocks."""
+        first, stop = self.block_range
+        return super().priority + stop - first
 
     def complete(self) -> bool:
         return not self._pending_blocks()
@@ -462,6 +483,23 @@ def block_groups(number_of_blocks: int, max_groups: int) -> list[tuple[int, int]
     """
     count = max(1, min(number_of_blocks, max_groups))
     bounds = [round(index * number_of_blocks / count) for index in range(count + 1)]
+    return [(first, stop) for first, stop in zip(bounds[:-1], bounds[1:]) if stop > first]
+
+
+def tapered_block_groups(number_of_blocks: int, max_groups: int, min_blocks: int) -> list[tuple[int, int]]:
+    """Split blocks 0..number_of_blocks-1 into at most `max_groups` contiguous ranges whose sizes
+    fall linearly, the last a `TAPER` of the first; near-equal ranges (`block_groups`) where the
+    last would hold fewer than `min_blocks` blocks.
+
+    Returns (first, stop) pairs. Handed out largest first (`_BlockGroupTask.priority`), the groups
+    of several workers end together: each worker's last group is a small one.
+    """
+    count = max(1, min(number_of_blocks, max_groups))
+    weights = np.linspace(1, TAPER, count)
+    cumulative = np.concatenate([[0.0], np.cumsum(weights)])
+    bounds = [round(number_of_blocks * value / cumulative[-1]) for value in cumulative]
+    if count == 1 or bounds[-1] - bounds[-2] < min_blocks:
+        return block_groups(number_of_blocks, max_groups)
     return [(first, stop) for first, stop in zip(bounds[:-1], bounds[1:]) if stop > first]
 
 

@@ -17,8 +17,9 @@ from emflow.blocking import Blocking, Box
 from emflow.storage.volumes import open_volume
 from emflow.targets.journal import COMPACT_LINES_PER_BLOCK, journal_range
 from emflow.tasks import adapter
-from emflow.tasks.adapter import GROUP_SPLIT, block_groups, split_groups
+from emflow.tasks.adapter import GROUP_SPLIT, block_groups, split_groups, tapered_block_groups
 from emflow.tasks.block_graph import GRAPH_HALO
+from emflow.workflows.segmentation import SEGMENTATION
 from emflow.workflows.status import workflow_status
 
 # 64 blocks of the 64 × 128 × 128 crop, chunked like the input, so one chunk is one block's box.
@@ -290,9 +291,29 @@ def test_a_cron_run_with_local_workers_runs_its_stale_blocks_in_split_groups_to_
     monkeypatch.setattr(adapter, "MIN_BLOCKS_PER_AUTO_GROUP", 1)
     journals = tmp_path / "out.zarr.work" / "status" / "supervoxels"
     full_run_ranges = {journal_range(path.name) for path in journals.iterdir()}
-    assert all(stop - first == 8 for first, stop in full_run_ranges)
+    assert full_run_ranges == set(tapered_block_groups(64, 8, adapter.MIN_BLOCKS_PER_AUTO_GROUP))
     _change_one_input_chunk(tmp_path / "input.zarr")
     assert run_cli("run", run_copy, "--workers", "2") == 0
     new_ranges = {journal_range(path.name) for path in journals.iterdir()} - full_run_ranges
-    assert new_ranges and all(stop - first == 1 for first, stop in new_ranges)
+    # Split once: the groups of 4 to 12 blocks in eighths.
+    assert new_ranges and all(stop - first <= 2 for first, stop in new_ranges)
+    assert all(any(first <= new_first and new_stop <= stop for first, stop in full_run_ranges) for new_first, new_stop in new_ranges)
     _assert_equals_a_fresh_run(tmp_path)
+
+
+def test_automatic_groups_taper_and_are_handed_out_largest_first(finished_run):
+    groups = tapered_block_groups(512, 8, 4)
+    sizes = [stop - first for first, stop in groups]
+    assert groups[0][0] == 0 and groups[-1][1] == 512 and all(a[1] == b[0] for a, b in zip(groups, groups[1:]))
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] == 96 and sizes[-1] == 32
+    # Near-equal groups where the last tapered one would hold fewer than the fewest blocks allowed.
+    assert tapered_block_groups(8, 2, 4) == block_groups(8, 2) == [(0, 4), (4, 8)]
+    assert tapered_block_groups(64, 8, 5) == block_groups(64, 8)
+    # Luigi hands out the ready task of highest priority first: a stage's larger groups, and any
+    # group of a stage before the groups of the stages after it.
+    config = str(finished_run.resolve())
+    supervoxels = [SEGMENTATION.stage_task(config, "supervoxels").priority + stop - first for first, stop in tapered_block_groups(64, 8, 4)]
+    assert supervoxels == sorted(supervoxels, reverse=True)
+    group = SEGMENTATION.block_task(config, "supervoxels", 0)
+    assert group.priority == SEGMENTATION.stage_task(config, "supervoxels").priority + 1
+    assert min(supervoxels) > SEGMENTATION.block_task(config, "block_graph", 0).priority + 512
