@@ -104,7 +104,11 @@ def preview_sections(run: Run, section_index: int, level: int) -> tuple[np.ndarr
     the segmentation (`_background`) and the segmentation, at pyramid level `level`
     (`preview_level`; data without that level, an input, is read at every k-th voxel of level 0
     along y and x, to the same shape)."""
-    segmentation = run.store.read(*_level_section(run, "segmentation", level, section_index))[0]
+    # Through zarr's own indexing, not `Store.read`: zarr decodes the chunks a read crosses in
+    # parallel threads, and at the end of a run the cores are free. The 62.5 MVox benchmark run's
+    # middle section (16 chunks of 64 x 128 x 128 uint64): 0.04-0.07 s, 0.09-0.13 s one chunk at a time.
+    name, section = _level_section(run, "segmentation", level, section_index)
+    segmentation = np.asarray(run.store.output_array(name)[section.slicing])[0]
     background = _background(run)
     if level_name(background, level) in run.store.volumes:
         return run.store.read(*_level_section(run, background, level, section_index))[0], segmentation
