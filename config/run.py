@@ -402,9 +402,10 @@ class SchedulingConfig(Section):
         "process fork, so fewer groups are faster; more balance the load better. 0 = 4 per worker process\n"
         "of the `emflow run` that builds the task graph (1 with a single worker process), or, with a central scheduler (where several\n"
         "`emflow run` processes with different --workers must agree on the groups), 64; with the local\n"
-        "scheduler and several workers, no fewer than 4 blocks per group where a stage has few. Set it explicitly\n"
-        "for more than 16 worker processes in all. A value at least the number of blocks makes every block\n"
-        "its own Luigi task, each shown in luigid's visualiser.",
+        "scheduler and several workers, no fewer than 4 blocks per group where a stage has few, and groups\n"
+        "that taper (the last a third of the first) and run largest first, so that the workers end together.\n"
+        "Set it explicitly for more than 16 worker processes in all. A value at least the number of blocks\n"
+        "makes every block its own Luigi task, each shown in luigid's visualiser.",
     )
     retries: int = key(
         2,
