@@ -26,7 +26,7 @@ metrics at the sizes they hold; `--only evaluation --markdown docs/evaluation_be
 ones on GT-derived FIB-SEM boundaries at 62.5 MVox, on the dev cube with the CNN, and on the ISBI
 sections the ssTEM model held out; `--only halo --markdown docs/halo_benchmarks.md`), `noop_rerun`
 (`emflow run` on a finished 20,480-block segmentation run, fresh process, against the
-goal of 5 s; the full run it needs takes about 9 minutes; `--quick`: 1,024 blocks), and
+goal of 5 s; the full run it needs took 72 s at stop 36; `--quick`: 1,024 blocks), and
 two that need a trained model (`--model PATH`,
 default the shipped one):
 - inference: CNN throughput, a bare forward pass vs the sliding-window patches vs `emflow predict`,
