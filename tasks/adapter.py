@@ -498,7 +498,7 @@ def tapered_block_groups(number_of_blocks: int, max_groups: int, min_blocks: int
     weights = np.linspace(1, TAPER, count)
     cumulative = np.concatenate([[0.0], np.cumsum(weights)])
     bounds = [round(number_of_blocks * value / cumulative[-1]) for value in cumulative]
-    if count == 1 or bounds[-1] - bounds[-2] < min_blocks:
+    if bounds[-1] - bounds[-2] < min_blocks:
         return block_groups(number_of_blocks, max_groups)
     return [(first, stop) for first, stop in zip(bounds[:-1], bounds[1:]) if stop > first]
 

@@ -78,10 +78,13 @@ class Run:
 
     @functools.cached_property
     def _chains_after(self) -> dict[str, int]:
+        dependents: dict[str, list[str]] = {spec.name: [] for spec in self.stages}
+        for spec in self.stages:
+            for upstream in self.upstream(spec):
+                dependents[upstream.name].append(spec.name)
         chains: dict[str, int] = {}
         for spec in reversed(self.stages):  # dependents come later in the run order
-            dependents = [other for other in self.stages if spec in self.upstream(other)]
-            chains[spec.name] = max((chains[other.name] + 1 for other in dependents), default=0)
+            chains[spec.name] = max((chains[name] + 1 for name in dependents[spec.name]), default=0)
         return chains
 
     @functools.cached_property
