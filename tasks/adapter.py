@@ -325,14 +325,21 @@ class _BlockGroupTask(_StageTaskBase):
 
     @property
     def priority(self) -> int:  # type: ignore[override]
-        """The stage's priority, and of its groups the larger ones first: with tapered groups
-        (`tapered_block_groups`) the small ones are left for the end, where they even out the
-        workers' last blocks."""
+        """The stage's priority, and of its groups those with more blocks to run first: with
+        tapered groups (`tapered_block_groups`) the small ones are left for the end, where they
+        even out the workers' last blocks. The blocks to run are those `complete` found pending
+        (Luigi asks a task whether it is complete before it asks its priority), so that the split
+        groups of a cron run (`split_groups`), whose ranges hold a few stale blocks each, go by
+        the blocks they run, not by their ranges; all of the range before `complete` was asked."""
         first, stop = self.block_range
-        return super().priority + stop - first
+        return super().priority + (stop - first if self.pending_count is None else self.pending_count)
+
+    # How many blocks the group had to run when `complete` last looked.
+    pending_count: int | None = None
 
     def complete(self) -> bool:
-        return not self._pending_blocks()
+        self.pending_count = len(self._pending_blocks())
+        return not self.pending_count
 
     def _pending_blocks(self) -> dict[int, BlockRecord | None]:
         """Blocks of the group without a current record (one read of the group's journals), each

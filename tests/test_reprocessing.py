@@ -292,7 +292,19 @@ def test_a_cron_run_with_local_workers_runs_its_stale_blocks_in_split_groups_to_
     journals = tmp_path / "out.zarr.work" / "status" / "supervoxels"
     full_run_ranges = {journal_range(path.name) for path in journals.iterdir()}
     assert full_run_ranges == set(tapered_block_groups(64, 8, adapter.MIN_BLOCKS_PER_AUTO_GROUP))
-    _change_one_input_chunk(tmp_path / "input.zarr")
+    changed = _change_one_input_chunk(tmp_path / "input.zarr")
+    # Luigi asks a group whether it is complete before it asks its priority: the split groups go
+    # by the stale blocks they hold, not by their ranges.
+    adapter.use_workers(2)
+    adapter.forget_input_states()  # this process ran the full run: its view of the input goes
+    stale = _blocks_reading(Blocking((64, 128, 128), BLOCK_SHAPE), HALO, changed)
+    stage = SEGMENTATION.stage_task(str(run_copy.resolve()), "supervoxels")
+    groups = stage.requires()
+    assert sum(group.block_range[1] - group.block_range[0] for group in groups) == 64
+    for group in groups:
+        holds = sum(group.block_range[0] <= block_id < group.block_range[1] for block_id in stale)
+        assert group.complete() == (holds == 0)
+        assert group.priority == stage.priority + holds, group.blocks
     assert run_cli("run", run_copy, "--workers", "2") == 0
     new_ranges = {journal_range(path.name) for path in journals.iterdir()} - full_run_ranges
     # Split once: the groups of 4 to 12 blocks in eighths.
