@@ -403,7 +403,8 @@ class SchedulingConfig(Section):
         "of the `emflow run` that builds the task graph (1 with a single worker process), or, with a central scheduler (where several\n"
         "`emflow run` processes with different --workers must agree on the groups), 64; with the local\n"
         "scheduler and several workers, no fewer than 4 blocks per group where a stage has few, and groups\n"
-        "that taper (the last a third of the first) and run largest first, so that the workers end together.\n"
+        "that taper (the last a third of the first) and run those with the most blocks left to run first, so that\n"
+        "the workers end together.\n"
         "Set it explicitly for more than 16 worker processes in all. A value at least the number of blocks\n"
         "makes every block its own Luigi task, each shown in luigid's visualiser.",
     )
