@@ -54,11 +54,14 @@ def write_stage(source: str, volumes: tuple[str, ...] = ("segmentation",), level
         digest = hashlib.sha256()
         for index in range(len(volumes)):
             node_labels = block.read_bundle(source, node_label_field(index), mmap=True)
-            ends = np.append(offsets[1:], len(node_labels) - 1)
             for block_id in covered:
-                # Block b's supervoxels 1..n are the nodes offsets[b] + 1..n.
-                digest.update(np.array([index, block_id, ends[block_id] - offsets[block_id]], dtype=np.int64).tobytes())
-                digest.update(np.ascontiguousarray(node_labels[int(offsets[block_id]) + 1 : int(ends[block_id]) + 1]).tobytes())
+                # Block b's supervoxels 1..n are the nodes offsets[b] + 1..n, n up to the next
+                # block's offset (the last block's: up to the last node). Only the covered blocks'
+                # offsets are read: a copy of all of them per block made the keys O(blocks^2).
+                first = int(offsets[block_id])
+                end = int(offsets[block_id + 1]) if block_id + 1 < len(offsets) else len(node_labels) - 1
+                digest.update(np.array([index, block_id, end - first], dtype=np.int64).tobytes())
+                digest.update(np.ascontiguousarray(node_labels[first + 1 : end + 1]).tobytes())
         return digest.digest()
 
     def run(block: BlockContext) -> dict:
