@@ -317,6 +317,8 @@ class _BlockGroupTask(_StageTaskBase):
     """Blocks `blocks` ("51-52": 51 to 52, or "51") of one stage, run one after the other in one worker."""
 
     blocks = luigi.Parameter()
+    # How many blocks the group had to run when `complete` last looked (None: it has not).
+    pending_count: int | None = None
 
     @property
     def block_range(self) -> tuple[int, int]:
@@ -333,9 +335,6 @@ class _BlockGroupTask(_StageTaskBase):
         the blocks they run, not by their ranges; all of the range before `complete` was asked."""
         first, stop = self.block_range
         return super().priority + (stop - first if self.pending_count is None else self.pending_count)
-
-    # How many blocks the group had to run when `complete` last looked.
-    pending_count: int | None = None
 
     def complete(self) -> bool:
         self.pending_count = len(self._pending_blocks())
