@@ -14,6 +14,10 @@ step is `python -m emflow ...` in a fresh process, timed from start to exit:
    then `emflow run`: the blocks each stage recomputed are counted from the completion records;
 5. the same one-chunk change run into a fresh output: must give the same segmentation as step 4.
 
+For the full run and the one-chunk run, the page also says where the wall time went, from the
+completion records the run wrote (`run_phases`): before its first task, its tasks (and of them the
+global stages, each alone on one worker), and after its last record (the run report, the exit).
+
 The five steps are repeated `--repeats` times (default 3; `--quick`: 1), each time on a fresh copy
 of the input, and each step's median is reported with every value: one sitting's full runs differed
 by 20 % (16.4 and 13.7 s), as much as the goal's margin.
@@ -25,6 +29,7 @@ table, writes benchmarks/results/reprocessing.json.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -62,16 +67,53 @@ def write_config(folder: Path, input_path: Path, name: str, block_shape: tuple[i
     return path
 
 
-def timed(*arguments: str) -> tuple[float, dict]:
-    """Wall seconds of `python -m emflow ARGUMENTS`, and what the machine did meanwhile (`machine_shares`)."""
+def timed(*arguments: str) -> tuple[float, dict, tuple[float, float]]:
+    """Wall seconds of `python -m emflow ARGUMENTS`, what the machine did meanwhile
+    (`machine_shares`), and the process's start and end as epoch seconds (`run_phases`)."""
     os.sync()
     with machine_during() as machine:
-        started = time.perf_counter()
+        started_at, started = time.time(), time.perf_counter()
         completed = subprocess.run([sys.executable, "-m", "emflow", *arguments], capture_output=True, text=True)
         seconds = time.perf_counter() - started
     if completed.returncode != 0:
         raise RuntimeError(f"emflow {' '.join(arguments)} exited {completed.returncode}:\n{completed.stderr[-3000:]}")
-    return seconds, machine
+    return seconds, machine, (started_at, started_at + seconds)
+
+
+# The global stages of the benchmark's runs: each runs alone on one worker, between the block-wise stages.
+GLOBAL_STAGES = ("supervoxel_ids", "merge_graph", "edge_costs", "multicut")
+
+
+def run_phases(work_dir: Path, started_at: float, ended_at: float) -> dict[str, float]:
+    """Where a run's wall time went, from the completion records it wrote (those finished after
+    `started_at`): "before_tasks" (process start to its first task's start: interpreter, imports,
+    config and input checks, the repair plan, Luigi's completeness checks), "tasks" (first task's
+    start to the last record), "after_tasks" (last record to process exit: the run report and the
+    exit), and "global_stages" (the task seconds of `GLOBAL_STAGES`, within "tasks")."""
+    starts, ends, global_seconds = [], [], 0.0
+    for folder in (work_dir / "status").iterdir():
+        if folder.is_dir():
+            for record in JournalReader(folder).refresh().values():
+                if record.finished > started_at:
+                    result = record.result
+                    starts.append(record.finished - result.get("seconds", 0.0) - result.get("write_seconds", 0.0))
+                    ends.append(record.finished)
+        elif folder.suffix == ".json":
+            record = json.loads(folder.read_text())
+            if record.get("finished", 0.0) > started_at:
+                seconds = record.get("result", {}).get("seconds", 0.0)
+                starts.append(record["finished"] - seconds)
+                ends.append(record["finished"])
+                global_seconds += seconds if folder.stem in GLOBAL_STAGES else 0.0
+    if not starts:
+        return {}
+    first, last = min(starts), max(ends)
+    return {
+        "before_tasks": first - started_at,
+        "tasks": last - first,
+        "after_tasks": ended_at - last,
+        "global_stages": global_seconds,
+    }
 
 
 def blocks_recomputed(work_dir: Path, since: float) -> dict[str, dict]:
@@ -119,6 +161,7 @@ def run(quick: bool = False, workers: int = 2, scratch: Path | None = None, repe
             "seconds": {step: statistics.median(repetition["seconds"][step] for repetition in repetitions) for step in STEPS},
             "all_seconds": {step: [repetition["seconds"][step] for repetition in repetitions] for step in STEPS},
             "all_machine": {step: [repetition["machine"][step] for repetition in repetitions] for step in STEPS},
+            "all_phases": [repetition["phases"] for repetition in repetitions],
             "identical_to_fresh_run": all(repetition["identical_to_fresh_run"] for repetition in repetitions),
         }
     finally:
@@ -130,6 +173,7 @@ def _steps(scratch: Path, input_path: Path, block_shape: tuple[int, ...], worker
     config = write_config(scratch, input_path, "cron", block_shape)
     work_dir = scratch / "cron.zarr.work"
     full = timed("run", str(config), "--workers", str(workers))
+    phases = {"full_run": run_phases(work_dir, *full[2])}
     no_op = timed("run", str(config), "--workers", str(workers))
     status = timed("status", str(config))
 
@@ -141,6 +185,7 @@ def _steps(scratch: Path, input_path: Path, block_shape: tuple[int, ...], worker
     changed_at = time.time()
     incremental = timed("run", str(config), "--workers", str(workers))
     recomputed = blocks_recomputed(work_dir, changed_at)
+    phases["one_chunk_changed_run"] = run_phases(work_dir, *incremental[2])
 
     fresh_config = write_config(scratch, input_path, "fresh", block_shape)
     fresh = timed("run", str(fresh_config), "--workers", str(workers))
@@ -153,8 +198,9 @@ def _steps(scratch: Path, input_path: Path, block_shape: tuple[int, ...], worker
         "volume_shape": list(shape),
         "number_of_blocks": Blocking(shape, block_shape).number_of_blocks,
         "changed_chunk": [[item.start, item.stop] for item in chunk],
-        "seconds": {step: seconds for step, (seconds, _) in zip(STEPS, steps)},
-        "machine": {step: machine for step, (_, machine) in zip(STEPS, steps)},
+        "seconds": {step: seconds for step, (seconds, _, _) in zip(STEPS, steps)},
+        "machine": {step: machine for step, (_, machine, _) in zip(STEPS, steps)},
+        "phases": phases,
         "blocks_recomputed": recomputed,
         "identical_to_fresh_run": identical,
     }
@@ -204,6 +250,16 @@ def markdown(results: dict) -> str:
         f"- Stale blocks kept by early cutoff (their inputs held what they held before, so their output is kept): {kept or 'none'}.",
         f"- Segmentation and supervoxels identical to the fresh run of the changed input: {results['identical_to_fresh_run']}.",
     ]
+    for step, label in (("full_run", "the full run"), ("one_chunk_changed_run", "the one-chunk run")):
+        phases = [repetition[step] for repetition in results.get("all_phases", []) if repetition.get(step)]
+        if phases:
+            median = {name: statistics.median(phase[name] for phase in phases) for name in phases[0]}
+            lines.append(
+                f"- Where {label}'s time went (from the records it wrote; medians): {median['before_tasks']:.2f} s before its first task "
+                f"(interpreter, imports, checks, planning), {median['tasks']:.2f} s of tasks (of which the global stages "
+                f"{', '.join(GLOBAL_STAGES)}, each alone on one worker, {median['global_stages']:.2f} s), "
+                f"{median['after_tasks']:.2f} s after its last record (the run report, exit)."
+            )
     return "\n".join(lines)
 
 
