@@ -5,10 +5,14 @@ Timings are not asserted here (benchmarks/ is where speed lives); structure and 
 
 from __future__ import annotations
 
+import json
+import time
+
 import numpy as np
+import pytest
 from workflow_helpers import run_cli, write_config
 
-from benchmarks import end_to_end, noop_rerun, orchestration, scaling
+from benchmarks import end_to_end, noop_rerun, orchestration, reprocessing, scaling
 from emflow.targets import JournalReader
 from emflow.workflows.segmentation import load_run
 
@@ -78,6 +82,29 @@ def test_noop_rerun_benchmark_reruns_a_finished_run_without_recomputing(tmp_path
     assert results["number_of_blocks"] == 2 * 2 * 3 and results["records"] > 0
     assert len(results["rerun_seconds"]) == 1 and results["full_run_seconds"] > 0
     assert "| full run |" in noop_rerun.markdown(results)
+
+
+def test_run_phases_split_a_run_by_the_records_it_wrote(tmp_path, workflow_inputs):
+    config = write_config(tmp_path / "config.toml", workflow_inputs, tmp_path / "out.zarr")
+    work_dir = tmp_path / "out.zarr.work"
+    started_at = time.time()
+    assert run_cli("run", config) == 0
+    ended_at = time.time()
+    phases = reprocessing.run_phases(work_dir, started_at, ended_at)
+    records = [
+        record for folder in (work_dir / "status").iterdir() if folder.is_dir() for record in JournalReader(folder).refresh().values()
+    ]
+    first = min(record.finished - record.result["seconds"] - record.result.get("write_seconds", 0.0) for record in records)
+    # No task starts before its process: the first block record's start bounds the first phase.
+    assert 0 < phases["before_tasks"] <= first - started_at
+    assert phases["tasks"] > 0 and phases["after_tasks"] > 0
+    assert phases["before_tasks"] + phases["tasks"] + phases["after_tasks"] == pytest.approx(ended_at - started_at)
+    multicut = json.loads((work_dir / "status" / "multicut.json").read_text())["result"]["seconds"]
+    assert multicut <= phases["global_stages"] < phases["tasks"]
+    # A run that finds everything done writes no record: nothing to split.
+    again = time.time()
+    assert run_cli("run", config) == 0
+    assert reprocessing.run_phases(work_dir, again, time.time()) == {}
 
 
 def test_tiled_boundary_map_built_in_slabs_is_the_whole_volume_map():
