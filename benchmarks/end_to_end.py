@@ -336,15 +336,30 @@ def run_measured(command: list[str], log_path: Path, *, sample_pss: bool = False
     )
 
 
-def _task_results(work_dir: Path):
-    """(stage, result) of every task of an emflow run, from its completion records."""
+def task_records(work_dir: Path):
+    """(stage, finished, result) of every task of an emflow run, from its completion records: a
+    block's journal line, a global stage's record, and a block-wise stage's own record (written
+    once all its blocks are)."""
     status = work_dir / "status"
     for path in status.iterdir():
         if path.is_dir():
             for record in JournalReader(path).refresh().values():
-                yield path.name, record.result
+                yield path.name, record.finished, record.result
         else:
-            yield path.stem, json.loads(path.read_text())["result"]
+            record = json.loads(path.read_text())
+            yield path.stem, record["finished"], record["result"]
+
+
+def task_start(finished: float, result: dict) -> float:
+    """When a task started: its record's time less its seconds and those of the writes it did
+    behind its work (`write_seconds`), which follow the work at once."""
+    return finished - result.get("seconds", 0.0) - result.get("write_seconds", 0.0)
+
+
+def _task_results(work_dir: Path):
+    """(stage, result) of every task of an emflow run, from its completion records."""
+    for stage, _, result in task_records(work_dir):
+        yield stage, result
 
 
 def emflow_task_seconds(work_dir: Path, fields: tuple[str, ...] = ("seconds", "write_seconds")) -> dict[str, float]:
@@ -360,16 +375,13 @@ def emflow_task_seconds(work_dir: Path, fields: tuple[str, ...] = ("seconds", "w
 def emflow_block_stage_spans(work_dir: Path) -> dict[str, float]:
     """Per block-wise stage, the seconds from its first block's start to its last record, from the
     completion records: with one worker, what the stage took including the writes a stage does
-    behind its blocks (`write_seconds`, not in a block's `seconds`). A block's start is its record's
-    time less its seconds and those of its writes, which follow its work at once."""
+    behind its blocks (`write_seconds`, not in a block's `seconds`; `task_start`)."""
     spans = {}
     for path in (work_dir / "status").iterdir():
         if path.is_dir():
             records = list(JournalReader(path).refresh().values())
             if records:
-                started = min(
-                    record.finished - record.result.get("seconds", 0.0) - record.result.get("write_seconds", 0.0) for record in records
-                )
+                started = min(task_start(record.finished, record.result) for record in records)
                 spans[path.name] = max(record.finished for record in records) - started
     return spans
 

@@ -29,7 +29,6 @@ table, writes benchmarks/results/reprocessing.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -46,7 +45,7 @@ from emflow.blocking import Blocking
 from emflow.storage.volumes import open_volume
 from emflow.targets import JournalReader
 
-from .end_to_end import machine_description, machine_during, machine_per_run, prepare_input, write_results
+from .end_to_end import machine_description, machine_during, machine_per_run, prepare_input, task_records, task_start, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 # Copies of the dev cube per axis and the block shape (also the input's chunks): 512 blocks each.
@@ -90,29 +89,16 @@ def run_phases(work_dir: Path, started_at: float, ended_at: float) -> dict[str, 
     config and input checks, the repair plan, Luigi's completeness checks), "tasks" (first task's
     start to the last record), "after_tasks" (last record to process exit: the run report and the
     exit), and "global_stages" (the task seconds of `GLOBAL_STAGES`, within "tasks")."""
-    starts, ends, global_seconds = [], [], 0.0
-    for folder in (work_dir / "status").iterdir():
-        if folder.is_dir():
-            for record in JournalReader(folder).refresh().values():
-                if record.finished > started_at:
-                    result = record.result
-                    starts.append(record.finished - result.get("seconds", 0.0) - result.get("write_seconds", 0.0))
-                    ends.append(record.finished)
-        elif folder.suffix == ".json":
-            record = json.loads(folder.read_text())
-            if record.get("finished", 0.0) > started_at:
-                seconds = record.get("result", {}).get("seconds", 0.0)
-                starts.append(record["finished"] - seconds)
-                ends.append(record["finished"])
-                global_seconds += seconds if folder.stem in GLOBAL_STAGES else 0.0
-    if not starts:
+    records = [(stage, finished, result) for stage, finished, result in task_records(work_dir) if finished > started_at]
+    if not records:
         return {}
-    first, last = min(starts), max(ends)
+    first = min(task_start(finished, result) for _, finished, result in records)
+    last = max(finished for _, finished, _ in records)
     return {
         "before_tasks": first - started_at,
         "tasks": last - first,
         "after_tasks": ended_at - last,
-        "global_stages": global_seconds,
+        "global_stages": sum(result.get("seconds", 0.0) for stage, _, result in records if stage in GLOBAL_STAGES),
     }
 
 

@@ -94,7 +94,7 @@ def test_run_phases_split_a_run_by_the_records_it_wrote(tmp_path, workflow_input
     records = [
         record for folder in (work_dir / "status").iterdir() if folder.is_dir() for record in JournalReader(folder).refresh().values()
     ]
-    first = min(record.finished - record.result["seconds"] - record.result.get("write_seconds", 0.0) for record in records)
+    first = min(end_to_end.task_start(record.finished, record.result) for record in records)
     # No task starts before its process: the first block record's start bounds the first phase.
     assert 0 < phases["before_tasks"] <= first - started_at
     assert phases["tasks"] > 0 and phases["after_tasks"] > 0
