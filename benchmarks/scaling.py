@@ -12,6 +12,8 @@ boundary map derived from the tiled groundtruth), at several tilings:
 
 emflow runs 3 times at each size, the median reported: "vs first" compares each size's figure
 with the smallest size's, and one run varied by 10 % within a sitting, the goal's whole margin.
+The runs go round the sizes (62.5 MVox to 1 GVox, then again), so that a slow spell of the machine
+falls on every size alike.
 elf runs once per size (it is the reference for memory, not for linearity). Per size:
 wall time (process start to exit), MVox/s, the largest peak RSS of any process of the run (the runs do not sample their
 tree's PSS, which would slow them), and ARAND / VOI against the tiled groundtruth; for emflow also the task seconds of
@@ -64,8 +66,9 @@ def _linear_fit(points: list[tuple[float, float]]) -> tuple[float, float]:
     return y0 - slope * x0, slope
 
 
-def run(quick: bool = False, out: Path | None = None) -> dict:
-    """Run every contender at its sizes (see the module docstring) and return the results."""
+def run(quick: bool = False, out: Path | None = None, repeats: int | None = None) -> dict:
+    """Run every contender at its sizes (see the module docstring) and return the results;
+    `repeats`: emflow's runs at each size (default `EMFLOW_REPEATS`, `--quick`: 1)."""
     emflow_tiles = QUICK_EMFLOW_TILES if quick else EMFLOW_TILES
     elf_tiles = QUICK_ELF_TILES if quick else ELF_TILES
     machine = end_to_end.machine_description()
@@ -77,29 +80,40 @@ def run(quick: bool = False, out: Path | None = None) -> dict:
         "block_shape": BLOCK_SHAPE,
         "workers": WORKERS,
         "elf_memory_fraction": ELF_MEMORY_FRACTION,
-        "emflow_repeats": 1 if quick else EMFLOW_REPEATS,
+        "emflow_repeats": repeats or (1 if quick else EMFLOW_REPEATS),
         "sizes": [],
     }
     elf_peaks: list[tuple[float, float]] = []
     try:
+        prepared = []
         for tiles in sorted(set(emflow_tiles) | set(elf_tiles), key=lambda tiles: (math.prod(tiles), tiles)):
             input_path = end_to_end.prepare_input(out_dir, tiles, tuple(BLOCK_SHAPE))
             shape = tuple(open_volume(input_path, "neuron_ids").shape)
-            megavoxels = math.prod(shape) / 1e6
-            size = {"tiles": tiles, "shape": shape, "megavoxels": megavoxels}
             run_dir = out_dir / f"run_x{end_to_end.tiles_name(tiles)}"
             run_dir.mkdir(exist_ok=True)
-            if tiles in emflow_tiles:
-                print(f"{megavoxels:.1f} MVox: emflow ...", flush=True)
-                command, _ = end_to_end.emflow_command(input_path, run_dir, BLOCK_SHAPE, WORKERS)
-                emflow_runs = [end_to_end.run_emflow_once(command, run_dir) for _ in range(results["emflow_repeats"])]
-                size["emflow"] = end_to_end.summarize(emflow_runs, open_volume(run_dir / "emflow.zarr", "segmentation"), input_path)
-            if tiles in elf_tiles:
-                size["elf"] = _run_elf(input_path, run_dir, megavoxels, elf_peaks, memory_bytes)
+            prepared.append(({"tiles": tiles, "shape": shape, "megavoxels": math.prod(shape) / 1e6}, input_path, run_dir))
+        # emflow's runs go round the sizes, smallest to largest, once per repetition, so that what the
+        # machine does over the half hour they take (a slow spell, the writing-back of the inputs just
+        # prepared) falls on every size alike, not on the one measured then: at stop 37 the 62.5 MVox
+        # runs, all three made first, were the sitting's slowest per task second.
+        emflow_runs: dict[tuple[int, ...], list[dict]] = {size["tiles"]: [] for size, _, _ in prepared if size["tiles"] in emflow_tiles}
+        for repetition in range(results["emflow_repeats"]):
+            for size, input_path, run_dir in prepared:
+                if size["tiles"] in emflow_runs:
+                    print(f"{size['megavoxels']:.1f} MVox: emflow, run {repetition + 1} of {results['emflow_repeats']} ...", flush=True)
+                    command, _ = end_to_end.emflow_command(input_path, run_dir, BLOCK_SHAPE, WORKERS)
+                    emflow_runs[size["tiles"]].append(end_to_end.run_emflow_once(command, run_dir))
+        for size, input_path, run_dir in prepared:
+            if size["tiles"] in emflow_runs:
+                segmentation = open_volume(run_dir / "emflow.zarr", "segmentation")
+                size["emflow"] = end_to_end.summarize(emflow_runs[size["tiles"]], segmentation, input_path)
+            if size["tiles"] in elf_tiles:
+                size["elf"] = _run_elf(input_path, run_dir, size["megavoxels"], elf_peaks, memory_bytes)
                 if size["elf"]["status"] == "ok":
-                    elf_peaks.append((megavoxels, size["elf"]["max_rss_bytes"]))
+                    elf_peaks.append((size["megavoxels"], size["elf"]["max_rss_bytes"]))
             results["sizes"].append(size)
-            # Inputs and outputs of 1 GVox take gigabytes: each size's are removed once measured.
+            # Every size's input is on disk while emflow goes round them (5.2 GB from 62.5 MVox to
+            # 1 GVox); each size's are removed once measured.
             shutil.rmtree(run_dir)
             shutil.rmtree(input_path)
         if len(elf_peaks) >= 2:
@@ -184,7 +198,7 @@ def markdown(results: dict, figure_name: str | None = None) -> str:
         "",
         f"FlyEM dev cube tiled and mirrored as in the end-to-end benchmark, {results['workers']} workers/threads, emflow blocks "
         f"{'x'.join(map(str, results['block_shape']))} at every size; wall time process start to exit, for emflow the median of "
-        f"{results['emflow_repeats']} runs at each size, for elf one run; "
+        f"{results['emflow_repeats']} runs at each size (made in rounds over the sizes, smallest to largest), for elf one run; "
         f"vs first: MVox/s over emflow's at its smallest size. elf runs while the line through its peak RSS at its two sizes before "
         f"predicts under {results['elf_memory_fraction']:.0%} of the machine's {results['machine']['memory_gib']} GiB.",
         "",

@@ -128,12 +128,25 @@ def test_tiled_boundary_map_built_in_slabs_is_the_whole_volume_map():
 
 
 def test_scaling_benchmark_runs_emflow_and_reports_every_stage(tmp_path, monkeypatch):
-    # One size (the dev cube itself), emflow only: the structure of the results, table and figure.
-    monkeypatch.setattr(scaling, "QUICK_EMFLOW_TILES", ((1, 1, 1),))
+    # Two sizes (the dev cube, 7.8 MVox, and it tiled twice along x), emflow only, twice each: the
+    # order of the runs, the structure of the results, table and figure.
+    monkeypatch.setattr(scaling, "QUICK_EMFLOW_TILES", ((1, 1, 1), (1, 1, 2)))
     monkeypatch.setattr(scaling, "QUICK_ELF_TILES", ())
-    results = scaling.run(quick=True, out=tmp_path)
-    (size,) = results["sizes"]
+    run_dirs = []
+    run_emflow_once = end_to_end.run_emflow_once
+
+    def recorded_run(command, run_dir, **options):
+        run_dirs.append(run_dir.name)
+        return run_emflow_once(command, run_dir, **options)
+
+    monkeypatch.setattr(end_to_end, "run_emflow_once", recorded_run)
+    results = scaling.run(quick=True, out=tmp_path, repeats=2)
+    # Round the sizes, smallest to largest, once per repetition.
+    assert run_dirs == ["run_x1", "run_x1x1x2", "run_x1", "run_x1x1x2"]
+    size, larger = results["sizes"]
     assert size["tiles"] == (1, 1, 1) and size["megavoxels"] == 125 * 250 * 250 / 1e6
+    assert larger["tiles"] == (1, 1, 2) and larger["megavoxels"] == 2 * size["megavoxels"]
+    assert all(len(each["emflow"]["runs"]) == 2 for each in (size, larger))
     emflow = size["emflow"]
     assert emflow["status"] == "ok" and 0 < emflow["max_rss_bytes"] < 2**30 and emflow["quality"]["adapted_rand_error"] < 0.1
     stages = emflow["runs"][-1]["task_seconds_by_stage"]
