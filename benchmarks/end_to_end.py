@@ -19,7 +19,8 @@ Contenders, each in a child process of its own and with the same CPU budget (`--
 
 Each contender runs `--repeats` times (default 3), alternating with the other. Its time is the
 median over the runs of the wall time of its process, from start to exit, including interpreter
-start-up, reading the boundary map and writing the segmentation. Memory, the largest over the runs,
+start-up, reading the boundary map and writing the segmentation; before each run the data that
+earlier runs left in the page cache unwritten is written back (`os.sync`, not timed). Memory, the largest over the runs,
 is reported two ways:
 - max RSS: the largest peak resident set of any single process of the run (the child and every
   descendant it waited for, such as Luigi's forked task processes), exact, from wait4's rusage
@@ -310,6 +311,12 @@ def run_measured(command: list[str], log_path: Path, *, sample_pss: bool = False
             peak_tree_pss = max(peak_tree_pss, sum(_pss_bytes(pid) for pid in measured_pids))
 
     rss_report = log_path.with_suffix(".maxrss")
+    # Write back what earlier runs left dirty (or the benchmark itself, preparing inputs), so that
+    # this run does not pay for it, as the other benchmarks do before each timed step: in the
+    # scaling benchmark of 2026-12-02 02:39, whose 62.5 MVox runs each followed a 1 GVox run or
+    # the writing of every size's input, they waited for IO in 15 % of the cores' time, against
+    # 5 % in the end-to-end runs of the same sitting, and took 14.8 s against 11.3 s.
+    os.sync()
     with open(log_path, "w") as log:
         with machine_during() as machine:
             started = time.perf_counter()

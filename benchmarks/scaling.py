@@ -92,10 +92,11 @@ def run(quick: bool = False, out: Path | None = None, repeats: int | None = None
             run_dir = out_dir / f"run_x{end_to_end.tiles_name(tiles)}"
             run_dir.mkdir(exist_ok=True)
             prepared.append(({"tiles": tiles, "shape": shape, "megavoxels": math.prod(shape) / 1e6}, input_path, run_dir))
-        # emflow's runs go round the sizes, smallest to largest, once per repetition, so that what the
-        # machine does over the half hour they take (a slow spell, the writing-back of the inputs just
-        # prepared) falls on every size alike, not on the one measured then: at stop 37 the 62.5 MVox
-        # runs, all three made first, were the sitting's slowest per task second.
+        # emflow's runs go round the sizes, smallest to largest, once per repetition, so that a slow
+        # spell of the machine over the half hour they take falls on every size alike, not on the one
+        # measured then: at stop 37 the 62.5 MVox runs, all three made first, were the sitting's
+        # slowest per task second. What a run leaves unwritten is written back before the next one
+        # (`end_to_end.run_measured`), so a size does not pay for the larger one before it.
         emflow_runs: dict[tuple[int, ...], list[dict]] = {size["tiles"]: [] for size, _, _ in prepared if size["tiles"] in emflow_tiles}
         for repetition in range(results["emflow_repeats"]):
             for size, input_path, run_dir in prepared:
