@@ -97,13 +97,17 @@ def run(quick: bool = False, out: Path | None = None, repeats: int | None = None
         # measured then: at stop 37 the 62.5 MVox runs, all three made first, were the sitting's
         # slowest per task second. What a run leaves unwritten is written back before the next one
         # (`end_to_end.run_measured`), so a size does not pay for the larger one before it.
-        emflow_runs: dict[tuple[int, ...], list[dict]] = {size["tiles"]: [] for size, _, _ in prepared if size["tiles"] in emflow_tiles}
+        # Each size's command (its config written once), and its runs.
+        emflow_sizes = [
+            (size, end_to_end.emflow_command(input_path, run_dir, BLOCK_SHAPE, WORKERS)[0], run_dir)
+            for size, input_path, run_dir in prepared
+            if size["tiles"] in emflow_tiles
+        ]
+        emflow_runs: dict[tuple[int, ...], list[dict]] = {size["tiles"]: [] for size, _, _ in emflow_sizes}
         for repetition in range(results["emflow_repeats"]):
-            for size, input_path, run_dir in prepared:
-                if size["tiles"] in emflow_runs:
-                    print(f"{size['megavoxels']:.1f} MVox: emflow, run {repetition + 1} of {results['emflow_repeats']} ...", flush=True)
-                    command, _ = end_to_end.emflow_command(input_path, run_dir, BLOCK_SHAPE, WORKERS)
-                    emflow_runs[size["tiles"]].append(end_to_end.run_emflow_once(command, run_dir))
+            for size, command, run_dir in emflow_sizes:
+                print(f"{size['megavoxels']:.1f} MVox: emflow, run {repetition + 1} of {results['emflow_repeats']} ...", flush=True)
+                emflow_runs[size["tiles"]].append(end_to_end.run_emflow_once(command, run_dir))
         for size, input_path, run_dir in prepared:
             if size["tiles"] in emflow_runs:
                 segmentation = open_volume(run_dir / "emflow.zarr", "segmentation")
