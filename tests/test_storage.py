@@ -539,6 +539,10 @@ def test_read_npz_leaves_other_files_to_np_load(tmp_path):
             assert all(np.array_equal(read_npz(path)[key], loaded[key]) for key in loaded.files)
     with pytest.raises(FileNotFoundError):
         read_npz(tmp_path / "missing.npz")
+    # A file cut short anywhere is np.load's to judge too.
+    np.savez(tmp_path / "plain.npz", values=rng.random(10), ids=np.arange(4, dtype=np.uint64))
+    whole = (tmp_path / "plain.npz").read_bytes()
+    assert _parse(whole) is not None and all(_parse(whole[:end]) is None for end in range(len(whole)))
 
 
 def test_saved_arrays_hold_np_saves_bytes_and_the_digest_taken_while_writing_is_theirs(tmp_path, flyem_crop):
@@ -603,3 +607,72 @@ def test_a_file_changed_after_its_write_is_hashed_anew_and_verification_always_r
     os.utime(path, ns=(written[1], written[1]))  # damage that hides its modification time
     assert file_state(path, digest=True)[2] == written[2]
     assert file_state(path, digest=True, read_back=True)[2] == now
+
+
+def test_partials_read_through_a_cache_read_only_the_files_written_since(tmp_path, flyem_crop, monkeypatch):
+    from emflow.blocking import Blocking
+    from emflow.storage import store as store_module
+    from emflow.storage.layout import Layout
+    from emflow.storage.store import Store
+
+    # Each block's supervoxel ids and sizes, as the given-supervoxels stage saves them: real labels.
+    labels = np.asarray(flyem_crop["oversegmentation"])
+    blocking = Blocking(labels.shape, (32, 64, 64))
+    store = Store(Layout(tmp_path / "out.zarr", tmp_path / "work"), {}, {})
+    expected = []
+    for block_id in range(blocking.number_of_blocks):
+        ids, sizes = np.unique(labels[blocking.block(block_id).slicing], return_counts=True)
+        store.save_partial("supervoxels", block_id, ids=ids.astype(np.uint64), sizes=sizes)
+        expected.append((ids.astype(np.uint64), sizes))
+    cache = tmp_path / "work" / "report" / "sizes.npz"
+    files_read = []
+    load_partial = Store.load_partial
+    monkeypatch.setattr(
+        Store,
+        "load_partial",
+        lambda self, stage, block_id, *fields: files_read.append(block_id) or load_partial(self, stage, block_id, *fields),
+    )
+
+    def check(read: list) -> None:
+        assert len(read) == len(expected)
+        for (ids, sizes), (expected_ids, expected_sizes) in zip(read, expected):
+            assert ids.dtype == expected_ids.dtype and sizes.dtype == expected_sizes.dtype
+            np.testing.assert_array_equal(ids, expected_ids)
+            np.testing.assert_array_equal(sizes, expected_sizes)
+
+    number_of_blocks = blocking.number_of_blocks
+    check(store.load_partials("supervoxels", number_of_blocks, ("ids", "sizes"), cache))
+    assert files_read == list(range(number_of_blocks)) and cache.exists()
+    files_read.clear()
+    check(store.load_partials("supervoxels", number_of_blocks, ("ids", "sizes"), cache))
+    assert files_read == []
+
+    # One block written anew (a new file, as every partial write is): only it is read.
+    expected[3] = (expected[3][0][::-1].copy(), expected[3][1] * 2)
+    store.save_partial("supervoxels", 3, ids=expected[3][0], sizes=expected[3][1])
+    check(store.load_partials("supervoxels", number_of_blocks, ("ids", "sizes"), cache))
+    assert files_read == [3]
+    files_read.clear()
+    check(store.load_partials("supervoxels", number_of_blocks, ("ids", "sizes"), cache))
+    assert files_read == []
+
+    # A cache holding the fields asked for serves them; one it cannot use is read past (damaged, of
+    # another number of blocks, without a field asked for): every file is read, and the cache written anew.
+    sizes_only = store.load_partials("supervoxels", number_of_blocks, ("sizes",), cache)
+    assert files_read == [] and all(np.array_equal(read[0], block[1]) for read, block in zip(sizes_only, expected))
+    for unusable, blocks, fields in (
+        (lambda: cache.write_bytes(b"PK\x03\x04 not a zip"), number_of_blocks, ("ids", "sizes")),
+        (lambda: None, number_of_blocks - 1, ("sizes",)),  # the cache is then of another number of blocks, and sizes only
+        (lambda: None, number_of_blocks, ("ids", "sizes")),
+    ):
+        unusable()
+        files_read.clear()
+        read = store.load_partials("supervoxels", blocks, fields, cache)
+        assert files_read == list(range(blocks)) and len(read) == blocks
+    check(read)
+    files_read.clear()
+    check(store.load_partials("supervoxels", number_of_blocks, ("ids", "sizes"), cache))
+    assert files_read == []
+    with pytest.raises(FileNotFoundError):
+        store.load_partials("supervoxels", number_of_blocks + 1, ("sizes",), cache)
+    assert store_module._read_partials_cache(tmp_path / "missing.npz", ("sizes",), 1)[1] == []

@@ -32,15 +32,15 @@ def segment_sizes(run: Run) -> np.ndarray:
     node_labels = run.store.load_global(source, "node_labels")
     sizes = np.zeros(len(node_labels), dtype=np.int64)
     number_of_blocks = run.stage("supervoxels").blocks(run).number_of_blocks
+    # Read through a cache beside the report, so that a run that changed a few blocks reads their files only.
+    cache = run.layout.work_dir / "report" / "supervoxel_sizes.npz"
     if "given_supervoxels" in run.inputs:
         table = run.store.load_global("supervoxel_ids", "ids")
-        for block_id in range(number_of_blocks):
-            ids, block_sizes = run.store.load_partial("supervoxels", block_id, "ids", "sizes")
+        for ids, block_sizes in run.store.load_partials("supervoxels", number_of_blocks, ("ids", "sizes"), cache):
             np.add.at(sizes, np.searchsorted(table, ids) + 1, block_sizes)
     else:
         offsets = run.store.load_global("supervoxel_ids", "offsets")
-        for block_id in range(number_of_blocks):
-            (block_sizes,) = run.store.load_partial("supervoxels", block_id, "sizes")
+        for block_id, (block_sizes,) in enumerate(run.store.load_partials("supervoxels", number_of_blocks, ("sizes",), cache)):
             sizes[int(offsets[block_id]) + 1 : int(offsets[block_id]) + 1 + len(block_sizes)] = block_sizes
     # Segment ids are supervoxel ids (sparse, up to the volume's voxel count): counted by their rank.
     segments = np.unique(node_labels[1:], return_inverse=True)[1].ravel()
