@@ -33,6 +33,7 @@ from workflow_helpers import RESOLUTION, read, records_since, run_cli, write_con
 from emflow.storage.volumes import open_volume, write_volume
 from emflow.targets import BlockJournal, JournalReader, compact_journal, parse_record
 from emflow.targets.journal import journal_name
+from emflow.workflows.report import SIZES_STAGE
 from emflow.workflows.status import workflow_status
 
 
@@ -737,7 +738,8 @@ def test_clean_keeps_a_rerun_a_no_op_and_reprocessing_recomputes_the_cnn_sums_it
     capsys.readouterr()
     assert run_cli("clean", config) == 0
     assert "removed the partial results of predict (" in capsys.readouterr().out
-    assert not (work / "blocks").exists() or not any((work / "blocks").iterdir())
+    # Only the supervoxel sizes the run report reads are left.
+    assert sorted(path.name for path in (work / "blocks").iterdir()) == [SIZES_STAGE]
     started = time.time()
     assert run_cli("run", config) == 0
     assert rewritten(work, started) == set(), "a rerun after clean does nothing"
@@ -753,6 +755,12 @@ def test_clean_keeps_a_rerun_a_no_op_and_reprocessing_recomputes_the_cnn_sums_it
     assert run_cli("run", fresh) == 0
     for key in ("boundaries", "segmentation"):
         assert read(tmp_path / "out.zarr", key).tobytes() == read(tmp_path / "fresh.zarr", key).tobytes(), key
+    # The run report can still be written, and counts the new segmentation's voxels.
+    assert run_cli("report", config) == 0
+    segmentation = read(tmp_path / "out.zarr", "segmentation")
+    _, voxels = np.unique(segmentation[segmentation != 0], return_counts=True)
+    report = json.loads((work / "report" / "run_report.json").read_text())
+    assert report["segments"]["number_of_segments"] == len(voxels) and report["segments"]["largest_voxels"] == voxels.max()
 
 
 def test_block_records_hold_the_state_and_digest_of_every_file_they_wrote(tmp_path, inputs):

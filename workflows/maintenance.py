@@ -31,6 +31,7 @@ from emflow.tasks.adapter import (
 )
 from emflow.tasks.context import Run
 
+from .report import SIZES_STAGE
 from .run import run_lock
 from .segmentation import SEGMENTATION
 from .status import plan_repairs, stage_status
@@ -185,7 +186,9 @@ class Removed:
 
 def clean_run(config_path: str, *, workflow: Workflow = SEGMENTATION) -> list[Removed]:
     """Remove the per-block partial results (`<work>/blocks/<stage>/`) of a finished run, and note
-    it in `<work>/cleaned.json`; refuses (UsageError) a run that is not finished.
+    it in `<work>/cleaned.json`; refuses (UsageError) a run that is not finished. The supervoxel
+    sizes the run report reads (`report.SIZES_STAGE`, one number per supervoxel) are kept: without
+    them a report after new data in a few chunks could not count the segments' voxels.
 
     Records stay: rerunning the config is still a no-op, since partial results are checked only
     when a task that reads them is pending. Reprocessing that needs some of them (new data in one
@@ -207,7 +210,7 @@ def clean_run(config_path: str, *, workflow: Workflow = SEGMENTATION) -> list[Re
     with run_lock(run.layout):
         for spec in stages:
             folder = run.layout.work_dir / "blocks" / spec.name
-            if not spec.blockwise or not folder.is_dir():
+            if not spec.blockwise or spec.name == SIZES_STAGE or not folder.is_dir():
                 continue
             files = [path for path in folder.rglob("*") if path.is_file()]
             size = sum(path.stat().st_size for path in files)

@@ -24,6 +24,9 @@ from emflow.tasks.context import Run
 
 from .summary import stage_cost
 
+# The stage whose partial results (each block's supervoxel sizes) the report reads: `emflow clean` keeps them.
+SIZES_STAGE = "supervoxels"
+
 
 def segment_sizes(run: Run) -> np.ndarray:
     """Voxels per segment (background left out), from each supervoxel's size and its segment: O(supervoxels)."""
@@ -31,16 +34,16 @@ def segment_sizes(run: Run) -> np.ndarray:
     source = next(read.name for read in run.stage("write_segmentation").reads if read.kind == "bundle")
     node_labels = run.store.load_global(source, "node_labels")
     sizes = np.zeros(len(node_labels), dtype=np.int64)
-    number_of_blocks = run.stage("supervoxels").blocks(run).number_of_blocks
+    number_of_blocks = run.stage(SIZES_STAGE).blocks(run).number_of_blocks
     # Read through a cache beside the report, so that a run that changed a few blocks reads their files only.
     cache = run.layout.work_dir / "report" / "supervoxel_sizes.npz"
     if "given_supervoxels" in run.inputs:
         table = run.store.load_global("supervoxel_ids", "ids")
-        for ids, block_sizes in run.store.load_partials("supervoxels", number_of_blocks, ("ids", "sizes"), cache):
+        for ids, block_sizes in run.store.load_partials(SIZES_STAGE, number_of_blocks, ("ids", "sizes"), cache):
             np.add.at(sizes, np.searchsorted(table, ids) + 1, block_sizes)
     else:
         offsets = run.store.load_global("supervoxel_ids", "offsets")
-        for block_id, (block_sizes,) in enumerate(run.store.load_partials("supervoxels", number_of_blocks, ("sizes",), cache)):
+        for block_id, (block_sizes,) in enumerate(run.store.load_partials(SIZES_STAGE, number_of_blocks, ("sizes",), cache)):
             sizes[int(offsets[block_id]) + 1 : int(offsets[block_id]) + 1 + len(block_sizes)] = block_sizes
     # Segment ids are supervoxel ids (sparse, up to the volume's voxel count): counted by their rank.
     segments = np.unique(node_labels[1:], return_inverse=True)[1].ravel()
