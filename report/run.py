@@ -51,6 +51,7 @@ def write_run_report(
     preview: bytes | None = None,
     preview_source: str = "",
     preview_level: int = 0,
+    background: str = "raw data",
 ) -> Path:
     """Write run_report.json, run_report.html, run_preview.png, run_sizes.svg and run_stages.svg.
 
@@ -60,7 +61,7 @@ def write_run_report(
         stage_peak_rss_bytes: stage name -> peak resident memory of its processes (bytes); stages
             missing here show 0.
         segment_sizes: (n,) voxel counts of the segments, background (id 0) left out.
-        raw_section: (Y, X) raw intensities of the section shown.
+        raw_section: (Y, X) intensities of the section shown beside the segmentation (`background`).
         segmentation_section: (Y, X) segment ids of the same section.
         resolution: nm per voxel (z, y, x).
         volume_shape: (Z, Y, X) of the segmented volume.
@@ -71,6 +72,7 @@ def write_run_report(
         preview_source: what the preview was drawn from (`emflow.workflows.report.preview_source`),
             kept in the JSON so that a later report can tell whether `preview` still shows it.
         preview_level: the pyramid level the sections are of (0: full resolution), for the caption.
+        background: what `raw_section` holds, for the caption ("raw data", "boundary map", ...).
 
     Returns:
         The path of run_report.html. run_report.json holds ``volume_shape``, ``resolution_nm``,
@@ -88,7 +90,7 @@ def write_run_report(
         for name, seconds in stage_seconds.items()
     }
     captions = {
-        "run_preview.png": f"Section z = {section_index}{f' (pyramid level {preview_level})' if preview_level else ''}: raw (left), "
+        "run_preview.png": f"Section z = {section_index}{f' (pyramid level {preview_level})' if preview_level else ''}: {background} (left), "
         "and the segmentation over it with segment borders in black (right).",
         "run_sizes.svg": "Segment sizes (background left out).",
         "run_stages.svg": "Wall time and peak resident memory per stage.",

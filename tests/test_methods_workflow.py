@@ -10,6 +10,7 @@ with real neuron shapes that costs no network.
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from emflow.evaluation import adapted_rand_error
 from emflow.lifted_edges import lifted_edges_from_affinities
 from emflow.multicut import solve_lifted_multicut
 from emflow.mutex_watershed import blockwise_mutex_watershed, mutex_watershed
+from emflow.report import images
 from emflow.stitching import multicut_block_segmenter, stitch_blocks
 from emflow.supervoxels import distance_transform_watershed
 from emflow.workflows.segmentation import load_run
@@ -190,6 +192,36 @@ def test_stitching_equals_the_in_memory_stitching_of_the_same_block_segmenter(ru
     assert np.array_equal(segmentation, as_segment_volume(output(runs, "stitching"), expected))
     # Stitching merged objects across faces: fewer segments than the blocks' objects.
     assert np.unique(segmentation).size - 1 < read_node_ids(output(runs, "stitching")).max()
+
+
+def _assert_report_shows(out: Path, shown_middle_section: np.ndarray, caption: str) -> None:
+    """The run report of the run writing `out` counts the segmentation's segments and previews its
+    middle section beside `shown_middle_section`, which the caption names."""
+    report_dir = out.parent / f"{out.name}.work" / "report"
+    report = json.loads((report_dir / "run_report.json").read_text())
+    segmentation = read(out, "segmentation")
+    _, voxels = np.unique(segmentation[segmentation != 0], return_counts=True)
+    assert report["segments"]["number_of_segments"] == len(voxels) and report["segments"]["largest_voxels"] == voxels.max()
+    middle = segmentation.shape[0] // 2
+    assert report["figures"]["run_preview.png"].startswith(f"Section z = {middle}: {caption} (left)")
+    assert (report_dir / "run_preview.png").read_bytes() == images.rgb_png(images.preview_image(shown_middle_section, segmentation[middle]))
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_gets_a_run_report(runs, method, flyem_crop):
+    assert run_cli("report", runs[method] / "config.toml") == 0  # the report is off in these runs
+    _assert_report_shows(output(runs, method), flyem_crop["raw"][flyem_crop["raw"].shape[0] // 2], "raw data")
+
+
+def test_a_mutex_watershed_of_affinities_alone_reports_them_beside_its_segmentation(tmp_path, inputs):
+    """Without raw data or a boundary map the preview shows the affinities; the report of such a
+    run failed on the boundary map it has not, and the run exited 1 after segmenting."""
+    config = method_config(tmp_path, inputs, "mutex_watershed", input={"raw_key": None}, output={"report": True})
+    assert run_cli("run", config) == 0
+    affinities = np.asarray(zarr.open_array(str(inputs), path="affinities", mode="r"))
+    middle = affinities.shape[1] // 2
+    nearest = affinities[nearest_neighbour_channels(OFFSETS), middle].mean(axis=0, dtype=np.float32)
+    _assert_report_shows(tmp_path / "out.zarr", nearest, "mean nearest-neighbour affinity")
 
 
 def test_given_predictions_carry_their_offsets_and_are_read_back_as_stored(tmp_path, flyem_crop, small_affinity_model):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from emflow.affinity_statistics import nearest_neighbour_channels
 from emflow.blocking import Box
 from emflow.report.images import PREVIEW_PIXELS
 from emflow.report.run import write_run_report
@@ -20,6 +21,7 @@ from emflow.storage.chunks import chunk_files, region_states, states_array
 from emflow.storage.store import level_name
 from emflow.storage.volumes import opened_volume
 from emflow.tasks.adapter import stage_record
+from emflow.tasks.affinities import INPUT as AFFINITIES
 from emflow.tasks.context import Run
 
 from .summary import stage_cost
@@ -119,13 +121,24 @@ def preview_sections(run: Run, section_index: int, level: int) -> tuple[np.ndarr
     if background in run.inputs:
         dataset = run.inputs[background]
         with opened_volume(dataset.path, dataset.key) as volume:
-            return np.asarray(volume[section_index, ::step_y, ::step_x]), segmentation
+            # Every channel of affinities (C, z, y, x).
+            channels = (slice(None),) * (len(dataset.shape) - 3)
+            section = np.asarray(volume[(*channels, section_index, slice(None, None, step_y), slice(None, None, step_x))])
+        if background == AFFINITIES:
+            section = section[nearest_neighbour_channels(run.config.input.affinity_offsets)].mean(axis=0, dtype=np.float32)
+        return section, segmentation
     return np.asarray(run.store.output_array(background)[section_index, ::step_y, ::step_x]), segmentation
 
 
+# What the preview shows beside the segmentation, by `_background`, for its caption.
+BACKGROUNDS = {"raw": "raw data", "boundaries": "boundary map", AFFINITIES: "mean nearest-neighbour affinity"}
+
+
 def _background(run: Run) -> str:
-    """The data the preview shows under the segmentation: the raw input, else the boundary map."""
-    return "raw" if "raw" in run.inputs else "boundaries"
+    """The data the preview shows under the segmentation: the raw input, else the boundary map
+    (given, predicted or derived from affinities), else the given affinities (a mutex watershed
+    of them has no boundary map). Every run has one of them (`[input]` requires it)."""
+    return next(name for name in BACKGROUNDS if name in run.inputs or name in run.store.volumes)
 
 
 def _earlier_preview(report_dir: Path, source: str) -> bytes | None:
@@ -169,4 +182,5 @@ def write_report(run: Run, *, reuse_preview: bool = True) -> Path:
         preview=preview,
         preview_source=source,
         preview_level=level,
+        background=BACKGROUNDS[_background(run)],
     )
