@@ -154,6 +154,17 @@ def run(quick: bool = False, workers: int = 2, scratch: Path | None = None, repe
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def change_middle_chunk(input_path: Path, chunk_shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[slice, ...]]:
+    """New data in the chunk of the boundary map (chunks of `chunk_shape`) in the middle of the
+    volume: its values inverted. Returns the volume's shape and the chunk's box."""
+    boundaries = open_volume(input_path, "boundaries", mode="r+")
+    shape = boundaries.shape
+    middle = tuple((size // 2) // block * block for size, block in zip(shape, chunk_shape))
+    chunk = tuple(slice(begin, min(begin + block, size)) for begin, block, size in zip(middle, chunk_shape, shape))
+    boundaries[chunk] = 1.0 - np.asarray(boundaries[chunk])
+    return shape, chunk
+
+
 def _steps(scratch: Path, input_path: Path, block_shape: tuple[int, ...], workers: int) -> dict:
     """The five steps of the module docstring on this input (changed by step 4), in `scratch`."""
     config = write_config(scratch, input_path, "cron", block_shape)
@@ -163,11 +174,7 @@ def _steps(scratch: Path, input_path: Path, block_shape: tuple[int, ...], worker
     no_op = timed("run", str(config), "--workers", str(workers))
     status = timed("status", str(config))
 
-    boundaries = open_volume(input_path, "boundaries", mode="r+")
-    shape = boundaries.shape
-    middle = tuple((size // 2) // block * block for size, block in zip(shape, block_shape))
-    chunk = tuple(slice(begin, min(begin + block, size)) for begin, block, size in zip(middle, block_shape, shape))
-    boundaries[chunk] = 1.0 - np.asarray(boundaries[chunk])
+    shape, chunk = change_middle_chunk(input_path, block_shape)
     changed_at = time.time()
     incremental = timed("run", str(config), "--workers", str(workers))
     recomputed = blocks_recomputed(work_dir, changed_at)

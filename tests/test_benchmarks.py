@@ -81,7 +81,10 @@ def test_noop_rerun_benchmark_reruns_a_finished_run_without_recomputing(tmp_path
     results = noop_rerun.run(workers=1, reruns=1, scratch=tmp_path, shape=(16, 16, 24))
     assert results["number_of_blocks"] == 2 * 2 * 3 and results["records"] > 0
     assert len(results["rerun_seconds"]) == 1 and results["full_run_seconds"] > 0
-    assert "| full run |" in noop_rerun.markdown(results)
+    # New data in the middle chunk (8:16, 8:16, 8:16): its supervoxel block runs again, no other.
+    assert results["changed_chunk"] == [[8, 16]] * 3 and results["one_chunk_blocks_recomputed"]["supervoxels"]["blocks"] == 1
+    assert results["one_chunk_phases"]["tasks"] > 0
+    assert "| full run |" in noop_rerun.markdown(results) and "| run after new data in one input chunk |" in noop_rerun.markdown(results)
 
 
 def test_run_phases_split_a_run_by_the_records_it_wrote(tmp_path, workflow_inputs):
