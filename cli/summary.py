@@ -42,9 +42,7 @@ def print_summary(summary: RunSummary, report: RunReport, what: str = "run", str
         headline = f"nothing to do: every stage was done before ({report.seconds:.1f} s to check){where}"
     lines = [f"emflow: {headline}", f"  output: {summary.output_path}"]
     for array in summary.arrays:
-        segments = (
-            f", {summary.number_of_segments} segments" if array.name == "segmentation" and summary.number_of_segments is not None else ""
-        )
+        segments = f", {summary.segments[array.name]} segments" if array.name in summary.segments else ""
         lines.append(f"    {array.name}  {array.shape} {array.dtype}{segments}")
     if view:
         lines.append(f"  look at it: emflow view {summary.config_path}")

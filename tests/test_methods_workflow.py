@@ -43,6 +43,7 @@ from emflow.report import images
 from emflow.stitching import multicut_block_segmenter, stitch_blocks
 from emflow.supervoxels import distance_transform_watershed
 from emflow.workflows.segmentation import load_run
+from emflow.workflows.summary import run_summary
 
 BLOCK_SHAPE = (32, 64, 64)
 OFFSETS = [[-1, 0, 0], [0, -1, 0], [0, 0, -1], [-3, 0, 0], [0, -3, 0], [0, 0, -3], [-9, 0, 0], [0, -9, 0], [0, 0, -9]]
@@ -208,9 +209,16 @@ def _assert_report_shows(out: Path, shown_middle_section: np.ndarray, caption: s
 
 
 @pytest.mark.parametrize("method", list(METHODS))
-def test_every_method_gets_a_run_report(runs, method, flyem_crop):
+def test_every_method_gets_a_run_report_and_a_summary_counting_its_segments(runs, method, flyem_crop):
     assert run_cli("report", runs[method] / "config.toml") == 0  # the report is off in these runs
     _assert_report_shows(output(runs, method), flyem_crop["raw"][flyem_crop["raw"].shape[0] // 2], "raw data")
+    # The summary a run ends with counts each segmentation volume's segments (one per agglomeration threshold).
+    counts = run_summary(runs[method] / "config.toml").segments
+    volumes = ["segmentation", *(f"segmentation_threshold_{threshold}" for threshold in (0.3, 0.7) if method == "agglomeration")]
+    assert sorted(counts) == sorted(volumes)
+    for volume in volumes:
+        labels = read(output(runs, method), volume)
+        assert counts[volume] == np.unique(labels[labels != 0]).size, volume
 
 
 def test_a_mutex_watershed_of_affinities_alone_reports_them_beside_its_segmentation(tmp_path, inputs):

@@ -24,7 +24,7 @@ from emflow.tasks.adapter import stage_record
 from emflow.tasks.affinities import INPUT as AFFINITIES
 from emflow.tasks.context import Run
 
-from .summary import stage_cost
+from .summary import node_label_source, stage_cost
 
 # The stage whose partial results (each block's supervoxel sizes) the report reads: `emflow clean` keeps them.
 SIZES_STAGE = "supervoxels"
@@ -32,9 +32,7 @@ SIZES_STAGE = "supervoxels"
 
 def segment_sizes(run: Run) -> np.ndarray:
     """Voxels per segment (background left out), from each supervoxel's size and its segment: O(supervoxels)."""
-    # The global stage whose node labels the segmentation is written from (multicut, agglomeration, ...).
-    source = next(read.name for read in run.stage("write_segmentation").reads if read.kind == "bundle")
-    node_labels = run.store.load_global(source, "node_labels")
+    node_labels = run.store.load_global(node_label_source(run), "node_labels")
     sizes = np.zeros(len(node_labels), dtype=np.int64)
     number_of_blocks = run.stage(SIZES_STAGE).blocks(run).number_of_blocks
     # Read through a cache beside the report, so that a run that changed a few blocks reads their files only.

@@ -17,6 +17,9 @@ from emflow.tasks.spec import StageSpec
 
 from .segmentation import SEGMENTATION
 
+# The stage that writes the full-resolution segmentation volumes.
+WRITE_STAGE = "write_segmentation"
+
 
 @dataclass(frozen=True)
 class StageCost:
@@ -44,12 +47,13 @@ class OutputArray:
 @dataclass(frozen=True)
 class RunSummary:
     """A finished run: where its output is, what its last stage wrote there, the number of segments
-    (None for a run without multicut, such as `emflow predict`) and the cost of each stage."""
+    of each segmentation volume (by name; none for a run that wrote none, such as `emflow predict`)
+    and the cost of each stage."""
 
     config_path: Path
     output_path: Path
     arrays: tuple[OutputArray, ...]
-    number_of_segments: int | None
+    segments: dict[str, int]
     stages: tuple[StageCost, ...]
 
     @property
@@ -76,8 +80,7 @@ def run_summary(
     run = workflow.load_run(str(config_path))
     stages = workflow.stages(str(config_path), until)
     costs = tuple(stage_cost(run, spec, ran_now=spec.name not in done_before) for spec in stages)
-    names = [spec.name for spec in stages]
-    segments = stage_results(run, "multicut")["number_of_segments"] if "multicut" in names else None
+    segments = segment_counts(run) if any(spec.name == WRITE_STAGE for spec in stages) else {}
     arrays = []
     # What the run made: the full-resolution volumes of the last stage that writes any (pyramid
     # levels and meshes only show it at other scales).
@@ -87,6 +90,20 @@ def run_summary(
             array = run.store.output_array(write.name)
             arrays.append(OutputArray(write.name, tuple(int(size) for size in array.shape), str(array.dtype)))
     return RunSummary(config_path, run.layout.output_path, tuple(arrays), segments, costs)
+
+
+def node_label_source(run: Run) -> str:
+    """The global stage whose node labels the segmentation is written from (multicut, agglomeration, ...)."""
+    return next(read.name for read in run.stage(WRITE_STAGE).reads if read.kind == "bundle")
+
+
+def segment_counts(run: Run) -> dict[str, int]:
+    """The number of segments of each segmentation volume a finished run wrote, by name, as the
+    stage its node labels come from recorded it: "number_of_segments" for one volume, "segments"
+    for one per agglomeration threshold."""
+    result = stage_results(run, node_label_source(run))
+    counts = result["segments"] if "segments" in result else [result["number_of_segments"]]
+    return dict(zip((write.name for write in run.stage(WRITE_STAGE).writes), counts))
 
 
 def _full_resolution(run: Run, write) -> bool:
