@@ -51,6 +51,7 @@ def write_run_report(
     preview: bytes | None = None,
     preview_source: str = "",
     preview_level: int = 0,
+    preview_part: str = "",
     background: str = "raw data",
 ) -> Path:
     """Write run_report.json, run_report.html, run_preview.png, run_sizes.svg and run_stages.svg.
@@ -72,6 +73,7 @@ def write_run_report(
         preview_source: what the preview was drawn from (`emflow.workflows.report.preview_source`),
             kept in the JSON so that a later report can tell whether `preview` still shows it.
         preview_level: the pyramid level the sections are of (0: full resolution), for the caption.
+        preview_part: which part of the section they are, for the caption ("": all of it).
         background: what `raw_section` holds, for the caption ("raw data", "boundary map", ...).
 
     Returns:
@@ -90,7 +92,7 @@ def write_run_report(
         for name, seconds in stage_seconds.items()
     }
     captions = {
-        "run_preview.png": f"Section z = {section_index}{f' (pyramid level {preview_level})' if preview_level else ''}: {background} (left), "
+        "run_preview.png": f"Section z = {section_index}{_where(preview_level, preview_part)}: {background} (left), "
         "and the segmentation over it with segment borders in black (right).",
         "run_sizes.svg": "Segment sizes (background left out).",
         "run_stages.svg": "Wall time and peak resident memory per stage.",
@@ -137,3 +139,10 @@ def write_run_report(
         '<p>All numbers: <a href="run_report.json">run_report.json</a>.</p>',
     ]
     return page.write_report_files(directory, "run_report.html", page.page(title, "\n".join(body)), "run_report.json", data, figure_files)
+
+
+def _where(level: int, part: str) -> str:
+    """What follows "Section z = 80" in the preview's caption, e.g. ' (pyramid level 2, y 1:9 of 10)';
+    "" for the whole section at full resolution."""
+    details = ([f"pyramid level {level}"] if level else []) + ([part] if part else [])
+    return f" ({', '.join(details)})" if details else ""

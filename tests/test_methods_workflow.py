@@ -42,6 +42,7 @@ from emflow.mutex_watershed import blockwise_mutex_watershed, mutex_watershed
 from emflow.report import images
 from emflow.stitching import multicut_block_segmenter, stitch_blocks
 from emflow.supervoxels import distance_transform_watershed
+from emflow.workflows import report as report_workflow
 from emflow.workflows.segmentation import load_run
 from emflow.workflows.summary import run_summary
 
@@ -219,6 +220,23 @@ def test_every_method_gets_a_run_report_and_a_summary_counting_its_segments(runs
     for volume in volumes:
         labels = read(output(runs, method), volume)
         assert counts[volume] == np.unique(labels[labels != 0]).size, volume
+
+
+def test_a_report_without_a_pyramid_level_small_enough_previews_the_middle_of_the_section(runs, flyem_crop, monkeypatch):
+    """These runs write no pyramid: with sections wider than the preview's 100 pixels here (1,024
+    by default), the report reads and shows their middle 100 x 100 voxels, not every chunk of
+    the section (at 10,000 x 10,000 voxels in uint64 chunks of 64 x 128 x 128, 50 GB to decode)."""
+    monkeypatch.setattr(report_workflow, "PREVIEW_PIXELS", 100)
+    assert run_cli("report", runs["stitching"] / "config.toml") == 0
+    out = output(runs, "stitching")
+    segmentation = read(out, "segmentation")
+    middle, (size_y, size_x) = segmentation.shape[0] // 2, segmentation.shape[1:]
+    y, x = slice((size_y - 100) // 2, (size_y - 100) // 2 + 100), slice((size_x - 100) // 2, (size_x - 100) // 2 + 100)
+    report_dir = runs["stitching"] / "out.zarr.work" / "report"
+    caption = json.loads((report_dir / "run_report.json").read_text())["figures"]["run_preview.png"]
+    assert caption.startswith(f"Section z = {middle} (y {y.start}:{y.stop} of {size_y}, x {x.start}:{x.stop} of {size_x}): raw data (left)")
+    shown = images.preview_image(flyem_crop["raw"][middle, y, x], segmentation[middle, y, x])
+    assert (report_dir / "run_preview.png").read_bytes() == images.rgb_png(shown)
 
 
 def test_a_mutex_watershed_of_affinities_alone_reports_them_beside_its_segmentation(tmp_path, inputs):

@@ -63,10 +63,10 @@ def report_is_current(run: Run) -> bool:
 
 def preview_level(run: Run) -> int:
     """The pyramid level the report's preview is read from: the finest level of the segmentation
-    whose sections fit `PREVIEW_PIXELS` along y and x (else its coarsest). The preview shows no
-    more pixels than that, and reading a section at level 0 decodes every chunk the section
-    crosses: for a 10,000 x 10,000 voxel section of uint64 labels in chunks of 64 x 128 x 128, about
-    50 GB, at the end of every run."""
+    whose sections fit `PREVIEW_PIXELS` along y and x (else its coarsest, of which the preview shows
+    the middle, `preview_window`). The preview shows no more pixels than that, and reading a
+    section at level 0 decodes every chunk the section crosses: for a 10,000 x 10,000 voxel section
+    of uint64 labels in chunks of 64 x 128 x 128, about 50 GB, at the end of every run."""
     levels = [level for level in range(len(run.geometry.level_factors) + 1) if level_name("segmentation", level) in run.store.volumes]
     return next((level for level in levels if max(run.geometry.level_shape(level)[1:]) <= PREVIEW_PIXELS), levels[-1])
 
@@ -87,26 +87,48 @@ def preview_source(run: Run, section_index: int, level: int) -> str:
         digest.update(states_array(chunk_files(run.layout.output_path, run.store.volumes[name].path, section_box)[0]).tobytes())
     if background in run.inputs:
         dataset = run.inputs[background]
-        section_box = np.array([[section_index, 0, 0], [section_index + 1, shape[1], shape[2]]], dtype=np.int64)
+        y, x = _level0_window(run, level)
+        section_box = np.array([[section_index, y.start, x.start], [section_index + 1, y.stop, x.stop]], dtype=np.int64)
         digest.update(region_states(dataset.path, dataset.key, section_box[None])[0])
     return digest.hexdigest()
 
 
+def preview_window(run: Run, level: int) -> tuple[slice, slice]:
+    """The (y, x) part of level `level`'s sections the preview shows: all of it, or along an axis
+    longer than `PREVIEW_PIXELS` (no pyramid level small enough: `[output] pyramid = false`) the
+    middle `PREVIEW_PIXELS`, whose chunks are all a report then reads of the section."""
+    y, x = (
+        slice(max(0, (size - PREVIEW_PIXELS) // 2), max(0, (size - PREVIEW_PIXELS) // 2) + min(size, PREVIEW_PIXELS))
+        for size in run.geometry.level_shape(level)[1:]
+    )
+    return y, x
+
+
+def _level0_window(run: Run, level: int) -> tuple[slice, slice]:
+    """`preview_window` in level-0 voxels, every k-th along y and x (k: the level's scale)."""
+    steps, shape = run.geometry.level_scale(level)[1:], run.geometry.shape[1:]
+    y, x = (
+        slice(part.start * step, min(part.stop * step, size), step) for part, step, size in zip(preview_window(run, level), steps, shape)
+    )
+    return y, x
+
+
 def _level_section(run: Run, name: str, level: int, section_index: int) -> tuple[str, Box]:
     """The volume of level `level` of output `name` (level 0 where it has no such level), and the
-    box of the section of it that holds level-0 section `section_index`."""
+    box of it that holds what the preview shows (`preview_window`) of level-0 section `section_index`."""
     if level_name(name, level) not in run.store.volumes:
-        level = 0
-    scale, shape = run.geometry.level_scale(level), run.geometry.level_shape(level)
-    z = section_index // scale[0]
-    return level_name(name, level), Box((z, 0, 0), (z + 1, shape[1], shape[2]))
+        y, x = _level0_window(run, level)
+        return level_name(name, 0), Box((section_index, y.start, x.start), (section_index + 1, y.stop, x.stop))
+    z = section_index // run.geometry.level_scale(level)[0]
+    y, x = preview_window(run, level)
+    return level_name(name, level), Box((z, y.start, x.start), (z + 1, y.stop, x.stop))
 
 
 def preview_sections(run: Run, section_index: int, level: int) -> tuple[np.ndarray, np.ndarray]:
-    """The (Y', X') sections the preview shows of level-0 section `section_index`: the data under
-    the segmentation (`_background`) and the segmentation, at pyramid level `level`
-    (`preview_level`; data without that level, an input, is read at every k-th voxel of level 0
-    along y and x, to the same shape)."""
+    """The (Y', X') sections the preview shows of level-0 section `section_index` (`preview_window`
+    of them): the data under the segmentation (`_background`) and the segmentation, at pyramid
+    level `level` (`preview_level`; data without that level, an input, is read at every k-th voxel
+    of level 0 along y and x, to the same shape)."""
     # Through zarr's own indexing, not `Store.read`: zarr decodes the chunks a read crosses in
     # parallel threads, and at the end of a run the cores are free. The 62.5 MVox benchmark run's
     # middle section (16 chunks of 64 x 128 x 128 uint64): 0.04-0.07 s, 0.09-0.13 s one chunk at a time.
@@ -115,17 +137,17 @@ def preview_sections(run: Run, section_index: int, level: int) -> tuple[np.ndarr
     background = _background(run)
     if level_name(background, level) in run.store.volumes:
         return run.store.read(*_level_section(run, background, level, section_index))[0], segmentation
-    step_y, step_x = run.geometry.level_scale(level)[1:]
+    y, x = _level0_window(run, level)
     if background in run.inputs:
         dataset = run.inputs[background]
         with opened_volume(dataset.path, dataset.key) as volume:
             # Every channel of affinities (C, z, y, x).
             channels = (slice(None),) * (len(dataset.shape) - 3)
-            section = np.asarray(volume[(*channels, section_index, slice(None, None, step_y), slice(None, None, step_x))])
+            section = np.asarray(volume[(*channels, section_index, y, x)])
         if background == AFFINITIES:
             section = section[nearest_neighbour_channels(run.config.input.affinity_offsets)].mean(axis=0, dtype=np.float32)
         return section, segmentation
-    return np.asarray(run.store.output_array(background)[section_index, ::step_y, ::step_x]), segmentation
+    return np.asarray(run.store.output_array(background)[section_index, y, x]), segmentation
 
 
 # What the preview shows beside the segmentation, by `_background`, for its caption.
@@ -180,5 +202,14 @@ def write_report(run: Run, *, reuse_preview: bool = True) -> Path:
         preview=preview,
         preview_source=source,
         preview_level=level,
+        preview_part=_part(run, level),
         background=BACKGROUNDS[_background(run)],
     )
+
+
+def _part(run: Run, level: int) -> str:
+    """The preview's caption's words for `preview_window` when it is not the whole section."""
+    window, shape = preview_window(run, level), run.geometry.level_shape(level)[1:]
+    if all(part.stop - part.start == size for part, size in zip(window, shape)):
+        return ""
+    return ", ".join(f"{axis} {part.start}:{part.stop} of {size}" for axis, part, size in zip("yx", window, shape))
