@@ -97,11 +97,14 @@ def preview_window(run: Run, level: int) -> tuple[slice, slice]:
     """The (y, x) part of level `level`'s sections the preview shows: all of it, or along an axis
     longer than `PREVIEW_PIXELS` (no pyramid level small enough: `[output] pyramid = false`) the
     middle `PREVIEW_PIXELS`, whose chunks are all a report then reads of the section."""
-    y, x = (
-        slice(max(0, (size - PREVIEW_PIXELS) // 2), max(0, (size - PREVIEW_PIXELS) // 2) + min(size, PREVIEW_PIXELS))
-        for size in run.geometry.level_shape(level)[1:]
-    )
+    y, x = (_middle(size, PREVIEW_PIXELS) for size in run.geometry.level_shape(level)[1:])
     return y, x
+
+
+def _middle(size: int, length: int) -> slice:
+    """The middle `length` of `size` (all of it when it is shorter)."""
+    start = max(0, (size - length) // 2)
+    return slice(start, start + min(size, length))
 
 
 def _level0_window(run: Run, level: int) -> tuple[slice, slice]:
