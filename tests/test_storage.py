@@ -1,6 +1,9 @@
 """emflow.storage: locations, opening zarr v2/v3, OME-Zarr and HDF5, imports, and their errors."""
 
 import itertools
+import os
+import stat
+import time
 
 import h5py
 import numpy as np
@@ -676,3 +679,58 @@ def test_partials_read_through_a_cache_read_only_the_files_written_since(tmp_pat
     with pytest.raises(FileNotFoundError):
         store.load_partials("supervoxels", number_of_blocks + 1, ("sizes",), cache)
     assert store_module._read_partials_cache(tmp_path / "missing.npz", ("sizes",), 1)[1] == []
+
+
+def test_a_replaced_file_is_freed_by_a_thread_beside_the_writer(tmp_path, flyem_crop, monkeypatch):
+    """An atomic write over an existing file holds the old file open across the rename and leaves
+    closing it to a thread of its own: freeing its blocks (a wait for the device in rename(2) on a
+    file system mounted with `discard`) then happens beside the writer. A process forked while old
+    files are still held does not keep them; with `_MOST_HELD` held, a write frees in place."""
+    import threading
+
+    from emflow.targets import atomic
+
+    def held_inodes() -> list[int]:
+        """Inodes of files in tmp_path that this process holds open after their last link went."""
+        inodes = []
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{name}")
+                status = os.stat(f"/proc/self/fd/{name}")
+            except OSError:
+                continue
+            if target.startswith(str(tmp_path)) and status.st_nlink == 0 and stat.S_ISREG(status.st_mode):
+                inodes.append(status.st_ino)
+        return inodes
+
+    gate = threading.Event()
+
+    class HeldUntilLet(atomic._Releaser):
+        def _close(self) -> None:
+            gate.wait(30)
+            super()._close()
+
+    monkeypatch.setattr(atomic, "_MOST_HELD", 2)
+    monkeypatch.setattr(atomic, "_RELEASER", HeldUntilLet())
+    raw = np.ascontiguousarray(flyem_crop["raw"][:4])
+    paths = [tmp_path / f"chunk_{index}" for index in range(3)]
+    for index, path in enumerate(paths):
+        atomic.atomic_write_bytes(path, atomic.memory_of(raw[index]))
+    old_inodes = [path.stat().st_ino for path in paths]
+    for index, path in enumerate(paths):
+        atomic.atomic_write_bytes(path, atomic.memory_of(raw[index + 1]))
+        assert path.read_bytes() == raw[index + 1].tobytes()
+    # The first two old files are held (unlinked, still open); the third, past _MOST_HELD, was freed in rename.
+    assert sorted(held_inodes()) == sorted(old_inodes[:2])
+
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the forked child
+        os._exit(0 if held_inodes() == [] else 1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "a forked process kept the old files open"
+
+    gate.set()
+    deadline = time.monotonic() + 10
+    while held_inodes() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert held_inodes() == []
