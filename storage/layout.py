@@ -8,9 +8,10 @@
 <work>/logs/<stage>[/<block_id>].log      a task's log, created by its first message
 <work>/blocks/<stage>/<block_id>.npz|.npy  a block's partial result (per-block bundle)
 <work>/global/<stage>/<field>.npy          a global stage's arrays, read memory-mapped by block tasks
+<work>/cache/<reader>/<stage>.npz          arrays a reader took from every block's partials (`Store.load_partials`)
 <work>/run.lock               held by a run with the local scheduler
 <work>/cleaned.json           the stages whose partial results `emflow clean` removed
-<work>/report/                the run report (`emflow.workflows.report`), and the supervoxel sizes it read
+<work>/report/                the run report (`emflow.workflows.report`)
 <output>.lock                 held too: two work folders never write one output at once
 ```
 
@@ -65,6 +66,11 @@ class Layout:
     def partials(self, stage: str) -> Path:
         """The folder of a block-wise stage's partial results (`partial`)."""
         return self.work_dir / "blocks" / stage
+
+    def partials_cache(self, reader: str, stage: str) -> Path:
+        """What `reader` (a stage, or the run report) last read from every block's partials of
+        `stage`, kept so that its next read takes only the blocks written since."""
+        return self.work_dir / "cache" / reader / f"{stage}.npz"
 
     def global_field(self, stage: str, field: str) -> Path:
         """One array of a global stage's result, as .npy: block tasks read only the entries they

@@ -315,6 +315,14 @@ class GlobalContext(_Context):
         for block_id in range(self.number_of_blocks(stage)):
             yield self.store.load_partial_bundle(stage, block_id)
 
+    def cached_partials(self, stage: str, *fields: str) -> list[tuple[np.ndarray, ...]]:
+        """The given arrays of every block's partial result of `stage`, in block order, all at
+        once, through this stage's cache of them (`Store.load_partials`): only the files written
+        since this stage last read them are opened."""
+        self._check_declared(stage, "partials")
+        cache = self.run.layout.partials_cache(self.spec.name, stage)
+        return self.store.load_partials(stage, self.number_of_blocks(stage), fields, cache)
+
     def partials(self, stage: str, *fields: str) -> Iterator[tuple[np.ndarray, ...]]:
         """The given arrays of every block's partial result of `stage`, in block order, one file
         open at a time (a global task holds O(its result), not every block's files)."""

@@ -735,11 +735,14 @@ def test_clean_keeps_a_rerun_a_no_op_and_reprocessing_recomputes_the_cnn_sums_it
     assert run_cli("clean", config) == 2, "a run not yet run is not cleaned"
     assert run_cli("run", config) == 0
     work = tmp_path / "out.zarr.work"
+    assert (work / "cache" / "merge_graph" / "block_graph.npz").is_file()
     capsys.readouterr()
     assert run_cli("clean", config) == 0
     assert "removed the partial results of predict (" in capsys.readouterr().out
-    # Only the supervoxel sizes the run report reads are left.
+    # Only the supervoxel sizes the run report reads are left; the graph merge's cache of the block
+    # graphs went with them.
     assert sorted(path.name for path in (work / "blocks").iterdir()) == [SIZES_STAGE]
+    assert list((work / "cache").rglob("*.npz")) == []
     started = time.time()
     assert run_cli("run", config) == 0
     assert rewritten(work, started) == set(), "a rerun after clean does nothing"

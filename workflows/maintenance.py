@@ -188,7 +188,8 @@ def clean_run(config_path: str, *, workflow: Workflow = SEGMENTATION) -> list[Re
     """Remove the per-block partial results (`<work>/blocks/<stage>/`) of a finished run, and note
     it in `<work>/cleaned.json`; refuses (UsageError) a run that is not finished. The supervoxel
     sizes the run report reads (`report.SIZES_STAGE`, one number per supervoxel) are kept: without
-    them a report after new data in a few chunks could not count the segments' voxels.
+    them a report after new data in a few chunks could not count the segments' voxels. What global
+    stages kept of the removed partials (`Layout.partials_cache`) goes too.
 
     Records stay: rerunning the config is still a no-op, since partial results are checked only
     when a task that reads them is pending. Reprocessing that needs some of them (new data in one
@@ -212,9 +213,13 @@ def clean_run(config_path: str, *, workflow: Workflow = SEGMENTATION) -> list[Re
             folder = run.layout.work_dir / "blocks" / spec.name
             if not spec.blockwise or spec.name == SIZES_STAGE or not folder.is_dir():
                 continue
-            files = [path for path in folder.rglob("*") if path.is_file()]
+            # What readers kept of these partials (`Layout.partials_cache`) goes with them.
+            caches = sorted((run.layout.work_dir / "cache").glob(f"*/{spec.name}.npz"))
+            files = [path for path in folder.rglob("*") if path.is_file()] + caches
             size = sum(path.stat().st_size for path in files)
             shutil.rmtree(folder)
+            for cache in caches:
+                cache.unlink()
             removed.append(Removed(spec.name, len(files), size))
         if removed:
             cleaned = _read_cleaned(run)

@@ -35,8 +35,8 @@ def segment_sizes(run: Run) -> np.ndarray:
     node_labels = run.store.load_global(node_label_source(run), "node_labels")
     sizes = np.zeros(len(node_labels), dtype=np.int64)
     number_of_blocks = run.stage(SIZES_STAGE).blocks(run).number_of_blocks
-    # Read through a cache beside the report, so that a run that changed a few blocks reads their files only.
-    cache = run.layout.work_dir / "report" / "supervoxel_sizes.npz"
+    # Read through a cache, so that a run that changed a few blocks reads their files only.
+    cache = run.layout.partials_cache("report", SIZES_STAGE)
     if "given_supervoxels" in run.inputs:
         table = run.store.load_global("supervoxel_ids", "ids")
         for ids, block_sizes in run.store.load_partials(SIZES_STAGE, number_of_blocks, ("ids", "sizes"), cache):
