@@ -220,7 +220,9 @@ class Store:
 
         For what is read at the end of every run that changed something: the run report's
         supervoxel sizes took 1.8 s at 20,480 blocks, one file each, after new data in one input
-        chunk (benchmarks/noop_rerun.py's volume)."""
+        chunk (benchmarks/noop_rerun.py's volume). Arrays of more than `MOST_CACHED_BYTES` in all
+        are not cached (writing the cache holds them twice more, reading it once more): what a
+        cache saves is the opening of many small files, not the reading of much data."""
         paths = self.layout.partial_paths(stage, number_of_blocks, ".npz")
         identities = np.array([_file_identity(path) for path in paths], dtype=np.int64).reshape(-1, 3)
         cached_identities, cached = _read_partials_cache(cache, fields, number_of_blocks)
@@ -228,12 +230,16 @@ class Store:
         blocks = [
             cached[block_id] if same[block_id] else self.load_partial(stage, block_id, *fields) for block_id in range(number_of_blocks)
         ]
-        if not same.all():
-            arrays = {"identities": identities}
-            for index, field in enumerate(fields):
-                arrays[field] = np.concatenate([block[index] for block in blocks]) if blocks else np.zeros(0)
-                arrays[f"{field}_counts"] = np.array([len(block[index]) for block in blocks], dtype=np.int64)
-            atomic_save_npz(cache, **arrays)
+        if same.all():
+            return blocks
+        if sum(array.nbytes for block in blocks for array in block) > MOST_CACHED_BYTES:
+            cache.unlink(missing_ok=True)
+            return blocks
+        arrays = {"identities": identities}
+        for index, field in enumerate(fields):
+            arrays[field] = np.concatenate([block[index] for block in blocks]) if blocks else np.zeros(0)
+            arrays[f"{field}_counts"] = np.array([len(block[index]) for block in blocks], dtype=np.int64)
+        atomic_save_npz(cache, **arrays)
         return blocks
 
     def load_partial_bundle(self, stage: str, block_id: int) -> dict[str, np.ndarray]:
@@ -251,6 +257,13 @@ class Store:
 
     def load_partial_array(self, stage: str, block_id: int) -> np.ndarray:
         return np.load(self.layout.partial(stage, block_id, ".npy"), mmap_mode="r")
+
+
+# The most bytes of arrays `Store.load_partials` keeps in a cache. The graph merge's block graphs
+# at 20,480 blocks of 8x8x8 voxels: 7 MB; at 1 GVox in 1,024 blocks of 64x128x128, 64 bytes for
+# each of ~1.5 M edges (93,000 edges took 6 MB), 100 MB, in only twice as many files as the 512
+# that took 0.04-0.11 s to read (a cache of them 0.015 s).
+MOST_CACHED_BYTES = 64 << 20
 
 
 def _file_identity(path: str) -> tuple[int, int, int]:

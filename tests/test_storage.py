@@ -680,6 +680,18 @@ def test_partials_read_through_a_cache_read_only_the_files_written_since(tmp_pat
         store.load_partials("supervoxels", number_of_blocks + 1, ("sizes",), cache)
     assert store_module._read_partials_cache(tmp_path / "missing.npz", ("sizes",), 1)[1] == []
 
+    # Arrays of more than MOST_CACHED_BYTES are not kept: a block written anew is read through the
+    # cache there is, which then goes (stale), and from then on every file is read.
+    all_bytes = sum(ids.nbytes + sizes.nbytes for ids, sizes in expected)
+    monkeypatch.setattr(store_module, "MOST_CACHED_BYTES", all_bytes - 1)
+    store.save_partial("supervoxels", 5, ids=expected[5][0], sizes=expected[5][1])
+    files_read.clear()
+    check(store.load_partials("supervoxels", number_of_blocks, ("ids", "sizes"), cache))
+    assert files_read == [5] and not cache.exists()
+    files_read.clear()
+    check(store.load_partials("supervoxels", number_of_blocks, ("ids", "sizes"), cache))
+    assert files_read == list(range(number_of_blocks)) and not cache.exists()
+
 
 def test_a_replaced_file_is_freed_by_a_thread_beside_the_writer(tmp_path, flyem_crop, monkeypatch):
     """An atomic write over an existing file holds the old file open across the rename and leaves
