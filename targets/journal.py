@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_write_bytes, writing
+from .collection import garbage_collection_paused
 
 JOURNAL_SUFFIX = ".jsonl"
 # Largest block id, file size or time a record may hold (they are int64 elsewhere).
@@ -291,10 +292,11 @@ def _journal_records(path: Path) -> dict[int, BlockRecord]:
         return {}  # a folder or unreadable file named like a journal: no records
     complete = appended.rfind(b"\n") + 1  # a last line without newline may still be written
     records = known.records
-    for line in appended[:complete].splitlines():
-        record = parse_record(line)
-        if record is not None and supersedes(record, records.get(record.block_id)):
-            records[record.block_id] = record
+    with garbage_collection_paused():
+        for line in appended[:complete].splitlines():
+            record = parse_record(line)
+            if record is not None and supersedes(record, records.get(record.block_id)):
+                records[record.block_id] = record
     tail = (known.tail + appended[:complete])[-_TAIL_BYTES:]
     _PARSED[path] = _ParsedJournal(inode, known.length + complete, tail, records)
     while len(_PARSED) > _PARSED_JOURNALS:
