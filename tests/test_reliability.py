@@ -629,6 +629,10 @@ def test_a_journal_is_parsed_once_per_process_and_read_again_when_replaced(tmp_p
             appending.append(block_id, "f" * 64, {"run": 1})
     first = JournalReader(folder).refresh()
     assert sorted(first) == [0, 1, 2, 3, 4] and len(parsed) == 5
+    # Read again unchanged: nothing parsed, the records merged before; what a reader was given is its own.
+    again = JournalReader(folder).refresh()
+    again.pop(0)
+    assert len(parsed) == 5 and JournalReader(folder).refresh() == first
     with BlockJournal(folder, 0, 8) as appending:
         appending.append(6, "f" * 64, {"run": 2}, after=0)
     parsed.clear()
