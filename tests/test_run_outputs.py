@@ -151,3 +151,19 @@ def test_the_report_draws_its_preview_again_only_when_its_section_changed(tmp_pa
 
     write_report(run, reuse_preview=False)  # `emflow report` draws everything again
     assert calls == [1, 1]
+
+
+@pytest.mark.parametrize("most_chunks", [0, 10**9])
+def test_a_preview_section_read_chunk_by_chunk_or_through_zarr_holds_the_same_voxels(finished, monkeypatch, most_chunks):
+    """Sections crossing more than ZARR_READ_CHUNKS chunks are read one chunk at a time
+    (`Store.read`), others through zarr's threaded indexing: the same voxels either way."""
+    import emflow.workflows.report as report
+    from emflow.workflows.segmentation import load_run
+
+    config, output = finished
+    run = load_run(str(config))
+    middle = run.geometry.shape[0] // 2
+    monkeypatch.setattr(report, "ZARR_READ_CHUNKS", most_chunks)
+    _, segmentation = report.preview_sections(run, middle, 0)
+    assert segmentation.shape == run.geometry.shape[1:]
+    assert np.array_equal(segmentation, read(output, "segmentation")[middle])

@@ -132,11 +132,8 @@ def preview_sections(run: Run, section_index: int, level: int) -> tuple[np.ndarr
     of them): the data under the segmentation (`_background`) and the segmentation, at pyramid
     level `level` (`preview_level`; data without that level, an input, is read at every k-th voxel
     of level 0 along y and x, to the same shape)."""
-    # Through zarr's own indexing, not `Store.read`: zarr decodes the chunks a read crosses in
-    # parallel threads, and at the end of a run the cores are free. The 62.5 MVox benchmark run's
-    # middle section (16 chunks of 64 x 128 x 128 uint64): 0.04-0.07 s, 0.09-0.13 s one chunk at a time.
     name, section = _level_section(run, "segmentation", level, section_index)
-    segmentation = np.asarray(run.store.output_array(name)[section.slicing])[0]
+    segmentation = _read_section(run, name, section)
     background = _background(run)
     if level_name(background, level) in run.store.volumes:
         return run.store.read(*_level_section(run, background, level, section_index))[0], segmentation
@@ -151,6 +148,24 @@ def preview_sections(run: Run, section_index: int, level: int) -> tuple[np.ndarr
             section = section[nearest_neighbour_channels(run.config.input.affinity_offsets)].mean(axis=0, dtype=np.float32)
         return section, segmentation
     return np.asarray(run.store.output_array(background)[section_index, y, x]), segmentation
+
+
+# Reads of more chunks than this go through `Store.read` (see `_read_section`).
+ZARR_READ_CHUNKS = 64
+
+
+def _read_section(run: Run, name: str, section: Box) -> np.ndarray:
+    """Section `section` (one voxel deep) of output volume `name`, as (Y, X). Through zarr's own
+    indexing where it crosses at most `ZARR_READ_CHUNKS` chunks: zarr decodes them in parallel
+    threads, and at the end of a run the cores are free (the 62.5 MVox benchmark run's middle
+    section, 16 chunks of 64 x 128 x 128 uint64: 0.04-0.07 s, 0.09-0.13 s one chunk at a time).
+    Else one chunk at a time, `Store.read`: zarr's own work per chunk came to 0.47-0.49 s for a
+    section of 1,024 chunks of 8 x 8 x 8 (20,480 blocks), `Store.read` 0.013-0.07 s."""
+    array = run.store.output_array(name)
+    chunks = np.prod([(part.stop - 1) // size - part.start // size + 1 for part, size in zip(section.slicing, array.chunks)])
+    if chunks <= ZARR_READ_CHUNKS:
+        return np.asarray(array[section.slicing])[0]
+    return run.store.read(name, section)[0]
 
 
 # What the preview shows beside the segmentation, by `_background`, for its caption.
