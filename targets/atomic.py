@@ -140,7 +140,8 @@ class _Releaser:
         if not self.slots.acquire(blocking=False):
             return None
         try:
-            return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            # O_NONBLOCK: a FIFO in the file's place must not block the open (a file ignores it).
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             self.slots.release()
             return None

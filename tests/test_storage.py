@@ -746,3 +746,20 @@ def test_a_replaced_file_is_freed_by_a_thread_beside_the_writer(tmp_path, flyem_
     while held_inodes() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert held_inodes() == []
+
+
+def test_an_atomic_write_over_a_fifo_replaces_it_without_waiting_for_a_writer(tmp_path, flyem_crop):
+    """The file a write replaces is opened to be held (`_Releaser.hold`) without blocking: a FIFO in
+    its place (opened for reading, it would wait for a writer for ever) is replaced like a file."""
+    import threading
+
+    from emflow.targets.atomic import atomic_write_bytes, memory_of
+
+    path = tmp_path / "chunk"
+    os.mkfifo(path)
+    section = np.ascontiguousarray(flyem_crop["raw"][0])
+    writer = threading.Thread(target=atomic_write_bytes, args=(path, memory_of(section)), daemon=True)
+    writer.start()
+    writer.join(10)
+    assert not writer.is_alive(), "the write waited on the FIFO"
+    assert path.is_file() and path.read_bytes() == section.tobytes()
