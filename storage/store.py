@@ -199,8 +199,7 @@ class Store:
         path = self.layout.global_field(stage, field)
         if not mmap:
             return np.load(path)
-        status = os.stat(path)
-        return _mapped_npy(str(path), status.st_ino, status.st_size, status.st_mtime_ns)
+        return _mapped_npy(str(path), *_file_identity(path))
 
     def save_partial(self, stage: str, block_id: int, **fields: np.ndarray) -> None:
         """A block's partial result: several arrays in one .npz file."""
@@ -266,7 +265,8 @@ class Store:
 MOST_CACHED_BYTES = 64 << 20
 
 
-def _file_identity(path: str) -> tuple[int, int, int]:
+def _file_identity(path: str | Path) -> tuple[int, int, int]:
+    """A file's inode, size and modification time: a file written atomically is a new inode."""
     status = os.stat(path)
     return status.st_ino, status.st_size, status.st_mtime_ns
 
