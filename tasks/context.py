@@ -235,6 +235,14 @@ class BlockContext(_Context):
             data[(Ellipsis,) + slab.local_to(region).slicing] = self.store.read(name, slab)
         return data
 
+    def read_part(self, name: str, part: Box) -> np.ndarray:
+        """Array `name` over `part`, a box inside this block's read region: a region read piece by
+        piece holds less at a time than `read` does."""
+        region = self.region(name)
+        if any(first < low or last > high for first, last, low, high in zip(part.begin, part.end, region.begin, region.end)):
+            raise RuntimeError(f"stage {self.spec.name} reads {part} of {name}, outside its declared region {region}")
+        return self.store.read(name, part)
+
     def read_optional(self, name: str) -> np.ndarray | None:
         """An optional array over this block's read region; None where the run lacks it (no mask)."""
         if not self.run.provides(self._read(name, "array")):

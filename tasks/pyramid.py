@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from emflow.blocking import Blocking
-from emflow.pyramid import downsample_image, downsample_labels
+from emflow.pyramid import downsample_image, downsample_labels, source_parts
 from emflow.storage.store import level_name
 
 from .context import BlockContext, Run
@@ -32,9 +32,19 @@ def _source_boxes(level: int):
 def _downsample(level: int, images: tuple[tuple[str, bool], ...]):
     def run(block: BlockContext) -> dict:
         factors = block.geometry.level_factors[level - 1]
+        chunk_shape = block.geometry.level_blocking(level - 1).block_shape
         for name, label in images:
-            source = block.read(level_name(name, level - 1))
-            block.write(level_name(name, level), downsample_labels(source, factors) if label else downsample_image(source, factors))
+            source_name = level_name(name, level - 1)
+            source = block.region(source_name)
+            downsample = downsample_labels if label else downsample_image
+            # A source chunk at a time (`source_parts`), not the whole region at once; both
+            # downsamplings keep the dtype.
+            result = np.empty(block.box.shape, dtype=block.store.volumes[source_name].dtype)
+            for part in source_parts(source, chunk_shape, factors):
+                values = downsample(block.read_part(source_name, part), factors)
+                target = tuple((first - origin) // factor for first, origin, factor in zip(part.begin, source.begin, factors))
+                result[tuple(slice(first, first + size) for first, size in zip(target, values.shape))] = values
+            block.write(level_name(name, level), result)
         return {}
 
     return run

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from bioimage_cpp.label_multiset import multiset_from_labels
 
-from emflow.blocking import Blocking
-from emflow.pyramid import downsample_image, downsample_labels, pyramid_factors, source_box
+from emflow.blocking import Blocking, Box
+from emflow.pyramid import downsample_image, downsample_labels, pyramid_factors, source_box, source_parts
 
 
 def direct_mode(labels: np.ndarray, factors) -> np.ndarray:
@@ -161,6 +161,42 @@ def test_blockwise_pyramid_equals_whole_volume(flyem_crop, kind):
         whole = downsample(whole, factors)
         np.testing.assert_array_equal(level, whole)
     assert all(size <= block for size, block in zip(blockwise[-1].shape, block_shape))
+
+
+@pytest.mark.parametrize(
+    ("chunk_shape", "factors"),
+    [((12, 20, 24), (2, 2, 2)), ((8, 16, 16), (1, 2, 2)), ((7, 9, 10), (2, 3, 2)), ((6, 20, 5), (3, 2, 2))],
+)
+def test_downsampling_a_box_part_by_part_equals_the_whole_box(flyem_crop, chunk_shape, factors):
+    raw = flyem_crop["raw"]
+    spread = (10.0 ** (-30 * raw.astype(np.float64) / 255)).astype(np.float32)  # sums whose order shows
+    labels = flyem_crop["neuron_ids"]
+    # Boxes starting on chunk borders (as a block's source box does) and off them, ending inside
+    # the volume and at its upper faces.
+    boxes = [
+        Box((0, 0, 0), raw.shape),
+        Box((chunk_shape[0], 3, chunk_shape[2]), (raw.shape[0] - 1, 101, raw.shape[2])),
+        Box((5, 40, 11), (31, 77, 90)),
+    ]
+    for box in boxes:
+        parts = source_parts(box, chunk_shape, factors)
+        covered = np.zeros(box.shape, dtype=np.int64)
+        for part in parts:
+            covered[part.local_to(box).slicing] += 1
+        assert (covered == 1).all()
+        # Along an axis whose factor divides the chunks and the box's start (a block's source box),
+        # every part lies within one chunk.
+        for part in parts:
+            for first, last, origin, chunk, factor in zip(part.begin, part.end, box.begin, chunk_shape, factors):
+                assert chunk % factor or origin % factor or first // chunk == (last - 1) // chunk
+        for volume, downsample in ((labels, downsample_labels), (spread, downsample_image), (raw, downsample_image)):
+            whole = downsample(volume[box.slicing], factors)
+            assembled = np.full(whole.shape, 7, dtype=whole.dtype)
+            for part in parts:
+                values = downsample(volume[part.slicing], factors)
+                target = tuple((first - origin) // factor for first, origin, factor in zip(part.begin, box.begin, factors))
+                assembled[tuple(slice(first, first + size) for first, size in zip(target, values.shape))] = values
+            assert assembled.tobytes() == whole.tobytes()
 
 
 def test_factors_follow_the_voxel_size():
