@@ -238,7 +238,7 @@ class Store:
         for index, field in enumerate(fields):
             arrays[field] = np.concatenate([block[index] for block in blocks]) if blocks else np.zeros(0)
             arrays[f"{field}_counts"] = np.array([len(block[index]) for block in blocks], dtype=np.int64)
-        atomic_save_npz(cache, **arrays)
+        atomic_save_npz(cache, digest=False, **arrays)  # no record names a cache: its digest would go unread
         return blocks
 
     def load_partial_bundle(self, stage: str, block_id: int) -> dict[str, np.ndarray]:

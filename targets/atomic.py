@@ -247,8 +247,9 @@ def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
     _atomic_write_parts(path, [header.getvalue(), memory_of(array)], digest=True)
 
 
-def atomic_save_npz(path: str | Path, **arrays: np.ndarray) -> None:
-    """Save arrays as one uncompressed .npz file, atomically, and remember its digest."""
+def atomic_save_npz(path: str | Path, *, digest: bool = True, **arrays: np.ndarray) -> None:
+    """Save arrays as one uncompressed .npz file, atomically, and remember its digest (`digest`:
+    for a file a record will name; a cache has none)."""
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    atomic_write_bytes(path, buffer.getbuffer(), digest=True)
+    atomic_write_bytes(path, buffer.getbuffer(), digest=digest)

@@ -646,6 +646,12 @@ def test_partials_read_through_a_cache_read_only_the_files_written_since(tmp_pat
     number_of_blocks = blocking.number_of_blocks
     check(store.load_partials("supervoxels", number_of_blocks, ("ids", "sizes"), cache))
     assert files_read == list(range(number_of_blocks)) and cache.exists()
+    # No record names a cache: no digest is taken of it, unlike of the partials it caches.
+    from emflow.targets.atomic import written_digest
+
+    assert written_digest(cache, os.stat(cache)) is None
+    partial = store.layout.partial("supervoxels", 0, ".npz")
+    assert written_digest(partial, os.stat(partial)) is not None
     files_read.clear()
     check(store.load_partials("supervoxels", number_of_blocks, ("ids", "sizes"), cache))
     assert files_read == []
