@@ -239,8 +239,10 @@ class BlockContext(_Context):
         """Array `name` over `part`, a box inside this block's read region: a region read piece by
         piece holds less at a time than `read` does."""
         region = self.region(name)
-        if any(first < low or last > high for first, last, low, high in zip(part.begin, part.end, region.begin, region.end)):
-            raise RuntimeError(f"stage {self.spec.name} reads {part} of {name}, outside its declared region {region}")
+        try:
+            part.local_to(region)  # raises ValueError where `part` leaves the region
+        except ValueError:
+            raise RuntimeError(f"stage {self.spec.name} reads {part} of {name}, outside its declared region {region}") from None
         return self.store.read(name, part)
 
     def read_optional(self, name: str) -> np.ndarray | None:
