@@ -586,6 +586,57 @@ def test_saved_arrays_hold_np_saves_bytes_and_the_digest_taken_while_writing_is_
     assert written_digest(bundle, os.stat(bundle)) == hashlib.sha256(bundle.read_bytes()).hexdigest()
 
 
+def test_file_data_goes_to_the_kernel_in_pieces(tmp_path, flyem_crop, monkeypatch):
+    """An atomic write hands the kernel no piece larger than `WRITE_PIECE_BYTES` (large writes
+    take their page cache in large folios, which this project's VMs map in slowly: see
+    emflow.targets.atomic), and the file holds exactly the bytes given: real data, in parts of
+    sizes on and off the piece size."""
+    import io
+    import os
+
+    from emflow.targets import atomic
+    from emflow.targets.atomic import WRITE_PIECE_BYTES, atomic_save_npy, atomic_write_bytes
+
+    calls = []
+    opened = os.fdopen
+
+    class Recording(io.RawIOBase):
+        def __init__(self, handle):
+            self.handle = handle
+
+        def writable(self):
+            return True
+
+        def write(self, data):
+            calls.append(memoryview(data).nbytes)
+            return self.handle.write(data)
+
+        def flush(self):
+            self.handle.flush()
+
+        def fileno(self):
+            return self.handle.fileno()
+
+        def close(self):
+            super().close()
+            self.handle.close()
+
+    monkeypatch.setattr(atomic.os, "fdopen", lambda descriptor, mode: Recording(opened(descriptor, mode, buffering=0)))
+    raw = np.ascontiguousarray(flyem_crop["raw"].astype(np.float32))
+    assert raw.nbytes > 8 * WRITE_PIECE_BYTES
+    atomic_save_npy(tmp_path / "raw.npy", raw)
+    expected = io.BytesIO()
+    np.save(expected, raw)
+    assert (tmp_path / "raw.npy").read_bytes() == expected.getvalue()
+    assert max(calls) <= WRITE_PIECE_BYTES and sum(calls) == len(expected.getvalue())
+    for size in (WRITE_PIECE_BYTES - 1, WRITE_PIECE_BYTES, WRITE_PIECE_BYTES + 1, 3 * WRITE_PIECE_BYTES + 5):
+        calls.clear()
+        data = raw.view(np.uint8).ravel()[:size]
+        atomic_write_bytes(tmp_path / "part", memoryview(data))
+        assert (tmp_path / "part").read_bytes() == data.tobytes()
+        assert max(calls) <= WRITE_PIECE_BYTES and sum(calls) == size
+
+
 def test_a_file_changed_after_its_write_is_hashed_anew_and_verification_always_reads_the_file(tmp_path, flyem_crop):
     """The remembered digest stands only for the file as written: rewritten in place (its inode
     kept), it is read back. Damage that keeps size and modification time is what only reading
