@@ -44,7 +44,7 @@ output (`stage_io_reference`): what the stage would cost if it computed nothing,
 reading and decoding every array region its StageSpec declares (halos included, inputs and output
 volumes alike) and encoding and writing the chunks its blocks write, into copies of the output
 arrays with the same zarr metadata (chunks, codecs), and its partial files, with the stages' own
-writers, which take each file's SHA-256 digest as they write it (its record's digest); summed over
+writers, which take each file's digest as they write it (its record's digest); summed over
 blocks, in one process. The ratio task s / reference s is how far the stage is from its IO.
 
 Usage: python benchmarks/end_to_end.py [--scale 2 | --scale Z Y X] [--workers 2] [--block-shape Z Y X] [--repeats 3]
@@ -414,7 +414,7 @@ def stage_io_reference(config_path: Path, scratch: Path) -> dict[str, dict]:
     reads linked partials of are loaded; then what the block wrote, read back from the run's output
     untimed, is encoded and written again, its volumes' chunks into arrays under `scratch` made
     with the same zarr metadata (chunk shape, codecs, fill value) and its partial file with the
-    same writer; both writers take each file's SHA-256 digest as they write it, as in the run
+    same writer; both writers take each file's digest as they write it, as in the run
     (`emflow.targets.atomic`), so the reference's writes cost what the stages' do. Global bundles
     and record results a block reads (a memory-mapped slice, a dict) are left out. Returns, per stage, the read, write and total seconds summed over blocks, and the
     number of blocks.

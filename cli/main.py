@@ -224,9 +224,7 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("config", help="TOML config file")
     status.set_defaults(handler=_status)
 
-    verify = commands.add_parser(
-        "verify", help="read every file the run wrote and compare it with the SHA-256 digest recorded when it was written"
-    )
+    verify = commands.add_parser("verify", help="read every file the run wrote and compare it with the digest recorded when it was written")
     verify.add_argument("config", help="TOML config file")
     verify.add_argument(
         "--repair",
@@ -634,7 +632,7 @@ def _verify(arguments) -> int:
     damage = verification.damage
     notes = [f"{verification.not_done} tasks not done (see emflow status)"] if verification.not_done else []
     notes += [f"{verification.removed} partial results removed by emflow clean"] if verification.removed else []
-    summary = f"{verification.files} files ({verification.bytes / 1e6:.1f} MB) read and compared with their recorded SHA-256 digests"
+    summary = f"{verification.files} files ({verification.bytes / 1e6:.1f} MB) read and compared with their recorded digests"
     summary += "".join(f"; {note}" for note in notes)
     if not damage:
         print(f"emflow verify: {summary}: every file is as written")

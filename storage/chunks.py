@@ -11,14 +11,13 @@ An HDF5 dataset has no files of its own: its state is the whole file's, so any w
 counts as a change to every chunk.
 
 Output files are described the same way (`file_states`): what a task wrote is the (size, mtime)
-of each file it wrote, taken right after it wrote them, and a SHA-256 digest of each file's bytes
-for `emflow verify`; `chunk_files` names the chunk files of an output array that a box covers.
+of each file it wrote, taken right after it wrote them, and a digest of each file's bytes
+(`emflow.targets.atomic.DIGEST_PREFIX`) for `emflow verify`; `chunk_files` names the chunk files of an output array that a box covers.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import itertools
 import math
 import os
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from emflow.targets.atomic import written_digest
+from emflow.targets.atomic import file_digest, written_digest
 
 from .chunk_io import stored_units
 from .volumes import HDF5Volume, open_volume
@@ -196,12 +195,12 @@ def _output_layout(path: str, key: str, *metadata_state) -> ChunkLayout:
     return _chunk_layout(path, key)
 
 
-def file_state(path: str | Path, *, digest: bool = False, read_back: bool = False) -> list | None:
-    """[size, mtime_ns, SHA-256 hex digest of the bytes ("" without `digest`)] of a file, or None
-    if there is none. The digest is the one taken while this process wrote the file
-    (`written_digest`) if the file is unchanged since (same inode, size and modification time),
-    else, or with `read_back` (verification: what is on disk now), the file is read back and
-    hashed: about 1.4 GB/s on this machine, from the page cache."""
+def file_state(path: str | Path, *, digest: bool = False, read_back: bool = False, like: str = "") -> list | None:
+    """[size, mtime_ns, digest of the bytes ("" without `digest`)] of a file, or None if there is
+    none. The digest (`emflow.targets.atomic.DIGEST_PREFIX`) is the one taken while this process
+    wrote the file (`written_digest`) if the file is unchanged since (same inode, size and
+    modification time), else, or with `read_back` (verification: what is on disk now), the file is
+    read back and hashed, of the kind of the recorded digest `like` (`file_digest`)."""
     try:
         if not digest:
             status = os.stat(path)
@@ -212,8 +211,7 @@ def file_state(path: str | Path, *, digest: bool = False, read_back: bool = Fals
             return [status.st_size, status.st_mtime_ns, remembered]
         with open(path, "rb") as handle:
             status = os.fstat(handle.fileno())
-            sha = hashlib.file_digest(handle, "sha256").hexdigest()
-        return [status.st_size, status.st_mtime_ns, sha]
+            return [status.st_size, status.st_mtime_ns, file_digest(handle, like)]
     except (FileNotFoundError, NotADirectoryError):
         return None
 

@@ -22,12 +22,12 @@ chunk for the fingerprints). A global stage is done when its record holds its fi
 tables it wrote are as it wrote them.
 
 Data. What a task wrote is recorded with its record (`block_data`, `global_data`): per file, its
-size, modification time and SHA-256 digest, taken right after the task wrote it. Output files
-(chunks of volumes, tables, the volumes' metadata) are checked by every completeness check: a
-missing or changed one makes its task pending again. Work-folder files (per-block partials, global
-bundles) are only read by later tasks, so they are checked when a task that reads them is pending
-(`emflow.workflows.status.plan_repairs`): `emflow clean` may remove them from a finished run. The
-digests are for `emflow verify`, which reads every file.
+size, modification time and digest (`emflow.targets.atomic.DIGEST_PREFIX`), taken right after the
+task wrote it. Output files (chunks of volumes, tables, the volumes' metadata) are checked by every
+completeness check: a missing or changed one makes its task pending again. Work-folder files
+(per-block partials, global bundles) are only read by later tasks, so they are checked when a task
+that reads them is pending (`emflow.workflows.status.plan_repairs`): `emflow clean` may remove them
+from a finished run. The digests are for `emflow verify`, which reads every file.
 
 Fingerprints. A stage's definition hashes its name and version, the config values it declares, its
 blocking, the identity of the input datasets it reads, and the fingerprints of the stages it reads

@@ -721,7 +721,7 @@ def test_verify_finds_bytes_changed_in_place_and_repair_writes_them_again(tmp_pa
     capsys.readouterr()
     assert run_cli("verify", config) == 1
     assert (
-        f"{chunk} is damaged: the same size and time as written, other bytes (SHA-256 differs) (write_segmentation block 2)"
+        f"{chunk} is damaged: the same size and time as written, other bytes (its digest differs) (write_segmentation block 2)"
         in capsys.readouterr().err
     )
     assert run_cli("verify", config, "--repair") == 1
@@ -730,6 +730,39 @@ def test_verify_finds_bytes_changed_in_place_and_repair_writes_them_again(tmp_pa
     assert rewritten(tmp_path / "out.zarr.work", started) == {("write_segmentation", 2), ("write_segmentation", None)}
     assert run_cli("verify", config) == 0
     assert_identical(tmp_path / "out.zarr", reference)
+
+
+def test_verify_checks_the_sha256_digests_of_records_an_emflow_before_xxh3_wrote(tmp_path, inputs, capsys):
+    """Records written before digests were XXH3-128 hold SHA-256 hex digests: `emflow verify` checks
+    those files with SHA-256, so that an upgrade calls no file damaged, and finds real damage."""
+    import hashlib
+
+    from emflow.tasks.adapter import output_files
+    from emflow.workflows.segmentation import load_run
+
+    config = finished_run(tmp_path, inputs)
+    run = load_run(str(config))
+    files = output_files(run, run.stage("write_segmentation"))
+    for journal in sorted((tmp_path / "out.zarr.work" / "status" / "write_segmentation").glob("*.jsonl")):
+        lines = []
+        for line in journal.read_text().splitlines():
+            record = json.loads(line)
+            for state, path in zip(record["data"]["outputs"], files[record["block_id"]]):
+                assert state[2].startswith("xxh3-128:")
+                state[2] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+            lines.append(json.dumps(record))
+        journal.write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    assert run_cli("verify", config) == 0
+    assert "every file is as written" in capsys.readouterr().out
+    chunk = tmp_path / "out.zarr" / "segmentation" / "s0" / "c" / "0" / "1" / "0"
+    status = chunk.stat()
+    damaged = bytearray(chunk.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(damaged))
+    os.utime(chunk, ns=(status.st_atime_ns, status.st_mtime_ns))
+    assert run_cli("verify", config) == 1
+    assert f"{chunk} is damaged: the same size and time as written, other bytes (its digest differs)" in capsys.readouterr().err
 
 
 def test_clean_keeps_a_rerun_a_no_op_and_reprocessing_recomputes_the_cnn_sums_it_needs(tmp_path, flyem_crop, small_affinity_model, capsys):
@@ -771,13 +804,13 @@ def test_clean_keeps_a_rerun_a_no_op_and_reprocessing_recomputes_the_cnn_sums_it
 
 
 def test_block_records_hold_the_state_and_digest_of_every_file_they_wrote(tmp_path, inputs):
-    import hashlib
+    import xxhash
 
     finished_run(tmp_path, inputs)
     record = JournalReader(tmp_path / "out.zarr.work" / "status" / "write_segmentation").refresh()[7]
     chunk = tmp_path / "out.zarr" / "segmentation" / "s0" / "c" / "1" / "1" / "1"
     status = chunk.stat()
-    assert record.data["outputs"] == [[status.st_size, status.st_mtime_ns, hashlib.sha256(chunk.read_bytes()).hexdigest()]]
+    assert record.data["outputs"] == [[status.st_size, status.st_mtime_ns, "xxh3-128:" + xxhash.xxh3_128(chunk.read_bytes()).hexdigest()]]
     graph = JournalReader(tmp_path / "out.zarr.work" / "status" / "block_graph").refresh()[3]
     partial = tmp_path / "out.zarr.work" / "blocks" / "block_graph" / "3.npz"
     assert graph.data["partials"][0][:2] == [partial.stat().st_size, partial.stat().st_mtime_ns] and graph.data["partials"][1] is None

@@ -549,20 +549,21 @@ def test_read_npz_leaves_other_files_to_np_load(tmp_path):
 
 
 def test_saved_arrays_hold_np_saves_bytes_and_the_digest_taken_while_writing_is_theirs(tmp_path, flyem_crop):
-    """`atomic_save_npy` writes the bytes `np.save` writes: real data large enough to be hashed
-    in a thread beside the write, and empty, 0-d, bool, big-endian and Fortran-order arrays. The
-    digest remembered while writing (C-contiguous arrays and .npz files) is the SHA-256 of the
-    file, and `file_state` gives it; a Fortran-order array's file is read back instead."""
-    import hashlib
+    """`atomic_save_npy` writes the bytes `np.save` writes: real data written in many pieces
+    (`WRITE_PIECE_BYTES`), and empty, 0-d, bool, big-endian and Fortran-order arrays. The digest
+    remembered while writing (C-contiguous arrays and .npz files) is the XXH3-128 of the file, and
+    `file_state` gives it; a Fortran-order array's file is read back instead."""
     import io
     import os
 
+    import xxhash
+
     from emflow.storage.chunks import file_state
     from emflow.targets import atomic_save_npy, atomic_save_npz
-    from emflow.targets.atomic import _THREADED_DIGEST_BYTES, written_digest
+    from emflow.targets.atomic import WRITE_PIECE_BYTES, written_digest
 
     raw = np.ascontiguousarray(np.tile(flyem_crop["raw"].astype(np.float32), (2, 1, 1, 1)))
-    assert raw.nbytes >= _THREADED_DIGEST_BYTES
+    assert raw.nbytes >= 8 * WRITE_PIECE_BYTES
     cases = {
         "raw": raw,
         "empty": np.zeros((0, 2), np.uint64),
@@ -577,13 +578,13 @@ def test_saved_arrays_hold_np_saves_bytes_and_the_digest_taken_while_writing_is_
         expected = io.BytesIO()
         np.save(expected, array)
         assert path.read_bytes() == expected.getvalue(), name
-        sha = hashlib.sha256(expected.getvalue()).hexdigest()
-        assert written_digest(path, os.stat(path)) == (None if name == "fortran" else sha), name
-        assert file_state(path, digest=True)[2] == sha
+        digest = "xxh3-128:" + xxhash.xxh3_128(expected.getvalue()).hexdigest()
+        assert written_digest(path, os.stat(path)) == (None if name == "fortran" else digest), name
+        assert file_state(path, digest=True)[2] == digest
         np.testing.assert_array_equal(np.load(path), array)
     bundle = tmp_path / "bundle.npz"
     atomic_save_npz(bundle, **cases)
-    assert written_digest(bundle, os.stat(bundle)) == hashlib.sha256(bundle.read_bytes()).hexdigest()
+    assert written_digest(bundle, os.stat(bundle)) == "xxh3-128:" + xxhash.xxh3_128(bundle.read_bytes()).hexdigest()
 
 
 def test_file_data_goes_to_the_kernel_in_pieces(tmp_path, flyem_crop, monkeypatch):
@@ -640,9 +641,12 @@ def test_file_data_goes_to_the_kernel_in_pieces(tmp_path, flyem_crop, monkeypatc
 def test_a_file_changed_after_its_write_is_hashed_anew_and_verification_always_reads_the_file(tmp_path, flyem_crop):
     """The remembered digest stands only for the file as written: rewritten in place (its inode
     kept), it is read back. Damage that keeps size and modification time is what only reading
-    finds: `file_state(..., read_back=True)`, which `emflow verify` uses, hashes what is on disk."""
+    finds: `file_state(..., read_back=True)`, which `emflow verify` uses, hashes what is on disk,
+    with SHA-256 where the recorded digest is one (records of an emflow before XXH3)."""
     import hashlib
     import os
+
+    import xxhash
 
     from emflow.storage.chunks import file_state
     from emflow.targets import atomic_save_npy
@@ -655,12 +659,15 @@ def test_a_file_changed_after_its_write_is_hashed_anew_and_verification_always_r
         last = handle.read(1)
         handle.seek(-1, os.SEEK_END)
         handle.write(bytes([last[0] ^ 0xFF]))
-    now = hashlib.sha256(path.read_bytes()).hexdigest()
+    now = "xxh3-128:" + xxhash.xxh3_128(path.read_bytes()).hexdigest()
     assert now != written[2]
     assert file_state(path, digest=True)[2] == now  # a new modification time: read back
     os.utime(path, ns=(written[1], written[1]))  # damage that hides its modification time
     assert file_state(path, digest=True)[2] == written[2]
     assert file_state(path, digest=True, read_back=True)[2] == now
+    legacy = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert file_state(path, digest=True, read_back=True, like=legacy)[2] == legacy
+    assert file_state(path, digest=True, read_back=True, like=written[2])[2] == now
 
 
 def test_partials_read_through_a_cache_read_only_the_files_written_since(tmp_path, flyem_crop, monkeypatch):

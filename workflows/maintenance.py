@@ -4,8 +4,9 @@ its record holds; `emflow clean` removes the per-block partial results a finishe
 What `emflow run` and `emflow status` check is the size and modification time of each file
 (`emflow.tasks.adapter`): a file rewritten or deleted is found, one whose bytes changed in place
 with its size and time kept (a storage fault, a restored backup with preserved times) is not.
-`verify_run` reads every file and compares its SHA-256 digest with the one taken when it was
-written: the check for after a storage incident, at the cost of reading the whole output.
+`verify_run` reads every file and compares its digest with the one taken when it was written
+(XXH3-128, `emflow.targets.atomic.DIGEST_PREFIX`; SHA-256 for records of an emflow before it): the
+check for after a storage incident, at the cost of reading the whole output.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class FileProblem:
         what = {
             "missing": "is missing",
             "changed": "was changed since it was written (another size or time)",
-            "damaged": "is damaged: the same size and time as written, other bytes (SHA-256 differs)",
+            "damaged": "is damaged: the same size and time as written, other bytes (its digest differs)",
         }[self.problem]
         return f"{self.path} {what} ({task})"
 
@@ -109,7 +110,7 @@ def _check(
 ) -> None:
     if recorded is None:
         return  # a file the task did not write (a block writes one of its partial files, or none)
-    current = file_state(path, digest=True, read_back=True)
+    current = file_state(path, digest=True, read_back=True, like=recorded[2])
     verification.files += current is not None
     verification.bytes += current[0] if current is not None else 0
     if current is None:
