@@ -37,7 +37,9 @@ m) MONAI: `monai.inferers.sliding_window_inference` on the in-memory crop with t
 The benchmark process keeps freed memory for reuse (`emflow.tasks.adapter.reuse_freed_memory`), as
 `emflow predict`'s workers do, so that every contender allocates alike. (a), (b) and (m) are
 warmed up with one untimed pass of each shape before the first repeat; (c) starts a fresh process
-each time, so its model loading and first pass are part of what it measures. Torch
+each time, so its model loading and first pass are part of what it measures, on a machine at rest:
+the benchmark process hands the memory it kept back to the system and waits `SETTLE_SECONDS`
+first (`run_emflow_predict`). Torch
 uses its default number of threads in the benchmark process and in `emflow predict` (one worker
 process sets no thread count); the count is reported. The goal of the issue is that blending + IO,
 measured inside each `emflow predict` run as the two stages' spans (each from its first block's
@@ -57,6 +59,7 @@ Prints a Markdown section and writes benchmarks/results/inference.json.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import itertools
 import math
 import shutil
@@ -208,11 +211,36 @@ def predict_config(
     return config_path
 
 
+# Seconds the machine is left to settle after the benchmark process hands back its freed memory,
+# before an `emflow predict` run (`run_emflow_predict`).
+SETTLE_SECONDS = 3.0
+
+
+def release_freed_memory() -> None:
+    """Hand the memory this process keeps for reuse (`reuse_freed_memory`: GBs after the
+    contenders' passes) back to the system (glibc `malloc_trim`); nothing where malloc is not glibc's."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def run_emflow_predict(config_path: Path, run_dir: Path) -> dict:
     """One `emflow predict` from scratch: process wall time, its peak RSS, the task seconds by
-    stage and each stage's span (first block's start to last record)."""
+    stage and each stage's span (first block's start to last record).
+
+    Started on a machine at rest: the memory the benchmark process kept from its own passes goes
+    back to the system `SETTLE_SECONDS` before (`release_freed_memory`). A user's `emflow predict`
+    does not run beside a process holding GBs of freed memory, and here that changed what the run
+    measures: new file data (the sums, the outputs) takes new memory, which this project's VMs get
+    from their host slowly where little free memory is left in small pieces (emflow.targets.atomic).
+    With the benchmark's torch process holding its memory, the two stages spent 0.68-0.71 s beside
+    their forward passes in one of three sittings (0.39-0.41 s in the others), after handing it
+    back and 3 s 0.39-0.45 s in all three (two runs each, a bare pass before them)."""
     for path in (run_dir / "prediction.zarr", run_dir / "prediction.zarr.work"):
         shutil.rmtree(path, ignore_errors=True)
+    release_freed_memory()
+    time.sleep(SETTLE_SECONDS)
     log_path = run_dir / f"{config_path.stem}.log"
     measurement = end_to_end.run_measured([sys.executable, "-m", "emflow", "predict", str(config_path), "--workers", "1"], log_path)
     if measurement.exit_code != 0:
