@@ -176,7 +176,8 @@ def _predict(block: BlockContext) -> dict:
         network_input = _NormalizedVolume(raw, model, block.run.inputs["raw"].location)
         span_start, accumulated = accumulate_patches(predictor, network_input, grid, origins, batch_size=predict.batch_size)
     # Only the sums inside the volume are stored, as 16-bit fixed point (`encode_sums`): new file
-    # data went to this machine's disk at 0.2-0.5 GB/s after a run's first ~50 MB (README, "CNN").
+    # data went to this machine's disk at 0.2-0.5 GB/s after a run's first ~50 MB (README, "CNN"),
+    # and still does where the machine has no small pieces of free memory left (emflow.targets.atomic).
     # With 64x128x128 patches overlapping by 8x16x16, a block stores 6 % less per volume face it
     # touches, a corner one 18 %; the fixed point halves what is left.
     _, stored = inside_volume(span_start, accumulated, grid.volume_shape)
