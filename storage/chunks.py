@@ -12,7 +12,8 @@ counts as a change to every chunk.
 
 Output files are described the same way (`file_states`): what a task wrote is the (size, mtime)
 of each file it wrote, taken right after it wrote them, and a digest of each file's bytes
-(`emflow.targets.atomic.DIGEST_PREFIX`) for `emflow verify`; `chunk_files` names the chunk files of an output array that a box covers.
+(`emflow.targets.atomic.DIGEST_PREFIX`) for `emflow verify`; `chunk_files` names the chunk files
+of an output array that a box covers.
 """
 
 from __future__ import annotations

@@ -240,9 +240,9 @@ def _remember_digest(path: Path, status: os.stat_result, digest: str) -> None:
 
 
 def written_digest(path: str | Path, status: os.stat_result) -> str | None:
-    """The digest (`DIGEST_PREFIX`) of file `path` if this process wrote it (with `digest`) and `status`
-    (its `os.stat`) shows it unchanged since: same inode, size and modification time; else None.
-    Saves reading the file back to hash it."""
+    """The digest (`DIGEST_PREFIX`) of file `path` if this process wrote it (with `digest`) and
+    `status` (its `os.stat`) shows it unchanged since: same inode, size and modification time; else
+    None. Saves reading the file back to hash it."""
     return _WRITTEN_DIGESTS.get((str(path), status.st_ino, status.st_size, status.st_mtime_ns))
 
 
