@@ -234,9 +234,9 @@ def run_emflow_predict(config_path: Path, run_dir: Path) -> dict:
     does not run beside a process holding GBs of freed memory, and here that changed what the run
     measures: new file data (the sums, the outputs) takes new memory, which this project's VMs get
     from their host slowly where little free memory is left in small pieces (emflow.targets.atomic).
-    With the benchmark's torch process holding its memory, the two stages spent 0.68-0.71 s beside
-    their forward passes in one of three sittings (0.39-0.41 s in the others), after handing it
-    back and 3 s 0.39-0.45 s in all three (two runs each, a bare pass before them)."""
+    Under a parent process that ran a bare pass and kept its memory, the two stages spent 0.68-0.71 s
+    beside their forward passes under one of three such parents (0.39-0.41 s under the others);
+    under parents that handed it back 3 s before, 0.39-0.45 s under all three (two runs each)."""
     for path in (run_dir / "prediction.zarr", run_dir / "prediction.zarr.work"):
         shutil.rmtree(path, ignore_errors=True)
     release_freed_memory()
