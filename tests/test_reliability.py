@@ -706,17 +706,23 @@ def test_a_block_failure_names_the_dataset_and_the_box_in_voxels_never_python_re
 # --- emflow verify and emflow clean -------------------------------------------------------------
 
 
+def damage_in_place(path: Path) -> None:
+    """Flip the bits of the middle byte of a file and give it back its times: a fault that keeps
+    size and modification time, which only reading the file finds."""
+    status = path.stat()
+    damaged = bytearray(path.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))
+
+
 def test_verify_finds_bytes_changed_in_place_and_repair_writes_them_again(tmp_path, inputs, reference, capsys):
     config = finished_run(tmp_path, inputs)
     capsys.readouterr()
     assert run_cli("verify", config) == 0
     assert "every file is as written" in capsys.readouterr().out
     chunk = tmp_path / "out.zarr" / "segmentation" / "s0" / "c" / "0" / "1" / "0"
-    status = chunk.stat()
-    damaged = bytearray(chunk.read_bytes())
-    damaged[len(damaged) // 2] ^= 0xFF
-    chunk.write_bytes(bytes(damaged))
-    os.utime(chunk, ns=(status.st_atime_ns, status.st_mtime_ns))  # a fault that keeps size and time
+    damage_in_place(chunk)
     assert all_done(config), "size and time are what emflow run checks: this damage only verify finds"
     capsys.readouterr()
     assert run_cli("verify", config) == 1
@@ -756,11 +762,7 @@ def test_verify_checks_the_sha256_digests_of_records_an_emflow_before_xxh3_wrote
     assert run_cli("verify", config) == 0
     assert "every file is as written" in capsys.readouterr().out
     chunk = tmp_path / "out.zarr" / "segmentation" / "s0" / "c" / "0" / "1" / "0"
-    status = chunk.stat()
-    damaged = bytearray(chunk.read_bytes())
-    damaged[len(damaged) // 2] ^= 0xFF
-    chunk.write_bytes(bytes(damaged))
-    os.utime(chunk, ns=(status.st_atime_ns, status.st_mtime_ns))
+    damage_in_place(chunk)
     assert run_cli("verify", config) == 1
     assert f"{chunk} is damaged: the same size and time as written, other bytes (its digest differs)" in capsys.readouterr().err
 
