@@ -255,7 +255,9 @@ class Store:
             atomic_save_npy(path, array)
 
     def load_partial_array(self, stage: str, block_id: int) -> np.ndarray:
-        return np.load(self.layout.partial(stage, block_id, ".npy"), mmap_mode="r")
+        """A block's partial result, memory-mapped copy-on-write: writable in memory, so that torch
+        takes it (`emflow.inference.decode_sums`), while the file stays as it is."""
+        return np.load(self.layout.partial(stage, block_id, ".npy"), mmap_mode="c")
 
 
 # The most bytes of arrays `Store.load_partials` keeps in a cache. The graph merge's block graphs

@@ -5,8 +5,8 @@ keeps their weighted sums, over the span the patches cover inside the volume, as
 each block adds up the sums of every block whose span reaches it (the weights of the patches
 covering a voxel add up to 1) and writes the network's probabilities (`predictions`, channels
 first) and the boundary map derived from them (`boundaries`) for its own box: whole chunks. No patch runs twice, and the result equals a prediction of the whole
-volume to within the 16-bit fixed point the sums are stored in (`emflow.inference.encode_sums`:
-6.1e-5 at most, where 8 blocks' sums meet). A voxel's affinity-derived boundary value needs the
+volume to within the float16 the sums are stored in (`emflow.inference.encode_sums`: 2^-11 of a
+voxel's value, 4.9e-4 at most, however many blocks' sums meet). A voxel's affinity-derived boundary value needs the
 affinities to its neighbours on both sides, so blending reads one voxel more on each side of the box.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from emflow.errors import ConfigError, InputError
-from emflow.inference import PatchGrid, accumulate_patches, add_overlap, clipped_start, encode_sums, inside_volume
+from emflow.inference import PatchGrid, accumulate_patches, blend_sums, clipped_start, encode_sums, inside_volume
 from emflow.model_choice import MAX_RESOLUTION_RATIO, NoSuitableModel, resolution_distance
 from emflow.storage.models import ModelDescription, cached_model, describe_model, model_domain, shipped_model_for
 from emflow.storage.store import describe_slicing
@@ -175,11 +175,11 @@ def _predict(block: BlockContext) -> dict:
     with block.opened("raw") as raw:
         network_input = _NormalizedVolume(raw, model, block.run.inputs["raw"].location)
         span_start, accumulated = accumulate_patches(predictor, network_input, grid, origins, batch_size=predict.batch_size)
-    # Only the sums inside the volume are stored, as 16-bit fixed point (`encode_sums`): new file
-    # data went to this machine's disk at 0.2-0.5 GB/s after a run's first ~50 MB (README, "CNN"),
-    # and still does where the machine has no small pieces of free memory left (emflow.targets.atomic).
+    # Only the sums inside the volume are stored, as float16 (`encode_sums`): new file data went to
+    # this machine's disk at 0.2-0.5 GB/s after a run's first ~50 MB (README, "CNN"), and still
+    # does where the machine has no small pieces of free memory left (emflow.targets.atomic).
     # With 64x128x128 patches overlapping by 8x16x16, a block stores 6 % less per volume face it
-    # touches, a corner one 18 %; the fixed point halves what is left.
+    # touches, a corner one 18 %; float16 halves what is left.
     _, stored = inside_volume(span_start, accumulated, grid.volume_shape)
     block.save_partial_array(encode_sums(stored))
     return {
@@ -196,8 +196,8 @@ def _predict_parameters(run: Run) -> dict:
     # attempts (e.g. resuming on a GPU host) without making blocks stale.
     # "sums": what a block's partial holds, so that partials of an emflow that kept a sum of weights
     # besides them are computed again, not read as these. How the sums are stored is not in it:
-    # blending reads float32 sums (an emflow before `encode_sums`) as well as uint16 ones, so an
-    # upgrade does not run every block's network again.
+    # blending reads the float32 and 16-bit fixed point sums of earlier emflows as well as float16
+    # ones (`emflow.inference.decode_sums`), so an upgrade does not run every block's network again.
     return {
         "model_sha256": model_description(run).sha256,
         "patch_shape": list(grid.patch_shape),
@@ -223,12 +223,13 @@ def _blend(block: BlockContext) -> dict:
     model = _model(block)
     grid = prediction_grid(block.run)
     blended = block.region("predict")  # the box grown by one voxel, clipped
-    probabilities = np.zeros((model.out_channels, *blended.shape), dtype=np.float32)
+    parts = []
     for other_id in block.linked_blocks("predict"):
         other = block.blocking.block(other_id)
         # Where the other block's stored sums start: its span's start, clipped to the volume (`_predict`).
         stored_start = clipped_start([int(axis_origins[0]) for axis_origins in grid.patches_of_block(other.begin, other.end)])
-        add_overlap(probabilities, blended.begin, block.load_partial_array("predict", other_id), stored_start)
+        parts.append((block.load_partial_array("predict", other_id), stored_start))
+    probabilities = blend_sums(parts, blended.begin, blended.shape, model.out_channels)
     inner = block.box.local_to(blended).slicing
     block.write("boundaries", model.boundaries(probabilities)[inner])
     block.write("predictions", probabilities[(slice(None), *inner)])

@@ -11,9 +11,11 @@ from emflow.inference import (
     SUM_SCALE,
     PatchGrid,
     accumulate_patches,
-    add_overlap,
     axis_gaussian,
+    blend_sums,
+    decode_sums,
     encode_sums,
+    fixed_point,
     inside_volume,
     predict_box,
     read_mirrored,
@@ -100,8 +102,7 @@ def test_overlap_add_over_blocks_equals_a_whole_volume_prediction(flyem_crop, sm
     assert whole.shape == (model.out_channels,) + volume.shape and np.isfinite(whole).all()
 
     blocking = Blocking(volume.shape, (16, 32, 24))
-    total = np.zeros((model.out_channels,) + volume.shape, dtype=np.float32)
-    total_float = total.copy()
+    stored_parts, float_parts = [], []
     reaching = np.zeros(volume.shape, dtype=np.int64)  # per voxel, the blocks whose sums reach it
     dropped = 0
     for block_id in range(blocking.number_of_blocks):
@@ -110,37 +111,84 @@ def test_overlap_add_over_blocks_equals_a_whole_volume_prediction(flyem_crop, sm
         if all(len(axis_origins) for axis_origins in origins):
             span_start, accumulated = accumulate_patches(predictor, volume, grid, origins)
             # What a block stores: its sums inside the volume, which are all that blending needs,
-            # as 16-bit fixed point.
+            # as float16.
             start, inside = inside_volume(span_start, accumulated, volume.shape)
             assert all(0 <= first and first + size <= extent for first, size, extent in zip(start, inside.shape[1:], volume.shape))
             dropped += accumulated[0].size - inside[0].size
-            add_overlap(total, (0, 0, 0), encode_sums(inside), start)
-            add_overlap(total_float, (0, 0, 0), inside, start)
+            stored_parts.append((encode_sums(inside), start))
+            float_parts.append((inside.copy(), start))
             reaching[tuple(slice(first, first + size) for first, size in zip(start, inside.shape[1:]))] += 1
+    total = blend_sums(stored_parts, (0, 0, 0), volume.shape, model.out_channels)
+    total_float = blend_sums(float_parts, (0, 0, 0), volume.shape, model.out_channels)
     # The float sums add up to the whole-volume prediction but for the order of the sums; the
-    # stored ones within half a fixed-point step per block whose sums reach the voxel.
+    # stored ones within float16's relative rounding (2^-11) of the sums, whatever the number of
+    # blocks whose sums reach the voxel: the sums are not negative.
     np.testing.assert_allclose(total_float, whole, rtol=1e-5, atol=1e-6)
     error = np.abs(total - whole)
-    assert (error <= reaching * 0.5 / SUM_SCALE + 1e-6).all()
-    assert error.max() > 1e-6  # the fixed point is not float32
+    assert (error <= 2**-11 * whole + 1e-6).all()
+    assert error.max() > 1e-6  # float16 is not float32
     assert (reaching.max() > 1) == any(overlap)  # with overlap, blocks' sums meet
     assert dropped > 0  # the spans of the blocks at the volume's faces reach past it
 
 
-def test_stored_sums_are_within_half_a_fixed_point_step():
+def test_stored_sums_are_float16_within_its_relative_rounding():
     rng = np.random.default_rng(7)
     sums = rng.random((3, 4, 5, 6), dtype=np.float32)
-    sums[0, 0, 0, :3] = [0, 1, np.nextafter(np.float32(1), np.float32(2))]  # float rounding may pass 1
+    sums[0, 0, 0, :4] = [0, 1, np.nextafter(np.float32(1), np.float32(2)), 1e-6]  # float rounding may pass 1; subnormal
+    encoded = encode_sums(sums[:, :, 1:])  # a view, as `inside_volume` gives
+    assert encoded.dtype == np.float16 and encoded.shape == (3, 4, 4, 6)
     encoded = encode_sums(sums)
-    assert encoded.dtype == np.uint16 and encoded[0, 0, 0, :3].tolist() == [0, SUM_SCALE, SUM_SCALE]
-    decoded = np.zeros(sums.shape, dtype=np.float32)
-    add_overlap(decoded, (0, 0, 0), encoded, (0, 0, 0))
-    assert np.abs(decoded - np.clip(sums, 0, 1)).max() <= 0.5 / SUM_SCALE + 1e-7
-    # Added where the part overlaps, as float sums are.
-    total = np.zeros((3, 4, 5, 6), dtype=np.float32)
-    add_overlap(total, (0, 0, 0), encoded[:, 1:, 2:, 3:], (1, 2, 3))
-    assert (total[:, :1] == 0).all() and (total[:, :, :2] == 0).all() and (total[:, :, :, :3] == 0).all()
-    np.testing.assert_array_equal(total[:, 1:, 2:, 3:], decoded[:, 1:, 2:, 3:])
+    assert encoded[0, 0, 0, :3].tolist() == [0, 1, 1]
+    decoded = np.empty(sums.shape, dtype=np.float32)
+    decode_sums(encoded, decoded)
+    # 2^-11 relative for normal float16 values, 2^-25 (half its spacing) below 6.1e-5.
+    assert (np.abs(decoded - sums) <= 2**-11 * sums + 2**-25).all()
+    np.testing.assert_array_equal(decoded, encoded.astype(np.float32))
+    # A read-only array (a memory map opened read-only) decodes alike, through numpy.
+    encoded.flags.writeable = False
+    decoded_read_only = np.empty(sums.shape, dtype=np.float32)
+    decode_sums(encoded, decoded_read_only)
+    np.testing.assert_array_equal(decoded_read_only, decoded)
+
+
+def test_sums_stored_by_an_earlier_emflow_decode_to_their_values():
+    rng = np.random.default_rng(8)
+    sums = rng.random((2, 3, 4, 5), dtype=np.float32)
+    fixed = fixed_point(sums, np.uint16)  # up to 16-bit fixed point sums
+    decoded = np.empty(sums.shape, dtype=np.float32)
+    decode_sums(fixed, decoded)
+    np.testing.assert_array_equal(decoded, fixed * np.float32(1 / SUM_SCALE))
+    assert np.abs(decoded - sums).max() <= 0.5 / SUM_SCALE + 1e-7
+    decode_sums(sums, decoded)  # before them, the float32 sums themselves
+    np.testing.assert_array_equal(decoded, sums)
+
+
+def test_blended_sums_add_every_part_where_it_overlaps_the_box():
+    rng = np.random.default_rng(9)
+    # Parts of three kinds, partly outside the box [2, 12) x [1, 9) x [0, 7), one not reaching it.
+    parts = [
+        (encode_sums(rng.random((2, 6, 8, 7), dtype=np.float32) / 4), (0, 0, 0)),
+        (encode_sums(rng.random((2, 10, 6, 9), dtype=np.float32) / 4), (4, 3, -2)),
+        (fixed_point(rng.random((2, 3, 3, 3), dtype=np.float32) / 4, np.uint16), (10, 7, 5)),
+        (rng.random((2, 4, 4, 4), dtype=np.float32) / 4, (6, 0, 2)),
+        (encode_sums(rng.random((2, 2, 2, 2), dtype=np.float32)), (20, 0, 0)),
+    ]
+    start, shape = (2, 1, 0), (10, 8, 7)
+    total = blend_sums(parts, start, shape, channels=2)
+    assert total.dtype == np.float32 and total.shape == (2, *shape)
+    # The reference: each part decoded whole and added into a zeroed volume, the part that
+    # overlaps the box most (the second) first, then the others in the order given.
+    volume = np.zeros((2, 30, 20, 20), dtype=np.float32)
+    offset = np.array((0, 0, 3))  # the volume starts at (0, 0, -3)
+    for part, part_start in [parts[1], parts[0], parts[2], parts[3], parts[4]]:
+        decoded = np.empty(part.shape, dtype=np.float32)
+        decode_sums(part, decoded)
+        first = np.array(part_start) + offset
+        volume[(slice(None), *(slice(a, a + n) for a, n in zip(first, part.shape[1:])))] += decoded
+    expected = volume[(slice(None), *(slice(a + o, a + o + n) for a, o, n in zip(start, offset, shape)))]
+    np.testing.assert_array_equal(total, expected)
+    assert (total[:, -1, 0, -1] == 0).all()  # no part reaches that corner: 0, not what np.empty held
+    np.testing.assert_array_equal(blend_sums(parts[4:], start, shape, channels=2), np.zeros((2, *shape), dtype=np.float32))
 
 
 def test_blended_prediction_is_the_gaussian_weighted_mean_of_the_covering_patches(flyem_crop, small_affinity_model):

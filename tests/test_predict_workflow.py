@@ -14,7 +14,7 @@ from workflow_helpers import RESOLUTION, read, records_since, run_cli, write_con
 
 from emflow.blocking import Blocking, Box
 from emflow.cluster import LocalScheduler
-from emflow.inference import SUM_SCALE, PatchGrid
+from emflow.inference import SUM_SCALE, PatchGrid, fixed_point
 from emflow.storage.models import load_model
 from emflow.storage.store import Store
 from emflow.storage.volumes import open_volume, write_volume
@@ -47,9 +47,9 @@ def predict_config(tmp_path, raw_input, model, name, block_shape=(16, 32, 32), *
 
 def test_block_wise_prediction_equals_a_single_block_prediction(tmp_path, raw_input, small_affinity_model):
     # float32 predictions: block-wise and whole differ by the order of floating-point sums and by
-    # the sums' storage as 16-bit fixed point: 0.5 / SUM_SCALE per stored sum, of which a voxel
-    # adds up to 8 here (a corner of 2x2x2 blocks' spans) and 1 in the whole-volume run.
-    tolerance = 9 * 0.5 / SUM_SCALE + 1e-6
+    # the sums' storage as float16: each run's within 2^-11 of a voxel's value (at most 1),
+    # however many blocks' sums reach the voxel (up to 8 here, a corner of 2x2x2 blocks' spans).
+    tolerance = 2 * 2**-11 + 1e-6
     blocks = predict_config(tmp_path, raw_input, small_affinity_model, "blocks", batch_size=3, output_dtype="float32")
     whole = predict_config(tmp_path, raw_input, small_affinity_model, "whole", block_shape=(40, 72, 80), output_dtype="float32")
     assert run_workflow(blocks, LocalScheduler(2), until="blend_predictions").succeeded
@@ -77,17 +77,25 @@ PREDICTION_KILL_POINTS = {
 }
 
 
-def test_float32_sums_of_an_earlier_emflow_are_blended_without_running_the_network_again(
-    tmp_path, raw_input, small_affinity_model, monkeypatch
+# What an earlier emflow stored as a block's sums, and how far from the exact sums: float32 sums
+# themselves, then 16-bit fixed point, 0.5 / SUM_SCALE per stored sum, up to 8 of which meet here.
+EARLIER_SUMS = {
+    "float32": (np.ascontiguousarray, 1e-6),
+    "uint16": (lambda sums: fixed_point(sums, np.uint16), 8 * 0.5 / SUM_SCALE),
+}
+
+
+@pytest.mark.parametrize("encode, error", EARLIER_SUMS.values(), ids=EARLIER_SUMS.keys())
+def test_sums_of_an_earlier_emflow_are_blended_without_running_the_network_again(
+    tmp_path, raw_input, small_affinity_model, monkeypatch, encode, error
 ):
     import emflow.tasks.predict as predict_stage
 
-    # What an emflow before the 16-bit sums stored: the float32 sums themselves.
-    monkeypatch.setattr(predict_stage, "encode_sums", np.ascontiguousarray)
+    monkeypatch.setattr(predict_stage, "encode_sums", encode)
     upgraded = predict_config(tmp_path, raw_input, small_affinity_model, "upgraded", output_dtype="float32")
     assert run_workflow(upgraded, until="predict").succeeded
     partials = sorted((tmp_path / "upgraded.zarr.work" / "blocks" / "predict").glob("*.npy"))
-    assert partials and all(np.load(path, mmap_mode="r").dtype == np.float32 for path in partials)
+    assert partials and all(np.load(path, mmap_mode="r").dtype == encode(np.zeros((1, 1, 1, 1), np.float32)).dtype for path in partials)
     monkeypatch.undo()
 
     started = time.time()
@@ -95,10 +103,11 @@ def test_float32_sums_of_an_earlier_emflow_are_blended_without_running_the_netwo
     assert not {block for stage, block in records_since(tmp_path / "upgraded.zarr.work", started) if stage == "predict"}
     fresh = predict_config(tmp_path, raw_input, small_affinity_model, "fresh", output_dtype="float32")
     assert run_workflow(fresh, until="blend_predictions").succeeded
-    tolerance = 8 * 0.5 / SUM_SCALE + 1e-6  # the fresh run's sums are 16-bit, the upgraded run's float32
-    np.testing.assert_allclose(
-        read(tmp_path / "upgraded.zarr", "predictions"), read(tmp_path / "fresh.zarr", "predictions"), rtol=0, atol=tolerance
-    )
+    # The fresh run's sums are float16: within 2^-11 of a voxel's value (at most 1).
+    tolerance = error + 2**-11 + 1e-6
+    upgraded_predictions, fresh_predictions = read(tmp_path / "upgraded.zarr", "predictions"), read(tmp_path / "fresh.zarr", "predictions")
+    np.testing.assert_allclose(upgraded_predictions, fresh_predictions, rtol=0, atol=tolerance)
+    assert not np.array_equal(upgraded_predictions, fresh_predictions)  # the partials were read as they were stored
 
 
 @pytest.mark.parametrize("pattern, occurrence, moment", PREDICTION_KILL_POINTS.values(), ids=PREDICTION_KILL_POINTS.keys())
