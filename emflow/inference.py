@@ -160,11 +160,19 @@ def read_mirrored(volume, start: Sequence[int], stop: Sequence[int]) -> np.ndarr
     low = [int(axis_indices.min()) for axis_indices in indices]
     high = [int(axis_indices.max()) + 1 for axis_indices in indices]
     region = np.asarray(volume[tuple(slice(first, last) for first, last in zip(low, high))])
-    for axis, (axis_indices, first) in enumerate(zip(indices, low)):
-        local = axis_indices - first
-        # Most boxes lie inside the volume along most axes: no gather there.
-        if local[0] != 0 or local.size != region.shape[axis] or np.any(np.diff(local) != 1):
-            region = np.take(region, local, axis=axis)
+    local = [axis_indices - first for axis_indices, first in zip(indices, low)]
+    # Most boxes lie inside the volume, or reach past it by less than what they read inside it (a
+    # patch at the border): the region's own reflection is the volume's, one `np.pad` (0.6 ms for
+    # a 64x128x128 float32 patch past three faces, against 4.6 ms gathering along each axis).
+    widths = [(max(0, -first), max(0, last - size)) for first, last, size in zip(start, stop, volume.shape)]
+    if all(
+        np.array_equal(axis_local, np.pad(np.arange(size), width, mode="reflect")) if size > 1 else not any(width)
+        for axis_local, size, width in zip(local, region.shape, widths)
+    ):
+        return np.pad(region, widths, mode="reflect") if any(map(any, widths)) else region
+    for axis, axis_local in enumerate(local):
+        if axis_local[0] != 0 or axis_local.size != region.shape[axis] or np.any(np.diff(axis_local) != 1):
+            region = np.take(region, axis_local, axis=axis)
     return region
 
 

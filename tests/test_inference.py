@@ -69,6 +69,20 @@ def test_mirrored_reads_equal_numpys_reflect_padding_even_past_a_whole_period(si
     np.testing.assert_array_equal(reflect_indices(np.arange(-3, 3), 1), np.zeros(6, dtype=int))
 
 
+@pytest.mark.parametrize("shape", [(7, 5, 6), (1, 5, 6), (30, 40, 20), (2, 3, 2)])
+def test_mirrored_reads_of_any_box_equal_gathering_the_reflected_coordinates(shape):
+    # Boxes inside the volume, past one or both faces of an axis, past a whole period, or lying
+    # wholly outside: read with one reflection padding where the box reaches past the volume by
+    # less than it reads inside, gathered otherwise; both give the reflected voxels.
+    rng = np.random.default_rng(sum(shape))
+    volume = rng.random(shape, dtype=np.float32)
+    for _ in range(300):
+        start = [int(rng.integers(-2 * size - 3, size + 2)) for size in shape]
+        stop = [first + int(rng.integers(1, 2 * size + 6)) for first, size in zip(start, shape)]
+        expected = volume[np.ix_(*(reflect_indices(np.arange(first, last), size) for first, last, size in zip(start, stop, shape)))]
+        np.testing.assert_array_equal(read_mirrored(volume, start, stop), expected)
+
+
 def test_every_voxel_is_covered_and_every_patch_belongs_to_one_block():
     grid = PatchGrid((50, 70, 33), (16, 32, 32), (4, 8, 8))
     coverage = np.zeros(grid.volume_shape, dtype=int)
