@@ -53,6 +53,26 @@ def test_boundaries_from_ground_truth_affinities_mark_exactly_the_boundary_voxel
     assert boundaries.max() <= 1 and boundaries.min() >= 0
 
 
+@pytest.mark.parametrize("shape", [(4, 5, 6), (1, 3, 4), (3, 1, 1), (1, 1, 1)])
+def test_boundaries_are_one_less_the_mean_affinity_to_the_neighbours_inside_the_array(shape):
+    rng = np.random.default_rng(sum(shape))
+    affinities = rng.random((len(OFFSETS),) + shape, dtype=np.float32)
+    expected = np.ones(shape, dtype=np.float32)
+    for voxel in np.ndindex(shape):
+        # The affinity to the neighbour one voxel back along an axis is stored at the voxel, the
+        # one to the neighbour one voxel on at that neighbour.
+        values = []
+        for axis in range(3):
+            channel = affinities[OFFSETS.index(tuple(-1 if other == axis else 0 for other in range(3)))]
+            if voxel[axis] >= 1:
+                values.append(channel[voxel])
+            if voxel[axis] + 1 < shape[axis]:
+                values.append(channel[tuple(index + (other == axis) for other, index in enumerate(voxel))])
+        if values:
+            expected[voxel] = 1 - np.float32(sum(values)) / len(values)
+    np.testing.assert_allclose(boundaries_from_affinities(affinities, OFFSETS), expected, rtol=0, atol=1e-6)
+
+
 def test_boundaries_of_a_box_grown_by_one_voxel_equal_the_whole_volumes(labels):
     rng = np.random.default_rng(0)
     affinities = rng.random((len(OFFSETS),) + labels.shape, dtype=np.float32)
