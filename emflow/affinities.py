@@ -108,7 +108,9 @@ def boundaries_from_affinities(affinities: np.ndarray, offsets: Sequence[Sequenc
     # became 6.4 (medians of 15 alternating runs) for affinities of 9x66x130x130, the result
     # unchanged to the bit.
     count = sum(
-        ((np.arange(size) >= 1).astype(np.float32) + (np.arange(size) <= size - 2)).reshape([-1 if axis == other else 1 for other in range(3)])
+        ((np.arange(size) >= 1).astype(np.float32) + (np.arange(size) <= size - 2)).reshape(
+            [-1 if axis == other else 1 for other in range(3)]
+        )
         for axis, size in enumerate(shape)
     )
     np.divide(total, np.maximum(count, 1), out=total)
