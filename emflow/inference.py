@@ -290,11 +290,12 @@ SUM_SCALE = int(np.iinfo(np.uint16).max)
 
 
 def encode_sums(sums: np.ndarray) -> np.ndarray:
-    """float32 sums in [0, 1] (C, Z, Y, X; `accumulate_patches`) as float16, each within 2^-11
-    (4.9e-4) of its value relatively (3e-8 absolutely below 6.1e-5, where float16 is subnormal).
+    """float32 sums in [0, 1] (C, Z, Y, X; `accumulate_patches`) as float16, each within 2^-11 of
+    its value times the value (4.9e-4 at most, the sums being at most 1; within 3e-8 below 6.1e-5,
+    where float16 is subnormal).
 
     Converted by torch, which uses the CPU's float16 conversion instructions: 1.6 ms for 54 MB of
-    sums (9 channels over 72x144x144) on this project's 2-core machine, against 27 ms for numpy's
+    sums (9 channels over 72x144x144) on this project's 2 cores, against 27 ms for numpy's
     `astype` and 12 ms for the 16-bit fixed point emflow stored before (`SUM_SCALE`); decoding
     them back (`decode_sums`) 1.6 ms against 4. torch is imported here, not with the module:
     storage imports this module in every run, and only a run that predicts has torch loaded."""
@@ -346,9 +347,9 @@ def blend_sums(parts: Sequence[tuple[np.ndarray, Sequence[int]]], start: Sequenc
     float32 (channels, *shape), 0 where no part reaches.
 
     parts: (stored sums (channels, Z, Y, X; `encode_sums`, or an earlier emflow's, `decode_sums`),
-    where they start (z, y, x)), added in the order given. The part that overlaps the box most is
-    decoded into it and the rest of the box zeroed; the others are decoded through one buffer
-    and added. Blending the 8 blocks of a 112x224x224 crop (9 channels, 64x128x128 blocks, parts
+    where they start (z, y, x)). The part that overlaps the box most (the first of equals) is
+    decoded into it and the rest of the box zeroed; the others are decoded through one buffer and
+    added, in the order given, so that the same parts give the same float sums. Blending the 8 blocks of a 112x224x224 crop (9 channels, 64x128x128 blocks, parts
     of 60x120x120) in a fresh process took 66-74 ms so, against 270-290 ms for a zeroed box with
     each part decoded into a new array of its overlap and added.
     """

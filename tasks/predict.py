@@ -1,13 +1,15 @@
 """CNN prediction from raw data (when no boundary map is given), in two block-wise stages.
 
 `predict`: each block runs the grid patches it owns (`emflow.inference`: those centred in it) and
-keeps their weighted sums, over the span the patches cover inside the volume, as a partial result. `blend_predictions`:
-each block adds up the sums of every block whose span reaches it (the weights of the patches
-covering a voxel add up to 1) and writes the network's probabilities (`predictions`, channels
-first) and the boundary map derived from them (`boundaries`) for its own box: whole chunks. No patch runs twice, and the result equals a prediction of the whole
-volume to within the float16 the sums are stored in (`emflow.inference.encode_sums`: 2^-11 of a
-voxel's value, 4.9e-4 at most, however many blocks' sums meet). A voxel's affinity-derived boundary value needs the
-affinities to its neighbours on both sides, so blending reads one voxel more on each side of the box.
+keeps their weighted sums, over the span the patches cover inside the volume, as a partial
+result. `blend_predictions`: each block adds up the sums of every block whose span reaches it (the
+weights of the patches covering a voxel add up to 1) and writes the network's probabilities
+(`predictions`, channels first) and the boundary map derived from them (`boundaries`) for its own
+box: whole chunks. No patch runs twice, and the result equals a prediction of the whole volume to
+within the float16 the sums are stored in (`emflow.inference.encode_sums`: 2^-11 of a voxel's
+value, 4.9e-4 at most, however many blocks' sums meet). A voxel's affinity-derived boundary value
+needs the affinities to its neighbours on both sides, so blending reads one voxel more on each
+side of the box.
 """
 
 from __future__ import annotations
