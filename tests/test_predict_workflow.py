@@ -69,6 +69,24 @@ def test_block_wise_prediction_equals_a_single_block_prediction(tmp_path, raw_in
     assert statuses["supervoxels"].done == 0
 
 
+def test_blending_runs_torch_on_one_thread_and_gives_the_threads_back_after_it():
+    import torch
+
+    from emflow.tasks.predict import _one_torch_thread
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with _one_torch_thread():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), _one_torch_thread():
+            raise RuntimeError("a block that fails")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
 # Torn writes of the two prediction stages: a block's CNN sums (its .npy partial) and a chunk of the
 # blended probabilities.
 PREDICTION_KILL_POINTS = {
