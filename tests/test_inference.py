@@ -168,7 +168,7 @@ def test_stored_sums_are_float16_within_its_relative_rounding():
 def test_sums_stored_by_an_earlier_emflow_decode_to_their_values():
     rng = np.random.default_rng(8)
     sums = rng.random((2, 3, 4, 5), dtype=np.float32)
-    fixed = fixed_point(sums, np.uint16)  # up to 16-bit fixed point sums
+    fixed = fixed_point(sums, np.uint16)  # what emflow stored until stop 42
     decoded = np.empty(sums.shape, dtype=np.float32)
     decode_sums(fixed, decoded)
     np.testing.assert_array_equal(decoded, fixed * np.float32(1 / SUM_SCALE))
