@@ -6,14 +6,15 @@ there: a run killed meanwhile leaves the block without a record, and the block r
 block's writes are in flight at a time: the group waits for them before it hands over the next
 block's, which bounds the memory held to two blocks' results and keeps the records in block order.
 
-Why: new file data went to this machine's disk at 0.2-0.5 GB/s (README, "CNN"), and a write
-waits for it (written in one call; in the pieces of `emflow.targets.atomic.WRITE_PIECE_BYTES`, as
-since, 4-5 GB/s while the machine has small pieces of free memory left, ~0.3 GB/s where not). A `predict` block's 18 MB of CNN sums took 0.03-0.05 s to write, a
-`blend_predictions` block's 13.6 MB of outputs 0.04-0.08 s. What the two stages spend beside
-their forward passes (`emflow predict` of benchmarks/inference.py's crop, 8 blocks, one worker,
-their spans less the forward passes; 9 alternating pairs): median 0.81 s writing in the block's
-own thread, 0.71 s writing behind (predict 0.34 to 0.29 s, blend_predictions 0.52 to 0.45 s);
-the slowest 1.38 and 0.95 s. On this 2-core machine torch's threads take both cores during a
+Why: new file data written in one call went to this machine's disk at 0.2-0.5 GB/s (README, "CNN"),
+and a write waits for it; written in the pieces of `emflow.targets.atomic.WRITE_PIECE_BYTES`, as
+files have been since stop 42, at 4-5 GB/s while the machine has small pieces of free memory left,
+~0.3 GB/s where not. Written in one call, a `predict` block's 18 MB of CNN sums took 0.03-0.05 s to
+write, a `blend_predictions` block's 13.6 MB of outputs 0.04-0.08 s. What the two stages spend
+beside their forward passes (`emflow predict` of benchmarks/inference.py's crop, 8 blocks, one
+worker, their spans less the forward passes; 9 alternating pairs): median 0.81 s writing in the
+block's own thread, 0.71 s writing behind (predict 0.34 to 0.29 s, blend_predictions 0.52 to 0.45
+s); the slowest 1.38 and 0.95 s. On this 2-core machine torch's threads take both cores during a
 forward pass, so a write competes with it; where the network runs on a GPU the cores are free.
 """
 
