@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -271,16 +272,21 @@ def sample_value_range(dataset: InputDataset, chunks: int = SAMPLED_CHUNKS) -> V
         positions = stored[picks]
     else:
         positions = np.stack(np.unravel_index(picks, [-(-extent // size) for extent, size in zip(dataset.shape, grid)]), axis=1)
-    minimum, maximum = math.inf, -math.inf
     with opened_volume(dataset.path, dataset.key) as volume:
-        for position in positions.tolist():
+
+        def chunk_range(position: list[int]) -> tuple[float, float]:
             box = tuple(slice(index * size, min((index + 1) * size, extent)) for index, size, extent in zip(position, grid, dataset.shape))
             try:
                 values = read_region(volume, box, dataset.location)
             except DamagedDataError:
-                continue  # the blocks reading it fail with its name and file, each in its own log
-            if values.size:
-                minimum, maximum = min(minimum, float(values.min())), max(maximum, float(values.max()))
+                return math.inf, -math.inf  # the blocks reading it fail with its name and file, each in its own log
+            return (float(values.min()), float(values.max())) if values.size else (math.inf, -math.inf)
+
+        # On threads: decoding and the reductions release the GIL, and before a run's first task
+        # the other cores are idle.
+        with ThreadPoolExecutor(max_workers=min(len(positions), os.cpu_count() or 1)) as pool:
+            ranges = list(pool.map(chunk_range, positions.tolist()))
+        minimum, maximum = min(low for low, _ in ranges), max(high for _, high in ranges)
         unwritten = stored is not None and count < math.prod(-(-extent // size) for extent, size in zip(dataset.shape, grid))
         if len(picks) == count and unwritten:
             fill = float(np.asarray(volume.fill_value).item())  # what the chunks never written hold
