@@ -36,6 +36,7 @@ from emflow.storage.store import describe_box
 from emflow.supervoxels import use_two_d
 
 from .context import BlockContext, GlobalContext
+from .preview import background, block_section
 from .spec import BOX, CONFIGURED_HALO, Read, StageSpec, Write
 
 # The input role "supervoxels" is stored under this name: `supervoxels` is the output volume.
@@ -83,11 +84,13 @@ def _watershed(block: BlockContext) -> dict:
         labels = np.where(mask[inner], labels, 0)
     labels, number_of_supervoxels = relabel_consecutive(labels)
     write_block_supervoxels(block, labels)
-    # Voxels per supervoxel (ids 1..n of the block), for the segment sizes of the run report.
-    block.save_partial(sizes=np.bincount(labels.ravel(), minlength=number_of_supervoxels + 1)[1:])
+    inner_boundaries = boundaries[inner]
+    # Voxels per supervoxel (ids 1..n of the block), for the segment sizes of the run report, and
+    # the block's piece of the boundary map's section the report's preview shows.
+    section = block_section(block.run, "boundaries", block.box, inner_boundaries) if background(block.run) == "boundaries" else {}
+    block.save_partial(sizes=np.bincount(labels.ravel(), minlength=number_of_supervoxels + 1)[1:], **section)
     # The range of the block's boundary values lets `supervoxel_ids` refuse a constant volume
     # without reading it again.
-    inner_boundaries = boundaries[inner]
     # Said in the record, not the block's log: a log file per block, created by one run and
     # deleted by the next, cost a 32x64x64 block 4 of its 51 ms (its deletion 3.3 ms while the
     # earlier run's file was not yet written back) in benchmarks/reprocessing.py's cron run.

@@ -28,6 +28,7 @@ import numpy as np
 from emflow.storage.store import level_name
 
 from .context import BlockContext
+from .preview import block_section
 from .spec import Read, StageSpec, Write, level_blocks
 from .supervoxels import NODE_ID_READS, id_stride, node_id_map
 
@@ -74,14 +75,20 @@ def write_stage(source: str, volumes: tuple[str, ...] = ("segmentation",), level
         for index, volume in enumerate(volumes):
             # Memory-mapped: indexing touches only the pages of this block's node ids.
             node_labels = block.read_bundle(source, node_label_field(index), mmap=True)
-            block.write(level_name(volume, level), node_labels[ids])
+            labels = node_labels[ids]
+            block.write(level_name(volume, level), labels)
+            if volume == "segmentation":
+                # The run report's preview reads these pieces instead of decoding the section's chunks.
+                section = block_section(block.run, volume, block.box, labels, level)
+                if section:
+                    block.save_partial(**section)
         return {}
 
     return StageSpec(
         name="write_segmentation" if level == 0 else f"write_segmentation_s{level}",
         blockwise=True,
         reads=(Read.array(supervoxels), Read.bundle(source), *NODE_ID_READS),
-        writes=tuple(Write.array(level_name(volume, level)) for volume in volumes),
+        writes=(*(Write.array(level_name(volume, level)) for volume in volumes), Write.partials()),
         run=run,
         blocking=None if level == 0 else level_blocks(level),
         content_key=segment_ids_key,

@@ -42,7 +42,7 @@ from emflow.mutex_watershed import blockwise_mutex_watershed, mutex_watershed
 from emflow.report import images
 from emflow.stitching import multicut_block_segmenter, stitch_blocks
 from emflow.supervoxels import distance_transform_watershed
-from emflow.workflows import report as report_workflow
+from emflow.tasks import preview
 from emflow.workflows.segmentation import load_run
 from emflow.workflows.summary import run_summary
 
@@ -226,7 +226,7 @@ def test_a_report_without_a_pyramid_level_small_enough_previews_the_middle_of_th
     """These runs write no pyramid: with sections wider than the preview's 100 pixels here (1,024
     by default), the report reads and shows their middle 100 x 100 voxels, not every chunk of
     the section (at 10,000 x 10,000 voxels in uint64 chunks of 64 x 128 x 128, 50 GB to decode)."""
-    monkeypatch.setattr(report_workflow, "PREVIEW_PIXELS", 100)
+    monkeypatch.setattr(preview, "PREVIEW_PIXELS", 100)
     assert run_cli("report", runs["stitching"] / "config.toml") == 0
     out = output(runs, "stitching")
     segmentation = read(out, "segmentation")

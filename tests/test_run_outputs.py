@@ -52,6 +52,7 @@ def test_a_section_wider_than_the_preview_is_read_from_the_pyramid(finished, mon
     """The preview reads the finest pyramid level whose sections fit its width (here made narrow
     enough for level 1), not every chunk of level 0 the section crosses, and the input under it at
     every k-th voxel."""
+    import emflow.tasks.preview as preview
     import emflow.workflows.report as report
     from emflow.storage.volumes import opened_volume
     from emflow.workflows.segmentation import load_run
@@ -60,7 +61,7 @@ def test_a_section_wider_than_the_preview_is_read_from_the_pyramid(finished, mon
     run = load_run(str(config))
     middle = run.geometry.shape[0] // 2
     assert report.preview_level(run) == 0
-    monkeypatch.setattr(report, "PREVIEW_PIXELS", max(run.geometry.level_shape(1)[1:]))
+    monkeypatch.setattr(preview, "PREVIEW_PIXELS", max(run.geometry.level_shape(1)[1:]))
     assert report.preview_level(run) == 1
     raw, segmentation = report.preview_sections(run, middle, report.preview_level(run))
     scale = run.geometry.level_scale(1)
@@ -74,6 +75,7 @@ def test_a_section_wider_than_the_preview_is_read_from_the_pyramid(finished, mon
 def test_a_preview_over_a_derived_boundary_map_reads_its_level_too(tmp_path, flyem_crop, monkeypatch):
     """Without raw data the preview shows the boundary map; derived from affinities, it is an output
     with levels of its own, read at the segmentation's level."""
+    import emflow.tasks.preview as preview
     import emflow.workflows.report as report
     from emflow.workflows.segmentation import load_run
 
@@ -89,7 +91,7 @@ def test_a_preview_over_a_derived_boundary_map_reads_its_level_too(tmp_path, fly
     )
     assert run_cli("run", config) == 0
     run = load_run(str(config))
-    monkeypatch.setattr(report, "PREVIEW_PIXELS", max(run.geometry.level_shape(1)[1:]))
+    monkeypatch.setattr(preview, "PREVIEW_PIXELS", max(run.geometry.level_shape(1)[1:]))
     middle = run.geometry.shape[0] // 2
     boundaries, segmentation = report.preview_sections(run, middle, report.preview_level(run))
     z = middle // run.geometry.level_scale(1)[0]
@@ -164,6 +166,44 @@ def test_a_preview_section_read_chunk_by_chunk_or_through_zarr_holds_the_same_vo
     run = load_run(str(config))
     middle = run.geometry.shape[0] // 2
     monkeypatch.setattr(report, "ZARR_READ_CHUNKS", most_chunks)
-    _, segmentation = report.preview_sections(run, middle, 0)
+    segmentation = report._read_section(run, "segmentation", Box((middle, 0, 0), (middle + 1, *run.geometry.shape[1:])))
     assert segmentation.shape == run.geometry.shape[1:]
     assert np.array_equal(segmentation, read(output, "segmentation")[middle])
+
+
+def test_the_preview_is_put_together_from_the_pieces_its_blocks_saved(tmp_path, workflow_inputs, monkeypatch):
+    """The blocks writing the segmentation's middle section, and the supervoxel blocks reading the
+    boundary map's (shown without raw data), save their pieces of it: the report reads no chunk
+    for its preview, and shows the same voxels. A piece missing (a block of an earlier emflow):
+    that section is read."""
+    import emflow.workflows.report as report
+    from emflow.storage.volumes import opened_volume
+    from emflow.workflows.segmentation import load_run
+
+    config = write_config(
+        tmp_path / "config.toml", workflow_inputs, tmp_path / "out.zarr", input={"raw_key": None}, output={"report": True}
+    )
+    assert run_cli("run", config, "--workers", "2") == 0
+    run = load_run(str(config))
+    middle = run.geometry.shape[0] // 2
+    segmentation = read(tmp_path / "out.zarr", "segmentation")[middle]
+    with opened_volume(run.inputs["boundaries"].path, run.inputs["boundaries"].key) as volume:
+        boundaries = np.asarray(volume[middle])
+    read_section, opened = report._read_section, report.opened_volume
+
+    def refuse(*arguments):
+        raise AssertionError("read a section the blocks saved")
+
+    monkeypatch.setattr(report, "_read_section", refuse)
+    monkeypatch.setattr(report, "opened_volume", refuse)
+    shown, segmented = report.preview_sections(run, middle, 0)
+    assert np.array_equal(shown, boundaries) and np.array_equal(segmented, segmentation)
+
+    monkeypatch.setattr(report, "_read_section", read_section)
+    monkeypatch.setattr(report, "opened_volume", opened)
+    blocking = run.geometry.blocking
+    for stage in ("write_segmentation", "supervoxels"):
+        block_id = blocking.blocks_intersecting((middle, 0, 0), (middle + 1, *run.geometry.shape[1:]))[-1]
+        run.layout.partial(stage, block_id, ".npz").unlink()
+    shown, segmented = report.preview_sections(run, middle, 0)
+    assert np.array_equal(shown, boundaries) and np.array_equal(segmented, segmentation)

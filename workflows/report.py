@@ -15,7 +15,6 @@ import numpy as np
 
 from emflow.affinity_statistics import nearest_neighbour_channels
 from emflow.blocking import Box
-from emflow.report.images import PREVIEW_PIXELS
 from emflow.report.run import write_run_report
 from emflow.storage.chunks import chunk_files, region_states, states_array
 from emflow.storage.store import level_name
@@ -23,6 +22,8 @@ from emflow.storage.volumes import opened_volume
 from emflow.tasks.adapter import stage_record
 from emflow.tasks.affinities import INPUT as AFFINITIES
 from emflow.tasks.context import Run
+from emflow.tasks.preview import BACKGROUNDS, assemble_section, background, level0_window, level_section, preview_level, preview_window
+from emflow.tasks.spec import Read
 
 from .summary import node_label_source, stage_cost
 
@@ -61,16 +62,6 @@ def report_is_current(run: Run) -> bool:
     )
 
 
-def preview_level(run: Run) -> int:
-    """The pyramid level the report's preview is read from: the finest level of the segmentation
-    whose sections fit `PREVIEW_PIXELS` along y and x (else its coarsest, of which the preview shows
-    the middle, `preview_window`). The preview shows no more pixels than that, and reading a
-    section at level 0 decodes every chunk the section crosses: for a 10,000 x 10,000 voxel section
-    of uint64 labels in chunks of 64 x 128 x 128, about 50 GB, at the end of every run."""
-    levels = [level for level in range(len(run.geometry.level_factors) + 1) if level_name("segmentation", level) in run.store.volumes]
-    return next((level for level in levels if max(run.geometry.level_shape(level)[1:]) <= PREVIEW_PIXELS), levels[-1])
-
-
 def preview_source(run: Run, section_index: int, level: int) -> str:
     """What the report's preview of section z = `section_index`, read at pyramid level `level`
     (`preview_level`), is drawn from, as a SHA-256 hex digest: the section and the states (size,
@@ -78,76 +69,61 @@ def preview_source(run: Run, section_index: int, level: int) -> str:
     under it (an HDF5 input: its file's state), at the levels they are read from. One `stat` per
     chunk of the section for outputs; an input's states are those the run's checks read."""
     shape = run.geometry.shape
-    background = _background(run)
-    digest = hashlib.sha256(json.dumps([section_index, list(shape), background, level]).encode())
-    volumes = ["segmentation"] if background in run.inputs else ["segmentation", background]
+    shown = background(run)
+    digest = hashlib.sha256(json.dumps([section_index, list(shape), shown, level]).encode())
+    volumes = ["segmentation"] if shown in run.inputs else ["segmentation", shown]
     for name in volumes:
-        name, section = _level_section(run, name, level, section_index)
+        name, section, _ = level_section(run, name, level, section_index)
         section_box = np.array([[section.begin, section.end]], dtype=np.int64)
         digest.update(states_array(chunk_files(run.layout.output_path, run.store.volumes[name].path, section_box)[0]).tobytes())
-    if background in run.inputs:
-        dataset = run.inputs[background]
-        y, x = _level0_window(run, level)
+    if shown in run.inputs:
+        dataset = run.inputs[shown]
+        y, x = level0_window(run, level)
         section_box = np.array([[section_index, y.start, x.start], [section_index + 1, y.stop, x.stop]], dtype=np.int64)
         digest.update(region_states(dataset.path, dataset.key, section_box[None])[0])
     return digest.hexdigest()
 
 
-def preview_window(run: Run, level: int) -> tuple[slice, slice]:
-    """The (y, x) part of level `level`'s sections the preview shows: all of it, or along an axis
-    longer than `PREVIEW_PIXELS` (no pyramid level small enough: `[output] pyramid = false`) the
-    middle `PREVIEW_PIXELS`, whose chunks are all a report then reads of the section."""
-    y, x = (_middle(size, PREVIEW_PIXELS) for size in run.geometry.level_shape(level)[1:])
-    return y, x
-
-
-def _middle(size: int, length: int) -> slice:
-    """The middle `length` of `size` (all of it when it is shorter)."""
-    start = max(0, (size - length) // 2)
-    return slice(start, start + min(size, length))
-
-
-def _level0_window(run: Run, level: int) -> tuple[slice, slice]:
-    """`preview_window` in level-0 voxels, every k-th along y and x (k: the level's scale)."""
-    steps, shape = run.geometry.level_scale(level)[1:], run.geometry.shape[1:]
-    y, x = (
-        slice(part.start * step, min(part.stop * step, size), step) for part, step, size in zip(preview_window(run, level), steps, shape)
-    )
-    return y, x
-
-
-def _level_section(run: Run, name: str, level: int, section_index: int) -> tuple[str, Box]:
-    """The volume of level `level` of output `name` (level 0 where it has no such level), and the
-    box of it that holds what the preview shows (`preview_window`) of level-0 section `section_index`."""
-    if level_name(name, level) not in run.store.volumes:
-        y, x = _level0_window(run, level)
-        return level_name(name, 0), Box((section_index, y.start, x.start), (section_index + 1, y.stop, x.stop))
-    z = section_index // run.geometry.level_scale(level)[0]
-    y, x = preview_window(run, level)
-    return level_name(name, level), Box((z, y.start, x.start), (z + 1, y.stop, x.stop))
-
-
 def preview_sections(run: Run, section_index: int, level: int) -> tuple[np.ndarray, np.ndarray]:
     """The (Y', X') sections the preview shows of level-0 section `section_index` (`preview_window`
-    of them): the data under the segmentation (`_background`) and the segmentation, at pyramid
+    of them): the data under the segmentation (`background`) and the segmentation, at pyramid
     level `level` (`preview_level`; data without that level, an input, is read at every k-th voxel
-    of level 0 along y and x, to the same shape)."""
-    name, section = _level_section(run, "segmentation", level, section_index)
-    segmentation = _read_section(run, name, section)
-    background = _background(run)
-    if level_name(background, level) in run.store.volumes:
-        return run.store.read(*_level_section(run, background, level, section_index))[0], segmentation
-    y, x = _level0_window(run, level)
-    if background in run.inputs:
-        dataset = run.inputs[background]
-        with opened_volume(dataset.path, dataset.key) as volume:
-            # Every channel of affinities (C, z, y, x).
-            channels = (slice(None),) * (len(dataset.shape) - 3)
-            section = np.asarray(volume[(*channels, section_index, y, x)])
-        if background == AFFINITIES:
-            section = section[nearest_neighbour_channels(run.config.input.affinity_offsets)].mean(axis=0, dtype=np.float32)
-        return section, segmentation
-    return np.asarray(run.store.output_array(background)[section_index, y, x]), segmentation
+    of level 0 along y and x, to the same shape). Put together from the pieces the blocks saved
+    (`emflow.tasks.preview`) where they did, else read."""
+    name, section, steps = level_section(run, "segmentation", level, section_index)
+    segmentation = _saved_section(run, run.producer(Read.array(name)).name, section, steps)
+    if segmentation is None:
+        segmentation = _read_section(run, name, section)
+    shown = background(run)
+    name, section, steps = level_section(run, shown, level, section_index)
+    if shown == "boundaries" and SIZES_STAGE in {spec.name for spec in run.stages}:
+        saved = _saved_section(run, SIZES_STAGE, section, steps)
+        if saved is not None:
+            return saved, segmentation
+    if name != level_name(shown, 0):
+        return run.store.read(name, section)[0], segmentation
+    y, x = (slice(begin, end, step) for begin, end, step in zip(section.begin[1:], section.end[1:], steps))
+    if shown not in run.inputs:
+        return np.asarray(run.store.output_array(name)[section_index, y, x]), segmentation
+    dataset = run.inputs[shown]
+    with opened_volume(dataset.path, dataset.key) as volume:
+        # Every channel of affinities (C, z, y, x).
+        channels = (slice(None),) * (len(dataset.shape) - 3)
+        data = np.asarray(volume[(*channels, section_index, y, x)])
+    if shown == AFFINITIES:
+        data = data[nearest_neighbour_channels(run.config.input.affinity_offsets)].mean(axis=0, dtype=np.float32)
+    return data, segmentation
+
+
+def _saved_section(run: Run, stage: str, section: Box, steps: tuple[int, int]) -> np.ndarray | None:
+    """The section (`level_section`) from the pieces the blocks of `stage` saved with their partial
+    results (`emflow.tasks.preview.block_section`); None where a block holding some of it saved none."""
+    blocking = run.stage(stage).blocks(run)
+    boxes = {block_id: blocking.block(block_id) for block_id in blocking.blocks_intersecting(section.begin, section.end)}
+    try:
+        return assemble_section(section, steps, boxes, lambda block_id: run.store.load_partial_bundle(stage, block_id))
+    except (KeyError, OSError):
+        return None
 
 
 # Reads of more chunks than this go through `Store.read` (see `_read_section`).
@@ -166,17 +142,6 @@ def _read_section(run: Run, name: str, section: Box) -> np.ndarray:
     if chunks <= ZARR_READ_CHUNKS:
         return np.asarray(array[section.slicing])[0]
     return run.store.read(name, section)[0]
-
-
-# What the preview shows beside the segmentation, by `_background`, for its caption.
-BACKGROUNDS = {"raw": "raw data", "boundaries": "boundary map", AFFINITIES: "mean nearest-neighbour affinity"}
-
-
-def _background(run: Run) -> str:
-    """The data the preview shows under the segmentation: the raw input, else the boundary map
-    (given, predicted or derived from affinities), else the given affinities (a mutex watershed
-    of them has no boundary map). Every run has one of them (`[input]` requires it)."""
-    return next(name for name in BACKGROUNDS if name in run.inputs or name in run.store.volumes)
 
 
 def _earlier_preview(report_dir: Path, source: str) -> bytes | None:
@@ -221,7 +186,7 @@ def write_report(run: Run, *, reuse_preview: bool = True) -> Path:
         preview_source=source,
         preview_level=level,
         preview_part=_part(run, level),
-        background=BACKGROUNDS[_background(run)],
+        background=BACKGROUNDS[background(run)],
     )
 
 
