@@ -66,7 +66,7 @@ def _middle(size: int, length: int) -> slice:
     return slice(start, start + min(size, length))
 
 
-def level0_window(run: Run, level: int) -> tuple[slice, slice]:
+def _level0_window(run: Run, level: int) -> tuple[slice, slice]:
     """`preview_window` in level-0 voxels, every k-th along y and x (k: the level's scale)."""
     steps, shape = run.geometry.level_scale(level)[1:], run.geometry.shape[1:]
     y, x = (
@@ -81,7 +81,7 @@ def level_section(run: Run, name: str, level: int, section_index: int) -> tuple[
     for level-0 section `section_index`, `preview_window`), and the steps along y and x within the
     box (1; every k-th voxel of level 0, k the level's scale, where read from level 0)."""
     if level_name(name, level) not in run.store.volumes:
-        y, x = level0_window(run, level)
+        y, x = _level0_window(run, level)
         return level_name(name, 0), Box((section_index, y.start, x.start), (section_index + 1, y.stop, x.stop)), (y.step, x.step)
     z = section_index // run.geometry.level_scale(level)[0]
     y, x = preview_window(run, level)

@@ -22,7 +22,7 @@ from emflow.storage.volumes import opened_volume
 from emflow.tasks.adapter import stage_record
 from emflow.tasks.affinities import INPUT as AFFINITIES
 from emflow.tasks.context import Run
-from emflow.tasks.preview import BACKGROUNDS, assemble_section, background, level0_window, level_section, preview_level, preview_window
+from emflow.tasks.preview import BACKGROUNDS, assemble_section, background, level_section, middle_section, preview_level, preview_window
 from emflow.tasks.spec import Read
 
 from .summary import node_label_source, stage_cost
@@ -71,16 +71,14 @@ def preview_source(run: Run, section_index: int, level: int) -> str:
     shape = run.geometry.shape
     shown = background(run)
     digest = hashlib.sha256(json.dumps([section_index, list(shape), shown, level]).encode())
-    volumes = ["segmentation"] if shown in run.inputs else ["segmentation", shown]
-    for name in volumes:
+    for name in ("segmentation", shown):
         name, section, _ = level_section(run, name, level, section_index)
         section_box = np.array([[section.begin, section.end]], dtype=np.int64)
-        digest.update(states_array(chunk_files(run.layout.output_path, run.store.volumes[name].path, section_box)[0]).tobytes())
-    if shown in run.inputs:
-        dataset = run.inputs[shown]
-        y, x = level0_window(run, level)
-        section_box = np.array([[section_index, y.start, x.start], [section_index + 1, y.stop, x.stop]], dtype=np.int64)
-        digest.update(region_states(dataset.path, dataset.key, section_box[None])[0])
+        if name in run.inputs:
+            dataset = run.inputs[name]
+            digest.update(region_states(dataset.path, dataset.key, section_box)[0])
+        else:
+            digest.update(states_array(chunk_files(run.layout.output_path, run.store.volumes[name].path, section_box)[0]).tobytes())
     return digest.hexdigest()
 
 
@@ -164,7 +162,7 @@ def write_report(run: Run, *, reuse_preview: bool = True) -> Path:
     leaves the middle section as it was unless its new data lie in it."""
     report_dir = run.layout.work_dir / "report"
     costs = [stage_cost(run, spec) for spec in run.stages]
-    middle = run.geometry.shape[0] // 2
+    middle = middle_section(run)
     level = preview_level(run)
     source = preview_source(run, middle, level)
     preview = _earlier_preview(report_dir, source) if reuse_preview else None
