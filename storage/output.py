@@ -18,6 +18,7 @@ import zarr
 
 from emflow.errors import OutputError
 
+from .chunk_io import write_selection
 from .ome import create_level, ome_multiscales, write_multiscale_metadata
 
 # Marks a zarr group as created by emflow, so that emflow never writes into anyone else's data.
@@ -102,7 +103,13 @@ def create_block_image(
 
 
 def write_global_array(path: str | Path, name: str, data: np.ndarray, attributes: dict[str, Any] | None = None) -> None:
-    """Write a whole array (graph, features, costs, node labels) as `name` in the output group."""
+    """Write a whole array (graph, features, costs, node labels) as `name` in the output group.
+
+    Floating-point arrays are stored without compression: the edge features of the reprocessing
+    benchmark's graph (92,966 x 6 float64, 4.5 MB) compress to 55 %, their edge costs to 95 %, and
+    zstd took 22 of the 30 ms writing the features and 7 of the 10 ms reading them, in the serial
+    global stages of every run. Integer arrays (edges, node labels) shrink to a seventh and keep it.
+    """
     group = open_output_group(path)
     # Canonical dtype: C extensions may hand back uint64 as 'Q' (unsigned long long), which zarr
     # does not recognise although it is the same type as numpy's 'L' on 64-bit Linux.
@@ -116,11 +123,11 @@ def write_global_array(path: str | Path, name: str, data: np.ndarray, attributes
         dtype=data.dtype,
         fill_value=0,
         overwrite=True,
+        attributes=attributes or {},
+        **({"compressors": None} if data.dtype.kind == "f" else {}),
     )
     if data.size:
-        array[...] = data
-    if attributes:
-        array.attrs.update(attributes)
+        write_selection(array, (slice(None),) * data.ndim, data)
 
 
 def output_array(path: str | Path, name: str) -> zarr.Array:

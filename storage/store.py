@@ -178,7 +178,8 @@ class Store:
             write_global_array(self.layout.output_path, path, data, attributes)
 
     def read_table(self, path: str) -> np.ndarray:
-        return np.asarray(output_array(self.layout.output_path, path)[...])
+        array = output_array(self.layout.output_path, path)
+        return read_selection(array, (slice(None),) * array.ndim)
 
     def table_attributes(self, path: str) -> dict[str, Any]:
         return dict(output_array(self.layout.output_path, path).attrs)
