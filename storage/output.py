@@ -123,7 +123,7 @@ def write_global_array(path: str | Path, name: str, data: np.ndarray, attributes
         dtype=data.dtype,
         fill_value=0,
         overwrite=True,
-        attributes=attributes or {},
+        attributes=attributes,
         **({"compressors": None} if data.dtype.kind == "f" else {}),
     )
     if data.size:
