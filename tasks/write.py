@@ -71,7 +71,9 @@ def write_stage(source: str, volumes: tuple[str, ...] = ("segmentation",), level
         return digest.digest()
 
     def run(block: BlockContext) -> dict:
-        ids = node_id_map(block)(block.read(supervoxels))
+        # Node ids as numpy's index type: a gather with uint64 indices converts them on the way,
+        # 0.28 against 0.04 + 0.12 ms for a 32x64x64 block.
+        ids = node_id_map(block)(block.read(supervoxels)).astype(np.intp)
         for index, volume in enumerate(volumes):
             # Memory-mapped: indexing touches only the pages of this block's node ids.
             node_labels = block.read_bundle(source, node_label_field(index), mmap=True)
