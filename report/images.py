@@ -25,11 +25,17 @@ PANEL_GAP = 8
 def label_colors(labels: np.ndarray) -> np.ndarray:
     """(..., 3) float32 RGB in [0.25, 1] per label id, the same colour for the same id in every figure;
     black for 0. A multiplicative hash spreads neighbouring ids over unrelated colours."""
-    hashed = np.asarray(labels).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    labels = np.asarray(labels)
+    hashed = labels.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
     hashed ^= hashed >> np.uint64(31)
-    channels = np.stack([(hashed >> np.uint64(shift)) & np.uint64(255) for shift in (8, 24, 40)], axis=-1)
-    colors = np.float32(0.25) + np.float32(0.75 / 255) * channels.astype(np.float32)
-    colors[np.asarray(labels) == 0] = 0
+    # Each channel's byte cast straight into its float plane, not a stack of three uint64 arrays
+    # (the run report's 500 x 500 preview section: 5-6 against 11-20 ms, the same values).
+    colors = np.empty(labels.shape + (3,), np.float32)
+    for channel, shift in enumerate((8, 24, 40)):
+        colors[..., channel] = (hashed >> np.uint64(shift)).astype(np.uint8)
+    colors *= np.float32(0.75 / 255)
+    colors += np.float32(0.25)
+    colors[labels == 0] = 0
     return colors
 
 
