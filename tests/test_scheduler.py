@@ -151,10 +151,23 @@ def test_same_segmentation_with_any_scheduler_and_number_of_workers(
 
 
 def test_two_run_processes_share_one_luigid_without_doing_a_block_twice(tmp_path, workflow_inputs, reference_segmentation, luigid_port):
-    # Every block its own Luigi task, so that the two processes share every block-wise stage.
-    config = write_config(tmp_path / "config.toml", workflow_inputs, tmp_path / "out.zarr", scheduling={"block_groups": NUMBER_OF_BLOCKS})
+    # Every block its own Luigi task, so that the two processes share every block-wise stage, and
+    # supervoxel blocks 0.2 s late: on blocks this small, one process had taken every task before
+    # the other asked for one in about 1 of 10 runs.
+    config = write_config(
+        tmp_path / "config.toml",
+        workflow_inputs,
+        tmp_path / "out.zarr",
+        scheduling={"block_groups": NUMBER_OF_BLOCKS},
+        supervoxels={"function": "plugin_functions:slow_supervoxels", "seconds": 0.2},
+    )
     (tmp_path / "luigi.cfg").write_text(WORKER_CONFIG)
-    environment = {**os.environ, "LUIGI_CONFIG_PATH": str(tmp_path / "luigi.cfg")}
+    environment = {
+        **os.environ,
+        "LUIGI_CONFIG_PATH": str(tmp_path / "luigi.cfg"),
+        # The processes import the test plugins (tests/plugin_functions.py) as this one does.
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH")])),
+    }
     processes = [
         subprocess.Popen(
             [
