@@ -91,7 +91,7 @@ from emflow.targets.collection import garbage_collection_paused
 from emflow.targets.logs import QuietFileHandler
 
 from .context import BlockContext, GlobalContext, Run
-from .spec import BOX, StageSpec
+from .spec import BOX, Read, StageSpec
 from .write_behind import WriteBehind
 
 # Seconds between two progress messages a block group sends to the scheduler (an HTTP call with luigid).
@@ -667,8 +667,7 @@ class ContentKeys:
             producer = run.producer(read)
             linked = run.linked_blocks(spec, read)
             if producer is None and read.region is not None:
-                dataset = run.inputs[read.name]
-                self.inputs.append(region_states(dataset.path, dataset.key, run.regions(spec, read.region)))
+                self.inputs.append(input_states(run, spec, read))
             elif producer is not None and linked is not None:
                 # Only the journals of the upstream blocks these blocks read: a block group of a
                 # stage with 8 groups read all of its upstream stage's, 8 passes per stage.
@@ -1193,6 +1192,14 @@ def block_fingerprints(run: Run, name: str) -> list[str]:
     return _block_fingerprints(run, name)
 
 
+def input_states(run: Run, spec: StageSpec, read: Read) -> list[bytes]:
+    """Per block of `spec`, the states of the chunks of input `read` in the boxes it reads
+    (`Run.read_boxes`: of a faces read, not those only the region's edges and corners meet)."""
+    dataset = run.inputs[read.name]
+    parts = [region_states(dataset.path, dataset.key, boxes) for boxes in run.read_boxes(spec, read)]
+    return parts[0] if len(parts) == 1 else [b"|".join(states) for states in zip(*parts)]
+
+
 def _has_block_states(run: Run, spec: StageSpec) -> bool:
     if not spec.blockwise:
         return False
@@ -1213,8 +1220,7 @@ def _block_fingerprints(run: Run, name: str) -> list[str]:
         for read in run.reads(spec):
             producer = run.producer(read)
             if producer is None and read.region is not None:
-                dataset = run.inputs[read.name]
-                parts.append(region_states(dataset.path, dataset.key, run.regions(spec, read.region)))
+                parts.append(input_states(run, spec, read))
                 continue
             linked = run.linked_blocks(spec, read)
             if linked is not None and producer is not None:

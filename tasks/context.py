@@ -27,7 +27,7 @@ from emflow.storage.inputs import InputDataset
 from emflow.storage.layout import Layout
 from emflow.storage.store import Store
 
-from .spec import Read, RegionRule, StageSpec, Write, block_position_ranges
+from .spec import BOX, Read, RegionRule, StageSpec, Write, block_position_ranges
 
 
 @dataclass(frozen=True, eq=False)  # hashed by identity: one cached instance per config file's state
@@ -101,10 +101,32 @@ class Run:
             self._memo[key] = regions
         return self._memo[key]
 
+    def read_boxes(self, spec: StageSpec, read: Read) -> list[np.ndarray]:
+        """The boxes each block of `spec` reads of `read`, int64 (number_of_blocks, 2, ndim) each: its
+        region, or of a `faces` read the block's box and the slab beyond each upper face
+        (`emflow.blocking.face_slabs`; empty where the region does not reach past that face)."""
+        assert read.region is not None, f"{spec.name} reads {read.name} whole"
+        regions = self.regions(spec, read.region)
+        if not read.faces:
+            return [regions]
+        key = ("faces", spec.name, read)
+        if key not in self._memo:
+            boxes = self.regions(spec, BOX)
+            parts = [boxes]
+            for axis in range(boxes.shape[2]):
+                slab = boxes.copy()
+                slab[:, 0, axis] = boxes[:, 1, axis]
+                slab[:, 1, axis] = regions[:, 1, axis]
+                slab.flags.writeable = False
+                parts.append(slab)
+            self._memo[key] = parts
+        return self._memo[key]
+
     def linked_blocks(self, spec: StageSpec, read: Read) -> list[np.ndarray] | None:
         """Per block of `spec`, the ids (ascending) of the producing stage's blocks whose write
-        regions meet the block's read region of `read`; None unless both stages are block-wise and
-        the read and the producer's write have regions (the read is then "linked")."""
+        regions meet the boxes the block reads of `read` (`read_boxes`); None unless both stages
+        are block-wise and the read and the producer's write have regions (the read is then
+        "linked")."""
         producer = self.producer(read)
         if not (spec.blockwise and producer is not None and producer.blockwise and read.region is not None):
             return None
@@ -113,16 +135,37 @@ class Run:
             return None
         key = ("linked", spec.name, read)
         if key not in self._memo:
-            self._memo[key] = self._linked_blocks(spec, read.region, producer, write.region)
+            self._memo[key] = self._linked_blocks(self.read_boxes(spec, read), producer, write.region)
         return self._memo[key]
 
-    def _linked_blocks(self, spec: StageSpec, read_region: RegionRule, producer: StageSpec, write_region: RegionRule) -> list[np.ndarray]:
+    def _linked_blocks(self, read_boxes: list[np.ndarray], producer: StageSpec, write_region: RegionRule) -> list[np.ndarray]:
         write_regions = self.regions(producer, write_region)
         nonempty = np.asarray((write_regions[:, 1] > write_regions[:, 0]).all(axis=1))
         grid = producer.blocks(self).blocks_per_axis
-        ranges = block_position_ranges(self.regions(spec, read_region), write_regions, grid)
-        counts = ranges[:, :, 1] - ranges[:, :, 0]
         strides = np.array([math.prod(grid[axis + 1 :]) for axis in range(len(grid))], dtype=np.int64)
+        number_of_readers = len(read_boxes[0])
+        if len(read_boxes) == 1:
+            return self._linked_by_box(read_boxes[0], write_regions, nonempty, grid, strides)
+        # The parts of a faces read: each reader's ids of every part, merged by one sort of
+        # (reader, id) keys, not reader by reader.
+        number_of_writers = len(write_regions)
+        keys = []
+        for boxes in read_boxes:
+            for reader, ids in enumerate(self._linked_by_box(boxes, write_regions, nonempty, grid, strides)):
+                keys.append(reader * number_of_writers + ids)
+        merged = np.unique(np.concatenate(keys + [np.zeros(0, dtype=np.int64)]))
+        readers, ids = np.divmod(merged, number_of_writers)
+        ids.flags.writeable = False
+        bounds = np.searchsorted(readers, np.arange(number_of_readers + 1)).tolist()
+        return [ids[begin:end] for begin, end in zip(bounds[:-1], bounds[1:])]
+
+    @staticmethod
+    def _linked_by_box(
+        boxes: np.ndarray, write_regions: np.ndarray, nonempty: np.ndarray, grid: tuple[int, ...], strides: np.ndarray
+    ) -> list[np.ndarray]:
+        """Per reading box, the ids (ascending) of the writers whose non-empty regions meet it."""
+        ranges = block_position_ranges(boxes, write_regions, grid)
+        counts = ranges[:, :, 1] - ranges[:, :, 0]
         linked: dict[int, np.ndarray] = {}
         # Readers whose ranges have the same lengths are done together (a handful of groups: inner
         # blocks, faces, edges), not one by one with a meshgrid each: 60 ms, not 0.9 s, per read at 20,480 blocks.

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from workflow_helpers import kept_since, read, records_since, run_cli, write_config, write_inputs
 
-from emflow.blocking import Blocking, Box
+from emflow.blocking import Blocking, Box, face_slabs
 from emflow.storage.volumes import open_volume
 from emflow.targets.journal import COMPACT_LINES_PER_BLOCK, journal_range
 from emflow.tasks import adapter
@@ -71,15 +71,16 @@ def _blocks_reading(blocking: Blocking, halo, changed: Box) -> set[int]:
 
 
 def _graph_blocks_reading(blocking: Blocking, supervoxel_blocks: set[int]) -> set[int]:
-    """Blocks whose box grown by `GRAPH_HALO` on its upper faces (what `block_graph` reads) meets
-    the box of one of `supervoxel_blocks`."""
+    """Blocks whose box, or a slab of `GRAPH_HALO` beyond one of its upper faces (what
+    `block_graph` reads), meets the box of one of `supervoxel_blocks`."""
     changed = [blocking.block(block_id) for block_id in supervoxel_blocks]
     reading = set()
     for block_id in range(blocking.number_of_blocks):
         box = blocking.block(block_id)
-        end = [min(stop + step, size) for stop, step, size in zip(box.end, GRAPH_HALO, blocking.shape)]
-        if any(all(b < ce and cb < e for b, e, cb, ce in zip(box.begin, end, other.begin, other.end)) for other in changed):
-            reading.add(block_id)
+        end = tuple(min(stop + step, size) for stop, step, size in zip(box.end, GRAPH_HALO, blocking.shape))
+        for part in face_slabs(box, Box(box.begin, end)):
+            if any(all(b < ce and cb < e for b, e, cb, ce in zip(part.begin, part.end, other.begin, other.end)) for other in changed):
+                reading.add(block_id)
     return reading
 
 

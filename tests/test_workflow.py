@@ -297,11 +297,26 @@ def test_linked_blocks_are_those_whose_write_regions_meet_the_read_region(tmp_pa
             producer = run.producer(spec_read)
             write = next(write for write in producer.writes if write.kind == spec_read.kind and write.name == spec_read.name)
             written = run.regions(producer, write.region)
-            for block_id, region in enumerate(run.regions(spec, spec_read.region)):
-                meets = (written[:, 0] < region[1]).all(axis=1) & (region[0] < written[:, 1]).all(axis=1) & (region[1] > region[0]).all()
+            parts = run.read_boxes(spec, spec_read)
+            # A faces read (the block graph's) reads the block's box and the slabs beyond its upper
+            # faces: blocks that only the region's edges and corners meet are not read.
+            assert len(parts) == (4 if spec_read.faces else 1)
+            for block_id in range(len(parts[0])):
+                meets = np.zeros(len(written), dtype=bool)
+                for boxes in parts:
+                    region = boxes[block_id]
+                    meets |= (
+                        (written[:, 0] < region[1]).all(axis=1) & (region[0] < written[:, 1]).all(axis=1) & (region[1] > region[0]).all()
+                    )
                 assert np.array_equal(linked[block_id], np.flatnonzero(meets)), (spec.name, spec_read.name, block_id)
                 assert not linked[block_id].flags.writeable
                 links += 1
+    # The block graph's first block reads the supervoxels of itself and of the blocks beyond its
+    # three upper faces, not those beyond its upper edges and corner.
+    grid = run.geometry.blocking.blocks_per_axis
+    graph = run.stage("block_graph")
+    faces = [int(np.ravel_multi_index(position, grid)) for position in ((0, 0, 0), (0, 0, 1), (0, 1, 0), (1, 0, 0))]
+    assert run.linked_blocks(graph, next(read for read in graph.reads if read.name == "supervoxels"))[0].tolist() == sorted(faces)
     assert {spec.name for spec in run.stages if any(run.linked_blocks(spec, other) is not None for other in run.reads(spec))} >= {
         "block_graph",
         "write_segmentation",
