@@ -32,7 +32,8 @@ import zarr
 from emflow.targets.atomic import file_digest, written_digest
 
 from .chunk_io import stored_units
-from .volumes import HDF5Volume, open_volume
+from .output import opened_output_array
+from .volumes import HDF5Volume, metadata_state, open_volume
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,10 @@ def _dataset_states(path: str, key: str) -> tuple[ChunkLayout, np.ndarray]:
 
 
 def _chunk_layout(path: str, key: str) -> ChunkLayout:
-    volume = open_volume(path, key)
+    return _layout_of(open_volume(path, key), path)
+
+
+def _layout_of(volume, path: str) -> ChunkLayout:
     shape = tuple(volume.shape)
     if isinstance(volume, HDF5Volume):
         volume.close()
@@ -149,7 +153,7 @@ def chunk_files(path: str | Path, key: str, boxes: np.ndarray) -> list[list[str]
     """For each box (int (number_of_boxes, 2, ndim) over the array's last ndim axes; leading axes,
     such as channels, are covered whole), the paths of the chunk files of array `key` in the zarr
     group `path` that it covers, in grid order."""
-    layout = _output_layout(str(path), key, *_metadata_state(Path(path) / key))
+    layout = _output_layout(str(path), key, metadata_state(Path(path) / key / "zarr.json"))
     assert layout.folder is not None and layout.key_of is not None, f"{path}:{key} is not a folder of chunk files"
     boxes = np.asarray(boxes, dtype=np.int64)
     leading = len(layout.shape) - boxes.shape[-1]
@@ -181,19 +185,14 @@ def states_array(paths: list[str]) -> np.ndarray:
     return np.array([sizes, times], dtype=np.int64).T.reshape(-1, 2)
 
 
-def _metadata_state(folder: Path) -> tuple[int, int, int] | None:
-    try:
-        status = os.stat(folder / "zarr.json")
-    except OSError:
-        return None
-    return status.st_ino, status.st_size, status.st_mtime_ns
-
-
 @functools.lru_cache(maxsize=64)
-def _output_layout(path: str, key: str, *metadata_state) -> ChunkLayout:
+def _output_layout(path: str, key: str, state: tuple[int, int, int] | None) -> ChunkLayout:
     # Keyed by the state of the array's metadata file: an array created again (a new run's
-    # prepare_output in the same process) may have another chunking.
-    return _chunk_layout(path, key)
+    # prepare_output in the same process) may have another chunking. The array is opened through
+    # the process's cache (`opened_output_array`), which the worker processes forked from the
+    # building process keep: opening an array there took 1.5-2.5 ms (zarr's event loop, on
+    # cores busy with blocks).
+    return _layout_of(opened_output_array(path, key), path)
 
 
 def file_state(path: str | Path, *, digest: bool = False, read_back: bool = False, like: str = "") -> list | None:

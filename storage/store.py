@@ -39,7 +39,7 @@ from .inputs import InputDataset
 from .layout import Layout
 from .npz import read_npz
 from .ome import create_levels, level_path, write_multiscale_metadata
-from .output import create_block_image, open_output_group, output_array, write_global_array
+from .output import create_block_image, open_output_group, opened_output_array, output_array, write_global_array
 from .volumes import opened_volume, read_region
 
 
@@ -133,13 +133,12 @@ class Store:
             yield volume
 
     def output_array(self, name: str) -> zarr.Array:
-        return _output_array(self.layout.output_path, self.volumes[name].path)
+        return opened_output_array(self.layout.output_path, self.volumes[name].path)
 
     def create_volumes(self, group: zarr.Group, shape: tuple[int, ...], block_shape: tuple[int, ...], resolution, level_factors) -> None:
         """(Re)create every volume's OME-Zarr image in the output group, level 0 chunked by
         `block_shape` with the volume's `shape`; images with more levels get them, shapes from
         `level_factors` (`emflow.storage.ome.level_shapes`), and metadata describing all of them."""
-        _output_array.cache_clear()
         for volume in self.volumes.values():
             if volume.level:
                 continue
@@ -307,12 +306,6 @@ def _mapped_npy(path: str, *identity: int) -> np.ndarray:
 
 def _json_value(value: Any) -> Any:
     return [_json_value(item) for item in value] if isinstance(value, tuple) else value
-
-
-@functools.lru_cache(maxsize=64)
-def _output_array(output_path, path: str) -> zarr.Array:
-    # Opened once per process and array: every block task of a stage writes the same array.
-    return output_array(output_path, path)
 
 
 def _checked_values(values: np.ndarray, box: Box, dataset: InputDataset) -> np.ndarray:

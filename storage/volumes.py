@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import re
 from contextlib import ExitStack, aclosing, contextmanager
 from pathlib import Path
@@ -303,24 +304,27 @@ def opened_volume(path, key: str, mode: str = "r"):
 
 # (path, key) -> (array, its metadata file, that file's state) of `_read_only_zarr`; a handful of
 # inputs per run, so no bound.
-_READ_ONLY_ZARR: dict[tuple[Path, str], tuple[zarr.Array, Path, tuple[int, int] | None]] = {}
+_READ_ONLY_ZARR: dict[tuple[Path, str], tuple[zarr.Array, Path, tuple[int, int, int] | None]] = {}
 
 
-def _metadata_state(path: Path) -> tuple[int, int] | None:
+def metadata_state(path: str | Path) -> tuple[int, int, int] | None:
+    """The identity of a zarr metadata file (`zarr.json`, `.zarray`): inode, size and modification
+    time; None if there is none. zarr writes the file anew (another inode) whenever its node is
+    changed or created again, so an object opened from it is current while this is unchanged."""
     try:
-        status = path.stat()
+        status = os.stat(path)
     except OSError:
         return None
-    return status.st_size, status.st_mtime_ns
+    return status.st_ino, status.st_size, status.st_mtime_ns
 
 
 def _read_only_zarr(path: Path, key: str) -> zarr.Array:
     kept = _READ_ONLY_ZARR.get((path, key))
-    if kept is not None and kept[2] is not None and _metadata_state(kept[1]) == kept[2]:
+    if kept is not None and kept[2] is not None and metadata_state(kept[1]) == kept[2]:
         return kept[0]
     array = _open_zarr(path, key, "r")
     metadata = path / array.path / ("zarr.json" if array.metadata.zarr_format == 3 else ".zarray")
-    _READ_ONLY_ZARR[(path, key)] = (array, metadata, _metadata_state(metadata))
+    _READ_ONLY_ZARR[(path, key)] = (array, metadata, metadata_state(metadata))
     return array
 
 

@@ -74,6 +74,7 @@ from emflow.errors import UsageError
 from emflow.storage.chunks import chunk_files, file_states, folder_states, forget_chunk_states, region_states, same_state, states_array
 from emflow.storage.layout import failure_fallback
 from emflow.storage.store import describe_box
+from emflow.storage.volumes import metadata_state
 from emflow.targets import (
     BlockJournal,
     BlockRecord,
@@ -629,12 +630,11 @@ def partial_files(run: Run, spec: StageSpec) -> list[list[str]]:
     return run._memo[key]
 
 
-def _metadata_state(run: Run, path: str) -> tuple[int, int] | None:
-    try:
-        status = os.stat(run.layout.output_path / path / "zarr.json")
-    except OSError:
-        raise FileNotFoundError(f"output array {run.layout.output_path / path} does not exist") from None
-    return status.st_ino, status.st_mtime_ns
+def _metadata_state(run: Run, path: str) -> tuple[int, int, int]:
+    state = metadata_state(run.layout.output_path / path / "zarr.json")
+    if state is None:
+        raise FileNotFoundError(f"output array {run.layout.output_path / path} does not exist")
+    return state
 
 
 def block_data(run: Run, spec: StageSpec, block_id: int) -> dict[str, list]:
