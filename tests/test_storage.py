@@ -25,6 +25,7 @@ from emflow.storage import (
     write_volume,
 )
 from emflow.storage.chunk_io import direct_layout, plain_selection, read_chunks, read_selection, write_chunks, write_selection
+from emflow.storage.output import ForeignOutputError, open_output_group, opened_output_array
 
 
 @pytest.fixture
@@ -103,6 +104,28 @@ def test_a_zarr_array_opened_for_reading_is_kept_until_its_metadata_changes(tmp_
     with opened_volume(tmp_path / "v.zarr", "ids") as rewritten:
         assert rewritten is not first and rewritten.dtype == np.uint16
         np.testing.assert_array_equal(rewritten[...], labels.astype(np.uint16) + 1)
+
+
+def test_the_output_group_and_its_arrays_are_kept_until_their_metadata_changes(tmp_path, flyem_crop):
+    labels = flyem_crop["neuron_ids"][:16, :32, :32].astype(np.uint64)
+    group = open_output_group(tmp_path / "out.zarr", create=True)
+    group.create_array("ids", data=labels, chunks=(8, 16, 16))
+    assert open_output_group(tmp_path / "out.zarr") is open_output_group(tmp_path / "out.zarr")
+    first = opened_output_array(tmp_path / "out.zarr", "ids")
+    assert opened_output_array(tmp_path / "out.zarr", "ids") is first
+    np.testing.assert_array_equal(read_selection(first, (slice(None),) * 3), labels)
+    # An array created again with other chunks (a later run's prepare_output, here or in another
+    # process) is opened again, and read and written with its own chunks.
+    open_output_group(tmp_path / "out.zarr").create_array("ids", data=labels + 1, chunks=(16, 32, 32), overwrite=True)
+    again = opened_output_array(tmp_path / "out.zarr", "ids")
+    assert again is not first and again.chunks == (16, 32, 32)
+    write_selection(again, (slice(0, 16), slice(0, 32), slice(0, 32)), labels + 2)
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "out.zarr" / "ids", mode="r")[...], labels + 2)
+    # The group's metadata written anew (its attributes replaced): the group is opened again, and
+    # no longer being emflow's, refused, though it was kept before.
+    zarr.open_group(tmp_path / "out.zarr", mode="r+").attrs.put({"someone": "else"})
+    with pytest.raises(ForeignOutputError):
+        open_output_group(tmp_path / "out.zarr")
 
 
 def test_open_hdf5_keeps_the_file_open_until_closed(flyem_h5, flyem_crop):
