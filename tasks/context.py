@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from emflow.blocking import Blocking, Box, face_slabs
+from emflow.blocking import Blocking, Box
 from emflow.storage.geometry import Geometry
 from emflow.storage.inputs import InputDataset
 from emflow.storage.layout import Layout
@@ -143,9 +143,9 @@ class Run:
         nonempty = np.asarray((write_regions[:, 1] > write_regions[:, 0]).all(axis=1))
         grid = producer.blocks(self).blocks_per_axis
         strides = np.array([math.prod(grid[axis + 1 :]) for axis in range(len(grid))], dtype=np.int64)
-        number_of_readers = len(read_boxes[0])
         if len(read_boxes) == 1:
             return self._linked_by_box(read_boxes[0], write_regions, nonempty, grid, strides)
+        number_of_readers = len(read_boxes[0])
         # The parts of a faces read: each reader's ids of every part, merged by one sort of
         # (reader, id) keys, not reader by reader.
         number_of_writers = len(write_regions)
@@ -270,7 +270,13 @@ class BlockContext(_Context):
         region = self.region(name)
         if not read.faces:
             return self.store.read(name, region)
-        slabs = face_slabs(self.box, region)
+        # The boxes the stage declares it reads (`Run.read_boxes`), which its links follow too;
+        # the box first, then the slabs the region reaches past a face.
+        slabs: list[Box] = []
+        for boxes in self.run.read_boxes(self.spec, read):
+            begin, end = boxes[self.block_id].tolist()
+            if not slabs or all(stop > start for start, stop in zip(begin, end)):
+                slabs.append(Box(tuple(begin), tuple(end)))
         block = self.store.read(name, slabs[0])
         data = np.zeros(block.shape[: block.ndim - len(region.shape)] + region.shape, dtype=block.dtype)
         data[(Ellipsis,) + slabs[0].local_to(region).slicing] = block
