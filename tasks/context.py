@@ -72,20 +72,25 @@ class Run:
             names |= {other.name for other in self.stages if other.creates_outputs and other is not spec}
         return [other for other in self.stages if other.name in names]
 
-    def chain_after(self, spec: StageSpec) -> int:
-        """The most stages on one chain of dependents after `spec` (0 for a stage nothing reads)."""
-        return self._chains_after[spec.name]
+    def work_after(self, spec: StageSpec) -> int:
+        """The most tasks on one chain of dependents after `spec`, a block-wise stage counting
+        its blocks and a global stage one (0 for a stage nothing reads)."""
+        return self._work_after[spec.name]
 
     @functools.cached_property
-    def _chains_after(self) -> dict[str, int]:
+    def _work_after(self) -> dict[str, int]:
         dependents: dict[str, list[str]] = {spec.name: [] for spec in self.stages}
         for spec in self.stages:
             for upstream in self.upstream(spec):
                 dependents[upstream.name].append(spec.name)
-        chains: dict[str, int] = {}
+        work: dict[str, int] = {}
         for spec in reversed(self.stages):  # dependents come later in the run order
-            chains[spec.name] = max((chains[name] + 1 for name in dependents[spec.name]), default=0)
-        return chains
+            work[spec.name] = max((self._tasks(name) + work[name] for name in dependents[spec.name]), default=0)
+        return work
+
+    def _tasks(self, name: str) -> int:
+        spec = self.stage(name)
+        return spec.blocks(self).number_of_blocks if spec.blockwise else 1
 
     @functools.cached_property
     def _memo(self) -> dict[tuple, Any]:

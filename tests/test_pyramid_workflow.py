@@ -38,25 +38,29 @@ def test_pyramid_levels_are_stages_down_to_one_block(run):
     assert run.geometry.level_shape(2) == (16, 32, 32) and run.geometry.level_blocking(2).number_of_blocks == 1
 
 
-def test_ready_tasks_go_by_the_longest_chain_of_stages_after_them(run):
-    """Luigi hands out the ready task of highest priority first. The block graph (four stages
-    after it on the way to the segmentation) goes before the first pyramid level (two after it),
-    which goes before the segmentation's blocks (none): once the multicut is solved the level
-    that the later levels wait for runs beside the segmentation's blocks, not alone at the end."""
+def test_ready_tasks_go_by_the_most_work_on_a_chain_of_stages_after_them(run):
+    """Luigi hands out the ready task of highest priority first. The block graph (the merge, the
+    costs, the multicut and the segmentation's blocks after it) goes before the first pyramid
+    level (its segmentation level's blocks, or the next levels), the multicut before the second
+    level, and the first level before the segmentation's blocks (nothing after them): once the
+    multicut is solved the level that the later levels wait for runs beside the segmentation's
+    blocks, not alone at the end."""
     run, _ = run
-    chains = {spec.name: run.chain_after(spec) for spec in run.stages}
-    assert chains == {
-        "prepare_output": 6,
-        "supervoxels": 5,
-        "supervoxel_ids": 4,
-        "block_graph": 4,
-        "merge_graph": 3,
-        "edge_costs": 2,
-        "multicut": 1,
+    blocks = {spec.name: spec.blocks(run).number_of_blocks for spec in run.stages if spec.blockwise}
+    work = {spec.name: run.work_after(spec) for spec in run.stages}
+    segmentation = blocks["write_segmentation"]
+    assert work == {
+        "prepare_output": blocks["supervoxels"] + work["supervoxels"],
+        "supervoxels": blocks["block_graph"] + 3 + segmentation,
+        "supervoxel_ids": 3 + segmentation,
+        "block_graph": 3 + segmentation,
+        "merge_graph": 2 + segmentation,
+        "edge_costs": 1 + segmentation,
+        "multicut": segmentation,
         "write_segmentation": 0,
-        "pyramid_s1": 2,
+        "pyramid_s1": max(blocks["write_segmentation_s1"], blocks["pyramid_s2"] + blocks["write_segmentation_s2"]),
         "write_segmentation_s1": 0,
-        "pyramid_s2": 1,
+        "pyramid_s2": blocks["write_segmentation_s2"],
         "write_segmentation_s2": 0,
     }
     priority = {spec.name: SEGMENTATION.block_task(run.config_path, spec.name, 0).priority for spec in run.stages if spec.blockwise}
@@ -66,6 +70,7 @@ def test_ready_tasks_go_by_the_longest_chain_of_stages_after_them(run):
     # Equal chains: the run order decides.
     assert priority["write_segmentation"] > priority["write_segmentation_s1"] > priority["write_segmentation_s2"]
     assert SEGMENTATION.stage_task(run.config_path, "edge_costs").priority > priority["pyramid_s1"]
+    assert SEGMENTATION.stage_task(run.config_path, "multicut").priority > priority["pyramid_s2"]
 
 
 def test_block_wise_supervoxel_levels_equal_whole_volume_downsampling(run):
