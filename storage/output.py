@@ -8,6 +8,7 @@ name and renames it, so a killed writer never leaves a torn chunk.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 import tempfile
@@ -16,10 +17,12 @@ from typing import Any
 
 import numpy as np
 import zarr
+from numcodecs import Zstd
 
 from emflow.errors import OutputError
+from emflow.targets.atomic import atomic_write_text
 
-from .chunk_io import write_selection
+from .chunk_io import DirectLayout, write_chunks
 from .ome import create_level, ome_multiscales, write_multiscale_metadata
 from .volumes import metadata_state
 
@@ -127,25 +130,81 @@ def write_global_array(path: str | Path, name: str, data: np.ndarray, attributes
     benchmark's graph (92,966 x 6 float64, 4.5 MB) compress to 55 %, their edge costs to 95 %, and
     zstd took 22 of the 30 ms writing the features and 7 of the 10 ms reading them, in the serial
     global stages of every run. Integer arrays (edges, node labels) shrink to a seventh and keep it.
+
+    The array (zarr v3: its `zarr.json`, `global_array_metadata`, as zarr writes it, and its chunk
+    files) replaces any node of that name, written here rather than by zarr's `create_array`, whose
+    event loop took 5-8 ms of each table's 7-13 ms: 31 ms of the serial global stages of
+    benchmarks/reprocessing.py's cron run, which writes four tables one after the other.
     """
-    group = open_output_group(path)
     # Canonical dtype: C extensions may hand back uint64 as 'Q' (unsigned long long), which zarr
     # does not recognise although it is the same type as numpy's 'L' on 64-bit Linux.
     data = np.ascontiguousarray(data, dtype=np.dtype(data.dtype.str))
     # One chunk of up to ~64 MiB along the first axis keeps graph-sized arrays in few files.
     rows = max(1, min(max(data.shape[0], 1), (64 << 20) // max(1, data.itemsize * int(np.prod(data.shape[1:])))))
-    array = group.create_array(
-        name,
-        shape=data.shape,
-        chunks=(rows, *data.shape[1:]),
-        dtype=data.dtype,
-        fill_value=0,
-        overwrite=True,
-        attributes=attributes,
-        **({"compressors": None} if data.dtype.kind == "f" else {}),
-    )
+    chunks = (rows, *data.shape[1:])
+    metadata = global_array_metadata(data.shape, chunks, data.dtype, attributes)
+    open_output_group(path)  # refuses a path emflow did not create
+    _create_parent_groups(Path(path), name)
+    folder = Path(path) / name
+    shutil.rmtree(folder, ignore_errors=True)  # the node it replaces, with chunks of another grid
+    folder.mkdir(parents=True)
     if data.size:
-        write_selection(array, (slice(None),) * data.ndim, data)
+        write_chunks(table_layout(str(folder), metadata), tuple(slice(0, extent) for extent in data.shape), data)
+    atomic_write_text(folder / "zarr.json", json.dumps(metadata, indent=2, default=_json_scalar))
+
+
+def global_array_metadata(shape: tuple[int, ...], chunks: tuple[int, ...], dtype: np.dtype, attributes: dict[str, Any] | None) -> dict:
+    """The zarr v3 metadata (`zarr.json`) of a `write_global_array` array, the document zarr's
+    `create_array` writes for it: regular chunks, default "c/" keys, fill value 0, the bytes codec
+    (little-endian) and, for all but floating-point data, zstd (level 0, zarr's default)."""
+    dtype = np.dtype(dtype)
+    codecs: list[dict[str, Any]] = [{"name": "bytes", **({"configuration": {"endian": "little"}} if dtype.itemsize > 1 else {})}]
+    if dtype.kind != "f":
+        codecs.append({"name": "zstd", "configuration": {"level": 0, "checksum": False}})
+    return {
+        "shape": list(shape),
+        "data_type": dtype.name,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunks)}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": dtype.type(0).item(),
+        "codecs": codecs,
+        "attributes": attributes or {},
+        "zarr_format": 3,
+        "node_type": "array",
+        "storage_transformers": [],
+    }
+
+
+def table_layout(folder: str, metadata: dict) -> DirectLayout:
+    """Where and how `write_chunks` writes the chunk files of an array with `global_array_metadata`."""
+    zstd = [codec["configuration"] for codec in metadata["codecs"] if codec["name"] == "zstd"]
+    codec = Zstd.from_config({"level": zstd[0]["level"], "checksum": zstd[0]["checksum"]}) if zstd else None
+    return DirectLayout(
+        folder=folder,
+        shape=tuple(metadata["shape"]),
+        chunk_shape=tuple(metadata["chunk_grid"]["configuration"]["chunk_shape"]),
+        dtype=np.dtype(metadata["data_type"]).newbyteorder("<"),
+        fill_value=metadata["fill_value"],
+        key_of=lambda position: "c/" + "/".join(map(str, position)),
+        decompress=None if codec is None else codec.decode,
+        compress=None if codec is None else codec.encode,
+    )
+
+
+def _create_parent_groups(root: Path, name: str) -> None:
+    """The groups above node `name` of the group at `root` (zarr v3: a folder with a `zarr.json`)."""
+    for depth in range(1, len(Path(name).parts)):
+        metadata = root.joinpath(*Path(name).parts[:depth]) / "zarr.json"
+        if not metadata.exists():
+            metadata.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(metadata, json.dumps({"attributes": {}, "zarr_format": 3, "node_type": "group"}, indent=2))
+
+
+def _json_scalar(value: Any) -> Any:
+    """JSON for numpy scalars and arrays in attributes, as zarr's encoder gives it."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def opened_output_array(path: str | Path, name: str) -> zarr.Array:

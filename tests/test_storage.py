@@ -25,7 +25,7 @@ from emflow.storage import (
     write_volume,
 )
 from emflow.storage.chunk_io import direct_layout, plain_selection, read_chunks, read_selection, write_chunks, write_selection
-from emflow.storage.output import ForeignOutputError, open_output_group, opened_output_array
+from emflow.storage.output import ForeignOutputError, open_output_group, opened_output_array, output_array, write_global_array
 
 
 @pytest.fixture
@@ -850,3 +850,38 @@ def test_an_atomic_write_over_a_fifo_replaces_it_without_waiting_for_a_writer(tm
     writer.join(10)
     assert not writer.is_alive(), "the write waited on the FIFO"
     assert path.is_file() and path.read_bytes() == section.tobytes()
+
+
+@pytest.mark.parametrize("dtype", ["uint64", "int64", "uint32", "uint8", "bool", "float64", "float32"])
+def test_global_arrays_are_the_arrays_zarr_creates(tmp_path, dtype):
+    """write_global_array writes the metadata document zarr's create_array writes for the same
+    array (compressors as write_global_array chooses them) and chunk files zarr reads back, under
+    groups zarr opens, replacing an earlier array of that name with another shape and chunking."""
+    import json
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "out.zarr"
+    group = open_output_group(path, create=True)
+    for rows in (7, 1000):
+        data = (rng.random((rows, 3)) * 200).astype(dtype)
+        attributes = {"number_of_nodes": np.int64(rows), "energy": np.float64(-1.5), "names": ["a", "b"]}
+        write_global_array(path, "graph/table", data, attributes)
+        reference = zarr.open_group(str(tmp_path / "reference.zarr"), mode="a", zarr_format=3).create_array(
+            "graph/table",
+            shape=data.shape,
+            chunks=data.shape,
+            dtype=dtype,
+            fill_value=0,
+            overwrite=True,
+            attributes={"number_of_nodes": rows, "energy": -1.5, "names": ["a", "b"]},
+            **({"compressors": None} if np.dtype(dtype).kind == "f" else {}),
+        )
+        reference[...] = data
+        written, expected = (json.loads((folder / "graph/table/zarr.json").read_text()) for folder in (path, tmp_path / "reference.zarr"))
+        assert written == expected
+        assert json.loads((path / "graph/zarr.json").read_text()) == json.loads((tmp_path / "reference.zarr/graph/zarr.json").read_text())
+        read = zarr.open_group(str(path), mode="r")["graph/table"]
+        assert read.dtype == np.dtype(dtype) and np.array_equal(read[...], data)
+        assert (path / "graph/table/c/0/0").read_bytes() == (tmp_path / "reference.zarr/graph/table/c/0/0").read_bytes()
+        assert np.array_equal(read_selection(output_array(path, "graph/table"), (slice(None), slice(None))), data)
+    assert group.attrs["emflow"] == {"created": True}
