@@ -22,7 +22,7 @@ from numcodecs import Zstd
 from emflow.errors import OutputError
 from emflow.targets.atomic import atomic_write_text
 
-from .chunk_io import DirectLayout, write_chunks
+from .chunk_io import DirectLayout, read_chunks, read_selection, write_chunks
 from .ome import create_level, ome_multiscales, write_multiscale_metadata
 from .volumes import metadata_state
 
@@ -149,7 +149,7 @@ def write_global_array(path: str | Path, name: str, data: np.ndarray, attributes
     shutil.rmtree(folder, ignore_errors=True)  # the node it replaces, with chunks of another grid
     folder.mkdir(parents=True)
     if data.size:
-        write_chunks(table_layout(str(folder), metadata), tuple(slice(0, extent) for extent in data.shape), data)
+        write_chunks(table_layout(str(folder), metadata), tuple(slice(0, extent) for extent in data.shape), data)  # type: ignore[arg-type]
     atomic_write_text(folder / "zarr.json", json.dumps(metadata, indent=2, default=_json_scalar))
 
 
@@ -175,20 +175,44 @@ def global_array_metadata(shape: tuple[int, ...], chunks: tuple[int, ...], dtype
     }
 
 
-def table_layout(folder: str, metadata: dict) -> DirectLayout:
-    """Where and how `write_chunks` writes the chunk files of an array with `global_array_metadata`."""
-    zstd = [codec["configuration"] for codec in metadata["codecs"] if codec["name"] == "zstd"]
-    codec = Zstd.from_config({"level": zstd[0]["level"], "checksum": zstd[0]["checksum"]}) if zstd else None
+def table_layout(folder: str, metadata: dict) -> DirectLayout | None:
+    """Where and how the chunk files of an array with `global_array_metadata` are read and
+    written (`read_chunks`, `write_chunks`); None for an array with other metadata."""
+    try:
+        shape, chunks = tuple(metadata["shape"]), tuple(metadata["chunk_grid"]["configuration"]["chunk_shape"])
+        dtype = np.dtype(metadata["data_type"])
+        if metadata != global_array_metadata(shape, chunks, dtype, metadata["attributes"]):
+            return None
+    except (KeyError, TypeError, ValueError):
+        return None
+    codec = Zstd.from_config({"level": 0, "checksum": False}) if dtype.kind != "f" else None
     return DirectLayout(
         folder=folder,
-        shape=tuple(metadata["shape"]),
-        chunk_shape=tuple(metadata["chunk_grid"]["configuration"]["chunk_shape"]),
-        dtype=np.dtype(metadata["data_type"]).newbyteorder("<"),
+        shape=shape,
+        chunk_shape=chunks,
+        dtype=dtype.newbyteorder("<"),
         fill_value=metadata["fill_value"],
         key_of=lambda position: "c/" + "/".join(map(str, position)),
         decompress=None if codec is None else codec.decode,
         compress=None if codec is None else codec.encode,
     )
+
+
+def read_global_array(path: str | Path, name: str) -> np.ndarray:
+    """A whole array of the output group, as `write_global_array` wrote it: from its metadata
+    document and chunk files (`table_layout`), or through zarr where it has other metadata."""
+    folder = Path(path) / name
+    layout = table_layout(str(folder), global_array_document(path, name))
+    if layout is None:
+        array = output_array(path, name)
+        return read_selection(array, (slice(None),) * array.ndim)
+    return read_chunks(layout, tuple(slice(0, extent) for extent in layout.shape))
+
+
+def global_array_document(path: str | Path, name: str) -> dict:
+    """The zarr v3 metadata document (`zarr.json`) of array `name` of the output group; its
+    "attributes" are the array's attributes."""
+    return json.loads((Path(path) / name / "zarr.json").read_text())
 
 
 def _create_parent_groups(root: Path, name: str) -> None:

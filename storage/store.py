@@ -39,7 +39,14 @@ from .inputs import InputDataset
 from .layout import Layout
 from .npz import read_npz
 from .ome import create_levels, level_path, write_multiscale_metadata
-from .output import create_block_image, open_output_group, opened_output_array, output_array, write_global_array
+from .output import (
+    create_block_image,
+    global_array_document,
+    open_output_group,
+    opened_output_array,
+    read_global_array,
+    write_global_array,
+)
 from .volumes import opened_volume, read_region
 
 
@@ -177,11 +184,10 @@ class Store:
             write_global_array(self.layout.output_path, path, data, attributes)
 
     def read_table(self, path: str) -> np.ndarray:
-        array = output_array(self.layout.output_path, path)
-        return read_selection(array, (slice(None),) * array.ndim)
+        return read_global_array(self.layout.output_path, path)
 
     def table_attributes(self, path: str) -> dict[str, Any]:
-        return dict(output_array(self.layout.output_path, path).attrs)
+        return global_array_document(self.layout.output_path, path)["attributes"]
 
     def output_group(self, *, create: bool = False) -> zarr.Group:
         with writing(self.layout.output_path):

@@ -25,7 +25,7 @@ from emflow.storage import (
     write_volume,
 )
 from emflow.storage.chunk_io import direct_layout, plain_selection, read_chunks, read_selection, write_chunks, write_selection
-from emflow.storage.output import ForeignOutputError, open_output_group, opened_output_array, output_array, write_global_array
+from emflow.storage.output import ForeignOutputError, open_output_group, opened_output_array, output_array, read_global_array, table_layout, write_global_array
 
 
 @pytest.fixture
@@ -884,4 +884,24 @@ def test_global_arrays_are_the_arrays_zarr_creates(tmp_path, dtype):
         assert read.dtype == np.dtype(dtype) and np.array_equal(read[...], data)
         assert (path / "graph/table/c/0/0").read_bytes() == (tmp_path / "reference.zarr/graph/table/c/0/0").read_bytes()
         assert np.array_equal(read_selection(output_array(path, "graph/table"), (slice(None), slice(None))), data)
+        assert read_global_array(path, "graph/table").dtype == np.dtype(dtype)
+        assert np.array_equal(read_global_array(path, "graph/table"), data)
     assert group.attrs["emflow"] == {"created": True}
+
+
+def test_global_arrays_of_other_layouts_are_read_through_zarr(tmp_path):
+    """An array of the output group with metadata write_global_array does not write (another
+    compressor, other chunk keys) has no direct layout, and reads through zarr alike; one with
+    chunks along both axes has one."""
+    import json
+
+    path = tmp_path / "out.zarr"
+    group = open_output_group(path, create=True)
+    data = np.arange(60, dtype=np.uint64).reshape(20, 3)
+    for name, options in (("blosc", {"chunks": (20, 3), "compressors": zarr.codecs.BloscCodec()}), ("v2_keys", {"chunks": (8, 2), "chunk_key_encoding": {"name": "v2", "separator": "."}})):
+        group.create_array(name, shape=data.shape, dtype=data.dtype, fill_value=0, **options)[...] = data
+        assert table_layout(str(path / name), json.loads((path / name / "zarr.json").read_text())) is None
+        assert np.array_equal(read_global_array(path, name), data)
+    group.create_array("tiled", shape=data.shape, dtype=data.dtype, chunks=(8, 2), fill_value=0)[...] = data
+    assert table_layout(str(path / "tiled"), json.loads((path / "tiled" / "zarr.json").read_text())).chunk_shape == (8, 2)
+    assert np.array_equal(read_global_array(path, "tiled"), data)
