@@ -73,6 +73,27 @@ def test_ready_tasks_go_by_the_most_work_on_a_chain_of_stages_after_them(run):
     assert SEGMENTATION.stage_task(run.config_path, "multicut").priority > priority["pyramid_s2"]
 
 
+def test_block_groups_wait_for_the_groups_whose_blocks_they_read(run):
+    """A block group of a stage whose every read of a block-wise stage is linked requires the
+    groups of that stage holding blocks it reads, each holding some, together all, and not that
+    stage as a whole; the stages it reads otherwise (global ones) it requires whole."""
+    run, _ = run
+    for stage, upstream in (("block_graph", "supervoxels"), ("write_segmentation", "supervoxels"), ("pyramid_s2", "pyramid_s1")):
+        spec = run.stage(stage)
+        links = [run.linked_blocks(spec, read) for read in run.reads(spec) if run.producer(read) is run.stage(upstream)]
+        assert links and all(linked is not None for linked in links)
+        for group in SEGMENTATION.stage_task(run.config_path, stage).requires():
+            first, stop = group.block_range
+            read = {int(block_id) for linked in links for block_id in range(first, stop) for block_id in linked[block_id]}
+            required = group.requires()
+            families = {task.get_task_family() for task in required}
+            assert f"{upstream}.stage" not in families
+            held = [set(range(*task.block_range)) for task in required if task.get_task_family() == upstream]
+            assert all(blocks & read for blocks in held) and read <= set().union(*held)
+    write_group = SEGMENTATION.stage_task(run.config_path, "write_segmentation").requires()[0]
+    assert {"multicut", "supervoxel_ids", "prepare_output"} <= {task.get_task_family() for task in write_group.requires()}
+
+
 def test_block_wise_supervoxel_levels_equal_whole_volume_downsampling(run):
     run, output = run
     group = zarr.open_group(str(output / "supervoxels"), mode="r")

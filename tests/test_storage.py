@@ -1,6 +1,7 @@
 """emflow.storage: locations, opening zarr v2/v3, OME-Zarr and HDF5, imports, and their errors."""
 
 import itertools
+import json
 import os
 import stat
 import time
@@ -25,7 +26,15 @@ from emflow.storage import (
     write_volume,
 )
 from emflow.storage.chunk_io import direct_layout, plain_selection, read_chunks, read_selection, write_chunks, write_selection
-from emflow.storage.output import ForeignOutputError, open_output_group, opened_output_array, output_array, read_global_array, table_layout, write_global_array
+from emflow.storage.output import (
+    ForeignOutputError,
+    open_output_group,
+    opened_output_array,
+    output_array,
+    read_global_array,
+    table_layout,
+    write_global_array,
+)
 
 
 @pytest.fixture
@@ -857,8 +866,6 @@ def test_global_arrays_are_the_arrays_zarr_creates(tmp_path, dtype):
     """write_global_array writes the metadata document zarr's create_array writes for the same
     array (compressors as write_global_array chooses them) and chunk files zarr reads back, under
     groups zarr opens, replacing an earlier array of that name with another shape and chunking."""
-    import json
-
     rng = np.random.default_rng(0)
     path = tmp_path / "out.zarr"
     group = open_output_group(path, create=True)
@@ -893,12 +900,13 @@ def test_global_arrays_of_other_layouts_are_read_through_zarr(tmp_path):
     """An array of the output group with metadata write_global_array does not write (another
     compressor, other chunk keys) has no direct layout, and reads through zarr alike; one with
     chunks along both axes has one."""
-    import json
-
     path = tmp_path / "out.zarr"
     group = open_output_group(path, create=True)
     data = np.arange(60, dtype=np.uint64).reshape(20, 3)
-    for name, options in (("blosc", {"chunks": (20, 3), "compressors": zarr.codecs.BloscCodec()}), ("v2_keys", {"chunks": (8, 2), "chunk_key_encoding": {"name": "v2", "separator": "."}})):
+    for name, options in (
+        ("blosc", {"chunks": (20, 3), "compressors": zarr.codecs.BloscCodec()}),
+        ("v2_keys", {"chunks": (8, 2), "chunk_key_encoding": {"name": "v2", "separator": "."}}),
+    ):
         group.create_array(name, shape=data.shape, dtype=data.dtype, fill_value=0, **options)[...] = data
         assert table_layout(str(path / name), json.loads((path / name / "zarr.json").read_text())) is None
         assert np.array_equal(read_global_array(path, name), data)
