@@ -1230,10 +1230,16 @@ def block_fingerprints(run: Run, name: str) -> list[str]:
 
 def input_states(run: Run, spec: StageSpec, read: Read) -> list[bytes]:
     """Per block of `spec`, the states of the chunks of input `read` in the boxes it reads
-    (`Run.read_boxes`: of a faces read, not those only the region's edges and corners meet)."""
-    dataset = run.inputs[read.name]
-    parts = [region_states(dataset.path, dataset.key, boxes) for boxes in run.read_boxes(spec, read)]
-    return parts[0] if len(parts) == 1 else [b"|".join(states) for states in zip(*parts)]
+    (`Run.read_boxes`: of a faces read, not those only the region's edges and corners meet).
+    Found once per look at the task graph (`forget_input_states`), as the fingerprints that take
+    them in: the content keys of each block group of `block_graph` found them again for all 512
+    blocks, 4 ms a group, in the cron run of benchmarks/reprocessing.py."""
+    key = ("input states", spec.name, read, _input_generation)
+    if key not in run._memo:
+        dataset = run.inputs[read.name]
+        parts = [region_states(dataset.path, dataset.key, boxes) for boxes in run.read_boxes(spec, read)]
+        run._memo[key] = parts[0] if len(parts) == 1 else [b"|".join(states) for states in zip(*parts)]
+    return run._memo[key]
 
 
 def _has_block_states(run: Run, spec: StageSpec) -> bool:
