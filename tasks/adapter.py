@@ -383,7 +383,7 @@ class _BlockGroupTask(_StageTaskBase):
             if not links or any(linked is None for linked in links):
                 required.append(self.workflow.stage_task(self.config_path, upstream.name))
                 continue
-            read_blocks = np.unique(np.concatenate([linked[block_id] for linked in links for block_id in range(first, stop)]))  # type: ignore[index]
+            read_blocks = np.unique(np.concatenate([linked[block_id] for linked in links for block_id in range(first, stop)]))
             group_class = _task_class(self.workflow, upstream.name, "group")
             for group_first, group_stop in self.workflow.stage_task(self.config_path, upstream.name).groups():
                 if np.any((read_blocks >= group_first) & (read_blocks < group_stop)):
