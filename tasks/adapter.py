@@ -297,11 +297,7 @@ class _BlockStageTask(_StageTaskBase):
         per look at the task graph (`forget_input_states`): the stage's task and each group of a
         later stage that reads its blocks (`_BlockGroupTask.requires`) ask, and must agree while
         the blocks run and their records change the stale ones."""
-        key = ("groups", self.stage_name, _input_generation)
-        memo = self.run_context._memo
-        if key not in memo:
-            memo[key] = self._groups()
-        return memo[key]
+        return found_once_per_look(self.run_context, ("groups", self.stage_name), self._groups)
 
     def _groups(self) -> list[tuple[int, int]]:
         run, number_of_blocks = self.run_context, self.number_of_blocks
@@ -1234,12 +1230,23 @@ def input_states(run: Run, spec: StageSpec, read: Read) -> list[bytes]:
     Found once per look at the task graph (`forget_input_states`), as the fingerprints that take
     them in: the content keys of each block group of `block_graph` found them again for all 512
     blocks, 4 ms a group, in the cron run of benchmarks/reprocessing.py."""
-    key = ("input states", spec.name, read, _input_generation)
-    if key not in run._memo:
+
+    def found() -> list[bytes]:
         dataset = run.inputs[read.name]
         parts = [region_states(dataset.path, dataset.key, boxes) for boxes in run.read_boxes(spec, read)]
-        run._memo[key] = parts[0] if len(parts) == 1 else [b"|".join(states) for states in zip(*parts)]
-    return run._memo[key]
+        return parts[0] if len(parts) == 1 else [b"|".join(states) for states in zip(*parts)]
+
+    return found_once_per_look(run, ("input states", spec.name, read), found)
+
+
+def found_once_per_look(run: Run, key: tuple, find: Callable[[], Any]) -> Any:
+    """`find()`, kept in the run's memo under `key` until the next look at the task graph
+    (`forget_input_states`): one value per key, replaced, not one per look kept."""
+    generation, value = run._memo.get(key, (None, None))
+    if generation != _input_generation:
+        value = find()
+        run._memo[key] = (_input_generation, value)
+    return value
 
 
 def _has_block_states(run: Run, spec: StageSpec) -> bool:
