@@ -184,7 +184,9 @@ def segment_labels(context: GlobalContext, node_labels: np.ndarray) -> np.ndarra
     """A method's node labels with each segment numbered by its smallest supervoxel id (given
     supervoxels: its smallest node id), `emflow.labels.smallest_member_labels`; the stage declares
     `NODE_ID_READS`. A segment's id then depends on its supervoxels alone, so a rerun after new
-    data in one region gives every segment it did not change the id it had."""
+    data in one region gives every segment it did not change the id it had, unless its smallest
+    supervoxel lies in a block the rerun computed again: that block numbers its supervoxels 1..n
+    anew (`_watershed`), which may move the ids of those the new data did not change."""
     stride = id_stride(context)
     number_of_nodes = len(node_labels)
     if stride is None:
