@@ -380,10 +380,10 @@ class _BlockGroupTask(_StageTaskBase):
                 required.append(self.workflow.stage_task(self.config_path, upstream.name))
                 continue
             read_blocks = np.unique(np.concatenate([linked[block_id] for linked in links for block_id in range(first, stop)]))
-            group_class = _task_class(self.workflow, upstream.name, "group")
-            for group_first, group_stop in self.workflow.stage_task(self.config_path, upstream.name).groups():
+            for group in self.workflow.stage_task(self.config_path, upstream.name).requires():
+                group_first, group_stop = group.block_range
                 if np.any((read_blocks >= group_first) & (read_blocks < group_stop)):
-                    required.append(group_class(config_path=self.config_path, blocks=format_blocks(group_first, group_stop)))
+                    required.append(group)
         return required
 
     def complete(self) -> bool:
