@@ -109,20 +109,40 @@ def _layout(array: zarr.Array) -> DirectLayout | None:
     endian = metadata.codecs[0].endian
     if not (dtype.itemsize == 1 or (endian is not None and endian.value == "little")):
         return None
-    decompress = compress = None
-    if names[-1] == "ZstdCodec":
-        zstd = metadata.codecs[1]
-        codec = Zstd.from_config({"level": zstd.level, "checksum": zstd.checksum})
-        decompress, compress = codec.decode, codec.encode
+    zstd = metadata.codecs[1] if names[-1] == "ZstdCodec" else None
+    return bytes_layout(
+        units.folder,
+        tuple(array.shape),
+        units.unit_shape,
+        dtype,
+        metadata.fill_value,
+        units.key_of,
+        None if zstd is None else {"level": zstd.level, "checksum": zstd.checksum},
+    )
+
+
+def bytes_layout(
+    folder: str,
+    shape: tuple[int, ...],
+    chunk_shape: tuple[int, ...],
+    dtype: np.dtype,
+    fill_value: Any,
+    key_of: Callable[[tuple[int, ...]], str],
+    zstd: dict | None,
+) -> DirectLayout:
+    """The layout of chunk files holding the little-endian bytes of each chunk, compressed by
+    numcodecs' Zstd with configuration `zstd` ({"level", "checksum"}, as zarr's zstd codec
+    passes them) or not at all (None)."""
+    codec = None if zstd is None else Zstd.from_config(zstd)
     return DirectLayout(
-        folder=units.folder,
-        shape=tuple(array.shape),
-        chunk_shape=units.unit_shape,
+        folder=folder,
+        shape=shape,
+        chunk_shape=chunk_shape,
         dtype=dtype.newbyteorder("<") if dtype.itemsize > 1 else dtype,
-        fill_value=metadata.fill_value,
-        key_of=units.key_of,
-        decompress=decompress,
-        compress=compress,
+        fill_value=fill_value,
+        key_of=key_of,
+        decompress=None if codec is None else codec.decode,
+        compress=None if codec is None else codec.encode,
     )
 
 

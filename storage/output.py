@@ -17,12 +17,11 @@ from typing import Any
 
 import numpy as np
 import zarr
-from numcodecs import Zstd
 
 from emflow.errors import OutputError
 from emflow.targets.atomic import atomic_write_text
 
-from .chunk_io import DirectLayout, read_chunks, read_selection, write_chunks
+from .chunk_io import DirectLayout, bytes_layout, read_chunks, read_selection, write_chunks
 from .ome import create_level, ome_multiscales, write_multiscale_metadata
 from .volumes import metadata_state
 
@@ -185,17 +184,8 @@ def table_layout(folder: str, metadata: dict) -> DirectLayout | None:
             return None
     except (KeyError, TypeError, ValueError):
         return None
-    codec = Zstd.from_config({"level": 0, "checksum": False}) if dtype.kind != "f" else None
-    return DirectLayout(
-        folder=folder,
-        shape=shape,
-        chunk_shape=chunks,
-        dtype=dtype.newbyteorder("<"),
-        fill_value=metadata["fill_value"],
-        key_of=lambda position: "c/" + "/".join(map(str, position)),
-        decompress=None if codec is None else codec.decode,
-        compress=None if codec is None else codec.encode,
-    )
+    zstd = metadata["codecs"][1]["configuration"] if len(metadata["codecs"]) > 1 else None
+    return bytes_layout(folder, shape, chunks, dtype, metadata["fill_value"], lambda position: "c/" + "/".join(map(str, position)), zstd)
 
 
 def read_global_array(path: str | Path, name: str) -> np.ndarray:
