@@ -27,11 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 from emflow.targets.atomic import file_digest, written_digest
 
-from .chunk_io import stored_units
+from .chunk_io import open_local_array, stored_units
 from .output import opened_output_array
 from .volumes import HDF5Volume, metadata_state, open_volume
 
@@ -97,14 +96,17 @@ def _dataset_states(path: str, key: str) -> tuple[ChunkLayout, np.ndarray]:
 
 
 def _chunk_layout(path: str, key: str) -> ChunkLayout:
-    return _layout_of(open_volume(path, key), path)
+    local = open_local_array(f"{path}/{key}") if key else None
+    return _layout_of(local if local is not None else open_volume(path, key), path)
 
 
 def _layout_of(volume, path: str) -> ChunkLayout:
     shape = tuple(volume.shape)
     if isinstance(volume, HDF5Volume):
         volume.close()
-    units = stored_units(volume) if isinstance(volume, zarr.Array) else None
+        units = None
+    else:  # a zarr array or a LocalArray
+        units = stored_units(volume)
     if units is None:  # HDF5, or not a folder of files (e.g. a zip store): the whole container is one unit
         return ChunkLayout(shape=shape, grid_shape=(), folder=None, key_of=None, file=Path(path))
     return ChunkLayout(shape=shape, grid_shape=units.unit_shape, folder=Path(units.folder), key_of=units.key_of)

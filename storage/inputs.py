@@ -16,13 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zarr
 
 from emflow.config.run import check_affinity_offsets
 from emflow.errors import ConfigError, InputError
 
 from .chunks import chunk_box, missing_chunks, stored_chunks
-from .volumes import IMPORT_COMPLETE_ATTRIBUTE, RESOLUTION_ATTRIBUTE, DamagedDataError, opened_volume, read_region, unwritten_fill_value
+from .volumes import (
+    IMPORT_COMPLETE_ATTRIBUTE,
+    RESOLUTION_ATTRIBUTE,
+    DamagedDataError,
+    HDF5Volume,
+    opened_volume,
+    read_region,
+    unwritten_fill_value,
+)
 
 # What messages call the input of each role.
 _DESCRIPTIONS = {"boundaries": "boundary map", "raw": "raw data", "affinities": "affinities"}
@@ -102,7 +109,7 @@ def describe_inputs(path: str, keys: dict[str, str]) -> dict[str, InputDataset]:
 
 def _import_complete(volume) -> bool | None:
     """Whether `emflow import` (or `write_volume`) finished writing a zarr array; None if they did not write it."""
-    if not isinstance(volume, zarr.Array):
+    if isinstance(volume, HDF5Volume):
         return None
     attributes = volume.attrs
     if IMPORT_COMPLETE_ATTRIBUTE in attributes:

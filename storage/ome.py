@@ -18,13 +18,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import zarr
-from zarr.core.buffer import cpu
-from zarr.core.sync import sync
 
 from emflow.errors import InputError
+
+if TYPE_CHECKING:
+    import zarr
 
 OME_VERSION = "0.5"
 SPACE_AXES = ("z", "y", "x")
@@ -276,6 +277,8 @@ def _check_resolution(resolution, names: tuple[str, ...]) -> None:
 
 
 def _level_array(group: zarr.Group, path: str) -> zarr.Array:
+    import zarr
+
     if path not in group:
         raise KeyError(f"no dataset {path!r} in group {group.path or '/'!r}")
     array = group[path]
@@ -293,6 +296,9 @@ def _name_axes(array: zarr.Array, names: tuple[str, ...]) -> None:
         return
     # zarr has no call that changes an existing array's metadata: its zarr.json is rewritten with
     # the names added, which leaves the data untouched.
+    from zarr.core.buffer import cpu
+    from zarr.core.sync import sync
+
     key = f"{array.path}/zarr.json" if array.path else "zarr.json"
     document = json.loads(sync(array.store.get(key, prototype=cpu.buffer_prototype)).to_bytes())
     document["dimension_names"] = list(names)

@@ -13,17 +13,19 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import zarr
 
 from emflow.errors import OutputError
 from emflow.targets.atomic import atomic_write_text
 
-from .chunk_io import DirectLayout, bytes_layout, read_chunks, read_selection, write_chunks
+from .chunk_io import DirectLayout, LocalArray, bytes_layout, open_local_array, read_chunks, read_selection, write_chunks
 from .ome import create_level, ome_multiscales, write_multiscale_metadata
 from .volumes import metadata_state
+
+if TYPE_CHECKING:
+    import zarr
 
 # Marks a zarr group as created by emflow, so that emflow never writes into anyone else's data.
 OWNER_ATTRIBUTE = "emflow"
@@ -46,6 +48,8 @@ def open_output_group(path: str | Path, *, create: bool = False) -> zarr.Group:
         return _open_existing_group(path)
     if not create:
         raise FileNotFoundError(f"output group {path} does not exist (the workflow has not run yet)")
+    import zarr
+
     # Made under a temporary name and renamed: a run killed in between must not leave a group
     # without emflow's mark, which every later run would refuse as someone else's data.
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,7 +61,7 @@ def open_output_group(path: str | Path, *, create: bool = False) -> zarr.Group:
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
-    return zarr.open_group(str(path), mode="r+")
+    return _open_existing_group(path)
 
 
 @functools.lru_cache(maxsize=16)
@@ -70,6 +74,8 @@ def _opened_output_group(path: str, state: tuple[int, int, int]) -> zarr.Group:
 
 
 def _open_existing_group(path: Path) -> zarr.Group:
+    import zarr
+
     try:
         group = zarr.open_group(str(path), mode="r+")
     except Exception as error:  # zarr raises several types for "not a group here"
@@ -77,6 +83,28 @@ def _open_existing_group(path: Path) -> zarr.Group:
     if OWNER_ATTRIBUTE not in group.attrs:
         raise ForeignOutputError(f"output path {path} holds a zarr group that emflow did not create; refusing to write into it")
     return group
+
+
+def output_group_attributes(path: str | Path) -> dict[str, Any]:
+    """The attributes of emflow's output group at `path`, read from its metadata document (what
+    `open_output_group` opens through zarr, which a run's checks need not import). Refuses
+    (ForeignOutputError) a path that is not a group emflow created; FileNotFoundError where there
+    is nothing."""
+    path = Path(path)
+    try:
+        metadata = json.loads((path / "zarr.json").read_text())
+    except FileNotFoundError:
+        if path.exists():
+            return dict(_open_existing_group(path).attrs)  # zarr v2, or not a group: zarr says which
+        raise FileNotFoundError(f"output group {path} does not exist (the workflow has not run yet)") from None
+    except (OSError, ValueError) as error:
+        raise ForeignOutputError(f"output path {path} exists and is not a zarr group; choose another output path") from error
+    attributes = metadata.get("attributes", {}) if isinstance(metadata, dict) and metadata.get("node_type") == "group" else None
+    if not isinstance(attributes, dict):
+        raise ForeignOutputError(f"output path {path} exists and is not a zarr group; choose another output path")
+    if OWNER_ATTRIBUTE not in attributes:
+        raise ForeignOutputError(f"output path {path} holds a zarr group that emflow did not create; refusing to write into it")
+    return attributes
 
 
 def create_block_array(group: zarr.Group, name: str, shape, block_shape, dtype, *, compressed: bool = True) -> zarr.Array:
@@ -142,7 +170,7 @@ def write_global_array(path: str | Path, name: str, data: np.ndarray, attributes
     rows = max(1, min(max(data.shape[0], 1), (64 << 20) // max(1, data.itemsize * int(np.prod(data.shape[1:])))))
     chunks = (rows, *data.shape[1:])
     metadata = global_array_metadata(data.shape, chunks, data.dtype, attributes)
-    open_output_group(path)  # refuses a path emflow did not create
+    output_group_attributes(path)  # refuses a path emflow did not create
     _create_parent_groups(Path(path), name)
     folder = Path(path) / name
     shutil.rmtree(folder, ignore_errors=True)  # the node it replaces, with chunks of another grid
@@ -221,7 +249,7 @@ def _json_scalar(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def opened_output_array(path: str | Path, name: str) -> zarr.Array:
+def opened_output_array(path: str | Path, name: str) -> zarr.Array | LocalArray:
     """`output_array`, opened once per process while its node's metadata is unchanged
     (`metadata_state`: an array created again, by this process or another, may have another
     chunking). Every block task of a stage writes the same arrays, and the worker processes keep
@@ -230,13 +258,30 @@ def opened_output_array(path: str | Path, name: str) -> zarr.Array:
 
 
 @functools.lru_cache(maxsize=64)
-def _opened_output_array(path: str, name: str, state: tuple[int, int, int] | None) -> zarr.Array:
+def _opened_output_array(path: str, name: str, state: tuple[int, int, int] | None) -> zarr.Array | LocalArray:
     return output_array(path, name)
 
 
-def output_array(path: str | Path, name: str) -> zarr.Array:
+def output_array(path: str | Path, name: str) -> zarr.Array | LocalArray:
     """An array of the output group, open for block reads and writes and for its attributes; for an
-    OME-Zarr image `name` (see `create_block_image`), its full-resolution level."""
+    OME-Zarr image `name` (see `create_block_image`), its full-resolution level. A `LocalArray`
+    (its attributes read only) where the array is of that kind, as emflow's own arrays are; zarr's
+    otherwise."""
+    output_group_attributes(path)  # refuses a path emflow did not create
+    folder = Path(path) / name
+    try:
+        metadata = json.loads((folder / "zarr.json").read_text())
+    except (OSError, ValueError):
+        metadata = None
+    if isinstance(metadata, dict) and metadata.get("node_type") == "group":
+        multiscales = ome_multiscales(metadata.get("attributes") or {})
+        level = open_local_array(str(folder / multiscales[0]["datasets"][0]["path"])) if multiscales else None
+    else:
+        level = open_local_array(str(folder)) if metadata is not None else None
+    if level is not None:
+        return level
+    import zarr
+
     node = open_output_group(path)[name]
     multiscales = ome_multiscales(node.attrs) if isinstance(node, zarr.Group) else None
     return node[multiscales[0]["datasets"][0]["path"]] if multiscales else node

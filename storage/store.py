@@ -23,10 +23,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import zarr
 
 from emflow.blocking import Box
 from emflow.errors import InputError
@@ -34,7 +33,7 @@ from emflow.inference import fixed_point
 from emflow.targets import atomic_save_npy, atomic_save_npz
 from emflow.targets.atomic import writing
 
-from .chunk_io import read_selection, write_selection
+from .chunk_io import LocalArray, read_selection, write_selection
 from .inputs import InputDataset
 from .layout import Layout
 from .npz import read_npz
@@ -48,6 +47,9 @@ from .output import (
     write_global_array,
 )
 from .volumes import opened_volume, read_region
+
+if TYPE_CHECKING:
+    import zarr
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,7 @@ class Store:
         with opened_volume(dataset.path, dataset.key) as volume:
             yield volume
 
-    def output_array(self, name: str) -> zarr.Array:
+    def output_array(self, name: str) -> zarr.Array | LocalArray:
         return opened_output_array(self.layout.output_path, self.volumes[name].path)
 
     def create_volumes(self, group: zarr.Group, shape: tuple[int, ...], block_shape: tuple[int, ...], resolution, level_factors) -> None:

@@ -7,22 +7,22 @@ array inside it. Axes are z, y, x; resolutions are nanometres per voxel in that 
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 import re
+import sys
 from contextlib import ExitStack, aclosing, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import zarr
-from zarr.core.sync import sync
 
 from emflow.blocking import Blocking
 from emflow.errors import InputError, OutputError
 from emflow.pyramid import downsample_image, pyramid_factors, source_box
 
-from .chunk_io import read_selection
+from .chunk_io import LocalArray, open_local_array, read_chunks, read_selection
 from .ome import (
     create_level,
     create_levels,
@@ -35,6 +35,7 @@ from .ome import (
 if TYPE_CHECKING:
     import h5py
     import tifffile
+    import zarr
 
 ZARR_SUFFIXES = (".zarr",)
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
@@ -203,6 +204,8 @@ def _walk_to(root, key: str, path: Path, is_group):
 
 
 def _open_zarr(path: Path, key: str, mode: str):
+    import zarr
+
     parts = [part for part in key.split("/") if part]
     if parts:
         # An array at `key` opened at once reads its metadata alone: 0.5 ms, against 2.4 ms for
@@ -304,7 +307,7 @@ def opened_volume(path, key: str, mode: str = "r"):
 
 # (path, key) -> (array, its metadata file, that file's state) of `_read_only_zarr`; a handful of
 # inputs per run, so no bound.
-_READ_ONLY_ZARR: dict[tuple[Path, str], tuple[zarr.Array, Path, tuple[int, int, int] | None]] = {}
+_READ_ONLY_ZARR: dict[tuple[Path, str], tuple[zarr.Array | LocalArray, Path, tuple[int, int, int] | None]] = {}
 
 
 def metadata_state(path: str | Path) -> tuple[int, int, int] | None:
@@ -318,12 +321,18 @@ def metadata_state(path: str | Path) -> tuple[int, int, int] | None:
     return status.st_ino, status.st_size, status.st_mtime_ns
 
 
-def _read_only_zarr(path: Path, key: str) -> zarr.Array:
+def _read_only_zarr(path: Path, key: str) -> zarr.Array | LocalArray:
     kept = _READ_ONLY_ZARR.get((path, key))
     if kept is not None and kept[2] is not None and metadata_state(kept[1]) == kept[2]:
         return kept[0]
-    array = _open_zarr(path, key, "r")
-    metadata = path / array.path / ("zarr.json" if array.metadata.zarr_format == 3 else ".zarray")
+    # A LocalArray where the array is of that kind (zarr v3, plain or zstd chunks): opening it
+    # reads one small file, and neither imports zarr nor starts its event loop.
+    array = open_local_array(str(path / key))
+    if array is not None:
+        metadata = Path(array.path) / "zarr.json"
+    else:
+        array = _open_zarr(path, key, "r")
+        metadata = path / array.path / ("zarr.json" if array.metadata.zarr_format == 3 else ".zarray")
     _READ_ONLY_ZARR[(path, key)] = (array, metadata, metadata_state(metadata))
     return array
 
@@ -348,7 +357,7 @@ def read_region(volume, selection: tuple[slice, ...], location: str) -> np.ndarr
     except Exception as error:
         if isinstance(volume, HDF5Volume) and isinstance(error, OSError):
             raise DamagedDataError(f"cannot read {region}: {error}; the file may be damaged") from error
-        if not isinstance(volume, zarr.Array):
+        if isinstance(volume, HDF5Volume) or not hasattr(volume, "chunks"):
             raise
         damaged = _damaged_chunks(volume, selection)
         if not damaged:
@@ -359,23 +368,39 @@ def read_region(volume, selection: tuple[slice, ...], location: str) -> np.ndarr
         ) from error
 
 
-def _damaged_chunks(array: zarr.Array, selection: tuple[slice, ...]) -> list[tuple[tuple[int, ...], str, str]]:
+def _damaged_chunks(array: zarr.Array | LocalArray, selection: tuple[slice, ...]) -> list[tuple[tuple[int, ...], str, str]]:
     """(grid position, stored file or key, error) of each chunk overlapping ``selection`` that fails to read alone.
 
     Positions and files are those of the stored unit: the shard for a sharded array.
     """
-    unit = array.shards or array.chunks
+    if isinstance(array, LocalArray):
+        unit = array.chunks
+        layout = array.layout
+
+        def read(box: tuple[slice, ...]) -> None:
+            read_chunks(layout, box)
+
+        def stored(coords: tuple[int, ...]) -> str:
+            return f"{layout.folder}/{layout.key_of(coords)}"
+    else:
+        unit = array.shards or array.chunks
+        root = getattr(array.store, "root", None)
+
+        def read(box: tuple[slice, ...]) -> None:
+            array[box]
+
+        def stored(coords: tuple[int, ...]) -> str:
+            key = "/".join(part for part in (array.path, array.metadata.encode_chunk_key(coords)) if part)
+            return str(Path(root) / key) if root is not None else f"key {key}"
+
     ranges = [range(part.start // step, -(-part.stop // step)) for part, step in zip(selection, unit)]
-    root = getattr(array.store, "root", None)
     damaged = []
     for coords in itertools.product(*ranges):
         box = tuple(slice(index * step, min((index + 1) * step, extent)) for index, step, extent in zip(coords, unit, array.shape))
         try:
-            array[box]
+            read(box)
         except Exception as error:
-            key = "/".join(part for part in (array.path, array.metadata.encode_chunk_key(coords)) if part)
-            stored = str(Path(root) / key) if root is not None else f"key {key}"
-            damaged.append((coords, stored, f"{type(error).__name__}: {error}"))
+            damaged.append((coords, stored(coords), f"{type(error).__name__}: {error}"))
     return damaged
 
 
@@ -401,7 +426,11 @@ def unwritten_fill_value(volume):
             and properties.get_layout() in (h5py.h5d.CHUNKED, h5py.h5d.CONTIGUOUS)
         )
         unwritten = in_file and dataset.id.get_storage_size() == 0
-    elif isinstance(volume, zarr.Array):
+    elif isinstance(volume, LocalArray):
+        unwritten = not _has_chunk_file(volume.path)
+    elif "zarr" in sys.modules and isinstance(volume, sys.modules["zarr"].Array):
+        from zarr.core.sync import sync
+
         # zarr's own bridge to its async store API: the public `nchunks_initialized` lists every chunk.
         unwritten = not sync(_has_stored_chunk(volume))
     else:
@@ -409,13 +438,25 @@ def unwritten_fill_value(volume):
     return np.asarray(volume[(0,) * len(volume.shape)]).item() if unwritten else None
 
 
+# Files of a zarr node that are not chunks.
+_METADATA_FILES = {"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"}
+
+
 async def _has_stored_chunk(array: zarr.Array) -> bool:
     prefix = f"{array.path}/" if array.path else ""
-    metadata = {"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"}
     async with aclosing(array.store.list_prefix(prefix)) as keys:
         async for key in keys:
-            if key.rpartition("/")[2] not in metadata:
+            if key.rpartition("/")[2] not in _METADATA_FILES:
                 return True
+    return False
+
+
+def _has_chunk_file(folder: str) -> bool:
+    """Whether the array in `folder` stores any chunk: a file other than metadata below it (what
+    `_has_stored_chunk` asks zarr's store), looked for only up to the first."""
+    for _, _, names in os.walk(folder):
+        if any(name not in _METADATA_FILES for name in names):
+            return True
     return False
 
 
@@ -426,16 +467,32 @@ def _scale_of(transformations) -> np.ndarray | None:
     return None
 
 
-def _ome_resolution(array) -> tuple[float, ...] | None:
-    """Resolution of a zarr array from the OME-Zarr multiscales of its parent group."""
-    if not isinstance(array, zarr.Array) or not array.path:
-        return None
+def _parent_attributes(array) -> tuple[dict, str]:
+    """The attributes of the zarr group holding `array` and the array's name in it; ({}, "") for
+    an array at the root of its store, or not a zarr array."""
+    if isinstance(array, LocalArray):
+        parent, _, name = array.path.rpartition("/")
+        try:
+            metadata = json.loads(Path(parent, "zarr.json").read_text())
+        except (OSError, ValueError):
+            return {}, ""
+        attributes = metadata.get("attributes") if isinstance(metadata, dict) and metadata.get("node_type") == "group" else None
+        return (attributes, name) if isinstance(attributes, dict) else ({}, "")
+    zarr = sys.modules.get("zarr")
+    if zarr is None or not isinstance(array, zarr.Array) or not array.path:
+        return {}, ""
     parent_path, _, name = array.path.rpartition("/")
     try:
         parent = zarr.open_group(store=array.store, path=parent_path, mode="r")
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
-        return None
-    for multiscale in ome_multiscales(parent.attrs) or ():
+        return {}, ""
+    return dict(parent.attrs), name
+
+
+def _ome_resolution(array) -> tuple[float, ...] | None:
+    """Resolution of a zarr array from the OME-Zarr multiscales of its parent group."""
+    parent_attributes, name = _parent_attributes(array)
+    for multiscale in ome_multiscales(parent_attributes) or ():
         for dataset in multiscale.get("datasets", ()):
             if dataset.get("path") != name:
                 continue
@@ -630,6 +687,8 @@ def _copy_blocks(shape, chunks, itemsize):
 
 
 def _open_destination_group(destination: Path) -> zarr.Group:
+    import zarr
+
     if not destination.exists():
         return zarr.open_group(str(destination), mode="a", zarr_format=3)
     # Opening without zarr_format so that an existing v2 store is detected rather than
@@ -724,6 +783,8 @@ def import_volume(
 def datasets_in(path) -> list[tuple[str, tuple[int, ...], str]]:
     """Every array in an HDF5 file or zarr group as (key, shape, dtype), in key order; an OME-Zarr
     image counts as its group (the key `open_volume` takes), with its full-resolution level's shape."""
+    import zarr
+
     path = Path(path)
     found: list[tuple[str, tuple[int, ...], str]] = []
     if _check_volume_path(path) == "hdf5":
@@ -753,6 +814,8 @@ def datasets_in(path) -> list[tuple[str, tuple[int, ...], str]]:
 
 def _name_a_dataset(source: Path, destination: Path, key: str) -> str:
     """The message for an import from an HDF5 file or zarr group that names no dataset in it."""
+    import zarr
+
     try:
         datasets = datasets_in(source)
     except (OSError, ValueError, KeyError, zarr.errors.BaseZarrError) as error:
@@ -771,6 +834,8 @@ def _name_a_dataset(source: Path, destination: Path, key: str) -> str:
 
 def _refuse_completed_import(group: zarr.Group, destination: Path, key: str) -> None:
     """Raise ExistingArrayError if ``key`` holds a completed import or a group that is not an import."""
+    import zarr
+
     if key and key not in group:
         return
     existing = group[key] if key else group

@@ -25,7 +25,17 @@ from emflow.storage import (
     write_ome_zarr_metadata,
     write_volume,
 )
-from emflow.storage.chunk_io import direct_layout, plain_selection, read_chunks, read_selection, write_chunks, write_selection
+from emflow.storage.chunk_io import (
+    LocalArray,
+    direct_layout,
+    open_local_array,
+    plain_selection,
+    read_chunks,
+    read_selection,
+    stored_units,
+    write_chunks,
+    write_selection,
+)
 from emflow.storage.output import (
     ForeignOutputError,
     open_output_group,
@@ -35,6 +45,7 @@ from emflow.storage.output import (
     table_layout,
     write_global_array,
 )
+from emflow.storage.volumes import read_region
 
 
 @pytest.fixture
@@ -504,6 +515,60 @@ def test_decoded_chunks_are_kept_for_halo_reads_and_never_outlive_their_file(tmp
     assert decoded == []
     read_chunks(layout, (slice(0, 4), slice(64, 72), slice(0, 8)))  # chunk (0, 2, 0), the last read's first: dropped
     assert decoded == [(0, 2, 0)]
+
+
+@pytest.mark.parametrize(
+    ("dtype", "options", "fill_value"),
+    [("uint64", {}, 0), ("float32", {"compressors": None}, float("nan")), ("uint8", {"chunk_key_encoding": {"name": "v2"}}, 3)],
+)
+def test_a_local_array_reads_what_zarr_reads_without_importing_it(tmp_path, flyem_crop, dtype, options, fill_value):
+    """Real labels in arrays whose chunks end past the array, with chunks never written: any basic
+    index (integers, slices with steps, Ellipsis, negative positions) reads the values, shape and
+    dtype zarr reads; shape, chunks, attributes and the chunk files' layout are zarr's."""
+    data = flyem_crop["oversegmentation"][:50, :100, :90].astype(dtype)
+    array = zarr.create_array(tmp_path / "a.zarr", shape=data.shape, chunks=(16, 32, 32), dtype=dtype, fill_value=fill_value, **options)
+    array[:48, :64] = data[:48, :64]
+    array.attrs["resolution_nm_zyx"] = [10.0, 10.0, 10.0]
+    local = open_local_array(str(tmp_path / "a.zarr"))
+    assert local is not None
+    assert (local.shape, local.chunks, local.dtype, dict(local.attrs)) == (array.shape, array.chunks, array.dtype, dict(array.attrs))
+    units, zarr_units = stored_units(local), stored_units(array)
+    assert (units.folder, units.unit_shape) == (zarr_units.folder, zarr_units.unit_shape)
+    assert all(units.key_of(position) == zarr_units.key_of(position) for position in itertools.product(range(4), range(4), range(3)))
+    generator = np.random.default_rng(1)
+    selections = [..., (5,), (-1, slice(None, None, 7)), (slice(3, 49, 5), ..., 89), (slice(60, 10),), (0, 0, 0), (slice(-20, None), -3)]
+    for _ in range(30):
+        selections.append(
+            tuple(
+                slice(*sorted(int(value) for value in generator.integers(0, extent + 1, 2)), int(generator.integers(1, 4)))
+                for extent in data.shape
+            )
+        )
+    for selection in selections:
+        expected = np.asarray(array[selection])
+        assert np.array_equal(local[selection], expected, equal_nan=True) and local[selection].shape == expected.shape, selection
+    assert np.array_equal(np.asarray(local), array[...], equal_nan=True)
+    with pytest.raises(IndexError):
+        local[50, 0, 0]
+
+
+def test_arrays_a_local_array_cannot_read_are_opened_by_zarr(tmp_path, flyem_crop):
+    data = flyem_crop["raw"][:32, :64, :64]
+    folders = {
+        "sharded": {"chunks": (8, 16, 16), "shards": (16, 32, 32)},
+        "blosc": {"chunks": (16, 32, 32), "compressors": zarr.codecs.BloscCodec()},
+        "v2": {"chunks": (16, 32, 32), "zarr_format": 2},
+    }
+    for name, options in folders.items():
+        zarr.create_array(tmp_path / f"{name}.zarr", shape=data.shape, dtype="uint8", **options)[...] = data
+        assert open_local_array(str(tmp_path / f"{name}.zarr")) is None, name
+        with opened_volume(tmp_path / f"{name}.zarr", "") as volume:
+            assert not isinstance(volume, LocalArray)
+            assert np.array_equal(read_region(volume, (slice(0, 32), slice(0, 64), slice(0, 64)), name), data)
+    zarr.create_array(tmp_path / "plain.zarr", shape=data.shape, chunks=(16, 32, 32), dtype="uint8")[...] = data
+    with opened_volume(tmp_path / "plain.zarr", "") as volume:
+        assert isinstance(volume, LocalArray) and np.array_equal(volume[...], data)
+    assert open_local_array(str(tmp_path / "nothing.zarr")) is None
 
 
 def test_arrays_that_chunk_io_cannot_read_exactly_are_left_to_zarr(tmp_path, flyem_crop):

@@ -17,7 +17,7 @@ from emflow.cluster import Backend, LocalScheduler, RunReport, Slurm, holds_lock
 from emflow.errors import ConfigError, OutputError, RunInProgressError, UsageError
 from emflow.storage.inputs import input_warnings
 from emflow.storage.layout import failure_fallback
-from emflow.storage.output import OWNER_ATTRIBUTE, open_output_group
+from emflow.storage.output import OWNER_ATTRIBUTE, output_group_attributes
 from emflow.targets.atomic import writing
 from emflow.tasks.adapter import Workflow, forget_input_states, use_workers
 from emflow.tasks.context import Run
@@ -53,7 +53,7 @@ def check_run(
         )
     check_placement(run)
     if run.layout.output_path.exists() and not update:
-        owner = open_output_group(run.layout.output_path).attrs[OWNER_ATTRIBUTE]
+        owner = output_group_attributes(run.layout.output_path)[OWNER_ATTRIBUTE]
         recorded = owner.get("input") if isinstance(owner, dict) else None
         identity = input_identity(run)
         if recorded is not None and recorded != identity:
@@ -236,7 +236,7 @@ def _owner_work_folder(run: Run) -> str | None:
     """The work folder the output's owner mark names, if the output exists and it is not this run's."""
     if not run.layout.output_path.exists():
         return None
-    owner = open_output_group(run.layout.output_path).attrs[OWNER_ATTRIBUTE]
+    owner = output_group_attributes(run.layout.output_path)[OWNER_ATTRIBUTE]
     work_dir = owner.get("work_dir") if isinstance(owner, dict) else None
     return work_dir if isinstance(work_dir, str) and Path(work_dir).resolve() != run.layout.work_dir.resolve() else None
 
