@@ -39,7 +39,8 @@ def _importing(optional: Sequence[str] = ()):
     (medians of 5, 2-core VM). A run's start (`run_phases`' before_tasks in
     benchmarks/reprocessing.py) went from 0.44 to 0.40 s. Freezing only when the block imported
     something keeps a process that calls `main` again and again (the tests) from freezing its own
-    objects at every call."""
+    objects at every call. (Not `emflow.targets.collection.garbage_collection_paused`: its
+    package imports luigi, which must come after the optional modules are blocked.)"""
     blocked = [name for name in optional if name not in sys.modules]
     sys.modules.update(dict.fromkeys(blocked, None))
     imported_before = len(sys.modules)

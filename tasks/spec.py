@@ -191,7 +191,8 @@ class StageSpec:
 
 
 def preload(stages: Iterable[StageSpec]) -> None:
-    """Import the `imports` of these stages (in the building process, before workers fork)."""
+    """Import the `imports` of these stages (in the building process, before workers fork, so
+    that the workers share them)."""
     for spec in stages:
         for module in spec.imports:
             importlib.import_module(module)
