@@ -167,10 +167,7 @@ def write_multiscale_metadata(
             f"resolution {tuple(resolution)} does not fit {level_path(0)!r} of shape {first.shape}: one value per space axis (z, y, x or y, x)"
         )
     _check_resolution(resolution, axis_names(space_dimensions))
-    level_factors = [tuple(int(factor) for factor in factors) for factors in level_factors]
-    for factors in level_factors:
-        if len(factors) != space_dimensions or min(factors) < 1:
-            raise ValueError(f"level factors {factors} must be {space_dimensions} whole numbers of at least 1")
+    level_factors = _checked_factors(level_factors, space_dimensions)
     names = axis_names(space_dimensions, channel=channel)
     channels = first.shape[:1] if channel else ()
     for level, shape in enumerate(level_shapes(first.shape[int(channel) :], level_factors)):
@@ -178,7 +175,34 @@ def write_multiscale_metadata(
         if tuple(array.shape) != channels + shape:
             raise ValueError(f"level {level_path(level)!r} has shape {array.shape}, expected {channels + shape} from the level factors")
         _name_axes(array, names)
+    ome = multiscale_attributes(
+        resolution, level_factors, channel=channel, unit=unit, name=name, label=label, label_source=label_source, downsampling=downsampling
+    )
+    group.attrs["ome"] = ome
+    return ome
 
+
+def multiscale_attributes(
+    resolution,
+    level_factors: Sequence[Sequence[int]] = (),
+    *,
+    channel: bool = False,
+    unit: str = "nanometer",
+    name: str | None = None,
+    label: bool = False,
+    label_source: str | None = None,
+    downsampling: str | None = None,
+) -> dict:
+    """The ``ome`` attribute describing levels ``s0..sN`` as an OME-Zarr 0.5 image (or label
+    image), from what they are made of alone: arguments as `write_multiscale_metadata`'s, and
+    `channel` for a channel axis before the space axes. ValueError for an unknown unit, a
+    resolution that is not one positive number per space axis, or bad level factors."""
+    if unit not in NANOMETERS_PER_UNIT:
+        raise ValueError(f"unsupported space unit {unit!r}; expected one of {', '.join(NANOMETERS_PER_UNIT)}")
+    space_dimensions = len(tuple(resolution))
+    names = axis_names(space_dimensions, channel=channel)
+    _check_resolution(resolution, names[int(channel) :])
+    level_factors = _checked_factors(level_factors, space_dimensions)
     datasets = [
         {"path": level_path(level), "coordinateTransformations": _with_channel(transformations, channel)}
         for level, transformations in enumerate(level_transformations(resolution, level_factors))
@@ -186,8 +210,15 @@ def write_multiscale_metadata(
     ome = {"version": OME_VERSION, "multiscales": [_multiscale(names, datasets, unit, name, downsampling)]}
     if label:
         ome["image-label"] = {"version": OME_VERSION} | ({"source": {"image": label_source}} if label_source else {})
-    group.attrs["ome"] = ome
     return ome
+
+
+def _checked_factors(level_factors, space_dimensions: int) -> list[tuple[int, ...]]:
+    level_factors = [tuple(int(factor) for factor in factors) for factors in level_factors]
+    for factors in level_factors:
+        if len(factors) != space_dimensions or min(factors) < 1:
+            raise ValueError(f"level factors {factors} must be {space_dimensions} whole numbers of at least 1")
+    return level_factors
 
 
 def write_ome_zarr_metadata(

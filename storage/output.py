@@ -21,7 +21,7 @@ from emflow.errors import OutputError
 from emflow.targets.atomic import atomic_write_text
 
 from .chunk_io import DirectLayout, LocalArray, bytes_layout, open_local_array, read_chunks, read_selection, write_chunks
-from .ome import create_level, ome_multiscales, write_multiscale_metadata
+from .ome import axis_names, level_path, level_shapes, multiscale_attributes, ome_multiscales
 from .volumes import metadata_state
 
 if TYPE_CHECKING:
@@ -35,33 +35,44 @@ class ForeignOutputError(OutputError, FileExistsError):
     """The output path holds data that emflow did not create."""
 
 
-def open_output_group(path: str | Path, *, create: bool = False) -> zarr.Group:
-    """Open emflow's output group; with `create`, make it if the path does not exist yet.
-
-    Refuses (ForeignOutputError) a path that exists but is not a group emflow created.
-    """
+def open_output_group(path: str | Path) -> zarr.Group:
+    """Open emflow's output group through zarr. Refuses (ForeignOutputError) a path that exists but
+    is not a group emflow created."""
     path = Path(path)
     state = metadata_state(path / "zarr.json")
     if state is not None:
         return _opened_output_group(str(path), state)
     if path.exists():
         return _open_existing_group(path)
-    if not create:
-        raise FileNotFoundError(f"output group {path} does not exist (the workflow has not run yet)")
-    import zarr
+    raise FileNotFoundError(f"output group {path} does not exist (the workflow has not run yet)")
 
+
+def create_output_group(path: str | Path) -> None:
+    """Make emflow's output group (zarr v3) where nothing is yet; refuse (ForeignOutputError) a
+    path that holds something emflow did not create."""
+    path = Path(path)
+    if path.exists():
+        output_group_attributes(path)
+        return
     # Made under a temporary name and renamed: a run killed in between must not leave a group
     # without emflow's mark, which every later run would refuse as someone else's data.
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial"))
     try:
-        group = zarr.open_group(str(temporary), mode="w", zarr_format=3)
-        group.attrs[OWNER_ATTRIBUTE] = {"created": True}
+        atomic_write_text(temporary / "zarr.json", _document(group_metadata({OWNER_ATTRIBUTE: {"created": True}})))
         os.rename(temporary, path)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
-    return _open_existing_group(path)
+
+
+def set_group_attributes(path: str | Path, attributes: dict[str, Any]) -> None:
+    """Set `attributes` of the zarr v3 group at `path` (its other attributes stay), rewriting its
+    metadata document as zarr does."""
+    folder = Path(path)
+    metadata = json.loads((folder / "zarr.json").read_text())
+    metadata["attributes"] = {**metadata.get("attributes", {}), **attributes}
+    atomic_write_text(folder / "zarr.json", _document(metadata))
 
 
 @functools.lru_cache(maxsize=16)
@@ -107,46 +118,49 @@ def output_group_attributes(path: str | Path) -> dict[str, Any]:
     return attributes
 
 
-def create_block_array(group: zarr.Group, name: str, shape, block_shape, dtype, *, compressed: bool = True) -> zarr.Array:
-    """(Re)create a block-wise array chunked by `block_shape`, filled with zeros.
-
-    `compressed=False` stores chunks as raw bytes, for data compression barely shrinks (float
-    network outputs) while costing as much time as computing them.
-    """
-    return group.create_array(
-        name,
-        shape=tuple(int(size) for size in shape),
-        chunks=tuple(int(size) for size in block_shape),
-        dtype=dtype,
-        fill_value=0,
-        overwrite=True,
-        **({} if compressed else {"compressors": None}),
-    )
-
-
 def create_block_image(
-    group: zarr.Group,
+    folder: str | Path,
     name: str,
     shape,
     block_shape,
     dtype,
     resolution,
+    level_factors=(),
     *,
     label: bool = False,
     channel: bool = False,
     compressed: bool = True,
-) -> zarr.Array:
-    """(Re)create the OME-Zarr image (or label image) `name` with its full-resolution level `s0`
-    chunked by `block_shape` and filled with zeros; returns `s0`.
+    attributes: dict[str, Any] | None = None,
+) -> LocalArray:
+    """(Re)create the OME-Zarr image (or label image) `name` of the zarr group in `folder`: levels
+    `s0..sN`, N = len(`level_factors`) (shapes from them, `emflow.storage.ome.level_shapes`), each
+    chunked by `block_shape` and filled with zeros (no chunk stored), and the metadata describing
+    them all (`multiscale_attributes`). Returns `s0`, whose attributes are `attributes`.
 
     `shape` and `block_shape` include the channel axis first when `channel` (predictions);
-    `resolution` is the voxel size in nm (z, y, x). The image has one level until a pyramid stage
-    adds `s1..sN` (`emflow.storage.ome.create_levels`) and describes them all
-    (`write_multiscale_metadata` with the pyramid's factors). `output_array(path, name)` opens `s0`.
+    `resolution` is the voxel size in nm (z, y, x). `compressed=False` stores chunks as raw
+    bytes, for data compression barely shrinks (float network outputs) while costing as much time
+    as computing them. The metadata documents are written here, as zarr's `create_group` and
+    `create_array` write them, without importing zarr (`emflow.storage.chunk_io.LocalArray`);
+    `output_array(path, name)` opens `s0`.
     """
-    image = group.create_group(name, overwrite=True)
-    level = create_level(image, 0, shape, block_shape, dtype, channel=channel, compressed=compressed)
-    write_multiscale_metadata(image, resolution, name=name, label=label, downsampling="mode" if label else "mean")
+    image = Path(folder) / name
+    shutil.rmtree(image, ignore_errors=True)  # the node it replaces, with its chunks, as zarr's overwrite
+    shape, block_shape = tuple(int(size) for size in shape), tuple(int(size) for size in block_shape)
+    ome = multiscale_attributes(
+        resolution, level_factors, channel=channel, name=name, label=label, downsampling="mode" if label else "mean"
+    )
+    names = axis_names(len(tuple(resolution)), channel=channel)
+    channels = shape[:1] if channel else ()
+    for level, level_shape in enumerate(level_shapes(shape[int(channel) :], level_factors)):
+        metadata = array_metadata(
+            channels + level_shape, block_shape, dtype, attributes if level == 0 else None, compressed=compressed, dimension_names=names
+        )
+        (image / level_path(level)).mkdir(parents=True)
+        atomic_write_text(image / level_path(level) / "zarr.json", _document(metadata))
+    atomic_write_text(image / "zarr.json", _document(group_metadata({"ome": ome})))
+    level = open_local_array(str(image / level_path(0)))
+    assert level is not None, "the metadata written above is of a LocalArray"
     return level
 
 
@@ -177,16 +191,30 @@ def write_global_array(path: str | Path, name: str, data: np.ndarray, attributes
     folder.mkdir(parents=True)
     if data.size:
         write_chunks(table_layout(str(folder), metadata), tuple(slice(0, extent) for extent in data.shape), data)  # type: ignore[arg-type]
-    atomic_write_text(folder / "zarr.json", json.dumps(metadata, indent=2, default=_json_scalar))
+    atomic_write_text(folder / "zarr.json", _document(metadata))
 
 
 def global_array_metadata(shape: tuple[int, ...], chunks: tuple[int, ...], dtype: np.dtype, attributes: dict[str, Any] | None) -> dict:
-    """The zarr v3 metadata (`zarr.json`) of a `write_global_array` array, the document zarr's
-    `create_array` writes for it: regular chunks, default "c/" keys, fill value 0, the bytes codec
-    (little-endian) and, for all but floating-point data, zstd (level 0, zarr's default)."""
+    """The zarr v3 metadata (`zarr.json`) of a `write_global_array` array: `array_metadata`
+    compressed for all but floating-point data."""
+    return array_metadata(shape, chunks, dtype, attributes, compressed=np.dtype(dtype).kind != "f")
+
+
+def array_metadata(
+    shape: tuple[int, ...],
+    chunks: tuple[int, ...],
+    dtype: Any,
+    attributes: dict[str, Any] | None,
+    *,
+    compressed: bool,
+    dimension_names: tuple[str, ...] | None = None,
+) -> dict:
+    """The zarr v3 metadata document (`zarr.json`) zarr's `create_array` writes for an array of
+    `shape`, `chunks` and `dtype` filled with 0: regular chunks, default "c/" keys, the bytes codec
+    (little-endian) and, where `compressed`, zstd (level 0, zarr's default)."""
     dtype = np.dtype(dtype)
     codecs: list[dict[str, Any]] = [{"name": "bytes", **({"configuration": {"endian": "little"}} if dtype.itemsize > 1 else {})}]
-    if dtype.kind != "f":
+    if compressed:
         codecs.append({"name": "zstd", "configuration": {"level": 0, "checksum": False}})
     return {
         "shape": list(shape),
@@ -196,10 +224,21 @@ def global_array_metadata(shape: tuple[int, ...], chunks: tuple[int, ...], dtype
         "fill_value": dtype.type(0).item(),
         "codecs": codecs,
         "attributes": attributes or {},
+        **({"dimension_names": list(dimension_names)} if dimension_names is not None else {}),
         "zarr_format": 3,
         "node_type": "array",
         "storage_transformers": [],
     }
+
+
+def group_metadata(attributes: dict[str, Any]) -> dict:
+    """The zarr v3 metadata document (`zarr.json`) of a group with `attributes`."""
+    return {"attributes": attributes, "zarr_format": 3, "node_type": "group"}
+
+
+def _document(metadata: dict) -> str:
+    """A metadata document's text, as zarr writes it."""
+    return json.dumps(metadata, indent=2, default=_json_scalar)
 
 
 def table_layout(folder: str, metadata: dict) -> DirectLayout | None:
@@ -239,7 +278,7 @@ def _create_parent_groups(root: Path, name: str) -> None:
         metadata = root.joinpath(*Path(name).parts[:depth]) / "zarr.json"
         if not metadata.exists():
             metadata.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(metadata, json.dumps({"attributes": {}, "zarr_format": 3, "node_type": "group"}, indent=2))
+            atomic_write_text(metadata, _document(group_metadata({})))
 
 
 def _json_scalar(value: Any) -> Any:

@@ -37,13 +37,15 @@ from .chunk_io import LocalArray, read_selection, write_selection
 from .inputs import InputDataset
 from .layout import Layout
 from .npz import read_npz
-from .ome import create_levels, level_path, write_multiscale_metadata
+from .ome import level_path
 from .output import (
+    OWNER_ATTRIBUTE,
     create_block_image,
+    create_output_group,
     global_array_document,
-    open_output_group,
     opened_output_array,
     read_global_array,
+    set_group_attributes,
     write_global_array,
 )
 from .volumes import opened_volume, read_region
@@ -144,7 +146,7 @@ class Store:
     def output_array(self, name: str) -> zarr.Array | LocalArray:
         return opened_output_array(self.layout.output_path, self.volumes[name].path)
 
-    def create_volumes(self, group: zarr.Group, shape: tuple[int, ...], block_shape: tuple[int, ...], resolution, level_factors) -> None:
+    def create_volumes(self, shape: tuple[int, ...], block_shape: tuple[int, ...], resolution, level_factors) -> None:
         """(Re)create every volume's OME-Zarr image in the output group, level 0 chunked by
         `block_shape` with the volume's `shape`; images with more levels get them, shapes from
         `level_factors` (`emflow.storage.ome.level_shapes`), and metadata describing all of them."""
@@ -154,29 +156,19 @@ class Store:
             levels = max(other.level for other in self.volumes.values() if other.image == volume.image)
             prefix = (volume.channels,) if volume.channels else ()
             with writing(self.layout.output_path / volume.image):
-                level = create_block_image(
-                    group,
+                create_block_image(
+                    self.layout.output_path,
                     volume.image,
                     prefix + tuple(shape),
                     prefix + tuple(block_shape),
                     volume.dtype,
                     resolution,
+                    level_factors[:levels],
                     label=volume.label,
                     channel=bool(volume.channels),
                     compressed=volume.compressed,
+                    attributes={key: _json_value(value) for key, value in volume.attributes},
                 )
-                if volume.attributes:
-                    level.attrs.update({key: _json_value(value) for key, value in volume.attributes})
-                if levels:
-                    create_levels(group[volume.image], level_factors[:levels], compressed=volume.compressed)
-                    write_multiscale_metadata(
-                        group[volume.image],
-                        resolution,
-                        level_factors[:levels],
-                        name=volume.image,
-                        label=volume.label,
-                        downsampling="mode" if volume.label else "mean",
-                    )
 
     # --- tables -------------------------------------------------------------------------------
 
@@ -191,9 +183,12 @@ class Store:
     def table_attributes(self, path: str) -> dict[str, Any]:
         return global_array_document(self.layout.output_path, path)["attributes"]
 
-    def output_group(self, *, create: bool = False) -> zarr.Group:
+    def mark_output(self, owner: Any) -> None:
+        """Create the output group if there is none (refusing a path emflow did not create), and
+        mark it as the output of the run `owner` describes."""
         with writing(self.layout.output_path):
-            return open_output_group(self.layout.output_path, create=create)
+            create_output_group(self.layout.output_path)
+            set_group_attributes(self.layout.output_path, {OWNER_ATTRIBUTE: owner})
 
     # --- global bundles and partials ------------------------------------------------------------
 

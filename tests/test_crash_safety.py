@@ -193,7 +193,7 @@ class KillPoint:
     Descriptions are "<kind> <path relative to the run's folder>", kind one of `journal` (a line
     appended to a block journal), `file` (an atomic write of a record or partial result: torn leaves
     half a temporary file) and `chunk` (a zarr chunk or metadata file, written by zarr or by
-    `emflow.storage.chunk_io`: torn leaves half of the writer's temporary file). Every write is also appended to `trace`; occurrence 0 only traces.
+    `emflow.storage.chunk_io` and `emflow.storage.output`: torn leaves half of the writer's temporary file). Every write is also appended to `trace`; occurrence 0 only traces.
     """
 
     pattern: str
@@ -222,8 +222,9 @@ class KillPoint:
             def torn() -> None:
                 os.truncate(temporary, os.path.getsize(temporary) // 2)
 
-            # emflow writes the chunks of block-wise volumes itself (emflow.storage.chunk_io), atomically as other files.
-            kind = "chunk" if re.search(r"\.zarr/.*/c/", str(path)) else "file"
+            # emflow writes the chunks of block-wise volumes and the metadata documents of its output
+            # itself (emflow.storage.chunk_io, emflow.storage.output), atomically as other files.
+            kind = "chunk" if re.search(r"\.zarr[^/]*/(.+/c/|(.+/)?zarr\.json$)", str(path)) else "file"
             return kill_point._hooked(describe(kind, path), lambda: os.replace(temporary, path), torn)
 
         original_put = zarr_local_store._put

@@ -1,5 +1,7 @@
 """OME-Zarr 0.5 output: validated with ome-zarr-models, read as napari reads it with the ome-zarr package."""
 
+import json
+
 import numpy as np
 import pytest
 import zarr
@@ -124,18 +126,44 @@ def test_metadata_is_checked_against_the_levels(tmp_path):
 
 
 def test_block_images_of_the_output_group(tmp_path, flyem_crop):
-    from emflow.storage.output import create_block_image, open_output_group, output_array
+    """Images as a run creates them (metadata written without zarr): valid OME-Zarr 0.5 that napari's
+    reader takes, the documents zarr writes creating the same levels and describing them, and the
+    full-resolution level opened by the image's name."""
+    from emflow.storage.output import create_block_image, create_output_group, output_array
 
-    group = open_output_group(tmp_path / "out.zarr", create=True)
-    supervoxels = create_block_image(group, "supervoxels", (64, 128, 128), BLOCK_SHAPE, np.uint64, RESOLUTION, label=True)
-    predictions = create_block_image(
-        group, "predictions", (3, 64, 128, 128), (3, *BLOCK_SHAPE), np.float32, RESOLUTION, channel=True, compressed=False
+    path = tmp_path / "out.zarr"
+    create_output_group(path)
+    factors = pyramid_factors(RESOLUTION, (64, 128, 128), BLOCK_SHAPE)
+    supervoxels = create_block_image(path, "supervoxels", (64, 128, 128), BLOCK_SHAPE, np.uint64, RESOLUTION, factors, label=True)
+    create_block_image(
+        path,
+        "predictions",
+        (3, 64, 128, 128),
+        (3, *BLOCK_SHAPE),
+        np.float32,
+        RESOLUTION,
+        channel=True,
+        compressed=False,
+        attributes={"offsets": [[-1, 0, 0]]},
     )
-    supervoxels[:16, :32, :32] = flyem_crop["oversegmentation"][:16, :32, :32]
-    assert predictions.metadata.dimension_names == ("c", "z", "y", "x")
+    reference = zarr.open_group(tmp_path / "reference.zarr", mode="w", zarr_format=3)
+    for name, shape, chunks, dtype, channel, options in (
+        ("supervoxels", (64, 128, 128), BLOCK_SHAPE, np.uint64, False, {}),
+        ("predictions", (3, 64, 128, 128), (3, *BLOCK_SHAPE), np.float32, True, {"compressed": False}),
+    ):
+        image = reference.create_group(name)
+        create_level(image, 0, shape, chunks, dtype, channel=channel, **options)
+        level_factors = factors if name == "supervoxels" else ()
+        create_levels(image, level_factors, **options)
+        label = name == "supervoxels"
+        write_multiscale_metadata(image, RESOLUTION, level_factors, name=name, label=label, downsampling="mode" if label else "mean")
+    reference["predictions/s0"].attrs["offsets"] = [[-1, 0, 0]]
+    for document in sorted(str(found.relative_to(path)) for found in path.rglob("zarr.json") if found.parent != path):
+        assert json.loads((path / document).read_text()) == json.loads((tmp_path / "reference.zarr" / document).read_text()), document
+    supervoxels.zarr_array("r+")[:16, :32, :32] = flyem_crop["oversegmentation"][:16, :32, :32]
     # Block tasks open the full-resolution level by the image's name.
-    stored = output_array(tmp_path / "out.zarr", "supervoxels")[:16, :32, :32]
+    stored = output_array(path, "supervoxels")[:16, :32, :32]
     np.testing.assert_array_equal(stored, flyem_crop["oversegmentation"][:16, :32, :32])
-    ImageLabel.from_zarr(zarr.open_group(tmp_path / "out.zarr" / "supervoxels", mode="r"))
-    Image.from_zarr(zarr.open_group(tmp_path / "out.zarr" / "predictions", mode="r"))
-    assert {type(spec) for spec in napari_nodes(tmp_path / "out.zarr" / "supervoxels")[0].specs} >= {Label, Multiscales}
+    ImageLabel.from_zarr(zarr.open_group(path / "supervoxels", mode="r"))
+    Image.from_zarr(zarr.open_group(path / "predictions", mode="r"))
+    assert {type(spec) for spec in napari_nodes(path / "supervoxels")[0].specs} >= {Label, Multiscales}

@@ -38,6 +38,7 @@ from emflow.storage.chunk_io import (
 )
 from emflow.storage.output import (
     ForeignOutputError,
+    create_output_group,
     open_output_group,
     opened_output_array,
     output_array,
@@ -128,7 +129,8 @@ def test_a_zarr_array_opened_for_reading_is_kept_until_its_metadata_changes(tmp_
 
 def test_the_output_group_and_its_arrays_are_kept_until_their_metadata_changes(tmp_path, flyem_crop):
     labels = flyem_crop["neuron_ids"][:16, :32, :32].astype(np.uint64)
-    group = open_output_group(tmp_path / "out.zarr", create=True)
+    create_output_group(tmp_path / "out.zarr")
+    group = open_output_group(tmp_path / "out.zarr")
     group.create_array("ids", data=labels, chunks=(8, 16, 16))
     assert open_output_group(tmp_path / "out.zarr") is open_output_group(tmp_path / "out.zarr")
     first = opened_output_array(tmp_path / "out.zarr", "ids")
@@ -933,7 +935,8 @@ def test_global_arrays_are_the_arrays_zarr_creates(tmp_path, dtype):
     groups zarr opens, replacing an earlier array of that name with another shape and chunking."""
     rng = np.random.default_rng(0)
     path = tmp_path / "out.zarr"
-    group = open_output_group(path, create=True)
+    create_output_group(path)
+    group = open_output_group(path)
     for rows in (7, 1000):
         data = (rng.random((rows, 3)) * 200).astype(dtype)
         attributes = {"number_of_nodes": np.int64(rows), "energy": np.float64(-1.5), "names": ["a", "b"]}
@@ -966,7 +969,8 @@ def test_global_arrays_of_other_layouts_are_read_through_zarr(tmp_path):
     compressor, other chunk keys) has no direct layout, and reads through zarr alike; one with
     chunks along both axes has one."""
     path = tmp_path / "out.zarr"
-    group = open_output_group(path, create=True)
+    create_output_group(path)
+    group = open_output_group(path)
     data = np.arange(60, dtype=np.uint64).reshape(20, 3)
     for name, options in (
         ("blosc", {"chunks": (20, 3), "compressors": zarr.codecs.BloscCodec()}),

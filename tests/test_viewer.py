@@ -14,14 +14,14 @@ import urllib.request
 import h5py
 import numpy as np
 import pytest
+import zarr
 from PIL import Image
 from system_programs import require_chromium
 
 from emflow.blocking import Blocking
 from emflow.meshes import block_meshes, merge_meshes, mesh_read_box
 from emflow.pyramid import downsample_labels, pyramid_factors
-from emflow.storage.ome import create_levels, write_multiscale_metadata
-from emflow.storage.output import OWNER_ATTRIBUTE, create_block_image, open_output_group
+from emflow.storage.output import OWNER_ATTRIBUTE, create_block_image, create_output_group, set_group_attributes
 from emflow.storage.precomputed import mesh_folder, write_legacy_meshes
 
 pytest.importorskip("neuroglancer", reason="neuroglancer is needed by emflow view: pip install neuroglancer")
@@ -38,16 +38,15 @@ def output(tmp_path_factory, flyem_crop):
     with h5py.File(folder / "input.h5", "w") as file:
         file["raw"] = flyem_crop["raw"]
     labels = flyem_crop["neuron_ids"].astype(np.uint64)
-    group = open_output_group(folder / "out.zarr", create=True)
+    create_output_group(folder / "out.zarr")
     run_input = {"path": str(folder / "input.h5"), "raw_key": "raw", "boundaries_key": "", "resolution": list(RESOLUTION)}
-    group.attrs[OWNER_ATTRIBUTE] = {"config": {"input": run_input}}
-    create_block_image(group, "segmentation", labels.shape, BLOCK_SHAPE, np.uint64, RESOLUTION, label=True)[...] = labels
+    set_group_attributes(folder / "out.zarr", {OWNER_ATTRIBUTE: {"config": {"input": run_input}}})
     factors = pyramid_factors(RESOLUTION, labels.shape, BLOCK_SHAPE)
+    create_block_image(folder / "out.zarr", "segmentation", labels.shape, BLOCK_SHAPE, np.uint64, RESOLUTION, factors, label=True)
     level = labels
-    for array, level_factors in zip(create_levels(group["segmentation"], factors), factors):
-        level = downsample_labels(level, level_factors)
-        array[...] = level
-    write_multiscale_metadata(group["segmentation"], RESOLUTION, factors, name="segmentation", label=True, downsampling="mode")
+    for number in range(len(factors) + 1):
+        level = level if number == 0 else downsample_labels(level, factors[number - 1])
+        zarr.open_array(folder / "out.zarr" / "segmentation" / f"s{number}", mode="r+")[...] = level
     blocking = Blocking(labels.shape, BLOCK_SHAPE)
     blocks = [blocking.block(block_id) for block_id in range(blocking.number_of_blocks)]
     parts = [block_meshes(labels[mesh_read_box(block, labels.shape).slicing], block, labels.shape, RESOLUTION) for block in blocks]
