@@ -42,6 +42,8 @@ from numcodecs import Zstd
 
 from emflow.targets.atomic import atomic_write_bytes, memory_of
 
+from .ome import ome_multiscales
+
 if TYPE_CHECKING:
     import zarr
 
@@ -220,16 +222,31 @@ class LocalArray:
 
 
 def open_local_array(folder: str) -> LocalArray | None:
-    """The zarr array in `folder` as a `LocalArray`; None where there is none, or one that is not
-    zarr v3 with a regular chunk grid, default or v2 chunk keys, a numeric dtype, and the codecs
-    `bytes` (little-endian, or a one-byte type) and optionally `zstd`: what `direct_layout` reads
-    of an array zarr opened."""
+    """The zarr array in `folder` (for an OME-Zarr image there, its full-resolution level, the
+    first dataset of its first multiscale) as a `LocalArray`; None where there is none, or one
+    that is not zarr v3 with a regular chunk grid, default or v2 chunk keys, a numeric dtype, and
+    the codecs `bytes` (little-endian, or a one-byte type) and optionally `zstd`: what
+    `direct_layout` reads of an array zarr opened."""
+    folder = folder.rstrip("/")
     try:
-        with open(f"{folder}/zarr.json", "rb") as handle:
-            metadata = json.loads(handle.read())
-        return _local_array(folder.rstrip("/"), metadata)
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        metadata = _metadata_document(folder)
+        if metadata.get("node_type") == "group":
+            multiscales = ome_multiscales(metadata.get("attributes") or {})
+            if not multiscales:
+                return None
+            folder = f"{folder}/{multiscales[0]['datasets'][0]['path']}"
+            metadata = _metadata_document(folder)
+        return _local_array(folder, metadata)
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
         return None
+
+
+def _metadata_document(folder: str) -> dict:
+    with open(f"{folder}/zarr.json", "rb") as handle:
+        metadata = json.loads(handle.read())
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{folder}/zarr.json is not a metadata document")
+    return metadata
 
 
 def _local_array(folder: str, metadata: dict) -> LocalArray | None:

@@ -96,7 +96,7 @@ def _dataset_states(path: str, key: str) -> tuple[ChunkLayout, np.ndarray]:
 
 
 def _chunk_layout(path: str, key: str) -> ChunkLayout:
-    local = open_local_array(f"{path}/{key}") if key else None
+    local = open_local_array(str(Path(path) / key))
     return _layout_of(local if local is not None else open_volume(path, key), path)
 
 

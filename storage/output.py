@@ -307,18 +307,9 @@ def output_array(path: str | Path, name: str) -> zarr.Array | LocalArray:
     (its attributes read only) where the array is of that kind, as emflow's own arrays are; zarr's
     otherwise."""
     output_group_attributes(path)  # refuses a path emflow did not create
-    folder = Path(path) / name
-    try:
-        metadata = json.loads((folder / "zarr.json").read_text())
-    except (OSError, ValueError):
-        metadata = None
-    if isinstance(metadata, dict) and metadata.get("node_type") == "group":
-        multiscales = ome_multiscales(metadata.get("attributes") or {})
-        level = open_local_array(str(folder / multiscales[0]["datasets"][0]["path"])) if multiscales else None
-    else:
-        level = open_local_array(str(folder)) if metadata is not None else None
-    if level is not None:
-        return level
+    local = open_local_array(str(Path(path) / name))
+    if local is not None:
+        return local
     import zarr
 
     node = open_output_group(path)[name]

@@ -571,6 +571,12 @@ def test_arrays_a_local_array_cannot_read_are_opened_by_zarr(tmp_path, flyem_cro
     with opened_volume(tmp_path / "plain.zarr", "") as volume:
         assert isinstance(volume, LocalArray) and np.array_equal(volume[...], data)
     assert open_local_array(str(tmp_path / "nothing.zarr")) is None
+    # An OME-Zarr image (as `emflow import` writes one): its full-resolution level, as zarr opens it.
+    zarr.open_group(tmp_path / "source.zarr", mode="w").create_array("raw", data=data, chunks=(16, 32, 32))
+    import_volume(tmp_path / "source.zarr", tmp_path / "image.zarr", key="raw", source_key="raw", resolution=(10.0, 10.0, 10.0))
+    with opened_volume(tmp_path / "image.zarr", "raw") as volume:
+        assert isinstance(volume, LocalArray) and volume.path == str(tmp_path / "image.zarr" / "raw" / "s0")
+        assert np.array_equal(volume[...], data) and volume.shape == open_volume(tmp_path / "image.zarr", "raw").shape
 
 
 def test_arrays_that_chunk_io_cannot_read_exactly_are_left_to_zarr(tmp_path, flyem_crop):
