@@ -63,6 +63,13 @@ class DirectLayout:
     compress: Callable[[Any], Any] | None
 
 
+def is_zarr_array(value: Any) -> bool:
+    """Whether `value` is a `zarr.Array`, asked without importing zarr: a process that never
+    imported it holds none."""
+    zarr = sys.modules.get("zarr")
+    return zarr is not None and isinstance(value, zarr.Array)
+
+
 # Per zarr.Array object (not hashable, so by id, dropped with the array): its layout or None.
 _LAYOUTS: dict[int, DirectLayout | None] = {}
 
@@ -73,9 +80,7 @@ def direct_layout(array: Any) -> DirectLayout | None:
     else (an HDF5 dataset, opened afresh by each read) is None, and not remembered."""
     if isinstance(array, LocalArray):
         return array.layout
-    # A process that never imported zarr holds no zarr array.
-    zarr = sys.modules.get("zarr")
-    if zarr is None or not isinstance(array, zarr.Array):
+    if not is_zarr_array(array):
         return None
     key = id(array)
     if key not in _LAYOUTS:
@@ -110,29 +115,13 @@ def stored_units(array: zarr.Array | LocalArray) -> StoredUnits | None:
 
 
 def _layout(array: zarr.Array) -> DirectLayout | None:
+    # What zarr opened is read directly where its metadata document is of a LocalArray: one rule
+    # (`local_array`) for both.
     units = stored_units(array)
     if units is None or array.metadata.zarr_format != 3:
         return None
-    metadata = array.metadata
-    if array.shards is not None or type(metadata.chunk_grid).__name__ != "RegularChunkGrid":
-        return None
-    names = [type(codec).__name__ for codec in metadata.codecs]
-    dtype = np.dtype(array.dtype)
-    if names not in (["BytesCodec"], ["BytesCodec", "ZstdCodec"]) or dtype.hasobject:
-        return None
-    endian = metadata.codecs[0].endian
-    if not (dtype.itemsize == 1 or (endian is not None and endian.value == "little")):
-        return None
-    zstd = metadata.codecs[1] if names[-1] == "ZstdCodec" else None
-    return bytes_layout(
-        units.folder,
-        tuple(array.shape),
-        units.unit_shape,
-        dtype,
-        metadata.fill_value,
-        units.key_of,
-        None if zstd is None else {"level": zstd.level, "checksum": zstd.checksum},
-    )
+    local = open_local_array(units.folder)
+    return None if local is None else local.layout
 
 
 def bytes_layout(
@@ -229,19 +218,21 @@ def open_local_array(folder: str) -> LocalArray | None:
     `direct_layout` reads of an array zarr opened."""
     folder = folder.rstrip("/")
     try:
-        metadata = _metadata_document(folder)
+        metadata = metadata_document(folder)
         if metadata.get("node_type") == "group":
             multiscales = ome_multiscales(metadata.get("attributes") or {})
             if not multiscales:
                 return None
             folder = f"{folder}/{multiscales[0]['datasets'][0]['path']}"
-            metadata = _metadata_document(folder)
-        return _local_array(folder, metadata)
+            metadata = metadata_document(folder)
+        return local_array(folder, metadata)
     except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
         return None
 
 
-def _metadata_document(folder: str) -> dict:
+def metadata_document(folder: str | os.PathLike) -> dict:
+    """The zarr v3 metadata document (`zarr.json`) of the node in `folder`. FileNotFoundError
+    where there is none, ValueError for one that is not a JSON object."""
     with open(f"{folder}/zarr.json", "rb") as handle:
         metadata = json.loads(handle.read())
     if not isinstance(metadata, dict):
@@ -249,7 +240,10 @@ def _metadata_document(folder: str) -> dict:
     return metadata
 
 
-def _local_array(folder: str, metadata: dict) -> LocalArray | None:
+def local_array(folder: str, metadata: dict) -> LocalArray | None:
+    """The array in `folder` with the metadata document `metadata` as a `LocalArray`; None where
+    it is not of that kind (`open_local_array`). KeyError, TypeError or ValueError for a document
+    that is not zarr v3's."""
     if metadata.get("zarr_format") != 3 or metadata.get("node_type") != "array" or metadata.get("storage_transformers"):
         return None
     shape = tuple(int(size) for size in metadata["shape"])

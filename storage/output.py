@@ -20,7 +20,7 @@ import numpy as np
 from emflow.errors import OutputError
 from emflow.targets.atomic import atomic_write_text
 
-from .chunk_io import DirectLayout, LocalArray, bytes_layout, open_local_array, read_chunks, read_selection, write_chunks
+from .chunk_io import DirectLayout, LocalArray, bytes_layout, metadata_document, open_local_array, read_chunks, read_selection, write_chunks
 from .ome import axis_names, level_path, level_shapes, multiscale_attributes, ome_multiscales
 from .volumes import metadata_state
 
@@ -70,7 +70,7 @@ def set_group_attributes(path: str | Path, attributes: dict[str, Any]) -> None:
     """Set `attributes` of the zarr v3 group at `path` (its other attributes stay), rewriting its
     metadata document as zarr does."""
     folder = Path(path)
-    metadata = json.loads((folder / "zarr.json").read_text())
+    metadata = metadata_document(folder)
     metadata["attributes"] = {**metadata.get("attributes", {}), **attributes}
     atomic_write_text(folder / "zarr.json", _document(metadata))
 
@@ -90,10 +90,18 @@ def _open_existing_group(path: Path) -> zarr.Group:
     try:
         group = zarr.open_group(str(path), mode="r+")
     except Exception as error:  # zarr raises several types for "not a group here"
-        raise ForeignOutputError(f"output path {path} exists and is not a zarr group; choose another output path") from error
-    if OWNER_ATTRIBUTE not in group.attrs:
-        raise ForeignOutputError(f"output path {path} holds a zarr group that emflow did not create; refusing to write into it")
+        raise _not_a_group(path) from error
+    _check_owner(path, group.attrs)
     return group
+
+
+def _not_a_group(path: Path) -> ForeignOutputError:
+    return ForeignOutputError(f"output path {path} exists and is not a zarr group; choose another output path")
+
+
+def _check_owner(path: Path, attributes) -> None:
+    if OWNER_ATTRIBUTE not in attributes:
+        raise ForeignOutputError(f"output path {path} holds a zarr group that emflow did not create; refusing to write into it")
 
 
 def output_group_attributes(path: str | Path) -> dict[str, Any]:
@@ -103,18 +111,17 @@ def output_group_attributes(path: str | Path) -> dict[str, Any]:
     is nothing."""
     path = Path(path)
     try:
-        metadata = json.loads((path / "zarr.json").read_text())
+        metadata = metadata_document(path)
     except FileNotFoundError:
         if path.exists():
             return dict(_open_existing_group(path).attrs)  # zarr v2, or not a group: zarr says which
         raise FileNotFoundError(f"output group {path} does not exist (the workflow has not run yet)") from None
     except (OSError, ValueError) as error:
-        raise ForeignOutputError(f"output path {path} exists and is not a zarr group; choose another output path") from error
-    attributes = metadata.get("attributes", {}) if isinstance(metadata, dict) and metadata.get("node_type") == "group" else None
+        raise _not_a_group(path) from error
+    attributes = metadata.get("attributes", {}) if metadata.get("node_type") == "group" else None
     if not isinstance(attributes, dict):
-        raise ForeignOutputError(f"output path {path} exists and is not a zarr group; choose another output path")
-    if OWNER_ATTRIBUTE not in attributes:
-        raise ForeignOutputError(f"output path {path} holds a zarr group that emflow did not create; refusing to write into it")
+        raise _not_a_group(path)
+    _check_owner(path, attributes)
     return attributes
 
 
@@ -269,7 +276,7 @@ def read_global_array(path: str | Path, name: str) -> np.ndarray:
 def global_array_document(path: str | Path, name: str) -> dict:
     """The zarr v3 metadata document (`zarr.json`) of array `name` of the output group; its
     "attributes" are the array's attributes."""
-    return json.loads((Path(path) / name / "zarr.json").read_text())
+    return metadata_document(Path(path) / name)
 
 
 def _create_parent_groups(root: Path, name: str) -> None:

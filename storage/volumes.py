@@ -7,11 +7,9 @@ array inside it. Axes are z, y, x; resolutions are nanometres per voxel in that 
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 import re
-import sys
 from contextlib import ExitStack, aclosing, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +20,7 @@ from emflow.blocking import Blocking
 from emflow.errors import InputError, OutputError
 from emflow.pyramid import downsample_image, pyramid_factors, source_box
 
-from .chunk_io import LocalArray, open_local_array, read_chunks, read_selection
+from .chunk_io import LocalArray, is_zarr_array, metadata_document, open_local_array, read_chunks, read_selection
 from .ome import (
     create_level,
     create_levels,
@@ -357,7 +355,7 @@ def read_region(volume, selection: tuple[slice, ...], location: str) -> np.ndarr
     except Exception as error:
         if isinstance(volume, HDF5Volume) and isinstance(error, OSError):
             raise DamagedDataError(f"cannot read {region}: {error}; the file may be damaged") from error
-        if isinstance(volume, HDF5Volume) or not hasattr(volume, "chunks"):
+        if not (isinstance(volume, LocalArray) or is_zarr_array(volume)):
             raise
         damaged = _damaged_chunks(volume, selection)
         if not damaged:
@@ -428,7 +426,7 @@ def unwritten_fill_value(volume):
         unwritten = in_file and dataset.id.get_storage_size() == 0
     elif isinstance(volume, LocalArray):
         unwritten = not _has_chunk_file(volume.path)
-    elif "zarr" in sys.modules and isinstance(volume, sys.modules["zarr"].Array):
+    elif is_zarr_array(volume):
         from zarr.core.sync import sync
 
         # zarr's own bridge to its async store API: the public `nchunks_initialized` lists every chunk.
@@ -473,14 +471,15 @@ def _parent_attributes(array) -> tuple[dict, str]:
     if isinstance(array, LocalArray):
         parent, _, name = array.path.rpartition("/")
         try:
-            metadata = json.loads(Path(parent, "zarr.json").read_text())
+            metadata = metadata_document(parent)
         except (OSError, ValueError):
             return {}, ""
-        attributes = metadata.get("attributes") if isinstance(metadata, dict) and metadata.get("node_type") == "group" else None
+        attributes = metadata.get("attributes") if metadata.get("node_type") == "group" else None
         return (attributes, name) if isinstance(attributes, dict) else ({}, "")
-    zarr = sys.modules.get("zarr")
-    if zarr is None or not isinstance(array, zarr.Array) or not array.path:
+    if not is_zarr_array(array) or not array.path:
         return {}, ""
+    import zarr
+
     parent_path, _, name = array.path.rpartition("/")
     try:
         parent = zarr.open_group(store=array.store, path=parent_path, mode="r")

@@ -44,10 +44,4 @@ def _parameters(run: Run) -> dict:
     }
 
 
-PREPARE_OUTPUT = StageSpec(
-    name="prepare_output",
-    blockwise=False,
-    run=_prepare_output,
-    parameters=_parameters,
-    creates_outputs=True,
-)
+PREPARE_OUTPUT = StageSpec(name="prepare_output", blockwise=False, run=_prepare_output, parameters=_parameters, creates_outputs=True)
