@@ -19,15 +19,17 @@ times, so the mean rate since the stage started is the ETA's estimate (no smooth
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from tqdm import tqdm
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 # Seconds between two looks at the records: a look reads what the block journals gained since the
 # last one and lists each stage's folder, well under a millisecond per stage, so a terminal's bars
@@ -185,10 +187,17 @@ class LogProgress:
         print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}", file=self.stream, flush=True)
 
 
-class _Bar(tqdm):
-    # No monitor thread of tqdm's own: the bars are refreshed by the progress thread, and Luigi forks
-    # its worker processes while they are shown.
-    monitor_interval = 0
+@functools.cache
+def _bar_class() -> type[tqdm]:
+    """tqdm's bar without a monitor thread of its own: the bars are refreshed by the progress
+    thread, and Luigi forks its worker processes while they are shown. Imported on the first bar:
+    importing tqdm took 7 ms of a run's start, and only a terminal shows bars."""
+    from tqdm import tqdm
+
+    class _Bar(tqdm):
+        monitor_interval = 0
+
+    return _Bar
 
 
 class TerminalProgress:
@@ -247,7 +256,7 @@ class TerminalProgress:
             bar_format = "{desc}  {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} blocks{postfix}" if stage.blockwise else "{desc}"
             # A terminal that reports no size (a bare pseudo-terminal) gets 80 × 24, not an empty screen.
             width = {"dynamic_ncols": True} if _columns(self.stream) else {"ncols": 80, "nrows": 24}
-            bar = _Bar(
+            bar = _bar_class()(
                 total=stage.total,
                 initial=stage.done,
                 desc=description,
@@ -266,7 +275,7 @@ class TerminalProgress:
         bar.refresh()
 
     def _write(self, line: str) -> None:
-        _Bar.write(line, file=self.stream)
+        _bar_class().write(line, file=self.stream)
 
 
 def _columns(stream: TextIO) -> int:
