@@ -283,17 +283,21 @@ def _pss_bytes(pid: int) -> int:
 
 
 # Runs the measured command in a process forked from this small launcher and writes that
-# process's rusage ru_maxrss (KiB) to a file. The benchmark does not exec the command itself
-# because Linux carries ru_maxrss across execve: a child started straight from this (large)
-# process would report this process's own peak if that were higher.
+# process's rusage ru_maxrss (KiB) and its wall seconds, fork to exit, to a file. The benchmark does
+# not exec the command itself because Linux carries ru_maxrss across execve: a child started
+# straight from this (large) process would report this process's own peak if that were higher. The
+# launcher's own start-up is not the command's: it starts without the site module (`-I -S`, 3 ms
+# instead of the 30 ms that the site packages' .pth files took here) and times the command itself.
 _MEASURING_LAUNCHER = """
-import os, sys
+import os, sys, time
+started = time.perf_counter()
 pid = os.fork()
 if pid == 0:
     os.execvp(sys.argv[2], sys.argv[2:])
 _, status, usage = os.wait4(pid, 0)
+wall_seconds = time.perf_counter() - started
 with open(sys.argv[1], "w") as report:
-    report.write(str(usage.ru_maxrss))
+    report.write(f"{usage.ru_maxrss} {wall_seconds!r}")
 sys.exit(os.waitstatus_to_exitcode(status))
 """
 
@@ -319,9 +323,8 @@ def run_measured(command: list[str], log_path: Path, *, sample_pss: bool = False
     os.sync()
     with open(log_path, "w") as log:
         with machine_during() as machine:
-            started = time.perf_counter()
             launcher = subprocess.Popen(
-                [sys.executable, "-c", _MEASURING_LAUNCHER, str(rss_report), *command], stdout=log, stderr=subprocess.STDOUT
+                [sys.executable, "-I", "-S", "-c", _MEASURING_LAUNCHER, str(rss_report), *command], stdout=log, stderr=subprocess.STDOUT
             )
             # Sampling walks /proc for the whole process tree five times a second: on 2 cores that made
             # emflow's 62.5 MVox run 0.9 s (5 %) slower (17.5 s against 16.6 s, two runs each), so
@@ -330,14 +333,14 @@ def run_measured(command: list[str], log_path: Path, *, sample_pss: bool = False
             if sample_pss:
                 sampler.start()
             exit_code = launcher.wait()
-            wall_seconds = time.perf_counter() - started
         finished.set()
         if sample_pss:
             sampler.join()
+    max_rss_kib, wall_seconds = rss_report.read_text().split()
     return Measurement(
         exit_code=exit_code,
-        wall_seconds=wall_seconds,
-        max_rss_bytes=int(rss_report.read_text()) * 1024,
+        wall_seconds=float(wall_seconds),
+        max_rss_bytes=int(max_rss_kib) * 1024,
         peak_tree_pss_bytes=peak_tree_pss if sample_pss else None,
         machine=machine,
     )

@@ -6,6 +6,7 @@ Timings are not asserted here (benchmarks/ is where speed lives); structure and 
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import numpy as np
@@ -199,3 +200,14 @@ def test_machine_shares_split_the_cores_time_between_two_readings():
     assert end_to_end.machine_cells({"busy": 0.876, "iowait": 0.01, "steal": 0.123}) == ["88%", "1%", "12%"]
     assert end_to_end.machine_cells({"busy": 0.5, "io_stalled": None}, ("busy", "io_stalled")) == ["50%", "-"]
     assert end_to_end.machine_per_run([{"busy": 0.9, "iowait": 0.0, "steal": 0.01}, None]) == "90%/0%/1%, -/-/-"
+
+
+def test_run_measured_reports_the_commands_own_time_peak_and_exit_code(tmp_path):
+    # The command allocates and touches 64 MiB, sleeps 0.3 s and exits 3: its peak and its time,
+    # the launcher's start-up excluded, and its exit code come back.
+    command = [sys.executable, "-I", "-S", "-c", "import sys, time; data = bytearray(64 << 20); time.sleep(0.3); sys.exit(3)"]
+    measurement = end_to_end.run_measured(command, tmp_path / "command.log")
+    assert measurement.exit_code == 3
+    assert measurement.wall_seconds >= 0.3
+    assert measurement.max_rss_bytes >= 64 << 20
+    assert measurement.peak_tree_pss_bytes is None
