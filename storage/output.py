@@ -20,7 +20,17 @@ import numpy as np
 from emflow.errors import OutputError
 from emflow.targets.atomic import atomic_write_text
 
-from .chunk_io import DirectLayout, LocalArray, bytes_layout, metadata_document, open_local_array, read_chunks, read_selection, write_chunks
+from .chunk_io import (
+    DirectLayout,
+    LocalArray,
+    bytes_layout,
+    local_array,
+    metadata_document,
+    open_local_array,
+    read_chunks,
+    read_selection,
+    write_chunks,
+)
 from .ome import axis_names, level_path, level_shapes, multiscale_attributes, ome_multiscales
 from .volumes import metadata_state
 
@@ -159,16 +169,19 @@ def create_block_image(
     )
     names = axis_names(len(tuple(resolution)), channel=channel)
     channels = shape[:1] if channel else ()
-    for level, level_shape in enumerate(level_shapes(shape[int(channel) :], level_factors)):
-        metadata = array_metadata(
+    documents = [
+        array_metadata(
             channels + level_shape, block_shape, dtype, attributes if level == 0 else None, compressed=compressed, dimension_names=names
         )
+        for level, level_shape in enumerate(level_shapes(shape[int(channel) :], level_factors))
+    ]
+    for level, metadata in enumerate(documents):
         (image / level_path(level)).mkdir(parents=True)
         atomic_write_text(image / level_path(level) / "zarr.json", _document(metadata))
     atomic_write_text(image / "zarr.json", _document(group_metadata({"ome": ome})))
-    level = open_local_array(str(image / level_path(0)))
-    assert level is not None, "the metadata written above is of a LocalArray"
-    return level
+    first = local_array(str(image / level_path(0)), documents[0])
+    assert first is not None, "the metadata written above is of a LocalArray"
+    return first
 
 
 def write_global_array(path: str | Path, name: str, data: np.ndarray, attributes: dict[str, Any] | None = None) -> None:
