@@ -286,8 +286,8 @@ def _pss_bytes(pid: int) -> int:
 # process's rusage ru_maxrss (KiB) and its wall seconds, fork to exit, to a file. The benchmark does
 # not exec the command itself because Linux carries ru_maxrss across execve: a child started
 # straight from this (large) process would report this process's own peak if that were higher. The
-# launcher's own start-up is not the command's: it starts without the site module (`-I -S`, 3 ms
-# instead of the 30 ms that the site packages' .pth files took here) and times the command itself.
+# launcher's own start-up is not the command's: it starts without the site module (`-I -S`: 8 ms
+# instead of 36 ms here, medians of 15, the site packages' .pth files most of it) and times the command itself.
 _MEASURING_LAUNCHER = """
 import os, sys, time
 started = time.perf_counter()
